@@ -1,0 +1,282 @@
+//! `ferry serve`: settings from flags > `FERRY_*` environment > TOML file > defaults.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use ferry_server::config::{normalize_base_path, normalize_public_url};
+use ferry_server::{AppState, ServerConfig};
+use ferry_store::{SyncPolicy, Uploads};
+use serde::Deserialize;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// When acknowledged bytes reach stable storage.
+#[derive(Debug, Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncArg {
+    /// fdatasync data and commit metadata before every acknowledgement (survives power loss).
+    Always,
+    /// Acknowledge from the page cache (survives a process crash, not a power loss).
+    None,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the long flags, with '_' for '-').
+    #[arg(long, env = "FERRY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    /// [default: 127.0.0.1:1080]
+    #[arg(long, env = "FERRY_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory for upload data and the metadata database. [default: ./ferry-data]
+    #[arg(long, env = "FERRY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Prefix for every route, e.g. /api (tus is then at /api/files/).
+    #[arg(long, env = "FERRY_BASE_PATH", value_name = "PATH")]
+    base_path: Option<String>,
+    /// Largest upload accepted, e.g. 10G (curl-style suffixes). [default: unlimited]
+    #[arg(long, env = "FERRY_MAX_SIZE", value_name = "SIZE")]
+    max_size: Option<String>,
+    /// Origin for Location headers, e.g. https://files.example.com (behind a proxy).
+    #[arg(long, env = "FERRY_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// How long a request body may stall before the server commits what arrived and ends it.
+    /// [default: 60s]
+    #[arg(long, env = "FERRY_BODY_IDLE_TIMEOUT", value_name = "DURATION")]
+    body_idle_timeout: Option<String>,
+    /// When bytes are made durable before being acknowledged. [default: always]
+    #[arg(long, env = "FERRY_SYNC", value_enum)]
+    sync: Option<SyncArg>,
+    /// Build URLs from Forwarded / X-Forwarded-* headers (only behind a proxy you trust).
+    #[arg(long, env = "FERRY_TRUST_PROXY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    trust_proxy: Option<bool>,
+    /// On SIGINT/SIGTERM, how long to let requests in flight commit and finish. [default: 10s]
+    #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    shutdown_timeout: Option<String>,
+    /// Log filter (tracing syntax), e.g. info or ferry_server=debug. [default: info]
+    #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// For test harnesses: shut down when standard input closes, so a killed parent never
+    /// leaves an orphan server.
+    #[arg(long, hide = true)]
+    exit_on_stdin_close: bool,
+}
+
+/// The TOML file's shape: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    base_path: Option<String>,
+    max_size: Option<SizeValue>,
+    public_url: Option<String>,
+    body_idle_timeout: Option<String>,
+    sync: Option<SyncArg>,
+    trust_proxy: Option<bool>,
+    shutdown_timeout: Option<String>,
+    log: Option<String>,
+}
+
+/// Sizes in the file may be numbers or strings with suffixes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Everything resolved and validated.
+struct Settings {
+    listen: String,
+    data_dir: PathBuf,
+    server: ServerConfig,
+    sync: SyncPolicy,
+    shutdown_timeout: Duration,
+    log: String,
+}
+
+fn duration(name: &str, v: &str) -> Result<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(v)
+        .with_context(|| format!("{name}: {v:?} is not a duration (e.g. 60s, 5m)"))
+}
+
+fn resolve(args: ServeArgs) -> Result<Settings> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("config file {} is invalid", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:1080".into());
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| "ferry-data".into());
+    let base_path = normalize_base_path(&args.base_path.or(file.base_path).unwrap_or_default())
+        .map_err(anyhow::Error::msg)?;
+    let max_size = match (args.max_size, file.max_size) {
+        (Some(s), _) | (None, Some(SizeValue::Text(s))) => {
+            Some(ferry_proto::size::parse_size(&s).with_context(|| format!("--max-size {s:?}"))?)
+        }
+        (None, Some(SizeValue::Bytes(n))) => Some(n),
+        (None, None) => None,
+    };
+    let public_url = match args.public_url.or(file.public_url) {
+        Some(u) => Some(normalize_public_url(&u).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let body_idle_timeout = duration(
+        "--body-idle-timeout",
+        &args
+            .body_idle_timeout
+            .or(file.body_idle_timeout)
+            .unwrap_or_else(|| "60s".into()),
+    )?;
+    if body_idle_timeout.is_zero() {
+        bail!("--body-idle-timeout must be more than zero");
+    }
+    let shutdown_timeout = duration(
+        "--shutdown-timeout",
+        &args
+            .shutdown_timeout
+            .or(file.shutdown_timeout)
+            .unwrap_or_else(|| "10s".into()),
+    )?;
+    let sync = match args.sync.or(file.sync).unwrap_or(SyncArg::Always) {
+        SyncArg::Always => SyncPolicy::Always,
+        SyncArg::None => SyncPolicy::None,
+    };
+    Ok(Settings {
+        listen,
+        data_dir,
+        server: ServerConfig {
+            base_path,
+            max_size,
+            public_url,
+            body_idle_timeout,
+            trust_proxy: args.trust_proxy.or(file.trust_proxy).unwrap_or(false),
+            ..ServerConfig::default()
+        },
+        sync,
+        shutdown_timeout,
+        log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+    })
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let exit_on_stdin_close = args.exit_on_stdin_close;
+    let settings = match resolve(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ferry serve: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(settings, exit_on_stdin_close)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
+    let dir = settings.data_dir.clone();
+    let sync = settings.sync;
+    let uploads = tokio::task::spawn_blocking(move || Uploads::open_local(&dir, sync))
+        .await?
+        .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let mut config = settings.server;
+    config.local_addr = Some(addr);
+    let base = config.base_path.clone();
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        uploads,
+        config,
+        shutdown: shutdown.clone(),
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ferry listening on http://{addr}{base}/files/")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), sync = ?sync, "serving tus 1.0");
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal(exit_on_stdin_close).await;
+        tracing::info!("shutting down: requests in flight commit what they received");
+        signals.cancel();
+    });
+    let server = tokio::spawn(ferry_server::serve(listener, state.clone()));
+    shutdown.cancelled().await;
+    match tokio::time::timeout(settings.shutdown_timeout, server).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!("shutdown deadline passed; closing remaining connections"),
+    }
+    // Dropping the last reference to the state closes the metadata store (joins its writer).
+    drop(state);
+    Ok(())
+}
+
+async fn wait_for_signal(exit_on_stdin_close: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let stdin_closed = async {
+        if exit_on_stdin_close {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+        () = stdin_closed => {},
+    }
+}

@@ -1,0 +1,180 @@
+//! Upload identifiers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::ProtoError;
+
+/// Identifies one upload: 128 random bits supplied by the caller (this crate
+/// has no randomness), shown as 32 lowercase hex digits.
+///
+/// [`UploadId::parse`] is the one strict parser for ids taken from URLs, so
+/// anything that could be a path trick (`..`, `/`, `%2F`, NUL, uppercase
+/// variants aliasing one id) never reaches storage.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId([u8; 16]);
+
+/// Length of the textual form.
+const HEX_LEN: usize = 32;
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+impl UploadId {
+    /// Wraps 16 bytes, which should come from a cryptographic RNG.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 16 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parses exactly 32 chars of `[0-9a-f]`; anything else is
+    /// [`ProtoError::InvalidId`]. Uppercase is rejected so that every id has
+    /// a single spelling.
+    pub fn parse(s: &str) -> Result<UploadId, ProtoError> {
+        let s = s.as_bytes();
+        if s.len() != HEX_LEN {
+            return Err(ProtoError::InvalidId);
+        }
+        let mut out = [0u8; 16];
+        for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Ok(UploadId(out))
+    }
+}
+
+fn nibble(c: u8) -> Result<u8, ProtoError> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(ProtoError::InvalidId),
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; HEX_LEN];
+        for (pair, byte) in buf.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+            pair[1] = HEX_DIGITS[usize::from(byte & 0x0f)];
+        }
+        // Only ASCII hex digits were written.
+        let s = std::str::from_utf8(&buf).map_err(|_| fmt::Error)?;
+        f.pad(s)
+    }
+}
+
+impl fmt::Debug for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for UploadId {
+    type Err = ProtoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UploadId::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn display_and_parse() {
+        let bytes = [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ];
+        let id = UploadId::from_bytes(bytes);
+        assert_eq!(id.to_string(), SAMPLE);
+        assert_eq!(format!("{id:?}"), SAMPLE);
+        assert_eq!(id.as_bytes(), &bytes);
+        assert_eq!(UploadId::parse(SAMPLE), Ok(id));
+        assert_eq!(SAMPLE.parse::<UploadId>(), Ok(id));
+        assert_eq!(UploadId::from_bytes([0; 16]).to_string(), "0".repeat(32));
+        assert_eq!(UploadId::from_bytes([0xff; 16]).to_string(), "f".repeat(32));
+    }
+
+    #[test]
+    fn ordering_follows_bytes() {
+        let a = UploadId::from_bytes([0; 16]);
+        let mut b = [0; 16];
+        b[15] = 1;
+        assert!(a < UploadId::from_bytes(b));
+    }
+
+    #[test]
+    fn rejects_every_trick() {
+        let bad = [
+            "",
+            "0",
+            &SAMPLE[..31],
+            &format!("{SAMPLE}0"),
+            &format!("{SAMPLE}/"),
+            &format!("/{}", &SAMPLE[1..]),
+            "00112233445566778899AABBCCDDEEFF",
+            "00112233445566778899aabbccddeefF",
+            "..112233445566778899aabbccddeeff",
+            "../../../../../../../etc/passwd0",
+            "%2F112233445566778899aabbccddeeff",
+            "%2f%2f2233445566778899aabbccddee",
+            "00112233445566778899aabbccddee/f",
+            "00112233445566778899aabbccddee\\f",
+            "00112233445566778899aabbccddee\0f",
+            "00112233445566778899aabbccddee\0",
+            " 0112233445566778899aabbccddeeff",
+            "0112233445566778899aabbccddeeff ",
+            "00112233445566778899aabbccddeefg",
+            "0x112233445566778899aabbccddeeff",
+            "+0112233445566778899aabbccddeeff",
+            "-0112233445566778899aabbccddeeff",
+            // 32 bytes but not 32 ASCII chars.
+            "é0112233445566778899aabbccddeef",
+            "００112233445566778899aabbccddee",
+            "\u{0660}112233445566778899aabbccddeeff",
+        ];
+        for s in bad {
+            assert_eq!(UploadId::parse(s), Err(ProtoError::InvalidId), "{s:?}");
+            assert!(s.parse::<UploadId>().is_err());
+        }
+    }
+
+    #[test]
+    fn display_respects_padding() {
+        let id = UploadId::from_bytes([1; 16]);
+        assert_eq!(format!("{id:>34}"), format!("  {id}"));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(bytes in any::<[u8; 16]>()) {
+            let id = UploadId::from_bytes(bytes);
+            let s = id.to_string();
+            prop_assert_eq!(s.len(), 32);
+            prop_assert!(s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            prop_assert_eq!(UploadId::parse(&s), Ok(id));
+        }
+
+        #[test]
+        fn parse_never_panics(s in any::<String>()) {
+            if let Ok(id) = UploadId::parse(&s) {
+                prop_assert_eq!(id.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn parse_hexish_is_canonical(s in "[0-9a-fA-F./%]{30,34}") {
+            if let Ok(id) = UploadId::parse(&s) {
+                prop_assert_eq!(id.to_string(), s);
+            }
+        }
+    }
+}

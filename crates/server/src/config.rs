@@ -1,0 +1,121 @@
+//! Server settings, already validated (the CLI turns flags, env and file into this).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Prefix of every route, normalized: empty or `/a/b` (no trailing slash).
+    pub base_path: String,
+    /// Largest upload accepted, if limited.
+    pub max_size: Option<u64>,
+    /// Origin used in `Location` headers (`scheme://host[:port]`, no trailing slash).
+    pub public_url: Option<String>,
+    /// Longest wait for the next piece of a request body.
+    pub body_idle_timeout: Duration,
+    /// Honour `Forwarded` / `X-Forwarded-*` for building URLs.
+    pub trust_proxy: bool,
+    /// A long request body commits its progress every this many bytes, so a server crash loses
+    /// at most this much of it.
+    pub checkpoint_bytes: u64,
+    /// Longest time allowed to read request headers (slow-loris guard).
+    pub header_read_timeout: Duration,
+    /// The address the listener is bound to (fallback for URLs when a request has no Host).
+    pub local_addr: Option<SocketAddr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            base_path: String::new(),
+            max_size: None,
+            public_url: None,
+            body_idle_timeout: Duration::from_secs(60),
+            trust_proxy: false,
+            checkpoint_bytes: 64 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            local_addr: None,
+        }
+    }
+}
+
+/// Normalizes a base path: `""`, `"/"` → `""`; `"api/"` → `"/api"`. Rejects characters that
+/// need escaping in a URL path.
+pub fn normalize_base_path(p: &str) -> Result<String, String> {
+    let trimmed = p.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = trimmed
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+        && !trimmed
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if !ok {
+        return Err(format!(
+            "base path {p:?} must be plain path segments of letters, digits, '-', '_', '.', '~'"
+        ));
+    }
+    Ok(format!("/{trimmed}"))
+}
+
+/// Validates a public URL (`http(s)://host[:port]`, IPv6 literals in brackets) and drops a
+/// trailing slash.
+pub fn normalize_public_url(u: &str) -> Result<String, String> {
+    let uri: http::Uri = u
+        .parse()
+        .map_err(|e| format!("public URL {u:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "public URL {u:?} must start with http:// or https://"
+            ));
+        }
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("public URL {u:?} has no host"))?;
+    let host = authority.host();
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!("public URL {u:?}: put IPv6 addresses in brackets"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("public URL {u:?} must not have a query"));
+    }
+    Ok(u.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_paths() {
+        assert_eq!(normalize_base_path("").unwrap(), "");
+        assert_eq!(normalize_base_path("/").unwrap(), "");
+        assert_eq!(normalize_base_path("api/").unwrap(), "/api");
+        assert_eq!(normalize_base_path("/a/b/").unwrap(), "/a/b");
+        assert!(normalize_base_path("/a/../b").is_err());
+        assert!(normalize_base_path("/a b").is_err());
+        assert!(normalize_base_path("/a//b").is_err());
+        assert!(normalize_base_path("/%2e").is_err());
+    }
+
+    #[test]
+    fn public_urls() {
+        assert_eq!(
+            normalize_public_url("https://x.example/").unwrap(),
+            "https://x.example"
+        );
+        assert_eq!(
+            normalize_public_url("http://[::1]:8080").unwrap(),
+            "http://[::1]:8080"
+        );
+        assert!(normalize_public_url("ftp://x").is_err());
+        assert!(normalize_public_url("x.example").is_err());
+        assert!(normalize_public_url("http://x.example/?q=1").is_err());
+    }
+}

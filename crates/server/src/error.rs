@@ -1,0 +1,123 @@
+//! The one place where failures become HTTP responses.
+
+use axum::body::Body;
+use ferry_proto::{ProtoError, tus};
+use ferry_store::StoreError;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+
+/// A request that ends in an error: a status, a one-line message for the body, and headers.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The status code.
+    pub status: StatusCode,
+    /// A short, human-readable reason.
+    pub message: String,
+    /// Extra headers (e.g. `Upload-Offset` on 409).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Close the connection after answering (the request body was not read).
+    pub close: bool,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404 Not Found.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "no such upload")
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
+        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// Marks the connection for closing (used when a request body is left unread, so the
+    /// client does not keep sending into a connection nobody reads).
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Renders the response.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(Body::from(format!("{}\n", self.message)));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            HeaderName::from_static(tus::TUS_RESUMABLE),
+            HeaderValue::from_static(tus::TUS_VERSION),
+        );
+        for (k, v) in self.headers {
+            h.insert(k, v);
+        }
+        if self.close {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+impl From<ProtoError> for ApiError {
+    fn from(e: ProtoError) -> Self {
+        match e {
+            ProtoError::UnsupportedVersion(_) => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("{e}; this server speaks tus {}", tus::SUPPORTED_VERSIONS),
+            )
+            .with_header(
+                HeaderName::from_static(tus::TUS_VERSION_HEADER),
+                tus::SUPPORTED_VERSIONS,
+            ),
+            ProtoError::InvalidId => ApiError::not_found(),
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => ApiError::not_found(),
+            StoreError::Busy(_) => ApiError::new(
+                StatusCode::LOCKED,
+                "upload is busy: another request is writing it; retry",
+            )
+            .with_header(header::RETRY_AFTER, 1),
+            StoreError::StorageFull => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage is full")
+            }
+            StoreError::ExceedsLength { length } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body goes past the upload length of {length} bytes"),
+            ),
+            StoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "upload changed underneath this request",
+            ),
+            other => {
+                tracing::error!(error = %other, "storage failure");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal storage error")
+            }
+        }
+    }
+}

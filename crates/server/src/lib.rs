@@ -1,0 +1,217 @@
+//! ferry's HTTP server.
+//!
+//! Requests are routed by hand (see [`dispatch`]) so that ids go through the one strict id
+//! parser before anything else, the tus method override applies before routing, and every
+//! route shares one error mapping ([`error::ApiError`]). Protocol modules translate HTTP into
+//! calls on [`ferry_store::Uploads`], which owns storage and durability.
+
+pub mod config;
+pub mod download;
+pub mod error;
+pub mod receive;
+pub mod tus;
+
+pub use config::ServerConfig;
+
+use axum::body::Body;
+use error::ApiError;
+use ferry_proto::UploadId;
+use ferry_store::Uploads;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// The upload engine.
+    pub uploads: Uploads,
+    /// Settings.
+    pub config: ServerConfig,
+    /// Cancelled when the server shuts down: bodies in flight commit and answer.
+    pub shutdown: CancellationToken,
+}
+
+/// Per-connection facts a handler may need.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+impl AppState {
+    /// Absolute URL of an upload for `Location`: `--public-url` if set; else the forwarded
+    /// host/proto when `--trust-proxy`; else the request's Host; else the bound address.
+    pub fn upload_url(&self, _ctx: &Ctx, headers: &HeaderMap, id: UploadId) -> String {
+        let base = &self.config.base_path;
+        if let Some(origin) = &self.config.public_url {
+            return format!("{origin}{base}/files/{id}");
+        }
+        let (mut scheme, mut host) = ("http".to_string(), None);
+        if self.config.trust_proxy
+            && let Some((p, h)) = forwarded(headers)
+        {
+            if let Some(p) = p {
+                scheme = p;
+            }
+            host = h;
+        }
+        let host = host
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(valid_authority)
+            })
+            .or_else(|| self.config.local_addr.map(|a| a.to_string()))
+            .unwrap_or_else(|| "localhost".into());
+        format!("{scheme}://{host}{base}/files/{id}")
+    }
+}
+
+/// A Host-like value, accepted only if it parses as a URI authority without userinfo.
+fn valid_authority(s: &str) -> Option<String> {
+    let a: http::uri::Authority = s.trim().parse().ok()?;
+    if a.as_str().contains('@') {
+        return None;
+    }
+    Some(a.as_str().to_string())
+}
+
+/// Proto and host from `Forwarded` (RFC 7239, first element) or `X-Forwarded-Proto/Host`.
+fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
+    let proto_ok = |p: &str| {
+        let p = p.trim().trim_matches('"').to_ascii_lowercase();
+        (p == "http" || p == "https").then_some(p)
+    };
+    if let Some(v) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        let first = v.split(',').next().unwrap_or("");
+        let (mut proto, mut host) = (None, None);
+        for pair in first.split(';') {
+            let Some((k, val)) = pair.split_once('=') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "proto" => proto = proto_ok(val),
+                "host" => host = valid_authority(val.trim().trim_matches('"')),
+                _ => {}
+            }
+        }
+        return Some((proto, host));
+    }
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| proto_ok(v.split(',').next().unwrap_or("")));
+    let host = headers
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| valid_authority(v.split(',').next().unwrap_or("")));
+    (proto.is_some() || host.is_some()).then_some((proto, host))
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        .with_header(header::ALLOW, allow)
+}
+
+/// Routes one request.
+pub async fn dispatch(state: Arc<AppState>, ctx: Ctx, req: Request<Body>) -> Response<Body> {
+    let result = route(state, ctx, req).await;
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+async fn route(
+    state: Arc<AppState>,
+    ctx: Ctx,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let method = tus::effective_method(&req)?;
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix(state.config.base_path.as_str()) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not found"));
+    };
+    match rest {
+        "/healthz" => {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(method_not_allowed("GET, HEAD"));
+            }
+            Ok(Response::new(Body::from("ok\n")))
+        }
+        "/files" | "/files/" => match method {
+            Method::OPTIONS => Ok(tus::options(&state)),
+            Method::POST => tus::create(state, &ctx, req).await,
+            _ => Err(method_not_allowed(tus::COLLECTION_METHODS)),
+        },
+        _ => {
+            let Some(raw_id) = rest.strip_prefix("/files/") else {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "not found"));
+            };
+            // The one strict id parser: anything but 32 lowercase hex chars is unknown.
+            let id = UploadId::parse(raw_id).map_err(|_| ApiError::not_found())?;
+            match method {
+                Method::OPTIONS => Ok(tus::options(&state)),
+                Method::HEAD => tus::head(state, id, req).await,
+                Method::PATCH => tus::patch(state, id, req).await,
+                Method::DELETE => tus::delete(state, id, req).await,
+                Method::GET => download::get(state, id, &method).await,
+                _ => Err(method_not_allowed(tus::UPLOAD_METHODS)),
+            }
+        }
+    }
+}
+
+/// Accepts connections until `state.shutdown` is cancelled, then stops accepting and waits
+/// for open connections to finish (bodies in flight commit and answer as they see the same
+/// token). The caller bounds that wait.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout)
+        .max_headers(100)
+        .keep_alive(true);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        let ctx = Ctx { peer };
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(dispatch(st, ctx, req.map(Body::new)).await) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}

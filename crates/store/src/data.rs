@@ -1,0 +1,83 @@
+//! The data-store seam: where an upload's bytes live.
+//!
+//! The contract is small so that a local directory, an S3 multipart upload or anything else can
+//! sit behind it without the server changing:
+//! - `create` makes an empty object, durably when the store is asked to sync;
+//! - a [`DataWriter`] writes at a position (appends for tus/IETF, any position for chunk
+//!   sessions) and makes everything written so far durable on `sync`;
+//! - `read` streams a byte range of one object;
+//! - `delete` removes an object (idempotent).
+//!
+//! Final (concatenated) uploads have no object of their own: the engine reads across parts.
+
+use crate::error::Result;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry_proto::UploadId;
+use futures_core::Stream;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A stream of bytes read from a store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A write in flight; resolves to the buffer, handed back for reuse.
+pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
+
+/// How a writer treats bytes already stored past its start position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Append-only: bytes stored past `offset` were never committed and are cut away.
+    Append {
+        /// The committed offset to continue from.
+        offset: u64,
+    },
+    /// Random access (chunk sessions): keep everything, write starting at `offset`.
+    At {
+        /// Where the first byte goes.
+        offset: u64,
+    },
+}
+
+/// What a data store can do; the server enables features from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataCapabilities {
+    /// Writes at arbitrary positions (needed by Content-Range chunk sessions).
+    pub random_access: bool,
+}
+
+/// Stores the bytes of uploads.
+#[async_trait]
+pub trait DataStore: Send + Sync + 'static {
+    /// What this store supports.
+    fn capabilities(&self) -> DataCapabilities;
+
+    /// Creates an empty object for `id`. With `durable`, the object survives a crash once this
+    /// returns.
+    async fn create(&self, id: UploadId, durable: bool) -> Result<()>;
+
+    /// Opens a writer positioned per `mode`.
+    async fn open_writer(&self, id: UploadId, mode: WriteMode) -> Result<Box<dyn DataWriter>>;
+
+    /// Streams bytes `[start, end)` of the object. The caller guarantees the range was committed.
+    async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream>;
+
+    /// Removes the object. Removing a missing object is not an error.
+    async fn delete(&self, id: UploadId) -> Result<()>;
+}
+
+/// Writes one object. Obtained under the upload's lease, so there is one writer per upload.
+#[async_trait]
+pub trait DataWriter: Send {
+    /// Position of the next byte.
+    fn position(&self) -> u64;
+
+    /// Starts writing `buf` at [`position`](Self::position) and advances the position at once.
+    /// The write proceeds in the background: the returned future may be awaited later (the
+    /// caller fills its next buffer meanwhile) and yields `buf` back for reuse. Writes must be
+    /// awaited in order before [`sync`](Self::sync).
+    fn write(&mut self, buf: Vec<u8>) -> PendingWrite;
+
+    /// Makes every completed write durable (fdatasync for files).
+    async fn sync(&mut self) -> Result<()>;
+}

@@ -1,0 +1,51 @@
+//! Errors of the storage layer.
+
+use ferry_proto::UploadId;
+
+/// What can go wrong below the HTTP layer. The server maps each variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No upload with this id (never created, deleted, or expired).
+    #[error("upload {0} not found")]
+    NotFound(UploadId),
+    /// An upload with this id already exists (id collision or double create).
+    #[error("upload {0} already exists")]
+    AlreadyExists(UploadId),
+    /// Another request held the upload and did not let go in time.
+    #[error("upload {0} is busy: another request holds it")]
+    Busy(UploadId),
+    /// The disk (or quota) is full.
+    #[error("storage full")]
+    StorageFull,
+    /// A write would go past the upload's declared length.
+    #[error("body goes past the upload's length of {length} bytes")]
+    ExceedsLength {
+        /// The declared length.
+        length: u64,
+    },
+    /// The stored offset is not where the writer expected it (someone else committed).
+    #[error("upload {0} changed underneath this request")]
+    Conflict(UploadId),
+    /// Stored state contradicts itself (e.g. data shorter than the committed offset).
+    #[error("inconsistent stored state: {0}")]
+    Inconsistent(String),
+    /// The metadata database was written by a newer ferry, or cannot be read.
+    #[error("metadata store: {0}")]
+    Metadata(String),
+    /// Any other I/O failure.
+    #[error("I/O error: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        // ENOSPC / EDQUOT become their own variant so the server can answer 507.
+        match e.raw_os_error() {
+            Some(28) | Some(122) => StoreError::StorageFull,
+            _ => StoreError::Io(e),
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,25 @@
+//! Storage for ferry: where the bytes and the facts about uploads live.
+//!
+//! - [`data::DataStore`] stores bytes (local files now; S3 multipart later);
+//! - [`meta::MetaStore`] stores [`model::UploadInfo`] records (redb now; PostgreSQL/Redis later);
+//! - [`lock::Locker`] hands out per-upload leases with takeover;
+//! - [`uploads::Uploads`] binds them and owns the durability order.
+//!
+//! [`conformance`] holds the checks every implementation must pass.
+
+pub mod data;
+pub mod error;
+pub mod local;
+pub mod lock;
+pub mod meta;
+pub mod model;
+pub mod redb_meta;
+pub mod uploads;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use error::{Result, StoreError};
+pub use lock::Lease;
+pub use model::{Protocol, RangeSet, UploadInfo, UploadKind};
+pub use uploads::{Append, NewUpload, SyncPolicy, Uploads};

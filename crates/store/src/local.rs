@@ -1,0 +1,253 @@
+//! Local-disk data store: one file per upload under `<root>/uploads/<2 hex>/<id>`.
+//!
+//! This is where bytes hit the disk. Writes are positional (`pwrite`) on a std `File` inside
+//! `spawn_blocking`, with the caller's buffer moved in and handed back (no copy, no per-write
+//! allocation); `sync` is `fdatasync`. New files are made durable by fsyncing their directory.
+
+use crate::data::{ByteStream, DataCapabilities, DataStore, DataWriter, PendingWrite, WriteMode};
+use crate::error::{Result, StoreError};
+use async_trait::async_trait;
+use bytes::BytesMut;
+use ferry_proto::UploadId;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Size of each read when streaming a file out.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalDataStore {
+    root: PathBuf,
+}
+
+impl LocalDataStore {
+    /// Uses `<dir>/uploads` for data, creating it if needed.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let root = dir.join("uploads");
+        std::fs::create_dir_all(&root)?;
+        Ok(Self { root })
+    }
+
+    /// Path of an upload's file. `UploadId` only ever renders as 32 hex chars, so no path trick
+    /// can reach here.
+    pub fn path_of(&self, id: UploadId) -> PathBuf {
+        let hex = id.to_string();
+        self.root.join(&hex[..2]).join(hex)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(StoreError::from),
+        Err(e) => Err(StoreError::Io(io::Error::other(e))),
+    }
+}
+
+/// fsync a directory so that entries created in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[async_trait]
+impl DataStore for LocalDataStore {
+    fn capabilities(&self) -> DataCapabilities {
+        DataCapabilities {
+            random_access: true,
+        }
+    }
+
+    async fn create(&self, id: UploadId, durable: bool) -> Result<()> {
+        let path = self.path_of(id);
+        let root = self.root.clone();
+        blocking(move || {
+            let shard = path.parent().expect("shard dir");
+            let new_shard = !shard.exists();
+            if new_shard {
+                std::fs::create_dir_all(shard)?;
+            }
+            let f = OpenOptions::new().write(true).create_new(true).open(&path);
+            match f {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists"));
+                }
+                Err(e) => return Err(e),
+            }
+            if durable {
+                sync_dir(shard)?;
+                if new_shard {
+                    sync_dir(&root)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Io(io) if io.kind() == io::ErrorKind::AlreadyExists => {
+                StoreError::AlreadyExists(id)
+            }
+            other => other,
+        })
+    }
+
+    async fn open_writer(&self, id: UploadId, mode: WriteMode) -> Result<Box<dyn DataWriter>> {
+        let path = self.path_of(id);
+        let file = blocking(move || {
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, "data file missing"));
+                }
+                Err(e) => return Err(e),
+            };
+            if let WriteMode::Append { offset } = mode {
+                let len = file.metadata()?.len();
+                if len > offset {
+                    // Bytes past the committed offset were never acknowledged: cut them away.
+                    file.set_len(offset)?;
+                } else if len < offset {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("data file has {len} bytes but {offset} were committed"),
+                    ));
+                }
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Io(io) if io.kind() == io::ErrorKind::NotFound => StoreError::NotFound(id),
+            StoreError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+                StoreError::Inconsistent(io.to_string())
+            }
+            other => other,
+        })?;
+        let position = match mode {
+            WriteMode::Append { offset } | WriteMode::At { offset } => offset,
+        };
+        Ok(Box::new(LocalWriter {
+            file: Arc::new(file),
+            position,
+        }))
+    }
+
+    async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream> {
+        let path = self.path_of(id);
+        let file = blocking(move || File::open(path))
+            .await
+            .map_err(|e| match e {
+                StoreError::Io(io) if io.kind() == io::ErrorKind::NotFound => {
+                    StoreError::NotFound(id)
+                }
+                other => other,
+            })?;
+        Ok(read_stream(Arc::new(file), start, end))
+    }
+
+    async fn delete(&self, id: UploadId) -> Result<()> {
+        let path = self.path_of(id);
+        blocking(move || match std::fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await
+    }
+}
+
+/// Streams `[start, end)` of `file` in `READ_CHUNK` pieces. The `BytesMut` is reused: once the
+/// consumer drops the previous piece, `reserve` reclaims its memory instead of allocating.
+pub(crate) fn read_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
+    struct State {
+        file: Arc<File>,
+        pos: u64,
+        end: u64,
+        buf: BytesMut,
+    }
+    let state = State {
+        file,
+        pos: start,
+        end,
+        buf: BytesMut::new(),
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.pos >= st.end {
+            return None;
+        }
+        let want = ((st.end - st.pos) as usize).min(READ_CHUNK);
+        let file = st.file.clone();
+        let pos = st.pos;
+        let mut buf = std::mem::take(&mut st.buf);
+        buf.clear();
+        buf.reserve(want);
+        let res = tokio::task::spawn_blocking(move || {
+            buf.resize(want, 0);
+            let r = file.read_exact_at(&mut buf[..], pos);
+            (buf, r)
+        })
+        .await;
+        match res {
+            Ok((mut buf, Ok(()))) => {
+                let chunk = buf.split().freeze();
+                st.buf = buf;
+                st.pos += want as u64;
+                Some((Ok(chunk), st))
+            }
+            Ok((_, Err(e))) => {
+                st.pos = st.end;
+                Some((Err(e), st))
+            }
+            Err(e) => {
+                st.pos = st.end;
+                Some((Err(io::Error::other(e)), st))
+            }
+        }
+    }))
+}
+
+struct LocalWriter {
+    file: Arc<File>,
+    position: u64,
+}
+
+#[async_trait]
+impl DataWriter for LocalWriter {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn write(&mut self, buf: Vec<u8>) -> PendingWrite {
+        let file = self.file.clone();
+        let at = self.position;
+        self.position += buf.len() as u64;
+        let task = tokio::task::spawn_blocking(move || file.write_all_at(&buf, at).map(|()| buf));
+        Box::pin(async move {
+            match task.await {
+                Ok(r) => r.map_err(StoreError::from),
+                Err(e) => Err(StoreError::Io(io::Error::other(e))),
+            }
+        })
+    }
+
+    async fn sync(&mut self) -> Result<()> {
+        let file = self.file.clone();
+        blocking(move || file.sync_data()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDataStore::open(dir.path()).unwrap();
+        crate::conformance::data_store(&store).await;
+    }
+}

@@ -1,0 +1,203 @@
+//! The facts kept about an upload, independent of any protocol or backend.
+
+use ferry_proto::{Metadata, UploadId};
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Which wire protocol created an upload. Uploads are readable through any of them, but some
+/// rules (e.g. out-of-order writes) belong to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// tus 1.0.
+    #[default]
+    Tus,
+    /// IETF "Resumable Uploads for HTTP".
+    Ietf,
+    /// Content-Range chunk sessions (writes in any order).
+    Chunks,
+}
+
+/// How an upload relates to others (tus concatenation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum UploadKind {
+    /// A stand-alone upload.
+    #[default]
+    Regular,
+    /// A part meant to be concatenated into a final upload.
+    Partial,
+    /// An upload made of other uploads' bytes, in order; it has no data of its own.
+    Final {
+        /// The parts, in order.
+        #[serde(with = "id_list")]
+        parts: Vec<UploadId>,
+    },
+}
+
+/// Serializes ids as their canonical hex strings (serde stays out of the proto crate).
+mod id_list {
+    use ferry_proto::UploadId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(ids: &[UploadId], s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UploadId>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        v.iter()
+            .map(|s| UploadId::parse(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// A set of disjoint, non-adjacent half-open byte ranges, kept sorted. Used by writers that
+/// accept bytes in any order: the set says exactly which bytes have arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RangeSet {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl RangeSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `[start, end)`, merging with overlapping or touching ranges.
+    pub fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        let mut out = Vec::with_capacity(self.ranges.len() + 1);
+        let mut placed = false;
+        for &(a, b) in &self.ranges {
+            if b < s {
+                out.push((a, b));
+            } else if a > e {
+                if !placed {
+                    out.push((s, e));
+                    placed = true;
+                }
+                out.push((a, b));
+            } else {
+                s = s.min(a);
+                e = e.max(b);
+            }
+        }
+        if !placed {
+            out.push((s, e));
+        }
+        self.ranges = out;
+    }
+
+    /// The ranges, sorted, as half-open `(start, end)` pairs.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// Total number of bytes covered.
+    pub fn covered(&self) -> u64 {
+        self.ranges.iter().map(|(a, b)| b - a).sum()
+    }
+
+    /// The end of the range that starts at 0, i.e. how many bytes are contiguous from the start.
+    pub fn contiguous_prefix(&self) -> u64 {
+        match self.ranges.first() {
+            Some(&(0, e)) => e,
+            _ => 0,
+        }
+    }
+
+    /// Whether `[0, len)` is fully covered.
+    pub fn covers(&self, len: u64) -> bool {
+        len == 0 || self.contiguous_prefix() >= len
+    }
+}
+
+/// Everything ferry knows about one upload. The committed `offset` is the truth: bytes past it
+/// in the data store are ignored and cut back when the upload is written again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    /// Its id.
+    pub id: UploadId,
+    /// Total length, `None` while deferred.
+    pub length: Option<u64>,
+    /// Committed (durable under the sync policy) number of contiguous bytes from the start.
+    pub offset: u64,
+    /// Client-supplied metadata (untrusted).
+    pub metadata: Metadata,
+    /// Which protocol created it.
+    pub protocol: Protocol,
+    /// Concatenation role.
+    pub kind: UploadKind,
+    /// For out-of-order writers: which ranges have arrived. `None` for append-only uploads.
+    pub received: Option<RangeSet>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Last committed change, milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+    /// When an unfinished upload expires, milliseconds since the Unix epoch.
+    pub expires_ms: Option<u64>,
+    /// SHA-256 of the whole content, once computed.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl UploadInfo {
+    /// Whether every byte has arrived.
+    pub fn is_complete(&self) -> bool {
+        self.length == Some(self.offset)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn merges_touching_and_overlapping() {
+        let mut r = RangeSet::new();
+        r.insert(10, 20);
+        r.insert(0, 5);
+        r.insert(5, 10);
+        assert_eq!(r.ranges(), &[(0, 20)]);
+        r.insert(30, 40);
+        r.insert(15, 31);
+        assert_eq!(r.ranges(), &[(0, 40)]);
+        r.insert(50, 50);
+        assert_eq!(r.ranges(), &[(0, 40)]);
+        assert!(r.covers(40));
+        assert!(!r.covers(41));
+    }
+
+    proptest! {
+        #[test]
+        fn rangeset_matches_bitmap(ops in proptest::collection::vec((0u64..200, 0u64..50), 0..40)) {
+            let mut r = RangeSet::new();
+            let mut bits = [false; 256];
+            for (s, l) in ops {
+                r.insert(s, s + l);
+                for b in &mut bits[s as usize..(s + l) as usize] { *b = true; }
+            }
+            let covered = bits.iter().filter(|b| **b).count() as u64;
+            prop_assert_eq!(r.covered(), covered);
+            for w in r.ranges().windows(2) {
+                prop_assert!(w[0].1 < w[1].0, "ranges must be disjoint and non-adjacent");
+            }
+            let prefix = bits.iter().take_while(|b| **b).count() as u64;
+            prop_assert_eq!(r.contiguous_prefix(), prefix);
+        }
+    }
+}

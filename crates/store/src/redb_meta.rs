@@ -1,0 +1,394 @@
+//! Embedded metadata store on redb.
+//!
+//! Reads go straight to a read transaction and never wait for writers. Writes go through one
+//! writer thread that takes every queued change, applies them in a single transaction and
+//! commits once with fsync (group commit): many concurrent uploads share one fsync instead of
+//! queueing behind each other's. A caller's change is acknowledged only after that commit.
+
+use crate::error::{Result, StoreError};
+use crate::meta::{MetaStore, Update};
+use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
+use async_trait::async_trait;
+use ferry_proto::{Metadata, UploadId};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// The on-disk layout this build writes. Bump it (and add a migration) when `Record` or the
+/// tables change incompatibly; a newer layout is refused rather than misread.
+pub const LAYOUT_VERSION: u64 = 1;
+
+const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+const INFO: TableDefinition<&str, u64> = TableDefinition::new("ferry");
+const LAYOUT_KEY: &str = "layout_version";
+
+/// Most changes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// The stored form of an [`UploadInfo`]. Unknown fields are ignored and missing ones defaulted,
+/// so additive changes need no layout bump.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    length: Option<u64>,
+    offset: u64,
+    #[serde(default)]
+    metadata: String,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    kind: UploadKind,
+    #[serde(default)]
+    received: Option<RangeSet>,
+    created_ms: u64,
+    updated_ms: u64,
+    #[serde(default)]
+    expires_ms: Option<u64>,
+    #[serde(default)]
+    sha256: Option<String>,
+}
+
+fn encode(info: &UploadInfo) -> Vec<u8> {
+    let rec = Record {
+        length: info.length,
+        offset: info.offset,
+        metadata: info.metadata.format(),
+        protocol: info.protocol,
+        kind: info.kind.clone(),
+        received: info.received.clone(),
+        created_ms: info.created_ms,
+        updated_ms: info.updated_ms,
+        expires_ms: info.expires_ms,
+        sha256: info
+            .sha256
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
+    };
+    serde_json::to_vec(&rec).expect("record serializes")
+}
+
+fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
+    let bad = |what: String| StoreError::Metadata(format!("record {id}: {what}"));
+    let rec: Record = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata = Metadata::parse(&rec.metadata).map_err(|e| bad(e.to_string()))?;
+    let sha256 = match rec.sha256 {
+        None => None,
+        Some(hex) => Some(parse_hex32(&hex).ok_or_else(|| bad("bad sha256".into()))?),
+    };
+    Ok(UploadInfo {
+        id,
+        length: rec.length,
+        offset: rec.offset,
+        metadata,
+        protocol: rec.protocol,
+        kind: rec.kind,
+        received: rec.received,
+        created_ms: rec.created_ms,
+        updated_ms: rec.updated_ms,
+        expires_ms: rec.expires_ms,
+        sha256,
+    })
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Metadata(e.to_string())
+}
+
+enum Op {
+    Insert(Box<UploadInfo>, oneshot::Sender<Result<()>>),
+    Update(UploadId, Update, oneshot::Sender<Result<UploadInfo>>),
+    Remove(UploadId, oneshot::Sender<Result<()>>),
+}
+
+/// redb-backed [`MetaStore`].
+pub struct RedbMetaStore {
+    db: Arc<Database>,
+    ops: Option<mpsc::UnboundedSender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbMetaStore {
+    /// Closes the queue and waits for the writer to finish its last commit, so the database
+    /// file is released when the store is gone (a restart in the same process can reopen it).
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for RedbMetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbMetaStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbMetaStore {
+    /// Opens (or creates) the database at `path`. Fails clearly if another process has it open
+    /// or if it was written by a newer ferry.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::builder()
+            // redb's default cache is 1 GiB; upload records are tiny.
+            .set_cache_size(16 * 1024 * 1024)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Metadata(format!(
+                    "{} is already open in another process (is another ferry serving this data dir?)",
+                    path.display()
+                )),
+                other => db_err(other),
+            })?;
+        check_layout(&db)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("ferry-meta-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx))
+            .map_err(StoreError::Io)?;
+        Ok(Self {
+            db,
+            ops: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    fn send(&self, op: Op) -> Result<()> {
+        self.ops
+            .as_ref()
+            .ok_or_else(|| StoreError::Metadata("metadata store closed".into()))?
+            .send(op)
+            .map_err(|_| StoreError::Metadata("metadata writer stopped".into()))
+    }
+}
+
+fn check_layout(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut info = txn.open_table(INFO).map_err(db_err)?;
+        let found = info.get(LAYOUT_KEY).map_err(db_err)?.map(|v| v.value());
+        match found {
+            None => {
+                info.insert(LAYOUT_KEY, LAYOUT_VERSION).map_err(db_err)?;
+            }
+            Some(v) if v == LAYOUT_VERSION => {}
+            Some(v) if v > LAYOUT_VERSION => {
+                return Err(StoreError::Metadata(format!(
+                    "metadata layout {v} was written by a newer ferry; this build reads up to {LAYOUT_VERSION}"
+                )));
+            }
+            Some(v) => {
+                return Err(StoreError::Metadata(format!(
+                    "metadata layout {v} is unknown (this build reads {LAYOUT_VERSION})"
+                )));
+            }
+        }
+        txn.open_table(UPLOADS).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
+}
+
+enum Reply {
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+    Info(oneshot::Sender<Result<UploadInfo>>, Result<UploadInfo>),
+}
+
+fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let outcome = apply_batch(db, batch, &mut replies);
+        for reply in replies {
+            match (reply, &outcome) {
+                (Reply::Unit(tx, r), Ok(())) => drop(tx.send(r)),
+                (Reply::Info(tx, r), Ok(())) => drop(tx.send(r)),
+                (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
+                (Reply::Info(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
+            }
+        }
+    }
+}
+
+fn apply_batch(db: &Database, batch: Vec<Op>, replies: &mut Vec<Reply>) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(UPLOADS).map_err(|e| e.to_string())?;
+        for op in batch {
+            match op {
+                Op::Insert(info, tx) => {
+                    let key = info.id.to_string();
+                    let exists = table.get(key.as_str()).map(|v| v.is_some());
+                    let r = match exists {
+                        Ok(true) => Err(StoreError::AlreadyExists(info.id)),
+                        Ok(false) => table
+                            .insert(key.as_str(), encode(&info).as_slice())
+                            .map(|_| ())
+                            .map_err(db_err),
+                        Err(e) => Err(db_err(e)),
+                    };
+                    replies.push(Reply::Unit(tx, r));
+                }
+                Op::Update(id, update, tx) => {
+                    let key = id.to_string();
+                    let current = match table.get(key.as_str()) {
+                        Ok(Some(v)) => decode(id, v.value()),
+                        Ok(None) => Err(StoreError::NotFound(id)),
+                        Err(e) => Err(db_err(e)),
+                    };
+                    // (the guard above is dropped here, so the table can be written)
+                    let r = current.and_then(|mut info| {
+                        update(&mut info)?;
+                        table
+                            .insert(key.as_str(), encode(&info).as_slice())
+                            .map_err(db_err)?;
+                        Ok(info)
+                    });
+                    replies.push(Reply::Info(tx, r));
+                }
+                Op::Remove(id, tx) => {
+                    let r = table
+                        .remove(id.to_string().as_str())
+                        .map(|_| ())
+                        .map_err(db_err);
+                    replies.push(Reply::Unit(tx, r));
+                }
+            }
+        }
+    }
+    // Durability::Immediate (the default): the commit is on stable storage when this returns.
+    txn.commit().map_err(|e| e.to_string())
+}
+
+async fn recv<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    rx.await
+        .unwrap_or_else(|_| Err(StoreError::Metadata("metadata writer stopped".into())))
+}
+
+#[async_trait]
+impl MetaStore for RedbMetaStore {
+    async fn insert(&self, info: &UploadInfo) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Insert(Box::new(info.clone()), tx))?;
+        recv(rx).await
+    }
+
+    async fn get(&self, id: UploadId) -> Result<Option<UploadInfo>> {
+        // A read transaction sees the last commit and never blocks on the writer.
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(UPLOADS).map_err(db_err)?;
+        match table.get(id.to_string().as_str()).map_err(db_err)? {
+            Some(v) => decode(id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn update(&self, id: UploadId, update: Update) -> Result<UploadInfo> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Update(id, update, tx))?;
+        recv(rx).await
+    }
+
+    async fn remove(&self, id: UploadId) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Remove(id, tx))?;
+        recv(rx).await
+    }
+
+    async fn list(&self) -> Result<Vec<UploadInfo>> {
+        let db = self.db.clone();
+        let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>> {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(UPLOADS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let id = UploadId::parse(&k).map_err(|e| db_err(format!("key {k:?}: {e}")))?;
+                decode(id, &v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbMetaStore::open(&dir.path().join("m.redb")).unwrap();
+        crate::conformance::meta_store(Arc::new(store)).await;
+    }
+
+    #[test]
+    fn newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        drop(RedbMetaStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(INFO)
+                .unwrap()
+                .insert(LAYOUT_KEY, LAYOUT_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbMetaStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("newer ferry"), "{err}");
+    }
+
+    #[test]
+    fn reopen_keeps_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let id = UploadId::from_bytes([5; 16]);
+        let info = UploadInfo {
+            id,
+            length: None,
+            offset: 7,
+            metadata: Metadata::default(),
+            protocol: Protocol::Tus,
+            kind: UploadKind::Regular,
+            received: None,
+            created_ms: 1,
+            updated_ms: 1,
+            expires_ms: None,
+            sha256: None,
+        };
+        rt.block_on(async {
+            let s = RedbMetaStore::open(&path).unwrap();
+            s.insert(&info).await.unwrap();
+        });
+        // Dropping the store joined its writer, so the file is free again.
+        let s = RedbMetaStore::open(&path).expect("reopen");
+        assert_eq!(rt.block_on(s.get(id)).unwrap(), Some(info));
+    }
+}

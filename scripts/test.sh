@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Run ferry's whole test suite, exactly as CI does (.ci/run execs this script).
+#
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh -- FILTER...    # extra args are passed to the test runner
+#
+# Steps: install test deps -> fmt check -> clippy -> build bins -> tests
+# (cargo-nextest, or `cargo test` when nextest is absent) -> doc tests.
+# fmt/clippy failures are reported but do not stop the tests from running;
+# a failing dependency setup or build stops the run. Exit status is non-zero
+# if any step failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+[[ "${1:-}" == "--" ]] && shift
+RUNNER_ARGS=("$@")
+
+# cargo lives in ~/.cargo/bin on these machines; make sure it is on PATH even
+# when the caller's environment did not set it up.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+# Many tests open lots of sockets/files at once.
+ulimit -Sn 65536 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+
+# Where the interop tests find the third-party tus clients/servers
+# (see tests/interop/README.md).
+export FERRY_TEST_PYTHON="$ROOT/tests/interop/.venv/bin/python"
+export FERRY_TEST_NODE_DIR="$ROOT/tests/interop"
+
+START=$SECONDS
+SUMMARY=()
+FAILED=0
+
+# step NAME CMD... : run one step, record status and duration.
+step() {
+  local name="$1" t0=$SECONDS rc=0
+  shift
+  printf '\n==> %s: %s\n' "$name" "$*"
+  "$@" || rc=$?
+  local dt=$((SECONDS - t0))
+  if ((rc == 0)); then
+    SUMMARY+=("$(printf '  ok    %-8s %4ss' "$name" "$dt")")
+  else
+    SUMMARY+=("$(printf '  FAIL  %-8s %4ss  (exit %s)' "$name" "$dt" "$rc")")
+    FAILED=1
+  fi
+  return "$rc"
+}
+
+# shellcheck disable=SC2317  # invoked via trap
+summary() {
+  printf '\n==> summary (ulimit -n %s)\n' "$(ulimit -Sn)"
+  printf '%s\n' "${SUMMARY[@]}"
+  local total=$((SECONDS - START))
+  if ((FAILED)); then
+    printf 'test.sh: FAILED after %dm%02ds\n' $((total / 60)) $((total % 60))
+  else
+    printf 'test.sh: all steps passed in %dm%02ds\n' $((total / 60)) $((total % 60))
+  fi
+}
+trap summary EXIT
+
+step setup bash scripts/setup-test-deps.sh || exit 1
+step fmt cargo fmt --all --check || true
+step clippy cargo clippy --workspace --all-targets -- -D warnings || true
+step build cargo build --workspace --bins || exit 1
+if command -v cargo-nextest >/dev/null 2>&1; then
+  step test cargo nextest run --workspace --no-fail-fast "${RUNNER_ARGS[@]}" || true
+else
+  echo "test.sh: cargo-nextest not found, falling back to cargo test"
+  step test cargo test --workspace --no-fail-fast "${RUNNER_ARGS[@]}" || true
+fi
+step doctest cargo test --workspace --doc || true
+
+exit "$FAILED"
