@@ -1,0 +1,9 @@
+//! Integration tests: real `ferry` processes on 127.0.0.1, ephemeral ports.
+
+mod support;
+
+mod config;
+mod durability;
+mod hostile;
+mod interop;
+mod tus_core;

@@ -1,0 +1,390 @@
+//! Test support: real `ferry serve` processes on ephemeral ports, raw HTTP, tus helpers.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod proxy;
+
+/// Path of the ferry binary built for these tests.
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// A running `ferry serve`. Killed (and reaped) on drop; it also exits by itself when this
+/// test process dies, because its stdin (our pipe) closes.
+pub struct Server {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    pub addr: SocketAddr,
+    /// `http://addr{base}/files/`
+    pub files_url: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    args: Vec<String>,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on a fresh temp data dir with extra `args`.
+    pub fn start(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut s = Self::start_in(&data_dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on `data_dir` (kept by the caller).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stderr_path = data_dir.with_extension(format!("stderr.{}", std::process::id()));
+        Self::spawn(data_dir.to_path_buf(), args, None, stderr_path).expect("server starts")
+    }
+
+    /// Starts a server under a wrapper command (e.g. strace), given as program + args.
+    pub fn start_wrapped(data_dir: &Path, args: &[&str], wrapper: &[&str]) -> Server {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stderr_path = data_dir.with_extension("stderr");
+        Self::spawn(
+            data_dir.to_path_buf(),
+            args,
+            Some(wrapper.iter().map(|s| s.to_string()).collect()),
+            stderr_path,
+        )
+        .expect("server starts")
+    }
+
+    fn spawn(
+        data_dir: PathBuf,
+        args: Vec<String>,
+        wrapper: Option<Vec<String>>,
+        stderr_path: PathBuf,
+    ) -> Result<Server, String> {
+        let mut full: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--exit-on-stdin-close".into(),
+        ];
+        full.extend(args.iter().cloned());
+        let mut cmd = match &wrapper {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(ferry_bin()).args(&full);
+                c
+            }
+            None => {
+                let mut c = Command::new(ferry_bin());
+                c.args(&full);
+                c
+            }
+        };
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env_remove("FERRY_CONFIG")
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                return Err(format!("server did not start; stderr:\n{err}"));
+            }
+        };
+        let files_url = line
+            .strip_prefix("ferry listening on ")
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?
+            .to_string();
+        let authority = files_url
+            .strip_prefix("http://")
+            .and_then(|r| r.split('/').next())
+            .unwrap();
+        let addr: SocketAddr = authority.parse().unwrap();
+        let stdin = child.stdin.take();
+        Ok(Server {
+            child: Some(child),
+            stdin,
+            addr,
+            files_url,
+            data_dir,
+            _tmp: None,
+            args,
+            stderr_path,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The server's stderr so far (its log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, reaped.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stdin.take();
+    }
+
+    /// SIGTERM, then waits up to `limit` for exit; returns the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills (SIGKILL) and starts a new server on the same data dir and args; the new server
+    /// has a new port.
+    pub fn restart_after_kill(&mut self) {
+        self.kill9();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut next = Self::start_in(&self.data_dir, &args);
+        self.child = next.child.take();
+        self.stdin = next.stdin.take();
+        self.addr = next.addr;
+        self.files_url = next.files_url.clone();
+    }
+
+    /// Same upload URL on the current port (after a restart).
+    pub fn rebase(&self, upload_url: &str) -> String {
+        let id = upload_url.rsplit('/').next().unwrap();
+        format!("{}{}", self.files_url, id)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking HTTP client without a whole-request timeout but bounded connects.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// Creates a tus upload, returns its URL.
+pub fn create(server: &Server, length: u64, metadata: Option<&str>) -> String {
+    let mut req = client()
+        .post(&server.files_url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", length.to_string());
+    if let Some(m) = metadata {
+        req = req.header("Upload-Metadata", m);
+    }
+    let resp = req.send().expect("POST");
+    assert_eq!(resp.status().as_u16(), 201, "create: {:?}", resp.text());
+    resp.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// PATCH `body` at `offset`; returns (status, Upload-Offset header if any).
+pub fn patch(url: &str, offset: u64, body: Vec<u8>) -> (u16, Option<u64>) {
+    let resp = client()
+        .patch(url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", offset.to_string())
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .expect("PATCH");
+    let off = resp
+        .headers()
+        .get("upload-offset")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (resp.status().as_u16(), off)
+}
+
+/// HEAD offset (None if not 200).
+pub fn head_offset(url: &str) -> Option<u64> {
+    let resp = client()
+        .head(url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .ok()?;
+    if resp.status().as_u16() != 200 {
+        return None;
+    }
+    resp.headers()
+        .get("upload-offset")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// GET a finished upload and hash it.
+pub fn get_sha256(url: &str) -> String {
+    let mut resp = client().get(url).send().expect("GET");
+    assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = resp.read(&mut buf).expect("read body");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Deterministic pseudo-random bytes (xorshift), cheap to generate in bulk.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a pseudo-random file of `len` bytes in `dir`; returns its path and sha256.
+pub fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut h = Sha256::new();
+    let mut written = 0;
+    let mut s = seed;
+    while written < len {
+        let n = (len - written).min(8 << 20);
+        let chunk = random_bytes(n, s);
+        s += 1;
+        h.update(&chunk);
+        f.write_all(&chunk).unwrap();
+        written += n;
+    }
+    (path, hex::encode(h.finalize()))
+}
+
+/// Sends raw bytes on a fresh connection and reads the response until the server closes or
+/// `limit` passes. Returns what was read (possibly empty).
+pub fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(limit)).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // One response is enough when its headers say it has no body or a known one.
+                if response_complete(&out) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let head = text[..end].to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    buf.len() >= end + 4 + len
+}
+
+/// Status code of a raw response ("HTTP/1.1 204 ..."), 0 if none.
+pub fn status_of(resp: &str) -> u16 {
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Value of a header in a raw response (case-insensitive name).
+pub fn header_of(resp: &str, name: &str) -> Option<String> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Reads /proc/PID/status VmHWM in KiB.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
