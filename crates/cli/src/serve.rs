@@ -204,7 +204,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(settings, exit_on_stdin_close)) {
+    let result = rt.block_on(serve(settings, exit_on_stdin_close));
+    // A blocking stdin read (--exit-on-stdin-close) would hold a plain runtime drop forever.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry serve: {e:#}");

@@ -65,14 +65,15 @@ impl Server {
         wrapper: Option<Vec<String>>,
         stderr_path: PathBuf,
     ) -> Result<Server, String> {
-        let mut full: Vec<String> = vec![
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
+        let mut full: Vec<String> = vec!["serve".into()];
+        if !args.iter().any(|a| a == "--listen") {
+            full.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
+        full.extend([
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--exit-on-stdin-close".into(),
-        ];
+        ]);
         full.extend(args.iter().cloned());
         let mut cmd = match &wrapper {
             Some(w) => {
@@ -183,6 +184,23 @@ impl Server {
         self.stdin = next.stdin.take();
         self.addr = next.addr;
         self.files_url = next.files_url.clone();
+    }
+
+    /// Kills (SIGKILL) and starts a new server on the same data dir, args and port, so URLs
+    /// handed out before stay valid.
+    pub fn restart_same_port_after_kill(&mut self) {
+        self.kill9();
+        let mut args: Vec<String> = self
+            .args
+            .iter()
+            .filter(|a| !a.starts_with("--listen"))
+            .cloned()
+            .collect();
+        args.extend(["--listen".into(), self.addr.to_string()]);
+        let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut next = Self::start_in(&self.data_dir, &args_ref);
+        self.child = next.child.take();
+        self.stdin = next.stdin.take();
     }
 
     /// Same upload URL on the current port (after a restart).
