@@ -34,6 +34,15 @@ pub enum ProtoError {
     /// value as received.
     #[error("Tus-Resumable: unsupported version {0:?}")]
     UnsupportedVersion(String),
+    /// `Upload-Checksum` named an algorithm this build does not know (tus: 400).
+    #[error("Upload-Checksum: unsupported algorithm {0:?}")]
+    UnknownChecksumAlgorithm(String),
+    /// `Upload-Checksum` (or a digest field) was malformed; the string says how.
+    #[error("{0}")]
+    InvalidChecksum(String),
+    /// `Upload-Concat` was malformed; the string says how.
+    #[error("Upload-Concat: {0}")]
+    InvalidConcat(String),
 }
 
 /// Longest prefix, in chars, of untrusted input kept inside an error.

@@ -26,6 +26,9 @@
 //! assert_eq!(size::format_size(64 << 20), "64.0 MiB");
 //! ```
 
+pub mod checksum;
+pub mod concat;
+pub mod digest;
 pub mod disposition;
 pub mod error;
 pub mod id;

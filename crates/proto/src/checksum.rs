@@ -1,0 +1,317 @@
+//! Checksums: the tus `Upload-Checksum` header (`<algorithm> <base64 digest>`) and the
+//! hashers behind it, shared by the server (verifying) and the client (sending).
+//!
+//! `crc32` is IEEE CRC-32 as tus means it (not Castagnoli). `blake3` is an extra that both
+//! ferry ends prefer because it is the fastest.
+
+use crate::error::{ProtoError, echo};
+use crate::tus::trim_ows;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sha2::Digest as _;
+
+/// A checksum algorithm ferry knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChecksumAlgorithm {
+    /// SHA-1 (tus requires it).
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+    /// MD5.
+    Md5,
+    /// IEEE CRC-32, big-endian digest bytes.
+    Crc32,
+    /// BLAKE3, 32-byte digest.
+    Blake3,
+}
+
+impl ChecksumAlgorithm {
+    /// Every algorithm, fastest first (a client picks the first the server also lists).
+    pub const ALL: [ChecksumAlgorithm; 6] = [
+        ChecksumAlgorithm::Blake3,
+        ChecksumAlgorithm::Crc32,
+        ChecksumAlgorithm::Sha1,
+        ChecksumAlgorithm::Md5,
+        ChecksumAlgorithm::Sha256,
+        ChecksumAlgorithm::Sha512,
+    ];
+
+    /// The name used on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Sha1 => "sha1",
+            ChecksumAlgorithm::Sha256 => "sha256",
+            ChecksumAlgorithm::Sha512 => "sha512",
+            ChecksumAlgorithm::Md5 => "md5",
+            ChecksumAlgorithm::Crc32 => "crc32",
+            ChecksumAlgorithm::Blake3 => "blake3",
+        }
+    }
+
+    /// Looks up a wire name (case-insensitive).
+    pub fn from_name(name: &str) -> Option<ChecksumAlgorithm> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Digest length in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            ChecksumAlgorithm::Sha1 => 20,
+            ChecksumAlgorithm::Sha256 | ChecksumAlgorithm::Blake3 => 32,
+            ChecksumAlgorithm::Sha512 => 64,
+            ChecksumAlgorithm::Md5 => 16,
+            ChecksumAlgorithm::Crc32 => 4,
+        }
+    }
+
+    /// Picks the fastest algorithm named in a `Tus-Checksum-Algorithm` list.
+    pub fn best_of(list: &str) -> Option<ChecksumAlgorithm> {
+        let offered: Vec<ChecksumAlgorithm> = list
+            .split(',')
+            .filter_map(|n| ChecksumAlgorithm::from_name(trim_ows(n)))
+            .collect();
+        Self::ALL.into_iter().find(|a| offered.contains(a))
+    }
+}
+
+/// The `Tus-Checksum-Algorithm` value ferry's server announces.
+pub fn supported_list() -> String {
+    ["sha1", "sha256", "sha512", "md5", "crc32", "blake3"].join(",")
+}
+
+/// An algorithm and the digest a sender claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksum {
+    /// The algorithm.
+    pub algorithm: ChecksumAlgorithm,
+    /// The raw digest bytes.
+    pub digest: Vec<u8>,
+}
+
+impl Checksum {
+    /// Parses `Upload-Checksum: <algorithm> <base64>`. An unknown algorithm is its own error
+    /// (tus answers it with 400 before reading the body).
+    pub fn parse(value: &str) -> Result<Checksum, ProtoError> {
+        let v = trim_ows(value);
+        let (name, b64) = v.split_once([' ', '\t']).ok_or_else(|| {
+            ProtoError::InvalidChecksum(format!(
+                "Upload-Checksum must be \"<algorithm> <base64 digest>\", got {:?}",
+                echo(v)
+            ))
+        })?;
+        let algorithm = ChecksumAlgorithm::from_name(name)
+            .ok_or_else(|| ProtoError::UnknownChecksumAlgorithm(echo(name)))?;
+        let b64 = trim_ows(b64);
+        let digest = STANDARD.decode(b64).map_err(|_| {
+            ProtoError::InvalidChecksum("Upload-Checksum: digest is not valid base64".into())
+        })?;
+        if digest.len() != algorithm.digest_len() {
+            return Err(ProtoError::InvalidChecksum(format!(
+                "Upload-Checksum: a {} digest has {} bytes, got {}",
+                algorithm.name(),
+                algorithm.digest_len(),
+                digest.len()
+            )));
+        }
+        Ok(Checksum { algorithm, digest })
+    }
+
+    /// Formats as an `Upload-Checksum` value.
+    pub fn format(&self) -> String {
+        format!(
+            "{} {}",
+            self.algorithm.name(),
+            STANDARD.encode(&self.digest)
+        )
+    }
+}
+
+/// Incremental hashing with any [`ChecksumAlgorithm`].
+#[derive(Clone)]
+pub struct Hasher(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+    Md5(md5::Md5),
+    Crc32(crc32fast::Hasher),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Hasher").field(&self.algorithm()).finish()
+    }
+}
+
+impl Hasher {
+    /// A fresh hasher.
+    pub fn new(algorithm: ChecksumAlgorithm) -> Hasher {
+        Hasher(match algorithm {
+            ChecksumAlgorithm::Sha1 => Inner::Sha1(sha1::Sha1::new()),
+            ChecksumAlgorithm::Sha256 => Inner::Sha256(sha2::Sha256::new()),
+            ChecksumAlgorithm::Sha512 => Inner::Sha512(sha2::Sha512::new()),
+            ChecksumAlgorithm::Md5 => Inner::Md5(md5::Md5::new()),
+            ChecksumAlgorithm::Crc32 => Inner::Crc32(crc32fast::Hasher::new()),
+            ChecksumAlgorithm::Blake3 => Inner::Blake3(Box::new(blake3::Hasher::new())),
+        })
+    }
+
+    /// Which algorithm this is.
+    pub fn algorithm(&self) -> ChecksumAlgorithm {
+        match &self.0 {
+            Inner::Sha1(_) => ChecksumAlgorithm::Sha1,
+            Inner::Sha256(_) => ChecksumAlgorithm::Sha256,
+            Inner::Sha512(_) => ChecksumAlgorithm::Sha512,
+            Inner::Md5(_) => ChecksumAlgorithm::Md5,
+            Inner::Crc32(_) => ChecksumAlgorithm::Crc32,
+            Inner::Blake3(_) => ChecksumAlgorithm::Blake3,
+        }
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            Inner::Sha1(h) => h.update(data),
+            Inner::Sha256(h) => h.update(data),
+            Inner::Sha512(h) => h.update(data),
+            Inner::Md5(h) => h.update(data),
+            Inner::Crc32(h) => h.update(data),
+            Inner::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// The digest.
+    pub fn finalize(self) -> Vec<u8> {
+        match self.0 {
+            Inner::Sha1(h) => h.finalize().to_vec(),
+            Inner::Sha256(h) => h.finalize().to_vec(),
+            Inner::Sha512(h) => h.finalize().to_vec(),
+            Inner::Md5(h) => h.finalize().to_vec(),
+            Inner::Crc32(h) => h.finalize().to_be_bytes().to_vec(),
+            Inner::Blake3(h) => h.finalize().as_bytes().to_vec(),
+        }
+    }
+}
+
+/// One-shot digest of `data`.
+pub fn digest(algorithm: ChecksumAlgorithm, data: &[u8]) -> Vec<u8> {
+    let mut h = Hasher::new(algorithm);
+    h.update(data);
+    h.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn known_vectors() {
+        let d = |a| hex(&digest(a, b"hello"));
+        assert_eq!(
+            d(ChecksumAlgorithm::Sha1),
+            "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"
+        );
+        assert_eq!(
+            d(ChecksumAlgorithm::Sha256),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(
+            d(ChecksumAlgorithm::Md5),
+            "5d41402abc4b2a76b9719d911017c592"
+        );
+        // IEEE CRC-32 of "hello" (Castagnoli would be 9a71bb4c).
+        assert_eq!(d(ChecksumAlgorithm::Crc32), "3610a686");
+        assert_eq!(
+            d(ChecksumAlgorithm::Blake3),
+            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+        );
+        assert_eq!(digest(ChecksumAlgorithm::Sha512, b"").len(), 64);
+    }
+
+    #[test]
+    fn parses_tus_examples() {
+        let c = Checksum::parse("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=").unwrap();
+        assert_eq!(c.algorithm, ChecksumAlgorithm::Sha1);
+        assert_eq!(c.digest.len(), 20);
+        assert_eq!(c.format(), "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=");
+        assert_eq!(
+            Checksum::parse("SHA256 LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=")
+                .unwrap()
+                .algorithm,
+            ChecksumAlgorithm::Sha256
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(matches!(
+            Checksum::parse("whirlpool AAAA"),
+            Err(ProtoError::UnknownChecksumAlgorithm(_))
+        ));
+        for bad in [
+            "",
+            "sha1",
+            "sha1 !!!",
+            "sha1 AAAA",
+            "crc32 AAAAAAAA",
+            "md5  ",
+        ] {
+            assert!(
+                matches!(Checksum::parse(bad), Err(ProtoError::InvalidChecksum(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn best_of_prefers_fast_algorithms() {
+        assert_eq!(
+            ChecksumAlgorithm::best_of("sha1, md5,crc32"),
+            Some(ChecksumAlgorithm::Crc32)
+        );
+        assert_eq!(
+            ChecksumAlgorithm::best_of(&supported_list()),
+            Some(ChecksumAlgorithm::Blake3)
+        );
+        assert_eq!(ChecksumAlgorithm::best_of("whirlpool"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..300), i in 0usize..6) {
+            let algorithm = ChecksumAlgorithm::ALL[i];
+            let c = Checksum { algorithm, digest: digest(algorithm, &data) };
+            prop_assert_eq!(Checksum::parse(&c.format()).unwrap(), c);
+        }
+
+        #[test]
+        fn incremental_equals_one_shot(data in proptest::collection::vec(any::<u8>(), 0..500), cut in 0usize..500, i in 0usize..6) {
+            let algorithm = ChecksumAlgorithm::ALL[i];
+            let cut = cut.min(data.len());
+            let mut h = Hasher::new(algorithm);
+            h.update(&data[..cut]);
+            h.update(&data[cut..]);
+            prop_assert_eq!(h.finalize(), digest(algorithm, &data));
+        }
+
+        #[test]
+        fn never_panics(s in ".*") {
+            let _ = Checksum::parse(&s);
+            let _ = ChecksumAlgorithm::best_of(&s);
+        }
+    }
+}
