@@ -17,6 +17,20 @@ pub enum StoreError {
     /// The disk (or quota) is full.
     #[error("storage full")]
     StorageFull,
+    /// A final upload named an upload that is not a partial one.
+    #[error("upload {0} is not a partial upload")]
+    NotPartial(UploadId),
+    /// Final uploads take no bytes of their own.
+    #[error("upload {0} is a final upload: it cannot be written")]
+    IsFinal(UploadId),
+    /// An upload would exceed the size limit.
+    #[error("{length} bytes exceed the maximum size of {max}")]
+    TooLarge {
+        /// The requested length.
+        length: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A write would go past the upload's declared length.
     #[error("body goes past the upload's length of {length} bytes")]
     ExceedsLength {

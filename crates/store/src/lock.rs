@@ -64,6 +64,9 @@ pub trait Locker: Send + Sync + 'static {
     /// Takes the upload's lease, asking a current holder to let go first. Fails with `Busy` if
     /// the holder does not let go within the locker's patience.
     async fn acquire(&self, id: UploadId) -> Result<Lease>;
+
+    /// Takes the lease only if nobody holds it; `Busy` otherwise (the holder is not disturbed).
+    async fn try_acquire(&self, id: UploadId) -> Result<Lease>;
 }
 
 struct Slot {
@@ -123,34 +126,46 @@ impl Drop for Release {
     }
 }
 
+impl LocalLocker {
+    fn grant(&self, slots: &mut Slots, id: UploadId) -> Lease {
+        slots.next_generation += 1;
+        let generation = slots.next_generation;
+        let takeover = CancellationToken::new();
+        let (tx, _) = watch::channel(false);
+        slots.map.insert(
+            id,
+            Slot {
+                generation,
+                takeover: takeover.clone(),
+                released: tx,
+            },
+        );
+        let release = Release {
+            slots: self.slots.clone(),
+            id,
+            generation,
+        };
+        Lease::new(id, takeover, Box::new(release))
+    }
+}
+
 #[async_trait]
 impl Locker for LocalLocker {
+    async fn try_acquire(&self, id: UploadId) -> Result<Lease> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.map.contains_key(&id) {
+            return Err(StoreError::Busy(id));
+        }
+        Ok(self.grant(&mut slots, id))
+    }
+
     async fn acquire(&self, id: UploadId) -> Result<Lease> {
         let deadline = tokio::time::Instant::now() + self.patience;
         loop {
             let mut released = {
                 let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
                 match slots.map.get(&id) {
-                    None => {
-                        slots.next_generation += 1;
-                        let generation = slots.next_generation;
-                        let takeover = CancellationToken::new();
-                        let (tx, _) = watch::channel(false);
-                        slots.map.insert(
-                            id,
-                            Slot {
-                                generation,
-                                takeover: takeover.clone(),
-                                released: tx,
-                            },
-                        );
-                        let release = Release {
-                            slots: self.slots.clone(),
-                            id,
-                            generation,
-                        };
-                        return Ok(Lease::new(id, takeover, Box::new(release)));
-                    }
+                    None => return Ok(self.grant(&mut slots, id)),
                     Some(slot) => {
                         slot.takeover.cancel();
                         slot.released.subscribe()
@@ -204,6 +219,19 @@ mod tests {
         let _held = locker.acquire(id(1)).await.unwrap();
         let err = locker.acquire(id(1)).await.unwrap_err();
         assert!(matches!(err, StoreError::Busy(_)));
+    }
+
+    #[tokio::test]
+    async fn try_acquire_never_disturbs_a_holder() {
+        let locker = LocalLocker::new(Duration::from_secs(1));
+        let held = locker.acquire(id(4)).await.unwrap();
+        assert!(matches!(
+            locker.try_acquire(id(4)).await,
+            Err(StoreError::Busy(_))
+        ));
+        assert!(!held.is_taken_over());
+        drop(held);
+        assert!(locker.try_acquire(id(4)).await.is_ok());
     }
 
     #[tokio::test]

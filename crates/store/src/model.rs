@@ -144,12 +144,22 @@ pub struct UploadInfo {
     pub expires_ms: Option<u64>,
     /// SHA-256 of the whole content, once computed.
     pub sha256: Option<[u8; 32]>,
+    /// Final uploads built from this one (a partial). While any exist, deleting or expiring
+    /// this upload only hides it: its bytes stay for the finals.
+    pub finals: Vec<UploadId>,
+    /// Deleted or expired but kept for the finals that use it; invisible to clients.
+    pub deleted: bool,
 }
 
 impl UploadInfo {
     /// Whether every byte has arrived.
     pub fn is_complete(&self) -> bool {
         self.length == Some(self.offset)
+    }
+
+    /// Whether it expired before `now_ms` (finished uploads carry no expiry unless configured).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now_ms)
     }
 }
 

@@ -47,6 +47,10 @@ struct Record {
     expires_ms: Option<u64>,
     #[serde(default)]
     sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    finals: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 fn encode(info: &UploadInfo) -> Vec<u8> {
@@ -63,6 +67,8 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         sha256: info
             .sha256
             .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
+        finals: info.finals.iter().map(ToString::to_string).collect(),
+        deleted: info.deleted,
     };
     serde_json::to_vec(&rec).expect("record serializes")
 }
@@ -75,8 +81,15 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         None => None,
         Some(hex) => Some(parse_hex32(&hex).ok_or_else(|| bad("bad sha256".into()))?),
     };
+    let finals = rec
+        .finals
+        .iter()
+        .map(|f| UploadId::parse(f).map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
     Ok(UploadInfo {
         id,
+        finals,
+        deleted: rec.deleted,
         length: rec.length,
         offset: rec.offset,
         metadata,
@@ -382,6 +395,8 @@ mod tests {
             updated_ms: 1,
             expires_ms: None,
             sha256: None,
+            finals: Vec::new(),
+            deleted: false,
         };
         rt.block_on(async {
             let s = RedbMetaStore::open(&path).unwrap();

@@ -13,7 +13,9 @@ use crate::lock::{Lease, LocalLocker, Locker};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
 use crate::redb_meta::RedbMetaStore;
+use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::{Metadata, UploadId};
+use futures_util::StreamExt;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -73,12 +75,47 @@ pub struct NewUpload {
     pub expires_ms: Option<u64>,
 }
 
+/// When uploads expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryPolicy {
+    /// Unfinished uploads expire this long after their last change.
+    pub unfinished: Option<Duration>,
+    /// Finished uploads expire this long after they finished (none by default).
+    pub finished: Option<Duration>,
+}
+
+impl Default for ExpiryPolicy {
+    fn default() -> Self {
+        Self {
+            unfinished: Some(Duration::from_secs(7 * 24 * 3600)),
+            finished: None,
+        }
+    }
+}
+
+impl ExpiryPolicy {
+    /// Expiry time for an upload in `info`'s state, changed at `now`.
+    fn expires_at(&self, complete: bool, now: u64) -> Option<u64> {
+        let after = if complete {
+            self.finished
+        } else {
+            self.unfinished
+        };
+        after.map(|d| now.saturating_add(d.as_millis() as u64))
+    }
+}
+
+/// Uploads at most this large get their digest before the completing request is answered;
+/// larger ones in the background.
+pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
+
 /// Data store + metadata store + locker, bound by a sync policy.
 pub struct Uploads {
     data: Arc<dyn DataStore>,
     meta: Arc<dyn MetaStore>,
     locker: Arc<dyn Locker>,
     sync: SyncPolicy,
+    expiry: ExpiryPolicy,
     _dir_lock: Option<File>,
 }
 
@@ -106,8 +143,20 @@ impl Uploads {
             meta,
             locker,
             sync,
+            expiry: ExpiryPolicy::default(),
             _dir_lock: None,
         }
+    }
+
+    /// Sets when uploads expire.
+    pub fn with_expiry(mut self, expiry: ExpiryPolicy) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// The expiry policy in force.
+    pub fn expiry(&self) -> ExpiryPolicy {
+        self.expiry
     }
 
     /// The embedded default: files under `dir/uploads`, metadata in `dir/ferry.redb`, leases in
@@ -157,13 +206,12 @@ impl Uploads {
     }
 
     /// Creates an upload with a fresh unguessable id (128 random bits): data object first, then
-    /// the record, so a record never points at missing data.
+    /// the record, so a record never points at missing data. For a final upload use
+    /// [`create_final`](Self::create_final).
     pub async fn create(&self, new: NewUpload) -> Result<UploadInfo> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        let id = UploadId::from_bytes(bytes);
+        let id = random_id()?;
         let now = now_ms();
+        let complete = new.length == Some(0);
         let info = UploadInfo {
             id,
             length: new.length,
@@ -174,21 +222,84 @@ impl Uploads {
             received: None,
             created_ms: now,
             updated_ms: now,
-            expires_ms: new.expires_ms,
-            sha256: None,
+            expires_ms: self.expiry.expires_at(complete, now),
+            sha256: complete.then(|| sha256_of_nothing()),
+            finals: Vec::new(),
+            deleted: false,
         };
-        if !matches!(info.kind, UploadKind::Final { .. }) {
-            self.data
-                .create(id, self.sync == SyncPolicy::Always)
+        self.data
+            .create(id, self.sync == SyncPolicy::Always)
+            .await?;
+        self.meta.insert(&info).await?;
+        Ok(info)
+    }
+
+    /// Creates a final upload made of `parts` (each a partial upload, in order). No bytes are
+    /// copied: the final only lists its parts. Parts may still be unfinished; the final
+    /// completes when the last of them does. Each part first records that the final uses it
+    /// (so deleting a part can never destroy the final's bytes), then the final is inserted.
+    pub async fn create_final(
+        &self,
+        parts: Vec<UploadId>,
+        metadata: Metadata,
+        max_size: Option<u64>,
+    ) -> Result<UploadInfo> {
+        let mut infos = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let info = self.get(*p).await?.ok_or(StoreError::NotFound(*p))?;
+            if info.kind != UploadKind::Partial {
+                return Err(StoreError::NotPartial(*p));
+            }
+            infos.push(info);
+        }
+        let id = random_id()?;
+        let now = now_ms();
+        let length = total_length(&infos);
+        if let (Some(max), Some(len)) = (max_size, length)
+            && len > max
+        {
+            return Err(StoreError::TooLarge { length: len, max });
+        }
+        for p in &parts {
+            self.meta
+                .update(
+                    *p,
+                    Box::new(move |info| {
+                        if info.deleted {
+                            return Err(StoreError::NotFound(info.id));
+                        }
+                        info.finals.push(id);
+                        Ok(())
+                    }),
+                )
                 .await?;
         }
+        let complete = infos.iter().all(UploadInfo::is_complete);
+        let info = UploadInfo {
+            id,
+            length: if complete { length } else { None },
+            offset: if complete { length.unwrap_or(0) } else { 0 },
+            metadata,
+            protocol: Protocol::Tus,
+            kind: UploadKind::Final { parts },
+            received: None,
+            created_ms: now,
+            updated_ms: now,
+            expires_ms: self.expiry.expires_at(complete, now),
+            sha256: None,
+            finals: Vec::new(),
+            deleted: false,
+        };
         self.meta.insert(&info).await?;
+        if complete {
+            self.completed(&info).await;
+        }
         Ok(info)
     }
 
     /// The committed record. Never waits for a writer.
     pub async fn get(&self, id: UploadId) -> Result<Option<UploadInfo>> {
-        self.meta.get(id).await
+        Ok(self.meta.get(id).await?.filter(|i| !i.deleted))
     }
 
     /// Takes the upload's lease (asking a current writer to commit and let go).
@@ -199,7 +310,10 @@ impl Uploads {
     /// Starts appending at the committed offset. `expected_bytes` sizes the buffers.
     pub async fn append(&self, lease: &Lease, expected_bytes: Option<u64>) -> Result<Append<'_>> {
         let id = lease.id();
-        let info = self.meta.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        if matches!(info.kind, UploadKind::Final { .. }) {
+            return Err(StoreError::IsFinal(id));
+        }
         let writer = self
             .data
             .open_writer(
@@ -248,27 +362,256 @@ impl Uploads {
             .await
     }
 
-    /// Deletes an upload: takes it over from any writer, removes the record, then the data.
+    /// Deletes an upload: takes it over from any writer, then removes it. A partial that a
+    /// final still uses is only hidden; its bytes go when the last such final goes. Deleting a
+    /// final releases its parts.
     pub async fn delete(&self, id: UploadId) -> Result<()> {
         let _lease = self.lease(id).await?;
-        let info = self.meta.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        self.remove(info).await
+    }
+
+    async fn remove(&self, info: UploadInfo) -> Result<()> {
+        let id = info.id;
+        if !info.finals.is_empty() {
+            let hidden = self
+                .meta
+                .update(
+                    id,
+                    Box::new(|i| {
+                        i.deleted = true;
+                        Ok(())
+                    }),
+                )
+                .await?;
+            // A final may have let go in the meantime.
+            if hidden.finals.is_empty() {
+                self.purge(id).await?;
+            }
+            return Ok(());
+        }
         self.meta.remove(id).await?;
-        if !matches!(info.kind, UploadKind::Final { .. }) {
-            self.data.delete(id).await?;
+        match info.kind {
+            UploadKind::Final { parts } => {
+                for p in parts {
+                    self.release_part(p, id).await?;
+                }
+            }
+            _ => self.data.delete(id).await?,
         }
         Ok(())
     }
 
-    /// Streams committed bytes `[start, end)` of an upload.
-    pub async fn read(&self, info: &UploadInfo, start: u64, end: u64) -> Result<ByteStream> {
-        if end > info.offset || start > end {
-            return Err(StoreError::Inconsistent(format!(
-                "read {start}..{end} past committed offset {}",
-                info.offset
-            )));
+    /// Drops `final_id` from a part's users; purges the part if it was deleted and no final
+    /// uses it any more.
+    async fn release_part(&self, part: UploadId, final_id: UploadId) -> Result<()> {
+        let updated = self
+            .meta
+            .update(
+                part,
+                Box::new(move |i| {
+                    i.finals.retain(|f| *f != final_id);
+                    Ok(())
+                }),
+            )
+            .await;
+        match updated {
+            Ok(p) if p.deleted && p.finals.is_empty() => self.purge(part).await,
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
         }
-        self.data.read(info.id, start, end).await
     }
+
+    async fn purge(&self, id: UploadId) -> Result<()> {
+        self.meta.remove(id).await?;
+        self.data.delete(id).await
+    }
+
+    /// Deletes every upload that expired before `now` (ms since the epoch), skipping uploads
+    /// a request is writing right now. Returns the ids deleted.
+    pub async fn sweep_expired(&self, now: u64) -> Result<Vec<UploadId>> {
+        let mut gone = Vec::new();
+        for info in self.meta.list().await? {
+            if info.deleted || !info.is_expired(now) {
+                continue;
+            }
+            let Ok(_lease) = self.try_lease(info.id).await else {
+                continue;
+            };
+            // Re-read under the lease: a write may have just extended it.
+            match self.get(info.id).await? {
+                Some(fresh) if fresh.is_expired(now) => {
+                    self.remove(fresh).await?;
+                    gone.push(info.id);
+                }
+                _ => {}
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Takes a lease only if nobody holds it (the sweeper never interrupts a writer).
+    async fn try_lease(&self, id: UploadId) -> Result<Lease> {
+        self.locker.try_acquire(id).await
+    }
+
+    /// Work that follows an upload's completion: its digest (inline when small, else in the
+    /// background) and completing finals that were waiting for it.
+    async fn completed(&self, info: &UploadInfo) {
+        let data = self.data.clone();
+        let meta = self.meta.clone();
+        let info_owned = info.clone();
+        let job = async move {
+            if let Err(e) = compute_digest(&data, &meta, &info_owned).await {
+                tracing::warn!(upload = %info_owned.id, error = %e, "digest failed");
+            }
+        };
+        if info.length.unwrap_or(0) <= INLINE_DIGEST_MAX {
+            job.await;
+        } else {
+            tokio::spawn(job);
+        }
+        for f in &info.finals {
+            if let Err(e) = self.refresh_final(*f).await {
+                tracing::warn!(upload = %f, error = %e, "completing final failed");
+            }
+        }
+    }
+
+    /// Completes a final upload once all its parts are complete.
+    async fn refresh_final(&self, id: UploadId) -> Result<()> {
+        let Some(info) = self.meta.get(id).await? else {
+            return Ok(());
+        };
+        let UploadKind::Final { parts } = &info.kind else {
+            return Ok(());
+        };
+        if info.is_complete() {
+            return Ok(());
+        }
+        let mut infos = Vec::with_capacity(parts.len());
+        for p in parts {
+            match self.meta.get(*p).await? {
+                Some(i) if i.is_complete() => infos.push(i),
+                _ => return Ok(()),
+            }
+        }
+        let Some(length) = total_length(&infos) else {
+            return Ok(());
+        };
+        let expires = self.expiry.expires_at(true, now_ms());
+        let done = self
+            .meta
+            .update(
+                id,
+                Box::new(move |i| {
+                    i.length = Some(length);
+                    i.offset = length;
+                    i.expires_ms = expires;
+                    i.updated_ms = now_ms();
+                    Ok(())
+                }),
+            )
+            .await?;
+        Box::pin(self.completed(&done)).await;
+        Ok(())
+    }
+
+    /// Streams committed bytes `[start, end)` of an upload; a final upload is read across its
+    /// parts.
+    pub async fn read(&self, info: &UploadInfo, start: u64, end: u64) -> Result<ByteStream> {
+        read_upload(&self.data, &self.meta, info, start, end).await
+    }
+}
+
+fn random_id() -> Result<UploadId> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(UploadId::from_bytes(bytes))
+}
+
+fn sha256_of_nothing() -> [u8; 32] {
+    let d = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, b"");
+    d.try_into().expect("32 bytes")
+}
+
+/// Sum of the parts' lengths, if all are known.
+fn total_length(parts: &[UploadInfo]) -> Option<u64> {
+    parts
+        .iter()
+        .try_fold(0u64, |acc, p| acc.checked_add(p.length?))
+}
+
+async fn read_upload(
+    data: &Arc<dyn DataStore>,
+    meta: &Arc<dyn MetaStore>,
+    info: &UploadInfo,
+    start: u64,
+    end: u64,
+) -> Result<ByteStream> {
+    if end > info.offset || start > end {
+        return Err(StoreError::Inconsistent(format!(
+            "read {start}..{end} past committed offset {}",
+            info.offset
+        )));
+    }
+    let UploadKind::Final { parts } = &info.kind else {
+        return data.read(info.id, start, end).await;
+    };
+    // Map [start, end) onto the parts; streams are opened lazily, one after the other.
+    let mut pieces = Vec::new();
+    let mut base = 0u64;
+    for p in parts {
+        let part = meta.get(*p).await?.ok_or(StoreError::NotFound(*p))?;
+        let len = part.length.unwrap_or(part.offset).min(part.offset);
+        let (s, e) = (start.max(base), end.min(base + len));
+        if s < e {
+            pieces.push((part.id, s - base, e - base));
+        }
+        base += len;
+        if base >= end {
+            break;
+        }
+    }
+    let data = data.clone();
+    let stream = futures_util::stream::iter(pieces)
+        .then(move |(id, s, e)| {
+            let data = data.clone();
+            async move { data.read(id, s, e).await }
+        })
+        .map(|r| match r {
+            Ok(s) => s,
+            Err(e) => Box::pin(futures_util::stream::once(async move {
+                Err(std::io::Error::other(e.to_string()))
+            })) as ByteStream,
+        })
+        .flatten();
+    Ok(Box::pin(stream))
+}
+
+/// Hashes the whole upload with SHA-256 and stores the digest.
+async fn compute_digest(
+    data: &Arc<dyn DataStore>,
+    meta: &Arc<dyn MetaStore>,
+    info: &UploadInfo,
+) -> Result<()> {
+    let length = info.length.unwrap_or(0);
+    let mut stream = read_upload(data, meta, info, 0, length).await?;
+    let mut hasher = ferry_proto::checksum::Hasher::new(ChecksumAlgorithm::Sha256);
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    let digest: [u8; 32] = hasher.finalize().try_into().expect("32 bytes");
+    meta.update(
+        info.id,
+        Box::new(move |i| {
+            i.sha256 = Some(digest);
+            Ok(())
+        }),
+    )
+    .await?;
+    Ok(())
 }
 
 /// An append in progress, under a lease. Bytes pushed here count only after
@@ -390,6 +733,7 @@ impl Append<'_> {
         }
         let previous = self.info.offset;
         let id = self.info.id;
+        let expiry = self.uploads.expiry;
         let committed = self
             .uploads
             .meta
@@ -399,13 +743,23 @@ impl Append<'_> {
                     if info.offset != previous {
                         return Err(StoreError::Conflict(id));
                     }
+                    let now = now_ms();
                     info.offset = target;
-                    info.updated_ms = now_ms();
+                    info.updated_ms = now;
+                    // Activity keeps an unfinished upload alive; finishing applies the
+                    // finished-upload policy.
+                    info.expires_ms = expiry.expires_at(info.is_complete(), now);
                     Ok(())
                 }),
             )
             .await?;
         self.info = committed;
+        if self.info.is_complete() {
+            self.uploads.completed(&self.info).await;
+            if let Some(fresh) = self.uploads.meta.get(id).await? {
+                self.info = fresh;
+            }
+        }
         flushed.map(|()| self.info.clone())
     }
 }
@@ -416,5 +770,266 @@ impl Drop for Append<'_> {
         if let Some(b) = self.spare.take() {
             give_buffer(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Uploads {
+        Uploads::open_local(dir, SyncPolicy::Always).unwrap()
+    }
+
+    async fn write_all(u: &Uploads, id: UploadId, data: &[u8]) -> UploadInfo {
+        let lease = u.lease(id).await.unwrap();
+        let mut a = u.append(&lease, Some(data.len() as u64)).await.unwrap();
+        a.push(data).await.unwrap();
+        a.commit().await.unwrap()
+    }
+
+    async fn read_all(u: &Uploads, info: &UploadInfo) -> Vec<u8> {
+        let mut s = u.read(info, 0, info.offset).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, data)
+            .try_into()
+            .unwrap()
+    }
+
+    fn new_upload(length: Option<u64>, kind: UploadKind) -> NewUpload {
+        NewUpload {
+            length,
+            kind,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn append_commit_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+        let info = u
+            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
+            .await
+            .unwrap();
+        let lease = u.lease(info.id).await.unwrap();
+        let mut a = u.append(&lease, None).await.unwrap();
+        for chunk in data.chunks(70_001) {
+            a.push(chunk).await.unwrap();
+        }
+        assert!(matches!(
+            a.push(b"x").await,
+            Err(StoreError::ExceedsLength { .. })
+        ));
+        let done = a.commit().await.unwrap();
+        assert!(done.is_complete());
+        assert_eq!(
+            done.sha256,
+            Some(sha(&data)),
+            "small uploads get their digest inline"
+        );
+        assert_eq!(
+            done.expires_ms, None,
+            "finished uploads do not expire by default"
+        );
+        assert_eq!(read_all(&u, &done).await, data);
+    }
+
+    #[tokio::test]
+    async fn uncommitted_bytes_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let info = u
+            .create(new_upload(Some(10), UploadKind::Regular))
+            .await
+            .unwrap();
+        {
+            let lease = u.lease(info.id).await.unwrap();
+            let mut a = u.append(&lease, None).await.unwrap();
+            a.push(b"abc").await.unwrap();
+            a.commit().await.unwrap();
+            a.push(b"zzzz").await.unwrap();
+            // dropped without commit
+        }
+        assert_eq!(u.get(info.id).await.unwrap().unwrap().offset, 3);
+        let done = write_all(&u, info.id, b"defghij").await;
+        assert_eq!(read_all(&u, &done).await, b"abcdefghij");
+    }
+
+    #[tokio::test]
+    async fn final_reads_across_parts_and_survives_part_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let a = u
+            .create(new_upload(Some(5), UploadKind::Partial))
+            .await
+            .unwrap();
+        let b = u
+            .create(new_upload(Some(7), UploadKind::Partial))
+            .await
+            .unwrap();
+        write_all(&u, a.id, b"hello").await;
+        // Final created before part b finishes (concatenation-unfinished).
+        let f = u
+            .create_final(vec![a.id, b.id], Metadata::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(f.length, None);
+        write_all(&u, b.id, b", world").await;
+        let f = u.get(f.id).await.unwrap().unwrap();
+        assert!(f.is_complete(), "final completes with its last part");
+        assert_eq!(read_all(&u, &f).await, b"hello, world");
+        assert_eq!(f.sha256, Some(sha(b"hello, world")));
+        // Deleting a part hides it but keeps its bytes for the final.
+        u.delete(a.id).await.unwrap();
+        assert!(u.get(a.id).await.unwrap().is_none());
+        assert_eq!(read_all(&u, &f).await, b"hello, world");
+        // Deleting the final releases the hidden part for good.
+        u.delete(f.id).await.unwrap();
+        assert!(
+            u.meta.get(a.id).await.unwrap().is_none(),
+            "hidden part purged"
+        );
+        assert!(u.get(b.id).await.unwrap().is_some(), "visible part kept");
+    }
+
+    #[tokio::test]
+    async fn final_rejects_non_partials_and_missing_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let r = u
+            .create(new_upload(Some(1), UploadKind::Regular))
+            .await
+            .unwrap();
+        assert!(matches!(
+            u.create_final(vec![r.id], Metadata::default(), None).await,
+            Err(StoreError::NotPartial(_))
+        ));
+        let missing = UploadId::from_bytes([9; 16]);
+        assert!(matches!(
+            u.create_final(vec![missing], Metadata::default(), None)
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        let p = u
+            .create(new_upload(Some(10), UploadKind::Partial))
+            .await
+            .unwrap();
+        write_all(&u, p.id, b"0123456789").await;
+        assert!(matches!(
+            u.create_final(vec![p.id, p.id], Metadata::default(), Some(15))
+                .await,
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn sweeper_deletes_expired_unfinished_uploads_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path()).with_expiry(ExpiryPolicy {
+            unfinished: Some(Duration::from_secs(60)),
+            finished: None,
+        });
+        let stale = u
+            .create(new_upload(Some(10), UploadKind::Regular))
+            .await
+            .unwrap();
+        let done = u
+            .create(new_upload(Some(2), UploadKind::Regular))
+            .await
+            .unwrap();
+        write_all(&u, done.id, b"ok").await;
+        let busy = u
+            .create(new_upload(Some(10), UploadKind::Regular))
+            .await
+            .unwrap();
+        let held = u.lease(busy.id).await.unwrap();
+        let later = now_ms() + 61_000;
+        assert!(u.get(stale.id).await.unwrap().unwrap().is_expired(later));
+        let gone = u.sweep_expired(later).await.unwrap();
+        assert_eq!(gone, vec![stale.id]);
+        assert!(u.get(stale.id).await.unwrap().is_none());
+        assert!(u.get(done.id).await.unwrap().is_some());
+        assert!(
+            !held.is_taken_over(),
+            "the sweeper never interrupts a writer"
+        );
+        drop(held);
+        assert_eq!(u.sweep_expired(later).await.unwrap(), vec![busy.id]);
+    }
+
+    #[tokio::test]
+    async fn expiring_a_partial_keeps_a_finished_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path()).with_expiry(ExpiryPolicy {
+            unfinished: Some(Duration::from_secs(60)),
+            finished: Some(Duration::from_secs(3600)),
+        });
+        let p = u
+            .create(new_upload(Some(3), UploadKind::Partial))
+            .await
+            .unwrap();
+        write_all(&u, p.id, b"abc").await;
+        let f = u
+            .create_final(vec![p.id], Metadata::default(), None)
+            .await
+            .unwrap();
+        assert!(f.is_complete());
+        // The part's finished-upload expiry is due well before the final's would be read.
+        u.meta
+            .update(
+                p.id,
+                Box::new(|i| {
+                    i.expires_ms = Some(1);
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+        let gone = u.sweep_expired(now_ms()).await.unwrap();
+        assert_eq!(gone, vec![p.id]);
+        let f = u.get(f.id).await.unwrap().unwrap();
+        assert_eq!(read_all(&u, &f).await, b"abc", "final still readable");
+    }
+
+    #[tokio::test]
+    async fn unfinished_final_and_parts_expire_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let p = u
+            .create(new_upload(Some(3), UploadKind::Partial))
+            .await
+            .unwrap();
+        let q = u
+            .create(new_upload(Some(3), UploadKind::Partial))
+            .await
+            .unwrap();
+        write_all(&u, p.id, b"abc").await;
+        let f = u
+            .create_final(vec![p.id, q.id], Metadata::default(), None)
+            .await
+            .unwrap();
+        // q never finishes and expires; p is finished and does not.
+        let later = now_ms() + 8 * 24 * 3600 * 1000;
+        let gone = u.sweep_expired(later).await.unwrap();
+        assert!(gone.contains(&q.id) && gone.contains(&f.id), "{gone:?}");
+        assert!(u.get(q.id).await.unwrap().is_none());
+        assert!(
+            u.get(f.id).await.unwrap().is_none(),
+            "the unfinished final expired too"
+        );
+        assert!(
+            u.meta.get(q.id).await.unwrap().is_none(),
+            "no final holds q any more"
+        );
+        assert!(u.get(p.id).await.unwrap().is_some(), "finished part kept");
     }
 }
