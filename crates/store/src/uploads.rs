@@ -223,7 +223,7 @@ impl Uploads {
             created_ms: now,
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
-            sha256: complete.then(|| sha256_of_nothing()),
+            sha256: complete.then(sha256_of_nothing),
             finals: Vec::new(),
             deleted: false,
         };
