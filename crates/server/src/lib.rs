@@ -171,6 +171,12 @@ async fn route(
     }
 }
 
+/// Largest request head (request line and headers) accepted; larger ones get 431 and the
+/// connection is closed. Without it hyper only stops at its ~400 KB read buffer, so one request
+/// could make the server buffer and parse hundreds of KB of headers. 64 KiB leaves ample room
+/// for tus `Upload-Metadata` (a 10 KB file name is ~14 KB of base64).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Accepts connections until `state.shutdown` is cancelled, then stops accepting and waits
 /// for open connections to finish (bodies in flight commit and answer as they see the same
 /// token). The caller bounds that wait.
@@ -180,6 +186,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .max_headers(100)
+        .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     loop {
         let accepted = tokio::select! {

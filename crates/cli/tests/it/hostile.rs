@@ -1,1 +1,980 @@
-//! (tests)
+//! Hostile input: every bad request gets the right 4xx with a one-line message, never a panic,
+//! never a 5xx, and never a change to stored data.
+
+use crate::support::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+const OCTET: (&str, &str) = ("Content-Type", "application/offset+octet-stream");
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Request headers for a table row.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+
+/// Builds one raw HTTP/1.1 request (`Connection: close`); header values are bytes so that
+/// non-ASCII can be sent. `Content-Length` is added for POST/PATCH or a body.
+fn request(
+    method: &str,
+    path: &str,
+    addr: SocketAddr,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PATCH") {
+        req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    req
+}
+
+/// Sends a raw request with ASCII headers.
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> String {
+    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    raw(addr, &request(method, path, addr, &h, body), LIMIT)
+}
+
+/// A chunked request whose body is `chunks`.
+fn send_chunked(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+) -> String {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
+    )
+    .into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    for c in chunks {
+        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        req.extend_from_slice(c);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    raw(addr, &req, LIMIT)
+}
+
+fn body_of(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    format!("/{}", rest.split_once('/').map_or("", |(_, p)| p))
+}
+
+/// Standard base64 with padding (the tests need no dependency for this).
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What a HEAD shows of an upload.
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct State {
+    status: u16,
+    offset: Option<String>,
+    length: Option<String>,
+    defer: Option<String>,
+    metadata: Option<String>,
+}
+
+fn state(url: &str) -> State {
+    let resp = client()
+        .head(url)
+        .header(TUS.0, TUS.1)
+        .send()
+        .expect("HEAD");
+    let get = |n: &str| {
+        resp.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    State {
+        status: resp.status().as_u16(),
+        offset: get("upload-offset"),
+        length: get("upload-length"),
+        defer: get("upload-defer-length"),
+        metadata: get("upload-metadata"),
+    }
+}
+
+/// Files under the data directory's upload store: creations that were refused leave none.
+fn stored_files(data_dir: &Path) -> usize {
+    fn walk(p: &Path) -> usize {
+        std::fs::read_dir(p).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { walk(&p) } else { 1 }
+                })
+                .sum()
+        })
+    }
+    walk(&data_dir.join("uploads"))
+}
+
+/// A server with one upload of length 100 holding 10 known bytes and a filename.
+struct Fixture {
+    server: Server,
+    url: String,
+    path: String,
+    data: Vec<u8>,
+    before: State,
+}
+
+const FIXTURE_MD: &str = "filename aGVsbG8udHh0";
+
+fn fixture(args: &[&str]) -> Fixture {
+    let server = Server::start(args);
+    let data = random_bytes(100, 42);
+    let url = create(&server, 100, Some(FIXTURE_MD));
+    assert_eq!(patch(&url, 0, data[..10].to_vec()), (204, Some(10)));
+    let before = state(&url);
+    assert_eq!(before.offset.as_deref(), Some("10"));
+    let path = path_of(&url);
+    Fixture {
+        server,
+        url,
+        path,
+        data,
+        before,
+    }
+}
+
+impl Fixture {
+    /// The upload is as it was, the server still answers, and nothing panicked.
+    fn assert_intact(&self, case: &str) {
+        assert_eq!(state(&self.url), self.before, "upload changed by {case}");
+        assert_healthy(&self.server, case);
+    }
+
+    /// Finishes the upload and checks every byte: proves refused requests wrote nothing.
+    fn finish_and_verify(&self) {
+        assert_eq!(
+            patch(&self.url, 10, self.data[10..].to_vec()),
+            (204, Some(100))
+        );
+        assert_eq!(get_sha256(&self.url), sha256(&self.data));
+    }
+}
+
+fn assert_healthy(server: &Server, case: &str) {
+    let url = server.files_url.replace("/files/", "/healthz");
+    let resp = client().get(url).send();
+    assert!(
+        matches!(&resp, Ok(r) if r.status().as_u16() == 200),
+        "server unhealthy after {case}: {resp:?}"
+    );
+    let log = server.log();
+    assert!(!log.contains("panicked"), "panic after {case}:\n{log}");
+}
+
+/// A text header as bytes, for [`request`].
+fn bytes<'a>((k, v): (&'a str, &'a str)) -> (&'a str, &'a [u8]) {
+    (k, v.as_bytes())
+}
+
+/// The status is `want` and the body is a single non-empty line of text.
+fn assert_error(resp: &str, want: u16, case: &str) {
+    assert_eq!(status_of(resp), want, "{case}: {resp}");
+    let body = body_of(resp);
+    let line = body.strip_suffix('\n').unwrap_or(body);
+    assert!(
+        !line.trim().is_empty() && !line.contains(['\n', '\r']),
+        "{case}: message is not one line: {body:?}"
+    );
+}
+
+const BAD_NUMBERS: &[&str] = &[
+    "-1",
+    "+5",
+    "1e3",
+    " 12 3",
+    "0x10",
+    "1.0",
+    "ten",
+    "18446744073709551616",
+    "9223372036854775808",
+    "99999999999999999999999999999999",
+    "",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+#[test]
+fn bad_upload_offset_is_400() {
+    let f = fixture(&[]);
+    for bad in BAD_NUMBERS {
+        let case = format!("PATCH Upload-Offset {bad:?}");
+        let resp = send(
+            f.server.addr,
+            "PATCH",
+            &f.path,
+            &[TUS, OCTET, ("Upload-Offset", bad)],
+            b"abcde",
+        );
+        assert_error(&resp, 400, &case);
+        f.assert_intact(&case);
+    }
+    let resp = send(f.server.addr, "PATCH", &f.path, &[TUS, OCTET], b"abcde");
+    assert_error(&resp, 400, "PATCH without Upload-Offset");
+    f.assert_intact("PATCH without Upload-Offset");
+    f.finish_and_verify();
+}
+
+#[test]
+fn bad_upload_length_is_400_on_post_and_patch() {
+    let f = fixture(&[]);
+    let files = stored_files(&f.server.data_dir);
+    for bad in BAD_NUMBERS {
+        let case = format!("POST Upload-Length {bad:?}");
+        let resp = send(
+            f.server.addr,
+            "POST",
+            "/files/",
+            &[TUS, ("Upload-Length", bad)],
+            b"",
+        );
+        assert_error(&resp, 400, &case);
+        assert_eq!(header_of(&resp, "Location"), None, "{case}");
+        assert_eq!(
+            stored_files(&f.server.data_dir),
+            files,
+            "{case} created an upload"
+        );
+
+        let case = format!("PATCH Upload-Length {bad:?}");
+        let resp = send(
+            f.server.addr,
+            "PATCH",
+            &f.path,
+            &[TUS, OCTET, ("Upload-Offset", "10"), ("Upload-Length", bad)],
+            b"abcde",
+        );
+        assert_error(&resp, 400, &case);
+        f.assert_intact(&case);
+    }
+    // The same on a deferred upload, whose length may still be set.
+    let resp = client()
+        .post(&f.server.files_url)
+        .header(TUS.0, TUS.1)
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .unwrap();
+    let deferred = resp.headers()["location"].to_str().unwrap().to_string();
+    let before = state(&deferred);
+    for bad in BAD_NUMBERS {
+        let case = format!("PATCH deferred Upload-Length {bad:?}");
+        let resp = send(
+            f.server.addr,
+            "PATCH",
+            &path_of(&deferred),
+            &[TUS, OCTET, ("Upload-Offset", "0"), ("Upload-Length", bad)],
+            b"abcde",
+        );
+        assert_error(&resp, 400, &case);
+        assert_eq!(state(&deferred), before, "{case}");
+    }
+    assert_eq!(before.defer.as_deref(), Some("1"));
+    f.finish_and_verify();
+}
+
+#[test]
+fn creation_header_conflicts_are_400() {
+    let f = fixture(&[]);
+    let files = stored_files(&f.server.data_dir);
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "both lengths",
+            &[("Upload-Length", "5"), ("Upload-Defer-Length", "1")],
+        ),
+        ("defer 2", &[("Upload-Defer-Length", "2")]),
+        ("defer 0", &[("Upload-Defer-Length", "0")]),
+        ("defer true", &[("Upload-Defer-Length", "true")]),
+        ("no length at all", &[]),
+    ];
+    for (case, headers) in cases {
+        let mut h = vec![TUS];
+        h.extend_from_slice(headers);
+        let resp = send(f.server.addr, "POST", "/files/", &h, b"");
+        assert_error(&resp, 400, case);
+        assert_eq!(header_of(&resp, "Location"), None, "{case}");
+        assert_eq!(
+            stored_files(&f.server.data_dir),
+            files,
+            "{case} created an upload"
+        );
+        f.assert_intact(case);
+    }
+}
+
+#[test]
+fn offset_past_the_length_is_409() {
+    let f = fixture(&[]);
+    for off in ["100", "150", "9223372036854775807"] {
+        let case = format!("PATCH Upload-Offset {off}");
+        let resp = send(
+            f.server.addr,
+            "PATCH",
+            &f.path,
+            &[TUS, OCTET, ("Upload-Offset", off)],
+            b"abcde",
+        );
+        assert_error(&resp, 409, &case);
+        assert_eq!(
+            header_of(&resp, "Upload-Offset").as_deref(),
+            Some("10"),
+            "{case}"
+        );
+        f.assert_intact(&case);
+    }
+    f.finish_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies too long, lengths that change
+
+#[test]
+fn body_longer_than_the_upload_is_413_and_nothing_is_written() {
+    let f = fixture(&[]);
+    // Declared with Content-Length: refused before reading.
+    let resp = send(
+        f.server.addr,
+        "PATCH",
+        &f.path,
+        &[TUS, OCTET, ("Upload-Offset", "10")],
+        &[0xEE; 91],
+    );
+    assert_error(&resp, 413, "Content-Length past the length");
+    f.assert_intact("Content-Length past the length");
+
+    // Chunked: discovered while reading; the whole chunk is discarded.
+    let resp = send_chunked(
+        f.server.addr,
+        "PATCH",
+        &f.path,
+        &[TUS, OCTET, ("Upload-Offset", "10")],
+        &[&[0xEE; 50], &[0xEE; 41]],
+    );
+    assert_error(&resp, 413, "chunked past the length");
+    f.assert_intact("chunked past the length");
+
+    // A big chunked overrun (several buffers' worth).
+    let big = vec![0xEEu8; 300_000];
+    let resp = send_chunked(
+        f.server.addr,
+        "PATCH",
+        &f.path,
+        &[TUS, OCTET, ("Upload-Offset", "10")],
+        &[&big[..90], &big[90..]],
+    );
+    assert_error(&resp, 413, "big chunked overrun");
+    f.assert_intact("big chunked overrun");
+    f.finish_and_verify();
+}
+
+#[test]
+fn creation_with_upload_longer_than_the_length_is_413_and_leaves_nothing() {
+    let f = fixture(&[]);
+    let files = stored_files(&f.server.data_dir);
+    let resp = send(
+        f.server.addr,
+        "POST",
+        "/files/",
+        &[TUS, OCTET, ("Upload-Length", "10")],
+        &[1u8; 20],
+    );
+    assert_error(&resp, 413, "POST body past Upload-Length");
+    assert_eq!(header_of(&resp, "Location"), None);
+    f.assert_intact("POST body past Upload-Length");
+    let resp = send_chunked(
+        f.server.addr,
+        "POST",
+        "/files/",
+        &[TUS, OCTET, ("Upload-Length", "10")],
+        &[&[1u8; 6], &[1u8; 6]],
+    );
+    assert_error(&resp, 413, "chunked POST body past Upload-Length");
+    assert_eq!(
+        stored_files(&f.server.data_dir),
+        files,
+        "refused creations left uploads"
+    );
+    f.assert_intact("POST body past Upload-Length");
+}
+
+#[test]
+fn changing_the_length_on_patch_is_400() {
+    let f = fixture(&[]);
+    for l in ["99", "101", "0", "10"] {
+        let case = format!("PATCH Upload-Length {l}");
+        let resp = send(
+            f.server.addr,
+            "PATCH",
+            &f.path,
+            &[TUS, OCTET, ("Upload-Offset", "10"), ("Upload-Length", l)],
+            b"abcde",
+        );
+        assert_error(&resp, 400, &case);
+        f.assert_intact(&case);
+    }
+    f.finish_and_verify();
+
+    // A deferred length below what was already received.
+    let resp = client()
+        .post(&f.server.files_url)
+        .header(TUS.0, TUS.1)
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .unwrap();
+    let url = resp.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(patch(&url, 0, vec![3; 10]), (204, Some(10)));
+    let before = state(&url);
+    for l in ["5", "9"] {
+        let case = format!("deferred Upload-Length {l} below offset 10");
+        let resp = send(
+            f.server.addr,
+            "PATCH",
+            &path_of(&url),
+            &[TUS, OCTET, ("Upload-Offset", "10"), ("Upload-Length", l)],
+            b"",
+        );
+        assert_error(&resp, 400, &case);
+        assert_eq!(state(&url), before, "{case}");
+    }
+    assert_eq!(before.defer.as_deref(), Some("1"));
+}
+
+#[test]
+fn a_finished_upload_takes_no_more_bytes() {
+    let server = Server::start(&[]);
+    let data = random_bytes(10, 9);
+    let url = create(&server, 10, None);
+    assert_eq!(patch(&url, 0, data.clone()), (204, Some(10)));
+    let before = state(&url);
+    let path = path_of(&url);
+    for (off, body) in [("10", &b"more"[..]), ("0", &data[..]), ("5", &b"xx"[..])] {
+        let case = format!("PATCH finished at {off}");
+        let resp = send(
+            server.addr,
+            "PATCH",
+            &path,
+            &[TUS, OCTET, ("Upload-Offset", off)],
+            body,
+        );
+        let st = status_of(&resp);
+        assert!(st == 413 || st == 409, "{case}: {resp}");
+        assert_error(&resp, st, &case);
+        assert_eq!(state(&url), before, "{case}");
+        assert_healthy(&server, &case);
+    }
+    // An empty PATCH at the end is a harmless no-op.
+    let resp = send(
+        server.addr,
+        "PATCH",
+        &path,
+        &[TUS, OCTET, ("Upload-Offset", "10")],
+        b"",
+    );
+    assert_eq!(status_of(&resp), 204, "{resp}");
+    assert_eq!(get_sha256(&url), sha256(&data));
+    assert_healthy(&server, "PATCH finished");
+}
+
+#[test]
+fn max_size_is_enforced_with_413() {
+    let f = fixture(&["--max-size", "1K"]);
+    let server = &f.server;
+    let files = stored_files(&server.data_dir);
+    for (case, headers, body) in [
+        (
+            "POST length over",
+            vec![TUS, ("Upload-Length", "1025")],
+            vec![],
+        ),
+        (
+            "POST huge length",
+            vec![TUS, ("Upload-Length", "9223372036854775807")],
+            vec![],
+        ),
+        (
+            "creation-with-upload over",
+            vec![TUS, OCTET, ("Upload-Length", "2048")],
+            vec![7u8; 100],
+        ),
+    ] {
+        let resp = send(server.addr, "POST", "/files/", &headers, &body);
+        assert_error(&resp, 413, case);
+        assert_eq!(header_of(&resp, "Location"), None, "{case}");
+        assert_eq!(
+            header_of(&resp, "Tus-Max-Size").as_deref(),
+            Some("1024"),
+            "{case}"
+        );
+        f.assert_intact(case);
+    }
+    assert_eq!(stored_files(&server.data_dir), files);
+    // At the limit is fine.
+    let url = create(server, 1024, None);
+    assert_eq!(patch(&url, 0, vec![1; 1024]), (204, Some(1024)));
+
+    // A deferred length that turns out too large.
+    let resp = client()
+        .post(&server.files_url)
+        .header(TUS.0, TUS.1)
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .unwrap();
+    let url = resp.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(patch(&url, 0, vec![1; 100]), (204, Some(100)));
+    let before = state(&url);
+    let resp = send(
+        server.addr,
+        "PATCH",
+        &path_of(&url),
+        &[
+            TUS,
+            OCTET,
+            ("Upload-Offset", "100"),
+            ("Upload-Length", "4096"),
+        ],
+        &[2; 10],
+    );
+    assert_error(&resp, 413, "deferred length over");
+    assert_eq!(state(&url), before);
+    assert_healthy(server, "deferred length over");
+    f.assert_intact("deferred length over");
+    f.finish_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upload-Metadata
+
+#[test]
+fn malformed_metadata_is_400() {
+    let f = fixture(&[]);
+    let files = stored_files(&f.server.data_dir);
+    let cases: &[(&str, &[u8])] = &[
+        ("bad base64", b"filename !!!!"),
+        ("impossible base64 length", b"filename Y"),
+        ("url-safe base64", b"filename Zm9v-_"),
+        ("duplicate keys", b"name YQ==,name Yg=="),
+        ("duplicate key-only", b"flag,flag"),
+        ("key with space", b"my key dGVzdA=="),
+        ("trailing comma", b"filename YQ==,"),
+        ("leading comma", b",filename YQ=="),
+        ("empty element", b"a YQ==,,b Yg=="),
+        ("non-ASCII key", "na\u{ef}ve YQ==".as_bytes()),
+        ("latin-1 key", b"na\xefve YQ=="),
+    ];
+    for (case, value) in cases {
+        let req = request(
+            "POST",
+            "/files/",
+            f.server.addr,
+            &[
+                bytes(TUS),
+                ("Upload-Length", b"5"),
+                ("Upload-Metadata", value),
+            ],
+            b"",
+        );
+        let resp = raw(f.server.addr, &req, LIMIT);
+        assert_error(&resp, 400, case);
+        assert_eq!(header_of(&resp, "Location"), None, "{case}");
+        assert_eq!(
+            stored_files(&f.server.data_dir),
+            files,
+            "{case} created an upload"
+        );
+        f.assert_intact(case);
+    }
+    // A control byte in a header value is invalid HTTP: hyper's parser answers 400 (with no
+    // body of ours) before ferry sees the request.
+    let req = request(
+        "POST",
+        "/files/",
+        f.server.addr,
+        &[
+            bytes(TUS),
+            ("Upload-Length", b"5"),
+            ("Upload-Metadata", b"a\x01b YQ=="),
+        ],
+        b"",
+    );
+    let resp = raw(f.server.addr, &req, LIMIT);
+    assert_eq!(status_of(&resp), 400, "control char in key: {resp}");
+    assert_eq!(
+        stored_files(&f.server.data_dir),
+        files,
+        "control char created an upload"
+    );
+    f.assert_intact("control char in key");
+}
+
+/// Creates an upload of `data` with a raw `filename` value; returns its URL and the exact
+/// Upload-Metadata sent.
+fn upload_named(server: &Server, filename: &[u8], data: &[u8]) -> (String, String) {
+    let md = format!("filename {}", b64(filename));
+    let resp = send(
+        server.addr,
+        "POST",
+        "/files/",
+        &[
+            TUS,
+            ("Upload-Length", &data.len().to_string()),
+            ("Upload-Metadata", &md),
+        ],
+        b"",
+    );
+    assert_eq!(status_of(&resp), 201, "{resp}");
+    let url = header_of(&resp, "Location").unwrap();
+    assert_eq!(patch(&url, 0, data.to_vec()).0, 204);
+    (url, md)
+}
+
+/// A GET of a finished upload, raw, so injected header lines would show.
+fn raw_get(server: &Server, url: &str) -> String {
+    let resp = send(server.addr, "GET", &path_of(url), &[], b"");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    resp
+}
+
+fn assert_disposition_safe(cd: &str, case: &str) {
+    assert!(
+        cd.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b)),
+        "{case}: Content-Disposition not visible ASCII: {cd:?}"
+    );
+    assert!(cd.starts_with("attachment"), "{case}: {cd}");
+    if let Some(rest) = cd.strip_prefix("attachment; filename=\"") {
+        // The quoted fallback has no unescaped quote: it ends exactly before filename*.
+        let end = rest.find('"').unwrap();
+        assert!(
+            rest[end..].starts_with("\"; filename*=UTF-8''"),
+            "{case}: quote inside the fallback name: {cd}"
+        );
+        assert!(!rest[end + 1..].contains('"'), "{case}: stray quote: {cd}");
+    }
+}
+
+#[test]
+fn metadata_with_cr_lf_and_quotes_is_only_echoed_encoded() {
+    let server = Server::start(&[]);
+    let evil = b"evil\r\nSet-Cookie: pwned=1\r\n\"x\".html";
+    let (url, md) = upload_named(&server, evil, b"hello");
+    // HEAD echoes the base64 form, nothing decoded.
+    let resp = send(server.addr, "HEAD", &path_of(&url), &[TUS], b"");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(
+        header_of(&resp, "Upload-Metadata").as_deref(),
+        Some(md.as_str())
+    );
+    assert_eq!(
+        header_of(&resp, "Set-Cookie"),
+        None,
+        "header injection via HEAD"
+    );
+    // GET: the name is neutralised.
+    let resp = raw_get(&server, &url);
+    assert_eq!(header_of(&resp, "Set-Cookie"), None, "{resp}");
+    let cd = header_of(&resp, "Content-Disposition").unwrap();
+    assert_disposition_safe(&cd, "CR/LF/quotes");
+    assert!(
+        cd.contains("filename*=UTF-8''evilSet-Cookie%3A%20pwned%3D1%22x%22.html"),
+        "{cd}"
+    );
+    assert!(resp.ends_with("\r\n\r\nhello"), "body: {resp}");
+    assert_healthy(&server, "CR/LF/quotes");
+}
+
+#[test]
+fn non_utf8_and_very_long_filenames_are_stored_and_served_safely() {
+    let server = Server::start(&[]);
+    let (url, md) = upload_named(&server, b"\xff\xfename\xc3.txt", b"abc");
+    assert_eq!(
+        state(&url).metadata.as_deref(),
+        Some(md.as_str()),
+        "non-UTF-8 echo"
+    );
+    let resp = raw_get(&server, &url);
+    let cd = header_of(&resp, "Content-Disposition").unwrap();
+    assert_disposition_safe(&cd, "non-UTF-8");
+    assert!(cd.contains("filename*=UTF-8''%EF%BF%BD"), "{cd}");
+
+    let long: Vec<u8> = std::iter::repeat_n(b'a', 10 * 1024)
+        .chain(*b".bin")
+        .collect();
+    let (url, md) = upload_named(&server, &long, b"abc");
+    assert_eq!(
+        state(&url).metadata.as_deref(),
+        Some(md.as_str()),
+        "10 KB echo"
+    );
+    let resp = raw_get(&server, &url);
+    let cd = header_of(&resp, "Content-Disposition").unwrap();
+    assert_disposition_safe(&cd, "10 KB name");
+    assert!(cd.len() < 1024, "Content-Disposition of {} bytes", cd.len());
+    assert_eq!(get_sha256(&url), sha256(b"abc"));
+    assert_healthy(&server, "long names");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversize headers
+
+#[test]
+fn oversize_headers_are_refused_and_the_server_stays_up() {
+    let f = fixture(&[]);
+    let big = "a".repeat(100 * 1024);
+    let many: Vec<(String, String)> = (0..200).map(|i| (format!("X-H{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cases: Vec<(&str, &str, &str, Headers)> = vec![
+        (
+            "100 KB junk header on HEAD",
+            "HEAD",
+            f.path.as_str(),
+            vec![TUS, ("X-Junk", &big)],
+        ),
+        (
+            "100 KB Upload-Offset on PATCH",
+            "PATCH",
+            f.path.as_str(),
+            vec![TUS, OCTET, ("Upload-Offset", &big)],
+        ),
+        (
+            "100 KB Upload-Metadata on POST",
+            "POST",
+            "/files/",
+            vec![TUS, ("Upload-Length", "5"), ("Upload-Metadata", &big)],
+        ),
+        ("200 headers", "HEAD", f.path.as_str(), {
+            let mut h = vec![TUS];
+            h.extend(many.iter().copied());
+            h
+        }),
+    ];
+    let files = stored_files(&f.server.data_dir);
+    for (case, method, path, headers) in cases {
+        let resp = send(f.server.addr, method, path, &headers, b"");
+        let st = status_of(&resp);
+        assert!(
+            st == 431 || st == 0,
+            "{case}: expected 431 or a closed connection: {resp:.300}"
+        );
+        f.assert_intact(case);
+    }
+    assert_eq!(stored_files(&f.server.data_dir), files);
+    f.finish_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ids and paths
+
+#[test]
+fn path_tricks_in_ids_are_404() {
+    let f = fixture(&[]);
+    let id = f.url.rsplit('/').next().unwrap().to_string();
+    let mut paths = vec![
+        "/files/..".to_string(),
+        "/files/../files/".to_string(),
+        format!("/files/../files/{id}"),
+        "/files/%2e%2e".to_string(),
+        "/files/%2e%2e/%2e%2e/etc/passwd".to_string(),
+        format!("/files/%2F{}", &id[..29]),
+        format!("/files/%2F{id}"),
+        format!("/files/{}%2F", &id[..29]),
+        format!("/files/{}%00", &id[..29]),
+        format!("/files/{id}%00"),
+        format!("/files/{}%00{}", &id[..16], &id[19..]),
+        format!("/files/{}", &id[..31]),
+        format!("/files/{id}0"),
+        format!("/files/{id}/"),
+        format!("/files//{id}"),
+        format!("/files/{id}/x"),
+        format!("/files/./{id}"),
+        format!(
+            "/files/{}",
+            id.replacen(|c: char| c.is_ascii_digit(), "%30", 1)
+        ),
+        "/files/0123456789abcdef0123456789abcdeg".to_string(),
+        "/files/%".to_string(),
+    ];
+    if id.to_ascii_uppercase() != id {
+        paths.push(format!("/files/{}", id.to_ascii_uppercase()));
+    }
+    for p in &paths {
+        let cases: [(&str, Headers, &[u8]); 4] = [
+            ("HEAD", vec![TUS], b""),
+            ("GET", vec![], b""),
+            ("PATCH", vec![TUS, OCTET, ("Upload-Offset", "10")], b"abcde"),
+            ("DELETE", vec![TUS], b""),
+        ];
+        for (method, headers, body) in cases {
+            let case = format!("{method} {p}");
+            let resp = send(f.server.addr, method, p, &headers, body);
+            // The id parser sees anything but exactly 32 lowercase hex chars as unknown, and
+            // paths are never normalised, so none of these reaches the real upload.
+            if method == "HEAD" {
+                assert_eq!(status_of(&resp), 404, "{case}: {resp}");
+                assert_eq!(header_of(&resp, "Upload-Offset"), None, "{case}");
+            } else {
+                assert_error(&resp, 404, &case);
+            }
+            f.assert_intact(&case);
+        }
+    }
+    f.finish_and_verify();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods
+
+#[test]
+fn unknown_methods_are_405() {
+    let f = fixture(&[]);
+    for (method, path) in [
+        ("BREW", f.path.as_str()),
+        ("PUT", f.path.as_str()),
+        ("POST", f.path.as_str()),
+        ("PROPFIND", f.path.as_str()),
+        ("BREW", "/files/"),
+        ("CONNECT", "/files/"),
+    ] {
+        let case = format!("{method} {path}");
+        let resp = send(
+            f.server.addr,
+            method,
+            path,
+            &[TUS, OCTET, ("Upload-Offset", "10")],
+            b"abcde",
+        );
+        let st = status_of(&resp);
+        if method == "CONNECT" {
+            // hyper refuses CONNECT to a path before routing; any 4xx (or a close) is fine.
+            assert!(st == 0 || (400..500).contains(&st), "{case}: {resp}");
+        } else {
+            assert_error(&resp, 405, &case);
+            assert!(header_of(&resp, "Allow").is_some(), "{case}: no Allow");
+        }
+        f.assert_intact(&case);
+    }
+    f.finish_and_verify();
+}
+
+#[test]
+fn garbage_method_override_is_400() {
+    let f = fixture(&[]);
+    for bad in ["BREW", "PATCH, DELETE", "", "PUT", "DELETE PATCH", "\u{e9}"] {
+        let case = format!("X-HTTP-Method-Override {bad:?}");
+        let req = request(
+            "POST",
+            &f.path,
+            f.server.addr,
+            &[
+                bytes(TUS),
+                bytes(OCTET),
+                ("Upload-Offset", b"10"),
+                ("X-HTTP-Method-Override", bad.as_bytes()),
+            ],
+            b"abcde",
+        );
+        let resp = raw(f.server.addr, &req, LIMIT);
+        assert_error(&resp, 400, &case);
+        f.assert_intact(&case);
+    }
+    // Garbage on the collection: no upload created.
+    let files = stored_files(&f.server.data_dir);
+    let resp = send(
+        f.server.addr,
+        "POST",
+        "/files/",
+        &[
+            TUS,
+            ("Upload-Length", "5"),
+            ("X-HTTP-Method-Override", "BREW"),
+        ],
+        b"",
+    );
+    assert_error(&resp, 400, "override BREW on the collection");
+    assert_eq!(stored_files(&f.server.data_dir), files);
+    // The override only applies to POST: a GET or HEAD asking to be a DELETE stays a read.
+    for method in ["GET", "HEAD", "OPTIONS"] {
+        let case = format!("{method} with X-HTTP-Method-Override: DELETE");
+        let resp = send(
+            f.server.addr,
+            method,
+            &f.path,
+            &[TUS, ("X-HTTP-Method-Override", "DELETE")],
+            b"",
+        );
+        assert!(
+            status_of(&resp) != 204 || method == "OPTIONS",
+            "{case}: {resp}"
+        );
+        f.assert_intact(&case);
+    }
+    f.finish_and_verify();
+}
+
+#[test]
+fn hostile_host_headers_never_reach_location() {
+    let server = Server::start(&[]);
+    for host in [
+        "evil@attacker.example",
+        "a b",
+        "x.example/path",
+        "\"quoted\"",
+    ] {
+        let req = format!(
+            "POST /files/ HTTP/1.1\r\nHost: {host}\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 1\r\n\
+             Connection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        let resp = raw(server.addr, req.as_bytes(), LIMIT);
+        let st = status_of(&resp);
+        if st == 201 {
+            let location = header_of(&resp, "Location").unwrap();
+            assert!(
+                location.starts_with(&server.files_url),
+                "Host {host:?} gave Location {location:?}"
+            );
+        } else {
+            assert_eq!(st, 400, "Host {host:?}: {resp}");
+        }
+    }
+    assert_healthy(&server, "hostile Host");
+}

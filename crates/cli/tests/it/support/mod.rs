@@ -59,11 +59,39 @@ impl Server {
         .expect("server starts")
     }
 
+    /// Starts a server on a fresh temp data dir with extra `args` and environment variables
+    /// (e.g. `FERRY_MAX_SIZE`) set for the server process only. (A later
+    /// [`restart_after_kill`](Self::restart_after_kill) does not repeat them.)
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let stderr_path = data_dir.with_extension(format!("stderr.{}", std::process::id()));
+        let mut s =
+            Self::spawn_with_env(data_dir, args, None, stderr_path, envs).expect("server starts");
+        s._tmp = Some(tmp);
+        s
+    }
+
     fn spawn(
         data_dir: PathBuf,
         args: Vec<String>,
         wrapper: Option<Vec<String>>,
         stderr_path: PathBuf,
+    ) -> Result<Server, String> {
+        Self::spawn_with_env(data_dir, args, wrapper, stderr_path, Vec::new())
+    }
+
+    fn spawn_with_env(
+        data_dir: PathBuf,
+        args: Vec<String>,
+        wrapper: Option<Vec<String>>,
+        stderr_path: PathBuf,
+        envs: Vec<(String, String)>,
     ) -> Result<Server, String> {
         let mut full: Vec<String> = vec!["serve".into()];
         if !args.iter().any(|a| a == "--listen") {
@@ -93,6 +121,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .env_remove("FERRY_CONFIG")
+            .envs(envs)
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
         let stdout = child.stdout.take().unwrap();
