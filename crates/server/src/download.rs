@@ -15,11 +15,7 @@ pub async fn get(
     id: UploadId,
     method: &Method,
 ) -> Result<Response<Body>, ApiError> {
-    let info = state
-        .uploads
-        .get(id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let info = crate::tus::load(&state, id).await?;
     let Some(length) = info.length.filter(|l| *l == info.offset) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -36,6 +32,7 @@ pub async fn get(
         Body::from_stream(state.uploads.read(&info, 0, length).await?)
     };
     let mut resp = Response::new(body);
+    crate::tus::set_repr_digest(&mut resp, &info);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     // Never a type taken from the uploader: that would let an upload become stored XSS.

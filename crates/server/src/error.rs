@@ -89,6 +89,10 @@ impl From<ProtoError> for ApiError {
                 tus::SUPPORTED_VERSIONS,
             ),
             ProtoError::InvalidId => ApiError::not_found(),
+            ProtoError::UnknownChecksumAlgorithm(_) => ApiError::bad_request(format!(
+                "{e}; supported: {}",
+                ferry_proto::checksum::supported_list()
+            )),
             other => ApiError::bad_request(other.to_string()),
         }
     }
@@ -113,6 +117,17 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "upload changed underneath this request",
+            ),
+            StoreError::IsFinal(_) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a final upload cannot be written: its bytes are its parts'",
+            ),
+            StoreError::NotPartial(id) => ApiError::bad_request(format!(
+                "upload {id} was not created with Upload-Concat: partial"
+            )),
+            StoreError::TooLarge { length, max } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{length} bytes exceed the maximum size of {max}"),
             ),
             other => {
                 tracing::error!(error = %other, "storage failure");

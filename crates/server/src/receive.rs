@@ -6,8 +6,22 @@
 
 use crate::AppState;
 use axum::body::Body;
+use ferry_proto::checksum::{Checksum, Hasher};
+use ferry_proto::{ProtoError, tus};
 use ferry_store::{Lease, StoreError, UploadInfo};
 use http_body_util::BodyExt;
+
+/// How the bytes of one request are to be verified.
+#[derive(Debug, Default)]
+pub enum Verify {
+    /// No checksum: every byte that arrives counts.
+    #[default]
+    None,
+    /// `Upload-Checksum` sent as a header.
+    Header(Checksum),
+    /// `Trailer: Upload-Checksum` announced: the checksum arrives after the body.
+    Trailer,
+}
 
 /// Why the body loop stopped.
 #[derive(Debug)]
@@ -27,6 +41,11 @@ pub enum Ending {
         /// The upload's length.
         length: u64,
     },
+    /// The chunk's checksum did not match; nothing from it was kept.
+    ChecksumMismatch,
+    /// A checksum was announced or sent but the body was cut off or the trailer was missing
+    /// or malformed; nothing from it was kept.
+    ChecksumIncomplete(String),
 }
 
 /// Result of receiving a body.
@@ -46,9 +65,10 @@ pub async fn receive(
     lease: Lease,
     body: Body,
     expected: Option<u64>,
+    verify: Verify,
 ) -> Result<Received, StoreError> {
     let task = tokio::spawn(async move {
-        let result = receive_inner(&state, &lease, body, expected).await;
+        let result = receive_inner(&state, &lease, body, expected, verify).await;
         drop(lease);
         result
     });
@@ -61,10 +81,23 @@ async fn receive_inner(
     lease: &Lease,
     mut body: Body,
     expected: Option<u64>,
+    verify: Verify,
 ) -> Result<Received, StoreError> {
     let mut append = state.uploads.append(lease, expected).await?;
     let idle = state.config.body_idle_timeout;
-    let checkpoint = state.config.checkpoint_bytes;
+    // A chunk with a checksum is all or nothing: no checkpoint may commit part of it.
+    let all_or_nothing = !matches!(verify, Verify::None);
+    let checkpoint = if all_or_nothing {
+        u64::MAX
+    } else {
+        state.config.checkpoint_bytes
+    };
+    let mut claimed = match &verify {
+        Verify::Header(c) => Some(c.clone()),
+        _ => None,
+    };
+    let mut hasher = claimed.as_ref().map(|c| Hasher::new(c.algorithm));
+    let mut trailer_error = None;
     let mut error = None;
     let ending = loop {
         let frame = tokio::select! {
@@ -79,10 +112,38 @@ async fn receive_inner(
             Ok(Some(Err(e))) => break Ending::ClientGone(e.to_string()),
             Ok(Some(Ok(frame))) => frame,
         };
-        // Trailer frames carry no data; checksum-trailer support reads them here.
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // checksum-trailer: the checksum follows the body.
+                if let Ok(trailers) = frame.into_trailers()
+                    && let Some(v) = trailers.get(tus::UPLOAD_CHECKSUM)
+                {
+                    match v
+                        .to_str()
+                        .map_err(|_| {
+                            ProtoError::InvalidChecksum(
+                                "Upload-Checksum trailer is not ASCII".into(),
+                            )
+                        })
+                        .and_then(Checksum::parse)
+                    {
+                        Ok(c) if claimed.is_none() => claimed = Some(c),
+                        Ok(_) => {
+                            trailer_error =
+                                Some("Upload-Checksum sent both as header and trailer".into())
+                        }
+                        Err(e) => trailer_error = Some(e.to_string()),
+                    }
+                }
+                continue;
+            }
         };
+        // With a trailer the algorithm is known only at the end: the bytes are hashed then,
+        // read back from the store (see `digest_uncommitted`).
+        if let Some(h) = &mut hasher {
+            h.update(&data);
+        }
         match append.push(&data).await {
             Ok(()) => {}
             Err(StoreError::ExceedsLength { length }) => {
@@ -106,6 +167,41 @@ async fn receive_inner(
             break Ending::ClientGone("storage write failed".into());
         }
     };
+    if all_or_nothing {
+        let verdict = match (&ending, &error) {
+            (_, Some(e)) => Err(Ending::ChecksumIncomplete(format!("storage failed: {e}"))),
+            (Ending::Complete, None) => match (trailer_error, claimed) {
+                (Some(why), _) => Err(Ending::ChecksumIncomplete(why)),
+                (None, None) => Err(Ending::ChecksumIncomplete(
+                    "Upload-Checksum trailer was announced but not sent".into(),
+                )),
+                (None, Some(claim)) => {
+                    let actual = match hasher.take() {
+                        Some(h) => h.finalize(),
+                        None => append.digest_uncommitted(claim.algorithm).await?,
+                    };
+                    if actual == claim.digest {
+                        Ok(())
+                    } else {
+                        Err(Ending::ChecksumMismatch)
+                    }
+                }
+            },
+            (other, None) => Err(Ending::ChecksumIncomplete(format!(
+                "body did not arrive whole ({other:?})"
+            ))),
+        };
+        if let Err(ending) = verdict {
+            // Dropping the append discards every byte of this request.
+            let info = append.info().clone();
+            tracing::info!(upload = %info.id, ending = ?ending, "chunk discarded");
+            return Ok(Received {
+                ending,
+                info,
+                error: None,
+            });
+        }
+    }
     if let Err(e) = append.commit().await
         && error.is_none()
     {

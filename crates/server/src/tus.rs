@@ -1,17 +1,28 @@
-//! tus 1.0 (core, creation, creation-with-upload, creation-defer-length, termination): a thin
-//! translation between HTTP and the upload engine.
+//! tus 1.0 with all nine extensions (creation, creation-with-upload, creation-defer-length,
+//! expiration, checksum, checksum-trailer, termination, concatenation,
+//! concatenation-unfinished): a thin translation between HTTP and the upload engine.
 
 use crate::error::ApiError;
-use crate::receive::{Ending, Received, receive};
+use crate::receive::{Ending, Received, Verify, receive};
 use crate::{AppState, Ctx};
 use axum::body::Body;
+use ferry_proto::checksum::{self, Checksum};
+use ferry_proto::concat::{Concat, split_url};
+use ferry_proto::digest::format_digest_field;
 use ferry_proto::{Metadata, UploadId, tus};
-use ferry_store::{NewUpload, Protocol, UploadInfo};
+use ferry_store::{NewUpload, Protocol, StoreError, UploadInfo, UploadKind};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Extensions this server implements, in the order announced by OPTIONS.
-pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination";
+pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,expiration,\
+checksum,checksum-trailer,termination,concatenation,concatenation-unfinished";
+
+/// tus's status for a checksum mismatch.
+pub fn checksum_mismatch() -> StatusCode {
+    StatusCode::from_u16(460).expect("460 is a valid status code")
+}
 
 type Reply = Result<Response<Body>, ApiError>;
 
@@ -19,14 +30,22 @@ fn h(name: &'static str) -> HeaderName {
     HeaderName::from_static(name)
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("{name} must be visible ASCII"))),
+/// One header as text. A header sent twice is refused: two values for one fact is a lie
+/// about the request, not something to pick from.
+pub(crate) fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    let mut all = headers.get_all(name).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(format!("{name} must be sent once")));
     }
+    v.to_str()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{name} must be visible ASCII")))
 }
 
 fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -61,11 +80,31 @@ fn set(resp: &mut Response<Body>, name: &'static str, value: impl ToString) {
     }
 }
 
+/// `Upload-Expires` (an HTTP date) when the upload has an expiry.
+fn set_expires(resp: &mut Response<Body>, info: &UploadInfo) {
+    if let Some(ms) = info.expires_ms {
+        let when = UNIX_EPOCH + Duration::from_millis(ms);
+        set(resp, tus::UPLOAD_EXPIRES, httpdate::fmt_http_date(when));
+    }
+}
+
+/// `Repr-Digest` (RFC 9530) once the whole-upload digest is known.
+pub(crate) fn set_repr_digest(resp: &mut Response<Body>, info: &UploadInfo) {
+    if let Some(d) = info.sha256 {
+        set(resp, "repr-digest", format_digest_field("sha-256", &d));
+    }
+}
+
 /// OPTIONS on the collection or an upload: what this server offers.
 pub fn options(state: &AppState) -> Response<Body> {
     let mut r = base_response(StatusCode::NO_CONTENT);
     set(&mut r, tus::TUS_VERSION_HEADER, tus::SUPPORTED_VERSIONS);
     set(&mut r, tus::TUS_EXTENSION, EXTENSIONS);
+    set(
+        &mut r,
+        tus::TUS_CHECKSUM_ALGORITHM,
+        checksum::supported_list(),
+    );
     if let Some(max) = state.config.max_size {
         set(&mut r, tus::TUS_MAX_SIZE, max);
     }
@@ -95,12 +134,55 @@ fn check_size(state: &AppState, length: u64) -> Result<(), ApiError> {
     }
 }
 
-/// POST on the collection: creation (and creation-with-upload, creation-defer-length).
+/// How the request's bytes are verified: `Upload-Checksum` header (unknown algorithm → 400
+/// before any byte is read), or a trailer announced with `Trailer: Upload-Checksum`.
+fn verification(headers: &HeaderMap) -> Result<Verify, ApiError> {
+    if let Some(v) = header_str(headers, tus::UPLOAD_CHECKSUM)? {
+        return Ok(Verify::Header(Checksum::parse(v)?));
+    }
+    let announced = headers.get_all(header::TRAILER).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|n| n.trim().eq_ignore_ascii_case(tus::UPLOAD_CHECKSUM))
+        })
+    });
+    Ok(if announced {
+        Verify::Trailer
+    } else {
+        Verify::None
+    })
+}
+
+/// POST on the collection: creation (with upload, deferred length, partial or final).
 pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Reply {
     let headers = req.headers();
     let body_follows = has_body(&req);
     let fail = |e: ApiError| if body_follows { e.closing() } else { e };
     require_version(headers).map_err(fail)?;
+    let concat = match header_str(headers, tus::UPLOAD_CONCAT).map_err(fail)? {
+        Some(v) => Some(Concat::parse(v).map_err(|e| fail(e.into()))?),
+        None => None,
+    };
+    let metadata = match header_str(headers, tus::UPLOAD_METADATA).map_err(fail)? {
+        Some(m) => Metadata::parse(m).map_err(|e| fail(e.into()))?,
+        None => Metadata::default(),
+    };
+    if let Some(Concat::Final(urls)) = concat {
+        if body_follows {
+            return Err(fail(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a final upload takes no body: its bytes are its parts'",
+            )));
+        }
+        if headers.contains_key(tus::UPLOAD_LENGTH)
+            || headers.contains_key(tus::UPLOAD_DEFER_LENGTH)
+        {
+            return Err(ApiError::bad_request(
+                "a final upload takes no Upload-Length: it is the sum of its parts",
+            ));
+        }
+        return create_final(state, ctx, headers, &urls, metadata).await;
+    }
     let length = header_str(headers, tus::UPLOAD_LENGTH).map_err(fail)?;
     let defer = header_str(headers, tus::UPLOAD_DEFER_LENGTH).map_err(fail)?;
     let length = match (length, defer) {
@@ -123,11 +205,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     if let Some(l) = length {
         check_size(&state, l).map_err(fail)?;
     }
-    let metadata = match header_str(headers, tus::UPLOAD_METADATA).map_err(fail)? {
-        Some(m) => Metadata::parse(m).map_err(|e| fail(e.into()))?,
-        None => Metadata::default(),
-    };
-    if body_follows {
+    let verify = if body_follows {
         check_content_type(headers).map_err(fail)?;
         if let (Some(cl), Some(l)) = (content_length(&req), length)
             && cl > l
@@ -137,13 +215,21 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
                 format!("body of {cl} bytes is longer than Upload-Length {l}"),
             )));
         }
-    }
+        verification(headers).map_err(fail)?
+    } else {
+        Verify::None
+    };
+    let kind = match concat {
+        Some(Concat::Partial) => UploadKind::Partial,
+        _ => UploadKind::Regular,
+    };
     let info = state
         .uploads
         .create(NewUpload {
             length,
             metadata,
             protocol: Protocol::Tus,
+            kind,
             ..Default::default()
         })
         .await
@@ -152,13 +238,14 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     tracing::info!(upload = %info.id, length = ?info.length, "created");
     let mut resp = base_response(StatusCode::CREATED);
     set(&mut resp, "location", &location);
+    set_expires(&mut resp, &info);
     if !body_follows {
         return Ok(resp);
     }
     // creation-with-upload: the body holds the first bytes.
     let expected = content_length(&req);
     let lease = state.uploads.lease(info.id).await?;
-    let received = receive(state.clone(), lease, req.into_body(), expected).await?;
+    let received = receive(state.clone(), lease, req.into_body(), expected, verify).await?;
     if let Ending::TooLong { length } = received.ending {
         // The upload was created for this request only; do not leave it half-made.
         let _ = state.uploads.delete(info.id).await;
@@ -169,7 +256,70 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
         .closing());
     }
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
+    set_expires(&mut resp, &received.info);
     finish_body_response(resp, received)
+}
+
+/// Resolves the URLs of `Upload-Concat: final;...` to ids of this server's uploads.
+fn part_ids(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    urls: &[String],
+) -> Result<Vec<UploadId>, ApiError> {
+    // What an absolute URL of ours looks like: our own Location for a dummy id.
+    let ours = state.upload_url(ctx, headers, UploadId::from_bytes([0; 16]));
+    let our_authority = split_url(&ours).and_then(|(a, _)| a).unwrap_or("");
+    let prefix = format!("{}/files/", state.config.base_path);
+    urls.iter()
+        .map(|u| {
+            let foreign =
+                || ApiError::bad_request(format!("{u:?} is not an upload of this server"));
+            let (authority, path) = split_url(u).ok_or_else(foreign)?;
+            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(our_authority)) {
+                return Err(foreign());
+            }
+            let id = path.strip_prefix(&prefix).ok_or_else(foreign)?;
+            UploadId::parse(id)
+                .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no such upload {u:?}")))
+        })
+        .collect()
+}
+
+async fn create_final(
+    state: Arc<AppState>,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    urls: &[String],
+    metadata: Metadata,
+) -> Reply {
+    let parts = part_ids(&state, ctx, headers, urls)?;
+    let info = state
+        .uploads
+        .create_final(parts, metadata, state.config.max_size)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("part {id} does not exist"))
+            }
+            StoreError::NotPartial(id) => ApiError::bad_request(format!(
+                "part {id} was not created with Upload-Concat: partial"
+            )),
+            StoreError::TooLarge { length, max } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the parts add up to {length} bytes, over the maximum of {max}"),
+            ),
+            other => other.into(),
+        })?;
+    tracing::info!(upload = %info.id, parts = urls.len(), complete = info.is_complete(), "final created");
+    let mut resp = base_response(StatusCode::CREATED);
+    set(
+        &mut resp,
+        "location",
+        state.upload_url(ctx, headers, info.id),
+    );
+    set_expires(&mut resp, &info);
+    Ok(resp)
 }
 
 /// Turns how a body ended into the response (success, or an error carrying the offset).
@@ -207,22 +357,62 @@ fn finish_body_response(ok: Response<Body>, received: Received) -> Reply {
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("body goes past Upload-Length {length}; the chunk was discarded"),
         ),
+        Ending::ChecksumMismatch => err(
+            checksum_mismatch(),
+            "checksum mismatch: the chunk was discarded",
+        ),
+        Ending::ChecksumIncomplete(why) => err(
+            StatusCode::BAD_REQUEST,
+            &format!("{why}; the chunk was discarded"),
+        ),
     }
 }
 
-fn upload_headers(resp: &mut Response<Body>, info: &UploadInfo) {
-    set(resp, tus::UPLOAD_OFFSET, info.offset);
-    match info.length {
-        Some(l) => set(resp, tus::UPLOAD_LENGTH, l),
-        None => set(resp, tus::UPLOAD_DEFER_LENGTH, 1),
+/// The relative URL of an upload (what `Upload-Concat` echoes).
+fn relative_url(state: &AppState, id: UploadId) -> String {
+    format!("{}/files/{id}", state.config.base_path)
+}
+
+fn upload_headers(state: &AppState, resp: &mut Response<Body>, info: &UploadInfo) {
+    let final_parts = match &info.kind {
+        UploadKind::Final { parts } => Some(parts),
+        _ => None,
+    };
+    // concatenation-unfinished: a final's offset means nothing until all parts are done.
+    if final_parts.is_none() || info.is_complete() {
+        set(resp, tus::UPLOAD_OFFSET, info.offset);
+    }
+    match (info.length, final_parts) {
+        (Some(l), _) => set(resp, tus::UPLOAD_LENGTH, l),
+        (None, None) => set(resp, tus::UPLOAD_DEFER_LENGTH, 1),
+        (None, Some(_)) => {}
+    }
+    match final_parts {
+        Some(parts) => {
+            let urls: Vec<String> = parts.iter().map(|p| relative_url(state, *p)).collect();
+            set(resp, tus::UPLOAD_CONCAT, Concat::Final(urls).format());
+        }
+        None if info.kind == UploadKind::Partial => set(resp, tus::UPLOAD_CONCAT, "partial"),
+        None => {}
     }
     if !info.metadata.is_empty() {
         set(resp, tus::UPLOAD_METADATA, info.metadata.format());
     }
+    set_expires(resp, info);
+    set_repr_digest(resp, info);
 }
 
-async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, ApiError> {
-    state.uploads.get(id).await?.ok_or_else(ApiError::not_found)
+/// Loads a visible, unexpired upload: 404 if unknown, 410 once expired (until swept).
+pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, ApiError> {
+    let info = state
+        .uploads
+        .get(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if info.is_expired(ferry_store::model::now_ms()) {
+        return Err(ApiError::new(StatusCode::GONE, "upload expired"));
+    }
+    Ok(info)
 }
 
 /// HEAD on an upload: the committed offset. Never waits for a writer.
@@ -230,7 +420,7 @@ pub async fn head(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Rep
     require_version(req.headers())?;
     let info = load(&state, id).await?;
     let mut resp = base_response(StatusCode::OK);
-    upload_headers(&mut resp, &info);
+    upload_headers(&state, &mut resp, &info);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -254,6 +444,7 @@ pub async fn patch(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Re
     if let Some(l) = new_length {
         check_size(&state, l).map_err(fail)?;
     }
+    let verify = verification(headers).map_err(fail)?;
     let expected = content_length(&req);
     // Cheap checks against the committed state before disturbing a current writer.
     let info = load(&state, id).await.map_err(fail)?;
@@ -274,10 +465,12 @@ pub async fn patch(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Re
     let mut resp = base_response(StatusCode::NO_CONTENT);
     if !body_follows {
         set(&mut resp, tus::UPLOAD_OFFSET, info.offset);
+        set_expires(&mut resp, &info);
         return Ok(resp);
     }
-    let received = receive(state.clone(), lease, req.into_body(), expected).await?;
+    let received = receive(state.clone(), lease, req.into_body(), expected, verify).await?;
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
+    set_expires(&mut resp, &received.info);
     finish_body_response(resp, received)
 }
 
@@ -287,6 +480,12 @@ fn check_patch(
     new_length: Option<u64>,
     body_len: Option<u64>,
 ) -> Result<(), ApiError> {
+    if matches!(info.kind, UploadKind::Final { .. }) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a final upload cannot be patched: its bytes are its parts'",
+        ));
+    }
     if offset != info.offset {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -322,7 +521,8 @@ fn check_patch(
     Ok(())
 }
 
-/// DELETE on an upload (termination).
+/// DELETE on an upload (termination). Deleting a part that a final uses hides it; the final
+/// keeps its bytes.
 pub async fn delete(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
     require_version(req.headers())?;
     state.uploads.delete(id).await?;
@@ -330,7 +530,7 @@ pub async fn delete(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> R
     Ok(base_response(StatusCode::NO_CONTENT))
 }
 
-/// Methods allowed on the collection and on an upload (for 405 answers).
+/// Methods allowed on the collection.
 pub const COLLECTION_METHODS: &str = "OPTIONS, POST";
 /// Methods allowed on an upload.
 pub const UPLOAD_METHODS: &str = "OPTIONS, HEAD, GET, PATCH, DELETE";

@@ -715,6 +715,23 @@ impl Append<'_> {
         Ok(())
     }
 
+    /// Digest of the bytes received since the last commit (written out and read back), for
+    /// checksums whose algorithm is known only after the body (checksum trailers).
+    pub async fn digest_uncommitted(&mut self, algorithm: ChecksumAlgorithm) -> Result<Vec<u8>> {
+        self.submit().await?;
+        self.settle().await?;
+        let mut stream = self
+            .uploads
+            .data
+            .read(self.info.id, self.info.offset, self.written)
+            .await?;
+        let mut hasher = ferry_proto::checksum::Hasher::new(algorithm);
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hasher.finalize())
+    }
+
     /// Makes every byte received so far durable (per the sync policy) and commits the new
     /// offset. If a write failed, commits what was written before the failure and returns the
     /// error; [`info`](Self::info) then shows the committed state.

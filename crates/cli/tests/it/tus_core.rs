@@ -115,7 +115,7 @@ fn healthz(server: &Server) -> u16 {
 // OPTIONS
 
 #[test]
-fn options_announces_version_and_exactly_four_extensions() {
+fn options_announces_version_all_nine_extensions_and_checksums() {
     let server = Server::start(&[]);
     // No Tus-Resumable on purpose: OPTIONS must not require it; a foreign version is ignored too.
     for (what, extra) in [("none", None), ("foreign", Some("0.2.2"))] {
@@ -135,13 +135,25 @@ fn options_announces_version_and_exactly_four_extensions() {
         assert_eq!(
             ext,
             [
+                "checksum",
+                "checksum-trailer",
+                "concatenation",
+                "concatenation-unfinished",
                 "creation",
                 "creation-defer-length",
                 "creation-with-upload",
-                "termination"
+                "expiration",
+                "termination",
             ],
             "Tus-Extension"
         );
+        let mut algos: Vec<String> = hdr(&resp, "tus-checksum-algorithm")
+            .expect("Tus-Checksum-Algorithm")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        algos.sort();
+        assert_eq!(algos, ["blake3", "crc32", "md5", "sha1", "sha256", "sha512"]);
         assert_eq!(
             hdr(&resp, "tus-max-size"),
             None,
