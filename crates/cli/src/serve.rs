@@ -2,8 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ferry_server::config::{normalize_base_path, normalize_public_url};
+use ferry_server::config::{Cors, normalize_base_path, normalize_public_url};
 use ferry_server::{AppState, ServerConfig};
+use ferry_store::uploads::ExpiryPolicy;
 use ferry_store::{SyncPolicy, Uploads};
 use serde::Deserialize;
 use std::io::Write;
@@ -57,6 +58,20 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long to let requests in flight commit and finish. [default: 10s]
     #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     shutdown_timeout: Option<String>,
+    /// Unfinished uploads expire this long after their last change ("never" to keep them).
+    /// [default: 7d]
+    #[arg(long, env = "FERRY_EXPIRE_AFTER", value_name = "DURATION")]
+    expire_after: Option<String>,
+    /// Finished uploads expire this long after they finished. [default: never]
+    #[arg(long, env = "FERRY_EXPIRE_FINISHED_AFTER", value_name = "DURATION")]
+    expire_finished_after: Option<String>,
+    /// How often expired uploads are deleted (SIGUSR1 sweeps at once). [default: 1m]
+    #[arg(long, env = "FERRY_SWEEP_INTERVAL", value_name = "DURATION")]
+    sweep_interval: Option<String>,
+    /// Browser origins allowed by CORS: "*", "none", or a comma-separated list such as
+    /// https://app.example.com. [default: *]
+    #[arg(long, env = "FERRY_CORS_ORIGINS", value_name = "ORIGINS")]
+    cors_origins: Option<String>,
     /// Log filter (tracing syntax), e.g. info or ferry_server=debug. [default: info]
     #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
     log: Option<String>,
@@ -79,6 +94,10 @@ struct FileConfig {
     sync: Option<SyncArg>,
     trust_proxy: Option<bool>,
     shutdown_timeout: Option<String>,
+    expire_after: Option<String>,
+    expire_finished_after: Option<String>,
+    sweep_interval: Option<String>,
+    cors_origins: Option<String>,
     log: Option<String>,
 }
 
@@ -96,6 +115,7 @@ struct Settings {
     data_dir: PathBuf,
     server: ServerConfig,
     sync: SyncPolicy,
+    expiry: ExpiryPolicy,
     shutdown_timeout: Duration,
     log: String,
 }
@@ -107,6 +127,14 @@ fn duration(name: &str, v: &str) -> Result<Duration> {
     }
     humantime::parse_duration(v)
         .with_context(|| format!("{name}: {v:?} is not a duration (e.g. 60s, 5m)"))
+}
+
+/// A duration that may also be "never" (or "0").
+fn optional_duration(name: &str, v: &str) -> Result<Option<Duration>> {
+    match v.trim() {
+        "never" | "none" | "0" => Ok(None),
+        other => duration(name, other).map(Some),
+    }
 }
 
 fn resolve(args: ServeArgs) -> Result<Settings> {
@@ -157,6 +185,39 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             .or(file.shutdown_timeout)
             .unwrap_or_else(|| "10s".into()),
     )?;
+    let expiry = ExpiryPolicy {
+        unfinished: optional_duration(
+            "--expire-after",
+            &args
+                .expire_after
+                .or(file.expire_after)
+                .unwrap_or_else(|| "7d".into()),
+        )?,
+        finished: optional_duration(
+            "--expire-finished-after",
+            &args
+                .expire_finished_after
+                .or(file.expire_finished_after)
+                .unwrap_or_else(|| "never".into()),
+        )?,
+    };
+    let sweep_interval = duration(
+        "--sweep-interval",
+        &args
+            .sweep_interval
+            .or(file.sweep_interval)
+            .unwrap_or_else(|| "1m".into()),
+    )?;
+    if sweep_interval.is_zero() {
+        bail!("--sweep-interval must be more than zero");
+    }
+    let cors = Cors::parse(
+        &args
+            .cors_origins
+            .or(file.cors_origins)
+            .unwrap_or_else(|| "*".into()),
+    )
+    .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?;
     let sync = match args.sync.or(file.sync).unwrap_or(SyncArg::Always) {
         SyncArg::Always => SyncPolicy::Always,
         SyncArg::None => SyncPolicy::None,
@@ -170,9 +231,12 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             public_url,
             body_idle_timeout,
             trust_proxy: args.trust_proxy.or(file.trust_proxy).unwrap_or(false),
+            sweep_interval,
+            cors,
             ..ServerConfig::default()
         },
         sync,
+        expiry,
         shutdown_timeout,
         log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
     })
@@ -219,9 +283,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
 async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
     let dir = settings.data_dir.clone();
     let sync = settings.sync;
-    let uploads = tokio::task::spawn_blocking(move || Uploads::open_local(&dir, sync))
-        .await?
-        .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;
+    let expiry = settings.expiry;
+    let uploads = tokio::task::spawn_blocking(move || {
+        Uploads::open_local(&dir, sync).map(|u| u.with_expiry(expiry))
+    })
+    .await?
+    .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -230,11 +297,7 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
     config.local_addr = Some(addr);
     let base = config.base_path.clone();
     let shutdown = CancellationToken::new();
-    let state = Arc::new(AppState {
-        uploads,
-        config,
-        shutdown: shutdown.clone(),
-    });
+    let state = Arc::new(AppState::new(uploads, config, shutdown.clone()));
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ferry listening on http://{addr}{base}/files/")?;
@@ -248,6 +311,18 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
         tracing::info!("shutting down: requests in flight commit what they received");
         signals.cancel();
     });
+    tokio::spawn(ferry_server::run_sweeper(state.clone()));
+    {
+        // SIGUSR1: sweep expired uploads now (operators and tests; no need to wait a week).
+        let state = state.clone();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                state.sweep_now.notify_one();
+            }
+        });
+    }
     let server = tokio::spawn(ferry_server::serve(listener, state.clone()));
     shutdown.cancelled().await;
     match tokio::time::timeout(settings.shutdown_timeout, server).await {

@@ -23,6 +23,56 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// The address the listener is bound to (fallback for URLs when a request has no Host).
     pub local_addr: Option<SocketAddr>,
+    /// How often expired uploads are swept.
+    pub sweep_interval: Duration,
+    /// Which browser origins may call the API (CORS).
+    pub cors: Cors,
+}
+
+/// Cross-origin policy for browsers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Cors {
+    /// Any origin (no credentials are ever allowed).
+    #[default]
+    Any,
+    /// Only these origins (`scheme://host[:port]`, compared exactly).
+    Origins(Vec<String>),
+    /// No CORS headers at all.
+    Off,
+}
+
+impl Cors {
+    /// Parses `*`, `none`, or a comma-separated list of origins.
+    pub fn parse(s: &str) -> Result<Cors, String> {
+        let s = s.trim();
+        match s {
+            "*" => return Ok(Cors::Any),
+            "" | "none" | "off" => return Ok(Cors::Off),
+            _ => {}
+        }
+        let origins: Vec<String> = s
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for o in &origins {
+            normalize_public_url(o)
+                .map_err(|_| format!("CORS origin {o:?} must look like https://host[:port]"))?;
+        }
+        Ok(Cors::Origins(origins))
+    }
+
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed.
+    pub fn allow(&self, origin: &str) -> Option<String> {
+        match self {
+            Cors::Any => Some("*".into()),
+            Cors::Origins(list) => list
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+                .then(|| origin.to_string()),
+            Cors::Off => None,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -36,6 +86,8 @@ impl Default for ServerConfig {
             checkpoint_bytes: 64 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(30),
             local_addr: None,
+            sweep_interval: Duration::from_secs(60),
+            cors: Cors::Any,
         }
     }
 }
@@ -102,6 +154,25 @@ mod tests {
         assert!(normalize_base_path("/a b").is_err());
         assert!(normalize_base_path("/a//b").is_err());
         assert!(normalize_base_path("/%2e").is_err());
+    }
+
+    #[test]
+    fn cors_policies() {
+        assert_eq!(Cors::parse("*").unwrap(), Cors::Any);
+        assert_eq!(Cors::parse("none").unwrap(), Cors::Off);
+        let c = Cors::parse("https://a.example, http://b.example:8080/").unwrap();
+        assert_eq!(
+            c.allow("https://a.example").as_deref(),
+            Some("https://a.example")
+        );
+        assert_eq!(
+            c.allow("http://b.example:8080").as_deref(),
+            Some("http://b.example:8080")
+        );
+        assert_eq!(c.allow("https://evil.example"), None);
+        assert!(Cors::parse("a.example").is_err());
+        assert_eq!(Cors::Any.allow("null").as_deref(), Some("*"));
+        assert_eq!(Cors::Off.allow("https://a.example"), None);
     }
 
     #[test]

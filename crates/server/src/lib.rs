@@ -35,6 +35,44 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Cancelled when the server shuts down: bodies in flight commit and answer.
     pub shutdown: CancellationToken,
+    /// Wakes the expiry sweeper at once (the CLI wires SIGUSR1 to it; tests use it instead
+    /// of waiting for expiry in real time).
+    pub sweep_now: tokio::sync::Notify,
+}
+
+impl AppState {
+    /// Binds the engine and settings.
+    pub fn new(uploads: Uploads, config: ServerConfig, shutdown: CancellationToken) -> Self {
+        Self {
+            uploads,
+            config,
+            shutdown,
+            sweep_now: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// Deletes expired uploads every `sweep_interval`, or at once when `sweep_now` is notified,
+/// until shutdown.
+pub async fn run_sweeper(state: Arc<AppState>) {
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = tokio::time::sleep(state.config.sweep_interval) => {}
+            () = state.sweep_now.notified() => {}
+        }
+        match state
+            .uploads
+            .sweep_expired(ferry_store::model::now_ms())
+            .await
+        {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(count = gone.len(), "expired uploads deleted");
+            }
+            Ok(_) => tracing::debug!("sweep: nothing expired"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
 }
 
 /// Per-connection facts a handler may need.
@@ -120,14 +158,74 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
         .with_header(header::ALLOW, allow)
 }
 
+/// Request headers a browser may send (CORS preflight answer).
+const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type, Origin, X-Requested-With, \
+X-HTTP-Method-Override, Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, \
+Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Draft-Interop-Version, \
+Content-Range, Range, If-Range, If-Match, If-None-Match, Want-Repr-Digest, Content-Digest";
+
+/// Response headers a browser script may read.
+const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, \
+Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Checksum, Tus-Resumable, \
+Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Upload-Complete, \
+Upload-Limit, Upload-Draft-Interop-Version, Repr-Digest, Content-Range, Accept-Ranges, ETag, \
+Last-Modified, Content-Disposition, Retry-After";
+
+/// Methods a browser may use.
+const CORS_ALLOW_METHODS: &str = "POST, HEAD, PATCH, OPTIONS, GET, DELETE, PUT";
+
 /// Routes one request.
 pub async fn dispatch(state: Arc<AppState>, ctx: Ctx, req: Request<Body>) -> Response<Body> {
-    let result = route(state, ctx, req).await;
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    resp.headers_mut().insert(
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let preflight = req.method() == Method::OPTIONS
+        && origin.is_some()
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    } else {
+        route(state.clone(), ctx, req)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+    };
+    let h = resp.headers_mut();
+    h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if let Some(allowed) = origin.and_then(|o| state.config.cors.allow(&o))
+        && let Ok(v) = HeaderValue::from_str(&allowed)
+    {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(CORS_ALLOW_METHODS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(CORS_ALLOW_HEADERS),
+            );
+            // Browsers cap this (Chrome: 2 h); a day costs nothing.
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
+        } else {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+            );
+        }
+    }
     resp
 }
 

@@ -153,7 +153,10 @@ fn options_announces_version_all_nine_extensions_and_checksums() {
             .map(|s| s.trim().to_string())
             .collect();
         algos.sort();
-        assert_eq!(algos, ["blake3", "crc32", "md5", "sha1", "sha256", "sha512"]);
+        assert_eq!(
+            algos,
+            ["blake3", "crc32", "md5", "sha1", "sha256", "sha512"]
+        );
         assert_eq!(
             hdr(&resp, "tus-max-size"),
             None,
