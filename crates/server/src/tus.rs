@@ -418,12 +418,32 @@ pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, A
 /// HEAD on an upload: the committed offset. Never waits for a writer.
 pub async fn head(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
     require_version(req.headers())?;
-    let info = load(&state, id).await?;
+    let mut info = load(&state, id).await?;
+    if req.headers().contains_key("want-repr-digest") {
+        info = wait_for_digest(&state, info).await?;
+    }
     let mut resp = base_response(StatusCode::OK);
     upload_headers(&state, &mut resp, &info);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// Longest a HEAD with `Want-Repr-Digest` waits for a digest still being computed.
+const DIGEST_WAIT: Duration = Duration::from_secs(60);
+
+/// A client that asks for the digest (RFC 9530 `Want-Repr-Digest`) of a finished upload gets
+/// it even if it is still being computed in the background: wait for it, bounded.
+async fn wait_for_digest(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo, ApiError> {
+    let deadline = tokio::time::Instant::now() + DIGEST_WAIT;
+    while info.is_complete() && info.sha256.is_none() && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        info = load(state, info.id).await?;
+    }
+    Ok(info)
 }
 
 /// PATCH on an upload: append at `Upload-Offset`.

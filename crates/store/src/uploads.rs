@@ -14,8 +14,10 @@ use crate::meta::MetaStore;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
 use crate::redb_meta::RedbMetaStore;
 use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::checksum::Hasher;
 use ferry_proto::{Metadata, UploadId};
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -116,6 +118,10 @@ pub struct Uploads {
     locker: Arc<dyn Locker>,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
+    /// SHA-256 state of uploads being appended in order, keyed by id, at their committed
+    /// offset: the whole-upload digest is then ready the moment the last byte commits, with no
+    /// second read. Lost on restart (the digest is then computed by reading the data back).
+    running: Mutex<HashMap<UploadId, (u64, Hasher)>>,
     _dir_lock: Option<File>,
 }
 
@@ -144,6 +150,7 @@ impl Uploads {
             locker,
             sync,
             expiry: ExpiryPolicy::default(),
+            running: Mutex::new(HashMap::new()),
             _dir_lock: None,
         }
     }
@@ -326,7 +333,16 @@ impl Uploads {
         let capacity = expected_bytes
             .map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE as u64) as usize)
             .max(1);
+        let hasher = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            match running.remove(&id) {
+                Some((pos, h)) if pos == info.offset => Some(h),
+                _ if info.offset == 0 => Some(Hasher::new(ChecksumAlgorithm::Sha256)),
+                _ => None,
+            }
+        };
         Ok(Append {
+            hasher: hasher.map(|h| Arc::new(Mutex::new(h))),
             uploads: self,
             written: info.offset,
             info,
@@ -373,6 +389,10 @@ impl Uploads {
 
     async fn remove(&self, info: UploadInfo) -> Result<()> {
         let id = info.id;
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         if !info.finals.is_empty() {
             let hidden = self
                 .meta
@@ -458,6 +478,41 @@ impl Uploads {
     /// Work that follows an upload's completion: its digest (inline when small, else in the
     /// background) and completing finals that were waiting for it.
     async fn completed(&self, info: &UploadInfo) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&info.id);
+        if let Some((pos, hasher)) = running
+            && Some(pos) == info.length
+        {
+            let digest: [u8; 32] = hasher.finalize().try_into().expect("32 bytes");
+            let stored = self
+                .meta
+                .update(
+                    info.id,
+                    Box::new(move |i| {
+                        i.sha256 = Some(digest);
+                        Ok(())
+                    }),
+                )
+                .await;
+            if let Err(e) = stored {
+                tracing::warn!(upload = %info.id, error = %e, "storing digest failed");
+            }
+        } else {
+            self.digest_by_reading(info).await;
+        }
+        for f in &info.finals {
+            if let Err(e) = self.refresh_final(*f).await {
+                tracing::warn!(upload = %f, error = %e, "completing final failed");
+            }
+        }
+    }
+
+    /// Computes the digest by reading the data back (after a restart, a takeover that broke
+    /// the hash chain, or for finals): inline when small, else in the background.
+    async fn digest_by_reading(&self, info: &UploadInfo) {
         let data = self.data.clone();
         let meta = self.meta.clone();
         let info_owned = info.clone();
@@ -470,11 +525,6 @@ impl Uploads {
             job.await;
         } else {
             tokio::spawn(job);
-        }
-        for f in &info.finals {
-            if let Err(e) = self.refresh_final(*f).await {
-                tracing::warn!(upload = %f, error = %e, "completing final failed");
-            }
         }
     }
 
@@ -629,6 +679,9 @@ pub struct Append<'a> {
     /// Position up to which writes have completed successfully.
     written: u64,
     failed: Option<String>,
+    /// Running SHA-256 of everything written in order (fed after each write, off the async
+    /// thread), if the chain from byte 0 is unbroken.
+    hasher: Option<Arc<Mutex<Hasher>>>,
 }
 
 impl std::fmt::Debug for Append<'_> {
@@ -689,6 +742,8 @@ impl Append<'_> {
                 }
                 Err(e) => {
                     self.failed = Some(e.to_string());
+                    // The running hash may now lack bytes: give it up.
+                    self.hasher = None;
                     return Err(e);
                 }
             }
@@ -711,7 +766,19 @@ impl Append<'_> {
             None => take_buffer(capacity),
         };
         let full = std::mem::replace(&mut self.buf, next);
-        self.inflight = Some(self.writer.write(full));
+        let write = self.writer.write(full);
+        self.inflight = Some(match self.hasher.clone() {
+            None => write,
+            Some(h) => Box::pin(async move {
+                let buf = write.await?;
+                tokio::task::spawn_blocking(move || {
+                    h.lock().unwrap_or_else(|p| p.into_inner()).update(&buf);
+                    buf
+                })
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+            }),
+        });
         Ok(())
     }
 
@@ -771,6 +838,15 @@ impl Append<'_> {
             )
             .await?;
         self.info = committed;
+        if let Some(h) = &self.hasher {
+            // Snapshot: bytes hashed after this point are not committed yet.
+            let snapshot = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.uploads
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, (target, snapshot));
+        }
         if self.info.is_complete() {
             self.uploads.completed(&self.info).await;
             if let Some(fresh) = self.uploads.meta.get(id).await? {
@@ -858,6 +934,62 @@ mod tests {
             "finished uploads do not expire by default"
         );
         assert_eq!(read_all(&u, &done).await, data);
+    }
+
+    #[tokio::test]
+    async fn large_upload_has_its_digest_at_completion_without_rereading() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i / 7) as u8).collect();
+        let info = u
+            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
+            .await
+            .unwrap();
+        // Three requests; the running hash carries over between them.
+        for part in data.chunks(5 << 20) {
+            write_all(&u, info.id, part).await;
+        }
+        let done = u.get(info.id).await.unwrap().unwrap();
+        assert!(done.is_complete());
+        assert_eq!(
+            done.sha256,
+            Some(sha(&data)),
+            "digest ready at once (> inline limit)"
+        );
+    }
+
+    #[tokio::test]
+    async fn broken_hash_chain_falls_back_to_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data = vec![42u8; 1 << 20];
+        let info = u
+            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
+            .await
+            .unwrap();
+        write_all(&u, info.id, &data[..1000]).await;
+        {
+            // Hashed but never committed: the running hash must not keep these bytes.
+            let lease = u.lease(info.id).await.unwrap();
+            let mut a = u.append(&lease, None).await.unwrap();
+            a.push(&[0u8; 600_000]).await.unwrap();
+            a.commit().await.unwrap();
+            a.push(&[1u8; 300_000]).await.unwrap();
+        }
+        u.running.lock().unwrap().clear();
+        let lease = u.lease(info.id).await.unwrap();
+        let mut a = u.append(&lease, None).await.unwrap();
+        assert!(
+            a.hasher.is_none(),
+            "no chain to continue after the cache is lost"
+        );
+        let at = a.info().offset as usize;
+        let mut expect = data[..1000].to_vec();
+        expect.extend_from_slice(&[0u8; 600_000]);
+        expect.extend_from_slice(&data[at..]);
+        a.push(&data[at..]).await.unwrap();
+        let done = a.commit().await.unwrap();
+        assert_eq!(done.sha256, Some(sha(&expect)), "digest by reading back");
     }
 
     #[tokio::test]
