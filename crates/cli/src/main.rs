@@ -1,6 +1,8 @@
 //! The `ferry` command: wiring only. Servers live in `ferry-server`, storage in `ferry-store`.
 
+mod progress;
 mod serve;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,11 +19,20 @@ struct Cli {
 enum Command {
     /// Run the server (tus 1.0 at /files/).
     Serve(Box<serve::ServeArgs>),
+    /// Upload files to a tus server, resuming where an earlier run stopped.
+    Upload(Box<transfer::UploadArgs>),
+    /// List unfinished transfers.
+    Status(transfer::StatusArgs),
+    /// Drop saved transfers and delete their server-side uploads.
+    Forget(transfer::ForgetArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Upload(args) => transfer::upload(*args),
+        Command::Status(args) => transfer::status(args),
+        Command::Forget(args) => transfer::forget_cmd(args),
     }
 }

@@ -1,0 +1,377 @@
+//! `ferry upload`, `ferry status`, `ferry forget`: argument handling and output; the work is in
+//! `ferry-client`.
+
+use crate::progress::Bars;
+use clap::{Args, ValueEnum};
+use ferry_client::chunk::ChunkBounds;
+use ferry_client::error::{ClientError, ErrorKind};
+use ferry_client::progress::RateLimiter;
+use ferry_client::retry::RetryPolicy;
+use ferry_client::state::{Loaded, StateDir, Transfer, default_state_dir};
+use ferry_client::upload::{
+    ChecksumChoice, UploadOptions, Uploader, Verification, forget, http_client,
+};
+use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::size::parse_size;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Per-request checksum setting.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ChecksumArg {
+    /// The fastest algorithm the server offers.
+    Auto,
+    /// None.
+    None,
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+    /// MD5.
+    Md5,
+    /// CRC-32 (IEEE).
+    Crc32,
+    /// BLAKE3.
+    Blake3,
+}
+
+/// Settings shared by transfer commands.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Where resume state lives. [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry]
+    #[arg(long, env = "FERRY_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print one JSON object per file on stdout instead of the URL.
+    #[arg(long)]
+    json: bool,
+    /// Log filter for stderr (tracing syntax). [default: warn]
+    #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
+    log: Option<String>,
+}
+
+/// `ferry upload`.
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// Files to upload, then the tus endpoint URL (e.g. http://127.0.0.1:1080/files/).
+    #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
+    args: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// First request size (adapts between --min-chunk and --max-chunk).
+    #[arg(long, default_value = "8M", value_name = "SIZE")]
+    chunk_size: String,
+    /// Smallest request size.
+    #[arg(long, default_value = "64K", value_name = "SIZE")]
+    min_chunk: String,
+    /// Largest request size.
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    max_chunk: String,
+    /// Per-request checksum (Upload-Checksum).
+    #[arg(long, value_enum, default_value = "auto")]
+    checksum: ChecksumArg,
+    /// Skip comparing the server's Repr-Digest with the file's SHA-256.
+    #[arg(long)]
+    no_verify: bool,
+    /// Consecutive failed attempts without progress before giving up.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    retries: u32,
+    /// Time without progress before giving up.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    retry_time: String,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    stall_timeout: String,
+    /// Time allowed to connect.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    connect_timeout: String,
+    /// Bandwidth cap, e.g. 10M (bytes per second).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
+    /// Extra metadata, KEY=VALUE (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    metadata: Vec<String>,
+}
+
+/// `ferry status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `ferry forget`.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Transfer key (from `ferry status`) or the local file's path.
+    #[arg(required = true)]
+    which: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn usage(msg: impl Into<String>) -> ClientError {
+    ClientError::new(ErrorKind::Usage, msg)
+}
+
+fn duration(name: &str, v: &str) -> Result<Duration, ClientError> {
+    if let Ok(s) = v.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(s));
+    }
+    humantime::parse_duration(v.trim())
+        .map_err(|_| usage(format!("{name}: {v:?} is not a duration (e.g. 30s, 5m)")))
+}
+
+fn size(name: &str, v: &str) -> Result<u64, ClientError> {
+    parse_size(v).map_err(|e| usage(format!("{name}: {e}")))
+}
+
+fn state_dir(common: &CommonArgs) -> Result<StateDir, ClientError> {
+    let root = common.state_dir.clone().unwrap_or_else(default_state_dir);
+    StateDir::open(&root)
+        .map_err(|e| ClientError::local(&format!("state dir {}", root.display()), e))
+}
+
+fn init_logs(bars: &Bars, common: &CommonArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(common.log.as_deref().unwrap_or("warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(bars.clone())
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::local("starting the runtime", e))
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("ferry: {}", e.message);
+    ExitCode::from(e.kind.exit_code())
+}
+
+/// Ctrl-C: the first one stops cleanly (state stays resumable); a second one exits at once.
+fn on_ctrl_c(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+/// Runs `ferry upload`.
+pub fn upload(args: UploadArgs) -> ExitCode {
+    match upload_inner(args) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
+    let (url, files) = args.args.split_last().expect("clap requires two values");
+    let endpoint: reqwest::Url = url
+        .parse()
+        .map_err(|e| usage(format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(endpoint.scheme(), "http" | "https") {
+        return Err(usage(format!("{url:?} must be an http:// or https:// URL")));
+    }
+    let chunk = ChunkBounds {
+        initial: size("--chunk-size", &args.chunk_size)?,
+        min: size("--min-chunk", &args.min_chunk)?,
+        max: size("--max-chunk", &args.max_chunk)?,
+        ..ChunkBounds::default()
+    };
+    if chunk.min == 0 || chunk.min > chunk.max {
+        return Err(usage(
+            "--min-chunk must be at least 1 and at most --max-chunk",
+        ));
+    }
+    let mut metadata = Vec::new();
+    for m in &args.metadata {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--metadata {m:?}: expected KEY=VALUE")))?;
+        metadata.push((k.to_string(), v.as_bytes().to_vec()));
+    }
+    let checksum = match args.checksum {
+        ChecksumArg::Auto => ChecksumChoice::Auto,
+        ChecksumArg::None => ChecksumChoice::Off,
+        ChecksumArg::Sha1 => ChecksumChoice::Use(ChecksumAlgorithm::Sha1),
+        ChecksumArg::Sha256 => ChecksumChoice::Use(ChecksumAlgorithm::Sha256),
+        ChecksumArg::Sha512 => ChecksumChoice::Use(ChecksumAlgorithm::Sha512),
+        ChecksumArg::Md5 => ChecksumChoice::Use(ChecksumAlgorithm::Md5),
+        ChecksumArg::Crc32 => ChecksumChoice::Use(ChecksumAlgorithm::Crc32),
+        ChecksumArg::Blake3 => ChecksumChoice::Use(ChecksumAlgorithm::Blake3),
+    };
+    let stall_timeout = duration("--stall-timeout", &args.stall_timeout)?;
+    let limiter = match &args.limit_rate {
+        Some(r) => Some(Arc::new(RateLimiter::new(size("--limit-rate", r)?.max(1)))),
+        None => None,
+    };
+    let opts = UploadOptions {
+        metadata,
+        chunk,
+        checksum,
+        retry: RetryPolicy {
+            max_retries: args.retries,
+            max_time: duration("--retry-time", &args.retry_time)?,
+            ..RetryPolicy::default()
+        },
+        stall_timeout,
+        limiter,
+        verify: !args.no_verify,
+    };
+    let connect = duration("--connect-timeout", &args.connect_timeout)?;
+    let bars = Bars::new();
+    init_logs(&bars, &args.common);
+    let state = state_dir(&args.common)?;
+    let rt = runtime()?;
+    let json = args.common.json;
+    let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+    let code = rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        on_ctrl_c(cancel.clone());
+        let http = http_client(connect, stall_timeout)?;
+        let mut worst: Option<ClientError> = None;
+        for file in &files {
+            let up = Uploader::new(
+                http.clone(),
+                state.clone(),
+                opts.clone(),
+                bars.sink(),
+                cancel.clone(),
+            );
+            match up.upload(file, &endpoint, None).await {
+                Ok(done) => {
+                    if let Verification::NotVerified(why) = &done.verification {
+                        bars.println(&format!("ferry: {}: {why}", file.display()));
+                    }
+                    if json {
+                        let v = serde_json::json!({
+                            "file": file.display().to_string(),
+                            "url": done.url,
+                            "bytes": done.bytes,
+                            "seconds": done.seconds,
+                            "sha256": hex(&done.sha256),
+                            "verified": done.verification == Verification::Verified,
+                            "resumed_from": done.resumed_from,
+                        });
+                        println!("{v}");
+                    } else {
+                        println!("{}", done.url);
+                    }
+                }
+                Err(e) => {
+                    bars.println(&format!("ferry: {}: {}", file.display(), e.message));
+                    let interrupted = e.kind == ErrorKind::Interrupted;
+                    if worst.is_none() {
+                        worst = Some(e);
+                    }
+                    if interrupted {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<_, ClientError>(
+            worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),
+        )
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs `ferry status`.
+pub fn status(args: StatusArgs) -> ExitCode {
+    let state = match state_dir(&args.common) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let list = match state.list() {
+        Ok(l) => l,
+        Err(e) => return fail(&ClientError::local("reading the state", e)),
+    };
+    if list.is_empty() && !args.common.json {
+        eprintln!("no unfinished transfers in {}", state.root().display());
+    }
+    for (key, loaded) in list {
+        match loaded {
+            Loaded::Found(Transfer::Upload(u)) => {
+                if args.common.json {
+                    let v = serde_json::json!({
+                        "key": key, "kind": "upload", "source": u.source, "endpoint": u.endpoint,
+                        "bytes": u.identity.size, "urls": u.parts.iter().map(|p| &p.url).collect::<Vec<_>>(),
+                    });
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{key}  upload  {}  {} bytes  -> {}",
+                        u.source.display(),
+                        u.identity.size,
+                        u.parts.first().map_or("", |p| p.url.as_str())
+                    );
+                }
+            }
+            Loaded::Unusable(why) => println!("{key}  (unusable: {why})"),
+            Loaded::Missing => {}
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `ferry forget`.
+pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
+    let state = match state_dir(&args.common) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let list = state.list().unwrap_or_default();
+    let mut code = ExitCode::SUCCESS;
+    for which in &args.which {
+        let canonical = std::fs::canonicalize(which).ok();
+        let key = list.iter().find_map(|(k, l)| {
+            let by_key = k == which;
+            let by_path = matches!(l, Loaded::Found(Transfer::Upload(u)) if Some(&u.source) == canonical.as_ref());
+            (by_key || by_path).then(|| k.clone())
+        });
+        let Some(key) = key else {
+            eprintln!("ferry: no saved transfer matches {which:?} (see `ferry status`)");
+            code = ExitCode::from(2);
+            continue;
+        };
+        let result = rt.block_on(async {
+            let http = http_client(Duration::from_secs(10), Duration::from_secs(30))?;
+            forget(&http, &state, &key).await
+        });
+        match result {
+            Ok(deleted) => {
+                for u in deleted {
+                    eprintln!("deleted {u}");
+                }
+                eprintln!("forgot {key}");
+            }
+            Err(e) => code = fail(&e),
+        }
+    }
+    code
+}

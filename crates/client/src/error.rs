@@ -1,0 +1,99 @@
+//! Errors of the transfer engine, sorted by what the user should do about them.
+
+use std::time::Duration;
+
+/// What kind of failure ended a transfer; the CLI maps each to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was wrong (bad arguments, unusable URL).
+    Usage,
+    /// The server refused (a 4xx other than the retryable ones).
+    Refused,
+    /// Retries ran out without progress; re-running resumes.
+    Exhausted,
+    /// The server's copy does not match the local file.
+    Verification,
+    /// The local file changed while it was being uploaded.
+    FileChanged,
+    /// Stopped by the user (Ctrl-C); re-running resumes.
+    Interrupted,
+    /// A local failure (reading the file, writing the state).
+    Local,
+}
+
+impl ErrorKind {
+    /// The process exit code for this kind.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Local => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Refused => 3,
+            ErrorKind::Exhausted => 4,
+            ErrorKind::Verification => 5,
+            ErrorKind::FileChanged => 6,
+            ErrorKind::Interrupted => 130,
+        }
+    }
+}
+
+/// A failed transfer, with a message that says what happened and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ClientError {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// One or two lines for the user.
+    pub message: String,
+}
+
+impl ClientError {
+    /// Builds an error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A local I/O failure.
+    pub fn local(what: &str, e: std::io::Error) -> Self {
+        Self::new(ErrorKind::Local, format!("{what}: {e}"))
+    }
+}
+
+/// The outcome of one attempt (one request): retry it, or stop.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Worth retrying after a delay (network error, timeout, stall, 5xx, 423, 429, 409, 460).
+    Retry {
+        /// Why, for logs and the final message.
+        why: String,
+        /// The server's Retry-After, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The server refused a request body this large (413): send smaller chunks.
+    TooLarge {
+        /// The body size that was refused.
+        size: u64,
+    },
+    /// The upload is gone on the server (404/410).
+    Gone,
+    /// Not worth retrying.
+    Fatal(ClientError),
+}
+
+impl AttemptError {
+    /// A retryable failure.
+    pub fn retry(why: impl Into<String>) -> Self {
+        AttemptError::Retry {
+            why: why.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ClientError> for AttemptError {
+    fn from(e: ClientError) -> Self {
+        AttemptError::Fatal(e)
+    }
+}

@@ -1,0 +1,33 @@
+//! ferry's transfer engine, usable without the CLI.
+//!
+//! - [`upload::Uploader`] uploads files to any tus 1.0 server, resuming from a durable state
+//!   directory ([`state::StateDir`]), retrying with backoff ([`retry`]), sizing requests with
+//!   [`chunk::ChunkSizeController`], and verifying the result against the server's
+//!   `Repr-Digest`.
+//! - [`tus`] holds the individual requests; [`source`] reads the local file.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ferry_client::error::ClientError> {
+//! use ferry_client::{progress::NoProgress, state::StateDir, upload::*};
+//! use std::{sync::Arc, time::Duration};
+//! let http = http_client(Duration::from_secs(10), Duration::from_secs(30))?;
+//! let state = StateDir::open(&ferry_client::state::default_state_dir()).unwrap();
+//! let up = Uploader::new(http, state, UploadOptions::default(), Arc::new(NoProgress), Default::default());
+//! let endpoint = "http://127.0.0.1:1080/files/".parse().unwrap();
+//! let done = up.upload("big.iso".as_ref(), &endpoint, None).await?;
+//! println!("{} ({:?})", done.url, done.verification);
+//! # Ok(()) }
+//! ```
+
+pub mod chunk;
+pub mod error;
+pub mod identity;
+pub mod progress;
+pub mod retry;
+pub mod source;
+pub mod state;
+pub mod tus;
+pub mod upload;
+
+pub use error::{ClientError, ErrorKind};
+pub use upload::{UploadOptions, UploadOutcome, Uploader, Verification};

@@ -1,0 +1,90 @@
+//! Progress reporting and rate limiting, shared by every stream of a transfer.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Receives progress; the CLI draws bars with it, a library user may log or ignore it.
+pub trait ProgressSink: Send + Sync {
+    /// A transfer of `total` bytes starts (or resumes at `position`).
+    fn start(&self, name: &str, total: u64, position: u64);
+    /// Bytes now known sent (absolute position; may go back after a failure).
+    fn position(&self, position: u64);
+    /// A notice worth showing (retrying, resumed, not verified...).
+    fn note(&self, message: &str);
+    /// The transfer ended.
+    fn finish(&self);
+}
+
+/// A sink that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn start(&self, _: &str, _: u64, _: u64) {}
+    fn position(&self, _: u64) {}
+    fn note(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+    fn finish(&self) {}
+}
+
+/// A token bucket: at most `rate` bytes per second on average, bursts up to a tenth of a
+/// second's worth.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: u64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter of `rate` bytes/s (> 0).
+    pub fn new(rate: u64) -> Self {
+        let rate = rate.max(1);
+        Self {
+            rate,
+            state: Mutex::new((0.0, Instant::now())),
+        }
+    }
+
+    /// How long to wait before sending `n` more bytes (and books them).
+    pub fn reserve(&self, n: u64) -> Duration {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let burst = self.rate as f64 / 10.0;
+        let (tokens, last) = *st;
+        let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate as f64;
+        let available = (tokens + refill).min(burst) - n as f64;
+        *st = (available, now);
+        if available >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-available / self.rate as f64)
+        }
+    }
+
+    /// Waits until `n` more bytes may be sent.
+    pub async fn acquire(&self, n: u64) {
+        let d = self.reserve(n);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_paces_to_the_rate() {
+        let l = RateLimiter::new(1_000_000);
+        let mut wait = Duration::ZERO;
+        for _ in 0..20 {
+            // Each reservation says when its bytes may go, counting those booked before.
+            wait = l.reserve(100_000);
+        }
+        // 2 MB booked at once at 1 MB/s: the last bytes may go about 2 s from now.
+        assert!(wait > Duration::from_millis(1900), "{wait:?}");
+        assert!(wait < Duration::from_millis(2100), "{wait:?}");
+    }
+}

@@ -1,0 +1,306 @@
+//! Reading the local file: request bodies streamed with reused buffers, first-pass hashing of
+//! a chunk for `Upload-Checksum`, and the whole-file SHA-256 computed on the way (each byte
+//! hashed once, in order, whichever pass reads it first).
+
+use crate::progress::RateLimiter;
+use bytes::{Bytes, BytesMut};
+use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
+use futures_util::Stream;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Bytes per read.
+pub const BLOCK: usize = 256 * 1024;
+
+/// The SHA-256 of the file's bytes `[0, pos)`, advanced only in order.
+#[derive(Debug)]
+pub struct SequentialHash {
+    pos: u64,
+    hasher: Hasher,
+}
+
+impl Default for SequentialHash {
+    fn default() -> Self {
+        Self {
+            pos: 0,
+            hasher: Hasher::new(ChecksumAlgorithm::Sha256),
+        }
+    }
+}
+
+impl SequentialHash {
+    /// How far the hash has got.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Feeds bytes read at `offset`; only the part that extends the hashed prefix counts.
+    pub fn feed(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        if offset <= self.pos && end > self.pos {
+            self.hasher.update(&data[(self.pos - offset) as usize..]);
+            self.pos = end;
+        }
+    }
+
+    /// The digest, if the whole `len` bytes were hashed.
+    pub fn finish(self, len: u64) -> Option<[u8; 32]> {
+        (self.pos == len).then(|| self.hasher.finalize().try_into().expect("32 bytes"))
+    }
+}
+
+/// Counters shared by the streams of one transfer.
+#[derive(Debug)]
+pub struct Activity {
+    started: Instant,
+    /// Milliseconds since `started` of the last byte handed to the network.
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// Marks progress now.
+    pub fn touch(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last progress.
+    pub fn idle(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// An open source file.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    file: Arc<File>,
+    len: u64,
+}
+
+/// What a body stream reports to as it goes.
+#[derive(Clone)]
+pub struct StreamHooks {
+    /// Whole-file hash.
+    pub sequential: Arc<Mutex<SequentialHash>>,
+    /// Stall detection.
+    pub activity: Arc<Activity>,
+    /// Absolute position reached, for progress.
+    pub on_position: Arc<dyn Fn(u64) + Send + Sync>,
+    /// Shared rate limit.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+impl std::fmt::Debug for StreamHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHooks").finish_non_exhaustive()
+    }
+}
+
+impl FileSource {
+    /// Opens `file` of length `len`.
+    pub fn new(file: File, len: u64) -> Self {
+        Self {
+            file: Arc::new(file),
+            len,
+        }
+    }
+
+    /// The length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Reads `[start, end)` in blocks off the async threads, calling `each(offset, block)`.
+    pub async fn scan(
+        &self,
+        start: u64,
+        end: u64,
+        mut each: impl FnMut(u64, &[u8]) + Send + 'static,
+    ) -> io::Result<()> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; BLOCK];
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(BLOCK);
+                file.read_exact_at(&mut buf[..n], at)?;
+                each(at, &buf[..n]);
+                at += n as u64;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Digest of `[start, end)` with `algorithm` (the first pass for `Upload-Checksum`); the
+    /// bytes also feed the whole-file hash.
+    pub async fn checksum(
+        &self,
+        start: u64,
+        end: u64,
+        algorithm: ChecksumAlgorithm,
+        sequential: Arc<Mutex<SequentialHash>>,
+    ) -> io::Result<Vec<u8>> {
+        let hasher = Arc::new(Mutex::new(Hasher::new(algorithm)));
+        let h = hasher.clone();
+        self.scan(start, end, move |at, block| {
+            h.lock().unwrap_or_else(|p| p.into_inner()).update(block);
+            sequential
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .feed(at, block);
+        })
+        .await?;
+        let h = Arc::try_unwrap(hasher)
+            .map_err(|_| io::Error::other("hasher still shared"))?
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(h.finalize())
+    }
+
+    /// Streams `[start, end)` as a request body. Blocks are read off the async threads into a
+    /// `BytesMut` whose memory is reclaimed once the network layer drops the previous block.
+    pub fn body(
+        &self,
+        start: u64,
+        end: u64,
+        hooks: StreamHooks,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        struct St {
+            file: Arc<File>,
+            pos: u64,
+            end: u64,
+            buf: BytesMut,
+            hooks: StreamHooks,
+        }
+        let st = St {
+            file: self.file.clone(),
+            pos: start,
+            end,
+            buf: BytesMut::new(),
+            hooks,
+        };
+        futures_util::stream::unfold(st, |mut st| async move {
+            if st.pos >= st.end {
+                return None;
+            }
+            let n = ((st.end - st.pos) as usize).min(BLOCK);
+            if let Some(l) = &st.hooks.limiter {
+                l.acquire(n as u64).await;
+            }
+            let mut buf = std::mem::take(&mut st.buf);
+            buf.clear();
+            buf.reserve(BLOCK);
+            let file = st.file.clone();
+            let at = st.pos;
+            let read = tokio::task::spawn_blocking(move || {
+                buf.resize(n, 0);
+                let r = file.read_exact_at(&mut buf[..], at);
+                (buf, r)
+            })
+            .await;
+            let (mut buf, r) = match read {
+                Ok(x) => x,
+                Err(e) => return Some((Err(io::Error::other(e)), St { pos: st.end, ..st })),
+            };
+            if let Err(e) = r {
+                return Some((Err(e), St { pos: st.end, ..st }));
+            }
+            st.hooks
+                .sequential
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .feed(at, &buf);
+            let block = buf.split().freeze();
+            st.buf = buf;
+            st.pos += n as u64;
+            st.hooks.activity.touch();
+            (st.hooks.on_position)(st.pos);
+            Some((Ok(block), st))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[test]
+    fn sequential_hash_counts_each_byte_once_in_order() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let mut s = SequentialHash::default();
+        s.feed(0, &data[..300]);
+        s.feed(100, &data[100..500]); // overlap: only 300..500 counts
+        s.feed(700, &data[700..]); // gap: ignored
+        s.feed(500, &data[500..700]);
+        s.feed(700, &data[700..]);
+        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
+            .try_into()
+            .unwrap();
+        assert_eq!(s.finish(1000), Some(want));
+    }
+
+    #[tokio::test]
+    async fn body_streams_the_range_and_feeds_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let src = FileSource::new(File::open(&p).unwrap(), data.len() as u64);
+        let seq = Arc::new(Mutex::new(SequentialHash::default()));
+        let last = Arc::new(AtomicU64::new(0));
+        let l2 = last.clone();
+        let hooks = StreamHooks {
+            sequential: seq.clone(),
+            activity: Arc::default(),
+            on_position: Arc::new(move |p| l2.store(p, Ordering::Relaxed)),
+            limiter: None,
+        };
+        let ck = src
+            .checksum(0, 100_000, ChecksumAlgorithm::Crc32, seq.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            ck,
+            ferry_proto::checksum::digest(ChecksumAlgorithm::Crc32, &data[..100_000])
+        );
+        let mut out = Vec::new();
+        let mut s = Box::pin(src.body(0, data.len() as u64, hooks));
+        while let Some(b) = s.next().await {
+            out.extend_from_slice(&b.unwrap());
+        }
+        assert_eq!(out, data);
+        assert_eq!(last.load(Ordering::Relaxed), data.len() as u64);
+        let seq = Arc::try_unwrap(seq).unwrap().into_inner().unwrap();
+        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
+            .try_into()
+            .unwrap();
+        assert_eq!(seq.finish(data.len() as u64), Some(want));
+    }
+}

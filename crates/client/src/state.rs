@@ -1,0 +1,317 @@
+//! The resume state: one directory for all of ferry's transfers, one small JSON file per
+//! transfer, written crash-safely (temp file, fsync, rename, directory fsync) and only when an
+//! upload or part is created or finishes — never per chunk: offsets come from the server.
+
+use crate::identity::FileIdentity;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Version of the record format written by this build. Newer records are left alone (and
+/// reported); older ones are read if compatible.
+pub const STATE_VERSION: u32 = 1;
+
+/// Where state lives: `$XDG_STATE_HOME/ferry`, else `~/.local/state/ferry`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("ferry");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local").join("state").join("ferry")
+}
+
+/// One server-side upload that is part of a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// The upload URL.
+    pub url: String,
+    /// First byte of the file this part carries.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// Whether the server has all of it.
+    pub done: bool,
+}
+
+/// A resumable upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Record format version.
+    pub version: u32,
+    /// The transfer's key (file name of the record).
+    pub key: String,
+    /// Absolute path of the source file.
+    pub source: PathBuf,
+    /// The source's identity when the upload was created.
+    pub identity: FileIdentity,
+    /// The endpoint it was created at.
+    pub endpoint: String,
+    /// Protocol used (`tus`).
+    pub protocol: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// Server-side uploads (one, or several parts of a parallel upload).
+    pub parts: Vec<PartRecord>,
+    /// The final (concatenated) upload, once created.
+    #[serde(default)]
+    pub final_url: Option<String>,
+}
+
+/// Any transfer ferry can resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Transfer {
+    /// An upload.
+    Upload(UploadRecord),
+}
+
+impl Transfer {
+    /// The key.
+    pub fn key(&self) -> &str {
+        match self {
+            Transfer::Upload(u) => &u.key,
+        }
+    }
+}
+
+/// A stable key for a transfer of `local` to or from `remote`.
+pub fn transfer_key(kind: &str, remote: &str, local: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(kind.as_bytes());
+    h.update(&[0]);
+    h.update(remote.as_bytes());
+    h.update(&[0]);
+    h.update(local.as_os_str().as_encoded_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// What was found under a key.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Nothing.
+    Missing,
+    /// A record.
+    Found(Transfer),
+    /// A record written by a newer ferry, or unreadable: left alone, with the reason.
+    Unusable(String),
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating) the directory.
+    pub fn open(root: &Path) -> io::Result<StateDir> {
+        fs::create_dir_all(root.join("transfers"))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.join("transfers")
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir().join(format!("{key}.json"))
+    }
+
+    /// Reads a record. Leftover temp files from a crash mid-write are never read: a record is
+    /// either the previous complete version or the new one.
+    pub fn load(&self, key: &str) -> io::Result<Loaded> {
+        let text = match fs::read(self.path(key)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(e) => return Err(e),
+        };
+        Ok(parse_record(&text))
+    }
+
+    /// Writes a record crash-safely.
+    pub fn save(&self, t: &Transfer) -> io::Result<()> {
+        let dir = self.dir();
+        let tmp = dir.join(format!(".{}.{}.tmp", t.key(), std::process::id()));
+        let bytes = serde_json::to_vec_pretty(t).map_err(io::Error::other)?;
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.path(t.key()))?;
+        File::open(&dir)?.sync_all()
+    }
+
+    /// Deletes a record (missing is fine).
+    pub fn remove(&self, key: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(key)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        File::open(self.dir())?.sync_all()
+    }
+
+    /// Every record, with unusable ones reported by key.
+    pub fn list(&self) -> io::Result<Vec<(String, Loaded)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.dir())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let loaded = match fs::read(entry.path()) {
+                Ok(t) => parse_record(&t),
+                Err(e) => Loaded::Unusable(e.to_string()),
+            };
+            out.push((key.to_string(), loaded));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+fn parse_record(text: &[u8]) -> Loaded {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    // Records are tagged by kind; the version sits inside.
+    let version = serde_json::from_slice::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::from_value::<Versioned>(v).ok());
+    match version {
+        None => Loaded::Unusable("not a ferry state record (damaged?)".into()),
+        Some(v) if v.version > STATE_VERSION => Loaded::Unusable(format!(
+            "written by a newer ferry (state version {}; this one reads {STATE_VERSION})",
+            v.version
+        )),
+        Some(_) => match serde_json::from_slice::<Transfer>(text) {
+            Ok(t) => Loaded::Found(t),
+            Err(e) => Loaded::Unusable(format!("unreadable record: {e}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str) -> Transfer {
+        Transfer::Upload(UploadRecord {
+            version: STATE_VERSION,
+            key: key.into(),
+            source: "/tmp/x".into(),
+            identity: FileIdentity {
+                size: 10,
+                mtime_ns: 1,
+                dev: 2,
+                ino: 3,
+                fingerprint: "ab".into(),
+            },
+            endpoint: "http://127.0.0.1:1/files/".into(),
+            protocol: "tus".into(),
+            created_ms: 5,
+            parts: vec![PartRecord {
+                url: "http://127.0.0.1:1/files/a".into(),
+                start: 0,
+                end: 10,
+                done: false,
+            }],
+            final_url: None,
+        })
+    }
+
+    #[test]
+    fn save_load_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        assert!(matches!(s.load("k1").unwrap(), Loaded::Missing));
+        s.save(&record("k1")).unwrap();
+        match s.load("k1").unwrap() {
+            Loaded::Found(t) => assert_eq!(t, record("k1")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.list().unwrap().len(), 1);
+        s.remove("k1").unwrap();
+        s.remove("k1").unwrap();
+        assert!(matches!(s.load("k1").unwrap(), Loaded::Missing));
+    }
+
+    #[test]
+    fn torn_write_leaves_the_previous_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        s.save(&record("k")).unwrap();
+        // A crash mid-save leaves a temp file beside the record; it is never read.
+        std::fs::write(dir.path().join("transfers/.k.999.tmp"), b"{\"kind\":\"upl").unwrap();
+        assert!(matches!(s.load("k").unwrap(), Loaded::Found(_)));
+        assert_eq!(s.list().unwrap().len(), 1, "temp files are not records");
+    }
+
+    #[test]
+    fn damaged_and_future_records_are_unusable_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("transfers/bad.json"), b"{\"kind\":\"upl").unwrap();
+        assert!(matches!(s.load("bad").unwrap(), Loaded::Unusable(_)));
+        let mut future = serde_json::to_value(record("fut")).unwrap();
+        future["version"] = serde_json::json!(STATE_VERSION + 1);
+        std::fs::write(
+            dir.path().join("transfers/fut.json"),
+            serde_json::to_vec(&future).unwrap(),
+        )
+        .unwrap();
+        match s.load("fut").unwrap() {
+            Loaded::Unusable(why) => assert!(why.contains("newer ferry"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn older_compatible_record_reads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        let mut old = serde_json::to_value(record("old")).unwrap();
+        old.as_object_mut().unwrap().remove("final_url");
+        std::fs::write(
+            dir.path().join("transfers/old.json"),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(s.load("old").unwrap(), Loaded::Found(_)));
+    }
+
+    #[test]
+    fn keys_differ_by_kind_remote_and_path() {
+        let a = transfer_key("upload", "http://h/files/", Path::new("/a"));
+        assert_eq!(a.len(), 32);
+        assert_ne!(
+            a,
+            transfer_key("upload", "http://h/files/", Path::new("/b"))
+        );
+        assert_ne!(
+            a,
+            transfer_key("upload", "http://g/files/", Path::new("/a"))
+        );
+        assert_ne!(
+            a,
+            transfer_key("download", "http://h/files/", Path::new("/a"))
+        );
+    }
+}

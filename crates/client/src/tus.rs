@@ -1,0 +1,249 @@
+//! The tus 1.0 client side: one function per request, each turning the answer into a value or
+//! an [`AttemptError`] that says whether to retry. Headers are parsed with `ferry-proto`.
+
+use crate::error::{AttemptError, ClientError, ErrorKind};
+use crate::retry::parse_retry_after;
+use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
+use ferry_proto::digest::parse_digest_field;
+use ferry_proto::{Metadata, tus};
+use reqwest::{Method, Response, StatusCode, Url};
+
+/// What a tus server offers (from OPTIONS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerCaps {
+    /// `Tus-Extension`, lowercased.
+    pub extensions: Vec<String>,
+    /// The fastest checksum algorithm both sides know.
+    pub checksum: Option<ChecksumAlgorithm>,
+    /// `Tus-Max-Size`.
+    pub max_size: Option<u64>,
+}
+
+impl ServerCaps {
+    /// Whether an extension is offered.
+    pub fn has(&self, ext: &str) -> bool {
+        self.extensions.iter().any(|e| e == ext)
+    }
+}
+
+/// An upload's state on the server (from HEAD).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUpload {
+    /// Committed offset.
+    pub offset: u64,
+    /// Length, if known.
+    pub length: Option<u64>,
+    /// SHA-256 from `Repr-Digest`, if the server exposes it.
+    pub sha256: Option<Vec<u8>>,
+}
+
+fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The first line of an error body, bounded, for messages.
+async fn reason(resp: Response) -> String {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let line = text.lines().next().unwrap_or("").trim();
+    let line: String = line.chars().take(200).collect();
+    if line.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {line}")
+    }
+}
+
+/// Classifies a non-success answer: retry (5xx, 408, 409, 423, 429, 460), resize (413), gone
+/// (404, 410) or refused (other 4xx).
+pub async fn classify(resp: Response, what: &str) -> AttemptError {
+    let status = resp.status();
+    let retry_after = header(&resp, "retry-after").and_then(parse_retry_after);
+    match status.as_u16() {
+        404 | 410 => AttemptError::Gone,
+        408 | 409 | 423 | 429 | 460 | 500..=599 => AttemptError::Retry {
+            why: format!("{what}: {}", reason(resp).await),
+            retry_after,
+        },
+        _ => AttemptError::Fatal(ClientError::new(
+            ErrorKind::Refused,
+            format!("{what} refused by the server: {}", reason(resp).await),
+        )),
+    }
+}
+
+/// Network-level failures are always worth retrying.
+pub fn network(what: &str, e: reqwest::Error) -> AttemptError {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    AttemptError::retry(format!("{what}: {msg}"))
+}
+
+/// Resolves a `Location` against the request URL (relative locations are allowed).
+pub fn resolve(base: &Url, location: &str) -> Result<Url, AttemptError> {
+    base.join(location).map_err(|e| {
+        AttemptError::Fatal(ClientError::new(
+            ErrorKind::Refused,
+            format!("server sent an unusable Location {location:?}: {e}"),
+        ))
+    })
+}
+
+/// OPTIONS: what the server supports.
+pub async fn options(http: &reqwest::Client, endpoint: &Url) -> Result<ServerCaps, AttemptError> {
+    let resp = http
+        .request(Method::OPTIONS, endpoint.clone())
+        .send()
+        .await
+        .map_err(|e| network("OPTIONS", e))?;
+    if !resp.status().is_success() {
+        return Err(classify(resp, "OPTIONS").await);
+    }
+    let extensions = header(&resp, tus::TUS_EXTENSION)
+        .unwrap_or("")
+        .split(',')
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>();
+    let checksum = header(&resp, tus::TUS_CHECKSUM_ALGORITHM)
+        .filter(|_| extensions.iter().any(|e| e == "checksum"))
+        .and_then(ChecksumAlgorithm::best_of);
+    let max_size =
+        header(&resp, tus::TUS_MAX_SIZE).and_then(|v| tus::parse_number(tus::TUS_MAX_SIZE, v).ok());
+    Ok(ServerCaps {
+        extensions,
+        checksum,
+        max_size,
+    })
+}
+
+/// POST: creates an upload of `length` bytes; returns its URL.
+pub async fn create(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    length: u64,
+    metadata: &Metadata,
+    concat: Option<&str>,
+) -> Result<Url, AttemptError> {
+    let mut req = http
+        .post(endpoint.clone())
+        .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
+        .header(reqwest::header::CONTENT_LENGTH, 0);
+    if concat.is_none_or(|c| c == "partial") {
+        req = req.header(tus::UPLOAD_LENGTH, length);
+    }
+    if !metadata.is_empty() {
+        req = req.header(tus::UPLOAD_METADATA, metadata.format());
+    }
+    if let Some(c) = concat {
+        req = req.header(tus::UPLOAD_CONCAT, c);
+    }
+    let resp = req.send().await.map_err(|e| network("POST", e))?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(match classify(resp, "creating the upload").await {
+            AttemptError::Gone => AttemptError::Fatal(ClientError::new(
+                ErrorKind::Refused,
+                format!("{endpoint} is not a tus endpoint (404)"),
+            )),
+            other => other,
+        });
+    }
+    let location = header(&resp, "location").ok_or_else(|| {
+        AttemptError::Fatal(ClientError::new(
+            ErrorKind::Refused,
+            "server created the upload but sent no Location",
+        ))
+    })?;
+    resolve(endpoint, location)
+}
+
+/// HEAD: the committed offset (and digest, when `want_digest`).
+pub async fn head(
+    http: &reqwest::Client,
+    url: &Url,
+    want_digest: bool,
+) -> Result<RemoteUpload, AttemptError> {
+    let mut req = http
+        .head(url.clone())
+        .header(tus::TUS_RESUMABLE, tus::TUS_VERSION);
+    if want_digest {
+        req = req.header("want-repr-digest", "sha-256=10");
+    }
+    let resp = req.send().await.map_err(|e| network("HEAD", e))?;
+    if !resp.status().is_success() {
+        return Err(classify(resp, "HEAD").await);
+    }
+    let num = |name: &'static str| {
+        header(&resp, name)
+            .map(|v| tus::parse_number(name, v))
+            .transpose()
+            .map_err(|e| {
+                AttemptError::Fatal(ClientError::new(
+                    ErrorKind::Refused,
+                    format!("server sent {e}"),
+                ))
+            })
+    };
+    let offset = num(tus::UPLOAD_OFFSET)?.unwrap_or(0);
+    let length = num(tus::UPLOAD_LENGTH)?;
+    let sha256 = header(&resp, "repr-digest")
+        .and_then(|v| parse_digest_field(v).ok())
+        .and_then(|fields| fields.into_iter().find(|(k, _)| k == "sha-256"))
+        .map(|(_, d)| d);
+    Ok(RemoteUpload {
+        offset,
+        length,
+        sha256,
+    })
+}
+
+/// PATCH: appends `body` (`len` bytes) at `offset`; returns the new offset.
+pub async fn patch(
+    http: &reqwest::Client,
+    url: &Url,
+    offset: u64,
+    len: u64,
+    body: reqwest::Body,
+    checksum: Option<&Checksum>,
+) -> Result<u64, AttemptError> {
+    let mut req = http
+        .patch(url.clone())
+        .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
+        .header(tus::UPLOAD_OFFSET, offset)
+        .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
+        // Explicit, or the body would go chunked (some servers refuse chunked PATCH).
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(body);
+    if let Some(c) = checksum {
+        req = req.header(tus::UPLOAD_CHECKSUM, c.format());
+    }
+    let resp = req.send().await.map_err(|e| network("PATCH", e))?;
+    match resp.status().as_u16() {
+        204 | 200 => {
+            let v = header(&resp, tus::UPLOAD_OFFSET)
+                .ok_or_else(|| AttemptError::retry("PATCH answered without Upload-Offset"))?;
+            tus::parse_upload_offset(v)
+                .map_err(|e| AttemptError::retry(format!("PATCH answered with a bad offset: {e}")))
+        }
+        413 => Err(AttemptError::TooLarge { size: len }),
+        _ => Err(classify(resp, "PATCH").await),
+    }
+}
+
+/// DELETE (termination). Missing uploads count as deleted.
+pub async fn delete(http: &reqwest::Client, url: &Url) -> Result<(), AttemptError> {
+    let resp = http
+        .delete(url.clone())
+        .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
+        .send()
+        .await
+        .map_err(|e| network("DELETE", e))?;
+    match resp.status().as_u16() {
+        200..=299 | 404 | 410 => Ok(()),
+        _ => Err(classify(resp, "DELETE").await),
+    }
+}
