@@ -22,6 +22,7 @@
 pub mod chunk;
 pub mod error;
 pub mod identity;
+pub mod parallel;
 pub mod progress;
 pub mod retry;
 pub mod source;
