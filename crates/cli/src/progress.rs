@@ -44,6 +44,28 @@ impl Bars {
         })
     }
 
+    /// Prints a result line on stdout without tearing the bars.
+    pub fn println_stdout(&self, line: &str) {
+        self.multi.suspend(|| println!("{line}"));
+    }
+
+    /// One bar for the total of several files.
+    pub fn total(&self, bytes: u64, files: usize) -> Arc<TotalBar> {
+        let bar = self.multi.add(ProgressBar::new(bytes));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:20!} {bar:30.cyan/blue} {bytes:>10}/{total_bytes:10} {binary_bytes_per_sec:>12} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("{files} files"));
+        Arc::new(TotalBar {
+            bars: self.clone(),
+            bar,
+        })
+    }
+
     /// A writer for tracing that suspends the bars while a line is written.
     pub fn log_writer(&self) -> LogWriter {
         LogWriter(self.clone())
@@ -111,4 +133,57 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Bars {
     fn make_writer(&'a self) -> Self::Writer {
         self.log_writer()
     }
+}
+
+/// The total bar of a multi-file upload.
+pub struct TotalBar {
+    bars: Bars,
+    bar: ProgressBar,
+}
+
+impl TotalBar {
+    /// A sink for one of the files: its progress moves the total.
+    pub fn file_sink(self: &Arc<Self>) -> Arc<FileInTotal> {
+        Arc::new(FileInTotal {
+            total: self.clone(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// One file's share of the total bar.
+pub struct FileInTotal {
+    total: Arc<TotalBar>,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl ProgressSink for FileInTotal {
+    fn start(&self, _name: &str, _total: u64, position: u64) {
+        self.position(position);
+        self.total.bar.reset_eta();
+    }
+
+    fn position(&self, position: u64) {
+        use std::sync::atomic::Ordering;
+        let before = self.last.swap(position, Ordering::Relaxed);
+        if position >= before {
+            self.total.bar.inc(position - before);
+        } else {
+            let now = self.total.bar.position();
+            self.total
+                .bar
+                .set_position(now.saturating_sub(before - position));
+        }
+    }
+
+    fn note(&self, message: &str) {
+        self.total.bars.println(&format!("ferry: {message}"));
+    }
+
+    fn finish(&self) {}
 }

@@ -9,10 +9,11 @@ use ferry_client::progress::RateLimiter;
 use ferry_client::retry::RetryPolicy;
 use ferry_client::state::{Loaded, StateDir, Transfer, default_state_dir};
 use ferry_client::upload::{
-    ChecksumChoice, UploadOptions, Uploader, Verification, forget, http_client,
+    ChecksumChoice, Parallel, UploadOptions, Uploader, Verification, forget, http_client,
 };
 use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::size::parse_size;
+use futures_util::StreamExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -95,6 +96,16 @@ pub struct UploadArgs {
     /// Extra metadata, KEY=VALUE (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
+    /// Streams per file: a number, or "auto" to choose by measurement. Several streams need
+    /// a server with the concatenation extension.
+    #[arg(short = 'j', long, default_value = "auto", value_name = "N|auto")]
+    parallel: String,
+    /// Most streams per file the automatic choice may use.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    max_parallel: usize,
+    /// Files uploaded at the same time (directories and several FILE arguments).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    files_at_once: usize,
 }
 
 /// `ferry status`.
@@ -220,7 +231,20 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         Some(r) => Some(Arc::new(RateLimiter::new(size("--limit-rate", r)?.max(1)))),
         None => None,
     };
+    let parallel = match args.parallel.trim() {
+        "auto" => Parallel::Auto,
+        n => match n.parse::<usize>() {
+            Ok(n) if n >= 1 => Parallel::Fixed(n),
+            _ => {
+                return Err(usage(format!(
+                    "-j/--parallel {n:?}: expected a number ≥ 1 or auto"
+                )));
+            }
+        },
+    };
     let opts = UploadOptions {
+        parallel,
+        max_parallel: args.max_parallel.max(1),
         metadata,
         chunk,
         checksum,
@@ -239,28 +263,45 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
     let state = state_dir(&args.common)?;
     let rt = runtime()?;
     let json = args.common.json;
-    let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+    let files = expand(files)?;
+    let files_at_once = args.files_at_once.max(1);
     let code = rt.block_on(async move {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
         let http = http_client(connect, stall_timeout)?;
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        // One file: its own bar. Several: one bar for the total.
+        let overall = (files.len() > 1).then(|| bars.total(total, files.len()));
+        let uploader = Uploader::new(http, state, opts, bars.sink(), cancel.clone());
+        let jobs = files.iter().map(|f| {
+            let up = match &overall {
+                Some(t) => uploader.with_progress(t.file_sink()),
+                None => uploader.with_progress(bars.sink()),
+            };
+            let endpoint = endpoint.clone();
+            async move {
+                (
+                    f,
+                    up.upload(&f.path, &endpoint, f.relative.as_deref()).await,
+                )
+            }
+        });
+        // Results come back in argument order while several files are in flight.
+        let mut results = futures_util::stream::iter(jobs).buffered(files_at_once);
         let mut worst: Option<ClientError> = None;
-        for file in &files {
-            let up = Uploader::new(
-                http.clone(),
-                state.clone(),
-                opts.clone(),
-                bars.sink(),
-                cancel.clone(),
-            );
-            match up.upload(file, &endpoint, None).await {
+        while let Some((f, result)) = results.next().await {
+            let shown = f
+                .relative
+                .clone()
+                .unwrap_or_else(|| f.path.display().to_string());
+            match result {
                 Ok(done) => {
                     if let Verification::NotVerified(why) = &done.verification {
-                        bars.println(&format!("ferry: {}: {why}", file.display()));
+                        bars.println(&format!("ferry: {shown}: {why}"));
                     }
                     if json {
                         let v = serde_json::json!({
-                            "file": file.display().to_string(),
+                            "file": shown,
                             "url": done.url,
                             "bytes": done.bytes,
                             "seconds": done.seconds,
@@ -268,15 +309,15 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                             "verified": done.verification == Verification::Verified,
                             "resumed_from": done.resumed_from,
                         });
-                        println!("{v}");
+                        bars.println_stdout(&v.to_string());
                     } else {
-                        println!("{}", done.url);
+                        bars.println_stdout(&done.url);
                     }
                 }
                 Err(e) => {
-                    bars.println(&format!("ferry: {}: {}", file.display(), e.message));
+                    bars.println(&format!("ferry: {shown}: {}", e.message));
                     let interrupted = e.kind == ErrorKind::Interrupted;
-                    if worst.is_none() {
+                    if worst.is_none() || interrupted {
                         worst = Some(e);
                     }
                     if interrupted {
@@ -285,12 +326,73 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                 }
             }
         }
+        drop(results);
+        if let Some(t) = &overall {
+            t.finish();
+        }
         Ok::<_, ClientError>(
             worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),
         )
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// A file to upload and, inside an uploaded directory, its `/`-separated relative path.
+struct FileArg {
+    path: PathBuf,
+    relative: Option<String>,
+    size: u64,
+}
+
+/// Expands directory arguments into the regular files below them (sorted, symlinks not
+/// followed, so a link cannot loop or escape), keeping each one's path relative to the
+/// directory's parent (e.g. `photos/2024/a.jpg`).
+fn expand(args: &[String]) -> Result<Vec<FileArg>, ClientError> {
+    let mut out = Vec::new();
+    for a in args {
+        let path = PathBuf::from(a);
+        let meta = std::fs::metadata(&path).map_err(|e| usage(format!("{a}: {e}")))?;
+        if !meta.is_dir() {
+            out.push(FileArg {
+                path,
+                relative: None,
+                size: meta.len(),
+            });
+            continue;
+        }
+        let top = std::fs::canonicalize(&path).map_err(|e| usage(format!("{a}: {e}")))?;
+        let name = top
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut stack = vec![(top, name)];
+        let mut found = Vec::new();
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| ClientError::local(&dir.display().to_string(), e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| ClientError::local(&dir.display().to_string(), e))?;
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| ClientError::local("stat", e))?;
+                let child = format!("{rel}/{}", entry.file_name().to_string_lossy());
+                if ft.is_dir() {
+                    stack.push((entry.path(), child));
+                } else if ft.is_file() {
+                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    found.push(FileArg {
+                        path: entry.path(),
+                        relative: Some(child),
+                        size,
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.relative.cmp(&b.relative));
+        out.extend(found);
+    }
+    Ok(out)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -316,7 +418,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 if args.common.json {
                     let v = serde_json::json!({
                         "key": key, "kind": "upload", "source": u.source, "endpoint": u.endpoint,
-                        "bytes": u.identity.size, "urls": u.parts.iter().map(|p| &p.url).collect::<Vec<_>>(),
+                        "bytes": u.identity.size, "urls": u.urls().collect::<Vec<_>>(),
                     });
                     println!("{v}");
                 } else {
@@ -324,7 +426,10 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         "{key}  upload  {}  {} bytes  -> {}",
                         u.source.display(),
                         u.identity.size,
-                        u.parts.first().map_or("", |p| p.url.as_str())
+                        u.final_url
+                            .as_deref()
+                            .or_else(|| u.parts.first().and_then(|p| p.url.as_deref()))
+                            .unwrap_or("(not created yet)")
                     );
                 }
             }

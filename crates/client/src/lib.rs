@@ -25,6 +25,7 @@ pub mod identity;
 pub mod parallel;
 pub mod progress;
 pub mod retry;
+pub mod segmented;
 pub mod source;
 pub mod state;
 pub mod tus;

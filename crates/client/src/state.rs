@@ -24,8 +24,8 @@ pub fn default_state_dir() -> PathBuf {
 /// One server-side upload that is part of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRecord {
-    /// The upload URL.
-    pub url: String,
+    /// The upload URL, once created (parts of a parallel upload are created when first sent).
+    pub url: Option<String>,
     /// First byte of the file this part carries.
     pub start: u64,
     /// End (exclusive).
@@ -56,6 +56,16 @@ pub struct UploadRecord {
     /// The final (concatenated) upload, once created.
     #[serde(default)]
     pub final_url: Option<String>,
+}
+
+impl UploadRecord {
+    /// Every server-side URL of this transfer (parts, then the final).
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.parts
+            .iter()
+            .filter_map(|p| p.url.as_deref())
+            .chain(self.final_url.as_deref())
+    }
 }
 
 /// Any transfer ferry can resume.
@@ -228,7 +238,7 @@ mod tests {
             protocol: "tus".into(),
             created_ms: 5,
             parts: vec![PartRecord {
-                url: "http://127.0.0.1:1/files/a".into(),
+                url: Some("http://127.0.0.1:1/files/a".into()),
                 start: 0,
                 end: 10,
                 done: false,

@@ -48,6 +48,43 @@ pub struct UploadOptions {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Compare the server's `Repr-Digest` with the file's SHA-256 at the end.
     pub verify: bool,
+    /// How many streams.
+    pub parallel: Parallel,
+    /// Most streams the automatic choice may use.
+    pub max_parallel: usize,
+}
+
+/// How many streams to use for one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parallel {
+    /// Chosen by measurement (one stream on short round trips).
+    #[default]
+    Auto,
+    /// Exactly this many (1 = a single upload).
+    Fixed(usize),
+}
+
+/// Files smaller than this are always sent over one stream.
+pub const MIN_PARALLEL_SIZE: u64 = 32 << 20;
+
+/// Round trips at least this long make the automatic choice try several streams.
+pub const AUTO_PARALLEL_RTT: Duration = Duration::from_millis(5);
+
+/// Single stream or segments over concatenation (`None`: as many as measurement says).
+enum Streams {
+    Single,
+    Segmented(Option<usize>),
+}
+
+/// One file being uploaded.
+pub(crate) struct Job {
+    pub(crate) key: String,
+    pub(crate) display: String,
+    pub(crate) abs: PathBuf,
+    pub(crate) len: u64,
+    pub(crate) source: FileSource,
+    pub(crate) identity: FileIdentity,
+    pub(crate) metadata: Metadata,
 }
 
 impl Default for UploadOptions {
@@ -60,6 +97,8 @@ impl Default for UploadOptions {
             stall_timeout: Duration::from_secs(30),
             limiter: None,
             verify: true,
+            parallel: Parallel::Auto,
+            max_parallel: 32,
         }
     }
 }
@@ -108,12 +147,14 @@ pub fn http_client(
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
 
-/// Uploads files to tus servers, resuming from the state directory.
+/// Uploads files to tus servers, resuming from the state directory. Cheap to clone; clones
+/// share the connection pool.
+#[derive(Clone)]
 pub struct Uploader {
     http: reqwest::Client,
     state: StateDir,
-    opts: UploadOptions,
-    progress: Arc<dyn ProgressSink>,
+    pub(crate) opts: UploadOptions,
+    pub(crate) progress: Arc<dyn ProgressSink>,
     cancel: CancellationToken,
 }
 
@@ -151,6 +192,14 @@ impl Uploader {
             opts,
             progress,
             cancel,
+        }
+    }
+
+    /// The same uploader reporting to another progress sink (one per file).
+    pub fn with_progress(&self, progress: Arc<dyn ProgressSink>) -> Uploader {
+        Uploader {
+            progress,
+            ..self.clone()
         }
     }
 
@@ -192,35 +241,20 @@ impl Uploader {
     }
 
     /// Uploads `path` to the tus endpoint, resuming an earlier run of the same transfer.
+    /// `relative` names the file inside an uploaded directory (sent as `relativePath`
+    /// metadata, `/`-separated).
     pub async fn upload(
         &self,
         path: &Path,
         endpoint: &Url,
-        name: Option<&str>,
+        relative: Option<&str>,
     ) -> Result<UploadOutcome, ClientError> {
         let started = Instant::now();
-        let abs: PathBuf =
-            std::fs::canonicalize(path).map_err(local(&path.display().to_string()))?;
-        let file = std::fs::File::open(&abs).map_err(local(&path.display().to_string()))?;
-        if !file.metadata().map_err(local("stat"))?.is_file() {
-            return Err(ClientError::new(
-                ErrorKind::Usage,
-                format!("{} is not a regular file", path.display()),
-            ));
-        }
-        let (file, identity) = tokio::task::spawn_blocking(move || {
-            let id = FileIdentity::of_file(&file);
-            (file, id)
-        })
-        .await
-        .map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
-        let identity = identity.map_err(local("reading the file"))?;
-        let len = identity.size;
-        let source = FileSource::new(file, len);
-        let key = transfer_key("upload", endpoint.as_str(), &abs);
-        let display = name.map_or_else(|| abs.display().to_string(), str::to_string);
+        let job = self.prepare(path, endpoint, relative).await?;
+        let len = job.len;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
 
+        let t0 = Instant::now();
         let caps = loop {
             match tus::options(&self.http, endpoint).await {
                 Ok(c) => break c,
@@ -231,12 +265,17 @@ impl Uploader {
                 Err(e) => self.wait_or_give_up(&mut retry, e).await?,
             }
         };
+        // A fresh connection plus one request: about two round trips.
+        let rtt = t0.elapsed() / 2;
         if let Some(max) = caps.max_size
             && len > max
         {
             return Err(ClientError::new(
                 ErrorKind::Refused,
-                format!("{display} is {len} bytes; the server accepts at most {max}"),
+                format!(
+                    "{} is {len} bytes; the server accepts at most {max}",
+                    job.display
+                ),
             ));
         }
         let algorithm = match self.opts.checksum {
@@ -244,187 +283,44 @@ impl Uploader {
             ChecksumChoice::Off => None,
             ChecksumChoice::Use(a) => Some(a),
         };
-
-        // Resume state: the same file to the same endpoint continues; a changed file starts over.
-        let mut url = None;
-        match self.state.load(&key).map_err(local("reading the state"))? {
-            Loaded::Found(Transfer::Upload(rec)) if rec.identity == identity => {
-                if let Some(p) = rec.parts.first() {
-                    url = Url::parse(&p.url).ok();
-                }
+        let record = self.saved_record(&job).await?;
+        let streams = match (&record, self.opts.parallel) {
+            (Some(r), _) if r.parts.len() > 1 || r.final_url.is_some() => Streams::Segmented(None),
+            (Some(_), _) => Streams::Single,
+            (None, _) if !caps.has("concatenation") || len < MIN_PARALLEL_SIZE => Streams::Single,
+            (None, Parallel::Fixed(n)) if n > 1 => Streams::Segmented(Some(n)),
+            (None, Parallel::Fixed(_)) => Streams::Single,
+            // Parallel TCP streams pay where one flow cannot fill the path (long round
+            // trips, loss); on a LAN or loopback one stream already does.
+            (None, Parallel::Auto) if rtt >= AUTO_PARALLEL_RTT => Streams::Segmented(None),
+            (None, Parallel::Auto) => Streams::Single,
+        };
+        let sequential = Arc::new(Mutex::new(SequentialHash::default()));
+        let shared_for = |on_position: Arc<dyn Fn(u64) + Send + Sync>| Shared {
+            source: job.source.clone(),
+            algorithm,
+            sequential: sequential.clone(),
+            on_position,
+        };
+        let (url, resumed_from) = match streams {
+            Streams::Single => {
+                self.run_single(&job, endpoint, record, &shared_for, &mut retry)
+                    .await?
             }
-            Loaded::Found(Transfer::Upload(rec)) => {
-                self.progress.note(&format!(
-                    "{display} changed since the last run; uploading it afresh"
-                ));
-                for p in &rec.parts {
-                    if let Ok(u) = Url::parse(&p.url) {
-                        let _ = tus::delete(&self.http, &u).await;
-                    }
-                }
-                self.state
-                    .remove(&key)
-                    .map_err(local("writing the state"))?;
-            }
-            Loaded::Unusable(why) => {
-                self.progress
-                    .note(&format!("ignoring the saved state for {display}: {why}"));
-            }
-            Loaded::Missing => {}
-        }
-
-        let mut remote = None;
-        if let Some(u) = &url {
-            loop {
-                match tus::head(&self.http, u, false).await {
-                    Ok(r) if r.length.is_none_or(|l| l == len) => {
-                        remote = Some(r);
-                        break;
-                    }
-                    Ok(_) | Err(AttemptError::Gone) => {
-                        self.progress
-                            .note("the server no longer has the earlier upload; starting over");
-                        url = None;
-                        break;
-                    }
-                    Err(e) => self.wait_or_give_up(&mut retry, e).await?,
-                }
-            }
-        }
-        let url = match url {
-            Some(u) => u,
-            None => {
-                let mut md = Metadata::default();
-                if let Some(fname) = abs.file_name() {
-                    let n =
-                        name.map_or_else(|| fname.to_string_lossy().into_owned(), str::to_string);
-                    md.insert("filename".into(), Some(n.into_bytes()))
-                        .map_err(|e| ClientError::new(ErrorKind::Usage, e.to_string()))?;
-                }
-                for (k, v) in &self.opts.metadata {
-                    md.insert(k.clone(), Some(v.clone()))
-                        .map_err(|e| ClientError::new(ErrorKind::Usage, e.to_string()))?;
-                }
-                let u = loop {
-                    match tus::create(&self.http, endpoint, len, &md, None).await {
-                        Ok(u) => break u,
-                        Err(e) => self.wait_or_give_up(&mut retry, e).await?,
-                    }
-                };
-                let rec = UploadRecord {
-                    version: STATE_VERSION,
-                    key: key.clone(),
-                    source: abs.clone(),
-                    identity: identity.clone(),
-                    endpoint: endpoint.to_string(),
-                    protocol: "tus".into(),
-                    created_ms: now_ms(),
-                    parts: vec![PartRecord {
-                        url: u.to_string(),
-                        start: 0,
-                        end: len,
-                        done: false,
-                    }],
-                    final_url: None,
-                };
-                self.state
-                    .save(&Transfer::Upload(rec))
-                    .map_err(local("writing the state"))?;
-                u
+            Streams::Segmented(fixed) => {
+                self.run_segmented(&job, endpoint, record, fixed, &shared_for, &mut retry)
+                    .await?
             }
         };
-        let resumed_from = remote.as_ref().map_or(0, |r| r.offset);
-        self.progress.start(&display, len, resumed_from);
-        if resumed_from > 0 {
-            self.progress
-                .note(&format!("resuming {display} at byte {resumed_from}"));
-        }
-
-        let sequential = Arc::new(Mutex::new(SequentialHash::default()));
-        let mut controller = ChunkSizeController::new(self.opts.chunk);
-        let mut acked = 0u64;
-        let mut known = remote;
-        loop {
-            if self.cancel.is_cancelled() {
-                return Err(interrupted());
-            }
-            let r = match known.take() {
-                Some(r) => r,
-                None => match tus::head(&self.http, &url, false).await {
-                    Ok(r) => r,
-                    Err(AttemptError::Gone) => {
-                        let _ = self.state.remove(&key);
-                        return Err(ClientError::new(
-                            ErrorKind::Refused,
-                            format!(
-                                "the server dropped the upload of {display} (expired or deleted); run again to start over"
-                            ),
-                        ));
-                    }
-                    Err(e) => {
-                        self.wait_or_give_up(&mut retry, e).await?;
-                        continue;
-                    }
-                },
-            };
-            if r.offset > acked {
-                retry.progress(Instant::now());
-                acked = r.offset;
-            }
-            self.progress.position(r.offset);
-            if r.offset >= len {
-                break;
-            }
-            let caught_up = sequential
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .position();
-            if caught_up < r.offset {
-                let seq = sequential.clone();
-                source
-                    .scan(caught_up, r.offset, move |at, b| {
-                        seq.lock().unwrap_or_else(|p| p.into_inner()).feed(at, b);
-                    })
-                    .await
-                    .map_err(local("reading the file"))?;
-            }
-            match self
-                .send_from(
-                    &url,
-                    r.offset,
-                    &source,
-                    algorithm,
-                    &sequential,
-                    &mut controller,
-                    &mut retry,
-                    &mut acked,
-                )
-                .await
-            {
-                Ok(()) => {}
-                Err(AttemptError::TooLarge { size }) => {
-                    controller.record(Outcome::TooLarge { bytes: size });
-                    if size <= self.opts.chunk.min {
-                        return Err(ClientError::new(
-                            ErrorKind::Refused,
-                            format!("the server refuses even {size}-byte requests (413)"),
-                        ));
-                    }
-                }
-                Err(e) => {
-                    controller.record(Outcome::Failed);
-                    self.wait_or_give_up(&mut retry, e).await?;
-                }
-            }
-        }
 
         // The file must not have changed underneath us.
-        let now = FileIdentity::of(&abs).map_err(local("re-reading the file"))?;
-        if !now.same_size_and_mtime(&identity) {
+        let now = FileIdentity::of(&job.abs).map_err(local("re-reading the file"))?;
+        if !now.same_size_and_mtime(&job.identity) {
             return Err(ClientError::new(
                 ErrorKind::FileChanged,
                 format!(
-                    "{display} changed during the upload, so the server's copy may mix old and new bytes; run again to upload it afresh"
+                    "{} changed during the upload, so the server's copy may mix old and new bytes; run again to upload it afresh",
+                    job.display
                 ),
             ));
         }
@@ -434,7 +330,7 @@ impl Uploader {
             .position();
         if caught_up < len {
             let seq = sequential.clone();
-            source
+            job.source
                 .scan(caught_up, len, move |at, b| {
                     seq.lock().unwrap_or_else(|p| p.into_inner()).feed(at, b);
                 })
@@ -454,7 +350,7 @@ impl Uploader {
             Verification::NotVerified("verification was turned off".into())
         };
         self.state
-            .remove(&key)
+            .remove(&job.key)
             .map_err(local("writing the state"))?;
         self.progress.finish();
         Ok(UploadOutcome {
@@ -465,6 +361,211 @@ impl Uploader {
             verification,
             resumed_from,
         })
+    }
+
+    /// Opens the file and works out everything about it that does not need the server.
+    async fn prepare(
+        &self,
+        path: &Path,
+        endpoint: &Url,
+        relative: Option<&str>,
+    ) -> Result<Job, ClientError> {
+        let abs: PathBuf =
+            std::fs::canonicalize(path).map_err(local(&path.display().to_string()))?;
+        let file = std::fs::File::open(&abs).map_err(local(&path.display().to_string()))?;
+        if !file.metadata().map_err(local("stat"))?.is_file() {
+            return Err(ClientError::new(
+                ErrorKind::Usage,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let (file, identity) = tokio::task::spawn_blocking(move || {
+            let id = FileIdentity::of_file(&file);
+            (file, id)
+        })
+        .await
+        .map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
+        let identity = identity.map_err(local("reading the file"))?;
+        let mut metadata = Metadata::default();
+        let usage = |e: ferry_proto::ProtoError| ClientError::new(ErrorKind::Usage, e.to_string());
+        if let Some(fname) = abs.file_name() {
+            let name = fname.to_string_lossy().into_owned();
+            metadata
+                .insert("filename".into(), Some(name.into_bytes()))
+                .map_err(usage)?;
+        }
+        if let Some(rel) = relative {
+            metadata
+                .insert("relativePath".into(), Some(rel.as_bytes().to_vec()))
+                .map_err(usage)?;
+        }
+        for (k, v) in &self.opts.metadata {
+            metadata.insert(k.clone(), Some(v.clone())).map_err(usage)?;
+        }
+        Ok(Job {
+            key: transfer_key("upload", endpoint.as_str(), &abs),
+            display: relative.map_or_else(|| path.display().to_string(), str::to_string),
+            len: identity.size,
+            source: FileSource::new(file, identity.size),
+            identity,
+            abs,
+            metadata,
+        })
+    }
+
+    /// The saved record for this transfer, if it is still good: the same file (a changed
+    /// file's stale uploads are deleted and it starts afresh).
+    async fn saved_record(&self, job: &Job) -> Result<Option<UploadRecord>, ClientError> {
+        match self
+            .state
+            .load(&job.key)
+            .map_err(local("reading the state"))?
+        {
+            Loaded::Found(Transfer::Upload(rec)) if rec.identity == job.identity => Ok(Some(rec)),
+            Loaded::Found(Transfer::Upload(rec)) => {
+                self.progress.note(&format!(
+                    "{} changed since the last run; uploading it afresh",
+                    job.display
+                ));
+                for u in rec.urls() {
+                    if let Ok(u) = Url::parse(u) {
+                        let _ = tus::delete(&self.http, &u).await;
+                    }
+                }
+                self.state
+                    .remove(&job.key)
+                    .map_err(local("writing the state"))?;
+                Ok(None)
+            }
+            Loaded::Unusable(why) => {
+                self.progress.note(&format!(
+                    "ignoring the saved state for {}: {why}",
+                    job.display
+                ));
+                Ok(None)
+            }
+            Loaded::Missing => Ok(None),
+        }
+    }
+
+    /// Saves the transfer's record (when an upload or part is created or finishes).
+    pub(crate) fn save(&self, rec: &UploadRecord) -> Result<(), ClientError> {
+        self.state
+            .save(&Transfer::Upload(rec.clone()))
+            .map_err(local("writing the state"))
+    }
+
+    /// A new record for `job` with the given parts.
+    pub(crate) fn new_record(
+        &self,
+        job: &Job,
+        endpoint: &Url,
+        parts: Vec<PartRecord>,
+    ) -> UploadRecord {
+        UploadRecord {
+            version: STATE_VERSION,
+            key: job.key.clone(),
+            source: job.abs.clone(),
+            identity: job.identity.clone(),
+            endpoint: endpoint.to_string(),
+            protocol: "tus".into(),
+            created_ms: now_ms(),
+            parts,
+            final_url: None,
+        }
+    }
+
+    /// Creates an upload (retrying) and returns its URL.
+    pub(crate) async fn create_upload(
+        &self,
+        endpoint: &Url,
+        len: u64,
+        metadata: &Metadata,
+        concat: Option<&str>,
+        retry: &mut RetryState,
+    ) -> Result<Url, ClientError> {
+        loop {
+            match tus::create(&self.http, endpoint, len, metadata, concat).await {
+                Ok(u) => return Ok(u),
+                Err(e) => self.wait_or_give_up(retry, e).await?,
+            }
+        }
+    }
+
+    /// HEAD an earlier upload (retrying); `None` if the server no longer has it or it no
+    /// longer matches.
+    pub(crate) async fn recheck(
+        &self,
+        url: &Url,
+        len: u64,
+        retry: &mut RetryState,
+    ) -> Result<Option<tus::RemoteUpload>, ClientError> {
+        loop {
+            match tus::head(&self.http, url, false).await {
+                Ok(r) if r.length.is_none_or(|l| l == len) => return Ok(Some(r)),
+                Ok(_) | Err(AttemptError::Gone) => return Ok(None),
+                Err(e) => self.wait_or_give_up(retry, e).await?,
+            }
+        }
+    }
+
+    /// One stream, one upload.
+    async fn run_single(
+        &self,
+        job: &Job,
+        endpoint: &Url,
+        record: Option<UploadRecord>,
+        shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
+        retry: &mut RetryState,
+    ) -> Result<(Url, u64), ClientError> {
+        let len = job.len;
+        let mut resumed = None;
+        if let Some(u) = record
+            .as_ref()
+            .and_then(|r| r.parts.first())
+            .and_then(|p| p.url.as_deref())
+        {
+            let u = Url::parse(u).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
+            match self.recheck(&u, len, retry).await? {
+                Some(r) => resumed = Some((u, r)),
+                None => self
+                    .progress
+                    .note("the server no longer has the earlier upload; starting over"),
+            }
+        }
+        let (url, remote) = match resumed {
+            Some((u, r)) => (u, Some(r)),
+            None => {
+                let u = self
+                    .create_upload(endpoint, len, &job.metadata, None, retry)
+                    .await?;
+                let parts = vec![PartRecord {
+                    url: Some(u.to_string()),
+                    start: 0,
+                    end: len,
+                    done: false,
+                }];
+                self.save(&self.new_record(job, endpoint, parts))?;
+                (u, None)
+            }
+        };
+        let resumed_from = remote.as_ref().map_or(0, |r| r.offset);
+        self.progress.start(&job.display, len, resumed_from);
+        if resumed_from > 0 {
+            self.progress
+                .note(&format!("resuming {} at byte {resumed_from}", job.display));
+        }
+        let progress = self.progress.clone();
+        let shared = shared_for(Arc::new(move |p| progress.position(p)));
+        let mut controller = ChunkSizeController::new(self.opts.chunk);
+        let target = Target {
+            url: &url,
+            base: 0,
+            len,
+        };
+        self.pump_range(&target, remote, &shared, &mut controller, retry)
+            .await?;
+        Ok((url, resumed_from))
     }
 
     async fn verify(
@@ -495,28 +596,106 @@ impl Uploader {
         }
     }
 
-    /// Sends chunks from `offset` until the end or the first failure.
-    #[allow(clippy::too_many_arguments)]
-    async fn send_from(
+    /// Brings the upload at `target.url` to completion from whatever offset the server
+    /// reports: HEAD, send, and on failure wait and ask again. Used for whole files and for the
+    /// segments of a parallel upload.
+    pub(crate) async fn pump_range(
         &self,
-        url: &Url,
+        target: &Target<'_>,
+        mut known: Option<tus::RemoteUpload>,
+        shared: &Shared,
+        controller: &mut ChunkSizeController,
+        retry: &mut RetryState,
+    ) -> Result<(), ClientError> {
+        let mut acked = 0u64;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(interrupted());
+            }
+            let r = match known.take() {
+                Some(r) => r,
+                None => match tus::head(&self.http, target.url, false).await {
+                    Ok(r) => r,
+                    Err(AttemptError::Gone) => {
+                        return Err(ClientError::new(
+                            ErrorKind::Refused,
+                            "the server dropped the upload (expired or deleted); run again to start over",
+                        ));
+                    }
+                    Err(e) => {
+                        self.wait_or_give_up(retry, e).await?;
+                        continue;
+                    }
+                },
+            };
+            if r.offset > acked {
+                retry.progress(Instant::now());
+                acked = r.offset;
+            }
+            (shared.on_position)(target.base + r.offset);
+            if r.offset >= target.len {
+                return Ok(());
+            }
+            // Bring the whole-file hash up to where sending resumes, so every byte is hashed
+            // once, in order.
+            let caught_up = shared
+                .sequential
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .position();
+            let resume_at = target.base + r.offset;
+            if (target.base..resume_at).contains(&caught_up) {
+                let seq = shared.sequential.clone();
+                shared
+                    .source
+                    .scan(caught_up, resume_at, move |at, b| {
+                        seq.lock().unwrap_or_else(|p| p.into_inner()).feed(at, b);
+                    })
+                    .await
+                    .map_err(local("reading the file"))?;
+            }
+            match self
+                .send_range(target, r.offset, shared, controller, retry, &mut acked)
+                .await
+            {
+                Ok(()) => {}
+                Err(AttemptError::TooLarge { size }) => {
+                    controller.record(Outcome::TooLarge { bytes: size });
+                    if size <= self.opts.chunk.min {
+                        return Err(ClientError::new(
+                            ErrorKind::Refused,
+                            format!("the server refuses even {size}-byte requests (413)"),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    controller.record(Outcome::Failed);
+                    self.wait_or_give_up(retry, e).await?;
+                }
+            }
+        }
+    }
+
+    /// Sends chunks from `offset` (relative to the target) until its end or the first failure.
+    async fn send_range(
+        &self,
+        target: &Target<'_>,
         mut offset: u64,
-        source: &FileSource,
-        algorithm: Option<ChecksumAlgorithm>,
-        sequential: &Arc<Mutex<SequentialHash>>,
+        shared: &Shared,
         controller: &mut ChunkSizeController,
         retry: &mut RetryState,
         acked: &mut u64,
     ) -> Result<(), AttemptError> {
-        let len = source.len();
+        let len = target.len;
         while offset < len {
             let size = controller.next_size().min(len - offset);
-            let end = offset + size;
-            let checksum = match algorithm {
+            let (start, end) = (target.base + offset, target.base + offset + size);
+            let checksum = match shared.algorithm {
                 Some(a) => Some(Checksum {
                     algorithm: a,
-                    digest: source
-                        .checksum(offset, end, a, sequential.clone())
+                    digest: shared
+                        .source
+                        .checksum(start, end, a, shared.sequential.clone())
                         .await
                         .map_err(|e| {
                             AttemptError::Fatal(ClientError::local("reading the file", e))
@@ -526,18 +705,17 @@ impl Uploader {
             };
             let activity = Arc::new(Activity::default());
             activity.touch();
-            let progress = self.progress.clone();
             let hooks = StreamHooks {
-                sequential: sequential.clone(),
+                sequential: shared.sequential.clone(),
                 activity: activity.clone(),
-                on_position: Arc::new(move |p| progress.position(p)),
+                on_position: shared.on_position.clone(),
                 limiter: self.opts.limiter.clone(),
             };
-            let body = reqwest::Body::wrap_stream(source.body(offset, end, hooks));
+            let body = reqwest::Body::wrap_stream(shared.source.body(start, end, hooks));
             let t0 = Instant::now();
             let stall = self.opts.stall_timeout;
             let sent = tokio::select! {
-                r = tus::patch(&self.http, url, offset, size, body, checksum.as_ref()) => r,
+                r = tus::patch(&self.http, target.url, offset, size, body, checksum.as_ref()) => r,
                 () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
                     "no progress for {}s (stalled connection)", stall.as_secs()
                 ))),
@@ -554,10 +732,27 @@ impl Uploader {
             retry.progress(Instant::now());
             *acked = new;
             offset = new;
-            self.progress.position(offset);
+            (shared.on_position)(target.base + offset);
         }
         Ok(())
     }
+}
+
+/// A server-side upload and the file bytes it carries: `[base, base + len)`.
+#[derive(Debug)]
+pub(crate) struct Target<'a> {
+    pub(crate) url: &'a Url,
+    pub(crate) base: u64,
+    pub(crate) len: u64,
+}
+
+/// What every stream of one transfer shares.
+pub(crate) struct Shared {
+    pub(crate) source: FileSource,
+    pub(crate) algorithm: Option<ChecksumAlgorithm>,
+    pub(crate) sequential: Arc<Mutex<SequentialHash>>,
+    /// Called with absolute file positions as bytes go out and are acknowledged.
+    pub(crate) on_position: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
 /// Resolves once `activity` has been idle for `limit`.
@@ -592,12 +787,7 @@ pub async fn forget(
     if let Loaded::Found(Transfer::Upload(rec)) =
         state.load(key).map_err(local("reading the state"))?
     {
-        for u in rec
-            .parts
-            .iter()
-            .map(|p| p.url.clone())
-            .chain(rec.final_url.clone())
-        {
+        for u in rec.urls().map(str::to_string).collect::<Vec<_>>() {
             if let Ok(parsed) = Url::parse(&u) {
                 match tus::delete(http, &parsed).await {
                     Ok(()) => deleted.push(u),

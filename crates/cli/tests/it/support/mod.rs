@@ -247,6 +247,10 @@ impl Drop for Server {
 
 /// A blocking HTTP client without a whole-request timeout but bounded connects.
 pub fn client() -> reqwest::blocking::Client {
+    // reqwest is built with `rustls-no-provider` (for ferry-client): a process-wide crypto
+    // provider must exist before any client is built, even for plain http. Installing it
+    // again is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(120))
