@@ -40,6 +40,9 @@ pub enum ProtoError {
     /// `Upload-Checksum` (or a digest field) was malformed; the string says how.
     #[error("{0}")]
     InvalidChecksum(String),
+    /// A range header was malformed; the string says how.
+    #[error("{0}")]
+    InvalidRange(String),
     /// `Upload-Concat` was malformed; the string says how.
     #[error("Upload-Concat: {0}")]
     InvalidConcat(String),

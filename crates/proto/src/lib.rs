@@ -33,6 +33,7 @@ pub mod disposition;
 pub mod error;
 pub mod id;
 pub mod metadata;
+pub mod range;
 pub mod size;
 pub mod tus;
 
