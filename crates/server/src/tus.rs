@@ -255,6 +255,15 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
         )
         .closing());
     }
+    if matches!(
+        received.ending,
+        Ending::ChecksumMismatch | Ending::ChecksumIncomplete(_)
+    ) && received.info.offset == 0
+    {
+        // Nothing of the body was kept and the error carries no Location: the empty upload
+        // would be unreachable until it expired. The client retries the whole creation.
+        let _ = state.uploads.delete(info.id).await;
+    }
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
     set_expires(&mut resp, &received.info);
     finish_body_response(resp, received)
@@ -424,9 +433,34 @@ pub async fn head(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Rep
     }
     let mut resp = base_response(StatusCode::OK);
     upload_headers(&state, &mut resp, &info);
+    // concatenation: "The Upload-Length header MUST be included if the length of the final
+    // resource can be calculated at the time of the request". A final whose parts are still
+    // being uploaded has no length of its own yet; the parts' declared lengths give it.
+    if let UploadKind::Final { parts } = &info.kind
+        && info.length.is_none()
+        && let Some(length) = parts_length(&state, parts).await?
+    {
+        set(&mut resp, tus::UPLOAD_LENGTH, length);
+    }
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// Sum of the parts' lengths, if every part's length is known (parts deleted by their client
+/// but kept for this final count too).
+async fn parts_length(state: &AppState, parts: &[UploadId]) -> Result<Option<u64>, ApiError> {
+    let mut total = 0u64;
+    for p in parts {
+        let Some(length) = state.uploads.meta().get(*p).await?.and_then(|i| i.length) else {
+            return Ok(None);
+        };
+        let Some(sum) = total.checked_add(length) else {
+            return Ok(None);
+        };
+        total = sum;
+    }
+    Ok(Some(total))
 }
 
 /// Longest a HEAD with `Want-Repr-Digest` waits for a digest still being computed.
@@ -545,6 +579,9 @@ fn check_patch(
 /// keeps its bytes.
 pub async fn delete(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
     require_version(req.headers())?;
+    // An expired upload is gone for every request (HEAD, PATCH and GET answer 410): DELETE
+    // agrees instead of pretending to terminate it. The sweeper frees it.
+    load(&state, id).await?;
     state.uploads.delete(id).await?;
     tracing::info!(upload = %id, "terminated");
     Ok(base_response(StatusCode::NO_CONTENT))

@@ -300,6 +300,15 @@ impl Uploads {
         self.meta.insert(&info).await?;
         if complete {
             self.completed(&info).await;
+        } else {
+            // A part may have completed after `infos` was read: its commit then either did not
+            // list this final yet or found no record of it, and nobody would ever complete it
+            // (seen under concurrent creation and last PATCH). Both records exist now: check
+            // again.
+            self.refresh_final(id).await?;
+            if let Some(fresh) = self.meta.get(id).await? {
+                return Ok(fresh);
+            }
         }
         Ok(info)
     }
@@ -525,6 +534,37 @@ impl Uploads {
             job.await;
         } else {
             tokio::spawn(job);
+        }
+    }
+
+    /// A final created before its parts finished (concatenation-unfinished) has no activity of
+    /// its own: progress on a part moves the final's expiry too, or the final would expire
+    /// (and be swept) under parts still being uploaded.
+    async fn keep_finals_alive(&self, part: &UploadInfo) {
+        let now = now_ms();
+        let Some(until) = self.expiry.expires_at(false, now) else {
+            return;
+        };
+        for f in &part.finals {
+            let extended = self
+                .meta
+                .update(
+                    *f,
+                    Box::new(move |i| {
+                        // Never revive a final that already expired.
+                        if !i.is_complete() && i.expires_ms.is_some_and(|e| e > now && e < until) {
+                            i.expires_ms = Some(until);
+                        }
+                        Ok(())
+                    }),
+                )
+                .await;
+            match extended {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(upload = %f, error = %e, "extending final's expiry failed")
+                }
+            }
         }
     }
 
@@ -838,6 +878,7 @@ impl Append<'_> {
             )
             .await?;
         self.info = committed;
+        self.uploads.keep_finals_alive(&self.info).await;
         if let Some(h) = &self.hasher {
             // Snapshot: bytes hashed after this point are not committed yet.
             let snapshot = h.lock().unwrap_or_else(|p| p.into_inner()).clone();

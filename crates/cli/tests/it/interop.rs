@@ -430,3 +430,71 @@ fn tus_js_killed_half_way_resumes() {
 fn tuspy_killed_half_way_resumes() {
     kill_and_resume(Client::Tuspy, 0x2002);
 }
+
+/// tus-js-client with `parallelUploads: 4` splits the file into 4 partial uploads
+/// (`Upload-Concat: partial`) sent at once, then creates the final upload naming the parts by
+/// the ABSOLUTE URLs it got in `Location` (`Upload-Concat: final;http://... http://...`). The
+/// final must be byte-exact and be a concatenation of 4 partials.
+#[test]
+fn tus_js_parallel_4_concatenates_200_mib() {
+    const BIG: usize = 200 * MIB;
+    let client = Client::TusJs;
+    client.command(); // fail fast (before writing 200 MiB) when the client is missing
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, sha) = random_file(tmp.path(), "source.bin", BIG, 0x3001);
+    let server = Server::start(&[]);
+    let out = Driver::spawn(client, &server.files_url, &file, &["--parallel", "4"])
+        .finish(Instant::now() + 2 * RUN_LIMIT);
+    assert!(
+        out.status.success(),
+        "parallel upload failed ({}); driver stderr:\n{}\n--- server log:\n{}",
+        out.status,
+        out.stderr.join("\n"),
+        server.log()
+    );
+    assert_eq!(
+        out.progress().last().copied(),
+        Some((BIG as u64, BIG as u64)),
+        "final progress line"
+    );
+    let url = out.stdout.trim().to_string();
+    assert!(url.starts_with(&server.files_url), "upload URL {url:?}");
+
+    let resp = client_head(&url);
+    assert_eq!(resp.status().as_u16(), 200, "HEAD {url}");
+    let header = |r: &reqwest::blocking::Response, n: &str| {
+        r.headers().get(n).map(|v| v.to_str().unwrap().to_string())
+    };
+    let concat = header(&resp, "upload-concat").expect("Upload-Concat on the final");
+    let parts: Vec<&str> = concat
+        .strip_prefix("final;")
+        .unwrap_or_else(|| panic!("not a final upload: Upload-Concat {concat:?}"))
+        .split(' ')
+        .collect();
+    assert_eq!(parts.len(), 4, "Upload-Concat {concat:?}");
+    assert_eq!(header(&resp, "upload-offset"), Some(BIG.to_string()));
+    assert_eq!(header(&resp, "upload-length"), Some(BIG.to_string()));
+    let mut sum = 0u64;
+    for p in &parts {
+        let part_url = format!("http://{}{p}", server.addr);
+        let r = client_head(&part_url);
+        assert_eq!(r.status().as_u16(), 200, "HEAD part {part_url}");
+        assert_eq!(header(&r, "upload-concat").as_deref(), Some("partial"));
+        sum += header(&r, "upload-length").unwrap().parse::<u64>().unwrap();
+    }
+    assert_eq!(sum, BIG as u64, "parts add up to the file");
+    assert_eq!(
+        get_sha256(&url),
+        sha,
+        "GET of the final differs from the source; server log:\n{}",
+        server.log()
+    );
+}
+
+fn client_head(url: &str) -> reqwest::blocking::Response {
+    client()
+        .head(url)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .expect("HEAD")
+}

@@ -7,3 +7,4 @@ mod durability;
 mod hostile;
 mod interop;
 mod tus_core;
+mod tus_ext;
