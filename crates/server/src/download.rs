@@ -1,19 +1,24 @@
-//! GET of a finished upload: its bytes, streamed from the store. (Ranges and validators come
-//! with the downloads work.)
+//! Downloads of finished uploads: `GET` (and plain `HEAD`) of `/files/{id}` with ranges and
+//! validators. An upload's bytes never change once complete, so its id is its version: the
+//! strong `ETag` is derived from the id (and the SHA-256 once known would be equivalent).
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::ranged::{Representation, respond};
 use axum::body::Body;
+use ferry_proto::range::ETag;
 use ferry_proto::{UploadId, disposition, tus};
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
-/// Serves `GET`/`HEAD`-less download of a complete upload; unfinished uploads get 409 with
-/// their offset, never a partial body dressed as complete.
+/// Serves a complete upload; an unfinished one gets 409 with its offset, never a partial body
+/// dressed as complete.
 pub async fn get(
     state: Arc<AppState>,
     id: UploadId,
     method: &Method,
+    headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     let info = crate::tus::load(&state, id).await?;
     let Some(length) = info.length.filter(|l| *l == info.offset) else {
@@ -26,29 +31,24 @@ pub async fn get(
         )
         .with_header(HeaderName::from_static(tus::UPLOAD_OFFSET), info.offset));
     };
-    let body = if method == Method::HEAD || length == 0 {
-        Body::empty()
-    } else {
-        Body::from_stream(state.uploads.read(&info, 0, length).await?)
+    let rep = Representation {
+        len: length,
+        etag: ETag::strong(format!("u-{id}")),
+        last_modified: Some(UNIX_EPOCH + Duration::from_millis(info.updated_ms)),
+        sha256: info.sha256,
+        // Never a type taken from the uploader: that would let an upload become stored XSS.
+        content_type: HeaderValue::from_static("application/octet-stream"),
+        disposition: HeaderValue::from_str(&disposition::attachment(info.metadata.filename())).ok(),
     };
-    let mut resp = Response::new(body);
-    crate::tus::set_repr_digest(&mut resp, &info);
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    // Never a type taken from the uploader: that would let an upload become stored XSS.
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&disposition::attachment(info.metadata.filename())) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
+    let st = state.clone();
+    let opener = Box::new(move |s: u64, e: u64| {
+        let st = st.clone();
+        let info = info.clone();
+        Box::pin(async move { st.uploads.read(&info, s, e).await }) as _
+    });
+    let mut resp = respond(headers, method, rep, opener).await?;
+    resp.headers_mut().insert(
+        http::header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; sandbox"),
     );
     Ok(resp)

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod download;
 pub mod error;
+pub mod ranged;
 pub mod receive;
 pub mod tus;
 
@@ -262,7 +263,7 @@ async fn route(
                 Method::HEAD => tus::head(state, id, req).await,
                 Method::PATCH => tus::patch(state, id, req).await,
                 Method::DELETE => tus::delete(state, id, req).await,
-                Method::GET => download::get(state, id, &method).await,
+                Method::GET => download::get(state, id, &method, req.headers()).await,
                 _ => Err(method_not_allowed(tus::UPLOAD_METHODS)),
             }
         }
