@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// https://app.example.com. [default: *]
     #[arg(long, env = "FERRY_CORS_ORIGINS", value_name = "ORIGINS")]
     cors_origins: Option<String>,
+    /// Publish this directory read-only under /share/ (listings, ranges, validators).
+    #[arg(long, env = "FERRY_SHARE", value_name = "DIR")]
+    share: Option<PathBuf>,
     /// Log filter (tracing syntax), e.g. info or ferry_server=debug. [default: info]
     #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
     log: Option<String>,
@@ -98,6 +101,7 @@ struct FileConfig {
     expire_finished_after: Option<String>,
     sweep_interval: Option<String>,
     cors_origins: Option<String>,
+    share: Option<PathBuf>,
     log: Option<String>,
 }
 
@@ -116,6 +120,7 @@ struct Settings {
     server: ServerConfig,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
+    share: Option<PathBuf>,
     shutdown_timeout: Duration,
     log: String,
 }
@@ -237,6 +242,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         },
         sync,
         expiry,
+        share: args.share.or(file.share),
         shutdown_timeout,
         log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
     })
@@ -297,7 +303,14 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
     config.local_addr = Some(addr);
     let base = config.base_path.clone();
     let shutdown = CancellationToken::new();
-    let state = Arc::new(AppState::new(uploads, config, shutdown.clone()));
+    let mut state = AppState::new(uploads, config, shutdown.clone());
+    if let Some(dir) = &settings.share {
+        state.share = Some(
+            ferry_server::share::Share::open(dir)
+                .with_context(|| format!("cannot share {}", dir.display()))?,
+        );
+    }
+    let state = Arc::new(state);
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ferry listening on http://{addr}{base}/files/")?;

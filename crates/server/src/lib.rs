@@ -10,6 +10,7 @@ pub mod download;
 pub mod error;
 pub mod ranged;
 pub mod receive;
+pub mod share;
 pub mod tus;
 
 pub use config::ServerConfig;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// Cancelled when the server shuts down: bodies in flight commit and answer.
     pub shutdown: CancellationToken,
+    /// The directory published under `/share/`, if any.
+    pub share: Option<share::Share>,
     /// Wakes the expiry sweeper at once (the CLI wires SIGUSR1 to it; tests use it instead
     /// of waiting for expiry in real time).
     pub sweep_now: tokio::sync::Notify,
@@ -48,6 +51,7 @@ impl AppState {
             uploads,
             config,
             shutdown,
+            share: None,
             sweep_now: tokio::sync::Notify::new(),
         }
     }
@@ -246,6 +250,18 @@ async fn route(
                 return Err(method_not_allowed("GET, HEAD"));
             }
             Ok(Response::new(Body::from("ok\n")))
+        }
+        "/share" => Err(ApiError::new(StatusCode::MOVED_PERMANENTLY, "see /share/")
+            .with_header(header::LOCATION, format!("{path}/"))),
+        s if s.starts_with("/share/") => {
+            share::serve(
+                state.clone(),
+                &s["/share/".len()..],
+                &method,
+                req.headers(),
+                &path,
+            )
+            .await
         }
         "/files" | "/files/" => match method {
             Method::OPTIONS => Ok(tus::options(&state)),

@@ -162,7 +162,7 @@ impl DataStore for LocalDataStore {
 
 /// Streams `[start, end)` of `file` in `READ_CHUNK` pieces. The `BytesMut` is reused: once the
 /// consumer drops the previous piece, `reserve` reclaims its memory instead of allocating.
-pub(crate) fn read_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
+pub fn read_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
     struct State {
         file: Arc<File>,
         pos: u64,
