@@ -193,8 +193,7 @@ async fn listing(
     let entries =
         tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(Vec<u8>, bool, u64)>> {
             let mut out = Vec::new();
-            let mut d = rustix::fs::Dir::read_from(&dir)?;
-            while let Some(entry) = d.next() {
+            for entry in rustix::fs::Dir::read_from(&dir)? {
                 let entry = entry?;
                 let name = entry.file_name().to_bytes().to_vec();
                 if name == b"." || name == b".." {
