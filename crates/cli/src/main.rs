@@ -21,6 +21,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Upload files to a tus server, resuming where an earlier run stopped.
     Upload(Box<transfer::UploadArgs>),
+    /// Download files over HTTP (parallel, resumable, verified).
+    Download(Box<transfer::DownloadArgs>),
     /// List unfinished transfers.
     Status(transfer::StatusArgs),
     /// Drop saved transfers and delete their server-side uploads.
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Upload(args) => transfer::upload(*args),
+        Command::Download(args) => transfer::download(*args),
         Command::Status(args) => transfer::status(args),
         Command::Forget(args) => transfer::forget_cmd(args),
     }

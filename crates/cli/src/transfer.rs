@@ -4,6 +4,7 @@
 use crate::progress::Bars;
 use clap::{Args, ValueEnum};
 use ferry_client::chunk::ChunkBounds;
+use ferry_client::download::{Destination, DownloadOptions, Downloader, forget_download};
 use ferry_client::error::{ClientError, ErrorKind};
 use ferry_client::progress::RateLimiter;
 use ferry_client::retry::RetryPolicy;
@@ -106,6 +107,46 @@ pub struct UploadArgs {
     /// Files uploaded at the same time (directories and several FILE arguments).
     #[arg(long, default_value_t = 8, value_name = "N")]
     files_at_once: usize,
+}
+
+/// `ferry download`.
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// URLs to download (any HTTP/1.1 server; ranges make it parallel and resumable).
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
+    /// Write to this file (one URL only).
+    #[arg(short = 'o', long, value_name = "FILE", conflicts_with = "dir")]
+    output: Option<PathBuf>,
+    /// Write into this directory, named by Content-Disposition or the URL. [default: .]
+    #[arg(short = 'd', long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Streams per file: a number, or "auto" to choose by measurement (no cap of 16).
+    #[arg(short = 'j', long, default_value = "auto", value_name = "N|auto")]
+    parallel: String,
+    /// Most streams the automatic choice may use.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_parallel: usize,
+    /// Expected digest, sha256=HEX (besides the server's Repr-Digest).
+    #[arg(long, value_name = "sha256=HEX")]
+    checksum: Option<String>,
+    /// Consecutive failed attempts without progress before giving up.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    retries: u32,
+    /// Time without progress before giving up.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    retry_time: String,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    stall_timeout: String,
+    /// Time allowed to connect.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    connect_timeout: String,
+    /// Bandwidth cap, e.g. 10M (bytes per second).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
 }
 
 /// `ferry status`.
@@ -395,6 +436,137 @@ fn expand(args: &[String]) -> Result<Vec<FileArg>, ClientError> {
     Ok(out)
 }
 
+fn parse_parallel(v: &str) -> Result<Parallel, ClientError> {
+    match v.trim() {
+        "auto" => Ok(Parallel::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Parallel::Fixed(n)),
+            _ => Err(usage(format!(
+                "-j/--parallel {n:?}: expected a number ≥ 1 or auto"
+            ))),
+        },
+    }
+}
+
+/// Runs `ferry download`.
+pub fn download(args: DownloadArgs) -> ExitCode {
+    match download_inner(args) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
+    let mut urls = Vec::new();
+    for u in &args.urls {
+        let url: reqwest::Url = u
+            .parse()
+            .map_err(|e| usage(format!("{u:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(usage(format!("{u:?} must be an http:// or https:// URL")));
+        }
+        urls.push(url);
+    }
+    if args.output.is_some() && urls.len() > 1 {
+        return Err(usage("-o names one file: use -d DIR for several URLs"));
+    }
+    let sha256 = match &args.checksum {
+        None => None,
+        Some(c) => {
+            let hexpart = c
+                .strip_prefix("sha256=")
+                .ok_or_else(|| usage("--checksum must be sha256=HEX"))?;
+            let bytes: Result<Vec<u8>, _> = (0..hexpart.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hexpart.get(i..i + 2).unwrap_or("x"), 16))
+                .collect();
+            let arr: [u8; 32] = bytes
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| usage("--checksum sha256=HEX needs 64 hex digits"))?;
+            Some(arr)
+        }
+    };
+    let stall_timeout = duration("--stall-timeout", &args.stall_timeout)?;
+    let opts = DownloadOptions {
+        parallel: parse_parallel(&args.parallel)?,
+        max_parallel: args.max_parallel.max(1),
+        retry: RetryPolicy {
+            max_retries: args.retries,
+            max_time: duration("--retry-time", &args.retry_time)?,
+            ..RetryPolicy::default()
+        },
+        stall_timeout,
+        limiter: match &args.limit_rate {
+            Some(r) => Some(Arc::new(RateLimiter::new(size("--limit-rate", r)?.max(1)))),
+            None => None,
+        },
+        sha256,
+    };
+    let connect = duration("--connect-timeout", &args.connect_timeout)?;
+    let bars = Bars::new();
+    init_logs(&bars, &args.common);
+    let state = state_dir(&args.common)?;
+    let rt = runtime()?;
+    let json = args.common.json;
+    let dest_for = |_: &reqwest::Url| match (&args.output, &args.dir) {
+        (Some(o), _) => Destination::File(o.clone()),
+        (None, Some(d)) => Destination::Dir(d.clone()),
+        (None, None) => Destination::Dir(PathBuf::from(".")),
+    };
+    let code = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        on_ctrl_c(cancel.clone());
+        let http = http_client(connect, stall_timeout)?;
+        let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
+        let mut worst: Option<ClientError> = None;
+        for url in &urls {
+            match dl
+                .with_progress(bars.sink())
+                .download(url, &dest_for(url))
+                .await
+            {
+                Ok(done) => {
+                    if let Verification::NotVerified(why) = &done.verification {
+                        bars.println(&format!(
+                            "ferry: {}: not verified: {why}",
+                            done.path.display()
+                        ));
+                    }
+                    if json {
+                        let v = serde_json::json!({
+                            "url": url.as_str(),
+                            "file": done.path.display().to_string(),
+                            "bytes": done.bytes,
+                            "seconds": done.seconds,
+                            "verified": done.verification == Verification::Verified,
+                            "resumed_from": done.resumed_from,
+                        });
+                        bars.println_stdout(&v.to_string());
+                    } else {
+                        bars.println_stdout(&done.path.display().to_string());
+                    }
+                }
+                Err(e) => {
+                    bars.println(&format!("ferry: {url}: {}", e.message));
+                    let stop = e.kind == ErrorKind::Interrupted;
+                    if worst.is_none() || stop {
+                        worst = Some(e);
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<_, ClientError>(
+            worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),
+        )
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -433,6 +605,23 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     );
                 }
             }
+            Loaded::Found(Transfer::Download(d)) => {
+                let have: u64 = d.done.iter().map(|(s, e)| e - s).sum();
+                if args.common.json {
+                    let v = serde_json::json!({
+                        "key": key, "kind": "download", "url": d.url, "dest": d.dest,
+                        "bytes": d.size, "done": have,
+                    });
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{key}  download  {}  {have}/{} bytes  <- {}",
+                        d.dest.display(),
+                        d.size,
+                        d.url
+                    );
+                }
+            }
             Loaded::Unusable(why) => println!("{key}  (unusable: {why})"),
             Loaded::Missing => {}
         }
@@ -456,7 +645,13 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
         let canonical = std::fs::canonicalize(which).ok();
         let key = list.iter().find_map(|(k, l)| {
             let by_key = k == which;
-            let by_path = matches!(l, Loaded::Found(Transfer::Upload(u)) if Some(&u.source) == canonical.as_ref());
+            let by_path = match l {
+                Loaded::Found(Transfer::Upload(u)) => Some(&u.source) == canonical.as_ref(),
+                Loaded::Found(Transfer::Download(d)) => {
+                    std::path::absolute(which).ok().as_ref() == Some(&d.dest)
+                }
+                _ => false,
+            };
             (by_key || by_path).then(|| k.clone())
         });
         let Some(key) = key else {
@@ -464,10 +659,17 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
             code = ExitCode::from(2);
             continue;
         };
-        let result = rt.block_on(async {
-            let http = http_client(Duration::from_secs(10), Duration::from_secs(30))?;
-            forget(&http, &state, &key).await
-        });
+        let is_download = list
+            .iter()
+            .any(|(k, l)| k == &key && matches!(l, Loaded::Found(Transfer::Download(_))));
+        let result = if is_download {
+            forget_download(&state, &key).map(|()| Vec::new())
+        } else {
+            rt.block_on(async {
+                let http = http_client(Duration::from_secs(10), Duration::from_secs(30))?;
+                forget(&http, &state, &key).await
+            })
+        };
         match result {
             Ok(deleted) => {
                 for u in deleted {

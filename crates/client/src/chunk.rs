@@ -54,6 +54,8 @@ pub struct ChunkSizeController {
     size: u64,
     /// The largest size the server is known to accept (after a 413).
     ceiling: u64,
+    /// The largest body the server has accepted so far.
+    accepted: u64,
 }
 
 impl ChunkSizeController {
@@ -65,6 +67,7 @@ impl ChunkSizeController {
         Self {
             size: bounds.initial.clamp(min, max),
             ceiling: max,
+            accepted: 0,
             bounds,
         }
     }
@@ -79,6 +82,11 @@ impl ChunkSizeController {
         self.ceiling
     }
 
+    /// The largest body the server has accepted so far: a larger one may be refused (413).
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
     /// Lowers the ceiling to a server's declared limit.
     pub fn limit(&mut self, max: u64) {
         self.ceiling = max.clamp(self.bounds.min, self.bounds.max);
@@ -89,6 +97,7 @@ impl ChunkSizeController {
     pub fn record(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Ok { bytes, took } => {
+                self.accepted = self.accepted.max(bytes);
                 // Only a full-size request says something about the size; a short last
                 // chunk does not.
                 if bytes < self.size {
@@ -148,6 +157,7 @@ mod tests {
         c.record(Outcome::TooLarge { bytes: 1 << 20 });
         c.record(Outcome::TooLarge { bytes: 512 << 10 });
         assert_eq!(c.next_size(), 256 << 10, "rustus's default limit reached");
+        assert_eq!(c.accepted(), 0, "nothing accepted yet");
         for _ in 0..10 {
             let s = c.next_size();
             c.record(Outcome::Ok {
@@ -156,6 +166,7 @@ mod tests {
             });
         }
         assert_eq!(c.next_size(), 256 << 10, "never grows past a refused size");
+        assert_eq!(c.accepted(), 256 << 10);
     }
 
     #[test]

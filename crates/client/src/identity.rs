@@ -50,6 +50,18 @@ impl FileIdentity {
         })
     }
 
+    /// Whether the open `file` still has this size and mtime (one fstat; an error counts as a
+    /// change).
+    pub fn matches_file(&self, file: &File) -> bool {
+        file.metadata().is_ok_and(|m| {
+            m.len() == self.size
+                && m.mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(m.mtime_nsec())
+                    == self.mtime_ns
+        })
+    }
+
     /// Whether size and mtime still match (the quick check at the end of an upload).
     pub fn same_size_and_mtime(&self, other: &FileIdentity) -> bool {
         self.size == other.size && self.mtime_ns == other.mtime_ns
@@ -94,6 +106,9 @@ mod tests {
         let b = FileIdentity::of(&p).unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         assert_eq!(a.size, b.size);
+        assert!(b.matches_file(&f));
+        f.set_len(10).unwrap();
+        assert!(!b.matches_file(&f), "a shrunk file no longer matches");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod chunk;
+pub mod download;
 pub mod error;
 pub mod identity;
 pub mod parallel;

@@ -103,6 +103,46 @@ impl RetryState {
     }
 }
 
+/// Waits out a retryable failure, or ends the transfer: the one place where the decision to
+/// retry is made, for uploads and downloads alike.
+pub async fn wait_or_give_up(
+    retry: &mut RetryState,
+    err: crate::error::AttemptError,
+    progress: &dyn crate::progress::ProgressSink,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), crate::error::ClientError> {
+    use crate::error::{AttemptError, ClientError, ErrorKind};
+    let (why, retry_after) = match err {
+        AttemptError::Retry { why, retry_after } => (why, retry_after),
+        AttemptError::Fatal(e) => return Err(e),
+        AttemptError::Gone => {
+            return Err(ClientError::new(
+                ErrorKind::Refused,
+                "the resource is gone on the server",
+            ));
+        }
+        AttemptError::TooLarge { size } => (format!("server refused a {size}-byte request"), None),
+    };
+    let Some(delay) = retry.next_delay(Instant::now(), retry_after) else {
+        return Err(ClientError::new(
+            ErrorKind::Exhausted,
+            format!(
+                "giving up after {} failed attempts without progress (last: {why}); \
+                 run the same command again to resume",
+                retry.failures().saturating_sub(1)
+            ),
+        ));
+    };
+    progress.note(&format!("{why}; retrying in {:.1}s", delay.as_secs_f64()));
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Ok(()),
+        () = cancel.cancelled() => Err(ClientError::new(
+            ErrorKind::Interrupted,
+            "interrupted; run the same command again to resume",
+        )),
+    }
+}
+
 /// Parses Retry-After given in seconds (HTTP dates are rare here and treated as absent).
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)

@@ -74,6 +74,8 @@ impl UploadRecord {
 pub enum Transfer {
     /// An upload.
     Upload(UploadRecord),
+    /// A download.
+    Download(crate::download::DownloadRecord),
 }
 
 impl Transfer {
@@ -81,6 +83,7 @@ impl Transfer {
     pub fn key(&self) -> &str {
         match self {
             Transfer::Upload(u) => &u.key,
+            Transfer::Download(d) => &d.key,
         }
     }
 }

@@ -201,7 +201,18 @@ pub async fn head(
     })
 }
 
-/// PATCH: appends `body` (`len` bytes) at `offset`; returns the new offset.
+/// Overrides the client's per-request time limit for PATCH (about 136 years, i.e. none): a
+/// body takes as long as the link needs, and stalls are the caller's to detect (no bytes
+/// moving for the stall timeout), never the total time.
+const PATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(u32::MAX as u64);
+
+/// PATCH: appends `body` (`len` bytes) at `offset`; returns the new offset. The request has
+/// no time limit: the caller must race it against a stall detector.
+///
+/// `probe` marks a body larger than any the server has accepted so far: it goes with
+/// `Connection: close`, because a server may refuse it with an early 413 without reading it,
+/// and some then leave the connection open but never answer on it again (rustus does), which
+/// would hang the next request that the pool put on it.
 pub async fn patch(
     http: &reqwest::Client,
     url: &Url,
@@ -209,6 +220,7 @@ pub async fn patch(
     len: u64,
     body: reqwest::Body,
     checksum: Option<&Checksum>,
+    probe: bool,
 ) -> Result<u64, AttemptError> {
     let mut req = http
         .patch(url.clone())
@@ -217,9 +229,13 @@ pub async fn patch(
         .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
         // Explicit, or the body would go chunked (some servers refuse chunked PATCH).
         .header(reqwest::header::CONTENT_LENGTH, len)
+        .timeout(PATCH_TIME_LIMIT)
         .body(body);
     if let Some(c) = checksum {
         req = req.header(tus::UPLOAD_CHECKSUM, c.format());
+    }
+    if probe {
+        req = req.header(reqwest::header::CONNECTION, "close");
     }
     let resp = req.send().await.map_err(|e| network("PATCH", e))?;
     match resp.status().as_u16() {

@@ -129,18 +129,22 @@ pub struct UploadOutcome {
     pub resumed_from: u64,
 }
 
-/// Builds the HTTP client ferry uses: HTTP/1.1 (one TCP connection per stream), connect and
-/// per-read timeouts rather than a whole-request limit.
+/// Builds the HTTP client ferry uses: HTTP/1.1 (one TCP connection per stream) with a connect
+/// timeout, and `stall_timeout` as the limit on the small requests (OPTIONS, HEAD, POST,
+/// DELETE: no body, a short answer). PATCH lifts that limit ([`tus::patch`]): its body may take
+/// as long as it needs, and the driver abandons it only when no bytes move for the stall
+/// timeout. (reqwest's `read_timeout` is not used: it runs from the start of a request until
+/// the response headers, so it cut off every PATCH whose body took longer to send.)
 pub fn http_client(
     connect_timeout: Duration,
-    read_timeout: Duration,
+    stall_timeout: Duration,
 ) -> Result<reqwest::Client, ClientError> {
     // The TLS stack needs a process-wide crypto provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .http1_only()
         .connect_timeout(connect_timeout)
-        .read_timeout(read_timeout)
+        .timeout(stall_timeout)
         .tcp_nodelay(true)
         .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -249,6 +253,22 @@ impl Uploader {
         endpoint: &Url,
         relative: Option<&str>,
     ) -> Result<UploadOutcome, ClientError> {
+        // Cancellation ends the upload wherever it waits, not only between chunks: a request to
+        // a server that does not answer would otherwise hold Ctrl-C up for the stall timeout.
+        // Dropping the work mid-way is safe: the state is only written synchronously between
+        // awaits, and the server keeps what it committed.
+        tokio::select! {
+            r = self.upload_inner(path, endpoint, relative) => r,
+            () = self.cancel.cancelled() => Err(interrupted()),
+        }
+    }
+
+    async fn upload_inner(
+        &self,
+        path: &Path,
+        endpoint: &Url,
+        relative: Option<&str>,
+    ) -> Result<UploadOutcome, ClientError> {
         let started = Instant::now();
         let job = self.prepare(path, endpoint, relative).await?;
         let len = job.len;
@@ -297,6 +317,7 @@ impl Uploader {
         };
         let sequential = Arc::new(Mutex::new(SequentialHash::default()));
         let shared_for = |on_position: Arc<dyn Fn(u64) + Send + Sync>| Shared {
+            identity: job.identity.clone(),
             source: job.source.clone(),
             algorithm,
             sequential: sequential.clone(),
@@ -337,10 +358,11 @@ impl Uploader {
                 .await
                 .map_err(local("reading the file"))?;
         }
-        let sha256 = Arc::try_unwrap(sequential)
-            .map_err(|_| ClientError::new(ErrorKind::Local, "hash still in use"))?
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
+        // Taken out rather than unwrapped from the Arc: the body stream of a request that
+        // failed (e.g. the server died mid-PATCH) can still be owned by the HTTP connection's
+        // task for a moment, and it holds a clone. (Anything it feeds now goes to the empty
+        // default left behind.)
+        let sha256 = std::mem::take(&mut *sequential.lock().unwrap_or_else(|p| p.into_inner()))
             .finish(len)
             .ok_or_else(|| ClientError::new(ErrorKind::Local, "file hash incomplete"))?;
 
@@ -444,7 +466,8 @@ impl Uploader {
                 ));
                 Ok(None)
             }
-            Loaded::Missing => Ok(None),
+            // Keys include the kind, so a download record never sits under an upload's key.
+            Loaded::Missing | Loaded::Found(Transfer::Download(_)) => Ok(None),
         }
     }
 
@@ -652,7 +675,7 @@ impl Uploader {
                         seq.lock().unwrap_or_else(|p| p.into_inner()).feed(at, b);
                     })
                     .await
-                    .map_err(local("reading the file"))?;
+                    .map_err(|e| shared.read_error(e))?;
             }
             match self
                 .send_range(target, r.offset, shared, controller, retry, &mut acked)
@@ -670,6 +693,9 @@ impl Uploader {
                 }
                 Err(e) => {
                     controller.record(Outcome::Failed);
+                    // A file that shrank fails the body stream, which looks like a network
+                    // error from here (or the checksum read, a local one): no retry can help.
+                    shared.ensure_unchanged()?;
                     self.wait_or_give_up(retry, e).await?;
                 }
             }
@@ -714,8 +740,9 @@ impl Uploader {
             let body = reqwest::Body::wrap_stream(shared.source.body(start, end, hooks));
             let t0 = Instant::now();
             let stall = self.opts.stall_timeout;
+            let probe = size > controller.accepted();
             let sent = tokio::select! {
-                r = tus::patch(&self.http, target.url, offset, size, body, checksum.as_ref()) => r,
+                r = tus::patch(&self.http, target.url, offset, size, body, checksum.as_ref(), probe) => r,
                 () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
                     "no progress for {}s (stalled connection)", stall.as_secs()
                 ))),
@@ -748,6 +775,8 @@ pub(crate) struct Target<'a> {
 
 /// What every stream of one transfer shares.
 pub(crate) struct Shared {
+    /// The file as it was when the transfer started.
+    pub(crate) identity: FileIdentity,
     pub(crate) source: FileSource,
     pub(crate) algorithm: Option<ChecksumAlgorithm>,
     pub(crate) sequential: Arc<Mutex<SequentialHash>>,
@@ -755,8 +784,31 @@ pub(crate) struct Shared {
     pub(crate) on_position: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
+impl Shared {
+    /// Fails with [`ErrorKind::FileChanged`] if the open file's size or mtime moved.
+    pub(crate) fn ensure_unchanged(&self) -> Result<(), ClientError> {
+        if self.identity.matches_file(self.source.file()) {
+            Ok(())
+        } else {
+            Err(ClientError::new(
+                ErrorKind::FileChanged,
+                "the file changed during the upload (its size or modification time moved); \
+                 run again to upload it afresh",
+            ))
+        }
+    }
+
+    /// A failed read of the file: the file changed, or a local I/O error.
+    pub(crate) fn read_error(&self, e: std::io::Error) -> ClientError {
+        match self.ensure_unchanged() {
+            Err(changed) => changed,
+            Ok(()) => ClientError::local("reading the file", e),
+        }
+    }
+}
+
 /// Resolves once `activity` has been idle for `limit`.
-async fn stalled(activity: &Activity, limit: Duration) {
+pub(crate) async fn stalled(activity: &Activity, limit: Duration) {
     let tick = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         tokio::time::sleep(tick).await;

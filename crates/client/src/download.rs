@@ -1,0 +1,911 @@
+//! Resumable, segmented, verified downloads from any HTTP/1.1 server with Range.
+//!
+//! Bytes go to `<dest>.ferry-part`, preallocated, written at their offsets by several
+//! connections; the file is renamed into place only once complete and verified. The resume
+//! state (URL, size, validators, completed ranges) is saved in batches — data fdatasync'd
+//! first, at most about once a second and at exit — so saving never slows the transfer.
+//!
+//! Safe resume: every ranged request of a resumed download carries `If-Range` with the strong
+//! ETag (or the Last-Modified date when there is no ETag); a full 200 answer means the file
+//! changed, and the download starts over instead of splicing two versions. With no validator
+//! at all, a partial file is only kept if a digest is known to check the result.
+//!
+//! Streams: one, `-j N`, or chosen by measurement; an idle stream takes half of the largest
+//! range still being fetched by another (work stealing).
+
+use crate::error::{AttemptError, ClientError, ErrorKind};
+use crate::parallel::{ParallelBounds, ParallelismController};
+use crate::progress::{ProgressSink, RateLimiter};
+use crate::retry::{RetryPolicy, RetryState};
+use crate::state::{Loaded, STATE_VERSION, StateDir, Transfer, transfer_key};
+use crate::tus::{classify, network};
+use crate::upload::{Parallel, Verification};
+use ferry_proto::digest::parse_digest_field;
+use ferry_proto::range::{ETag, parse_content_range};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use reqwest::header::{CONTENT_DISPOSITION, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A resumable download's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    /// Record format version.
+    pub version: u32,
+    /// The key.
+    pub key: String,
+    /// Source URL.
+    pub url: String,
+    /// Final path.
+    pub dest: PathBuf,
+    /// Where bytes go until complete.
+    pub partial: PathBuf,
+    /// Total size.
+    pub size: u64,
+    /// Strong ETag when the download started.
+    pub etag: Option<String>,
+    /// Last-Modified when the download started.
+    pub last_modified: Option<String>,
+    /// SHA-256 (hex) the result must have, if known (Repr-Digest or --checksum).
+    pub sha256: Option<String>,
+    /// Byte ranges `[start, end)` on disk and synced.
+    pub done: Vec<(u64, u64)>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// How downloads behave.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    /// Streams.
+    pub parallel: Parallel,
+    /// Most streams the automatic choice may use (no cap of 16).
+    pub max_parallel: usize,
+    /// Retry limits.
+    pub retry: RetryPolicy,
+    /// A request with no progress for this long is abandoned and retried.
+    pub stall_timeout: Duration,
+    /// Shared bandwidth cap.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Expected SHA-256 (from `--checksum sha256=HEX`).
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        Self {
+            parallel: Parallel::Auto,
+            max_parallel: 64,
+            retry: RetryPolicy::default(),
+            stall_timeout: Duration::from_secs(30),
+            limiter: None,
+            sha256: None,
+        }
+    }
+}
+
+/// A finished download.
+#[derive(Debug, Clone)]
+pub struct DownloadOutcome {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// Size.
+    pub bytes: u64,
+    /// Wall time of this run.
+    pub seconds: f64,
+    /// Verification result.
+    pub verification: Verification,
+    /// Bytes already present when this run started.
+    pub resumed_from: u64,
+}
+
+/// Where a download goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Exactly this file.
+    File(PathBuf),
+    /// Into this directory, named by the server's Content-Disposition or the URL.
+    Dir(PathBuf),
+}
+
+/// What the server says about the resource.
+#[derive(Debug, Clone)]
+struct Probe {
+    size: Option<u64>,
+    ranges: bool,
+    etag: Option<ETag>,
+    last_modified: Option<String>,
+    sha256: Option<Vec<u8>>,
+    filename: Option<String>,
+}
+
+/// Downloads files, resuming from the state directory.
+#[derive(Clone)]
+pub struct Downloader {
+    http: reqwest::Client,
+    state: StateDir,
+    opts: DownloadOptions,
+    progress: Arc<dyn ProgressSink>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloader").finish_non_exhaustive()
+    }
+}
+
+fn local(what: &str) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |e| ClientError::local(what, e)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sorted, merged `[start, end)` ranges.
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.retain(|(s, e)| s < e);
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(l) if s <= l.1 => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The gaps of `done` within `[0, size)`.
+fn gaps(done: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &(s, e) in done {
+        if s > at {
+            out.push((at, s.min(size)));
+        }
+        at = at.max(e);
+    }
+    if at < size {
+        out.push((at, size));
+    }
+    out
+}
+
+/// A range one stream is fetching: it writes from `pos` up to `end`; a thief may lower `end`.
+struct Slot {
+    start: u64,
+    pos: AtomicU64,
+    end: AtomicU64,
+}
+
+struct Plan {
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Ranges nobody has taken yet.
+    queue: Mutex<Vec<(u64, u64)>>,
+    done_before: Vec<(u64, u64)>,
+}
+
+impl Plan {
+    /// Next range for an idle stream: an untaken gap, or half of the largest range in flight.
+    fn take(&self, min_steal: u64) -> Option<Arc<Slot>> {
+        if let Some((s, e)) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(self.add(s, e));
+        }
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let victim = slots
+            .iter()
+            .max_by_key(|s| {
+                s.end
+                    .load(Ordering::Acquire)
+                    .saturating_sub(s.pos.load(Ordering::Acquire))
+            })?
+            .clone();
+        drop(slots);
+        let pos = victim.pos.load(Ordering::Acquire);
+        let end = victim.end.load(Ordering::Acquire);
+        if end.saturating_sub(pos) < 2 * min_steal {
+            return None;
+        }
+        let mid = pos + (end - pos) / 2;
+        // Shrink the victim only if it has not already passed the midpoint.
+        if victim
+            .end
+            .compare_exchange(end, mid, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+            || victim.pos.load(Ordering::Acquire) >= mid
+        {
+            return None;
+        }
+        Some(self.add(mid, end))
+    }
+
+    fn add(&self, s: u64, e: u64) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            start: s,
+            pos: AtomicU64::new(s),
+            end: AtomicU64::new(e),
+        });
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot.clone());
+        slot
+    }
+
+    /// Everything on disk: earlier runs plus what every stream has written.
+    fn completed(&self) -> Vec<(u64, u64)> {
+        let mut v = self.done_before.clone();
+        for s in self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            v.push((s.start, s.pos.load(Ordering::Acquire)));
+        }
+        merge(v)
+    }
+
+    fn total(&self) -> u64 {
+        self.completed().iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+impl Downloader {
+    /// A downloader.
+    pub fn new(
+        http: reqwest::Client,
+        state: StateDir,
+        opts: DownloadOptions,
+        progress: Arc<dyn ProgressSink>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            http,
+            state,
+            opts,
+            progress,
+            cancel,
+        }
+    }
+
+    /// The same downloader reporting to another sink.
+    pub fn with_progress(&self, progress: Arc<dyn ProgressSink>) -> Downloader {
+        Downloader {
+            progress,
+            ..self.clone()
+        }
+    }
+
+    async fn backoff(&self, retry: &mut RetryState, err: AttemptError) -> Result<(), ClientError> {
+        crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
+    }
+
+    async fn probe(&self, url: &Url, retry: &mut RetryState) -> Result<Probe, ClientError> {
+        loop {
+            let sent = self
+                .http
+                .get(url.clone())
+                .header(RANGE, "bytes=0-0")
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    self.backoff(retry, network("GET", e)).await?;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status != StatusCode::OK && status != StatusCode::PARTIAL_CONTENT {
+                if status == StatusCode::RANGE_NOT_SATISFIABLE {
+                    // An empty file.
+                    return Ok(Probe {
+                        size: Some(0),
+                        ranges: true,
+                        etag: None,
+                        last_modified: None,
+                        sha256: None,
+                        filename: None,
+                    });
+                }
+                match classify(resp, "GET").await {
+                    AttemptError::Gone => {
+                        return Err(ClientError::new(
+                            ErrorKind::Refused,
+                            format!("{url}: not found (404)"),
+                        ));
+                    }
+                    e => {
+                        self.backoff(retry, e).await?;
+                        continue;
+                    }
+                }
+            }
+            let h = resp.headers();
+            let text = |n| {
+                h.get(n)
+                    .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+            };
+            let etag = text(ETAG).and_then(ETag::parse).filter(|t| !t.weak);
+            let last_modified = text(LAST_MODIFIED).map(str::to_string);
+            let sha256 = text(reqwest::header::HeaderName::from_static("repr-digest"))
+                .and_then(|v| parse_digest_field(v).ok())
+                .and_then(|f| f.into_iter().find(|(k, _)| k == "sha-256"))
+                .map(|(_, d)| d);
+            let filename = text(CONTENT_DISPOSITION).and_then(filename_from_disposition);
+            let (size, ranges) = if status == StatusCode::PARTIAL_CONTENT {
+                let cr = text(CONTENT_RANGE).and_then(|v| parse_content_range(v).ok());
+                (cr.and_then(|c| c.len), true)
+            } else {
+                (resp.content_length(), false)
+            };
+            return Ok(Probe {
+                size,
+                ranges,
+                etag,
+                last_modified,
+                sha256,
+                filename,
+            });
+        }
+    }
+
+    /// Downloads `url` to `dest`, resuming an earlier run.
+    pub async fn download(
+        &self,
+        url: &Url,
+        dest: &Destination,
+    ) -> Result<DownloadOutcome, ClientError> {
+        let started = Instant::now();
+        let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        let probe = self.probe(url, &mut retry).await?;
+        let Some(size) = probe.size else {
+            return Err(ClientError::new(
+                ErrorKind::Refused,
+                format!("{url}: the server does not say how large the file is"),
+            ));
+        };
+        let dest = match dest {
+            Destination::File(p) => p.clone(),
+            Destination::Dir(d) => {
+                let from_url = url
+                    .path_segments()
+                    .and_then(|mut s| s.next_back())
+                    .map(|n| {
+                        String::from_utf8_lossy(
+                            &percent_encoding::percent_decode_str(n).collect::<Vec<u8>>(),
+                        )
+                        .into_owned()
+                    })
+                    .and_then(|n| safe_name(&n));
+                d.join(
+                    probe
+                        .filename
+                        .clone()
+                        .or(from_url)
+                        .unwrap_or_else(|| "download".into()),
+                )
+            }
+        };
+        let dest = if dest.is_absolute() {
+            dest
+        } else {
+            std::env::current_dir().map_err(local("cwd"))?.join(dest)
+        };
+        let partial = PathBuf::from(format!("{}.ferry-part", dest.display()));
+        let key = transfer_key("download", url.as_str(), &dest);
+        let display = dest.display().to_string();
+        let expected = self
+            .opts
+            .sha256
+            .map(|d| d.to_vec())
+            .or_else(|| probe.sha256.clone());
+
+        // Resume only what provably belongs to the same version of the file.
+        let mut done = Vec::new();
+        let mut validator: Option<String> = probe
+            .etag
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| probe.last_modified.clone());
+        match self.state.load(&key).map_err(local("reading the state"))? {
+            Loaded::Found(Transfer::Download(rec)) if partial.exists() => {
+                let same_tag =
+                    rec.etag.is_some() && rec.etag == probe.etag.as_ref().map(ToString::to_string);
+                let same_date = rec.etag.is_none()
+                    && rec.last_modified.is_some()
+                    && rec.last_modified == probe.last_modified;
+                let digest_known =
+                    rec.sha256.is_some() && rec.sha256 == expected.as_deref().map(hex);
+                if rec.size != size {
+                    self.progress.note(&format!(
+                        "{display}: the file changed on the server (size); starting over"
+                    ));
+                } else if same_tag || same_date {
+                    done = rec.done.clone();
+                    validator = rec.etag.clone().or(rec.last_modified.clone());
+                } else if rec.etag.is_none() && rec.last_modified.is_none() && digest_known {
+                    // No validator, but the digest will catch a changed file.
+                    done = rec.done.clone();
+                    validator = None;
+                } else if rec.etag.is_none() && rec.last_modified.is_none() {
+                    self.progress.note(&format!(
+                        "{display}: the server gives no validator and no digest, so the partial file cannot be trusted; starting over"
+                    ));
+                } else {
+                    self.progress.note(&format!(
+                        "{display}: the file changed on the server; starting over"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if !probe.ranges {
+            self.progress.note(&format!(
+                "{display}: the server does not support ranges: one stream, no resume"
+            ));
+            done.clear();
+        }
+        let resumed_from: u64 = done.iter().map(|(s, e)| e - s).sum();
+        if let Some(parent) = partial.parent() {
+            std::fs::create_dir_all(parent).map_err(local("creating the directory"))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(done.is_empty())
+            .open(&partial)
+            .map_err(local(&partial.display().to_string()))?;
+        if done.is_empty() && size > 0 {
+            // Reserve the space now: a full disk shows up before the transfer, not in it.
+            if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size).is_err() {
+                file.set_len(size).map_err(local("preallocating"))?;
+            }
+        }
+        let file = Arc::new(file);
+        let mut rec = DownloadRecord {
+            version: STATE_VERSION,
+            key: key.clone(),
+            url: url.to_string(),
+            dest: dest.clone(),
+            partial: partial.clone(),
+            size,
+            etag: probe.etag.as_ref().map(ToString::to_string),
+            last_modified: probe.last_modified.clone(),
+            sha256: expected.as_deref().map(hex),
+            done: done.clone(),
+            created_ms: now_ms(),
+        };
+        if probe.ranges {
+            self.save(&rec)?;
+        }
+        self.progress.start(&display, size, resumed_from);
+        if resumed_from > 0 {
+            self.progress.note(&format!(
+                "resuming {display} at {resumed_from} of {size} bytes"
+            ));
+        }
+
+        let plan = Arc::new(Plan {
+            slots: Mutex::new(Vec::new()),
+            queue: Mutex::new(Vec::new()),
+            done_before: done.clone(),
+        });
+        let todo = gaps(&merge(done), size);
+        let result = if !probe.ranges {
+            self.fetch_whole(url, &file, size, &plan, &mut retry).await
+        } else {
+            self.fetch_segments(url, &file, size, todo, &plan, validator.as_deref(), &rec)
+                .await
+        };
+        // Whatever happened, record what is safely on disk.
+        if probe.ranges {
+            file.sync_data().map_err(local("syncing"))?;
+            rec.done = plan.completed();
+            self.save(&rec)?;
+        }
+        result?;
+
+        // Verify, then move into place.
+        let verification = match &expected {
+            Some(want) => {
+                let got = sha256_file(&file, size)
+                    .await
+                    .map_err(local("reading back"))?;
+                if got.as_slice() != want.as_slice() {
+                    let _ = std::fs::remove_file(&partial);
+                    let _ = self.state.remove(&key);
+                    return Err(ClientError::new(
+                        ErrorKind::Verification,
+                        format!(
+                            "{display}: the download does not match the expected sha-256 {} (got {}); nothing was kept",
+                            hex(want),
+                            hex(&got)
+                        ),
+                    ));
+                }
+                Verification::Verified
+            }
+            None => Verification::NotVerified(
+                "the server sent no Repr-Digest and no --checksum was given".into(),
+            ),
+        };
+        file.sync_data().map_err(local("syncing"))?;
+        std::fs::rename(&partial, &dest).map_err(local("renaming into place"))?;
+        if let Some(parent) = dest.parent()
+            && let Ok(d) = File::open(parent)
+        {
+            let _ = d.sync_all();
+        }
+        self.state
+            .remove(&key)
+            .map_err(local("writing the state"))?;
+        self.progress.finish();
+        Ok(DownloadOutcome {
+            path: dest,
+            bytes: size,
+            seconds: started.elapsed().as_secs_f64(),
+            verification,
+            resumed_from,
+        })
+    }
+
+    fn save(&self, rec: &DownloadRecord) -> Result<(), ClientError> {
+        self.state
+            .save(&Transfer::Download(rec.clone()))
+            .map_err(local("writing the state"))
+    }
+
+    /// No range support: one plain GET, start to end.
+    async fn fetch_whole(
+        &self,
+        url: &Url,
+        file: &Arc<File>,
+        size: u64,
+        plan: &Plan,
+        retry: &mut RetryState,
+    ) -> Result<(), ClientError> {
+        let slot = plan.add(0, size);
+        loop {
+            slot.pos.store(0, Ordering::Release);
+            match self.stream_into(url, file, &slot, None, false).await {
+                Ok(()) => return Ok(()),
+                Err(e) => self.backoff(retry, e).await?,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_segments(
+        &self,
+        url: &Url,
+        file: &Arc<File>,
+        size: u64,
+        todo: Vec<(u64, u64)>,
+        plan: &Arc<Plan>,
+        validator: Option<&str>,
+        rec: &DownloadRecord,
+    ) -> Result<(), ClientError> {
+        let fixed = match self.opts.parallel {
+            Parallel::Fixed(n) => Some(n.max(1)),
+            Parallel::Auto => None,
+        };
+        // Initial split: the gaps, cut so that each starting stream has one.
+        let start_streams = fixed.unwrap_or(1);
+        let mut queue = Vec::new();
+        let total_todo: u64 = todo.iter().map(|(s, e)| e - s).sum();
+        let piece = total_todo.div_ceil(start_streams as u64).max(1);
+        for (s, e) in todo {
+            let mut at = s;
+            while at < e {
+                let end = (at + piece).min(e);
+                queue.push((at, end));
+                at = end;
+            }
+        }
+        queue.reverse();
+        *plan.queue.lock().unwrap_or_else(|p| p.into_inner()) = queue;
+        let min_steal = (size / 1024).clamp(256 << 10, 8 << 20);
+        let mut controller = ParallelismController::new(ParallelBounds {
+            max: fixed.unwrap_or(self.opts.max_parallel).max(1),
+            ..ParallelBounds::default()
+        });
+        let target = AtomicUsize::new(start_streams);
+        let mut workers = FuturesUnordered::new();
+        let mut next = 0usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(1000));
+        tick.tick().await;
+        let mut last = (Instant::now(), plan.total());
+        let mut last_save = Instant::now();
+        let mut saved = rec.clone();
+        loop {
+            let want = target.load(Ordering::Relaxed);
+            while workers.len() < want {
+                let Some(slot) = plan.take(min_steal) else {
+                    break;
+                };
+                workers.push(
+                    self.segment_worker(url, file, slot, plan, validator, min_steal, next, &target),
+                );
+                next += 1;
+            }
+            if workers.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = workers.next() => {
+                    if let Some(Err(e)) = r {
+                        return Err(e);
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = (Instant::now(), plan.total());
+                    let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+                    let goodput = now.1.saturating_sub(last.1) as f64 / secs;
+                    last = now;
+                    self.progress.position(now.1);
+                    if fixed.is_none() {
+                        target.store(controller.record(goodput), Ordering::Relaxed);
+                    }
+                    // Batch the state: data synced first, about once a second.
+                    if last_save.elapsed() >= Duration::from_secs(1) {
+                        let f = file.clone();
+                        let _ = tokio::task::spawn_blocking(move || f.sync_data()).await;
+                        saved.done = plan.completed();
+                        self.save(&saved)?;
+                        last_save = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// One stream: fetches its slot, then takes more work while its index is in the target.
+    #[allow(clippy::too_many_arguments)]
+    async fn segment_worker(
+        &self,
+        url: &Url,
+        file: &Arc<File>,
+        mut slot: Arc<Slot>,
+        plan: &Arc<Plan>,
+        validator: Option<&str>,
+        min_steal: u64,
+        index: usize,
+        target: &AtomicUsize,
+    ) -> Result<(), ClientError> {
+        let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        loop {
+            match self.stream_into(url, file, &slot, validator, true).await {
+                Ok(()) => {
+                    retry.progress(Instant::now());
+                    if index >= target.load(Ordering::Relaxed) && index > 0 {
+                        return Ok(());
+                    }
+                    match plan.take(min_steal) {
+                        Some(s) => slot = s,
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) => self.backoff(&mut retry, e).await?,
+            }
+        }
+    }
+
+    /// Streams `[slot.pos, slot.end)` into the file. With `ranged`, sends Range (and If-Range
+    /// when resuming against a validator); a 200 to a conditional range means the file changed.
+    async fn stream_into(
+        &self,
+        url: &Url,
+        file: &Arc<File>,
+        slot: &Slot,
+        validator: Option<&str>,
+        ranged: bool,
+    ) -> Result<(), AttemptError> {
+        let pos = slot.pos.load(Ordering::Acquire);
+        let end = slot.end.load(Ordering::Acquire);
+        if pos >= end {
+            return Ok(());
+        }
+        let mut req = self.http.get(url.clone());
+        if ranged {
+            req = req.header(RANGE, format!("bytes={pos}-{}", end - 1));
+            if let Some(v) = validator {
+                req = req.header(IF_RANGE, v);
+            }
+        }
+        let activity = Arc::new(crate::source::Activity::default());
+        activity.touch();
+        let fetch = async {
+            let resp = req.send().await.map_err(|e| network("GET", e))?;
+            match resp.status() {
+                StatusCode::PARTIAL_CONTENT if ranged => {
+                    let cr = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_content_range(v).ok());
+                    if cr.is_none_or(|c| c.start != pos) {
+                        return Err(AttemptError::retry("the server answered a different range"));
+                    }
+                }
+                StatusCode::OK if !ranged => {}
+                StatusCode::OK | StatusCode::PRECONDITION_FAILED => {
+                    return Err(AttemptError::Fatal(ClientError::new(
+                        ErrorKind::Refused,
+                        "the file changed on the server while downloading; run again to start over",
+                    )));
+                }
+                _ => return Err(classify(resp, "GET").await),
+            }
+            let mut body = resp.bytes_stream();
+            let mut at = pos;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| network("GET body", e))?;
+                activity.touch();
+                let limit = slot.end.load(Ordering::Acquire);
+                let take = ((limit.saturating_sub(at)) as usize).min(chunk.len());
+                if take > 0 {
+                    if let Some(l) = &self.opts.limiter {
+                        l.acquire(take as u64).await;
+                    }
+                    let f = file.clone();
+                    let data = chunk.slice(..take);
+                    let offset = at;
+                    tokio::task::spawn_blocking(move || f.write_all_at(&data, offset))
+                        .await
+                        .map_err(|e| {
+                            AttemptError::Fatal(ClientError::new(ErrorKind::Local, e.to_string()))
+                        })?
+                        .map_err(|e| {
+                            AttemptError::Fatal(ClientError::local("writing the file", e))
+                        })?;
+                    at += take as u64;
+                    slot.pos.store(at, Ordering::Release);
+                }
+                if at >= slot.end.load(Ordering::Acquire) {
+                    // Done, or a thief took the rest: drop the connection's remaining bytes.
+                    return Ok(());
+                }
+            }
+            if at < slot.end.load(Ordering::Acquire) {
+                return Err(AttemptError::retry("the connection closed early"));
+            }
+            Ok(())
+        };
+        let stall = self.opts.stall_timeout;
+        tokio::select! {
+            r = fetch => r,
+            () = crate::upload::stalled(&activity, stall) => Err(AttemptError::retry(format!("no progress for {}s (stalled connection)", stall.as_secs()))),
+            () = self.cancel.cancelled() => Err(AttemptError::Fatal(ClientError::new(ErrorKind::Interrupted, "interrupted; run the same command again to resume"))),
+        }
+    }
+}
+
+async fn sha256_file(file: &Arc<File>, size: u64) -> std::io::Result<Vec<u8>> {
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut h =
+            ferry_proto::checksum::Hasher::new(ferry_proto::checksum::ChecksumAlgorithm::Sha256);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < size {
+            let n = ((size - at) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], at)?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(h.finalize())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The `filename*` or `filename` of a Content-Disposition, reduced to a safe base name.
+pub fn filename_from_disposition(v: &str) -> Option<String> {
+    let mut plain = None;
+    for part in v.split(';') {
+        let part = part.trim();
+        if let Some(ext) = part.strip_prefix("filename*=") {
+            let value = ext.split_once("''").map_or(ext, |(_, v)| v);
+            let decoded: Vec<u8> = percent_encoding::percent_decode_str(value).collect();
+            return safe_name(&String::from_utf8_lossy(&decoded));
+        }
+        if let Some(p) = part.strip_prefix("filename=") {
+            plain = safe_name(p.trim_matches('"'));
+        }
+    }
+    plain
+}
+
+/// A base name that cannot leave the target directory or hide itself.
+pub fn safe_name(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_string();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// Drops a saved download and its partial file.
+pub fn forget_download(state: &StateDir, key: &str) -> Result<(), ClientError> {
+    if let Loaded::Found(Transfer::Download(rec)) =
+        state.load(key).map_err(local("reading the state"))?
+    {
+        let _ = std::fs::remove_file(&rec.partial);
+    }
+    state.remove(key).map_err(local("writing the state"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_and_merge() {
+        let d = merge(vec![(10, 20), (0, 5), (5, 8), (18, 30)]);
+        assert_eq!(d, vec![(0, 8), (10, 30)]);
+        assert_eq!(gaps(&d, 40), vec![(8, 10), (30, 40)]);
+        assert_eq!(gaps(&[], 5), vec![(0, 5)]);
+        assert_eq!(gaps(&[(0, 5)], 5), vec![]);
+    }
+
+    #[test]
+    fn stealing_takes_half_of_the_largest_range() {
+        let plan = Plan {
+            slots: Mutex::new(Vec::new()),
+            queue: Mutex::new(vec![(0, 1000)]),
+            done_before: vec![],
+        };
+        let a = plan.take(10).unwrap();
+        assert_eq!((a.start, a.end.load(Ordering::Relaxed)), (0, 1000));
+        a.pos.store(200, Ordering::Relaxed);
+        let b = plan.take(10).unwrap();
+        assert_eq!(
+            a.end.load(Ordering::Relaxed),
+            600,
+            "victim keeps the first half"
+        );
+        assert_eq!((b.start, b.end.load(Ordering::Relaxed)), (600, 1000));
+        a.pos.store(595, Ordering::Relaxed);
+        assert!(plan.take(10).is_some(), "b's range is now the largest");
+        assert_eq!(
+            plan.completed(),
+            vec![(0, 595), (600, 600), (800, 800)]
+                .into_iter()
+                .filter(|(s, e)| s < e)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn disposition_names_are_made_safe() {
+        assert_eq!(
+            filename_from_disposition("attachment; filename=\"a.txt\""),
+            Some("a.txt".into())
+        );
+        assert_eq!(
+            filename_from_disposition(
+                "attachment; filename=\"x\"; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
+            ),
+            Some("résumé.pdf".into())
+        );
+        assert_eq!(safe_name("../../etc/passwd"), Some("passwd".into()));
+        assert_eq!(safe_name("..\\..\\x"), Some("x".into()));
+        assert_eq!(safe_name(".."), None);
+        assert_eq!(safe_name(".hidden"), Some("hidden".into()));
+        assert_eq!(safe_name("a\nb"), Some("ab".into()));
+    }
+}
