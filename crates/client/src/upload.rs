@@ -207,41 +207,13 @@ impl Uploader {
         }
     }
 
-    /// Waits out a retryable failure, or ends the transfer: the one place retries are decided.
-    async fn wait_or_give_up(
+    /// Waits out a retryable failure, or ends the transfer (see [`crate::retry::wait_or_give_up`]).
+    pub(crate) async fn wait_or_give_up(
         &self,
         retry: &mut RetryState,
         err: AttemptError,
     ) -> Result<(), ClientError> {
-        let (why, retry_after) = match err {
-            AttemptError::Retry { why, retry_after } => (why, retry_after),
-            AttemptError::Fatal(e) => return Err(e),
-            AttemptError::Gone => {
-                return Err(ClientError::new(
-                    ErrorKind::Refused,
-                    "the upload is gone on the server",
-                ));
-            }
-            AttemptError::TooLarge { size } => {
-                (format!("server refused a {size}-byte request"), None)
-            }
-        };
-        let Some(delay) = retry.next_delay(Instant::now(), retry_after) else {
-            return Err(ClientError::new(
-                ErrorKind::Exhausted,
-                format!(
-                    "giving up after {} failed attempts without progress (last: {why}); \
-                     run the same command again to resume",
-                    retry.failures().saturating_sub(1)
-                ),
-            ));
-        };
-        self.progress
-            .note(&format!("{why}; retrying in {:.1}s", delay.as_secs_f64()));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            () = self.cancel.cancelled() => Err(interrupted()),
-        }
+        crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
     /// Uploads `path` to the tus endpoint, resuming an earlier run of the same transfer.
