@@ -346,7 +346,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                             "url": done.url,
                             "bytes": done.bytes,
                             "seconds": done.seconds,
-                            "sha256": hex(&done.sha256),
+                            "sha256": done.sha256.map(|d| hex(&d)),
                             "verified": done.verification == Verification::Verified,
                             "resumed_from": done.resumed_from,
                         });

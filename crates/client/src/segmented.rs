@@ -9,12 +9,13 @@ use crate::error::{ClientError, ErrorKind};
 use crate::parallel::{ParallelBounds, ParallelismController};
 use crate::retry::RetryState;
 use crate::state::{PartRecord, UploadRecord};
+use crate::tus;
 use crate::upload::{Job, Shared, Target, Uploader};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use reqwest::Url;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,30 +35,147 @@ pub fn plan(len: u64, streams: Option<usize>) -> Vec<(u64, u64)> {
     out
 }
 
-/// How often the stream count is reconsidered.
-const WINDOW: Duration = Duration::from_millis(1500);
+/// Automatic mode starts with this many streams: it only goes parallel on a long round trip
+/// (see [`AUTO_PARALLEL_RTT`](crate::upload::AUTO_PARALLEL_RTT)), where one TCP flow rarely
+/// fills the path, and doubling from one would spend the first windows of a short transfer
+/// far below what the path carries.
+pub const AUTO_INITIAL_STREAMS: usize = 4;
 
+/// Automatic mode never cuts an unstarted segment below this (each segment costs a creation
+/// and a final response: about two round trips).
+pub const MIN_SPLIT: u64 = 2 << 20;
+
+/// How often the stream count is reconsidered: a dozen round trips, so that a stream added at
+/// the start of a window (creation, first bytes) has settled for most of it, within 0.5–3 s.
+pub fn window(rtt: Duration) -> Duration {
+    (rtt * 12).clamp(Duration::from_millis(500), Duration::from_secs(3))
+}
+
+/// The size a stream should cut off the next unstarted segment in automatic mode when
+/// `unstarted` bytes are left for `streams` streams: a shrinking share (guided
+/// self-scheduling), so that the streams run out of work at about the same time instead of
+/// one stream finishing a large last segment alone.
+pub fn split_size(unstarted: u64, streams: usize) -> u64 {
+    (unstarted / (2 * streams.max(1) as u64)).max(MIN_SPLIT)
+}
+
+/// The segments of one transfer: the saved record and who works on what. Parts are found by
+/// their start (stable while unstarted parts are split).
 struct Segments {
-    record: Mutex<UploadRecord>,
-    queue: Mutex<VecDeque<usize>>,
-    /// Bytes of each segment known sent (relative), for progress and goodput.
-    sent: Vec<AtomicU64>,
+    state: Mutex<SegmentState>,
+}
+
+struct SegmentState {
+    record: UploadRecord,
+    /// Starts of the parts a stream is sending.
+    busy: BTreeSet<u64>,
+    /// Bytes known sent of each busy part (relative), for progress and goodput.
+    sent: BTreeMap<u64, u64>,
 }
 
 impl Segments {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SegmentState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn total_sent(&self) -> u64 {
-        self.sent.iter().map(|s| s.load(Ordering::Relaxed)).sum()
+        let s = self.lock();
+        let done: u64 = s
+            .record
+            .parts
+            .iter()
+            .filter(|p| p.done)
+            .map(|p| p.end - p.start)
+            .sum();
+        done + s.sent.values().sum::<u64>()
+    }
+
+    /// Whether a part is left that no stream has taken.
+    fn has_work(&self) -> bool {
+        let s = self.lock();
+        s.record
+            .parts
+            .iter()
+            .any(|p| !p.done && !s.busy.contains(&p.start))
+    }
+
+    /// Takes the first part nobody works on. With `streams` (automatic mode), an unstarted
+    /// part larger than its share is split first, the rest staying unstarted.
+    fn take(&self, streams: Option<usize>) -> Option<PartRecord> {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let i = s
+            .record
+            .parts
+            .iter()
+            .position(|p| !p.done && !s.busy.contains(&p.start))?;
+        if let Some(n) = streams
+            && s.record.parts[i].url.is_none()
+        {
+            let unstarted: u64 = s
+                .record
+                .parts
+                .iter()
+                .filter(|p| p.url.is_none() && !s.busy.contains(&p.start))
+                .map(|p| p.end - p.start)
+                .sum();
+            let want = split_size(unstarted, n);
+            let part = &mut s.record.parts[i];
+            // Leave no sliver behind: split only what is worth two segments.
+            if part.end - part.start >= want + MIN_SPLIT {
+                let rest = PartRecord {
+                    url: None,
+                    start: part.start + want,
+                    end: part.end,
+                    done: false,
+                };
+                part.end = rest.start;
+                s.record.parts.insert(i + 1, rest);
+            }
+        }
+        let part = s.record.parts[i].clone();
+        s.busy.insert(part.start);
+        s.sent.insert(part.start, 0);
+        Some(part)
+    }
+
+    /// Updates the part starting at `start` and returns the record to save.
+    fn update(&self, start: u64, f: impl FnOnce(&mut PartRecord)) -> UploadRecord {
+        let mut s = self.lock();
+        if let Some(p) = s.record.parts.iter_mut().find(|p| p.start == start) {
+            f(p);
+        }
+        s.record.clone()
+    }
+
+    fn set_sent(&self, start: u64, sent: u64) {
+        if let Some(v) = self.lock().sent.get_mut(&start) {
+            *v = sent;
+        }
+    }
+
+    fn finish(&self, start: u64) -> UploadRecord {
+        let mut s = self.lock();
+        s.busy.remove(&start);
+        s.sent.remove(&start);
+        if let Some(p) = s.record.parts.iter_mut().find(|p| p.start == start) {
+            p.done = true;
+        }
+        s.record.clone()
     }
 }
 
 impl Uploader {
-    /// Runs a segmented upload to completion and returns the final upload's URL.
+    /// Runs a segmented upload to completion and returns the final upload's URL. `rtt` is the
+    /// round trip measured at the start (it paces the automatic stream count).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_segmented(
         &self,
         job: &Job,
         endpoint: &Url,
         record: Option<UploadRecord>,
         fixed: Option<usize>,
+        rtt: Duration,
         shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
         retry: &mut RetryState,
     ) -> Result<(Url, u64), ClientError> {
@@ -99,21 +217,11 @@ impl Uploader {
         }
 
         let segs = Arc::new(Segments {
-            queue: Mutex::new(
-                record
-                    .parts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| !p.done)
-                    .map(|(i, _)| i)
-                    .collect(),
-            ),
-            sent: record
-                .parts
-                .iter()
-                .map(|p| AtomicU64::new(if p.done { p.end - p.start } else { 0 }))
-                .collect(),
-            record: Mutex::new(record),
+            state: Mutex::new(SegmentState {
+                record,
+                busy: BTreeSet::new(),
+                sent: BTreeMap::new(),
+            }),
         });
         // The whole-file hash cannot follow streams that run side by side: a reader hashes
         // the file in order meanwhile (streams that happen to be in order help it along).
@@ -139,28 +247,24 @@ impl Uploader {
 
         let mut controller = ParallelismController::new(ParallelBounds {
             max: fixed.unwrap_or(self.opts.max_parallel).max(1),
+            initial: fixed.unwrap_or(AUTO_INITIAL_STREAMS),
             ..ParallelBounds::default()
         });
-        let target = Arc::new(AtomicUsize::new(fixed.unwrap_or(1).max(1)));
+        let target = Arc::new(AtomicUsize::new(controller.streams()));
         let mut workers = FuturesUnordered::new();
         let mut next_worker = 0usize;
-        let mut tick = tokio::time::interval(WINDOW);
+        let mut tick = tokio::time::interval(window(rtt));
         tick.tick().await;
         let mut last = (Instant::now(), segs.total_sent());
         let result: Result<(), ClientError> = loop {
             let want = target.load(Ordering::Relaxed);
-            while workers.len() < want
-                && !segs
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty()
-            {
+            while workers.len() < want && segs.has_work() {
                 workers.push(self.segment_worker(
                     job,
                     endpoint,
                     next_worker,
                     &target,
+                    fixed.is_none(),
                     &segs,
                     shared_for,
                 ));
@@ -187,7 +291,7 @@ impl Uploader {
                         }
                         target.store(n, Ordering::Relaxed);
                     }
-                    self.progress.position(segs.total_sent());
+                    self.progress.position(now.1);
                 }
             }
         };
@@ -199,13 +303,12 @@ impl Uploader {
         let _ = hashing.await;
 
         // Every segment is done: join them. Absolute URLs, in order.
-        let mut rec = segs
-            .record
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut rec = segs.lock().record.clone();
         let urls: Vec<&str> = rec.parts.iter().filter_map(|p| p.url.as_deref()).collect();
-        if urls.len() != rec.parts.len() || !rec.parts.iter().all(|p| p.done) {
+        let contiguous = rec.parts.first().is_some_and(|p| p.start == 0)
+            && rec.parts.last().is_some_and(|p| p.end == len)
+            && rec.parts.windows(2).all(|w| w[0].end == w[1].start);
+        if urls.len() != rec.parts.len() || !rec.parts.iter().all(|p| p.done) || !contiguous {
             return Err(ClientError::new(
                 ErrorKind::Local,
                 "segments incomplete after upload",
@@ -221,13 +324,16 @@ impl Uploader {
         Ok((final_url, resumed_from))
     }
 
-    /// One stream: takes segments from the queue while its index is below the target.
+    /// One stream: takes segments while its index is below the target (in automatic mode,
+    /// `split`, cutting unstarted ones to its share).
+    #[allow(clippy::too_many_arguments)]
     async fn segment_worker(
         &self,
         job: &Job,
         endpoint: &Url,
         index: usize,
         target: &AtomicUsize,
+        split: bool,
         segs: &Arc<Segments>,
         shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
     ) -> Result<(), ClientError> {
@@ -235,18 +341,13 @@ impl Uploader {
         let mut chunks = ChunkSizeController::new(self.opts.chunk);
         loop {
             // Streams above the target retire between segments.
-            if index >= target.load(Ordering::Relaxed).max(1) && index > 0 {
+            let streams = target.load(Ordering::Relaxed).max(1);
+            if index >= streams && index > 0 {
                 return Ok(());
             }
-            let Some(i) = segs
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
-            else {
+            let Some(part) = segs.take(split.then_some(streams)) else {
                 return Ok(());
             };
-            let part = segs.record.lock().unwrap_or_else(|p| p.into_inner()).parts[i].clone();
             let len = part.end - part.start;
             let mut known = None;
             let mut url = part.url.as_deref().and_then(|u| Url::parse(u).ok());
@@ -262,19 +363,21 @@ impl Uploader {
                     let u = self
                         .create_upload(endpoint, len, &job.metadata, Some("partial"), &mut retry)
                         .await?;
-                    let rec = {
-                        let mut r = segs.record.lock().unwrap_or_else(|p| p.into_inner());
-                        r.parts[i].url = Some(u.to_string());
-                        r.clone()
-                    };
+                    let rec = segs.update(part.start, |p| p.url = Some(u.to_string()));
                     self.save(&rec)?;
+                    // Just created: nothing to ask the server about.
+                    known = Some(tus::RemoteUpload {
+                        offset: 0,
+                        length: Some(len),
+                        sha256: None,
+                    });
                     u
                 }
             };
             let s2 = segs.clone();
             let base = part.start;
             let shared = shared_for(Arc::new(move |abs| {
-                s2.sent[i].store(abs.saturating_sub(base), Ordering::Relaxed);
+                s2.set_sent(base, abs.saturating_sub(base));
             }));
             let t = Target {
                 url: &url,
@@ -283,12 +386,7 @@ impl Uploader {
             };
             self.pump_range(&t, known, &shared, &mut chunks, &mut retry)
                 .await?;
-            let rec = {
-                let mut r = segs.record.lock().unwrap_or_else(|p| p.into_inner());
-                r.parts[i].done = true;
-                r.clone()
-            };
-            segs.sent[i].store(len, Ordering::Relaxed);
+            let rec = segs.finish(base);
             self.save(&rec)?;
         }
     }

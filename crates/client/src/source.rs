@@ -20,19 +20,32 @@ pub const BLOCK: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct SequentialHash {
     pos: u64,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
 }
 
 impl Default for SequentialHash {
     fn default() -> Self {
         Self {
             pos: 0,
-            hasher: Hasher::new(ChecksumAlgorithm::Sha256),
+            hasher: Some(Hasher::new(ChecksumAlgorithm::Sha256)),
         }
     }
 }
 
 impl SequentialHash {
+    /// A hash that is not wanted (`--no-verify`): feeding it costs nothing.
+    pub fn disabled() -> Self {
+        Self {
+            pos: 0,
+            hasher: None,
+        }
+    }
+
+    /// Whether it hashes at all.
+    pub fn enabled(&self) -> bool {
+        self.hasher.is_some()
+    }
+
     /// How far the hash has got.
     pub fn position(&self) -> u64 {
         self.pos
@@ -40,16 +53,20 @@ impl SequentialHash {
 
     /// Feeds bytes read at `offset`; only the part that extends the hashed prefix counts.
     pub fn feed(&mut self, offset: u64, data: &[u8]) {
+        let Some(h) = &mut self.hasher else {
+            return;
+        };
         let end = offset + data.len() as u64;
         if offset <= self.pos && end > self.pos {
-            self.hasher.update(&data[(self.pos - offset) as usize..]);
+            h.update(&data[(self.pos - offset) as usize..]);
             self.pos = end;
         }
     }
 
-    /// The digest, if the whole `len` bytes were hashed.
+    /// The digest, if enabled and the whole `len` bytes were hashed.
     pub fn finish(self, len: u64) -> Option<[u8; 32]> {
-        (self.pos == len).then(|| self.hasher.finalize().try_into().expect("32 bytes"))
+        let h = self.hasher?;
+        (self.pos == len).then(|| h.finalize().try_into().expect("32 bytes"))
     }
 }
 
@@ -157,92 +174,124 @@ impl FileSource {
         .map_err(io::Error::other)?
     }
 
-    /// Digest of `[start, end)` with `algorithm` (the first pass for `Upload-Checksum`); the
-    /// bytes also feed the whole-file hash.
+    /// Digest of `[start, end)` with `algorithm`: the first pass for `Upload-Checksum`, read
+    /// from the file in 1 MiB blocks (BLAKE3 spreads each block over every core).
     pub async fn checksum(
         &self,
         start: u64,
         end: u64,
         algorithm: ChecksumAlgorithm,
-        sequential: Arc<Mutex<SequentialHash>>,
     ) -> io::Result<Vec<u8>> {
-        let hasher = Arc::new(Mutex::new(Hasher::new(algorithm)));
-        let h = hasher.clone();
-        self.scan(start, end, move |at, block| {
-            h.lock().unwrap_or_else(|p| p.into_inner()).update(block);
-            sequential
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .feed(at, block);
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = start;
+            let mut b3 = blake3::Hasher::new();
+            let mut other = Hasher::new(algorithm);
+            while at < end {
+                let n = ((end - at) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], at)?;
+                if algorithm == ChecksumAlgorithm::Blake3 {
+                    b3.update_rayon(&buf[..n]);
+                } else {
+                    other.update(&buf[..n]);
+                }
+                at += n as u64;
+            }
+            Ok(if algorithm == ChecksumAlgorithm::Blake3 {
+                b3.finalize().as_bytes().to_vec()
+            } else {
+                other.finalize()
+            })
         })
-        .await?;
-        let h = Arc::try_unwrap(hasher)
-            .map_err(|_| io::Error::other("hasher still shared"))?
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
-        Ok(h.finalize())
+        .await
+        .map_err(io::Error::other)?
     }
 
-    /// Streams `[start, end)` as a request body. Blocks are read off the async threads into a
-    /// `BytesMut` whose memory is reclaimed once the network layer drops the previous block.
+    /// Streams `[start, end)` as a request body. A reader task stays a few blocks ahead of
+    /// the network, reading (and feeding the whole-file hash) off the async threads, so disk,
+    /// hashing and sending overlap. Blocks are carved from 4 MiB arenas rather than allocated
+    /// one by one.
     pub fn body(
         &self,
         start: u64,
         end: u64,
         hooks: StreamHooks,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        struct St {
-            file: Arc<File>,
-            pos: u64,
-            end: u64,
-            buf: BytesMut,
-            hooks: StreamHooks,
-        }
-        let st = St {
-            file: self.file.clone(),
-            pos: start,
-            end,
-            buf: BytesMut::new(),
-            hooks,
-        };
-        futures_util::stream::unfold(st, |mut st| async move {
-            if st.pos >= st.end {
-                return None;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        let file = self.file.clone();
+        let sequential = hooks.sequential.clone();
+        let reader = tokio::spawn(async move {
+            let mut arena = BytesMut::new();
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(BLOCK);
+                if arena.capacity() < n {
+                    arena = BytesMut::with_capacity(ARENA);
+                }
+                let mut block = arena.split_to(0);
+                std::mem::swap(&mut block, &mut arena);
+                let (f, seq) = (file.clone(), sequential.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    // `block` owns the arena's spare room; the first n bytes become this block.
+                    let mut b = block;
+                    b.resize(n, 0);
+                    let r = f.read_exact_at(&mut b[..], at);
+                    if r.is_ok() {
+                        seq.lock().unwrap_or_else(|p| p.into_inner()).feed(at, &b);
+                    }
+                    (b, r)
+                })
+                .await;
+                let (mut b, r) = match read {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::other(e))).await;
+                        return;
+                    }
+                };
+                if let Err(e) = r {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                let chunk = b.split_to(n).freeze();
+                arena = b;
+                at += n as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
             }
-            let n = ((st.end - st.pos) as usize).min(BLOCK);
-            if let Some(l) = &st.hooks.limiter {
-                l.acquire(n as u64).await;
-            }
-            let mut buf = std::mem::take(&mut st.buf);
-            buf.clear();
-            buf.reserve(BLOCK);
-            let file = st.file.clone();
-            let at = st.pos;
-            let read = tokio::task::spawn_blocking(move || {
-                buf.resize(n, 0);
-                let r = file.read_exact_at(&mut buf[..], at);
-                (buf, r)
-            })
-            .await;
-            let (mut buf, r) = match read {
-                Ok(x) => x,
-                Err(e) => return Some((Err(io::Error::other(e)), St { pos: st.end, ..st })),
-            };
-            if let Err(e) = r {
-                return Some((Err(e), St { pos: st.end, ..st }));
-            }
-            st.hooks
-                .sequential
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .feed(at, &buf);
-            let block = buf.split().freeze();
-            st.buf = buf;
-            st.pos += n as u64;
-            st.hooks.activity.touch();
-            (st.hooks.on_position)(st.pos);
-            Some((Ok(block), st))
-        })
+        });
+        let guard = AbortOnDrop(reader.abort_handle());
+        futures_util::stream::unfold(
+            (rx, hooks, guard, start),
+            |(mut rx, hooks, guard, mut pos)| async move {
+                let item = rx.recv().await?;
+                if let Ok(b) = &item {
+                    if let Some(l) = &hooks.limiter {
+                        l.acquire(b.len() as u64).await;
+                    }
+                    pos += b.len() as u64;
+                    hooks.activity.touch();
+                    (hooks.on_position)(pos);
+                }
+                Some((item, (rx, hooks, guard, pos)))
+            },
+        )
+    }
+}
+
+/// Blocks read ahead of the network per stream.
+const READ_AHEAD: usize = 4;
+/// Size of the buffers blocks are carved from.
+const ARENA: usize = 4 << 20;
+
+/// Stops the reader task when the body is dropped (request abandoned or finished).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -283,9 +332,21 @@ mod tests {
             limiter: None,
         };
         let ck = src
-            .checksum(0, 100_000, ChecksumAlgorithm::Crc32, seq.clone())
+            .checksum(0, 100_000, ChecksumAlgorithm::Crc32)
             .await
             .unwrap();
+        let b3 = src
+            .checksum(
+                0,
+                3_000_000.min(data.len() as u64),
+                ChecksumAlgorithm::Blake3,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            b3,
+            ferry_proto::checksum::digest(ChecksumAlgorithm::Blake3, &data[..])
+        );
         assert_eq!(
             ck,
             ferry_proto::checksum::digest(ChecksumAlgorithm::Crc32, &data[..100_000])

@@ -121,8 +121,8 @@ pub struct UploadOutcome {
     pub bytes: u64,
     /// Wall time of this run.
     pub seconds: f64,
-    /// SHA-256 of the file.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the file (not computed with verification turned off).
+    pub sha256: Option<[u8; 32]>,
     /// Verification result.
     pub verification: Verification,
     /// Where this run started (0 unless resumed).
@@ -287,7 +287,12 @@ impl Uploader {
             (None, Parallel::Auto) if rtt >= AUTO_PARALLEL_RTT => Streams::Segmented(None),
             (None, Parallel::Auto) => Streams::Single,
         };
-        let sequential = Arc::new(Mutex::new(SequentialHash::default()));
+        // Without verification nobody needs the whole-file hash: don't spend a core on it.
+        let sequential = Arc::new(Mutex::new(if self.opts.verify {
+            SequentialHash::default()
+        } else {
+            SequentialHash::disabled()
+        }));
         let shared_for = |on_position: Arc<dyn Fn(u64) + Send + Sync>| Shared {
             identity: job.identity.clone(),
             source: job.source.clone(),
@@ -301,7 +306,7 @@ impl Uploader {
                     .await?
             }
             Streams::Segmented(fixed) => {
-                self.run_segmented(&job, endpoint, record, fixed, &shared_for, &mut retry)
+                self.run_segmented(&job, endpoint, record, fixed, rtt, &shared_for, &mut retry)
                     .await?
             }
         };
@@ -317,11 +322,11 @@ impl Uploader {
                 ),
             ));
         }
-        let caught_up = sequential
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .position();
-        if caught_up < len {
+        let (caught_up, hashing) = {
+            let seq = sequential.lock().unwrap_or_else(|p| p.into_inner());
+            (seq.position(), seq.enabled())
+        };
+        if hashing && caught_up < len {
             let seq = sequential.clone();
             job.source
                 .scan(caught_up, len, move |at, b| {
@@ -334,14 +339,14 @@ impl Uploader {
         // failed (e.g. the server died mid-PATCH) can still be owned by the HTTP connection's
         // task for a moment, and it holds a clone. (Anything it feeds now goes to the empty
         // default left behind.)
-        let sha256 = std::mem::take(&mut *sequential.lock().unwrap_or_else(|p| p.into_inner()))
-            .finish(len)
-            .ok_or_else(|| ClientError::new(ErrorKind::Local, "file hash incomplete"))?;
-
-        let verification = if self.opts.verify {
-            self.verify(&url, &sha256, &mut retry).await?
-        } else {
-            Verification::NotVerified("verification was turned off".into())
+        let sha256 =
+            std::mem::take(&mut *sequential.lock().unwrap_or_else(|p| p.into_inner())).finish(len);
+        let verification = match &sha256 {
+            Some(d) => self.verify(&url, d, &mut retry).await?,
+            None if hashing => {
+                return Err(ClientError::new(ErrorKind::Local, "file hash incomplete"));
+            }
+            None => Verification::NotVerified("verification was turned off".into()),
         };
         self.state
             .remove(&job.key)
@@ -691,13 +696,9 @@ impl Uploader {
             let checksum = match shared.algorithm {
                 Some(a) => Some(Checksum {
                     algorithm: a,
-                    digest: shared
-                        .source
-                        .checksum(start, end, a, shared.sequential.clone())
-                        .await
-                        .map_err(|e| {
-                            AttemptError::Fatal(ClientError::local("reading the file", e))
-                        })?,
+                    digest: shared.source.checksum(start, end, a).await.map_err(|e| {
+                        AttemptError::Fatal(ClientError::local("reading the file", e))
+                    })?,
                 }),
                 None => None,
             };
