@@ -24,7 +24,9 @@ use ferry_proto::digest::parse_digest_field;
 use ferry_proto::range::{ETag, parse_content_range};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use reqwest::header::{CONTENT_DISPOSITION, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::header::{
+    CONTENT_DISPOSITION, CONTENT_RANGE, DATE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE,
+};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -143,6 +145,29 @@ impl std::fmt::Debug for Downloader {
     }
 }
 
+/// The HTTP client for downloads.
+///
+/// Unlike the upload client it has no whole-request timeout: reqwest's `timeout` is a deadline
+/// for the request *and its body*, so with it every ranged GET that streams for longer than
+/// `--stall-timeout` (any large segment, or any segment under `--limit-rate`) was cut and
+/// retried although data kept flowing. Stalls are detected per request from the last byte
+/// received (see `stream_into`); the read timeout, a little longer, is only a backstop.
+pub fn http_client(
+    connect_timeout: Duration,
+    stall_timeout: Duration,
+) -> Result<reqwest::Client, ClientError> {
+    // The TLS stack needs a process-wide crypto provider; installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .http1_only()
+        .connect_timeout(connect_timeout)
+        .read_timeout(stall_timeout.saturating_mul(2))
+        .tcp_nodelay(true)
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
+}
+
 fn local(what: &str) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |e| ClientError::local(what, e)
 }
@@ -196,6 +221,8 @@ struct Slot {
 }
 
 struct Plan {
+    /// The file's size.
+    size: u64,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Ranges nobody has taken yet.
     queue: Mutex<Vec<(u64, u64)>>,
@@ -224,16 +251,19 @@ impl Plan {
             return None;
         }
         let mid = pos + (end - pos) / 2;
-        // Shrink the victim only if it has not already passed the midpoint.
         if victim
             .end
             .compare_exchange(end, mid, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
-            || victim.pos.load(Ordering::Acquire) >= mid
         {
             return None;
         }
-        Some(self.add(mid, end))
+        // The victim now stops at `mid`, or after the write it has in hand if that already
+        // crossed it; from here on `[mid, end)` is the thief's alone, so it must be taken even
+        // then (giving up here used to leave it to nobody: a hole in a "complete" file).
+        // Bytes below the victim's `pos` are on disk already and need not be fetched again.
+        let from = victim.pos.load(Ordering::Acquire).clamp(mid, end);
+        Some(self.add(from, end))
     }
 
     fn add(&self, s: u64, e: u64) -> Arc<Slot> {
@@ -340,7 +370,19 @@ impl Downloader {
                     .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
             };
             let etag = text(ETAG).and_then(ETag::parse).filter(|t| !t.weak);
-            let last_modified = text(LAST_MODIFIED).map(str::to_string);
+            // A Last-Modified is a validator only when strong (RFC 9110 §8.8.2.2): at least a
+            // second older than the response's Date. A more recent one may be shared by two
+            // versions written within the same second, and resuming with it in If-Range
+            // could splice them, so it is treated as no validator at all.
+            let date = text(DATE).and_then(|d| httpdate::parse_http_date(d).ok());
+            let last_modified = text(LAST_MODIFIED)
+                .filter(|lm| {
+                    httpdate::parse_http_date(lm).is_ok_and(|lm| {
+                        date.and_then(|d| d.duration_since(lm).ok())
+                            .is_some_and(|age| age >= Duration::from_secs(1))
+                    })
+                })
+                .map(str::to_string);
             let sha256 = text(reqwest::header::HeaderName::from_static("repr-digest"))
                 .and_then(|v| parse_digest_field(v).ok())
                 .and_then(|f| f.into_iter().find(|(k, _)| k == "sha-256"))
@@ -364,7 +406,41 @@ impl Downloader {
     }
 
     /// Downloads `url` to `dest`, resuming an earlier run.
+    ///
+    /// A file that changes on the server during the download (a 200 or 412 answer to a
+    /// conditional range) is started over from scratch, never spliced; one that keeps
+    /// changing is reported after a few restarts.
     pub async fn download(
+        &self,
+        url: &Url,
+        dest: &Destination,
+    ) -> Result<DownloadOutcome, ClientError> {
+        const RESTARTS: u32 = 3;
+        let mut restarts = 0;
+        loop {
+            match self.download_once(url, dest).await {
+                Err(e) if e.kind == ErrorKind::FileChanged && restarts < RESTARTS => {
+                    restarts += 1;
+                    self.progress.finish();
+                    self.progress.note(&format!(
+                        "{url}: the file changed on the server while downloading; starting over"
+                    ));
+                }
+                Err(e) if e.kind == ErrorKind::FileChanged => {
+                    return Err(ClientError::new(
+                        ErrorKind::FileChanged,
+                        format!(
+                            "{url}: the file kept changing on the server while downloading \
+                             ({restarts} restarts); try again later"
+                        ),
+                    ));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn download_once(
         &self,
         url: &Url,
         dest: &Destination,
@@ -441,9 +517,19 @@ impl Downloader {
                     // No validator, but the digest will catch a changed file.
                     done = rec.done.clone();
                     validator = None;
+                } else if rec.etag.is_none()
+                    && rec.last_modified.is_none()
+                    && rec.sha256.is_some()
+                    && expected.is_some()
+                {
+                    // Only a digest to go by, and it is another one now (this used to be
+                    // reported as "no validator and no digest").
+                    self.progress.note(&format!(
+                        "{display}: the file changed on the server (another digest); starting over"
+                    ));
                 } else if rec.etag.is_none() && rec.last_modified.is_none() {
                     self.progress.note(&format!(
-                        "{display}: the server gives no validator and no digest, so the partial file cannot be trusted; starting over"
+                        "{display}: the server gives no strong validator (an ETag, or a Last-Modified at least a second old) and no digest, so the partial file cannot be trusted; starting over"
                     ));
                 } else {
                     self.progress.note(&format!(
@@ -501,6 +587,7 @@ impl Downloader {
         }
 
         let plan = Arc::new(Plan {
+            size,
             slots: Mutex::new(Vec::new()),
             queue: Mutex::new(Vec::new()),
             done_before: done.clone(),
@@ -512,10 +599,14 @@ impl Downloader {
             self.fetch_segments(url, &file, size, todo, &plan, validator.as_deref(), &rec)
                 .await
         };
-        // Whatever happened, record what is safely on disk.
-        if probe.ranges {
+        // Whatever happened, record what is safely on disk (noted before the sync) — unless
+        // the file changed: then nothing on disk belongs to the current version.
+        if matches!(&result, Err(e) if e.kind == ErrorKind::FileChanged) {
+            let _ = self.state.remove(&key);
+        } else if probe.ranges {
+            let done = plan.completed();
             file.sync_data().map_err(local("syncing"))?;
-            rec.done = plan.completed();
+            rec.done = done;
             self.save(&rec)?;
         }
         result?;
@@ -582,7 +673,7 @@ impl Downloader {
         let slot = plan.add(0, size);
         loop {
             slot.pos.store(0, Ordering::Release);
-            match self.stream_into(url, file, &slot, None, false).await {
+            match self.stream_into(url, file, &slot, size, None, false).await {
                 Ok(()) => return Ok(()),
                 Err(e) => self.backoff(retry, e).await?,
             }
@@ -628,9 +719,9 @@ impl Downloader {
         let mut workers = FuturesUnordered::new();
         let mut next = 0usize;
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut last = (Instant::now(), plan.total());
-        let mut last_save = Instant::now();
         let mut saved = rec.clone();
         loop {
             let want = target.load(Ordering::Relaxed);
@@ -661,14 +752,16 @@ impl Downloader {
                     if fixed.is_none() {
                         target.store(controller.record(goodput), Ordering::Relaxed);
                     }
-                    // Batch the state: data synced first, about once a second.
-                    if last_save.elapsed() >= Duration::from_secs(1) {
-                        let f = file.clone();
-                        let _ = tokio::task::spawn_blocking(move || f.sync_data()).await;
-                        saved.done = plan.completed();
-                        self.save(&saved)?;
-                        last_save = Instant::now();
-                    }
+                    // Batch the state once per tick (a second): what is on disk is noted
+                    // *before* the data is synced, so the record never claims bytes written
+                    // after the sync began. (It used to wait for a full second since the last
+                    // save, which the next tick just missed: one save every two seconds, and
+                    // twice the data refetched after a crash.)
+                    let done = plan.completed();
+                    let f = file.clone();
+                    let _ = tokio::task::spawn_blocking(move || f.sync_data()).await;
+                    saved.done = done;
+                    self.save(&saved)?;
                 }
             }
         }
@@ -689,9 +782,18 @@ impl Downloader {
     ) -> Result<(), ClientError> {
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
         loop {
-            match self.stream_into(url, file, &slot, validator, true).await {
+            let before = slot.pos.load(Ordering::Acquire);
+            let result = self
+                .stream_into(url, file, &slot, plan.size, validator, true)
+                .await;
+            // Bytes written count as progress even when the attempt then failed (a cut or
+            // stalled connection): the retry budget is for failures *without* progress, so
+            // a link that breaks every few MB still finishes.
+            if slot.pos.load(Ordering::Acquire) > before {
+                retry.progress(Instant::now());
+            }
+            match result {
                 Ok(()) => {
-                    retry.progress(Instant::now());
                     if index >= target.load(Ordering::Relaxed) && index > 0 {
                         return Ok(());
                     }
@@ -712,6 +814,7 @@ impl Downloader {
         url: &Url,
         file: &Arc<File>,
         slot: &Slot,
+        size: u64,
         validator: Option<&str>,
         ranged: bool,
     ) -> Result<(), AttemptError> {
@@ -738,16 +841,20 @@ impl Downloader {
                         .get(CONTENT_RANGE)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| parse_content_range(v).ok());
+                    // A different total length is another version of the file, whatever the
+                    // validators say (a server without any cannot say otherwise).
+                    if let Some(l) = cr.and_then(|c| c.len)
+                        && l != size
+                    {
+                        return Err(AttemptError::Fatal(changed()));
+                    }
                     if cr.is_none_or(|c| c.start != pos) {
                         return Err(AttemptError::retry("the server answered a different range"));
                     }
                 }
                 StatusCode::OK if !ranged => {}
                 StatusCode::OK | StatusCode::PRECONDITION_FAILED => {
-                    return Err(AttemptError::Fatal(ClientError::new(
-                        ErrorKind::Refused,
-                        "the file changed on the server while downloading; run again to start over",
-                    )));
+                    return Err(AttemptError::Fatal(changed()));
                 }
                 _ => return Err(classify(resp, "GET").await),
             }
@@ -793,6 +900,16 @@ impl Downloader {
             () = self.cancel.cancelled() => Err(AttemptError::Fatal(ClientError::new(ErrorKind::Interrupted, "interrupted; run the same command again to resume"))),
         }
     }
+}
+
+/// The server's file is another version than the one being downloaded (a 200 or 412 answer to
+/// a conditional range, or another length): never spliced; [`Downloader::download`] starts
+/// over.
+fn changed() -> ClientError {
+    ClientError::new(
+        ErrorKind::FileChanged,
+        "the file changed on the server while downloading",
+    )
 }
 
 async fn sha256_file(file: &Arc<File>, size: u64) -> std::io::Result<Vec<u8>> {
@@ -865,6 +982,7 @@ mod tests {
     #[test]
     fn stealing_takes_half_of_the_largest_range() {
         let plan = Plan {
+            size: 1000,
             slots: Mutex::new(Vec::new()),
             queue: Mutex::new(vec![(0, 1000)]),
             done_before: vec![],

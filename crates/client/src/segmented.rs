@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Cuts `len` bytes into segments: about 64 of them, each 8–256 MiB, and at least `streams`.
+/// (In automatic mode, unstarted segments are then merged and split as streams take them:
+/// [`split_size`].)
 pub fn plan(len: u64, streams: Option<usize>) -> Vec<(u64, u64)> {
-    let mut size = len.div_ceil(64).clamp(8 << 20, 256 << 20);
+    let mut size = len.div_ceil(64).clamp(8 << 20, MAX_SEGMENT);
     if let Some(n) = streams {
         size = size.min(len.div_ceil(n.max(1) as u64)).max(1);
     }
@@ -35,29 +37,36 @@ pub fn plan(len: u64, streams: Option<usize>) -> Vec<(u64, u64)> {
     out
 }
 
-/// Automatic mode starts with this many streams: it only goes parallel on a long round trip
+/// Automatic mode starts with this many streams. It only goes parallel on a long round trip
 /// (see [`AUTO_PARALLEL_RTT`](crate::upload::AUTO_PARALLEL_RTT)), where one TCP flow rarely
-/// fills the path, and doubling from one would spend the first windows of a short transfer
-/// far below what the path carries.
-pub const AUTO_INITIAL_STREAMS: usize = 4;
+/// fills the path; and goodput seen from the application is too coarse to steer a short
+/// transfer's start (a socket's send buffer takes megabytes at once, then nothing for a
+/// second), so growing from one stream would spend its first windows far below what the path
+/// carries. More streams than needed cost a little overhead; too few cost most of the rate.
+pub const AUTO_INITIAL_STREAMS: usize = 8;
 
 /// Automatic mode never cuts an unstarted segment below this (each segment costs a creation
 /// and a final response: about two round trips).
 pub const MIN_SPLIT: u64 = 2 << 20;
 
-/// How often the stream count is reconsidered: a dozen round trips, so that a stream added at
-/// the start of a window (creation, first bytes) has settled for most of it, within 0.5–3 s.
+/// How often the stream count is reconsidered: a few dozen round trips, within 1–4 s, so that
+/// a window averages over the bursts in which sockets take data and a stream added at its start
+/// (creation, first bytes) has settled for most of it.
 pub fn window(rtt: Duration) -> Duration {
-    (rtt * 12).clamp(Duration::from_millis(500), Duration::from_secs(3))
+    (rtt * 24).clamp(Duration::from_secs(1), Duration::from_secs(4))
 }
 
 /// The size a stream should cut off the next unstarted segment in automatic mode when
 /// `unstarted` bytes are left for `streams` streams: a shrinking share (guided
 /// self-scheduling), so that the streams run out of work at about the same time instead of
 /// one stream finishing a large last segment alone.
+/// (Never the whole file: a saved record of one part would read as a plain upload.)
 pub fn split_size(unstarted: u64, streams: usize) -> u64 {
-    (unstarted / (2 * streams.max(1) as u64)).max(MIN_SPLIT)
+    (unstarted / streams.max(2) as u64).clamp(MIN_SPLIT, MAX_SEGMENT)
 }
+
+/// Largest segment.
+const MAX_SEGMENT: u64 = 256 << 20;
 
 /// The segments of one transfer: the saved record and who works on what. Parts are found by
 /// their start (stable while unstarted parts are split).
@@ -120,8 +129,18 @@ impl Segments {
                 .map(|p| p.end - p.start)
                 .sum();
             let want = split_size(unstarted, n);
+            // Unstarted parts are only a plan: join the following ones up to the share...
+            while s.record.parts[i].end - s.record.parts[i].start < want
+                && s.record
+                    .parts
+                    .get(i + 1)
+                    .is_some_and(|p| p.url.is_none() && !p.done && !s.busy.contains(&p.start))
+            {
+                let next = s.record.parts.remove(i + 1);
+                s.record.parts[i].end = next.end;
+            }
+            // ...and cut it there, leaving no sliver behind.
             let part = &mut s.record.parts[i];
-            // Leave no sliver behind: split only what is worth two segments.
             if part.end - part.start >= want + MIN_SPLIT {
                 let rest = PartRecord {
                     url: None,
@@ -256,6 +275,7 @@ impl Uploader {
         let mut tick = tokio::time::interval(window(rtt));
         tick.tick().await;
         let mut last = (Instant::now(), segs.total_sent());
+        let mut settling = true;
         let result: Result<(), ClientError> = loop {
             let want = target.load(Ordering::Relaxed);
             while workers.len() < want && segs.has_work() {
@@ -284,12 +304,12 @@ impl Uploader {
                     let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
                     let goodput = now.1.saturating_sub(last.1) as f64 / secs;
                     last = now;
-                    if fixed.is_none() {
+                    // A window in which streams started is not measured: it holds their
+                    // creation round trips and the megabytes their sockets take at once.
+                    if fixed.is_none() && !std::mem::take(&mut settling) {
                         let n = controller.record(goodput);
-                        if n != want {
-                            tracing::debug!(streams = n, goodput, "parallelism");
-                        }
-                        target.store(n, Ordering::Relaxed);
+                        tracing::debug!(streams = n, goodput, "parallelism");
+                        settling = n != target.swap(n, Ordering::Relaxed);
                     }
                     self.progress.position(now.1);
                 }
@@ -415,5 +435,88 @@ mod tests {
             }
         }
         assert_eq!(plan(1 << 30, None).len(), 64);
+    }
+
+    fn segments(len: u64) -> Segments {
+        let parts = plan(len, None)
+            .into_iter()
+            .map(|(start, end)| PartRecord {
+                url: None,
+                start,
+                end,
+                done: false,
+            })
+            .collect();
+        Segments {
+            state: Mutex::new(SegmentState {
+                record: UploadRecord {
+                    version: crate::state::STATE_VERSION,
+                    key: "k".into(),
+                    source: "/f".into(),
+                    identity: crate::identity::FileIdentity {
+                        size: len,
+                        mtime_ns: 0,
+                        dev: 0,
+                        ino: 0,
+                        fingerprint: String::new(),
+                    },
+                    endpoint: "http://h/files/".into(),
+                    protocol: "tus".into(),
+                    created_ms: 0,
+                    parts,
+                    final_url: None,
+                },
+                busy: BTreeSet::new(),
+                sent: BTreeMap::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn automatic_segments_shrink_toward_the_end_and_cover_the_file() {
+        let len = 48u64 << 20;
+        let segs = segments(len);
+        let mut taken = Vec::new();
+        while let Some(p) = segs.take(Some(8)) {
+            assert!(p.url.is_none());
+            taken.push(p.end - p.start);
+            // Created and sent right away.
+            segs.update(p.start, |p| p.url = Some("u".into()));
+            segs.finish(p.start);
+        }
+        let rec = segs.lock().record.clone();
+        assert_eq!(rec.parts.first().unwrap().start, 0);
+        assert_eq!(rec.parts.last().unwrap().end, len);
+        assert!(rec.parts.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(rec.parts.iter().all(|p| p.done));
+        assert_eq!(taken.iter().sum::<u64>(), len);
+        // The first share is 1/8 of the file; the last ones are as small as allowed.
+        assert_eq!(taken[0], 6 << 20);
+        assert_eq!(
+            taken[1],
+            42 << 17,
+            "the rest of the first planned segment and more"
+        );
+        assert!(taken.iter().all(|&t| t >= MIN_SPLIT), "{taken:?}");
+        assert!(
+            taken.iter().rev().take(4).all(|&t| t < 4 << 20),
+            "{taken:?}"
+        );
+        assert!(taken.len() <= 24, "{} segments", taken.len());
+    }
+
+    #[test]
+    fn started_parts_are_never_split_and_fixed_mode_never_splits() {
+        let len = 64u64 << 20;
+        let segs = segments(len);
+        segs.update(0, |p| p.url = Some("u".into()));
+        // A part with an upload on the server keeps its length.
+        let first = segs.take(Some(32)).unwrap();
+        assert_eq!((first.start, first.end), (0, 8 << 20));
+        // Busy parts are not handed out twice.
+        let second = segs.take(None).unwrap();
+        assert_eq!((second.start, second.end), (8 << 20, 16 << 20));
+        assert!(segs.has_work());
+        assert_eq!(segs.lock().record.parts.len(), 8);
     }
 }

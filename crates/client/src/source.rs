@@ -3,7 +3,7 @@
 //! hashed once, in order, whichever pass reads it first).
 
 use crate::progress::RateLimiter;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
 use futures_util::Stream;
 use std::fs::File;
@@ -106,6 +106,8 @@ impl Activity {
 pub struct FileSource {
     file: Arc<File>,
     len: u64,
+    /// Block buffers shared by every stream reading this file.
+    pool: BlockPool,
 }
 
 /// What a body stream reports to as it goes.
@@ -133,6 +135,7 @@ impl FileSource {
         Self {
             file: Arc::new(file),
             len,
+            pool: BlockPool::default(),
         }
     }
 
@@ -210,8 +213,9 @@ impl FileSource {
 
     /// Streams `[start, end)` as a request body. A reader task stays a few blocks ahead of
     /// the network, reading (and feeding the whole-file hash) off the async threads, so disk,
-    /// hashing and sending overlap. Blocks are carved from 4 MiB arenas rather than allocated
-    /// one by one.
+    /// hashing and sending overlap. Blocks come from a small pool and go back to it when the
+    /// network layer drops them: no allocation per block (fresh memory is slow on this kind of
+    /// VM) and a fixed footprint per stream.
     pub fn body(
         &self,
         start: u64,
@@ -221,45 +225,35 @@ impl FileSource {
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         let file = self.file.clone();
         let sequential = hooks.sequential.clone();
+        let pool = self.pool.clone();
         let reader = tokio::spawn(async move {
-            let mut arena = BytesMut::new();
             let mut at = start;
             while at < end {
                 let n = ((end - at) as usize).min(BLOCK);
-                if arena.capacity() < n {
-                    arena = BytesMut::with_capacity(ARENA);
-                }
-                let mut block = arena.split_to(0);
-                std::mem::swap(&mut block, &mut arena);
+                let mut buf = pool.take();
                 let (f, seq) = (file.clone(), sequential.clone());
                 let read = tokio::task::spawn_blocking(move || {
-                    // `block` owns the arena's spare room; the first n bytes become this block.
-                    let mut b = block;
-                    b.resize(n, 0);
-                    let r = f.read_exact_at(&mut b[..], at);
+                    // Only grows (and zero-fills) the first time a pooled buffer is used.
+                    buf.resize(n, 0);
+                    let r = f.read_exact_at(&mut buf[..n], at);
                     if r.is_ok() {
-                        seq.lock().unwrap_or_else(|p| p.into_inner()).feed(at, &b);
+                        seq.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .feed(at, &buf[..n]);
                     }
-                    (b, r)
+                    (buf, r)
                 })
                 .await;
-                let (mut b, r) = match read {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(e))).await;
-                        return;
-                    }
+                let block = match read {
+                    Ok((buf, Ok(()))) => Ok(pool.bytes(buf)),
+                    Ok((_, Err(e))) => Err(e),
+                    Err(e) => Err(io::Error::other(e)),
                 };
-                if let Err(e) = r {
-                    let _ = tx.send(Err(e)).await;
+                let failed = block.is_err();
+                if tx.send(block).await.is_err() || failed {
                     return;
                 }
-                let chunk = b.split_to(n).freeze();
-                arena = b;
                 at += n as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
             }
         });
         let guard = AbortOnDrop(reader.abort_handle());
@@ -283,8 +277,50 @@ impl FileSource {
 
 /// Blocks read ahead of the network per stream.
 const READ_AHEAD: usize = 4;
-/// Size of the buffers blocks are carved from.
-const ARENA: usize = 4 << 20;
+/// Idle blocks kept for reuse per file (8 MiB).
+const POOL_LIMIT: usize = 32;
+
+/// Buffers for one body stream, returned by the network layer when it drops a block.
+#[derive(Clone, Default, Debug)]
+struct BlockPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BlockPool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BLOCK))
+    }
+
+    /// Wraps a filled buffer as `Bytes` that hands the buffer back when dropped.
+    fn bytes(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Pooled {
+    buf: Vec<u8>,
+    pool: BlockPool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut pool = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_LIMIT {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
 
 /// Stops the reader task when the body is dropped (request abandoned or finished).
 struct AbortOnDrop(tokio::task::AbortHandle);
