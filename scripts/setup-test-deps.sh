@@ -4,10 +4,12 @@
 #   * a Python venv with tuspy      -> tests/interop/.venv
 #   * npm packages (tus-js-client, @tus/server, @tus/file-store)
 #                                   -> tests/interop/node_modules
+#   * rustus (a tus server, from crates.io) -> tests/interop/.rustus/bin/rustus
 #
 # Idempotent and fast on re-runs: each step is skipped when it is already
 # satisfied (missing Debian packages only; pip only when requirements.txt
-# changed; `npm ci` only when package-lock.json changed).
+# changed; `npm ci` only when package-lock.json changed; rustus only when its
+# binary is missing or another version — building it takes ~4 minutes on 2 cores).
 #
 # Usage: bash scripts/setup-test-deps.sh
 # Env:   FERRY_SETUP_PYTHON  interpreter used to create the venv (default: python3)
@@ -22,6 +24,11 @@ APT_PACKAGES=(
   nftables
   procps
   psmisc
+  # downloads (crates/cli/tests/it/download.rs): third-party clients that fetch from
+  # `ferry serve`, and an origin server `ferry download` fetches from.
+  aria2
+  wget
+  nginx-light
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +39,8 @@ PY_STAMP="$VENV/.ferry-requirements.sha256"
 NPM_LOCK="$INTEROP/package-lock.json"
 NPM_STAMP="$INTEROP/node_modules/.ferry-package-lock.sha256"
 BASE_PYTHON="${FERRY_SETUP_PYTHON:-python3}"
+RUSTUS_VERSION=0.5.10
+RUSTUS_ROOT="$INTEROP/.rustus"
 
 log() { printf 'setup-test-deps: %s\n' "$*"; }
 die() { printf 'setup-test-deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -121,8 +130,28 @@ node_step() {
   printf '%s\n' "$want" >"$NPM_STAMP"
 }
 
+# ---------------------------------------------------------------- rustus ----
+rustus_step() {
+  local bin="$RUSTUS_ROOT/bin/rustus"
+  if [[ -x "$bin" ]] && [[ "$("$bin" --version 2>/dev/null)" == "Rustus $RUSTUS_VERSION" ]]; then
+    log "rustus: $RUSTUS_VERSION present"
+    return
+  fi
+  command -v cargo >/dev/null 2>&1 || die "rustus: cargo not found"
+  log "rustus: cargo install rustus $RUSTUS_VERSION (takes a few minutes)"
+  # A target dir of its own, so neither the workspace's nor a CI CARGO_TARGET_DIR is touched.
+  local build
+  build="$(mktemp -d)"
+  quiet env CARGO_TARGET_DIR="$build" cargo install rustus --locked --force \
+    --version "$RUSTUS_VERSION" --root "$RUSTUS_ROOT"
+  rm -rf "$build"
+  [[ "$("$bin" --version 2>/dev/null)" == "Rustus $RUSTUS_VERSION" ]] \
+    || die "rustus: $bin does not run"
+}
+
 start=$SECONDS
 apt_step
 python_step
 node_step
+rustus_step
 log "done in $((SECONDS - start))s"

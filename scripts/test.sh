@@ -30,6 +30,7 @@ ulimit -Sn 65536 2>/dev/null || ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
 # (see tests/interop/README.md).
 export FERRY_TEST_PYTHON="$ROOT/tests/interop/.venv/bin/python"
 export FERRY_TEST_NODE_DIR="$ROOT/tests/interop"
+export FERRY_TEST_RUSTUS="$ROOT/tests/interop/.rustus/bin/rustus"
 
 START=$SECONDS
 SUMMARY=()

@@ -8,3 +8,4 @@ mod hostile;
 mod interop;
 mod tus_core;
 mod tus_ext;
+mod upload;

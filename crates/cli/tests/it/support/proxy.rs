@@ -1,4 +1,5 @@
-//! A fault-injecting TCP proxy for tests: delay, throttle, cut after N bytes, stall.
+//! A fault-injecting TCP proxy for tests: delay, throttle, cut after N bytes, stall, reset,
+//! corrupt.
 //! Faults apply to the client→server direction (the upload direction) unless noted, and can
 //! be changed while connections are open.
 
@@ -19,6 +20,17 @@ pub struct Faults {
     pub cut_after: Option<u64>,
     /// Stop forwarding (but keep the connection open) after this many upload bytes on it.
     pub stall_after: Option<u64>,
+    /// Abort a connection (both ways, with a TCP RST: SO_LINGER 0) after this many upload bytes
+    /// on it.
+    pub reset_after: Option<u64>,
+    /// Flip one byte of upload traffic, once per proxy: the byte at this position of the whole
+    /// upload stream (all connections, counted like [`Proxy::forwarded`]).
+    pub corrupt_at: Option<u64>,
+    /// A schedule of cuts: connection `n` (counted from 0 in the order the proxy accepts them)
+    /// is closed (both ways) after `cut_schedule[n]` upload bytes on it; connections past the
+    /// end of the list are left alone (unless `cut_after` applies). Tests draw it from a seeded
+    /// generator to replay the same schedule against different clients.
+    pub cut_schedule: Vec<u64>,
 }
 
 pub struct Proxy {
@@ -27,6 +39,19 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     /// Total upload bytes forwarded to the server.
     pub forwarded: Arc<AtomicU64>,
+    /// Connections accepted and paired with the server.
+    pub connections: Arc<AtomicU64>,
+    /// Bytes flipped by `corrupt_at` so far (0 or 1).
+    pub corrupted: Arc<AtomicU64>,
+}
+
+/// What every pump of one proxy shares.
+#[derive(Clone)]
+struct Shared {
+    faults: Arc<Mutex<Faults>>,
+    stop: Arc<AtomicBool>,
+    forwarded: Arc<AtomicU64>,
+    corrupted: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -37,16 +62,25 @@ impl Proxy {
         let faults = Arc::new(Mutex::new(faults));
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
-        let (f, s, fw) = (faults.clone(), stop.clone(), forwarded.clone());
+        let connections = Arc::new(AtomicU64::new(0));
+        let corrupted = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            faults: faults.clone(),
+            stop: stop.clone(),
+            forwarded: forwarded.clone(),
+            corrupted: corrupted.clone(),
+        };
+        let conns = connections.clone();
         std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
+            while !shared.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
                         let Ok(server) = TcpStream::connect(target) else {
                             continue;
                         };
-                        spawn_pair(client, server, f.clone(), s.clone(), fw.clone());
+                        let index = conns.fetch_add(1, Ordering::Relaxed);
+                        spawn_pair(client, server, shared.clone(), index);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -57,6 +91,8 @@ impl Proxy {
             faults,
             stop,
             forwarded,
+            connections,
+            corrupted,
         }
     }
 
@@ -75,43 +111,61 @@ impl Drop for Proxy {
     }
 }
 
-fn spawn_pair(
-    client: TcpStream,
-    server: TcpStream,
-    faults: Arc<Mutex<Faults>>,
-    stop: Arc<AtomicBool>,
-    forwarded: Arc<AtomicU64>,
-) {
+fn spawn_pair(client: TcpStream, server: TcpStream, shared: Shared, index: u64) {
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let (f2, st2) = (faults.clone(), stop.clone());
-    std::thread::spawn(move || pump(client, server, faults, stop, Some(forwarded)));
-    std::thread::spawn(move || pump(s2, c2, f2, st2, None));
+    let back = shared.clone();
+    let reset = Arc::new(AtomicBool::new(false));
+    let reset2 = reset.clone();
+    std::thread::spawn(move || pump(client, server, shared, true, reset, index));
+    std::thread::spawn(move || pump(s2, c2, back, false, reset2, index));
 }
 
+/// Forwards `from` → `to` until either side closes. `reset` is shared by a pair's two pumps:
+/// once set, both just drop their handles (no FIN), so the last close sends the RST.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
-    faults: Arc<Mutex<Faults>>,
-    stop: Arc<AtomicBool>,
-    upload_counter: Option<Arc<AtomicU64>>,
+    shared: Shared,
+    upload: bool,
+    reset: Arc<AtomicBool>,
+    index: u64,
 ) {
-    let upload = upload_counter.is_some();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
     let started = Instant::now();
     let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if shared.stop.load(Ordering::Relaxed) || reset.load(Ordering::Relaxed) {
             break;
         }
-        let f = faults.lock().unwrap().clone();
+        let f = shared.faults.lock().unwrap().clone();
         let mut want = buf.len();
         if upload {
-            if let Some(cut) = f.cut_after {
+            let scheduled = usize::try_from(index)
+                .ok()
+                .and_then(|i| f.cut_schedule.get(i).copied());
+            let cut = match (f.cut_after, scheduled) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(cut) = cut {
                 if total >= cut {
                     break;
                 }
                 want = want.min((cut - total) as usize);
+            }
+            if let Some(limit) = f.reset_after {
+                if total >= limit {
+                    // SO_LINGER 0: the close sends RST instead of FIN, to both peers. Shutting
+                    // down the read sides sends nothing but wakes the other pump.
+                    reset.store(true, Ordering::Relaxed);
+                    for s in [&from, &to] {
+                        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                        let _ = s.shutdown(Shutdown::Read);
+                    }
+                    return;
+                }
+                want = want.min((limit - total) as usize);
             }
             if let Some(stall) = f.stall_after
                 && total >= stall
@@ -141,12 +195,23 @@ fn pump(
         if !f.delay.is_zero() {
             std::thread::sleep(f.delay);
         }
+        if upload && let Some(at) = f.corrupt_at {
+            let before = shared.forwarded.load(Ordering::Relaxed);
+            if (before..before + n as u64).contains(&at)
+                && shared
+                    .corrupted
+                    .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                buf[(at - before) as usize] ^= 0x5a;
+            }
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
         total += n as u64;
-        if let Some(c) = &upload_counter {
-            c.fetch_add(n as u64, Ordering::Relaxed);
+        if upload {
+            shared.forwarded.fetch_add(n as u64, Ordering::Relaxed);
         }
         if upload && let Some(rate) = f.rate {
             let due = Duration::from_secs_f64(total as f64 / rate as f64);
@@ -155,6 +220,9 @@ fn pump(
                 std::thread::sleep(due - elapsed);
             }
         }
+    }
+    if reset.load(Ordering::Relaxed) {
+        return;
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
