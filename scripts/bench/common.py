@@ -1,0 +1,117 @@
+"""Shared helpers for ferry's benchmark scripts: starting servers on loopback, timing runs,
+medians with min-max. Benchmarks, not tests: they print and record figures, they assert
+nothing about speed."""
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INTEROP = ROOT / "tests" / "interop"
+FERRY = ROOT / "target" / "release" / "ferry"
+PY = INTEROP / ".venv" / "bin" / "python"
+RUSTUS = INTEROP / ".rustus" / "bin" / "rustus"
+IDLE = float(os.environ.get("FERRY_BENCH_IDLE", "3"))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Proc:
+    """A background server, killed on exit."""
+
+    def __init__(self, argv, port, cwd=None, env=None):
+        self.p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.port = port
+        wait_port(port)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def make_file(path, size):
+    if path.exists() and path.stat().st_size == size:
+        return
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def timed(argv, **kw):
+    """Runs a command; returns wall seconds. Raises on failure."""
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+    return dt, r.stdout.decode()
+
+
+def summarize(samples):
+    """median, min, max of a list of numbers."""
+    return statistics.median(samples), min(samples), max(samples)
+
+
+def idle():
+    # This VM hands freed memory back to the host after ~2 s; every timed run starts equally
+    # "cold" after the same idle time (see ../shared/notes/benchmarking.md).
+    time.sleep(IDLE)
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
+def write_section(doc, marker, text):
+    """Replaces the block between <!-- marker:begin --> and <!-- marker:end --> in doc."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    body = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in body and end in body:
+        pre = body.split(begin)[0]
+        post = body.split(end, 1)[1]
+        body = pre + block + post
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(body)

@@ -1,0 +1,206 @@
+"""Upload benchmark: ferry against the tus peers and the raw HTTP ceiling, one run on
+loopback, alternating, medians of N runs with min-max.
+
+    scripts/bench-upload.sh            # what to run (installs, builds, then calls this)
+
+Environment: FERRY_BENCH_RUNS (default 5), FERRY_BENCH_SIZE (bytes, default 1 GiB),
+FERRY_BENCH_IDLE (seconds before each run, default 3)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (FERRY, INTEROP, PY, ROOT, RUSTUS, Proc, free_port, idle, machine,  # noqa: E402
+                    make_file, summarize, timed, write_section)
+
+RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
+SIZE = int(os.environ.get("FERRY_BENCH_SIZE", str(1 << 30)))
+CHUNK = 8 << 20
+
+
+def delete(url):
+    req = urllib.request.Request(url, method="DELETE", headers={"Tus-Resumable": "1.0.0"})
+    try:
+        urllib.request.urlopen(req, timeout=30).read()
+    except Exception:
+        pass
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
+    src = work / "src.bin"
+    make_file(src, SIZE)
+    procs = []
+    try:
+        # Servers -------------------------------------------------------------------------
+        servers = {}
+
+        def ferry(name, *flags):
+            port = free_port()
+            d = work / name
+            procs.append(Proc([str(FERRY), "serve", "--listen", f"127.0.0.1:{port}",
+                               "--data-dir", str(d), "--log", "warn", *flags], port))
+            servers[name] = (f"http://127.0.0.1:{port}/files/", d)
+
+        ferry("ferry-none", "--sync", "none")
+        ferry("ferry-always", "--sync", "always")
+
+        port = free_port()
+        tusd_dir = work / "tus-node"
+        tusd_dir.mkdir()
+        procs.append(Proc(["node", str(INTEROP / "tus_node_server.mjs"), "--port", str(port),
+                           "--dir", str(tusd_dir)], port))
+        servers["tus-node"] = (f"http://127.0.0.1:{port}/files/", tusd_dir)
+
+        for name, extra in (("rustus", []), ("rustus-fsync", ["--force-fsync", "true"])):
+            if not RUSTUS.exists():
+                break
+            port = free_port()
+            d = work / name
+            d.mkdir()
+            procs.append(Proc([str(RUSTUS), "--host", "127.0.0.1", "--port", str(port),
+                               "--data-dir", str(d), "--max-body-size", str(64 << 20),
+                               "--url", "/files", *extra], port, cwd=str(d)))
+            servers[name] = (f"http://127.0.0.1:{port}/files/", d)
+
+        port = free_port()
+        ng = work / "nginx"
+        (ng / "www").mkdir(parents=True)
+        (ng / "tmp").mkdir()
+        # The workers must be able to write into our temp dirs (we run as root here).
+        user = "user root;" if os.geteuid() == 0 else ""
+        (ng / "nginx.conf").write_text(f"""
+{user}
+worker_processes 1;
+pid {ng}/nginx.pid;
+error_log {ng}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {ng}/tmp;
+  server {{
+    listen 127.0.0.1:{port};
+    root {ng}/www;
+    location / {{ dav_methods PUT; client_max_body_size 0; create_full_put_path on; }}
+  }}
+}}
+""")
+        procs.append(Proc(["nginx", "-p", str(ng), "-c", str(ng / "nginx.conf"),
+                           "-g", "daemon off;"], port))
+        nginx_url = f"http://127.0.0.1:{port}/up.bin"
+
+        # Contenders ----------------------------------------------------------------------
+        state = work / "state"
+
+        def ferry_upload(server, *flags):
+            def run():
+                dt, out = timed([str(FERRY), "upload", str(src), servers[server][0],
+                                 "--state-dir", str(state), "--json", *flags])
+                delete(json.loads(out.splitlines()[-1])["url"])
+                return dt
+            return run
+
+        def node_upload(server, *flags):
+            def run():
+                dt, out = timed(["node", str(INTEROP / "tus_js_upload.mjs"), "--endpoint",
+                                 servers[server][0], "--file", str(src), *flags])
+                delete(out.strip().splitlines()[-1])
+                clean(servers[server][1])
+                return dt
+            return run
+
+        def tuspy_upload(server):
+            def run():
+                dt, out = timed([str(PY), str(INTEROP / "tuspy_upload.py"), "--endpoint",
+                                 servers[server][0], "--file", str(src), "--chunk-size", str(CHUNK)])
+                delete(out.strip().splitlines()[-1])
+                clean(servers[server][1])
+                return dt
+            return run
+
+        def curl_put():
+            dt, _ = timed(["curl", "-sS", "-f", "-T", str(src), nginx_url])
+            (ng / "www" / "up.bin").unlink(missing_ok=True)
+            return dt
+
+        def dd_sync():
+            out = work / "dd.bin"
+            dt, _ = timed(["dd", f"if={src}", f"of={out}", "bs=8M", "conv=fdatasync", "status=none"])
+            out.unlink()
+            return dt
+
+        contenders = [
+            ("ferry upload → ferry serve --sync none (blake3 checksums + verified)",
+             ferry_upload("ferry-none")),
+            ("ferry upload --checksum none --no-verify → ferry serve --sync none",
+             ferry_upload("ferry-none", "--checksum", "none", "--no-verify")),
+            ("tus-js-client → ferry serve --sync none", node_upload("ferry-none")),
+            ("tus-js-client → @tus/server", node_upload("tus-node")),
+            ("tuspy (8 MiB) → @tus/server", tuspy_upload("tus-node")),
+            ("curl -T → nginx WebDAV PUT (ceiling)", curl_put),
+            ("ferry upload → ferry serve --sync always (checksums + verified)",
+             ferry_upload("ferry-always")),
+            ("dd conv=fdatasync (same size)", dd_sync),
+        ]
+        if "rustus" in servers:
+            contenders.insert(5, ("ferry upload → rustus (64 MiB body limit)",
+                                  ferry_upload("rustus", "--max-chunk", "64M")))
+            contenders.append(("ferry upload → rustus --force-fsync",
+                               ferry_upload("rustus-fsync", "--max-chunk", "64M")))
+
+        results = {name: [] for name, _ in contenders}
+        for r in range(RUNS):
+            for name, run in contenders:
+                idle()
+                dt = run()
+                results[name].append(SIZE / dt / 1e6)
+                print(f"run {r + 1}/{RUNS}  {name}: {SIZE / dt / 1e6:.0f} MB/s", flush=True)
+
+        # Report --------------------------------------------------------------------------
+        med = {n: summarize(v) for n, v in results.items()}
+        base_tus = med["tus-js-client → @tus/server"][0]
+        base_curl = med["curl -T → nginx WebDAV PUT (ceiling)"][0]
+        lines = [
+            f"Upload, {SIZE / (1 << 30):.2f} GiB random file, loopback, medians of {RUNS} "
+            f"alternating runs, {os.environ.get('FERRY_BENCH_IDLE', '3')} s idle before each; "
+            f"{machine()}; {time.strftime('%Y-%m-%d')}.",
+            "",
+            "| contender | median MB/s | min–max | × tus-js-client→@tus/server | × curl→nginx |",
+            "|---|---|---|---|---|",
+        ]
+        for name, _ in contenders:
+            m, lo, hi = med[name]
+            lines.append(f"| {name} | {m:.0f} | {lo:.0f}–{hi:.0f} | {m / base_tus:.2f} | {m / base_curl:.2f} |")
+        lines += [
+            "",
+            "ferry upload's default run computes a BLAKE3 checksum per request (sent as "
+            "Upload-Checksum and verified by the server), hashes the whole file with SHA-256 "
+            "while sending and compares it with the server's Repr-Digest: all of that is "
+            "inside the timed run. The `--checksum none --no-verify` row leaves both out. "
+            "Timed: the client command's wall time, from start to exit.",
+        ]
+        text = "\n".join(lines)
+        print(text)
+        write_section(ROOT / "docs" / "benchmarks.md", "upload", "## Uploads\n\nCommand: "
+                      "`scripts/bench-upload.sh`\n\n" + text)
+    finally:
+        for p in procs:
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def clean(d):
+    for f in Path(d).glob("*"):
+        if f.is_file():
+            f.unlink()
+
+
+if __name__ == "__main__":
+    main()
