@@ -297,6 +297,9 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         stall_timeout,
         limiter,
         verify: !args.no_verify,
+        // A file finished while others are not keeps its record until the whole run is done,
+        // so that the same command run again after an interruption skips it.
+        keep_completed: true,
     };
     let connect = duration("--connect-timeout", &args.connect_timeout)?;
     let bars = Bars::new();
@@ -313,6 +316,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         let total: u64 = files.iter().map(|f| f.size).sum();
         // One file: its own bar. Several: one bar for the total.
         let overall = (files.len() > 1).then(|| bars.total(total, files.len()));
+        let finished_state = state.clone();
         let uploader = Uploader::new(http, state, opts, bars.sink(), cancel.clone());
         let jobs = files.iter().map(|f| {
             let up = match &overall {
@@ -330,6 +334,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         // Results come back in argument order while several files are in flight.
         let mut results = futures_util::stream::iter(jobs).buffered(files_at_once);
         let mut worst: Option<ClientError> = None;
+        let mut finished = Vec::new();
         while let Some((f, result)) = results.next().await {
             let shown = f
                 .relative
@@ -337,6 +342,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                 .unwrap_or_else(|| f.path.display().to_string());
             match result {
                 Ok(done) => {
+                    finished.push(done.key.clone());
                     if let Verification::NotVerified(why) = &done.verification {
                         bars.println(&format!("ferry: {shown}: {why}"));
                     }
@@ -370,6 +376,14 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         drop(results);
         if let Some(t) = &overall {
             t.finish();
+        }
+        // Every file is done: the run leaves no state behind.
+        if worst.is_none()
+            && let Err(e) = finished_state.remove_many(finished.iter().map(String::as_str))
+        {
+            bars.println(&format!(
+                "ferry: could not clear the finished transfers from the state: {e}"
+            ));
         }
         Ok::<_, ClientError>(
             worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),
@@ -517,7 +531,8 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
     let code = rt.block_on(async {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
-        let http = http_client(connect, stall_timeout)?;
+        // Downloads have their own client: no whole-request deadline (see its doc).
+        let http = ferry_client::download::http_client(connect, stall_timeout)?;
         let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
         let mut worst: Option<ClientError> = None;
         for url in &urls {
@@ -591,8 +606,17 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     let v = serde_json::json!({
                         "key": key, "kind": "upload", "source": u.source, "endpoint": u.endpoint,
                         "bytes": u.identity.size, "urls": u.urls().collect::<Vec<_>>(),
+                        "completed": u.completed.as_ref().map(|c| &c.url),
                     });
                     println!("{v}");
+                } else if let Some(c) = &u.completed {
+                    println!(
+                        "{key}  upload  {}  {} bytes  done -> {}  (kept until the rest of its run \
+                         is done)",
+                        u.source.display(),
+                        u.identity.size,
+                        c.url
+                    );
                 } else {
                     println!(
                         "{key}  upload  {}  {} bytes  -> {}",

@@ -45,8 +45,8 @@ pub fn plan(len: u64, streams: Option<usize>) -> Vec<(u64, u64)> {
 /// carries. More streams than needed cost a little overhead; too few cost most of the rate.
 pub const AUTO_INITIAL_STREAMS: usize = 8;
 
-/// Automatic mode never cuts an unstarted segment below this (each segment costs a creation
-/// and a final response: about two round trips).
+/// Automatic mode never cuts an unstarted segment below this, nor below 1/256 of the file
+/// (each segment costs a creation and a final response: about two round trips).
 pub const MIN_SPLIT: u64 = 2 << 20;
 
 /// How often the stream count is reconsidered: a few dozen round trips, within 1–4 s, so that
@@ -56,13 +56,20 @@ pub fn window(rtt: Duration) -> Duration {
     (rtt * 24).clamp(Duration::from_secs(1), Duration::from_secs(4))
 }
 
-/// The size a stream should cut off the next unstarted segment in automatic mode when
-/// `unstarted` bytes are left for `streams` streams: a shrinking share (guided
-/// self-scheduling), so that the streams run out of work at about the same time instead of
-/// one stream finishing a large last segment alone.
+/// The size a stream should cut off the next unstarted segment in automatic mode, when
+/// `remaining` bytes of a `len`-byte file are still to send (unstarted, or unsent in the
+/// segments being sent) by `streams` streams: half of an equal share, so that streams starting
+/// together get equal segments and finish together (like `-j N`'s), half of the file stays
+/// unstarted for streams the controller adds, and the shares shrink toward the end (guided
+/// self-scheduling) instead of one stream finishing a large last segment alone. Once half
+/// shares would be down to the minimum, what is left is the last round: equal full shares.
 /// (Never the whole file: a saved record of one part would read as a plain upload.)
-pub fn split_size(unstarted: u64, streams: usize) -> u64 {
-    (unstarted / streams.max(2) as u64).clamp(MIN_SPLIT, MAX_SEGMENT)
+pub fn split_size(remaining: u64, streams: usize, len: u64) -> u64 {
+    let min = MIN_SPLIT.max(len / 256);
+    let n = streams.max(1) as u64;
+    let half = remaining / (2 * n);
+    let share = if half <= min { remaining / n } else { half };
+    share.min(len / 2).clamp(min, MAX_SEGMENT.max(min))
 }
 
 /// Largest segment.
@@ -121,16 +128,22 @@ impl Segments {
         if let Some(n) = streams
             && s.record.parts[i].url.is_none()
         {
-            let unstarted: u64 = s
+            let remaining: u64 = s
                 .record
                 .parts
                 .iter()
-                .filter(|p| p.url.is_none() && !s.busy.contains(&p.start))
-                .map(|p| p.end - p.start)
+                .filter(|p| !p.done)
+                .map(|p| {
+                    let sent = s.sent.get(&p.start).copied().unwrap_or(0);
+                    (p.end - p.start).saturating_sub(sent)
+                })
                 .sum();
-            let want = split_size(unstarted, n);
-            // Unstarted parts are only a plan: join the following ones up to the share...
-            while s.record.parts[i].end - s.record.parts[i].start < want
+            let len = s.record.identity.size;
+            let want = split_size(remaining, n, len);
+            let sliver = MIN_SPLIT.max(len / 256);
+            // Unstarted parts are only a plan: join the following ones up to the share (and
+            // what would be left of them, too small for a segment)...
+            while s.record.parts[i].end - s.record.parts[i].start < want + sliver
                 && s.record
                     .parts
                     .get(i + 1)
@@ -141,7 +154,7 @@ impl Segments {
             }
             // ...and cut it there, leaving no sliver behind.
             let part = &mut s.record.parts[i];
-            if part.end - part.start >= want + MIN_SPLIT {
+            if part.end - part.start >= want + sliver {
                 let rest = PartRecord {
                     url: None,
                     start: part.start + want,
@@ -465,6 +478,7 @@ mod tests {
                     created_ms: 0,
                     parts,
                     final_url: None,
+                    completed: None,
                 },
                 busy: BTreeSet::new(),
                 sent: BTreeMap::new(),
@@ -472,37 +486,70 @@ mod tests {
         }
     }
 
-    #[test]
-    fn automatic_segments_shrink_toward_the_end_and_cover_the_file() {
-        let len = 48u64 << 20;
-        let segs = segments(len);
-        let mut taken = Vec::new();
-        while let Some(p) = segs.take(Some(8)) {
-            assert!(p.url.is_none());
-            taken.push(p.end - p.start);
-            // Created and sent right away.
+    /// Takes `n` segments at once (streams starting together), then finishes them.
+    fn wave(segs: &Segments, n: usize) -> Vec<u64> {
+        let taken: Vec<PartRecord> = (0..n).map_while(|_| segs.take(Some(n))).collect();
+        for p in &taken {
             segs.update(p.start, |p| p.url = Some("u".into()));
             segs.finish(p.start);
         }
+        taken.iter().map(|p| p.end - p.start).collect()
+    }
+
+    fn assert_covered(segs: &Segments, len: u64) {
         let rec = segs.lock().record.clone();
         assert_eq!(rec.parts.first().unwrap().start, 0);
         assert_eq!(rec.parts.last().unwrap().end, len);
         assert!(rec.parts.windows(2).all(|w| w[0].end == w[1].start));
         assert!(rec.parts.iter().all(|p| p.done));
+    }
+
+    #[test]
+    fn automatic_segments_come_in_equal_rounds() {
+        const M: u64 = 1 << 20;
+        // Eight streams starting together get equal halves of their shares; once halves
+        // would be minimal, the rest goes out as one last round of equal shares.
+        let segs = segments(48 * M);
+        assert_eq!(wave(&segs, 8), vec![3 * M; 8]);
+        assert_eq!(wave(&segs, 8), vec![3 * M; 8]);
+        assert!(wave(&segs, 8).is_empty());
+        assert_covered(&segs, 48 * M);
+        let segs = segments(32 * M);
+        assert_eq!(wave(&segs, 8), vec![4 * M; 8], "halves would be minimal");
+        assert_covered(&segs, 32 * M);
+        let segs = segments(256 * M);
+        assert_eq!(wave(&segs, 8), vec![16 * M; 8]);
+        assert_eq!(wave(&segs, 8), vec![8 * M; 8]);
+        assert_eq!(wave(&segs, 8), vec![4 * M; 8]);
+        assert_eq!(wave(&segs, 8), vec![4 * M; 8]);
+        assert!(wave(&segs, 8).is_empty());
+        assert_covered(&segs, 256 * M);
+    }
+
+    #[test]
+    fn automatic_segments_shrink_and_cover_the_file_as_streams_come_back() {
+        let len = 48u64 << 20;
+        let segs = segments(len);
+        // Streams coming back one at a time.
+        let mut taken = Vec::new();
+        while let Some(p) = segs.take(Some(8)) {
+            assert!(p.url.is_none());
+            taken.push(p.end - p.start);
+            segs.update(p.start, |p| p.url = Some("u".into()));
+            segs.finish(p.start);
+        }
+        assert_covered(&segs, len);
         assert_eq!(taken.iter().sum::<u64>(), len);
-        // The first share is 1/8 of the file; the last ones are as small as allowed.
-        assert_eq!(taken[0], 6 << 20);
-        assert_eq!(
-            taken[1],
-            42 << 17,
-            "the rest of the first planned segment and more"
-        );
+        assert_eq!(taken[0], 3 << 20);
         assert!(taken.iter().all(|&t| t >= MIN_SPLIT), "{taken:?}");
-        assert!(
-            taken.iter().rev().take(4).all(|&t| t < 4 << 20),
-            "{taken:?}"
-        );
-        assert!(taken.len() <= 24, "{} segments", taken.len());
+        assert!(taken[..6].windows(2).all(|w| w[1] < w[0]), "{taken:?}");
+        assert!(taken.len() <= 24, "{} segments: {taken:?}", taken.len());
+        // A large file: shares capped, and never below 1/256 of it.
+        assert_eq!(split_size(1 << 40, 8, 1 << 40), 4 << 30);
+        assert_eq!(split_size(1 << 30, 8, 1 << 30), 64 << 20);
+        assert_eq!(split_size(1 << 20, 8, 1 << 30), 4 << 20);
+        // Never the whole file.
+        assert_eq!(split_size(40 << 20, 1, 40 << 20), 20 << 20);
     }
 
     #[test]

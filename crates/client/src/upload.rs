@@ -8,7 +8,7 @@ use crate::progress::{ProgressSink, RateLimiter};
 use crate::retry::{RetryPolicy, RetryState};
 use crate::source::{Activity, FileSource, SequentialHash, StreamHooks};
 use crate::state::{
-    Loaded, PartRecord, STATE_VERSION, StateDir, Transfer, UploadRecord, transfer_key,
+    Completed, Loaded, PartRecord, STATE_VERSION, StateDir, Transfer, UploadRecord, transfer_key,
 };
 use crate::tus;
 use ferry_proto::Metadata;
@@ -52,6 +52,11 @@ pub struct UploadOptions {
     pub parallel: Parallel,
     /// Most streams the automatic choice may use.
     pub max_parallel: usize,
+    /// Keep a finished upload's record, marked [`Completed`], instead of deleting it: a run of
+    /// several files sets it, so that the same command run again after an interruption skips
+    /// the files already done, and drops the records ([`StateDir::remove_many`]) once every
+    /// file is done.
+    pub keep_completed: bool,
 }
 
 /// How many streams to use for one file.
@@ -99,6 +104,7 @@ impl Default for UploadOptions {
             verify: true,
             parallel: Parallel::Auto,
             max_parallel: 32,
+            keep_completed: false,
         }
     }
 }
@@ -125,8 +131,11 @@ pub struct UploadOutcome {
     pub sha256: Option<[u8; 32]>,
     /// Verification result.
     pub verification: Verification,
-    /// Where this run started (0 unless resumed).
+    /// Where this run started (0 unless resumed; the whole size for a file an earlier run of
+    /// the same command had finished).
     pub resumed_from: u64,
+    /// The transfer's key in the state directory.
+    pub key: String,
 }
 
 /// Builds the HTTP client ferry uses: HTTP/1.1 (one TCP connection per stream) with a connect
@@ -245,6 +254,12 @@ impl Uploader {
         let job = self.prepare(path, endpoint, relative).await?;
         let len = job.len;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        if let Some(done) = self.finished_before(&job, &mut retry).await? {
+            return Ok(UploadOutcome {
+                seconds: started.elapsed().as_secs_f64(),
+                ..done
+            });
+        }
 
         let t0 = Instant::now();
         let caps = loop {
@@ -348,9 +363,21 @@ impl Uploader {
             }
             None => Verification::NotVerified("verification was turned off".into()),
         };
-        self.state
-            .remove(&job.key)
-            .map_err(local("writing the state"))?;
+        match self.state.load(&job.key) {
+            Ok(Loaded::Found(Transfer::Upload(mut rec))) if self.opts.keep_completed => {
+                rec.completed = Some(Box::new(Completed {
+                    url: url.to_string(),
+                    sha256: sha256.map(|d| hex(&d)),
+                }));
+                self.state
+                    .save_hint(&Transfer::Upload(rec))
+                    .map_err(local("writing the state"))?;
+            }
+            _ => self
+                .state
+                .remove(&job.key)
+                .map_err(local("writing the state"))?,
+        }
         self.progress.finish();
         Ok(UploadOutcome {
             url: url.to_string(),
@@ -359,7 +386,74 @@ impl Uploader {
             sha256,
             verification,
             resumed_from,
+            key: job.key.clone(),
         })
+    }
+
+    /// The outcome of an upload of this very file that an earlier run of the same command
+    /// finished ([`UploadOptions::keep_completed`]), if the server still has it whole (and, where
+    /// it says, with the file's SHA-256). A finished upload the server lost, or whose digest
+    /// differs, is forgotten and the file uploaded afresh.
+    async fn finished_before(
+        &self,
+        job: &Job,
+        retry: &mut RetryState,
+    ) -> Result<Option<UploadOutcome>, ClientError> {
+        let Ok(Loaded::Found(Transfer::Upload(rec))) = self.state.load(&job.key) else {
+            return Ok(None);
+        };
+        let Some(done) = rec.completed.filter(|_| rec.identity == job.identity) else {
+            return Ok(None);
+        };
+        let url =
+            Url::parse(&done.url).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
+        let remote = loop {
+            match tus::head(&self.http, &url, self.opts.verify).await {
+                Ok(r) => break Some(r),
+                Err(AttemptError::Gone) => break None,
+                Err(e) => self.wait_or_give_up(retry, e).await?,
+            }
+        };
+        let sha256 = done.sha256.as_deref().and_then(unhex);
+        let verification = match &remote {
+            Some(r) if r.offset == job.len && r.length.is_none_or(|l| l == job.len) => {
+                match (&sha256, &r.sha256) {
+                    (Some(local), Some(theirs)) if local.as_slice() == theirs.as_slice() => {
+                        Some(Verification::Verified)
+                    }
+                    (Some(_), Some(_)) => None,
+                    (None, _) => Some(Verification::NotVerified(
+                        "verification was turned off when it was uploaded".into(),
+                    )),
+                    (Some(_), None) => Some(Verification::NotVerified(
+                        "the server exposes no Repr-Digest, so the result was not verified".into(),
+                    )),
+                }
+            }
+            _ => None,
+        };
+        let Some(verification) = verification else {
+            self.progress.note(&format!(
+                "the server's copy of the finished upload of {} is gone or differs; uploading \
+                 it again",
+                job.display
+            ));
+            self.state
+                .remove(&job.key)
+                .map_err(local("writing the state"))?;
+            return Ok(None);
+        };
+        self.progress.start(&job.display, job.len, job.len);
+        self.progress.finish();
+        Ok(Some(UploadOutcome {
+            url: done.url,
+            bytes: job.len,
+            seconds: 0.0,
+            sha256,
+            verification,
+            resumed_from: job.len,
+            key: job.key.clone(),
+        }))
     }
 
     /// Opens the file and works out everything about it that does not need the server.
@@ -421,6 +515,13 @@ impl Uploader {
             .map_err(local("reading the state"))?
         {
             Loaded::Found(Transfer::Upload(rec)) if rec.identity == job.identity => Ok(Some(rec)),
+            // A finished upload of the file as it was is not stale: leave it on the server.
+            Loaded::Found(Transfer::Upload(rec)) if rec.completed.is_some() => {
+                self.state
+                    .remove(&job.key)
+                    .map_err(local("writing the state"))?;
+                Ok(None)
+            }
             Loaded::Found(Transfer::Upload(rec)) => {
                 self.progress.note(&format!(
                     "{} changed since the last run; uploading it afresh",
@@ -472,6 +573,7 @@ impl Uploader {
             created_ms: now_ms(),
             parts,
             final_url: None,
+            completed: None,
         }
     }
 
@@ -795,6 +897,17 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -809,8 +922,10 @@ pub async fn forget(
     key: &str,
 ) -> Result<Vec<String>, ClientError> {
     let mut deleted = Vec::new();
+    // A finished upload (kept until its run is done) stays on the server.
     if let Loaded::Found(Transfer::Upload(rec)) =
         state.load(key).map_err(local("reading the state"))?
+        && rec.completed.is_none()
     {
         for u in rec.urls().map(str::to_string).collect::<Vec<_>>() {
             if let Ok(parsed) = Url::parse(&u) {

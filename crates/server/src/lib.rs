@@ -276,6 +276,16 @@ async fn route(
             let id = UploadId::parse(raw_id).map_err(|_| ApiError::not_found())?;
             match method {
                 Method::OPTIONS => Ok(tus::options(&state)),
+                // A plain HTTP HEAD (no Tus-Resumable: curl -I, download clients) of a finished
+                // upload describes the download exactly like GET does (length, validators,
+                // Accept-Ranges); before, it got the tus 412. Anything it cannot answer (an
+                // unfinished or unknown upload) stays a tus HEAD, which answers 412 as before.
+                Method::HEAD if !req.headers().contains_key(ferry_proto::tus::TUS_RESUMABLE) => {
+                    match download::get(state.clone(), id, &method, req.headers()).await {
+                        Ok(r) => Ok(r),
+                        Err(_) => tus::head(state, id, req).await,
+                    }
+                }
                 Method::HEAD => tus::head(state, id, req).await,
                 Method::PATCH => tus::patch(state, id, req).await,
                 Method::DELETE => tus::delete(state, id, req).await,

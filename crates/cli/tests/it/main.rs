@@ -3,9 +3,11 @@
 mod support;
 
 mod config;
+mod download;
 mod durability;
 mod hostile;
 mod interop;
+mod parallel;
 mod tus_core;
 mod tus_ext;
 mod upload;

@@ -72,15 +72,24 @@ impl Proxy {
         };
         let conns = connections.clone();
         std::thread::spawn(move || {
+            // Connections are numbered in the order they are accepted (for `cut_schedule`).
+            let mut accepted = 0u64;
             while !shared.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
-                        let Ok(server) = TcpStream::connect(target) else {
-                            continue;
-                        };
-                        let index = conns.fetch_add(1, Ordering::Relaxed);
-                        spawn_pair(client, server, shared.clone(), index);
+                        let index = accepted;
+                        accepted += 1;
+                        // Connecting on its own thread: a connect that takes long (a lost SYN
+                        // waits a second) must not hold up the connections behind it.
+                        let (shared, conns) = (shared.clone(), conns.clone());
+                        std::thread::spawn(move || {
+                            let Ok(server) = TcpStream::connect(target) else {
+                                return;
+                            };
+                            conns.fetch_add(1, Ordering::Relaxed);
+                            spawn_pair(client, server, shared, index);
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
