@@ -56,6 +56,52 @@ pub struct CommonArgs {
     log: Option<String>,
 }
 
+/// Retry, timeout and bandwidth settings shared by uploads and downloads.
+#[derive(Args, Debug)]
+pub struct NetworkArgs {
+    /// Consecutive failed attempts without progress before giving up.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    retries: u32,
+    /// Time without progress before giving up.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    retry_time: String,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    stall_timeout: String,
+    /// Time allowed to connect.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    connect_timeout: String,
+    /// Bandwidth cap, e.g. 10M (bytes per second).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
+}
+
+/// Resolved [`NetworkArgs`].
+struct Network {
+    retry: RetryPolicy,
+    stall_timeout: Duration,
+    connect_timeout: Duration,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+impl NetworkArgs {
+    fn resolve(&self) -> Result<Network, ClientError> {
+        Ok(Network {
+            retry: RetryPolicy {
+                max_retries: self.retries,
+                max_time: duration("--retry-time", &self.retry_time)?,
+                ..RetryPolicy::default()
+            },
+            stall_timeout: duration("--stall-timeout", &self.stall_timeout)?,
+            connect_timeout: duration("--connect-timeout", &self.connect_timeout)?,
+            limiter: match &self.limit_rate {
+                Some(r) => Some(Arc::new(RateLimiter::new(size("--limit-rate", r)?.max(1)))),
+                None => None,
+            },
+        })
+    }
+}
+
 /// `ferry upload`.
 #[derive(Args, Debug)]
 pub struct UploadArgs {
@@ -79,21 +125,8 @@ pub struct UploadArgs {
     /// Skip comparing the server's Repr-Digest with the file's SHA-256.
     #[arg(long)]
     no_verify: bool,
-    /// Consecutive failed attempts without progress before giving up.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    retries: u32,
-    /// Time without progress before giving up.
-    #[arg(long, default_value = "10m", value_name = "DURATION")]
-    retry_time: String,
-    /// A request with no progress for this long is abandoned and retried.
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
-    stall_timeout: String,
-    /// Time allowed to connect.
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    connect_timeout: String,
-    /// Bandwidth cap, e.g. 10M (bytes per second).
-    #[arg(long, value_name = "RATE")]
-    limit_rate: Option<String>,
+    #[command(flatten)]
+    net: NetworkArgs,
     /// Extra metadata, KEY=VALUE (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
@@ -132,21 +165,8 @@ pub struct DownloadArgs {
     /// Expected digest, sha256=HEX (besides the server's Repr-Digest).
     #[arg(long, value_name = "sha256=HEX")]
     checksum: Option<String>,
-    /// Consecutive failed attempts without progress before giving up.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    retries: u32,
-    /// Time without progress before giving up.
-    #[arg(long, default_value = "10m", value_name = "DURATION")]
-    retry_time: String,
-    /// A request with no progress for this long is abandoned and retried.
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
-    stall_timeout: String,
-    /// Time allowed to connect.
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    connect_timeout: String,
-    /// Bandwidth cap, e.g. 10M (bytes per second).
-    #[arg(long, value_name = "RATE")]
-    limit_rate: Option<String>,
+    #[command(flatten)]
+    net: NetworkArgs,
 }
 
 /// `ferry status`.
@@ -267,41 +287,21 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         ChecksumArg::Crc32 => ChecksumChoice::Use(ChecksumAlgorithm::Crc32),
         ChecksumArg::Blake3 => ChecksumChoice::Use(ChecksumAlgorithm::Blake3),
     };
-    let stall_timeout = duration("--stall-timeout", &args.stall_timeout)?;
-    let limiter = match &args.limit_rate {
-        Some(r) => Some(Arc::new(RateLimiter::new(size("--limit-rate", r)?.max(1)))),
-        None => None,
-    };
-    let parallel = match args.parallel.trim() {
-        "auto" => Parallel::Auto,
-        n => match n.parse::<usize>() {
-            Ok(n) if n >= 1 => Parallel::Fixed(n),
-            _ => {
-                return Err(usage(format!(
-                    "-j/--parallel {n:?}: expected a number ≥ 1 or auto"
-                )));
-            }
-        },
-    };
+    let net = args.net.resolve()?;
     let opts = UploadOptions {
-        parallel,
+        parallel: parse_parallel(&args.parallel)?,
         max_parallel: args.max_parallel.max(1),
         metadata,
         chunk,
         checksum,
-        retry: RetryPolicy {
-            max_retries: args.retries,
-            max_time: duration("--retry-time", &args.retry_time)?,
-            ..RetryPolicy::default()
-        },
-        stall_timeout,
-        limiter,
+        retry: net.retry,
+        stall_timeout: net.stall_timeout,
+        limiter: net.limiter.clone(),
         verify: !args.no_verify,
         // A file finished while others are not keeps its record until the whole run is done,
         // so that the same command run again after an interruption skips it.
         keep_completed: true,
     };
-    let connect = duration("--connect-timeout", &args.connect_timeout)?;
     let bars = Bars::new();
     init_logs(&bars, &args.common);
     let state = state_dir(&args.common)?;
@@ -312,7 +312,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
     let code = rt.block_on(async move {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
-        let http = http_client(connect, stall_timeout)?;
+        let http = http_client(net.connect_timeout, net.stall_timeout)?;
         let total: u64 = files.iter().map(|f| f.size).sum();
         // One file: its own bar. Several: one bar for the total.
         let overall = (files.len() > 1).then(|| bars.total(total, files.len()));
@@ -501,23 +501,15 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
             Some(arr)
         }
     };
-    let stall_timeout = duration("--stall-timeout", &args.stall_timeout)?;
+    let net = args.net.resolve()?;
     let opts = DownloadOptions {
         parallel: parse_parallel(&args.parallel)?,
         max_parallel: args.max_parallel.max(1),
-        retry: RetryPolicy {
-            max_retries: args.retries,
-            max_time: duration("--retry-time", &args.retry_time)?,
-            ..RetryPolicy::default()
-        },
-        stall_timeout,
-        limiter: match &args.limit_rate {
-            Some(r) => Some(Arc::new(RateLimiter::new(size("--limit-rate", r)?.max(1)))),
-            None => None,
-        },
+        retry: net.retry,
+        stall_timeout: net.stall_timeout,
+        limiter: net.limiter.clone(),
         sha256,
     };
-    let connect = duration("--connect-timeout", &args.connect_timeout)?;
     let bars = Bars::new();
     init_logs(&bars, &args.common);
     let state = state_dir(&args.common)?;
@@ -532,7 +524,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
         // Downloads have their own client: no whole-request deadline (see its doc).
-        let http = ferry_client::download::http_client(connect, stall_timeout)?;
+        let http = ferry_client::download::http_client(net.connect_timeout, net.stall_timeout)?;
         let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
         let mut worst: Option<ClientError> = None;
         for url in &urls {

@@ -181,16 +181,10 @@ pub fn http_client(
     connect_timeout: Duration,
     stall_timeout: Duration,
 ) -> Result<reqwest::Client, ClientError> {
-    // The TLS stack needs a process-wide crypto provider; installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .http1_only()
-        .connect_timeout(connect_timeout)
-        .read_timeout(stall_timeout.saturating_mul(2))
-        .tcp_nodelay(true)
-        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
+    crate::upload::build_client(
+        crate::upload::client_builder(connect_timeout)
+            .read_timeout(stall_timeout.saturating_mul(2)),
+    )
 }
 
 fn local(what: &str) -> impl FnOnce(std::io::Error) -> ClientError + '_ {

@@ -148,14 +148,26 @@ pub fn http_client(
     connect_timeout: Duration,
     stall_timeout: Duration,
 ) -> Result<reqwest::Client, ClientError> {
+    build_client(client_builder(connect_timeout).timeout(stall_timeout))
+}
+
+/// What every ferry HTTP client has: HTTP/1.1 (one TCP connection per stream, never streams
+/// multiplexed onto one flow), a connect timeout, no Nagle delay, ferry's User-Agent.
+pub(crate) fn client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     // The TLS stack needs a process-wide crypto provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .http1_only()
         .connect_timeout(connect_timeout)
-        .timeout(stall_timeout)
         .tcp_nodelay(true)
         .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Builds a client, mapping failure to a local error.
+pub(crate) fn build_client(
+    builder: reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ClientError> {
+    builder
         .build()
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
