@@ -2,7 +2,6 @@
 //! never a 5xx, and never a change to stored data.
 
 use crate::support::*;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,72 +11,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 /// Request headers for a table row.
 type Headers<'a> = Vec<(&'a str, &'a str)>;
-
-/// Builds one raw HTTP/1.1 request (`Connection: close`); header values are bytes so that
-/// non-ASCII can be sent. `Content-Length` is added for POST/PATCH or a body.
-fn request(
-    method: &str,
-    path: &str,
-    addr: SocketAddr,
-    headers: &[(&str, &[u8])],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
-    for (k, v) in headers {
-        req.extend_from_slice(k.as_bytes());
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(v);
-        req.extend_from_slice(b"\r\n");
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PATCH") {
-        req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(body);
-    req
-}
-
-/// Sends a raw request with ASCII headers.
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> String {
-    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-    raw(addr, &request(method, path, addr, &h, body), LIMIT)
-}
-
-/// A chunked request whose body is `chunks`.
-fn send_chunked(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    chunks: &[&[u8]],
-) -> String {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
-    )
-    .into_bytes();
-    for (k, v) in headers {
-        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    req.extend_from_slice(b"\r\n");
-    for c in chunks {
-        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
-        req.extend_from_slice(c);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n\r\n");
-    raw(addr, &req, LIMIT)
-}
-
-fn body_of(resp: &str) -> &str {
-    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
 
 fn path_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -391,6 +324,7 @@ fn body_longer_than_the_upload_is_413_and_nothing_is_written() {
         &f.path,
         &[TUS, OCTET, ("Upload-Offset", "10")],
         &[&[0xEE; 50], &[0xEE; 41]],
+        &[],
     );
     assert_error(&resp, 413, "chunked past the length");
     f.assert_intact("chunked past the length");
@@ -403,6 +337,7 @@ fn body_longer_than_the_upload_is_413_and_nothing_is_written() {
         &f.path,
         &[TUS, OCTET, ("Upload-Offset", "10")],
         &[&big[..90], &big[90..]],
+        &[],
     );
     assert_error(&resp, 413, "big chunked overrun");
     f.assert_intact("big chunked overrun");
@@ -429,6 +364,7 @@ fn creation_with_upload_longer_than_the_length_is_413_and_leaves_nothing() {
         "/files/",
         &[TUS, OCTET, ("Upload-Length", "10")],
         &[&[1u8; 6], &[1u8; 6]],
+        &[],
     );
     assert_error(&resp, 413, "chunked POST body past Upload-Length");
     assert_eq!(

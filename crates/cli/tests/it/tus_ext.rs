@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::Digest as _;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,81 +25,6 @@ type RawHeaders<'a> = Vec<(&'a str, &'a [u8])>;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// One raw HTTP/1.1 request (`Connection: close`); header values are bytes so that anything can
-/// be sent. `Content-Length` is added for POST/PATCH or a body unless `headers` has one.
-fn request(
-    method: &str,
-    path: &str,
-    addr: SocketAddr,
-    headers: &[(&str, &[u8])],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
-    for (k, v) in headers {
-        req.extend_from_slice(k.as_bytes());
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(v);
-        req.extend_from_slice(b"\r\n");
-    }
-    let has_cl = headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
-    if !has_cl && (!body.is_empty() || matches!(method, "POST" | "PATCH")) {
-        req.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(body);
-    req
-}
-
-/// Sends a raw request with text headers and returns the raw response.
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> String {
-    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-    raw(addr, &request(method, path, addr, &h, body), LIMIT)
-}
-
-/// A chunked request whose body is `chunks`, followed by `trailers` after the last chunk.
-fn send_chunked(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    chunks: &[&[u8]],
-    trailers: &[(&str, &str)],
-) -> String {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Transfer-Encoding: chunked\r\n"
-    )
-    .into_bytes();
-    for (k, v) in headers {
-        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    req.extend_from_slice(b"\r\n");
-    for c in chunks {
-        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
-        req.extend_from_slice(c);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n");
-    for (k, v) in trailers {
-        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    req.extend_from_slice(b"\r\n");
-    raw(addr, &req, LIMIT)
-}
-
-fn body_of(resp: &str) -> &str {
-    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
 
 /// The path part of an absolute URL.
 fn path_of(url: &str) -> String {
