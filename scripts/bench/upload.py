@@ -4,7 +4,9 @@ loopback, alternating, medians of N runs with min-max.
     scripts/bench-upload.sh            # what to run (installs, builds, then calls this)
 
 Environment: FERRY_BENCH_RUNS (default 5), FERRY_BENCH_SIZE (bytes, default 1 GiB),
-FERRY_BENCH_IDLE (seconds before each run, default 3)."""
+FERRY_BENCH_IDLE (seconds before each run, default 3), FERRY_BENCH_ONLY (substrings of contender
+names, comma-separated: run only those, for quick comparisons; docs/benchmarks.md is then left
+alone)."""
 
 import json
 import os
@@ -155,6 +157,9 @@ http {{
             contenders.append(("ferry upload → rustus --force-fsync",
                                ferry_upload("rustus-fsync", "--max-chunk", "64M")))
 
+        only = [o for o in os.environ.get("FERRY_BENCH_ONLY", "").split(",") if o]
+        if only:
+            contenders = [(n, r) for n, r in contenders if any(o in n for o in only)]
         results = {name: [] for name, _ in contenders}
         for r in range(RUNS):
             for name, run in contenders:
@@ -165,6 +170,10 @@ http {{
 
         # Report --------------------------------------------------------------------------
         med = {n: summarize(v) for n, v in results.items()}
+        if only:
+            for n, (m, lo, hi) in med.items():
+                print(f"{n}: median {m:.0f} MB/s ({lo:.0f}-{hi:.0f})")
+            return
         base_tus = med["tus-js-client → @tus/server"][0]
         base_curl = med["curl -T → nginx WebDAV PUT (ceiling)"][0]
         lines = [

@@ -137,8 +137,10 @@ pub struct UploadArgs {
     /// Most streams per file the automatic choice may use.
     #[arg(long, default_value_t = 32, value_name = "N")]
     max_parallel: usize,
-    /// Files uploaded at the same time (directories and several FILE arguments).
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Files uploaded at the same time (directories and several FILE arguments); of those,
+    /// at most 8 larger than 2 MiB (small files go in one request each, so many at once keep
+    /// the link busy; large ones fill it alone).
+    #[arg(long, default_value_t = 32, value_name = "N")]
     files_at_once: usize,
 }
 
@@ -318,13 +320,20 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         let overall = (files.len() > 1).then(|| bars.total(total, files.len()));
         let finished_state = state.clone();
         let uploader = Uploader::new(http, state, opts, bars.sink(), cancel.clone());
+        let large_at_once = Arc::new(tokio::sync::Semaphore::new(files_at_once.min(8)));
         let jobs = files.iter().map(|f| {
+            let large_at_once = large_at_once.clone();
             let up = match &overall {
                 Some(t) => uploader.with_progress(t.file_sink()),
                 None => uploader.with_progress(bars.sink()),
             };
             let endpoint = endpoint.clone();
             async move {
+                let _permit = if f.size > ferry_client::upload::SMALL_FILE_MAX {
+                    large_at_once.acquire().await.ok()
+                } else {
+                    None
+                };
                 (
                     f,
                     up.upload(&f.path, &endpoint, f.relative.as_deref()).await,
@@ -347,15 +356,18 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                         bars.println(&format!("ferry: {shown}: {why}"));
                     }
                     if json {
-                        let v = serde_json::json!({
+                        let mut v = serde_json::json!({
                             "file": shown,
                             "url": done.url,
                             "bytes": done.bytes,
                             "seconds": done.seconds,
-                            "sha256": done.sha256.map(|d| hex(&d)),
                             "verified": done.verification == Verification::Verified,
                             "resumed_from": done.resumed_from,
                         });
+                        // "blake3" against ferry servers, "sha256" against others.
+                        if let Some(d) = &done.digest {
+                            v[d.algorithm.name()] = d.hex().into();
+                        }
                         bars.println_stdout(&v.to_string());
                     } else {
                         bars.println_stdout(&done.url);
@@ -572,10 +584,6 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Runs `ferry status`.

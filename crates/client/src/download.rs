@@ -22,6 +22,7 @@ use crate::retry::{RetryPolicy, RetryState};
 use crate::state::{Loaded, STATE_VERSION, StateDir, Transfer, transfer_key};
 use crate::tus::{classify, network};
 use crate::upload::{Parallel, Verification};
+use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::digest::parse_digest_field;
 use ferry_proto::range::{ETag, parse_content_range};
 use futures_util::StreamExt;
@@ -83,6 +84,9 @@ pub struct DownloadRecord {
     pub last_modified: Option<String>,
     /// SHA-256 (hex) the result must have, if known (Repr-Digest or --checksum).
     pub sha256: Option<String>,
+    /// BLAKE3 (hex) the result must have, if that is the digest the server sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// Byte ranges `[start, end)` on disk and synced.
     pub done: Vec<(u64, u64)>,
     /// Creation time, ms since the epoch.
@@ -150,8 +154,18 @@ struct Probe {
     ranges: bool,
     etag: Option<ETag>,
     last_modified: Option<String>,
-    sha256: Option<Vec<u8>>,
+    /// From `Repr-Digest`: BLAKE3 when offered (cheaper to check), else SHA-256.
+    digest: Option<(ChecksumAlgorithm, Vec<u8>)>,
     filename: Option<String>,
+}
+
+/// The digest a download must have, as the record's (sha256, blake3) hex fields.
+fn digest_fields(d: Option<&(ChecksumAlgorithm, Vec<u8>)>) -> (Option<String>, Option<String>) {
+    match d {
+        Some((ChecksumAlgorithm::Blake3, b)) => (None, Some(hex(b))),
+        Some((_, b)) => (Some(hex(b)), None),
+        None => (None, None),
+    }
 }
 
 /// Downloads files, resuming from the state directory.
@@ -366,7 +380,7 @@ impl Downloader {
                         ranges: true,
                         etag: None,
                         last_modified: None,
-                        sha256: None,
+                        digest: None,
                         filename: None,
                     });
                 }
@@ -402,10 +416,21 @@ impl Downloader {
                     })
                 })
                 .map(str::to_string);
-            let sha256 = text(reqwest::header::HeaderName::from_static("repr-digest"))
+            let fields = text(reqwest::header::HeaderName::from_static("repr-digest"))
                 .and_then(|v| parse_digest_field(v).ok())
-                .and_then(|f| f.into_iter().find(|(k, _)| k == "sha-256"))
-                .map(|(_, d)| d);
+                .unwrap_or_default();
+            let find = |key: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, d)| d.clone())
+            };
+            let digest = find(ferry_proto::digest::BLAKE3_KEY)
+                .filter(|d| d.len() == 32)
+                .map(|d| (ChecksumAlgorithm::Blake3, d))
+                .or_else(|| {
+                    find(ferry_proto::digest::SHA256_KEY).map(|d| (ChecksumAlgorithm::Sha256, d))
+                });
             let filename = text(CONTENT_DISPOSITION).and_then(filename_from_disposition);
             let (size, ranges) = if status == StatusCode::PARTIAL_CONTENT {
                 let cr = text(CONTENT_RANGE).and_then(|v| parse_content_range(v).ok());
@@ -418,7 +443,7 @@ impl Downloader {
                 ranges,
                 etag,
                 last_modified,
-                sha256,
+                digest,
                 filename,
             });
         }
@@ -506,8 +531,9 @@ impl Downloader {
         let expected = self
             .opts
             .sha256
-            .map(|d| d.to_vec())
-            .or_else(|| probe.sha256.clone());
+            .map(|d| (ChecksumAlgorithm::Sha256, d.to_vec()))
+            .or_else(|| probe.digest.clone());
+        let expected_fields = digest_fields(expected.as_ref());
 
         // Resume only what provably belongs to the same version of the file.
         let mut done = Vec::new();
@@ -523,8 +549,9 @@ impl Downloader {
                 let same_date = rec.etag.is_none()
                     && rec.last_modified.is_some()
                     && rec.last_modified == probe.last_modified;
-                let digest_known =
-                    rec.sha256.is_some() && rec.sha256 == expected.as_deref().map(hex);
+                let recorded = (rec.sha256.clone(), rec.blake3.clone());
+                let has_digest = rec.sha256.is_some() || rec.blake3.is_some();
+                let digest_known = has_digest && recorded == expected_fields;
                 if rec.size != size {
                     self.progress.note(&format!(
                         "{display}: the file changed on the server (size); starting over"
@@ -538,7 +565,7 @@ impl Downloader {
                     validator = None;
                 } else if rec.etag.is_none()
                     && rec.last_modified.is_none()
-                    && rec.sha256.is_some()
+                    && has_digest
                     && expected.is_some()
                 {
                     // Only a digest to go by, and it is another one now (this used to be
@@ -591,7 +618,8 @@ impl Downloader {
             size,
             etag: probe.etag.as_ref().map(ToString::to_string),
             last_modified: probe.last_modified.clone(),
-            sha256: expected.as_deref().map(hex),
+            sha256: expected_fields.0.clone(),
+            blake3: expected_fields.1.clone(),
             done: done.clone(),
             created_ms: now_ms(),
         };
@@ -632,8 +660,8 @@ impl Downloader {
 
         // Verify, then move into place.
         let verification = match &expected {
-            Some(want) => {
-                let got = sha256_file(&file, size)
+            Some((algorithm, want)) => {
+                let got = digest_file(&file, size, *algorithm)
                     .await
                     .map_err(local("reading back"))?;
                 if got.as_slice() != want.as_slice() {
@@ -642,7 +670,8 @@ impl Downloader {
                     return Err(ClientError::new(
                         ErrorKind::Verification,
                         format!(
-                            "{display}: the download does not match the expected sha-256 {} (got {}); nothing was kept",
+                            "{display}: the download does not match the expected {} {} (got {}); nothing was kept",
+                            algorithm.name(),
                             hex(want),
                             hex(&got)
                         ),
@@ -1022,11 +1051,14 @@ fn changed() -> ClientError {
     )
 }
 
-async fn sha256_file(file: &Arc<File>, size: u64) -> std::io::Result<Vec<u8>> {
+async fn digest_file(
+    file: &Arc<File>,
+    size: u64,
+    algorithm: ChecksumAlgorithm,
+) -> std::io::Result<Vec<u8>> {
     let f = file.clone();
     tokio::task::spawn_blocking(move || {
-        let mut h =
-            ferry_proto::checksum::Hasher::new(ferry_proto::checksum::ChecksumAlgorithm::Sha256);
+        let mut h = ferry_proto::checksum::Hasher::new(algorithm);
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0;
         while at < size {

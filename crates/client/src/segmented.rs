@@ -402,7 +402,7 @@ impl Uploader {
                     known = Some(tus::RemoteUpload {
                         offset: 0,
                         length: Some(len),
-                        sha256: None,
+                        digests: tus::Digests::default(),
                     });
                     u
                 }

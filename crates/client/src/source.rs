@@ -1,11 +1,14 @@
-//! Reading the local file: request bodies streamed with reused buffers, first-pass hashing of
-//! a chunk for `Upload-Checksum`, and the whole-file SHA-256 computed on the way (each byte
-//! hashed once, in order, whichever pass reads it first).
+//! Reading the local file: request bodies streamed with reused buffers, the request's checksum
+//! computed on the way (sent as a trailer) or in a first pass (sent as a header), and the
+//! whole-file digest computed on the way (each byte hashed once, in order, whichever pass reads
+//! it first).
 
 use crate::progress::RateLimiter;
 use bytes::Bytes;
-use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
-use futures_util::Stream;
+use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, Hasher};
+use ferry_proto::tus;
+use http_body::Frame;
+use reqwest::header::{HeaderMap, HeaderValue};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -16,7 +19,7 @@ use std::time::Instant;
 /// Bytes per read.
 pub const BLOCK: usize = 256 * 1024;
 
-/// The SHA-256 of the file's bytes `[0, pos)`, advanced only in order.
+/// The digest of the file's bytes `[0, pos)`, advanced only in order.
 #[derive(Debug)]
 pub struct SequentialHash {
     pos: u64,
@@ -25,14 +28,24 @@ pub struct SequentialHash {
 
 impl Default for SequentialHash {
     fn default() -> Self {
-        Self {
-            pos: 0,
-            hasher: Some(Hasher::new(ChecksumAlgorithm::Sha256)),
-        }
+        Self::new(ChecksumAlgorithm::Sha256)
     }
 }
 
 impl SequentialHash {
+    /// A hash with `algorithm` (BLAKE3 for ferry servers, SHA-256 for the rest).
+    pub fn new(algorithm: ChecksumAlgorithm) -> Self {
+        Self {
+            pos: 0,
+            hasher: Some(Hasher::new(algorithm)),
+        }
+    }
+
+    /// The algorithm, if enabled.
+    pub fn algorithm(&self) -> Option<ChecksumAlgorithm> {
+        self.hasher.as_ref().map(Hasher::algorithm)
+    }
+
     /// A hash that is not wanted (`--no-verify`): feeding it costs nothing.
     pub fn disabled() -> Self {
         Self {
@@ -110,7 +123,7 @@ pub struct FileSource {
     pool: BlockPool,
 }
 
-/// What a body stream reports to as it goes.
+/// What a body reports to as it goes.
 #[derive(Clone)]
 pub struct StreamHooks {
     /// Whole-file hash.
@@ -152,6 +165,19 @@ impl FileSource {
     /// The file.
     pub fn file(&self) -> &Arc<File> {
         &self.file
+    }
+
+    /// The whole file in memory (small files only), read off the async threads.
+    pub async fn read_all(&self) -> io::Result<Vec<u8>> {
+        let file = self.file.clone();
+        let len = self.len as usize;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, 0)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Reads `[start, end)` in blocks off the async threads, calling `each(offset, block)`.
@@ -212,66 +238,119 @@ impl FileSource {
     }
 
     /// Streams `[start, end)` as a request body. A reader task stays a few blocks ahead of
-    /// the network, reading (and feeding the whole-file hash) off the async threads, so disk,
-    /// hashing and sending overlap. Blocks come from a small pool and go back to it when the
-    /// network layer drops them: no allocation per block (fresh memory is slow on this kind of
-    /// VM) and a fixed footprint per stream.
+    /// the network, reading (and feeding the whole-file hash, and the request's checksum when
+    /// `trailer` names an algorithm) off the async threads, so disk, hashing and sending overlap.
+    /// With `trailer`, the body ends with an `Upload-Checksum` trailer: one pass over the bytes
+    /// instead of a first pass to put the checksum in a header. Blocks come from a small pool
+    /// and go back to it when the network layer drops them: no allocation per block (fresh
+    /// memory is slow on this kind of VM) and a fixed footprint per stream.
     pub fn body(
         &self,
         start: u64,
         end: u64,
         hooks: StreamHooks,
-    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        trailer: Option<ChecksumAlgorithm>,
+    ) -> FileBody {
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Frame<Bytes>>>(READ_AHEAD);
         let file = self.file.clone();
         let sequential = hooks.sequential.clone();
+        let limiter = hooks.limiter.clone();
         let pool = self.pool.clone();
         let reader = tokio::spawn(async move {
             let mut at = start;
+            let mut checksum = trailer.map(Hasher::new);
             while at < end {
                 let n = ((end - at) as usize).min(BLOCK);
                 let mut buf = pool.take();
                 let (f, seq) = (file.clone(), sequential.clone());
+                let mut ck = checksum.take();
                 let read = tokio::task::spawn_blocking(move || {
                     // Only grows (and zero-fills) the first time a pooled buffer is used.
                     buf.resize(n, 0);
                     let r = f.read_exact_at(&mut buf[..n], at);
                     if r.is_ok() {
+                        if let Some(h) = &mut ck {
+                            h.update(&buf[..n]);
+                        }
                         seq.lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .feed(at, &buf[..n]);
                     }
-                    (buf, r)
+                    (buf, r, ck)
                 })
                 .await;
                 let block = match read {
-                    Ok((buf, Ok(()))) => Ok(pool.bytes(buf)),
-                    Ok((_, Err(e))) => Err(e),
+                    Ok((buf, Ok(()), ck)) => {
+                        checksum = ck;
+                        Ok(pool.bytes(buf))
+                    }
+                    Ok((_, Err(e), _)) => Err(e),
                     Err(e) => Err(io::Error::other(e)),
                 };
                 let failed = block.is_err();
-                if tx.send(block).await.is_err() || failed {
+                if let (Ok(b), Some(l)) = (&block, &limiter) {
+                    l.acquire(b.len() as u64).await;
+                }
+                if tx.send(block.map(Frame::data)).await.is_err() || failed {
                     return;
                 }
                 at += n as u64;
             }
-        });
-        let guard = AbortOnDrop(reader.abort_handle());
-        futures_util::stream::unfold(
-            (rx, hooks, guard, start),
-            |(mut rx, hooks, guard, mut pos)| async move {
-                let item = rx.recv().await?;
-                if let Ok(b) = &item {
-                    if let Some(l) = &hooks.limiter {
-                        l.acquire(b.len() as u64).await;
-                    }
-                    pos += b.len() as u64;
-                    hooks.activity.touch();
-                    (hooks.on_position)(pos);
+            if let Some(h) = checksum {
+                let c = Checksum {
+                    algorithm: h.algorithm(),
+                    digest: h.finalize(),
+                };
+                let mut trailers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&c.format()) {
+                    trailers.insert(tus::UPLOAD_CHECKSUM, v);
                 }
-                Some((item, (rx, hooks, guard, pos)))
-            },
-        )
+                let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+            }
+        });
+        FileBody {
+            rx,
+            hooks,
+            _guard: AbortOnDrop(reader.abort_handle()),
+            pos: start,
+        }
+    }
+}
+
+/// A request body read from the file by [`FileSource::body`].
+pub struct FileBody {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Frame<Bytes>>>,
+    hooks: StreamHooks,
+    _guard: AbortOnDrop,
+    pos: u64,
+}
+
+impl std::fmt::Debug for FileBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBody")
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            self.pos += n;
+            self.hooks.activity.touch();
+            (self.hooks.on_position)(self.pos);
+        }
+        polled
     }
 }
 
@@ -334,7 +413,7 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
 
     #[test]
     fn sequential_hash_counts_each_byte_once_in_order() {
@@ -388,13 +467,22 @@ mod tests {
             ferry_proto::checksum::digest(ChecksumAlgorithm::Crc32, &data[..100_000])
         );
         let mut out = Vec::new();
-        let mut s = Box::pin(src.body(0, data.len() as u64, hooks));
-        while let Some(b) = s.next().await {
-            out.extend_from_slice(&b.unwrap());
+        let mut trailers = None;
+        let mut s = src.body(0, data.len() as u64, hooks, Some(ChecksumAlgorithm::Blake3));
+        while let Some(f) = s.frame().await {
+            match f.unwrap().into_data() {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
         }
         assert_eq!(out, data);
+        let t = trailers.expect("a trailer follows the data");
+        let c = Checksum::parse(t[tus::UPLOAD_CHECKSUM].to_str().unwrap()).unwrap();
+        assert_eq!(c.algorithm, ChecksumAlgorithm::Blake3);
+        assert_eq!(c.digest, b3, "trailer checksum of the whole range");
         assert_eq!(last.load(Ordering::Relaxed), data.len() as u64);
-        let seq = Arc::try_unwrap(seq).unwrap().into_inner().unwrap();
+        // (The reader task may still hold its clone for a moment.)
+        let seq = std::mem::take(&mut *seq.lock().unwrap());
         let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
             .try_into()
             .unwrap();

@@ -68,9 +68,39 @@ pub struct UploadRecord {
 pub struct Completed {
     /// The upload's URL (the final upload of a parallel one).
     pub url: String,
-    /// SHA-256 of the file, hex (none when verification was off).
+    /// SHA-256 of the file, hex (when the run hashed with SHA-256).
     #[serde(default)]
     pub sha256: Option<String>,
+    /// BLAKE3 of the file, hex (when the run hashed with BLAKE3; neither when verification
+    /// was off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+impl Completed {
+    /// A finished upload at `url` whose file had `digest` (RFC 9530 key, hex).
+    pub fn new(url: String, digest: Option<(&str, String)>) -> Self {
+        let mut c = Completed {
+            url,
+            sha256: None,
+            blake3: None,
+        };
+        match digest {
+            Some((ferry_proto::digest::BLAKE3_KEY, h)) => c.blake3 = Some(h),
+            Some((_, h)) => c.sha256 = Some(h),
+            None => {}
+        }
+        c
+    }
+
+    /// The recorded digest as (RFC 9530 key, hex).
+    pub fn digest(&self) -> Option<(&'static str, &str)> {
+        match (&self.blake3, &self.sha256) {
+            (Some(b), _) => Some((ferry_proto::digest::BLAKE3_KEY, b)),
+            (None, Some(s)) => Some((ferry_proto::digest::SHA256_KEY, s)),
+            (None, None) => None,
+        }
+    }
 }
 
 impl UploadRecord {
@@ -116,6 +146,8 @@ pub fn transfer_key(kind: &str, remote: &str, local: &Path) -> String {
 
 /// What was found under a key.
 #[derive(Debug)]
+// Returned once per lookup and consumed at once, never stored in bulk: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     /// Nothing.
     Missing,
@@ -199,13 +231,13 @@ impl StateDir {
         Ok(())
     }
 
-    /// Deletes a record (missing is fine).
+    /// Deletes a record (missing is fine, and costs no sync).
     pub fn remove(&self, key: &str) -> io::Result<()> {
         match fs::remove_file(self.path(key)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+            Ok(()) => File::open(self.dir())?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
-        File::open(self.dir())?.sync_all()
     }
 
     /// Deletes several records (missing ones are fine), syncing the directory once.
@@ -363,7 +395,8 @@ mod tests {
         };
         rec.completed = Some(Box::new(Completed {
             url: "http://127.0.0.1:1/files/a".into(),
-            sha256: Some("ab".repeat(32)),
+            sha256: None,
+            blake3: Some("ab".repeat(32)),
         }));
         s.save_hint(&Transfer::Upload(rec.clone())).unwrap();
         s.save(&record("other")).unwrap();

@@ -15,6 +15,8 @@ pub struct ServerCaps {
     pub extensions: Vec<String>,
     /// The fastest checksum algorithm both sides know.
     pub checksum: Option<ChecksumAlgorithm>,
+    /// Every checksum algorithm the server lists (that ferry knows).
+    pub algorithms: Vec<ChecksumAlgorithm>,
     /// `Tus-Max-Size`.
     pub max_size: Option<u64>,
 }
@@ -33,8 +35,56 @@ pub struct RemoteUpload {
     pub offset: u64,
     /// Length, if known.
     pub length: Option<u64>,
-    /// SHA-256 from `Repr-Digest`, if the server exposes it.
-    pub sha256: Option<Vec<u8>>,
+    /// Whole-upload digests from `Repr-Digest` (algorithm key, bytes), if the server sent any.
+    pub digests: Digests,
+}
+
+/// Whole-upload digests a server sent in `Repr-Digest`: `(key, bytes)` pairs, keys lowercased
+/// (`sha-256`, `blake3`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Digests(pub Vec<(String, Vec<u8>)>);
+
+impl Digests {
+    fn from_response(resp: &Response) -> Digests {
+        Digests(
+            header(resp, "repr-digest")
+                .and_then(|v| parse_digest_field(v).ok())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The digest for an RFC 9530 key, if present.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, d)| d.as_slice())
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// How a request's bytes are checksummed (tus checksum extension).
+#[derive(Debug, Clone, Copy)]
+pub enum RequestChecksum<'a> {
+    /// Not at all.
+    None,
+    /// `Upload-Checksum` header (computed before the body).
+    Header(&'a Checksum),
+    /// `Upload-Checksum` trailer (computed while the body goes out; chunked encoding).
+    Trailer,
+}
+
+/// What a PATCH (or a creation with a body) achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The committed offset the server reports.
+    pub offset: u64,
+    /// Whole-upload digests, when the request completed the upload and asked for them.
+    pub digests: Digests,
 }
 
 fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
@@ -109,14 +159,22 @@ pub async fn options(http: &reqwest::Client, endpoint: &Url) -> Result<ServerCap
         .map(|e| e.trim().to_ascii_lowercase())
         .filter(|e| !e.is_empty())
         .collect::<Vec<_>>();
-    let checksum = header(&resp, tus::TUS_CHECKSUM_ALGORITHM)
-        .filter(|_| extensions.iter().any(|e| e == "checksum"))
-        .and_then(ChecksumAlgorithm::best_of);
+    let listed = header(&resp, tus::TUS_CHECKSUM_ALGORITHM)
+        .filter(|_| extensions.iter().any(|e| e == "checksum"));
+    let checksum = listed.and_then(ChecksumAlgorithm::best_of);
+    let algorithms = listed
+        .map(|l| {
+            l.split(',')
+                .filter_map(|n| ChecksumAlgorithm::from_name(n.trim()))
+                .collect()
+        })
+        .unwrap_or_default();
     let max_size =
         header(&resp, tus::TUS_MAX_SIZE).and_then(|v| tus::parse_number(tus::TUS_MAX_SIZE, v).ok());
     Ok(ServerCaps {
         extensions,
         checksum,
+        algorithms,
         max_size,
     })
 }
@@ -161,17 +219,17 @@ pub async fn create(
     resolve(endpoint, location)
 }
 
-/// HEAD: the committed offset (and digest, when `want_digest`).
+/// HEAD: the committed offset (and digests, when `want_digest` holds a `Want-Repr-Digest`).
 pub async fn head(
     http: &reqwest::Client,
     url: &Url,
-    want_digest: bool,
+    want_digest: Option<&str>,
 ) -> Result<RemoteUpload, AttemptError> {
     let mut req = http
         .head(url.clone())
         .header(tus::TUS_RESUMABLE, tus::TUS_VERSION);
-    if want_digest {
-        req = req.header("want-repr-digest", "sha-256=10");
+    if let Some(w) = want_digest {
+        req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("HEAD", e))?;
     if !resp.status().is_success() {
@@ -190,14 +248,10 @@ pub async fn head(
     };
     let offset = num(tus::UPLOAD_OFFSET)?.unwrap_or(0);
     let length = num(tus::UPLOAD_LENGTH)?;
-    let sha256 = header(&resp, "repr-digest")
-        .and_then(|v| parse_digest_field(v).ok())
-        .and_then(|fields| fields.into_iter().find(|(k, _)| k == "sha-256"))
-        .map(|(_, d)| d);
     Ok(RemoteUpload {
         offset,
         length,
-        sha256,
+        digests: Digests::from_response(&resp),
     })
 }
 
@@ -213,41 +267,116 @@ const PATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(u32
 /// `Connection: close`, because a server may refuse it with an early 413 without reading it,
 /// and some then leave the connection open but never answer on it again (rustus does), which
 /// would hang the next request that the pool put on it.
+#[allow(clippy::too_many_arguments)]
 pub async fn patch(
     http: &reqwest::Client,
     url: &Url,
     offset: u64,
     len: u64,
     body: reqwest::Body,
-    checksum: Option<&Checksum>,
+    checksum: RequestChecksum<'_>,
     probe: bool,
-) -> Result<u64, AttemptError> {
+    want_digest: Option<&str>,
+) -> Result<Sent, AttemptError> {
     let mut req = http
         .patch(url.clone())
         .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
         .header(tus::UPLOAD_OFFSET, offset)
         .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
-        // Explicit, or the body would go chunked (some servers refuse chunked PATCH).
-        .header(reqwest::header::CONTENT_LENGTH, len)
         .timeout(PATCH_TIME_LIMIT)
         .body(body);
-    if let Some(c) = checksum {
-        req = req.header(tus::UPLOAD_CHECKSUM, c.format());
-    }
+    req = match checksum {
+        // Explicit, or the body would go chunked (some servers refuse chunked PATCH).
+        RequestChecksum::None => req.header(reqwest::header::CONTENT_LENGTH, len),
+        RequestChecksum::Header(c) => req
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(tus::UPLOAD_CHECKSUM, c.format()),
+        // A trailer needs chunked encoding: no Content-Length (only servers that announce
+        // checksum-trailer get this).
+        RequestChecksum::Trailer => req.header(reqwest::header::TRAILER, tus::UPLOAD_CHECKSUM),
+    };
     if probe {
         req = req.header(reqwest::header::CONNECTION, "close");
     }
+    if let Some(w) = want_digest {
+        req = req.header("want-repr-digest", w);
+    }
     let resp = req.send().await.map_err(|e| network("PATCH", e))?;
     match resp.status().as_u16() {
-        204 | 200 => {
-            let v = header(&resp, tus::UPLOAD_OFFSET)
-                .ok_or_else(|| AttemptError::retry("PATCH answered without Upload-Offset"))?;
-            tus::parse_upload_offset(v)
-                .map_err(|e| AttemptError::retry(format!("PATCH answered with a bad offset: {e}")))
-        }
+        204 | 200 => sent(&resp, "PATCH"),
         413 => Err(AttemptError::TooLarge { size: len }),
         _ => Err(classify(resp, "PATCH").await),
     }
+}
+
+/// The offset (and digests) of a successful PATCH or creation with a body.
+fn sent(resp: &Response, what: &str) -> Result<Sent, AttemptError> {
+    let v = header(resp, tus::UPLOAD_OFFSET)
+        .ok_or_else(|| AttemptError::retry(format!("{what} answered without Upload-Offset")))?;
+    let offset = tus::parse_upload_offset(v)
+        .map_err(|e| AttemptError::retry(format!("{what} answered with a bad offset: {e}")))?;
+    Ok(Sent {
+        offset,
+        digests: Digests::from_response(resp),
+    })
+}
+
+/// POST with the whole file as body (creation-with-upload), for small files: one request
+/// instead of two. Returns the upload's URL and what the body achieved.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_with_body(
+    http: &reqwest::Client,
+    endpoint: &Url,
+    metadata: &Metadata,
+    data: bytes::Bytes,
+    checksum: Option<&Checksum>,
+    want_digest: Option<&str>,
+) -> Result<(Url, Sent), AttemptError> {
+    let len = data.len() as u64;
+    let mut req = http
+        .post(endpoint.clone())
+        .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
+        .header(tus::UPLOAD_LENGTH, len)
+        .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(data);
+    if !metadata.is_empty() {
+        req = req.header(tus::UPLOAD_METADATA, metadata.format());
+    }
+    if let Some(c) = checksum {
+        req = req.header(tus::UPLOAD_CHECKSUM, c.format());
+    }
+    if let Some(w) = want_digest {
+        req = req.header("want-repr-digest", w);
+    }
+    let resp = req.send().await.map_err(|e| network("POST", e))?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(match classify(resp, "creating the upload").await {
+            AttemptError::Gone => AttemptError::Fatal(ClientError::new(
+                ErrorKind::Refused,
+                format!("{endpoint} is not a tus endpoint (404)"),
+            )),
+            other => other,
+        });
+    }
+    let location = header(&resp, "location").ok_or_else(|| {
+        AttemptError::Fatal(ClientError::new(
+            ErrorKind::Refused,
+            "server created the upload but sent no Location",
+        ))
+    })?;
+    let url = resolve(endpoint, location)?;
+    // A server without creation-with-upload semantics may ignore the body: no offset means
+    // nothing was taken.
+    let done = if header(&resp, tus::UPLOAD_OFFSET).is_some() {
+        sent(&resp, "POST")?
+    } else {
+        Sent {
+            offset: 0,
+            digests: Digests::default(),
+        }
+    };
+    Ok((url, done))
 }
 
 /// DELETE (termination). Missing uploads count as deleted.

@@ -72,6 +72,48 @@ pub enum Parallel {
 /// Files smaller than this are always sent over one stream.
 pub const MIN_PARALLEL_SIZE: u64 = 32 << 20;
 
+/// New uploads up to this size go in their creation request (tus creation-with-upload) when
+/// the server offers it: one request per small file instead of two, and no resume state (a
+/// run killed mid-request just sends the file again).
+pub const SMALL_FILE_MAX: u64 = 2 << 20;
+
+/// A whole-file digest computed by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    /// BLAKE3 (against ferry servers) or SHA-256.
+    pub algorithm: ChecksumAlgorithm,
+    /// The digest.
+    pub bytes: [u8; 32],
+}
+
+impl FileDigest {
+    /// The RFC 9530 key (`sha-256`, `blake3`).
+    pub fn key(&self) -> &'static str {
+        digest_key(self.algorithm)
+    }
+
+    /// The digest in lowercase hex.
+    pub fn hex(&self) -> String {
+        hex(&self.bytes)
+    }
+}
+
+fn digest_key(a: ChecksumAlgorithm) -> &'static str {
+    match a {
+        ChecksumAlgorithm::Blake3 => ferry_proto::digest::BLAKE3_KEY,
+        _ => ferry_proto::digest::SHA256_KEY,
+    }
+}
+
+/// `Want-Repr-Digest` for a transfer hashing with `a`: that algorithm first, SHA-256 (which
+/// every RFC 9530 server knows) as the fallback.
+fn want_digest_for(a: ChecksumAlgorithm) -> &'static str {
+    match a {
+        ChecksumAlgorithm::Blake3 => "blake3=10, sha-256=3",
+        _ => "sha-256=10",
+    }
+}
+
 /// Round trips at least this long make the automatic choice try several streams.
 pub const AUTO_PARALLEL_RTT: Duration = Duration::from_millis(5);
 
@@ -127,8 +169,8 @@ pub struct UploadOutcome {
     pub bytes: u64,
     /// Wall time of this run.
     pub seconds: f64,
-    /// SHA-256 of the file (not computed with verification turned off).
-    pub sha256: Option<[u8; 32]>,
+    /// The file's digest (not computed with verification turned off).
+    pub digest: Option<FileDigest>,
     /// Verification result.
     pub verification: Verification,
     /// Where this run started (0 unless resumed; the whole size for a file an earlier run of
@@ -177,6 +219,8 @@ pub(crate) fn build_client(
 #[derive(Clone)]
 pub struct Uploader {
     http: reqwest::Client,
+    /// What each endpoint offers and its round trip, asked once per run (OPTIONS).
+    caps: Arc<Mutex<std::collections::HashMap<String, (tus::ServerCaps, Duration)>>>,
     state: StateDir,
     pub(crate) opts: UploadOptions,
     pub(crate) progress: Arc<dyn ProgressSink>,
@@ -213,6 +257,7 @@ impl Uploader {
     ) -> Self {
         Self {
             http,
+            caps: Arc::default(),
             state,
             opts,
             progress,
@@ -273,19 +318,7 @@ impl Uploader {
             });
         }
 
-        let t0 = Instant::now();
-        let caps = loop {
-            match tus::options(&self.http, endpoint).await {
-                Ok(c) => break c,
-                // Some servers answer OPTIONS poorly; the upload can still go ahead.
-                Err(AttemptError::Gone | AttemptError::Fatal(_)) => {
-                    break tus::ServerCaps::default();
-                }
-                Err(e) => self.wait_or_give_up(&mut retry, e).await?,
-            }
-        };
-        // A fresh connection plus one request: about two round trips.
-        let rtt = t0.elapsed() / 2;
+        let (caps, rtt) = self.server_caps(endpoint, &mut retry).await?;
         if let Some(max) = caps.max_size
             && len > max
         {
@@ -315,26 +348,48 @@ impl Uploader {
             (None, Parallel::Auto) => Streams::Single,
         };
         // Without verification nobody needs the whole-file hash: don't spend a core on it.
+        // A server that knows BLAKE3 is asked for a BLAKE3 Repr-Digest (ferry's is ready the
+        // moment the upload completes); SHA-256 costs four times the CPU.
+        let digest_algorithm = if caps.algorithms.contains(&ChecksumAlgorithm::Blake3) {
+            ChecksumAlgorithm::Blake3
+        } else {
+            ChecksumAlgorithm::Sha256
+        };
         let sequential = Arc::new(Mutex::new(if self.opts.verify {
-            SequentialHash::default()
+            SequentialHash::new(digest_algorithm)
         } else {
             SequentialHash::disabled()
         }));
+        let want_digest = self.opts.verify.then(|| want_digest_for(digest_algorithm));
+        let trailer = algorithm.is_some() && caps.has("checksum-trailer");
         let shared_for = |on_position: Arc<dyn Fn(u64) + Send + Sync>| Shared {
             identity: job.identity.clone(),
             source: job.source.clone(),
             algorithm,
+            trailer,
+            want_digest,
             sequential: sequential.clone(),
             on_position,
         };
-        let (url, resumed_from) = match streams {
+        let small = record.is_none()
+            && matches!(streams, Streams::Single)
+            && len > 0
+            && len <= SMALL_FILE_MAX
+            && caps.has("creation-with-upload");
+        let (url, resumed_from, early) = match streams {
+            Streams::Single if small => {
+                self.run_small(&job, endpoint, &shared_for, &mut retry)
+                    .await?
+            }
             Streams::Single => {
                 self.run_single(&job, endpoint, record, &shared_for, &mut retry)
                     .await?
             }
             Streams::Segmented(fixed) => {
-                self.run_segmented(&job, endpoint, record, fixed, rtt, &shared_for, &mut retry)
-                    .await?
+                let (u, r) = self
+                    .run_segmented(&job, endpoint, record, fixed, rtt, &shared_for, &mut retry)
+                    .await?;
+                (u, r, tus::Digests::default())
             }
         };
 
@@ -366,36 +421,43 @@ impl Uploader {
         // failed (e.g. the server died mid-PATCH) can still be owned by the HTTP connection's
         // task for a moment, and it holds a clone. (Anything it feeds now goes to the empty
         // default left behind.)
-        let sha256 =
-            std::mem::take(&mut *sequential.lock().unwrap_or_else(|p| p.into_inner())).finish(len);
-        let verification = match &sha256 {
-            Some(d) => self.verify(&url, d, &mut retry).await?,
+        let digest = std::mem::take(&mut *sequential.lock().unwrap_or_else(|p| p.into_inner()))
+            .finish(len)
+            .map(|bytes| FileDigest {
+                algorithm: digest_algorithm,
+                bytes,
+            });
+        let verification = match &digest {
+            Some(d) => self.verify(&url, d, early, &job.source, &mut retry).await?,
             None if hashing => {
                 return Err(ClientError::new(ErrorKind::Local, "file hash incomplete"));
             }
             None => Verification::NotVerified("verification was turned off".into()),
         };
-        match self.state.load(&job.key) {
-            Ok(Loaded::Found(Transfer::Upload(mut rec))) if self.opts.keep_completed => {
-                rec.completed = Some(Box::new(Completed {
-                    url: url.to_string(),
-                    sha256: sha256.map(|d| hex(&d)),
-                }));
-                self.state
-                    .save_hint(&Transfer::Upload(rec))
-                    .map_err(local("writing the state"))?;
-            }
-            _ => self
-                .state
+        if self.opts.keep_completed {
+            // A small file sent in one request has no record yet: the mark needs one.
+            let mut rec = match self.state.load(&job.key) {
+                Ok(Loaded::Found(Transfer::Upload(rec))) => rec,
+                _ => self.new_record(&job, endpoint, Vec::new()),
+            };
+            rec.completed = Some(Box::new(Completed::new(
+                url.to_string(),
+                digest.map(|d| (d.key(), d.hex())),
+            )));
+            self.state
+                .save_hint(&Transfer::Upload(rec))
+                .map_err(local("writing the state"))?;
+        } else {
+            self.state
                 .remove(&job.key)
-                .map_err(local("writing the state"))?,
+                .map_err(local("writing the state"))?;
         }
         self.progress.finish();
         Ok(UploadOutcome {
             url: url.to_string(),
             bytes: len,
             seconds: started.elapsed().as_secs_f64(),
-            sha256,
+            digest,
             verification,
             resumed_from,
             key: job.key.clone(),
@@ -419,18 +481,35 @@ impl Uploader {
         };
         let url =
             Url::parse(&done.url).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
+        let recorded = done.digest();
+        let want = recorded.as_ref().map(|(k, _)| {
+            if *k == ferry_proto::digest::BLAKE3_KEY {
+                want_digest_for(ChecksumAlgorithm::Blake3)
+            } else {
+                want_digest_for(ChecksumAlgorithm::Sha256)
+            }
+        });
         let remote = loop {
-            match tus::head(&self.http, &url, self.opts.verify).await {
+            match tus::head(&self.http, &url, want).await {
                 Ok(r) => break Some(r),
                 Err(AttemptError::Gone) => break None,
                 Err(e) => self.wait_or_give_up(retry, e).await?,
             }
         };
-        let sha256 = done.sha256.as_deref().and_then(unhex);
+        let digest = recorded.as_ref().and_then(|(k, h)| {
+            Some(FileDigest {
+                algorithm: if *k == ferry_proto::digest::BLAKE3_KEY {
+                    ChecksumAlgorithm::Blake3
+                } else {
+                    ChecksumAlgorithm::Sha256
+                },
+                bytes: unhex(h)?,
+            })
+        });
         let verification = match &remote {
             Some(r) if r.offset == job.len && r.length.is_none_or(|l| l == job.len) => {
-                match (&sha256, &r.sha256) {
-                    (Some(local), Some(theirs)) if local.as_slice() == theirs.as_slice() => {
+                match (&digest, r.digests.get(digest.map_or("", |d| d.key()))) {
+                    (Some(local), Some(theirs)) if local.bytes.as_slice() == theirs => {
                         Some(Verification::Verified)
                     }
                     (Some(_), Some(_)) => None,
@@ -461,7 +540,7 @@ impl Uploader {
             url: done.url,
             bytes: job.len,
             seconds: 0.0,
-            sha256,
+            digest,
             verification,
             resumed_from: job.len,
             key: job.key.clone(),
@@ -615,7 +694,7 @@ impl Uploader {
         retry: &mut RetryState,
     ) -> Result<Option<tus::RemoteUpload>, ClientError> {
         loop {
-            match tus::head(&self.http, url, false).await {
+            match tus::head(&self.http, url, None).await {
                 Ok(r) if r.length.is_none_or(|l| l == len) => return Ok(Some(r)),
                 Ok(_) | Err(AttemptError::Gone) => return Ok(None),
                 Err(e) => self.wait_or_give_up(retry, e).await?,
@@ -631,7 +710,7 @@ impl Uploader {
         record: Option<UploadRecord>,
         shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
         retry: &mut RetryState,
-    ) -> Result<(Url, u64), ClientError> {
+    ) -> Result<(Url, u64, tus::Digests), ClientError> {
         let len = job.len;
         let mut resumed = None;
         if let Some(u) = record
@@ -677,36 +756,190 @@ impl Uploader {
             base: 0,
             len,
         };
-        self.pump_range(&target, remote, &shared, &mut controller, retry)
+        let digests = self
+            .pump_range(&target, remote, &shared, &mut controller, retry)
             .await?;
-        Ok((url, resumed_from))
+        Ok((url, resumed_from, digests))
     }
 
-    async fn verify(
+    /// A small new file in one request: creation with the whole file as body. Nothing is
+    /// saved unless the server takes only part of it (then it goes on like any upload).
+    async fn run_small(
         &self,
-        url: &Url,
-        sha256: &[u8; 32],
+        job: &Job,
+        endpoint: &Url,
+        shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
         retry: &mut RetryState,
-    ) -> Result<Verification, ClientError> {
-        let remote = loop {
-            match tus::head(&self.http, url, true).await {
-                Ok(r) => break r,
+    ) -> Result<(Url, u64, tus::Digests), ClientError> {
+        let len = job.len;
+        self.progress.start(&job.display, len, 0);
+        let progress = self.progress.clone();
+        let shared = shared_for(Arc::new(move |p| progress.position(p)));
+        let data = shared
+            .source
+            .read_all()
+            .await
+            .map_err(|e| shared.read_error(e))?;
+        shared
+            .sequential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .feed(0, &data);
+        let checksum = shared.algorithm.map(|a| Checksum {
+            algorithm: a,
+            digest: ferry_proto::checksum::digest(a, &data),
+        });
+        let data = bytes::Bytes::from(data);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(interrupted());
+            }
+            let sent = tus::create_with_body(
+                &self.http,
+                endpoint,
+                &job.metadata,
+                data.clone(),
+                checksum.as_ref(),
+                shared.want_digest,
+            )
+            .await;
+            match sent {
+                Ok((url, sent)) if sent.offset >= len => {
+                    (shared.on_position)(len);
+                    return Ok((url, 0, sent.digests));
+                }
+                Ok((url, sent)) => {
+                    // Only part of it was taken: from here on, a resumable upload.
+                    let parts = vec![PartRecord {
+                        url: Some(url.to_string()),
+                        start: 0,
+                        end: len,
+                        done: false,
+                    }];
+                    self.save(&self.new_record(job, endpoint, parts))?;
+                    let known = tus::RemoteUpload {
+                        offset: sent.offset,
+                        length: Some(len),
+                        digests: tus::Digests::default(),
+                    };
+                    let mut controller = ChunkSizeController::new(self.opts.chunk);
+                    let target = Target {
+                        url: &url,
+                        base: 0,
+                        len,
+                    };
+                    let digests = self
+                        .pump_range(&target, Some(known), &shared, &mut controller, retry)
+                        .await?;
+                    return Ok((url, 0, digests));
+                }
+                Err(e) => {
+                    shared.ensure_unchanged()?;
+                    self.wait_or_give_up(retry, e).await?;
+                }
+            }
+        }
+    }
+
+    /// What the endpoint offers and about how long a round trip takes: asked once per run and
+    /// endpoint (every file of a directory shares the answer).
+    async fn server_caps(
+        &self,
+        endpoint: &Url,
+        retry: &mut RetryState,
+    ) -> Result<(tus::ServerCaps, Duration), ClientError> {
+        if let Some(c) = self
+            .caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint.as_str())
+        {
+            return Ok(c.clone());
+        }
+        let t0 = Instant::now();
+        let caps = loop {
+            match tus::options(&self.http, endpoint).await {
+                Ok(c) => break c,
+                // Some servers answer OPTIONS poorly; the upload can still go ahead.
+                Err(AttemptError::Gone | AttemptError::Fatal(_)) => {
+                    break tus::ServerCaps::default();
+                }
                 Err(e) => self.wait_or_give_up(retry, e).await?,
             }
         };
-        match remote.sha256 {
-            Some(d) if d.as_slice() == sha256 => Ok(Verification::Verified),
-            Some(d) => Err(ClientError::new(
+        // A fresh connection plus one request: about two round trips.
+        let rtt = t0.elapsed() / 2;
+        self.caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(endpoint.to_string(), (caps.clone(), rtt));
+        Ok((caps, rtt))
+    }
+
+    /// Compares the file's digest with the server's: from the response that completed the
+    /// upload when it carried one, else from a HEAD asking for it. A server that only knows
+    /// SHA-256 while the file was hashed with BLAKE3 costs a second read of the file.
+    async fn verify(
+        &self,
+        url: &Url,
+        ours: &FileDigest,
+        early: tus::Digests,
+        source: &FileSource,
+        retry: &mut RetryState,
+    ) -> Result<Verification, ClientError> {
+        let digests = if early.get(ours.key()).is_some() {
+            early
+        } else {
+            loop {
+                match tus::head(&self.http, url, Some(want_digest_for(ours.algorithm))).await {
+                    Ok(r) => break r.digests,
+                    Err(e) => self.wait_or_give_up(retry, e).await?,
+                }
+            }
+        };
+        let (ours, theirs) = match digests.get(ours.key()) {
+            Some(d) => (*ours, d.to_vec()),
+            None => match digests.get(ferry_proto::digest::SHA256_KEY) {
+                Some(d) => {
+                    let len = source.len();
+                    let s = Arc::new(Mutex::new(SequentialHash::new(ChecksumAlgorithm::Sha256)));
+                    let s2 = s.clone();
+                    source
+                        .scan(0, len, move |at, b| {
+                            s2.lock().unwrap_or_else(|p| p.into_inner()).feed(at, b);
+                        })
+                        .await
+                        .map_err(local("reading the file"))?;
+                    let bytes = std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner()))
+                        .finish(len)
+                        .ok_or_else(|| {
+                            ClientError::new(ErrorKind::Local, "file hash incomplete")
+                        })?;
+                    let sha = FileDigest {
+                        algorithm: ChecksumAlgorithm::Sha256,
+                        bytes,
+                    };
+                    (sha, d.to_vec())
+                }
+                None => {
+                    return Ok(Verification::NotVerified(
+                        "the server exposes no Repr-Digest, so the result was not verified".into(),
+                    ));
+                }
+            },
+        };
+        if ours.bytes.as_slice() == theirs {
+            Ok(Verification::Verified)
+        } else {
+            Err(ClientError::new(
                 ErrorKind::Verification,
                 format!(
-                    "the server's copy differs from the file: server sha-256 {}, local {}",
-                    hex(&d),
-                    hex(sha256)
+                    "the server's copy differs from the file: server {} {}, local {}",
+                    ours.key(),
+                    hex(&theirs),
+                    ours.hex()
                 ),
-            )),
-            None => Ok(Verification::NotVerified(
-                "the server exposes no Repr-Digest, so the result was not verified".into(),
-            )),
+            ))
         }
     }
 
@@ -720,7 +953,7 @@ impl Uploader {
         shared: &Shared,
         controller: &mut ChunkSizeController,
         retry: &mut RetryState,
-    ) -> Result<(), ClientError> {
+    ) -> Result<tus::Digests, ClientError> {
         let mut acked = 0u64;
         loop {
             if self.cancel.is_cancelled() {
@@ -728,7 +961,7 @@ impl Uploader {
             }
             let r = match known.take() {
                 Some(r) => r,
-                None => match tus::head(&self.http, target.url, false).await {
+                None => match tus::head(&self.http, target.url, None).await {
                     Ok(r) => r,
                     Err(AttemptError::Gone) => {
                         return Err(ClientError::new(
@@ -748,7 +981,7 @@ impl Uploader {
             }
             (shared.on_position)(target.base + r.offset);
             if r.offset >= target.len {
-                return Ok(());
+                return Ok(r.digests);
             }
             // Bring the whole-file hash up to where sending resumes, so every byte is hashed
             // once, in order.
@@ -772,7 +1005,7 @@ impl Uploader {
                 .send_range(target, r.offset, shared, controller, retry, &mut acked)
                 .await
             {
-                Ok(()) => {}
+                Ok(digests) => return Ok(digests),
                 Err(AttemptError::TooLarge { size }) => {
                     controller.record(Outcome::TooLarge { bytes: size });
                     if size <= self.opts.chunk.min {
@@ -793,7 +1026,8 @@ impl Uploader {
         }
     }
 
-    /// Sends chunks from `offset` (relative to the target) until its end or the first failure.
+    /// Sends chunks from `offset` (relative to the target) until its end or the first failure;
+    /// returns the digests the last answer carried.
     async fn send_range(
         &self,
         target: &Target<'_>,
@@ -802,12 +1036,14 @@ impl Uploader {
         controller: &mut ChunkSizeController,
         retry: &mut RetryState,
         acked: &mut u64,
-    ) -> Result<(), AttemptError> {
+    ) -> Result<tus::Digests, AttemptError> {
         let len = target.len;
+        let mut digests = tus::Digests::default();
         while offset < len {
             let size = controller.next_size().min(len - offset);
             let (start, end) = (target.base + offset, target.base + offset + size);
             let checksum = match shared.algorithm {
+                Some(_) if shared.trailer => None,
                 Some(a) => Some(Checksum {
                     algorithm: a,
                     digest: shared.source.checksum(start, end, a).await.map_err(|e| {
@@ -824,18 +1060,30 @@ impl Uploader {
                 on_position: shared.on_position.clone(),
                 limiter: self.opts.limiter.clone(),
             };
-            let body = reqwest::Body::wrap_stream(shared.source.body(start, end, hooks));
+            let trailer = shared.algorithm.filter(|_| shared.trailer);
+            let body = reqwest::Body::wrap(shared.source.body(start, end, hooks, trailer));
+            let request_checksum = match (&checksum, trailer) {
+                (Some(c), _) => tus::RequestChecksum::Header(c),
+                (None, Some(_)) => tus::RequestChecksum::Trailer,
+                (None, None) => tus::RequestChecksum::None,
+            };
+            // Only the request that completes the whole file asks for its digest.
+            let want = shared.want_digest.filter(|_| {
+                target.base == 0 && offset + size == len && target.len == shared.source.len()
+            });
             let t0 = Instant::now();
             let stall = self.opts.stall_timeout;
             let probe = size > controller.accepted();
             let sent = tokio::select! {
-                r = tus::patch(&self.http, target.url, offset, size, body, checksum.as_ref(), probe) => r,
+                r = tus::patch(&self.http, target.url, offset, size, body, request_checksum, probe, want) => r,
                 () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
                     "no progress for {}s (stalled connection)", stall.as_secs()
                 ))),
                 () = self.cancel.cancelled() => Err(AttemptError::Fatal(interrupted())),
             };
-            let new = sent?;
+            let sent = sent?;
+            let new = sent.offset;
+            digests = sent.digests;
             if new <= offset {
                 return Err(AttemptError::retry("the server accepted no bytes"));
             }
@@ -848,7 +1096,7 @@ impl Uploader {
             offset = new;
             (shared.on_position)(target.base + offset);
         }
-        Ok(())
+        Ok(digests)
     }
 }
 
@@ -866,6 +1114,10 @@ pub(crate) struct Shared {
     pub(crate) identity: FileIdentity,
     pub(crate) source: FileSource,
     pub(crate) algorithm: Option<ChecksumAlgorithm>,
+    /// Send the request checksum as a trailer (the server offers checksum-trailer).
+    pub(crate) trailer: bool,
+    /// `Want-Repr-Digest` for the request that completes the file (`None`: not verifying).
+    pub(crate) want_digest: Option<&'static str>,
     pub(crate) sequential: Arc<Mutex<SequentialHash>>,
     /// Called with absolute file positions as bytes go out and are acknowledged.
     pub(crate) on_position: Arc<dyn Fn(u64) + Send + Sync>,

@@ -6,7 +6,7 @@
 
 use crate::AppState;
 use axum::body::Body;
-use ferry_proto::checksum::{Checksum, Hasher};
+use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, Hasher};
 use ferry_proto::{ProtoError, tus};
 use ferry_store::{Lease, StoreError, UploadInfo};
 use http_body_util::BodyExt;
@@ -96,7 +96,14 @@ async fn receive_inner(
         Verify::Header(c) => Some(c.clone()),
         _ => None,
     };
-    let mut hasher = claimed.as_ref().map(|c| Hasher::new(c.algorithm));
+    // With a trailer the algorithm is known only at the end. Hash with CRC-32 on the way (what
+    // ferry's client sends, and nearly free); any other algorithm is hashed at the end by
+    // reading the bytes back (see `digest_uncommitted`).
+    let mut hasher = match &verify {
+        Verify::Header(c) => Some(Hasher::new(c.algorithm)),
+        Verify::Trailer => Some(Hasher::new(ChecksumAlgorithm::Crc32)),
+        Verify::None => None,
+    };
     let mut trailer_error = None;
     let mut error = None;
     let ending = loop {
@@ -139,8 +146,6 @@ async fn receive_inner(
                 continue;
             }
         };
-        // With a trailer the algorithm is known only at the end: the bytes are hashed then,
-        // read back from the store (see `digest_uncommitted`).
         if let Some(h) = &mut hasher {
             h.update(&data);
         }
@@ -177,8 +182,8 @@ async fn receive_inner(
                 )),
                 (None, Some(claim)) => {
                     let actual = match hasher.take() {
-                        Some(h) => h.finalize(),
-                        None => append.digest_uncommitted(claim.algorithm).await?,
+                        Some(h) if h.algorithm() == claim.algorithm => h.finalize(),
+                        _ => append.digest_uncommitted(claim.algorithm).await?,
                     };
                     if actual == claim.digest {
                         Ok(())

@@ -166,6 +166,7 @@ pub async fn serve(
                 + Duration::from_nanos(meta.mtime_nsec().max(0) as u64),
         ),
         sha256: None,
+        blake3: None,
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(name.as_deref())).ok(),
     };

@@ -8,7 +8,7 @@ use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::checksum::{self, Checksum};
 use ferry_proto::concat::{Concat, split_url};
-use ferry_proto::digest::format_digest_field;
+use ferry_proto::digest::{WantDigest, format_digests};
 use ferry_proto::{Metadata, UploadId, tus};
 use ferry_store::{NewUpload, Protocol, StoreError, UploadInfo, UploadKind};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -88,11 +88,50 @@ fn set_expires(resp: &mut Response<Body>, info: &UploadInfo) {
     }
 }
 
-/// `Repr-Digest` (RFC 9530) once the whole-upload digest is known.
+/// `Repr-Digest` (RFC 9530) with every whole-upload digest known so far.
 pub(crate) fn set_repr_digest(resp: &mut Response<Body>, info: &UploadInfo) {
-    if let Some(d) = info.sha256 {
-        set(resp, "repr-digest", format_digest_field("sha-256", &d));
+    if let Some(v) = format_digests(
+        info.sha256.as_ref().map(|d| &d[..]),
+        info.blake3.as_ref().map(|d| &d[..]),
+    ) {
+        set(resp, "repr-digest", v);
     }
+}
+
+/// What `Want-Repr-Digest` asks for, if sent.
+pub(crate) fn want_digest(headers: &HeaderMap) -> Option<WantDigest> {
+    let values: Vec<&str> = headers
+        .get_all("want-repr-digest")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| WantDigest::parse(&values.join(",")))
+}
+
+/// Whether `info` already carries a digest the client accepts.
+fn has_wanted_digest(info: &UploadInfo, want: WantDigest) -> bool {
+    (want.blake3 && info.blake3.is_some()) || (want.sha256 && info.sha256.is_some())
+}
+
+/// After a body completed an upload: the digests the client asked for go into the answer (no
+/// HEAD needed to verify), and a SHA-256 still missing starts computing.
+async fn answer_digest(
+    state: &AppState,
+    resp: &mut Response<Body>,
+    want: Option<WantDigest>,
+    info: &UploadInfo,
+) {
+    let Some(want) = want else { return };
+    if !info.is_complete() {
+        return;
+    }
+    if !has_wanted_digest(info, want) {
+        state
+            .uploads
+            .ensure_digests(info, want.sha256 && !want.blake3)
+            .await;
+    }
+    set_repr_digest(resp, info);
 }
 
 /// OPTIONS on the collection or an upload: what this server offers.
@@ -244,6 +283,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     }
     // creation-with-upload: the body holds the first bytes.
     let expected = content_length(&req);
+    let want = want_digest(req.headers());
     let lease = state.uploads.lease(info.id).await?;
     let received = receive(state.clone(), lease, req.into_body(), expected, verify).await?;
     if let Ending::TooLong { length } = received.ending {
@@ -266,6 +306,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     }
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
     set_expires(&mut resp, &received.info);
+    answer_digest(&state, &mut resp, want, &received.info).await;
     finish_body_response(resp, received)
 }
 
@@ -428,8 +469,8 @@ pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, A
 pub async fn head(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
     require_version(req.headers())?;
     let mut info = load(&state, id).await?;
-    if req.headers().contains_key("want-repr-digest") {
-        info = wait_for_digest(&state, info).await?;
+    if let Some(want) = want_digest(req.headers()) {
+        info = wait_for_digest(&state, info, want).await?;
     }
     let mut resp = base_response(StatusCode::OK);
     upload_headers(&state, &mut resp, &info);
@@ -468,9 +509,23 @@ const DIGEST_WAIT: Duration = Duration::from_secs(60);
 
 /// A client that asks for the digest (RFC 9530 `Want-Repr-Digest`) of a finished upload gets
 /// it even if it is still being computed in the background: wait for it, bounded.
-async fn wait_for_digest(state: &AppState, mut info: UploadInfo) -> Result<UploadInfo, ApiError> {
+async fn wait_for_digest(
+    state: &AppState,
+    mut info: UploadInfo,
+    want: WantDigest,
+) -> Result<UploadInfo, ApiError> {
+    if !info.is_complete() || has_wanted_digest(&info, want) {
+        return Ok(info);
+    }
+    // BLAKE3 comes with completion (or shortly after, when read back); SHA-256 of a large
+    // upload is computed only now that somebody wants it (and accepts nothing cheaper).
+    state
+        .uploads
+        .ensure_digests(&info, want.sha256 && !want.blake3)
+        .await;
+    info = load(state, info.id).await?;
     let deadline = tokio::time::Instant::now() + DIGEST_WAIT;
-    while info.is_complete() && info.sha256.is_none() && tokio::time::Instant::now() < deadline {
+    while !has_wanted_digest(&info, want) && tokio::time::Instant::now() < deadline {
         tokio::select! {
             () = state.shutdown.cancelled() => break,
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -522,9 +577,11 @@ pub async fn patch(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Re
         set_expires(&mut resp, &info);
         return Ok(resp);
     }
+    let want = want_digest(req.headers());
     let received = receive(state.clone(), lease, req.into_body(), expected, verify).await?;
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
     set_expires(&mut resp, &received.info);
+    answer_digest(&state, &mut resp, want, &received.info).await;
     finish_body_response(resp, received)
 }
 

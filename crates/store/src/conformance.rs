@@ -182,6 +182,7 @@ fn sample(id: UploadId) -> UploadInfo {
         updated_ms: 2,
         expires_ms: Some(3),
         sha256: Some([7u8; 32]),
+        blake3: Some([6u8; 32]),
         finals: vec![fresh_id(7)],
         deleted: true,
     }

@@ -142,8 +142,12 @@ pub struct UploadInfo {
     pub updated_ms: u64,
     /// When an unfinished upload expires, milliseconds since the Unix epoch.
     pub expires_ms: Option<u64>,
-    /// SHA-256 of the whole content, once computed.
+    /// SHA-256 of the whole content, once computed (for large uploads only when a client asks
+    /// for it: see [`crate::Uploads::ensure_digests`]).
     pub sha256: Option<[u8; 32]>,
+    /// BLAKE3 of the whole content, once computed (kept running while bytes arrive in order, so
+    /// it is ready when the last byte commits).
+    pub blake3: Option<[u8; 32]>,
     /// Final uploads built from this one (a partial). While any exist, deleting or expiring
     /// this upload only hides it: its bytes stay for the finals.
     pub finals: Vec<UploadId>,

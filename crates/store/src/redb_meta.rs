@@ -47,6 +47,8 @@ struct Record {
     expires_ms: Option<u64>,
     #[serde(default)]
     sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blake3: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     finals: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -64,9 +66,8 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         created_ms: info.created_ms,
         updated_ms: info.updated_ms,
         expires_ms: info.expires_ms,
-        sha256: info
-            .sha256
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect()),
+        sha256: info.sha256.map(|d| hex32(&d)),
+        blake3: info.blake3.map(|d| hex32(&d)),
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
     };
@@ -77,10 +78,14 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     let bad = |what: String| StoreError::Metadata(format!("record {id}: {what}"));
     let rec: Record = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = Metadata::parse(&rec.metadata).map_err(|e| bad(e.to_string()))?;
-    let sha256 = match rec.sha256 {
-        None => None,
-        Some(hex) => Some(parse_hex32(&hex).ok_or_else(|| bad("bad sha256".into()))?),
+    let digest = |field: Option<String>, name: &str| match field {
+        None => Ok(None),
+        Some(hex) => parse_hex32(&hex)
+            .map(Some)
+            .ok_or_else(|| bad(format!("bad {name}"))),
     };
+    let sha256 = digest(rec.sha256, "sha256")?;
+    let blake3 = digest(rec.blake3, "blake3")?;
     let finals = rec
         .finals
         .iter()
@@ -100,7 +105,12 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         updated_ms: rec.updated_ms,
         expires_ms: rec.expires_ms,
         sha256,
+        blake3,
     })
+}
+
+fn hex32(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
@@ -215,7 +225,8 @@ fn check_layout(db: &Database) -> Result<()> {
 
 enum Reply {
     Unit(oneshot::Sender<Result<()>>, Result<()>),
-    Info(oneshot::Sender<Result<UploadInfo>>, Result<UploadInfo>),
+    // Boxed: a record is several times the size of the other variant.
+    Info(oneshot::Sender<Result<UploadInfo>>, Box<Result<UploadInfo>>),
 }
 
 fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
@@ -232,7 +243,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
         for reply in replies {
             match (reply, &outcome) {
                 (Reply::Unit(tx, r), Ok(())) => drop(tx.send(r)),
-                (Reply::Info(tx, r), Ok(())) => drop(tx.send(r)),
+                (Reply::Info(tx, r), Ok(())) => drop(tx.send(*r)),
                 (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
                 (Reply::Info(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
             }
@@ -274,7 +285,7 @@ fn apply_batch(db: &Database, batch: Vec<Op>, replies: &mut Vec<Reply>) -> Resul
                             .map_err(db_err)?;
                         Ok(info)
                     });
-                    replies.push(Reply::Info(tx, r));
+                    replies.push(Reply::Info(tx, Box::new(r)));
                 }
                 Op::Remove(id, tx) => {
                     let r = table
@@ -395,6 +406,7 @@ mod tests {
             updated_ms: 1,
             expires_ms: None,
             sha256: None,
+            blake3: None,
             finals: Vec::new(),
             deleted: false,
         };

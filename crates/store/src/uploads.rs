@@ -13,8 +13,7 @@ use crate::lock::{Lease, LocalLocker, Locker};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
 use crate::redb_meta::RedbMetaStore;
-use ferry_proto::checksum::ChecksumAlgorithm;
-use ferry_proto::checksum::Hasher;
+use ferry_proto::checksum::{ChecksumAlgorithm, Hasher, digest};
 use ferry_proto::{Metadata, UploadId};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -107,9 +106,48 @@ impl ExpiryPolicy {
     }
 }
 
-/// Uploads at most this large get their digest before the completing request is answered;
-/// larger ones in the background.
+/// Uploads at most this large get both digests (BLAKE3 and SHA-256) before the completing
+/// request is answered. Larger ones get BLAKE3 (kept running, so it is free at completion) and
+/// SHA-256 only when a client asks for it ([`Uploads::ensure_digests`]): hashing 200 GiB with
+/// SHA-256 costs minutes of CPU nobody may need.
 pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
+
+/// The whole-upload digests kept up to date while bytes are appended in order.
+#[derive(Clone)]
+struct RunningDigest {
+    blake3: Hasher,
+    /// Only for uploads small enough to get their SHA-256 inline.
+    sha256: Option<Hasher>,
+}
+
+impl RunningDigest {
+    fn new(length: Option<u64>) -> Self {
+        Self {
+            blake3: Hasher::new(ChecksumAlgorithm::Blake3),
+            sha256: length
+                .is_some_and(|l| l <= INLINE_DIGEST_MAX)
+                .then(|| Hasher::new(ChecksumAlgorithm::Sha256)),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.blake3.update(data);
+        if let Some(h) = &mut self.sha256 {
+            h.update(data);
+        }
+    }
+
+    fn finish(self) -> ([u8; 32], Option<[u8; 32]>) {
+        (
+            to32(self.blake3.finalize()),
+            self.sha256.map(|h| to32(h.finalize())),
+        )
+    }
+}
+
+fn to32(v: Vec<u8>) -> [u8; 32] {
+    v.try_into().expect("32-byte digest")
+}
 
 /// Data store + metadata store + locker, bound by a sync policy.
 pub struct Uploads {
@@ -118,10 +156,12 @@ pub struct Uploads {
     locker: Arc<dyn Locker>,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
-    /// SHA-256 state of uploads being appended in order, keyed by id, at their committed
+    /// Digest state of uploads being appended in order, keyed by id, at their committed
     /// offset: the whole-upload digest is then ready the moment the last byte commits, with no
     /// second read. Lost on restart (the digest is then computed by reading the data back).
-    running: Mutex<HashMap<UploadId, (u64, Hasher)>>,
+    running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
+    /// Uploads whose digest is being computed by reading back (so it runs once).
+    digesting: Arc<Mutex<std::collections::HashSet<UploadId>>>,
     _dir_lock: Option<File>,
 }
 
@@ -151,6 +191,7 @@ impl Uploads {
             sync,
             expiry: ExpiryPolicy::default(),
             running: Mutex::new(HashMap::new()),
+            digesting: Arc::default(),
             _dir_lock: None,
         }
     }
@@ -230,7 +271,8 @@ impl Uploads {
             created_ms: now,
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
-            sha256: complete.then(sha256_of_nothing),
+            sha256: complete.then(|| to32(digest(ChecksumAlgorithm::Sha256, b""))),
+            blake3: complete.then(|| to32(digest(ChecksumAlgorithm::Blake3, b""))),
             finals: Vec::new(),
             deleted: false,
         };
@@ -294,6 +336,7 @@ impl Uploads {
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
             sha256: None,
+            blake3: None,
             finals: Vec::new(),
             deleted: false,
         };
@@ -346,7 +389,7 @@ impl Uploads {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             match running.remove(&id) {
                 Some((pos, h)) if pos == info.offset => Some(h),
-                _ if info.offset == 0 => Some(Hasher::new(ChecksumAlgorithm::Sha256)),
+                _ if info.offset == 0 => Some(RunningDigest::new(info.length)),
                 _ => None,
             }
         };
@@ -484,33 +527,15 @@ impl Uploads {
         self.locker.try_acquire(id).await
     }
 
-    /// Work that follows an upload's completion: its digest (inline when small, else in the
-    /// background) and completing finals that were waiting for it.
+    /// Work that follows an upload's completion: its digests (unless the commit already
+    /// stored them from the running hash) and completing finals that were waiting for it.
     async fn completed(&self, info: &UploadInfo) {
-        let running = self
-            .running
+        self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&info.id);
-        if let Some((pos, hasher)) = running
-            && Some(pos) == info.length
-        {
-            let digest: [u8; 32] = hasher.finalize().try_into().expect("32 bytes");
-            let stored = self
-                .meta
-                .update(
-                    info.id,
-                    Box::new(move |i| {
-                        i.sha256 = Some(digest);
-                        Ok(())
-                    }),
-                )
-                .await;
-            if let Err(e) = stored {
-                tracing::warn!(upload = %info.id, error = %e, "storing digest failed");
-            }
-        } else {
-            self.digest_by_reading(info).await;
+        if info.blake3.is_none() {
+            self.digest_by_reading(info, false).await;
         }
         for f in &info.finals {
             if let Err(e) = self.refresh_final(*f).await {
@@ -519,21 +544,53 @@ impl Uploads {
         }
     }
 
-    /// Computes the digest by reading the data back (after a restart, a takeover that broke
-    /// the hash chain, or for finals): inline when small, else in the background.
-    async fn digest_by_reading(&self, info: &UploadInfo) {
+    /// Computes missing digests by reading the data back (after a restart, a takeover that
+    /// broke the hash chain, for finals, or SHA-256 on request): inline when small (both
+    /// digests), else in the background (SHA-256 only if `sha256` is asked for). Runs at most
+    /// once at a time per upload.
+    async fn digest_by_reading(&self, info: &UploadInfo, sha256: bool) {
+        let small = info.length.unwrap_or(0) <= INLINE_DIGEST_MAX;
+        let want = Wanted {
+            blake3: info.blake3.is_none(),
+            sha256: info.sha256.is_none() && (small || sha256),
+        };
+        if !want.blake3 && !want.sha256 {
+            return;
+        }
+        if !self
+            .digesting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.id)
+        {
+            return;
+        }
         let data = self.data.clone();
         let meta = self.meta.clone();
+        let digesting = self.digesting.clone();
         let info_owned = info.clone();
         let job = async move {
-            if let Err(e) = compute_digest(&data, &meta, &info_owned).await {
+            if let Err(e) = compute_digest(&data, &meta, &info_owned, want).await {
                 tracing::warn!(upload = %info_owned.id, error = %e, "digest failed");
             }
+            digesting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&info_owned.id);
         };
-        if info.length.unwrap_or(0) <= INLINE_DIGEST_MAX {
+        if small {
             job.await;
         } else {
             tokio::spawn(job);
+        }
+    }
+
+    /// A client asked for the digest of a finished upload: computes what is missing (BLAKE3,
+    /// and SHA-256 if `sha256`), in the background when large, once. The record shows the
+    /// digests when done.
+    pub async fn ensure_digests(&self, info: &UploadInfo, sha256: bool) {
+        if info.is_complete() {
+            self.digest_by_reading(info, sha256).await;
         }
     }
 
@@ -621,11 +678,6 @@ fn random_id() -> Result<UploadId> {
     Ok(UploadId::from_bytes(bytes))
 }
 
-fn sha256_of_nothing() -> [u8; 32] {
-    let d = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, b"");
-    d.try_into().expect("32 bytes")
-}
-
 /// Sum of the parts' lengths, if all are known.
 fn total_length(parts: &[UploadInfo]) -> Option<u64> {
     parts
@@ -680,23 +732,51 @@ async fn read_upload(
     Ok(Box::pin(stream))
 }
 
-/// Hashes the whole upload with SHA-256 and stores the digest.
+/// Which digests to compute by reading back.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    blake3: bool,
+    sha256: bool,
+}
+
+/// Hashes the whole upload with the wanted algorithms (one read) and stores the digests.
 async fn compute_digest(
     data: &Arc<dyn DataStore>,
     meta: &Arc<dyn MetaStore>,
     info: &UploadInfo,
+    want: Wanted,
 ) -> Result<()> {
     let length = info.length.unwrap_or(0);
     let mut stream = read_upload(data, meta, info, 0, length).await?;
-    let mut hasher = ferry_proto::checksum::Hasher::new(ChecksumAlgorithm::Sha256);
+    let mut b3 = want.blake3.then(|| Hasher::new(ChecksumAlgorithm::Blake3));
+    let mut sha = want.sha256.then(|| Hasher::new(ChecksumAlgorithm::Sha256));
     while let Some(chunk) = stream.next().await {
-        hasher.update(&chunk?);
+        let chunk = chunk?;
+        // Off the async threads: hashing a GiB takes a while.
+        let (b, s) = tokio::task::spawn_blocking(move || {
+            if let Some(h) = &mut b3 {
+                h.update(&chunk);
+            }
+            if let Some(h) = &mut sha {
+                h.update(&chunk);
+            }
+            (b3, sha)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        (b3, sha) = (b, s);
     }
-    let digest: [u8; 32] = hasher.finalize().try_into().expect("32 bytes");
+    let b3 = b3.map(|h| to32(h.finalize()));
+    let sha = sha.map(|h| to32(h.finalize()));
     meta.update(
         info.id,
         Box::new(move |i| {
-            i.sha256 = Some(digest);
+            if b3.is_some() {
+                i.blake3 = b3;
+            }
+            if sha.is_some() {
+                i.sha256 = sha;
+            }
             Ok(())
         }),
     )
@@ -719,9 +799,9 @@ pub struct Append<'a> {
     /// Position up to which writes have completed successfully.
     written: u64,
     failed: Option<String>,
-    /// Running SHA-256 of everything written in order (fed after each write, off the async
+    /// Running digests of everything written in order (fed after each write, off the async
     /// thread), if the chain from byte 0 is unbroken.
-    hasher: Option<Arc<Mutex<Hasher>>>,
+    hasher: Option<Arc<Mutex<RunningDigest>>>,
 }
 
 impl std::fmt::Debug for Append<'_> {
@@ -858,6 +938,13 @@ impl Append<'_> {
         let previous = self.info.offset;
         let id = self.info.id;
         let expiry = self.uploads.expiry;
+        // The last byte: the digests go into the same commit as the offset.
+        let digests = match &self.hasher {
+            Some(h) if self.info.length == Some(target) => {
+                Some(h.lock().unwrap_or_else(|p| p.into_inner()).clone().finish())
+            }
+            _ => None,
+        };
         let committed = self
             .uploads
             .meta
@@ -870,6 +957,10 @@ impl Append<'_> {
                     let now = now_ms();
                     info.offset = target;
                     info.updated_ms = now;
+                    if let Some((b3, sha)) = digests {
+                        info.blake3 = Some(b3);
+                        info.sha256 = sha;
+                    }
                     // Activity keeps an unfinished upload alive; finishing applies the
                     // finished-upload policy.
                     info.expires_ms = expiry.expires_at(info.is_complete(), now);
@@ -879,7 +970,7 @@ impl Append<'_> {
             .await?;
         self.info = committed;
         self.uploads.keep_finals_alive(&self.info).await;
-        if let Some(h) = &self.hasher {
+        if let Some(h) = self.hasher.as_ref().filter(|_| digests.is_none()) {
             // Snapshot: bytes hashed after this point are not committed yet.
             let snapshot = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
             self.uploads
@@ -889,8 +980,9 @@ impl Append<'_> {
                 .insert(id, (target, snapshot));
         }
         if self.info.is_complete() {
+            let had_digest = self.info.blake3.is_some();
             self.uploads.completed(&self.info).await;
-            if let Some(fresh) = self.uploads.meta.get(id).await? {
+            if !had_digest && let Some(fresh) = self.uploads.meta.get(id).await? {
                 self.info = fresh;
             }
         }
@@ -937,6 +1029,10 @@ mod tests {
             .unwrap()
     }
 
+    fn b3(data: &[u8]) -> [u8; 32] {
+        to32(digest(ChecksumAlgorithm::Blake3, data))
+    }
+
     fn new_upload(length: Option<u64>, kind: UploadKind) -> NewUpload {
         NewUpload {
             length,
@@ -970,6 +1066,7 @@ mod tests {
             Some(sha(&data)),
             "small uploads get their digest inline"
         );
+        assert_eq!(done.blake3, Some(b3(&data)));
         assert_eq!(
             done.expires_ms, None,
             "finished uploads do not expire by default"
@@ -993,10 +1090,25 @@ mod tests {
         let done = u.get(info.id).await.unwrap().unwrap();
         assert!(done.is_complete());
         assert_eq!(
-            done.sha256,
-            Some(sha(&data)),
-            "digest ready at once (> inline limit)"
+            done.blake3,
+            Some(b3(&data)),
+            "BLAKE3 ready at once (> inline limit)"
         );
+        assert_eq!(
+            done.sha256, None,
+            "SHA-256 of a large upload waits to be asked for"
+        );
+        u.ensure_digests(&done, true).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let with_sha = loop {
+            let i = u.get(info.id).await.unwrap().unwrap();
+            if i.sha256.is_some() || std::time::Instant::now() > deadline {
+                break i;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(with_sha.sha256, Some(sha(&data)), "computed on request");
+        assert_eq!(with_sha.blake3, Some(b3(&data)));
     }
 
     #[tokio::test]

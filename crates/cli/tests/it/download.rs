@@ -1292,9 +1292,12 @@ fn finished_upload_downloads_with_ranges_digest_and_names() {
         assert!(Instant::now() < deadline, "no Repr-Digest");
         std::thread::sleep(Duration::from_millis(50));
     };
+    // (Small content: SHA-256 and BLAKE3 both computed at completion.)
+    let enc = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let want = format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data))
+        "sha-256=:{}:, blake3=:{}:",
+        enc(&sha2::Sha256::digest(&data)),
+        enc(blake3::hash(&data).as_bytes())
     );
     assert_eq!(digest, want);
 

@@ -464,7 +464,7 @@ fn bad_link_auto_parallelism_reaches_best_fixed() {
         },
     );
     let endpoint = proxy.url("/files/");
-    let (file, sha) = random_file(tmp.path(), "payload.bin", size as usize, 0xBAD);
+    let (file, _) = random_file(tmp.path(), "payload.bin", size as usize, 0xBAD);
 
     let configs_env = std::env::var("FERRY_BADLINK_CONFIGS").unwrap_or_default();
     let configs: Vec<&str> = if configs_env.is_empty() {
@@ -530,7 +530,7 @@ fn bad_link_auto_parallelism_reaches_best_fixed() {
             }
             let out = done.json();
             assert_eq!(out.len(), 1, "{}", done.stdout);
-            assert_eq!(out[0]["sha256"], sha.as_str(), "-j {j}");
+            assert_reported_digest(&out[0], &file);
             assert_eq!(out[0]["verified"], true, "-j {j}");
             let mbs = size as f64 / done.secs / 1e6;
             eprintln!(
@@ -611,7 +611,7 @@ fn seeded_cuts_adaptive_chunks_resend_no_more_than_fixed_maximum() {
             .ok();
         let out = done.json();
         assert_eq!(out.len(), 1, "{}", done.stdout);
-        assert_eq!(out[0]["sha256"], sha.as_str(), "{tag}");
+        assert_reported_digest(&out[0], &file);
         assert_eq!(out[0]["verified"], true, "{tag}");
         assert_eq!(
             fetch_sha256(&checker(), out[0]["url"].as_str().unwrap()),
@@ -695,10 +695,11 @@ fn check_uploaded(
     for l in lines {
         let rel = l["file"].as_str().expect("file").to_string();
         let url = l["url"].as_str().expect("url").to_string();
-        let (_, sha) = files
+        let (path, _) = files
             .get(&rel)
             .unwrap_or_else(|| panic!("unexpected file {rel:?}"));
-        assert_eq!(l["sha256"], sha.as_str(), "{rel}");
+        assert_eq!(l["blake3"].as_str().map(str::len), Some(64), "{rel}: {l}");
+        assert_reported_digest(l, path);
         assert!(
             urls.insert(rel.clone(), url).is_none(),
             "{rel} reported twice"

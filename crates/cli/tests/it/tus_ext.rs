@@ -167,8 +167,21 @@ fn assert_error(resp: &str, want: u16, case: &str) {
 }
 
 /// `sha-256=:<base64>:` of `data` (RFC 9530).
+/// The `Repr-Digest` of small content (at most 8 MiB): SHA-256 and BLAKE3, both computed
+/// before the completing request is answered.
 fn repr_digest(data: &[u8]) -> String {
+    format!("{}, {}", sha256_member(data), blake3_member(data))
+}
+
+fn sha256_member(data: &[u8]) -> String {
     format!("sha-256=:{}:", STANDARD.encode(sha2::Sha256::digest(data)))
+}
+
+fn blake3_member(data: &[u8]) -> String {
+    format!(
+        "blake3=:{}:",
+        STANDARD.encode(blake3::hash(data).as_bytes())
+    )
 }
 
 /// Polls `f` every 20 ms until it is true or `limit` passes; returns whether it became true.
@@ -1230,21 +1243,44 @@ fn repr_digest_on_finished_uploads_only() {
     assert_eq!(digest, Some(want), "GET");
     assert!(body == small);
 
-    // Large (> 8 MiB): computed in the background; HEAD shows it once ready.
+    // Large (> 8 MiB): BLAKE3 (kept running) at once; SHA-256 only once a client asks for it
+    // (Want-Repr-Digest), computed then.
     let large = random_bytes(9 * MIB + 1, 62);
     let url = create(&server, large.len() as u64, None);
     assert_eq!(
         patch(&url, 0, large.clone()),
         (204, Some(large.len() as u64))
     );
-    let want = repr_digest(&large);
-    let mut seen = None;
-    let ok = eventually(Duration::from_secs(60), || {
-        seen = hdr(&head(&url), "repr-digest");
-        seen.is_some()
-    });
-    assert!(ok, "no Repr-Digest within 60 s");
-    assert_eq!(seen, Some(want.clone()), "HEAD");
+    let b3_only = blake3_member(&large);
+    assert_eq!(
+        hdr(&head(&url), "repr-digest"),
+        Some(b3_only.clone()),
+        "HEAD"
+    );
+    assert_eq!(get(&url).1, Some(b3_only.clone()), "GET");
+    let asked = client()
+        .head(&url)
+        .header(TUS.0, TUS.1)
+        .header("want-repr-digest", "blake3=5, sha-256=1")
+        .send()
+        .unwrap();
+    assert_eq!(
+        hdr(&asked, "repr-digest"),
+        Some(b3_only),
+        "BLAKE3 accepted: no SHA-256 computed"
+    );
+    let asked = client()
+        .head(&url)
+        .header(TUS.0, TUS.1)
+        .header("want-repr-digest", "sha-256=10")
+        .send()
+        .unwrap();
+    let want = format!("{}, {}", sha256_member(&large), blake3_member(&large));
+    assert_eq!(
+        hdr(&asked, "repr-digest"),
+        Some(want.clone()),
+        "HEAD waits for SHA-256"
+    );
     let (status, digest, body) = get(&url);
     assert_eq!(status, 200);
     assert_eq!(digest, Some(want), "GET");

@@ -360,15 +360,16 @@ fn prints_the_url_json_and_leaves_no_state() {
         .ok();
     let objs = done.json();
     assert_eq!(objs.len(), 2, "{done:#?}");
-    for (o, (len, sha)) in objs
+    for (o, (len, sha, path)) in objs
         .iter()
-        .zip([(300 * KIB, &sha_b), (0, &EMPTY_SHA256.into())])
+        .zip([(300 * KIB, &sha_b, &b), (0, &EMPTY_SHA256.into(), &empty)])
     {
         let url = o["url"].as_str().expect("url");
         assert!(url.starts_with(&server.files_url), "{o}");
         assert_eq!(o["bytes"], len, "{o}");
         assert!(o["seconds"].as_f64().is_some_and(|s| s >= 0.0), "{o}");
-        assert_eq!(o["sha256"].as_str(), Some(sha.as_str()), "{o}");
+        assert!(o.get("blake3").is_some(), "ferry serve offers BLAKE3: {o}");
+        assert_reported_digest(o, path);
         assert_eq!(o["verified"], true, "{o}");
         assert_uploaded(&env, url, sha);
     }
@@ -527,7 +528,7 @@ fn upload_through(faults: Faults, len: u64, extra: &[&str]) -> (Proxy, Done) {
     let url = o["url"].as_str().unwrap();
     assert!(url.starts_with(&proxy.url("/files/")), "{url}");
     assert_eq!(o["verified"], true);
-    assert_eq!(o["sha256"].as_str(), Some(sha.as_str()));
+    assert_reported_digest(o, &f);
     assert_uploaded(&env, url, &sha);
     assert!(proxy.forwarded.load(Ordering::Relaxed) >= len);
     (proxy, done)
@@ -962,7 +963,12 @@ fn without_checksums_corruption_fails_verification_exit_5() {
         .code(5);
     assert_eq!(proxy.corrupted.load(Ordering::Relaxed), 1);
     assert!(done.stdout.is_empty(), "{done:#?}");
-    let stored = get_sha256(&env.saved_url());
+    assert_ne!(get_sha256(&env.saved_url()), sha);
+    // Against ferry serve the whole-file check is BLAKE3.
+    let stored = get_blake3(&env.saved_url());
+    let sha = blake3::hash(&std::fs::read(&f).unwrap())
+        .to_hex()
+        .to_string();
     assert_ne!(stored, sha);
     assert!(
         done.stderr.contains(&stored) && done.stderr.contains(&sha),
@@ -1124,7 +1130,7 @@ fn interop_tus_node_server() {
     );
     let o = &done.json()[0];
     assert_eq!(o["verified"], false);
-    assert_eq!(o["sha256"].as_str(), Some(sha.as_str()));
+    assert_reported_digest(o, &f);
     let url = o["url"].as_str().unwrap();
     let id = url.rsplit('/').next().unwrap();
     assert_eq!(
@@ -1227,7 +1233,11 @@ fn interop_rustus_body_limit_learned_from_413() {
         .wait(RUN_LIMIT)
         .ok();
     let o = &done.json()[0];
-    assert_eq!(o["sha256"].as_str(), Some(sha.as_str()));
+    assert_eq!(
+        o["sha256"].as_str(),
+        Some(sha.as_str()),
+        "rustus knows no BLAKE3"
+    );
     assert_eq!(o["verified"], false, "rustus exposes no Repr-Digest");
     assert!(done.stderr.contains("not verified"), "{}", done.stderr);
     let url = o["url"].as_str().unwrap();

@@ -306,6 +306,15 @@ pub fn head_offset(url: &str) -> Option<u64> {
 }
 
 /// GET a finished upload and hash it.
+/// BLAKE3 (hex) of what `GET url` returns.
+pub fn get_blake3(url: &str) -> String {
+    let resp = client().get(url).send().expect("GET");
+    assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+    blake3::hash(&resp.bytes().expect("read body"))
+        .to_hex()
+        .to_string()
+}
+
 pub fn get_sha256(url: &str) -> String {
     let mut resp = client().get(url).send().expect("GET");
     assert_eq!(resp.status().as_u16(), 200, "GET {url}");
@@ -319,6 +328,21 @@ pub fn get_sha256(url: &str) -> String {
         h.update(&buf[..n]);
     }
     hex::encode(h.finalize())
+}
+
+/// Checks the whole-file digest a `ferry upload --json` line reports against the file: BLAKE3
+/// (`"blake3"`, against servers that know it, like ferry's) or SHA-256 (`"sha256"`).
+pub fn assert_reported_digest(line: &serde_json::Value, path: &Path) {
+    let data = std::fs::read(path).unwrap();
+    match (line.get("blake3"), line.get("sha256")) {
+        (Some(b), _) => assert_eq!(
+            b.as_str(),
+            Some(blake3::hash(&data).to_hex().as_str()),
+            "{line}"
+        ),
+        (None, Some(s)) => assert_eq!(s.as_str(), Some(sha256(&data).as_str()), "{line}"),
+        (None, None) => panic!("no digest reported: {line}"),
+    }
 }
 
 pub fn sha256(data: &[u8]) -> String {
