@@ -4,7 +4,7 @@
 //   node tus_js_upload.mjs --endpoint URL --file PATH
 //        [--chunk-size BYTES] [--metadata key=value]... [--metadata none]
 //        [--url-storage PATH] [--parallel N] [--retry-delays 0,500,1000|none]
-//        [--header 'Name: value']...
+//        [--header 'Name: value']... [--protocol tus-v1|ietf-draft-03|ietf-draft-05]
 //
 // stdout: the final upload URL, alone, on success (exit 0).
 // stderr: `progress <bytesUploaded> <bytesTotal>` lines (at most ~10/s, the
@@ -16,6 +16,10 @@
 // recognises as a file (it has .path): it stat()s it for the size and opens a
 // fresh ranged read stream for every PATCH, so the file is never loaded into
 // memory whatever its size (the default chunkSize is Infinity = one PATCH).
+//
+// --protocol picks tus-js-client's wire protocol: tus-v1 (default), or its IETF
+// resumable-upload draft modes (ietf-draft-03 sends Upload-Draft-Interop-Version 5,
+// ietf-draft-05 sends 6 and Content-Type: application/partial-upload).
 import fs from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
@@ -23,7 +27,8 @@ import { FileUrlStorage, Upload } from 'tus-js-client'
 
 const USAGE = `usage: node tus_js_upload.mjs --endpoint URL --file PATH [--chunk-size BYTES]
        [--metadata key=value]... [--metadata none] [--url-storage PATH]
-       [--parallel N] [--retry-delays 0,500,1000|none] [--header 'Name: value']...`
+       [--parallel N] [--retry-delays 0,500,1000|none] [--header 'Name: value']...
+       [--protocol tus-v1|ietf-draft-03|ietf-draft-05]`
 
 function usage(msg) {
   if (msg) process.stderr.write(`error: ${msg}\n`)
@@ -43,6 +48,7 @@ try {
       parallel: { type: 'string' },
       'retry-delays': { type: 'string' },
       header: { type: 'string', multiple: true },
+      protocol: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -134,6 +140,13 @@ const options = {
   headers,
   storeFingerprintForResuming: false,
   removeFingerprintOnSuccess: false,
+}
+const PROTOCOLS = ['tus-v1', 'ietf-draft-03', 'ietf-draft-05']
+if (args.protocol !== undefined) {
+  if (!PROTOCOLS.includes(args.protocol)) {
+    usage(`--protocol must be one of ${PROTOCOLS.join(', ')}, got ${JSON.stringify(args.protocol)}`)
+  }
+  options.protocol = args.protocol
 }
 if (args['chunk-size'] !== undefined) {
   options.chunkSize = positiveInt('--chunk-size', args['chunk-size'])

@@ -155,6 +155,11 @@ impl Draft {
         }
     }
 
+    /// The completeness header as the draft spells it, for messages.
+    pub fn completeness_title(&self) -> &'static str {
+        title(self.completeness_header())
+    }
+
     /// Reads the completeness header value as "is complete".
     pub fn parse_complete(&self, value: &str) -> Result<bool, ProtoError> {
         let b = parse_boolean(value).map_err(|e| {
@@ -599,7 +604,9 @@ mod tests {
         assert_eq!(parse_boolean("?1"), Ok(true));
         assert_eq!(parse_boolean(" ?0 "), Ok(false));
         assert_eq!(parse_boolean("?1;a=2;b"), Ok(true));
-        for bad in ["", "?", "?2", "1", "true", "?1 ?0", "?1,?0", "?01", "\"?1\""] {
+        for bad in [
+            "", "?", "?2", "1", "true", "?1 ?0", "?1,?0", "?01", "\"?1\"",
+        ] {
             assert!(parse_boolean(bad).is_err(), "{bad:?}");
         }
     }
@@ -610,7 +617,17 @@ mod tests {
         assert_eq!(parse_integer("42;x=\"y\""), Ok(42));
         assert_eq!(parse_integer("-5"), Ok(-5));
         assert_eq!(parse_integer("999999999999999"), Ok(999_999_999_999_999));
-        for bad in ["", "1.5", "1e3", "0x10", "9999999999999999", "+1", "1 2", "abc", "?1"] {
+        for bad in [
+            "",
+            "1.5",
+            "1e3",
+            "0x10",
+            "9999999999999999",
+            "+1",
+            "1 2",
+            "abc",
+            "?1",
+        ] {
             assert!(parse_integer(bad).is_err(), "{bad:?}");
         }
         assert!(parse_size(UPLOAD_OFFSET, "-1").is_err());
