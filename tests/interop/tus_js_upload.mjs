@@ -9,7 +9,8 @@
 // stdout: the final upload URL, alone, on success (exit 0).
 // stderr: `progress <bytesUploaded> <bytesTotal>` lines (at most ~10/s, the
 //         last one always printed), `upload-url <url>` once the upload URL is
-//         known, `resume <url>` when resuming from --url-storage, and
+//         known, `resume <url>` when resuming from --url-storage, `chunk <accepted>
+//         <total>` after every acknowledged PATCH (or creation with data), and
 //         `error: ...` on failure (exit 1). Exit 2 on bad usage.
 //
 // The file is given to tus-js-client as an fs.ReadStream, which tus-js-client
@@ -228,6 +229,9 @@ function fail(err) {
 const upload = new Upload(input, {
   ...options,
   onProgress,
+  onChunkComplete(_chunkSize, accepted, total) {
+    process.stderr.write(`chunk ${accepted} ${total}\n`)
+  },
   onUploadUrlAvailable() {
     // Not called for parallel uploads' final URL (only for non-parallel).
     process.stderr.write(`upload-url ${upload.url}\n`)

@@ -802,7 +802,12 @@ fn server_killed_mid_upload_restarts_with_truthful_offset() {
 const JS_SIZE: usize = 20 * MIB;
 const JS_LIMIT: Duration = Duration::from_secs(120);
 
-fn js_upload(server: &Server, endpoint: &str, file: &std::path::Path, args: &[&str]) -> String {
+fn js_upload(
+    server: &Server,
+    endpoint: &str,
+    file: &std::path::Path,
+    args: &[&str],
+) -> (String, usize) {
     let out = Driver::spawn(Client::TusJs, endpoint, file, args).finish(Instant::now() + JS_LIMIT);
     assert!(
         out.status.success(),
@@ -815,42 +820,52 @@ fn js_upload(server: &Server, endpoint: &str, file: &std::path::Path, args: &[&s
         out.progress().last().copied(),
         Some((JS_SIZE as u64, JS_SIZE as u64))
     );
-    out.stdout.trim().to_string()
+    let chunks = out
+        .stderr
+        .iter()
+        .filter(|l| l.starts_with("chunk "))
+        .count();
+    (out.stdout.trim().to_string(), chunks)
 }
 
-fn js_run(protocol: &str, extra: &[&str], seed: u64) -> (Server, String) {
+/// Runs tus-js-client with `--protocol protocol`; returns the server, its log and the number
+/// of acknowledged requests that carried data (`chunk` lines of the driver).
+fn js_run(protocol: &str, extra: &[&str], seed: u64) -> (Server, String, usize) {
     Client::TusJs.command();
     let tmp = tempfile::tempdir().unwrap();
     let (file, sha) = random_file(tmp.path(), "source.bin", JS_SIZE, seed);
     let server = Server::start(&[]);
     let mut args = vec!["--protocol", protocol];
     args.extend_from_slice(extra);
-    let url = js_upload(&server, &server.files_url, &file, &args);
+    let (url, chunks) = js_upload(&server, &server.files_url, &file, &args);
     assert_eq!(get_sha256(&url), sha, "{protocol}: stored bytes differ");
     let log = server.log();
-    (server, log)
+    (server, log, chunks)
 }
 
 #[test]
 fn tus_js_ietf_draft_03_whole_file() {
-    let (_s, log) = js_run("ietf-draft-03", &[], 0x3001);
+    let (_s, log, chunks) = js_run("ietf-draft-03", &[], 0x3001);
     assert!(log.contains("interop=5"), "spoke interop 5:\n{log}");
+    assert_eq!(chunks, 1, "one PATCH");
 }
 
 #[test]
 fn tus_js_ietf_draft_05_whole_file() {
-    let (_s, log) = js_run("ietf-draft-05", &[], 0x3002);
+    let (_s, log, _) = js_run("ietf-draft-05", &[], 0x3002);
     assert!(log.contains("interop=6"), "spoke interop 6:\n{log}");
 }
 
 #[test]
 fn tus_js_ietf_draft_05_small_chunks() {
-    let (_s, _) = js_run("ietf-draft-05", &["--chunk-size", "1048576"], 0x3003);
+    let (_s, _, chunks) = js_run("ietf-draft-05", &["--chunk-size", "1048576"], 0x3003);
+    assert_eq!(chunks, JS_SIZE / MIB, "one PATCH per MiB");
 }
 
 #[test]
 fn tus_js_ietf_draft_03_small_chunks() {
-    let (_s, _) = js_run("ietf-draft-03", &["--chunk-size", "3000000"], 0x3004);
+    let (_s, _, chunks) = js_run("ietf-draft-03", &["--chunk-size", "3000000"], 0x3004);
+    assert_eq!(chunks, JS_SIZE.div_ceil(3_000_000), "one PATCH per chunk");
 }
 
 /// Rate-capped upload, driver SIGKILLed half-way, re-run with the same URL storage: it resumes
