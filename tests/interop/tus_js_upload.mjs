@@ -4,18 +4,23 @@
 //   node tus_js_upload.mjs --endpoint URL --file PATH
 //        [--chunk-size BYTES] [--metadata key=value]... [--metadata none]
 //        [--url-storage PATH] [--parallel N] [--retry-delays 0,500,1000|none]
-//        [--header 'Name: value']...
+//        [--header 'Name: value']... [--protocol tus-v1|ietf-draft-03|ietf-draft-05]
 //
 // stdout: the final upload URL, alone, on success (exit 0).
 // stderr: `progress <bytesUploaded> <bytesTotal>` lines (at most ~10/s, the
 //         last one always printed), `upload-url <url>` once the upload URL is
-//         known, `resume <url>` when resuming from --url-storage, and
+//         known, `resume <url>` when resuming from --url-storage, `chunk <accepted>
+//         <total>` after every acknowledged PATCH (or creation with data), and
 //         `error: ...` on failure (exit 1). Exit 2 on bad usage.
 //
 // The file is given to tus-js-client as an fs.ReadStream, which tus-js-client
 // recognises as a file (it has .path): it stat()s it for the size and opens a
 // fresh ranged read stream for every PATCH, so the file is never loaded into
 // memory whatever its size (the default chunkSize is Infinity = one PATCH).
+//
+// --protocol picks tus-js-client's wire protocol: tus-v1 (default), or its IETF
+// resumable-upload draft modes (ietf-draft-03 sends Upload-Draft-Interop-Version 5,
+// ietf-draft-05 sends 6 and Content-Type: application/partial-upload).
 import fs from 'node:fs'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
@@ -23,7 +28,8 @@ import { FileUrlStorage, Upload } from 'tus-js-client'
 
 const USAGE = `usage: node tus_js_upload.mjs --endpoint URL --file PATH [--chunk-size BYTES]
        [--metadata key=value]... [--metadata none] [--url-storage PATH]
-       [--parallel N] [--retry-delays 0,500,1000|none] [--header 'Name: value']...`
+       [--parallel N] [--retry-delays 0,500,1000|none] [--header 'Name: value']...
+       [--protocol tus-v1|ietf-draft-03|ietf-draft-05]`
 
 function usage(msg) {
   if (msg) process.stderr.write(`error: ${msg}\n`)
@@ -43,6 +49,7 @@ try {
       parallel: { type: 'string' },
       'retry-delays': { type: 'string' },
       header: { type: 'string', multiple: true },
+      protocol: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -135,6 +142,13 @@ const options = {
   storeFingerprintForResuming: false,
   removeFingerprintOnSuccess: false,
 }
+const PROTOCOLS = ['tus-v1', 'ietf-draft-03', 'ietf-draft-05']
+if (args.protocol !== undefined) {
+  if (!PROTOCOLS.includes(args.protocol)) {
+    usage(`--protocol must be one of ${PROTOCOLS.join(', ')}, got ${JSON.stringify(args.protocol)}`)
+  }
+  options.protocol = args.protocol
+}
 if (args['chunk-size'] !== undefined) {
   options.chunkSize = positiveInt('--chunk-size', args['chunk-size'])
 }
@@ -215,6 +229,9 @@ function fail(err) {
 const upload = new Upload(input, {
   ...options,
   onProgress,
+  onChunkComplete(_chunkSize, accepted, total) {
+    process.stderr.write(`chunk ${accepted} ${total}\n`)
+  },
   onUploadUrlAvailable() {
     // Not called for parallel uploads' final URL (only for non-parallel).
     process.stderr.write(`upload-url ${upload.url}\n`)

@@ -43,6 +43,10 @@ pub enum ProtoError {
     /// A range header was malformed; the string says how.
     #[error("{0}")]
     InvalidRange(String),
+    /// A header of the IETF resumable-upload draft was malformed or unsupported; the string
+    /// says how.
+    #[error("{0}")]
+    InvalidIetf(String),
     /// `Upload-Concat` was malformed; the string says how.
     #[error("Upload-Concat: {0}")]
     InvalidConcat(String),

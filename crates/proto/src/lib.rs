@@ -1,4 +1,4 @@
-//! Wire formats of ferry: the tus 1.0 headers, `Upload-Metadata`, upload ids,
+//! Wire formats of ferry: the tus 1.0 headers, the IETF resumable-upload draft's headers, `Upload-Metadata`, upload ids,
 //! human-readable sizes and `Content-Disposition`.
 //!
 //! This crate is pure: no I/O, no async, no randomness and no HTTP library
@@ -32,6 +32,7 @@ pub mod digest;
 pub mod disposition;
 pub mod error;
 pub mod id;
+pub mod ietf;
 pub mod metadata;
 pub mod range;
 pub mod size;

@@ -16,6 +16,10 @@ pub struct ApiError {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Close the connection after answering (the request body was not read).
     pub close: bool,
+    /// An RFC 9457 problem-details body (`application/problem+json`) instead of the text line.
+    pub problem: Option<String>,
+    /// Send `Tus-Resumable` (off for answers to the IETF draft, which has no such header).
+    pub tus: bool,
 }
 
 impl ApiError {
@@ -26,7 +30,21 @@ impl ApiError {
             message: message.into(),
             headers: Vec::new(),
             close: false,
+            problem: None,
+            tus: true,
         }
+    }
+
+    /// Answers with a problem-details JSON body (already formatted) instead of the text line.
+    pub fn with_problem(mut self, json: String) -> Self {
+        self.problem = Some(json);
+        self
+    }
+
+    /// Leaves out `Tus-Resumable` (the request spoke another protocol).
+    pub fn without_tus(mut self) -> Self {
+        self.tus = false;
+        self
     }
 
     /// 400 Bad Request.
@@ -56,17 +74,20 @@ impl ApiError {
 
     /// Renders the response.
     pub fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(Body::from(format!("{}\n", self.message)));
+        let (body, content_type) = match self.problem {
+            Some(json) => (json, ferry_proto::ietf::PROBLEM_JSON),
+            None => (format!("{}\n", self.message), "text/plain; charset=utf-8"),
+        };
+        let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(
-            HeaderName::from_static(tus::TUS_RESUMABLE),
-            HeaderValue::from_static(tus::TUS_VERSION),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if self.tus {
+            h.insert(
+                HeaderName::from_static(tus::TUS_RESUMABLE),
+                HeaderValue::from_static(tus::TUS_VERSION),
+            );
+        }
         for (k, v) in self.headers {
             h.insert(k, v);
         }

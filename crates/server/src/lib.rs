@@ -2,12 +2,14 @@
 //!
 //! Requests are routed by hand (see [`dispatch`]) so that ids go through the one strict id
 //! parser before anything else, the tus method override applies before routing, and every
-//! route shares one error mapping ([`error::ApiError`]). Protocol modules translate HTTP into
+//! route shares one error mapping ([`error::ApiError`]). tus and the IETF draft share `/files/`
+//! (a request with `Upload-Draft-Interop-Version` goes to [`ietf`]). Protocol modules translate HTTP into
 //! calls on [`ferry_store::Uploads`], which owns storage and durability.
 
 pub mod config;
 pub mod download;
 pub mod error;
+pub mod ietf;
 pub mod ranged;
 pub mod receive;
 pub mod share;
@@ -166,14 +168,15 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
 /// Request headers a browser may send (CORS preflight answer).
 const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type, Origin, X-Requested-With, \
 X-HTTP-Method-Override, Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, \
-Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Draft-Interop-Version, \
-Content-Range, Range, If-Range, If-Match, If-None-Match, Want-Repr-Digest, Content-Digest";
+Upload-Defer-Length, Upload-Concat, Upload-Checksum, Upload-Complete, Upload-Incomplete, \
+Upload-Draft-Interop-Version, Content-Range, Range, If-Range, If-Match, If-None-Match, \
+Want-Repr-Digest, Repr-Digest, Content-Digest, Content-Disposition";
 
 /// Response headers a browser script may read.
 const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, \
 Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Checksum, Tus-Resumable, \
 Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Upload-Complete, \
-Upload-Limit, Upload-Draft-Interop-Version, Repr-Digest, Content-Range, Accept-Ranges, ETag, \
+Upload-Incomplete, Upload-Limit, Accept-Patch, Upload-Draft-Interop-Version, Repr-Digest, Content-Range, Accept-Ranges, ETag, \
 Last-Modified, Content-Disposition, Retry-After";
 
 /// Methods a browser may use.
@@ -263,6 +266,10 @@ async fn route(
             )
             .await
         }
+        // The IETF draft shares the endpoint; its requests say so with their interop version.
+        "/files" | "/files/" if ietf::is_ietf(req.headers()) => {
+            ietf::collection(state, &ctx, &method, req).await
+        }
         "/files" | "/files/" => match method {
             Method::OPTIONS => Ok(tus::options(&state)),
             Method::POST => tus::create(state, &ctx, req).await,
@@ -274,6 +281,9 @@ async fn route(
             };
             // The one strict id parser: anything but 32 lowercase hex chars is unknown.
             let id = UploadId::parse(raw_id).map_err(|_| ApiError::not_found())?;
+            if ietf::is_ietf(req.headers()) {
+                return ietf::resource(state, id, &method, req).await;
+            }
             match method {
                 Method::OPTIONS => Ok(tus::options(&state)),
                 // A plain HTTP HEAD (no Tus-Resumable: curl -I, download clients) of a finished

@@ -54,12 +54,12 @@ fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Whether the request carries a body (declared length > 0, or chunked).
-fn has_body(req: &Request<Body>) -> bool {
+pub(crate) fn has_body(req: &Request<Body>) -> bool {
     use http_body::Body as _;
     req.body().size_hint().exact() != Some(0)
 }
 
-fn content_length(req: &Request<Body>) -> Option<u64> {
+pub(crate) fn content_length(req: &Request<Body>) -> Option<u64> {
     use http_body::Body as _;
     req.body().size_hint().exact()
 }
@@ -147,6 +147,16 @@ pub fn options(state: &AppState) -> Response<Body> {
     if let Some(max) = state.config.max_size {
         set(&mut r, tus::TUS_MAX_SIZE, max);
     }
+    // PATCH discovery (RFC 5789): tus appends, and the IETF draft's appends.
+    set(
+        &mut r,
+        "accept-patch",
+        format!(
+            "{}, {}",
+            tus::OFFSET_OCTET_STREAM,
+            ferry_proto::ietf::PARTIAL_UPLOAD
+        ),
+    );
     r
 }
 
@@ -509,7 +519,7 @@ const DIGEST_WAIT: Duration = Duration::from_secs(60);
 
 /// A client that asks for the digest (RFC 9530 `Want-Repr-Digest`) of a finished upload gets
 /// it even if it is still being computed in the background: wait for it, bounded.
-async fn wait_for_digest(
+pub(crate) async fn wait_for_digest(
     state: &AppState,
     mut info: UploadInfo,
     want: WantDigest,

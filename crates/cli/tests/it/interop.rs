@@ -52,14 +52,15 @@ fn python() -> PathBuf {
 
 /// Which third-party client.
 #[derive(Clone, Copy, Debug)]
-enum Client {
+pub(crate) enum Client {
+    /// tus-js-client (Node).
     TusJs,
     Tuspy,
 }
 
 impl Client {
     /// The driver command (program + script), after checking that its dependencies exist.
-    fn command(self) -> Command {
+    pub(crate) fn command(self) -> Command {
         match self {
             Client::TusJs => {
                 let dir = node_dir();
@@ -110,25 +111,25 @@ impl Client {
 }
 
 /// A running driver. SIGKILLed and reaped on drop, so no path leaves it behind.
-struct Driver {
+pub(crate) struct Driver {
     client: Client,
     child: Option<Child>,
     stderr_lines: Receiver<String>,
     stdout: Receiver<String>,
     /// Every stderr line read so far.
-    log: Vec<String>,
+    pub(crate) log: Vec<String>,
 }
 
 /// A finished driver run.
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: Vec<String>,
+pub(crate) struct Outcome {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: Vec<String>,
 }
 
 impl Outcome {
     /// `progress A B` lines, in order.
-    fn progress(&self) -> Vec<(u64, u64)> {
+    pub(crate) fn progress(&self) -> Vec<(u64, u64)> {
         self.stderr
             .iter()
             .filter_map(|l| parse_progress(l))
@@ -136,13 +137,13 @@ impl Outcome {
     }
 }
 
-fn parse_progress(line: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_progress(line: &str) -> Option<(u64, u64)> {
     let mut it = line.strip_prefix("progress ")?.split_whitespace();
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 impl Driver {
-    fn spawn(client: Client, endpoint: &str, file: &Path, args: &[&str]) -> Driver {
+    pub(crate) fn spawn(client: Client, endpoint: &str, file: &Path, args: &[&str]) -> Driver {
         let mut cmd = client.command();
         cmd.arg("--endpoint")
             .arg(endpoint)
@@ -182,7 +183,7 @@ impl Driver {
     }
 
     /// Next stderr line, or None when stderr closed. Panics (killing the driver) at `deadline`.
-    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+    pub(crate) fn next_line(&mut self, deadline: Instant) -> Option<String> {
         let wait = deadline.saturating_duration_since(Instant::now());
         match self.stderr_lines.recv_timeout(wait) {
             Ok(line) => {
@@ -202,7 +203,7 @@ impl Driver {
     }
 
     /// SIGKILL and reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -210,7 +211,7 @@ impl Driver {
     }
 
     /// Waits (bounded by `deadline`) for the driver to exit; returns its output.
-    fn finish(mut self, deadline: Instant) -> Outcome {
+    pub(crate) fn finish(mut self, deadline: Instant) -> Outcome {
         while self.next_line(deadline).is_some() {}
         let wait = deadline.saturating_duration_since(Instant::now());
         let stdout = match self.stdout.recv_timeout(wait) {

@@ -6,6 +6,7 @@ mod config;
 mod download;
 mod durability;
 mod hostile;
+mod ietf;
 mod interop;
 mod parallel;
 mod tus_core;
