@@ -115,3 +115,23 @@ def write_section(doc, marker, text):
     else:
         body = body.rstrip() + "\n\n" + block + "\n"
     doc.write_text(body)
+
+
+def alternate(contenders, runs, score, unit):
+    """Runs every contender `runs` times, alternating, idle before each; `score` turns a run's
+    result (seconds) into the figure recorded. Returns name -> list of figures."""
+    results = {name: [] for name, _ in contenders}
+    for r in range(runs):
+        for name, run in contenders:
+            idle()
+            v = score(run())
+            results[name].append(v)
+            print(f"run {r + 1}/{runs}  {name}: {v:.0f} {unit}", flush=True)
+    return results
+
+
+def publish(marker, title, command, text):
+    """Prints a result table and records it in docs/benchmarks.md under `marker`."""
+    print(text)
+    write_section(ROOT / "docs" / "benchmarks.md", marker,
+                  f"## {title}\n\nCommand: `{command}`\n\n" + text)

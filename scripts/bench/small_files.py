@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FERRY, INTEROP, Proc, free_port, idle, machine, summarize,  # noqa: E402
-                    timed, write_section)
+from common import (FERRY, INTEROP, Proc, alternate, free_port, machine, publish,  # noqa: E402
+                    summarize, timed)
 
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
 FILES = int(os.environ.get("FERRY_BENCH_FILES", "1000"))
@@ -70,13 +70,7 @@ def main():
                 (f"tus-js-client, one file after another → ferry serve --sync {sync}",
                  tus_js(sync)),
             ]
-        results = {name: [] for name, _ in contenders}
-        for r in range(RUNS):
-            for name, run in contenders:
-                idle()
-                dt = run()
-                results[name].append(FILES / dt)
-                print(f"run {r + 1}/{RUNS}  {name}: {FILES / dt:.0f} files/s", flush=True)
+        results = alternate(contenders, RUNS, lambda dt: FILES / dt, "files/s")
 
         med = {n: summarize(v) for n, v in results.items()}
         lines = [
@@ -94,17 +88,14 @@ def main():
             lines.append(f"| {name} | {m:.0f} | {lo:.0f}–{hi:.0f} | {m / base:.2f} |")
         lines += [
             "",
-            "ferry: the whole command (start to exit), default options: up to 8 files at once, "
+            "ferry: the whole command (start to exit), default options: up to 32 files at once, "
             "each sent in its creation request (creation-with-upload) with a CRC-32 checksum, "
             "verified against the BLAKE3 Repr-Digest of that response. tus-js-client: POST then "
             "PATCH per file, timed by the driver around the uploads only (Node start-up "
             "excluded).",
         ]
-        text = "\n".join(lines)
-        print(text)
-        write_section(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md",
-                      "small-files", "## Many small files\n\nCommand: "
-                      "`scripts/bench-small-files.sh`\n\n" + text)
+        publish("small-files", "Many small files", "scripts/bench-small-files.sh",
+                "\n".join(lines))
     finally:
         for p in procs:
             p.stop()

@@ -19,8 +19,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FERRY, INTEROP, PY, ROOT, RUSTUS, Proc, free_port, idle, machine,  # noqa: E402
-                    make_file, summarize, timed, write_section)
+from common import (FERRY, INTEROP, PY, RUSTUS, Proc, alternate, free_port, machine,  # noqa: E402
+                    make_file, publish, summarize, timed)
 
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
 SIZE = int(os.environ.get("FERRY_BENCH_SIZE", str(1 << 30)))
@@ -139,7 +139,7 @@ http {{
             return dt
 
         contenders = [
-            ("ferry upload → ferry serve --sync none (blake3 checksums + verified)",
+            ("ferry upload → ferry serve --sync none (checksums + verified)",
              ferry_upload("ferry-none")),
             ("ferry upload --checksum none --no-verify → ferry serve --sync none",
              ferry_upload("ferry-none", "--checksum", "none", "--no-verify")),
@@ -160,13 +160,7 @@ http {{
         only = [o for o in os.environ.get("FERRY_BENCH_ONLY", "").split(",") if o]
         if only:
             contenders = [(n, r) for n, r in contenders if any(o in n for o in only)]
-        results = {name: [] for name, _ in contenders}
-        for r in range(RUNS):
-            for name, run in contenders:
-                idle()
-                dt = run()
-                results[name].append(SIZE / dt / 1e6)
-                print(f"run {r + 1}/{RUNS}  {name}: {SIZE / dt / 1e6:.0f} MB/s", flush=True)
+        results = alternate(contenders, RUNS, lambda dt: SIZE / dt / 1e6, "MB/s")
 
         # Report --------------------------------------------------------------------------
         med = {n: summarize(v) for n, v in results.items()}
@@ -189,16 +183,14 @@ http {{
             lines.append(f"| {name} | {m:.0f} | {lo:.0f}–{hi:.0f} | {m / base_tus:.2f} | {m / base_curl:.2f} |")
         lines += [
             "",
-            "ferry upload's default run computes a BLAKE3 checksum per request (sent as "
-            "Upload-Checksum and verified by the server), hashes the whole file with SHA-256 "
-            "while sending and compares it with the server's Repr-Digest: all of that is "
-            "inside the timed run. The `--checksum none --no-verify` row leaves both out. "
+            "ferry upload's default run computes a CRC-32 checksum per request (sent as an "
+            "Upload-Checksum trailer and verified by the server before it commits), hashes the "
+            "whole file with BLAKE3 while sending and compares it with the server's Repr-Digest "
+            "(carried by the response that completes the upload): all of that is inside the "
+            "timed run. The `--checksum none --no-verify` row leaves both out. "
             "Timed: the client command's wall time, from start to exit.",
         ]
-        text = "\n".join(lines)
-        print(text)
-        write_section(ROOT / "docs" / "benchmarks.md", "upload", "## Uploads\n\nCommand: "
-                      "`scripts/bench-upload.sh`\n\n" + text)
+        publish("upload", "Uploads", "scripts/bench-upload.sh", "\n".join(lines))
     finally:
         for p in procs:
             p.stop()

@@ -201,6 +201,11 @@ pub async fn create(
         req = req.header(tus::UPLOAD_CONCAT, c);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
+    Ok(created_url(endpoint, resp).await?.0)
+}
+
+/// The URL of the upload a POST created (201 with `Location`), or why not.
+async fn created_url(endpoint: &Url, resp: Response) -> Result<(Url, Response), AttemptError> {
     if resp.status() != StatusCode::CREATED {
         return Err(match classify(resp, "creating the upload").await {
             AttemptError::Gone => AttemptError::Fatal(ClientError::new(
@@ -216,7 +221,7 @@ pub async fn create(
             "server created the upload but sent no Location",
         ))
     })?;
-    resolve(endpoint, location)
+    Ok((resolve(endpoint, location)?, resp))
 }
 
 /// HEAD: the committed offset (and digests, when `want_digest` holds a `Want-Repr-Digest`).
@@ -350,22 +355,7 @@ pub async fn create_with_body(
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    if resp.status() != StatusCode::CREATED {
-        return Err(match classify(resp, "creating the upload").await {
-            AttemptError::Gone => AttemptError::Fatal(ClientError::new(
-                ErrorKind::Refused,
-                format!("{endpoint} is not a tus endpoint (404)"),
-            )),
-            other => other,
-        });
-    }
-    let location = header(&resp, "location").ok_or_else(|| {
-        AttemptError::Fatal(ClientError::new(
-            ErrorKind::Refused,
-            "server created the upload but sent no Location",
-        ))
-    })?;
-    let url = resolve(endpoint, location)?;
+    let (url, resp) = created_url(endpoint, resp).await?;
     // A server without creation-with-upload semantics may ignore the body: no offset means
     // nothing was taken.
     let done = if header(&resp, tus::UPLOAD_OFFSET).is_some() {

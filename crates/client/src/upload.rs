@@ -647,6 +647,17 @@ impl Uploader {
             .map_err(local("writing the state"))
     }
 
+    /// Saves the record of a single-stream upload of the whole file to `url`.
+    fn save_single(&self, job: &Job, endpoint: &Url, url: &Url) -> Result<(), ClientError> {
+        let parts = vec![PartRecord {
+            url: Some(url.to_string()),
+            start: 0,
+            end: job.len,
+            done: false,
+        }];
+        self.save(&self.new_record(job, endpoint, parts))
+    }
+
     /// A new record for `job` with the given parts.
     pub(crate) fn new_record(
         &self,
@@ -732,13 +743,7 @@ impl Uploader {
                 let u = self
                     .create_upload(endpoint, len, &job.metadata, None, retry)
                     .await?;
-                let parts = vec![PartRecord {
-                    url: Some(u.to_string()),
-                    start: 0,
-                    end: len,
-                    done: false,
-                }];
-                self.save(&self.new_record(job, endpoint, parts))?;
+                self.save_single(job, endpoint, &u)?;
                 (u, None)
             }
         };
@@ -750,16 +755,26 @@ impl Uploader {
         }
         let progress = self.progress.clone();
         let shared = shared_for(Arc::new(move |p| progress.position(p)));
+        let digests = self.pump_whole(&url, remote, &shared, retry).await?;
+        Ok((url, resumed_from, digests))
+    }
+
+    /// Brings a single-stream upload of the whole file to completion.
+    async fn pump_whole(
+        &self,
+        url: &Url,
+        known: Option<tus::RemoteUpload>,
+        shared: &Shared,
+        retry: &mut RetryState,
+    ) -> Result<tus::Digests, ClientError> {
         let mut controller = ChunkSizeController::new(self.opts.chunk);
         let target = Target {
-            url: &url,
+            url,
             base: 0,
-            len,
+            len: shared.source.len(),
         };
-        let digests = self
-            .pump_range(&target, remote, &shared, &mut controller, retry)
-            .await?;
-        Ok((url, resumed_from, digests))
+        self.pump_range(&target, known, shared, &mut controller, retry)
+            .await
     }
 
     /// A small new file in one request: creation with the whole file as body. Nothing is
@@ -810,27 +825,13 @@ impl Uploader {
                 }
                 Ok((url, sent)) => {
                     // Only part of it was taken: from here on, a resumable upload.
-                    let parts = vec![PartRecord {
-                        url: Some(url.to_string()),
-                        start: 0,
-                        end: len,
-                        done: false,
-                    }];
-                    self.save(&self.new_record(job, endpoint, parts))?;
+                    self.save_single(job, endpoint, &url)?;
                     let known = tus::RemoteUpload {
                         offset: sent.offset,
                         length: Some(len),
                         digests: tus::Digests::default(),
                     };
-                    let mut controller = ChunkSizeController::new(self.opts.chunk);
-                    let target = Target {
-                        url: &url,
-                        base: 0,
-                        len,
-                    };
-                    let digests = self
-                        .pump_range(&target, Some(known), &shared, &mut controller, retry)
-                        .await?;
+                    let digests = self.pump_whole(&url, Some(known), &shared, retry).await?;
                     return Ok((url, 0, digests));
                 }
                 Err(e) => {
