@@ -135,3 +135,44 @@ def publish(marker, title, command, text):
     print(text)
     write_section(ROOT / "docs" / "benchmarks.md", marker,
                   f"## {title}\n\nCommand: `{command}`\n\n" + text)
+
+
+def start_ferry(procs, work, name, *flags):
+    """`ferry serve` on a free port with its own data dir; returns (endpoint, data dir)."""
+    port = free_port()
+    d = work / name
+    procs.append(Proc([str(FERRY), "serve", "--listen", f"127.0.0.1:{port}",
+                       "--data-dir", str(d), "--log", "warn", *flags], port))
+    return f"http://127.0.0.1:{port}/files/", d
+
+
+def start_tus_node(procs, work, name="tus-node"):
+    """@tus/server with @tus/file-store; returns (endpoint, data dir)."""
+    port = free_port()
+    d = work / name
+    d.mkdir()
+    procs.append(Proc(["node", str(INTEROP / "tus_node_server.mjs"), "--port", str(port),
+                       "--dir", str(d)], port))
+    return f"http://127.0.0.1:{port}/files/", d
+
+
+def start_rustus(procs, work, name, *extra):
+    """rustus (64 MiB body limit, as its docs suggest for large files); returns (endpoint,
+    data dir), or None when it is not installed."""
+    if not RUSTUS.exists():
+        return None
+    port = free_port()
+    d = work / name
+    d.mkdir()
+    procs.append(Proc([str(RUSTUS), "--host", "127.0.0.1", "--port", str(port),
+                       "--data-dir", str(d), "--max-body-size", str(64 << 20),
+                       "--url", "/files", *extra], port, cwd=str(d)))
+    return f"http://127.0.0.1:{port}/files/", d
+
+
+def vm_hwm_kib(pid):
+    """Peak resident set size of a process (VmHWM), KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (FERRY, ROOT, Proc, free_port, idle, machine, make_file,  # noqa: E402
-                    summarize, timed, write_section)
+                    summarize, timed, vm_hwm_kib, write_section)
 
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
 SIZE = int(os.environ.get("FERRY_BENCH_SIZE", str(1 << 30)))
@@ -38,13 +38,6 @@ def sha256_file(path):
             if not b:
                 return h.hexdigest()
             h.update(b)
-
-
-def vm_hwm_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
 
 
 def nginx_conf(ng, root, port):

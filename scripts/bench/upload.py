@@ -19,8 +19,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FERRY, INTEROP, PY, RUSTUS, Proc, alternate, free_port, machine,  # noqa: E402
-                    make_file, publish, summarize, timed)
+from common import (FERRY, INTEROP, PY, Proc, alternate, free_port, machine,  # noqa: E402
+                    make_file, publish, start_ferry, start_rustus, start_tus_node, summarize,
+                    timed)
 
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
 SIZE = int(os.environ.get("FERRY_BENCH_SIZE", str(1 << 30)))
@@ -44,33 +45,13 @@ def main():
         # Servers -------------------------------------------------------------------------
         servers = {}
 
-        def ferry(name, *flags):
-            port = free_port()
-            d = work / name
-            procs.append(Proc([str(FERRY), "serve", "--listen", f"127.0.0.1:{port}",
-                               "--data-dir", str(d), "--log", "warn", *flags], port))
-            servers[name] = (f"http://127.0.0.1:{port}/files/", d)
-
-        ferry("ferry-none", "--sync", "none")
-        ferry("ferry-always", "--sync", "always")
-
-        port = free_port()
-        tusd_dir = work / "tus-node"
-        tusd_dir.mkdir()
-        procs.append(Proc(["node", str(INTEROP / "tus_node_server.mjs"), "--port", str(port),
-                           "--dir", str(tusd_dir)], port))
-        servers["tus-node"] = (f"http://127.0.0.1:{port}/files/", tusd_dir)
-
+        servers["ferry-none"] = start_ferry(procs, work, "ferry-none", "--sync", "none")
+        servers["ferry-always"] = start_ferry(procs, work, "ferry-always", "--sync", "always")
+        servers["tus-node"] = start_tus_node(procs, work)
         for name, extra in (("rustus", []), ("rustus-fsync", ["--force-fsync", "true"])):
-            if not RUSTUS.exists():
-                break
-            port = free_port()
-            d = work / name
-            d.mkdir()
-            procs.append(Proc([str(RUSTUS), "--host", "127.0.0.1", "--port", str(port),
-                               "--data-dir", str(d), "--max-body-size", str(64 << 20),
-                               "--url", "/files", *extra], port, cwd=str(d)))
-            servers[name] = (f"http://127.0.0.1:{port}/files/", d)
+            started = start_rustus(procs, work, name, *extra)
+            if started:
+                servers[name] = started
 
         port = free_port()
         ng = work / "nginx"

@@ -312,6 +312,12 @@ async fn route(
 /// for tus `Upload-Metadata` (a 10 KB file name is ~14 KB of base64).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Most a connection's read buffer grows to (hyper's default is ~400 KiB). Each connection
+/// streaming a body keeps a buffer this big: 1,000 concurrent uploads cost ~128 MiB instead of
+/// ~400 MiB, and one upload's throughput does not change measurably (server CPU for 1 GiB:
+/// 1.13–1.23 s at 128 KiB, 1.14–1.16 s at 400 KiB).
+const READ_BUFFER_BYTES: usize = 128 * 1024;
+
 /// Accepts connections until `state.shutdown` is cancelled, then stops accepting and waits
 /// for open connections to finish (bodies in flight commit and answer as they see the same
 /// token). The caller bounds that wait.
@@ -322,6 +328,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
         .header_read_timeout(state.config.header_read_timeout)
         .max_headers(100)
         .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(READ_BUFFER_BYTES)
         .keep_alive(true);
     loop {
         let accepted = tokio::select! {

@@ -28,6 +28,16 @@ pub const BUFFER_SIZE: usize = 512 * 1024;
 /// At most this many idle buffers are kept for reuse.
 const POOL_LIMIT: usize = 64;
 
+/// Appends beyond this many at once get [`SMALL_BUFFER_SIZE`] buffers: memory stays bounded
+/// (about 64 MiB for 1,000 concurrent uploads) instead of growing by 1 MiB per upload, and the
+/// many-uploads case is bound by request handling, not by write size.
+const FULL_BUFFERS_AT_ONCE: usize = 16;
+/// Buffer size for appends past [`FULL_BUFFERS_AT_ONCE`].
+const SMALL_BUFFER_SIZE: usize = 32 * 1024;
+
+/// Appends alive right now (see [`FULL_BUFFERS_AT_ONCE`]).
+static ACTIVE_APPENDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 fn take_buffer(capacity: usize) -> Vec<u8> {
@@ -382,8 +392,14 @@ impl Uploads {
                 },
             )
             .await?;
+        let busy = ACTIVE_APPENDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cap = if busy >= FULL_BUFFERS_AT_ONCE {
+            SMALL_BUFFER_SIZE
+        } else {
+            BUFFER_SIZE
+        };
         let capacity = expected_bytes
-            .map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE as u64) as usize)
+            .map_or(cap, |n| n.min(cap as u64) as usize)
             .max(1);
         let hasher = {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -992,6 +1008,7 @@ impl Append<'_> {
 
 impl Drop for Append<'_> {
     fn drop(&mut self) {
+        ACTIVE_APPENDS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         give_buffer(std::mem::take(&mut self.buf));
         if let Some(b) = self.spare.take() {
             give_buffer(b);
