@@ -19,10 +19,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adapter;
 pub mod chunk;
 pub mod download;
 pub mod error;
 pub mod identity;
+pub mod ietf;
 pub mod parallel;
 pub mod progress;
 pub mod retry;
