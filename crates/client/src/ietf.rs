@@ -71,11 +71,15 @@ fn bad_answer(what: &str, e: impl std::fmt::Display) -> AttemptError {
     ))
 }
 
+/// The upload state an answer reports (each field only if sent).
+struct Reported {
+    offset: Option<u64>,
+    complete: Option<bool>,
+    length: Option<u64>,
+}
+
 /// `Upload-Offset`, the completeness state and `Upload-Length` of an answer.
-fn state_of(
-    resp: &Response,
-    what: &str,
-) -> Result<(Option<u64>, Option<bool>, Option<u64>), AttemptError> {
+fn state_of(resp: &Response, what: &str) -> Result<Reported, AttemptError> {
     let d = draft();
     let offset = header(resp, ietf::UPLOAD_OFFSET)
         .map(|v| ietf::parse_size(ietf::UPLOAD_OFFSET, v))
@@ -89,7 +93,11 @@ fn state_of(
         .map(|v| ietf::parse_size(ietf::UPLOAD_LENGTH, v))
         .transpose()
         .map_err(|e| bad_answer(what, e))?;
-    Ok((offset, complete, length))
+    Ok(Reported {
+        offset,
+        complete,
+        length,
+    })
 }
 
 /// Creation (POST) of an upload of `length` bytes carrying `body` (`body_len` bytes, possibly
@@ -144,7 +152,7 @@ pub async fn create(
         ))
     })?;
     let url = resolve(endpoint, location)?;
-    let (offset, _, _) = state_of(&resp, "POST")?;
+    let offset = state_of(&resp, "POST")?.offset;
     Ok((
         url,
         Sent {
@@ -170,7 +178,11 @@ pub async fn head(
     if !resp.status().is_success() {
         return Err(classify(resp, "HEAD").await);
     }
-    let (offset, complete, length) = state_of(&resp, "HEAD")?;
+    let Reported {
+        offset,
+        complete,
+        length,
+    } = state_of(&resp, "HEAD")?;
     let offset = offset.ok_or_else(|| bad_answer("HEAD", "no Upload-Offset"))?;
     Ok(RemoteUpload {
         offset,
@@ -215,8 +227,8 @@ pub async fn append(
     let resp = req.send().await.map_err(|e| network("PATCH", e))?;
     match resp.status().as_u16() {
         200..=299 => {
-            let (offset, _, _) = state_of(&resp, "PATCH")?;
-            let offset = offset
+            let offset = state_of(&resp, "PATCH")?
+                .offset
                 .ok_or_else(|| AttemptError::retry("PATCH answered without Upload-Offset"))?;
             Ok(Sent {
                 offset,

@@ -489,7 +489,7 @@ mod tests {
                         fingerprint: String::new(),
                     },
                     endpoint: "http://h/files/".into(),
-                    protocol: job.adapter.name().into(),
+                    protocol: "tus".into(),
                     created_ms: 0,
                     parts,
                     final_url: None,

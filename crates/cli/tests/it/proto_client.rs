@@ -300,7 +300,7 @@ fn ietf_client_sigkilled_midway_resumes() {
     assert_eq!(recs[0]["protocol"], "ietf", "{recs:?}");
     let url = env.saved_url();
     let at = head_offset(&url).expect("offset");
-    assert!(at >= LEN / 2 && at < LEN, "killed at {at}");
+    assert!((LEN / 2..LEN).contains(&at), "killed at {at}");
 
     // Plain `auto` resumes too: the record says which protocol the upload speaks.
     let done = env
