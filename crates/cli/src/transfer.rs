@@ -119,7 +119,8 @@ impl NetworkArgs {
 /// `ferry upload`.
 #[derive(Args, Debug)]
 pub struct UploadArgs {
-    /// Files to upload, then the tus endpoint URL (e.g. http://127.0.0.1:1080/files/).
+    /// Files to upload, then the endpoint URL (tus or IETF draft, e.g.
+    /// http://127.0.0.1:1080/files/).
     #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
     args: Vec<String>,
     #[command(flatten)]
