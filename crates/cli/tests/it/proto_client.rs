@@ -420,3 +420,66 @@ fn ietf_big_file() {
         len as f64 / MIB as f64 / took.as_secs_f64()
     );
 }
+
+/// Another writer takes the upload over mid-request: the client's append is answered 409; it
+/// asks the offset again (HEAD) and carries on from the server's offset.
+#[test]
+fn ietf_409_takeover_heads_and_resumes() {
+    const LEN: u64 = 24 * MIB;
+    let server = Server::start(&["--sync", "none"]);
+    let proxy = Proxy::start(
+        server.addr,
+        Faults {
+            rate: Some(12_000_000),
+            ..Faults::default()
+        },
+    );
+    let env = Env::new();
+    let (f, sha) = env.file("f", LEN, 82);
+    let mut run = env.upload(
+        &[&f],
+        &proxy.url("/files/"),
+        &[
+            "--protocol",
+            "ietf",
+            "--json",
+            "--chunk-size",
+            "16M",
+            "--max-chunk",
+            "16M",
+        ],
+    );
+    // Inside the first (16 MiB) append.
+    wait_forwarded(&proxy, 6 * MIB, &mut run);
+    let url = env.saved_url();
+    let path = format!("/{}", url.splitn(4, '/').nth(3).unwrap());
+    // The committed offset: where the client's in-flight append started (bytes in flight are
+    // committed when a request ends).
+    let committed = head_offset(&url).expect("offset");
+    assert!(committed < 6 * MIB, "{committed}");
+    // An empty append at that offset, straight to the server: it passes the first offset check
+    // and takes the upload over (the client's request commits what arrived and is answered
+    // 409), then is refused itself because the offset moved.
+    let at = committed.to_string();
+    let r = send(
+        server.addr,
+        "PATCH",
+        &path,
+        &[
+            ("Upload-Draft-Interop-Version", "8"),
+            ("Content-Type", "application/partial-upload"),
+            ("Upload-Offset", &at),
+            ("Upload-Complete", "?0"),
+        ],
+        b"",
+    );
+    assert_eq!(status_of(&r), 409, "{r}");
+    let done = run.wait(RUN_LIMIT).ok();
+    let o = one(&done);
+    assert_eq!(o["verified"], true, "{done:#?}");
+    assert!(done.stderr.contains("409"), "{}", done.stderr);
+    assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+    // Sent once plus what the cut request had in flight, not twice.
+    let forwarded = proxy.forwarded.load(Ordering::Relaxed);
+    assert!(forwarded < LEN + 8 * MIB, "forwarded {forwarded}");
+}
