@@ -222,7 +222,7 @@ pub(crate) fn build_client(
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
 
-/// Uploads files to tus servers, resuming from the state directory. Cheap to clone; clones
+/// Uploads files over tus or the IETF draft, resuming from the state directory. Cheap to clone; clones
 /// share the connection pool.
 #[derive(Clone)]
 pub struct Uploader {
@@ -290,7 +290,7 @@ impl Uploader {
         crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
-    /// Uploads `path` to the tus endpoint, resuming an earlier run of the same transfer.
+    /// Uploads `path` to the endpoint (tus or IETF draft, see [`UploadOptions::protocol`]), resuming an earlier run of the same transfer.
     /// `relative` names the file inside an uploaded directory (sent as `relativePath`
     /// metadata, `/`-separated).
     pub async fn upload(
