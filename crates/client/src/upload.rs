@@ -222,8 +222,8 @@ pub(crate) fn build_client(
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
 
-/// Uploads files over tus or the IETF draft, resuming from the state directory. Cheap to clone; clones
-/// share the connection pool.
+/// Uploads files over tus or the IETF draft, resuming from the state directory. Cheap to
+/// clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Uploader {
     http: reqwest::Client,
@@ -290,7 +290,8 @@ impl Uploader {
         crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
-    /// Uploads `path` to the endpoint (tus or IETF draft, see [`UploadOptions::protocol`]), resuming an earlier run of the same transfer.
+    /// Uploads `path` to the endpoint (tus or IETF draft, see [`UploadOptions::protocol`]),
+    /// resuming an earlier run of the same transfer.
     /// `relative` names the file inside an uploaded directory (sent as `relativePath`
     /// metadata, `/`-separated).
     pub async fn upload(
@@ -347,8 +348,8 @@ impl Uploader {
             .and_then(|r| Adapter::from_name(&r.protocol));
         job.adapter = Adapter::choose(self.opts.protocol, &caps, recorded)?;
         if let Some(r) = record.take_if(|r| r.protocol != job.adapter.name()) {
-            // Another protocol's upload (e.g. an earlier run with --protocol tus): the server
-            // keeps one upload per protocol request, so start afresh and drop the old one.
+            // Another protocol's upload (e.g. an earlier run with --protocol tus): an upload is
+            // resumed only through the protocol that created it, so start afresh.
             self.progress.note(&format!(
                 "the earlier upload of {} used {}; starting over with {}",
                 job.display,
