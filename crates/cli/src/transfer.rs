@@ -3,6 +3,7 @@
 
 use crate::progress::Bars;
 use clap::{Args, ValueEnum};
+use ferry_client::adapter::Protocol;
 use ferry_client::chunk::ChunkBounds;
 use ferry_client::download::{Destination, DownloadOptions, Downloader, forget_download};
 use ferry_client::error::{ClientError, ErrorKind};
@@ -40,6 +41,19 @@ pub enum ChecksumArg {
     Crc32,
     /// BLAKE3.
     Blake3,
+}
+
+/// Upload protocol (`--protocol`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProtocolArg {
+    /// tus if the server's OPTIONS shows tus, else the IETF draft if it shows that.
+    Auto,
+    /// tus 1.0 (parallel streams, per-request checksums).
+    Tus,
+    /// The IETF Resumable Uploads draft (interop version 8; one stream).
+    Ietf,
+    /// Content-Range chunk sessions (not supported yet).
+    Chunks,
 }
 
 /// Settings shared by transfer commands.
@@ -105,7 +119,8 @@ impl NetworkArgs {
 /// `ferry upload`.
 #[derive(Args, Debug)]
 pub struct UploadArgs {
-    /// Files to upload, then the tus endpoint URL (e.g. http://127.0.0.1:1080/files/).
+    /// Files to upload, then the endpoint URL (tus or IETF draft, e.g.
+    /// http://127.0.0.1:1080/files/).
     #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
     args: Vec<String>,
     #[command(flatten)]
@@ -119,7 +134,11 @@ pub struct UploadArgs {
     /// Largest request size.
     #[arg(long, default_value = "256M", value_name = "SIZE")]
     max_chunk: String,
-    /// Per-request checksum (Upload-Checksum).
+    /// Upload protocol: auto picks tus when the server speaks it, else the IETF draft.
+    #[arg(long, value_enum, default_value = "auto")]
+    protocol: ProtocolArg,
+    /// Per-request checksum (tus Upload-Checksum; with the IETF draft, Content-Digest, sent
+    /// only for sha256 or sha512).
     #[arg(long, value_enum, default_value = "auto")]
     checksum: ChecksumArg,
     /// Skip comparing the server's Repr-Digest with the file's SHA-256.
@@ -289,8 +308,16 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         ChecksumArg::Crc32 => ChecksumChoice::Use(ChecksumAlgorithm::Crc32),
         ChecksumArg::Blake3 => ChecksumChoice::Use(ChecksumAlgorithm::Blake3),
     };
+    let protocol = match args.protocol {
+        ProtocolArg::Auto => Protocol::Auto,
+        ProtocolArg::Tus => Protocol::Tus,
+        ProtocolArg::Ietf => Protocol::Ietf,
+        // Refused before any file is opened or request sent.
+        ProtocolArg::Chunks => return Err(ferry_client::adapter::chunks_unsupported()),
+    };
     let net = args.net.resolve()?;
     let opts = UploadOptions {
+        protocol,
         parallel: parse_parallel(&args.parallel)?,
         max_parallel: args.max_parallel.max(1),
         metadata,
@@ -363,6 +390,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                             "seconds": done.seconds,
                             "verified": done.verification == Verification::Verified,
                             "resumed_from": done.resumed_from,
+                            "protocol": done.protocol.name(),
                         });
                         // "blake3" against ferry servers, "sha256" against others.
                         if let Some(d) = &done.digest {

@@ -1,10 +1,12 @@
 //! ferry's transfer engine, usable without the CLI.
 //!
-//! - [`upload::Uploader`] uploads files to any tus 1.0 server, resuming from a durable state
+//! - [`upload::Uploader`] uploads files to any tus 1.0 server or any server speaking the IETF
+//!   resumable-upload draft ([`adapter::Protocol`]), resuming from a durable state
 //!   directory ([`state::StateDir`]), retrying with backoff ([`retry`]), sizing requests with
 //!   [`chunk::ChunkSizeController`], and verifying the result against the server's
 //!   `Repr-Digest`.
-//! - [`tus`] holds the individual requests; [`source`] reads the local file.
+//! - [`tus`] and [`ietf`] hold the individual requests of each protocol, reached through
+//!   [`adapter::Adapter`]; [`source`] reads the local file.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ferry_client::error::ClientError> {
@@ -19,10 +21,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adapter;
 pub mod chunk;
 pub mod download;
 pub mod error;
 pub mod identity;
+pub mod ietf;
 pub mod parallel;
 pub mod progress;
 pub mod retry;

@@ -349,7 +349,14 @@ impl Uploader {
         }
         let concat = format!("final;{}", urls.join(" "));
         let final_url = self
-            .create_upload(endpoint, len, &job.metadata, Some(&concat), retry)
+            .create_upload(
+                job.adapter,
+                endpoint,
+                len,
+                &job.metadata,
+                Some(&concat),
+                retry,
+            )
             .await?;
         rec.final_url = Some(final_url.to_string());
         self.save(&rec)?;
@@ -385,7 +392,7 @@ impl Uploader {
             let mut known = None;
             let mut url = part.url.as_deref().and_then(|u| Url::parse(u).ok());
             if let Some(u) = &url {
-                known = self.recheck(u, len, &mut retry).await?;
+                known = self.recheck(job.adapter, u, len, &mut retry).await?;
                 if known.is_none() {
                     url = None;
                 }
@@ -394,7 +401,14 @@ impl Uploader {
                 Some(u) => u,
                 None => {
                     let u = self
-                        .create_upload(endpoint, len, &job.metadata, Some("partial"), &mut retry)
+                        .create_upload(
+                            job.adapter,
+                            endpoint,
+                            len,
+                            &job.metadata,
+                            Some("partial"),
+                            &mut retry,
+                        )
                         .await?;
                     let rec = segs.update(part.start, |p| p.url = Some(u.to_string()));
                     self.save(&rec)?;
@@ -402,6 +416,7 @@ impl Uploader {
                     known = Some(tus::RemoteUpload {
                         offset: 0,
                         length: Some(len),
+                        complete: None,
                         digests: tus::Digests::default(),
                     });
                     u

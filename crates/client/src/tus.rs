@@ -17,8 +17,14 @@ pub struct ServerCaps {
     pub checksum: Option<ChecksumAlgorithm>,
     /// Every checksum algorithm the server lists (that ferry knows).
     pub algorithms: Vec<ChecksumAlgorithm>,
-    /// `Tus-Max-Size`.
+    /// `Tus-Max-Size` (else the IETF `Upload-Limit` `max-size`).
     pub max_size: Option<u64>,
+    /// The server answered OPTIONS at all (the other fields are guesses otherwise).
+    pub answered: bool,
+    /// The answer shows tus (`Tus-Version` or `Tus-Resumable`).
+    pub tus: bool,
+    /// The answer shows the IETF resumable-upload draft (see [`crate::ietf::speaks_draft`]).
+    pub ietf: bool,
 }
 
 impl ServerCaps {
@@ -35,6 +41,9 @@ pub struct RemoteUpload {
     pub offset: u64,
     /// Length, if known.
     pub length: Option<u64>,
+    /// Whether the server says the upload is complete (`None`: the protocol does not say, as
+    /// with tus, where reaching the length completes it).
+    pub complete: Option<bool>,
     /// Whole-upload digests from `Repr-Digest` (algorithm key, bytes), if the server sent any.
     pub digests: Digests,
 }
@@ -45,7 +54,7 @@ pub struct RemoteUpload {
 pub struct Digests(pub Vec<(String, Vec<u8>)>);
 
 impl Digests {
-    fn from_response(resp: &Response) -> Digests {
+    pub(crate) fn from_response(resp: &Response) -> Digests {
         Digests(
             header(resp, "repr-digest")
                 .and_then(|v| parse_digest_field(v).ok())
@@ -169,13 +178,18 @@ pub async fn options(http: &reqwest::Client, endpoint: &Url) -> Result<ServerCap
                 .collect()
         })
         .unwrap_or_default();
-    let max_size =
-        header(&resp, tus::TUS_MAX_SIZE).and_then(|v| tus::parse_number(tus::TUS_MAX_SIZE, v).ok());
+    let max_size = header(&resp, tus::TUS_MAX_SIZE)
+        .and_then(|v| tus::parse_number(tus::TUS_MAX_SIZE, v).ok())
+        .or_else(|| crate::ietf::max_size(resp.headers()));
     Ok(ServerCaps {
         extensions,
         checksum,
         algorithms,
         max_size,
+        answered: true,
+        tus: resp.headers().contains_key(tus::TUS_VERSION_HEADER)
+            || resp.headers().contains_key(tus::TUS_RESUMABLE),
+        ietf: crate::ietf::speaks_draft(resp.headers()),
     })
 }
 
@@ -256,6 +270,7 @@ pub async fn head(
     Ok(RemoteUpload {
         offset,
         length,
+        complete: None,
         digests: Digests::from_response(&resp),
     })
 }
@@ -263,7 +278,8 @@ pub async fn head(
 /// Overrides the client's per-request time limit for PATCH (about 136 years, i.e. none): a
 /// body takes as long as the link needs, and stalls are the caller's to detect (no bytes
 /// moving for the stall timeout), never the total time.
-const PATCH_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(u32::MAX as u64);
+pub(crate) const PATCH_TIME_LIMIT: std::time::Duration =
+    std::time::Duration::from_secs(u32::MAX as u64);
 
 /// PATCH: appends `body` (`len` bytes) at `offset`; returns the new offset. The request has
 /// no time limit: the caller must race it against a stall detector.

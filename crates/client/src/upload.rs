@@ -1,6 +1,7 @@
 //! The upload driver: resolve the resume state, ask the server for the truth, send chunks,
 //! retry, verify. One place decides retries (`wait_or_give_up`).
 
+use crate::adapter::{Adapter, Protocol};
 use crate::chunk::{ChunkBounds, ChunkSizeController, Outcome};
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::identity::FileIdentity;
@@ -57,6 +58,8 @@ pub struct UploadOptions {
     /// the files already done, and drops the records ([`StateDir::remove_many`]) once every
     /// file is done.
     pub keep_completed: bool,
+    /// Which protocol to speak.
+    pub protocol: Protocol,
 }
 
 /// How many streams to use for one file.
@@ -132,6 +135,8 @@ pub(crate) struct Job {
     pub(crate) source: FileSource,
     pub(crate) identity: FileIdentity,
     pub(crate) metadata: Metadata,
+    /// The protocol, once decided (tus until then).
+    pub(crate) adapter: Adapter,
 }
 
 impl Default for UploadOptions {
@@ -147,6 +152,7 @@ impl Default for UploadOptions {
             parallel: Parallel::Auto,
             max_parallel: 32,
             keep_completed: false,
+            protocol: Protocol::Auto,
         }
     }
 }
@@ -178,6 +184,8 @@ pub struct UploadOutcome {
     pub resumed_from: u64,
     /// The transfer's key in the state directory.
     pub key: String,
+    /// The protocol it spoke.
+    pub protocol: Adapter,
 }
 
 /// Builds the HTTP client ferry uses: HTTP/1.1 (one TCP connection per stream) with a connect
@@ -214,8 +222,8 @@ pub(crate) fn build_client(
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
 
-/// Uploads files to tus servers, resuming from the state directory. Cheap to clone; clones
-/// share the connection pool.
+/// Uploads files over tus or the IETF draft, resuming from the state directory. Cheap to
+/// clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Uploader {
     http: reqwest::Client,
@@ -282,7 +290,8 @@ impl Uploader {
         crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
-    /// Uploads `path` to the tus endpoint, resuming an earlier run of the same transfer.
+    /// Uploads `path` to the endpoint (tus or IETF draft, see [`UploadOptions::protocol`]),
+    /// resuming an earlier run of the same transfer.
     /// `relative` names the file inside an uploaded directory (sent as `relativePath`
     /// metadata, `/`-separated).
     pub async fn upload(
@@ -308,7 +317,10 @@ impl Uploader {
         relative: Option<&str>,
     ) -> Result<UploadOutcome, ClientError> {
         let started = Instant::now();
-        let job = self.prepare(path, endpoint, relative).await?;
+        if self.opts.protocol == Protocol::Chunks {
+            return Err(crate::adapter::chunks_unsupported());
+        }
+        let mut job = self.prepare(path, endpoint, relative).await?;
         let len = job.len;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
         if let Some(done) = self.finished_before(&job, &mut retry).await? {
@@ -330,16 +342,33 @@ impl Uploader {
                 ),
             ));
         }
-        let algorithm = match self.opts.checksum {
-            ChecksumChoice::Auto => caps.checksum,
-            ChecksumChoice::Off => None,
-            ChecksumChoice::Use(a) => Some(a),
-        };
-        let record = self.saved_record(&job).await?;
+        let mut record = self.saved_record(&job).await?;
+        let recorded = record
+            .as_ref()
+            .and_then(|r| Adapter::from_name(&r.protocol));
+        job.adapter = Adapter::choose(self.opts.protocol, &caps, recorded)?;
+        if let Some(r) = record.take_if(|r| r.protocol != job.adapter.name()) {
+            // Another protocol's upload (e.g. an earlier run with --protocol tus): an upload is
+            // resumed only through the protocol that created it, so start afresh.
+            self.progress.note(&format!(
+                "the earlier upload of {} used {}; starting over with {}",
+                job.display,
+                r.protocol,
+                job.adapter.name()
+            ));
+            self.drop_record(&job, &r).await?;
+        }
+        let algorithm = job.adapter.request_checksum(self.opts.checksum, &caps)?;
+        if job.adapter == Adapter::Ietf && matches!(self.opts.parallel, Parallel::Fixed(n) if n > 1)
+        {
+            self.progress.note(
+                "the IETF resumable-upload draft allows one stream per upload; using one stream",
+            );
+        }
         let streams = match (&record, self.opts.parallel) {
             (Some(r), _) if r.parts.len() > 1 || r.final_url.is_some() => Streams::Segmented(None),
             (Some(_), _) => Streams::Single,
-            (None, _) if !caps.has("concatenation") || len < MIN_PARALLEL_SIZE => Streams::Single,
+            (None, _) if !job.adapter.parallel(&caps) || len < MIN_PARALLEL_SIZE => Streams::Single,
             (None, Parallel::Fixed(n)) if n > 1 => Streams::Segmented(Some(n)),
             (None, Parallel::Fixed(_)) => Streams::Single,
             // Parallel TCP streams pay where one flow cannot fill the path (long round
@@ -361,8 +390,10 @@ impl Uploader {
             SequentialHash::disabled()
         }));
         let want_digest = self.opts.verify.then(|| want_digest_for(digest_algorithm));
-        let trailer = algorithm.is_some() && caps.has("checksum-trailer");
+        let trailer = algorithm.is_some() && job.adapter.trailer(&caps);
+        let adapter = job.adapter;
         let shared_for = |on_position: Arc<dyn Fn(u64) + Send + Sync>| Shared {
+            adapter,
             identity: job.identity.clone(),
             source: job.source.clone(),
             algorithm,
@@ -375,7 +406,7 @@ impl Uploader {
             && matches!(streams, Streams::Single)
             && len > 0
             && len <= SMALL_FILE_MAX
-            && caps.has("creation-with-upload");
+            && job.adapter.creation_with_body(&caps);
         let (url, resumed_from, early) = match streams {
             Streams::Single if small => {
                 self.run_small(&job, endpoint, &shared_for, &mut retry)
@@ -428,7 +459,10 @@ impl Uploader {
                 bytes,
             });
         let verification = match &digest {
-            Some(d) => self.verify(&url, d, early, &job.source, &mut retry).await?,
+            Some(d) => {
+                self.verify(job.adapter, &url, d, early, &job.source, &mut retry)
+                    .await?
+            }
             None if hashing => {
                 return Err(ClientError::new(ErrorKind::Local, "file hash incomplete"));
             }
@@ -461,6 +495,7 @@ impl Uploader {
             verification,
             resumed_from,
             key: job.key.clone(),
+            protocol: job.adapter,
         })
     }
 
@@ -489,8 +524,9 @@ impl Uploader {
                 want_digest_for(ChecksumAlgorithm::Sha256)
             }
         });
+        let adapter = Adapter::from_name(&rec.protocol).unwrap_or(Adapter::Tus);
         let remote = loop {
-            match tus::head(&self.http, &url, want).await {
+            match adapter.head(&self.http, &url, want).await {
                 Ok(r) => break Some(r),
                 Err(AttemptError::Gone) => break None,
                 Err(e) => self.wait_or_give_up(retry, e).await?,
@@ -544,6 +580,7 @@ impl Uploader {
             verification,
             resumed_from: job.len,
             key: job.key.clone(),
+            protocol: adapter,
         }))
     }
 
@@ -594,6 +631,7 @@ impl Uploader {
             identity,
             abs,
             metadata,
+            adapter: Adapter::Tus,
         })
     }
 
@@ -618,14 +656,7 @@ impl Uploader {
                     "{} changed since the last run; uploading it afresh",
                     job.display
                 ));
-                for u in rec.urls() {
-                    if let Ok(u) = Url::parse(u) {
-                        let _ = tus::delete(&self.http, &u).await;
-                    }
-                }
-                self.state
-                    .remove(&job.key)
-                    .map_err(local("writing the state"))?;
+                self.drop_record(job, &rec).await?;
                 Ok(None)
             }
             Loaded::Unusable(why) => {
@@ -638,6 +669,20 @@ impl Uploader {
             // Keys include the kind, so a download record never sits under an upload's key.
             Loaded::Missing | Loaded::Found(Transfer::Download(_)) => Ok(None),
         }
+    }
+
+    /// Deletes a record's server-side uploads (best effort) and the record.
+    async fn drop_record(&self, job: &Job, rec: &UploadRecord) -> Result<(), ClientError> {
+        if let Some(adapter) = Adapter::from_name(&rec.protocol) {
+            for u in rec.urls() {
+                if let Ok(u) = Url::parse(u) {
+                    let _ = adapter.delete(&self.http, &u).await;
+                }
+            }
+        }
+        self.state
+            .remove(&job.key)
+            .map_err(local("writing the state"))
     }
 
     /// Saves the transfer's record (when an upload or part is created or finishes).
@@ -671,7 +716,7 @@ impl Uploader {
             source: job.abs.clone(),
             identity: job.identity.clone(),
             endpoint: endpoint.to_string(),
-            protocol: "tus".into(),
+            protocol: job.adapter.name().into(),
             created_ms: now_ms(),
             parts,
             final_url: None,
@@ -682,6 +727,7 @@ impl Uploader {
     /// Creates an upload (retrying) and returns its URL.
     pub(crate) async fn create_upload(
         &self,
+        adapter: Adapter,
         endpoint: &Url,
         len: u64,
         metadata: &Metadata,
@@ -689,7 +735,10 @@ impl Uploader {
         retry: &mut RetryState,
     ) -> Result<Url, ClientError> {
         loop {
-            match tus::create(&self.http, endpoint, len, metadata, concat).await {
+            match adapter
+                .create(&self.http, endpoint, len, metadata, concat)
+                .await
+            {
                 Ok(u) => return Ok(u),
                 Err(e) => self.wait_or_give_up(retry, e).await?,
             }
@@ -700,12 +749,13 @@ impl Uploader {
     /// longer matches.
     pub(crate) async fn recheck(
         &self,
+        adapter: Adapter,
         url: &Url,
         len: u64,
         retry: &mut RetryState,
     ) -> Result<Option<tus::RemoteUpload>, ClientError> {
         loop {
-            match tus::head(&self.http, url, None).await {
+            match adapter.head(&self.http, url, None).await {
                 Ok(r) if r.length.is_none_or(|l| l == len) => return Ok(Some(r)),
                 Ok(_) | Err(AttemptError::Gone) => return Ok(None),
                 Err(e) => self.wait_or_give_up(retry, e).await?,
@@ -730,7 +780,7 @@ impl Uploader {
             .and_then(|p| p.url.as_deref())
         {
             let u = Url::parse(u).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
-            match self.recheck(&u, len, retry).await? {
+            match self.recheck(job.adapter, &u, len, retry).await? {
                 Some(r) => resumed = Some((u, r)),
                 None => self
                     .progress
@@ -741,7 +791,7 @@ impl Uploader {
             Some((u, r)) => (u, Some(r)),
             None => {
                 let u = self
-                    .create_upload(endpoint, len, &job.metadata, None, retry)
+                    .create_upload(job.adapter, endpoint, len, &job.metadata, None, retry)
                     .await?;
                 self.save_single(job, endpoint, &u)?;
                 (u, None)
@@ -809,15 +859,17 @@ impl Uploader {
             if self.cancel.is_cancelled() {
                 return Err(interrupted());
             }
-            let sent = tus::create_with_body(
-                &self.http,
-                endpoint,
-                &job.metadata,
-                data.clone(),
-                checksum.as_ref(),
-                shared.want_digest,
-            )
-            .await;
+            let sent = job
+                .adapter
+                .create_with_body(
+                    &self.http,
+                    endpoint,
+                    &job.metadata,
+                    data.clone(),
+                    checksum.as_ref(),
+                    shared.want_digest,
+                )
+                .await;
             match sent {
                 Ok((url, sent)) if sent.offset >= len => {
                     (shared.on_position)(len);
@@ -829,6 +881,7 @@ impl Uploader {
                     let known = tus::RemoteUpload {
                         offset: sent.offset,
                         length: Some(len),
+                        complete: None,
                         digests: tus::Digests::default(),
                     };
                     let digests = self.pump_whole(&url, Some(known), &shared, retry).await?;
@@ -882,6 +935,7 @@ impl Uploader {
     /// SHA-256 while the file was hashed with BLAKE3 costs a second read of the file.
     async fn verify(
         &self,
+        adapter: Adapter,
         url: &Url,
         ours: &FileDigest,
         early: tus::Digests,
@@ -892,7 +946,10 @@ impl Uploader {
             early
         } else {
             loop {
-                match tus::head(&self.http, url, Some(want_digest_for(ours.algorithm))).await {
+                match adapter
+                    .head(&self.http, url, Some(want_digest_for(ours.algorithm)))
+                    .await
+                {
                     Ok(r) => break r.digests,
                     Err(e) => self.wait_or_give_up(retry, e).await?,
                 }
@@ -962,7 +1019,7 @@ impl Uploader {
             }
             let r = match known.take() {
                 Some(r) => r,
-                None => match tus::head(&self.http, target.url, None).await {
+                None => match shared.adapter.head(&self.http, target.url, None).await {
                     Ok(r) => r,
                     Err(AttemptError::Gone) => {
                         return Err(ClientError::new(
@@ -981,6 +1038,17 @@ impl Uploader {
                 acked = r.offset;
             }
             (shared.on_position)(target.base + r.offset);
+            if r.offset >= target.len && r.complete == Some(false) {
+                // All bytes are there but the request that said so was lost (IETF: the
+                // upload stays open until an append with `Upload-Complete: ?1`).
+                match self.complete_empty(target, r.offset, shared).await {
+                    Ok(digests) => return Ok(digests),
+                    Err(e) => {
+                        self.wait_or_give_up(retry, e).await?;
+                        continue;
+                    }
+                }
+            }
             if r.offset >= target.len {
                 return Ok(r.digests);
             }
@@ -1027,6 +1095,38 @@ impl Uploader {
         }
     }
 
+    /// An empty append that completes an upload whose bytes have all arrived.
+    async fn complete_empty(
+        &self,
+        target: &Target<'_>,
+        offset: u64,
+        shared: &Shared,
+    ) -> Result<tus::Digests, AttemptError> {
+        let want = shared
+            .want_digest
+            .filter(|_| target.base == 0 && target.len == shared.source.len());
+        let req = shared.adapter.append(
+            &self.http,
+            target.url,
+            offset,
+            0,
+            reqwest::Body::from(Vec::new()),
+            true,
+            tus::RequestChecksum::None,
+            false,
+            want,
+        );
+        let stall = self.opts.stall_timeout;
+        let sent = tokio::select! {
+            r = req => r?,
+            () = tokio::time::sleep(stall) => return Err(AttemptError::retry(format!(
+                "no answer for {}s (stalled connection)", stall.as_secs()
+            ))),
+            () = self.cancel.cancelled() => return Err(AttemptError::Fatal(interrupted())),
+        };
+        Ok(sent.digests)
+    }
+
     /// Sends chunks from `offset` (relative to the target) until its end or the first failure;
     /// returns the digests the last answer carried.
     async fn send_range(
@@ -1068,15 +1168,18 @@ impl Uploader {
                 (None, Some(_)) => tus::RequestChecksum::Trailer,
                 (None, None) => tus::RequestChecksum::None,
             };
+            let last = offset + size == len;
             // Only the request that completes the whole file asks for its digest.
-            let want = shared.want_digest.filter(|_| {
-                target.base == 0 && offset + size == len && target.len == shared.source.len()
-            });
+            let want = shared
+                .want_digest
+                .filter(|_| target.base == 0 && last && target.len == shared.source.len());
             let t0 = Instant::now();
             let stall = self.opts.stall_timeout;
             let probe = size > controller.accepted();
             let sent = tokio::select! {
-                r = tus::patch(&self.http, target.url, offset, size, body, request_checksum, probe, want) => r,
+                r = shared.adapter.append(
+                    &self.http, target.url, offset, size, body, last, request_checksum, probe, want,
+                ) => r,
                 () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
                     "no progress for {}s (stalled connection)", stall.as_secs()
                 ))),
@@ -1111,6 +1214,8 @@ pub(crate) struct Target<'a> {
 
 /// What every stream of one transfer shares.
 pub(crate) struct Shared {
+    /// The protocol.
+    pub(crate) adapter: Adapter,
     /// The file as it was when the transfer started.
     pub(crate) identity: FileIdentity,
     pub(crate) source: FileSource,
@@ -1192,9 +1297,10 @@ pub async fn forget(
         state.load(key).map_err(local("reading the state"))?
         && rec.completed.is_none()
     {
+        let adapter = Adapter::from_name(&rec.protocol).unwrap_or(Adapter::Tus);
         for u in rec.urls().map(str::to_string).collect::<Vec<_>>() {
             if let Ok(parsed) = Url::parse(&u) {
-                match tus::delete(http, &parsed).await {
+                match adapter.delete(http, &parsed).await {
                     Ok(()) => deleted.push(u),
                     Err(e) => tracing::warn!(url = %u, error = ?e, "could not delete"),
                 }

@@ -9,6 +9,7 @@ mod hostile;
 mod ietf;
 mod interop;
 mod parallel;
+mod proto_client;
 mod tus_core;
 mod tus_ext;
 mod upload;

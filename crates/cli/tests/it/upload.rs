@@ -18,47 +18,48 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
+pub(crate) const KIB: u64 = 1 << 10;
+pub(crate) const MIB: u64 = 1 << 20;
 /// Upper bound for one client run that is expected to finish.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// sha256 of nothing.
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+pub(crate) const EMPTY_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-const SETUP_HINT: &str = "run `bash scripts/setup-test-deps.sh` (or scripts/test.sh) to install \
+pub(crate) const SETUP_HINT: &str = "run `bash scripts/setup-test-deps.sh` (or scripts/test.sh) to install \
                           the interop test dependencies";
 
 // ------------------------------------------------------------------ harness ----
 
 /// One test's scratch space: files to upload, the client's state dir, its output files.
-struct Env {
+pub(crate) struct Env {
     tmp: tempfile::TempDir,
     runs: std::cell::Cell<u32>,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(crate) fn new() -> Env {
         Env {
             tmp: tempfile::tempdir().expect("tempdir"),
             runs: std::cell::Cell::new(0),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
-    fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.path("state")
     }
 
     /// A pseudo-random file of `len` bytes; returns its path and sha256.
-    fn file(&self, name: &str, len: u64, seed: u64) -> (PathBuf, String) {
+    pub(crate) fn file(&self, name: &str, len: u64, seed: u64) -> (PathBuf, String) {
         random_file(self.tmp.path(), name, len as usize, seed)
     }
 
     /// Spawns `ferry ARGS --state-dir STATE`.
-    fn ferry<I, S>(&self, args: I) -> Run
+    pub(crate) fn ferry<I, S>(&self, args: I) -> Run
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -89,7 +90,7 @@ impl Env {
     }
 
     /// Spawns `ferry upload FILES... URL EXTRA...`.
-    fn upload(&self, files: &[&Path], url: &str, extra: &[&str]) -> Run {
+    pub(crate) fn upload(&self, files: &[&Path], url: &str, extra: &[&str]) -> Run {
         let mut args: Vec<OsString> = vec!["upload".into()];
         args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
         args.push(url.into());
@@ -98,7 +99,7 @@ impl Env {
     }
 
     /// Runs `ferry ARGS` to the end.
-    fn run<I, S>(&self, args: I) -> Done
+    pub(crate) fn run<I, S>(&self, args: I) -> Done
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -107,7 +108,7 @@ impl Env {
     }
 
     /// Saved transfer records (`STATE/transfers/*.json`).
-    fn records(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn records(&self) -> Vec<serde_json::Value> {
         let dir = self.state_dir().join("transfers");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Vec::new();
@@ -124,7 +125,7 @@ impl Env {
     }
 
     /// The upload URL of the single saved transfer.
-    fn saved_url(&self) -> String {
+    pub(crate) fn saved_url(&self) -> String {
         let recs = self.records();
         assert_eq!(recs.len(), 1, "one saved transfer: {recs:?}");
         recs[0]["parts"][0]["url"].as_str().unwrap().to_string()
@@ -132,7 +133,7 @@ impl Env {
 }
 
 /// A running client. SIGKILLed and reaped on drop.
-struct Run {
+pub(crate) struct Run {
     child: Option<Child>,
     out: PathBuf,
     err: PathBuf,
@@ -142,29 +143,29 @@ struct Run {
 
 /// A finished client run.
 #[derive(Debug)]
-struct Done {
+pub(crate) struct Done {
     /// Exit code (None when killed by a signal).
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) elapsed: Duration,
 }
 
 impl Run {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
-    fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
     /// Whether it has exited (reaps it if so).
-    fn exited(&mut self) -> bool {
+    pub(crate) fn exited(&mut self) -> bool {
         match &mut self.child {
             Some(c) => c.try_wait().expect("try_wait").is_some(),
             None => true,
@@ -172,7 +173,7 @@ impl Run {
     }
 
     /// Waits for the exit; on timeout kills it and panics with its stderr.
-    fn wait(mut self, limit: Duration) -> Done {
+    pub(crate) fn wait(mut self, limit: Duration) -> Done {
         let deadline = self.started + limit;
         let mut child = self.child.take().expect("running");
         let status = loop {
@@ -199,7 +200,7 @@ impl Run {
     }
 
     /// SIGKILL, reaped.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -207,7 +208,7 @@ impl Run {
     }
 
     /// Sends a signal by name (e.g. "INT").
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let st = Command::new("kill")
             .args([format!("-{sig}"), self.pid().to_string()])
             .status()
@@ -224,26 +225,26 @@ impl Drop for Run {
 
 impl Done {
     /// Asserts exit code 0 and returns self.
-    fn ok(self) -> Done {
+    pub(crate) fn ok(self) -> Done {
         assert_eq!(self.code, Some(0), "expected success: {self:#?}");
         self
     }
 
     /// Asserts the exit code.
-    fn code(self, want: i32) -> Done {
+    pub(crate) fn code(self, want: i32) -> Done {
         assert_eq!(self.code, Some(want), "expected exit {want}: {self:#?}");
         self
     }
 
     /// The single line on stdout (the upload URL).
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let lines: Vec<&str> = self.stdout.lines().collect();
         assert_eq!(lines.len(), 1, "stdout is exactly one URL: {self:#?}");
         lines[0].to_string()
     }
 
     /// One JSON object per stdout line.
-    fn json(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn json(&self) -> Vec<serde_json::Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
@@ -252,7 +253,7 @@ impl Done {
 }
 
 /// Polls `cond` every 10 ms until it holds; panics after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -261,7 +262,7 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Waits until the proxy has forwarded `at_least` upload bytes, while `run` keeps running.
-fn wait_forwarded(proxy: &Proxy, at_least: u64, run: &mut Run) {
+pub(crate) fn wait_forwarded(proxy: &Proxy, at_least: u64, run: &mut Run) {
     let deadline = Instant::now() + RUN_LIMIT;
     while proxy.forwarded.load(Ordering::Relaxed) < at_least {
         assert!(
@@ -280,7 +281,7 @@ fn wait_forwarded(proxy: &Proxy, at_least: u64, run: &mut Run) {
 
 /// Waits until the server has committed `at_least` bytes of the saved transfer, while `run`
 /// keeps running.
-fn wait_committed(env: &Env, at_least: u64, run: &mut Run) {
+pub(crate) fn wait_committed(env: &Env, at_least: u64, run: &mut Run) {
     let deadline = Instant::now() + RUN_LIMIT;
     loop {
         assert!(
@@ -304,7 +305,7 @@ fn wait_committed(env: &Env, at_least: u64, run: &mut Run) {
 }
 
 /// HTTP status of a tus HEAD.
-fn head_status(url: &str) -> u16 {
+pub(crate) fn head_status(url: &str) -> u16 {
     client()
         .head(url)
         .header("Tus-Resumable", "1.0.0")
@@ -315,14 +316,14 @@ fn head_status(url: &str) -> u16 {
 }
 
 /// A port nobody listens on (bound, then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
 /// Asserts a finished upload at `url` on a ferry server holds exactly `sha`, and that nothing
 /// of the transfer is left in the state dir.
-fn assert_uploaded(env: &Env, url: &str, sha: &str) {
+pub(crate) fn assert_uploaded(env: &Env, url: &str, sha: &str) {
     assert_eq!(get_sha256(url), sha, "server copy of {url}");
     assert!(env.records().is_empty(), "state left: {:?}", env.records());
 }

@@ -1,0 +1,336 @@
+//! The upload protocols behind one interface: the driver in [`crate::upload`] (ask the offset,
+//! send, feed the chunk-size controller, retry, verify) is the same for every protocol; what
+//! differs — headers, how an upload is created and completed — lives in one module per
+//! protocol ([`crate::tus`], [`crate::ietf`]), reached through [`Adapter`]. A new protocol is a
+//! new variant and a new module.
+
+use crate::error::{AttemptError, ClientError, ErrorKind};
+use crate::tus::{self, RemoteUpload, RequestChecksum, Sent, ServerCaps};
+use ferry_proto::Metadata;
+use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
+use reqwest::Url;
+
+/// Which upload protocol to speak (`--protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Decided by the server's OPTIONS answer: tus if it speaks tus (parallel streams,
+    /// per-request checksums), else the IETF draft if it speaks that.
+    #[default]
+    Auto,
+    /// tus 1.0.
+    Tus,
+    /// The IETF Resumable Uploads draft (interop version 8), one stream.
+    Ietf,
+    /// Content-Range chunk sessions (not supported yet).
+    Chunks,
+}
+
+/// The message for a server that shows neither protocol.
+pub const NEITHER: &str = "the server speaks neither tus nor the IETF resumable-upload draft; \
+                           try --protocol chunks with a /chunks/ URL";
+
+/// The protocol one transfer speaks, once decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    /// tus 1.0.
+    Tus,
+    /// The IETF draft.
+    Ietf,
+}
+
+impl Adapter {
+    /// The name kept in resume records (`UploadRecord::protocol`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Adapter::Tus => "tus",
+            Adapter::Ietf => "ietf",
+        }
+    }
+
+    /// The adapter a resume record names (records older than the field say "tus").
+    pub fn from_name(name: &str) -> Option<Adapter> {
+        match name {
+            "tus" | "" => Some(Adapter::Tus),
+            "ietf" => Some(Adapter::Ietf),
+            _ => None,
+        }
+    }
+
+    /// Decides the protocol: an explicit choice wins; `auto` follows a resumed transfer's
+    /// record, then the OPTIONS answer (tus first: with ferry it brings parallel streams and
+    /// per-request checksums). A server that did not answer OPTIONS usefully is tried with tus,
+    /// as before `--protocol` existed (its creation request then says what is wrong).
+    pub fn choose(
+        protocol: Protocol,
+        caps: &ServerCaps,
+        recorded: Option<Adapter>,
+    ) -> Result<Adapter, ClientError> {
+        match protocol {
+            Protocol::Tus => Ok(Adapter::Tus),
+            Protocol::Ietf => Ok(Adapter::Ietf),
+            Protocol::Chunks => Err(chunks_unsupported()),
+            Protocol::Auto => match recorded {
+                Some(a) => Ok(a),
+                None if caps.tus || !caps.answered => Ok(Adapter::Tus),
+                None if caps.ietf => Ok(Adapter::Ietf),
+                None => Err(ClientError::new(ErrorKind::Refused, NEITHER)),
+            },
+        }
+    }
+
+    /// Whether several streams (concatenation) are possible at all.
+    pub fn parallel(self, caps: &ServerCaps) -> bool {
+        match self {
+            Adapter::Tus => caps.has("concatenation"),
+            // The draft forbids concurrent appends to one upload and has no concatenation.
+            Adapter::Ietf => false,
+        }
+    }
+
+    /// Whether a small file can go in its creation request.
+    pub fn creation_with_body(self, caps: &ServerCaps) -> bool {
+        match self {
+            Adapter::Tus => caps.has("creation-with-upload"),
+            Adapter::Ietf => true,
+        }
+    }
+
+    /// The per-request checksum to send, from the user's choice: tus uses `Upload-Checksum`
+    /// (the fastest algorithm the server lists); the draft's `Content-Digest` only knows
+    /// SHA-256 and SHA-512 and costs a first read of each chunk, so it is sent only on request.
+    pub fn request_checksum(
+        self,
+        choice: crate::upload::ChecksumChoice,
+        caps: &ServerCaps,
+    ) -> Result<Option<ChecksumAlgorithm>, ClientError> {
+        use crate::upload::ChecksumChoice as C;
+        match (self, choice) {
+            (_, C::Off) => Ok(None),
+            (Adapter::Tus, C::Auto) => Ok(caps.checksum),
+            (_, C::Use(a)) if self == Adapter::Tus => Ok(Some(a)),
+            (Adapter::Ietf, C::Auto) => Ok(None),
+            (
+                Adapter::Ietf,
+                C::Use(a @ (ChecksumAlgorithm::Sha256 | ChecksumAlgorithm::Sha512)),
+            ) => Ok(Some(a)),
+            (_, C::Use(a)) => Err(ClientError::new(
+                ErrorKind::Usage,
+                format!(
+                    "--checksum {}: the IETF draft's Content-Digest knows sha256 and sha512 only",
+                    a.name()
+                ),
+            )),
+        }
+    }
+
+    /// Whether the request checksum may go in a trailer (tus checksum-trailer).
+    pub fn trailer(self, caps: &ServerCaps) -> bool {
+        self == Adapter::Tus && caps.has("checksum-trailer")
+    }
+
+    /// Creates an empty upload of `len` bytes (`concat`: tus concatenation only).
+    pub async fn create(
+        self,
+        http: &reqwest::Client,
+        endpoint: &Url,
+        len: u64,
+        metadata: &Metadata,
+        concat: Option<&str>,
+    ) -> Result<Url, AttemptError> {
+        match self {
+            Adapter::Tus => tus::create(http, endpoint, len, metadata, concat).await,
+            Adapter::Ietf => crate::ietf::create(http, endpoint, len, metadata, None, None, None)
+                .await
+                .map(|(u, _)| u),
+        }
+    }
+
+    /// Creates an upload carrying the whole (small) file.
+    pub async fn create_with_body(
+        self,
+        http: &reqwest::Client,
+        endpoint: &Url,
+        metadata: &Metadata,
+        data: bytes::Bytes,
+        checksum: Option<&Checksum>,
+        want_digest: Option<&str>,
+    ) -> Result<(Url, Sent), AttemptError> {
+        match self {
+            Adapter::Tus => {
+                tus::create_with_body(http, endpoint, metadata, data, checksum, want_digest).await
+            }
+            Adapter::Ietf => {
+                let len = data.len() as u64;
+                let digest = checksum.map(content_digest);
+                crate::ietf::create(
+                    http,
+                    endpoint,
+                    len,
+                    metadata,
+                    Some((data.into(), len)),
+                    digest.as_deref(),
+                    want_digest,
+                )
+                .await
+            }
+        }
+    }
+
+    /// The upload's state (HEAD).
+    pub async fn head(
+        self,
+        http: &reqwest::Client,
+        url: &Url,
+        want_digest: Option<&str>,
+    ) -> Result<RemoteUpload, AttemptError> {
+        match self {
+            Adapter::Tus => tus::head(http, url, want_digest).await,
+            Adapter::Ietf => crate::ietf::head(http, url, want_digest).await,
+        }
+    }
+
+    /// Appends `body` (`len` bytes) at `offset`; `last` marks the request that ends the upload.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append(
+        self,
+        http: &reqwest::Client,
+        url: &Url,
+        offset: u64,
+        len: u64,
+        body: reqwest::Body,
+        last: bool,
+        checksum: RequestChecksum<'_>,
+        probe: bool,
+        want_digest: Option<&str>,
+    ) -> Result<Sent, AttemptError> {
+        match self {
+            Adapter::Tus => {
+                tus::patch(http, url, offset, len, body, checksum, probe, want_digest).await
+            }
+            Adapter::Ietf => {
+                let digest = match checksum {
+                    RequestChecksum::Header(c) => Some(content_digest(c)),
+                    RequestChecksum::None | RequestChecksum::Trailer => None,
+                };
+                crate::ietf::append(
+                    http,
+                    url,
+                    offset,
+                    len,
+                    body,
+                    last,
+                    digest.as_deref(),
+                    probe,
+                    want_digest,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Deletes the upload (missing counts as deleted).
+    pub async fn delete(self, http: &reqwest::Client, url: &Url) -> Result<(), AttemptError> {
+        match self {
+            Adapter::Tus => tus::delete(http, url).await,
+            Adapter::Ietf => crate::ietf::delete(http, url).await,
+        }
+    }
+}
+
+/// `--protocol chunks` until Content-Range chunk sessions land.
+pub fn chunks_unsupported() -> ClientError {
+    ClientError::new(
+        ErrorKind::Usage,
+        "--protocol chunks (Content-Range chunk sessions) is not supported yet; use tus or ietf",
+    )
+}
+
+/// RFC 9530 `Content-Digest` for a checksum (SHA-256 or SHA-512, see `request_checksum`).
+fn content_digest(c: &Checksum) -> String {
+    let key = match c.algorithm {
+        ChecksumAlgorithm::Sha512 => "sha-512",
+        _ => ferry_proto::digest::SHA256_KEY,
+    };
+    ferry_proto::digest::format_digest_field(key, &c.digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(tus: bool, ietf: bool) -> ServerCaps {
+        ServerCaps {
+            answered: true,
+            tus,
+            ietf,
+            ..ServerCaps::default()
+        }
+    }
+
+    #[test]
+    fn auto_prefers_tus_then_the_draft() {
+        let a = |c: &ServerCaps| Adapter::choose(Protocol::Auto, c, None);
+        assert_eq!(a(&caps(true, true)).unwrap(), Adapter::Tus);
+        assert_eq!(a(&caps(true, false)).unwrap(), Adapter::Tus);
+        assert_eq!(a(&caps(false, true)).unwrap(), Adapter::Ietf);
+        let e = a(&caps(false, false)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Refused);
+        assert_eq!(e.kind.exit_code(), 3);
+        assert!(e.message.contains("neither tus nor the IETF"), "{e}");
+        // No usable OPTIONS answer: tus, as before.
+        assert_eq!(a(&ServerCaps::default()).unwrap(), Adapter::Tus);
+    }
+
+    #[test]
+    fn explicit_choices_and_records() {
+        let c = caps(true, true);
+        assert_eq!(
+            Adapter::choose(Protocol::Ietf, &c, None).unwrap(),
+            Adapter::Ietf
+        );
+        assert_eq!(
+            Adapter::choose(Protocol::Tus, &caps(false, true), None).unwrap(),
+            Adapter::Tus
+        );
+        // A resumed transfer keeps its protocol.
+        assert_eq!(
+            Adapter::choose(Protocol::Auto, &c, Some(Adapter::Ietf)).unwrap(),
+            Adapter::Ietf
+        );
+        let e = Adapter::choose(Protocol::Chunks, &c, None).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Usage);
+        assert_eq!(Adapter::from_name("ietf"), Some(Adapter::Ietf));
+        assert_eq!(Adapter::from_name("tus"), Some(Adapter::Tus));
+        assert_eq!(Adapter::from_name("chunks"), None);
+    }
+
+    #[test]
+    fn ietf_sends_content_digest_only_on_request() {
+        use crate::upload::ChecksumChoice as C;
+        let c = ServerCaps {
+            checksum: Some(ChecksumAlgorithm::Blake3),
+            ..caps(true, true)
+        };
+        assert_eq!(
+            Adapter::Tus.request_checksum(C::Auto, &c).unwrap(),
+            Some(ChecksumAlgorithm::Blake3)
+        );
+        assert_eq!(Adapter::Ietf.request_checksum(C::Auto, &c).unwrap(), None);
+        assert_eq!(
+            Adapter::Ietf
+                .request_checksum(C::Use(ChecksumAlgorithm::Sha256), &c)
+                .unwrap(),
+            Some(ChecksumAlgorithm::Sha256)
+        );
+        assert!(
+            Adapter::Ietf
+                .request_checksum(C::Use(ChecksumAlgorithm::Crc32), &c)
+                .is_err()
+        );
+        let d = content_digest(&Checksum {
+            algorithm: ChecksumAlgorithm::Sha256,
+            digest: vec![0; 32],
+        });
+        assert!(d.starts_with("sha-256=:"), "{d}");
+    }
+}
