@@ -43,6 +43,10 @@ pub enum ProtoError {
     /// A range header was malformed; the string says how.
     #[error("{0}")]
     InvalidRange(String),
+    /// A well-formed range that no representation can satisfy (a chunk's `Content-Range`
+    /// with START > END or END >= TOTAL); the string says how (HTTP 416).
+    #[error("{0}")]
+    UnsatisfiableRange(String),
     /// `Upload-Concat` was malformed; the string says how.
     #[error("Upload-Concat: {0}")]
     InvalidConcat(String),
