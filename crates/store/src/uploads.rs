@@ -11,7 +11,7 @@ use crate::error::{Result, StoreError};
 use crate::local::LocalDataStore;
 use crate::lock::{Lease, LocalLocker, Locker};
 use crate::meta::MetaStore;
-use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
+use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind, now_ms};
 use crate::redb_meta::RedbMetaStore;
 use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::checksum::Hasher;
@@ -31,7 +31,7 @@ const POOL_LIMIT: usize = 64;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-fn take_buffer(capacity: usize) -> Vec<u8> {
+pub(crate) fn take_buffer(capacity: usize) -> Vec<u8> {
     if capacity == BUFFER_SIZE
         && let Some(b) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop()
     {
@@ -40,7 +40,7 @@ fn take_buffer(capacity: usize) -> Vec<u8> {
     Vec::with_capacity(capacity)
 }
 
-fn give_buffer(mut b: Vec<u8>) {
+pub(crate) fn give_buffer(mut b: Vec<u8>) {
     if b.capacity() == BUFFER_SIZE {
         b.clear();
         let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,7 +97,7 @@ impl Default for ExpiryPolicy {
 
 impl ExpiryPolicy {
     /// Expiry time for an upload in `info`'s state, changed at `now`.
-    fn expires_at(&self, complete: bool, now: u64) -> Option<u64> {
+    pub(crate) fn expires_at(&self, complete: bool, now: u64) -> Option<u64> {
         let after = if complete {
             self.finished
         } else {
@@ -113,15 +113,18 @@ pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
 
 /// Data store + metadata store + locker, bound by a sync policy.
 pub struct Uploads {
-    data: Arc<dyn DataStore>,
-    meta: Arc<dyn MetaStore>,
+    pub(crate) data: Arc<dyn DataStore>,
+    pub(crate) meta: Arc<dyn MetaStore>,
     locker: Arc<dyn Locker>,
-    sync: SyncPolicy,
-    expiry: ExpiryPolicy,
+    pub(crate) sync: SyncPolicy,
+    pub(crate) expiry: ExpiryPolicy,
     /// SHA-256 state of uploads being appended in order, keyed by id, at their committed
     /// offset: the whole-upload digest is then ready the moment the last byte commits, with no
     /// second read. Lost on restart (the digest is then computed by reading the data back).
     running: Mutex<HashMap<UploadId, (u64, Hasher)>>,
+    /// Chunk requests in flight per session. Chunk writes take no lease (several run at once),
+    /// so the sweeper asks here instead before deleting an expired session.
+    pub(crate) chunk_writers: Mutex<HashMap<UploadId, usize>>,
     _dir_lock: Option<File>,
 }
 
@@ -151,6 +154,7 @@ impl Uploads {
             sync,
             expiry: ExpiryPolicy::default(),
             running: Mutex::new(HashMap::new()),
+            chunk_writers: Mutex::new(HashMap::new()),
             _dir_lock: None,
         }
     }
@@ -226,7 +230,8 @@ impl Uploads {
             metadata: new.metadata,
             protocol: new.protocol,
             kind: new.kind,
-            received: None,
+            // Out-of-order writers record which bytes arrived.
+            received: (new.protocol == Protocol::Chunks).then(RangeSet::new),
             created_ms: now,
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
@@ -329,6 +334,11 @@ impl Uploads {
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
         if matches!(info.kind, UploadKind::Final { .. }) {
             return Err(StoreError::IsFinal(id));
+        }
+        if info.protocol == Protocol::Chunks {
+            // An append would cut away every byte past the contiguous prefix: chunks received
+            // out of order.
+            return Err(StoreError::WrongProtocol(id));
         }
         let writer = self
             .data
@@ -461,7 +471,7 @@ impl Uploads {
     pub async fn sweep_expired(&self, now: u64) -> Result<Vec<UploadId>> {
         let mut gone = Vec::new();
         for info in self.meta.list().await? {
-            if info.deleted || !info.is_expired(now) {
+            if info.deleted || !info.is_expired(now) || self.chunk_writes_active(info.id) {
                 continue;
             }
             let Ok(_lease) = self.try_lease(info.id).await else {
@@ -486,7 +496,7 @@ impl Uploads {
 
     /// Work that follows an upload's completion: its digest (inline when small, else in the
     /// background) and completing finals that were waiting for it.
-    async fn completed(&self, info: &UploadInfo) {
+    pub(crate) async fn completed(&self, info: &UploadInfo) {
         let running = self
             .running
             .lock()
