@@ -531,7 +531,6 @@ mod tests {
         ));
     }
 
-
     #[test]
     fn chunk_ranges_parse() {
         assert_eq!(

@@ -54,12 +54,12 @@ fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Whether the request carries a body (declared length > 0, or chunked).
-fn has_body(req: &Request<Body>) -> bool {
+pub(crate) fn has_body(req: &Request<Body>) -> bool {
     use http_body::Body as _;
     req.body().size_hint().exact() != Some(0)
 }
 
-fn content_length(req: &Request<Body>) -> Option<u64> {
+pub(crate) fn content_length(req: &Request<Body>) -> Option<u64> {
     use http_body::Body as _;
     req.body().size_hint().exact()
 }
