@@ -544,6 +544,71 @@ fn expired_sessions_are_swept() {
     }
 }
 
+#[test]
+fn chunk_acknowledgements_follow_data_fdatasync_and_metadata_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let log_path = tmp.path().join("strace.log");
+    let log_arg = log_path.display().to_string();
+    let mut server = Server::start_wrapped(
+        &data_dir,
+        &[],
+        &[
+            "strace",
+            "-f",
+            "-y",
+            "-s",
+            "32",
+            "-e",
+            "trace=fdatasync,fsync,write,writev,sendto,sendmsg",
+            "-o",
+            &log_arg,
+        ],
+    );
+    let data = random_bytes(3 << 20, 12);
+    let path = create(&server, Some(data.len() as u64));
+    let id = path.rsplit('/').next().unwrap().to_string();
+    for i in [2usize, 0, 1] {
+        let r = chunk(server.addr, &path, &data, i << 20, (i + 1) << 20);
+        assert_eq!(status_of(&r), 200, "{r}");
+    }
+    server.terminate(Duration::from_secs(10));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let events = crate::durability::parse_strace(&log);
+    let acks: Vec<_> = events
+        .iter()
+        .filter(|e| e.arg.contains("HTTP/1.1 200"))
+        .collect();
+    assert_eq!(acks.len(), 3, "three 200s in the trace:\n{log}");
+    let mut previous_ack = 0;
+    for ack in acks {
+        let data_sync = events
+            .iter()
+            .rfind(|e| {
+                e.line > previous_ack
+                    && e.line < ack.line
+                    && e.call == "fdatasync"
+                    && e.arg.contains(&id)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no fdatasync of the data file before the 200 at line {}:\n{log}",
+                    ack.line
+                )
+            });
+        assert!(
+            events.iter().any(|e| e.line > data_sync.line
+                && e.line < ack.line
+                && (e.call == "fsync" || e.call == "fdatasync")
+                && e.arg.contains("ferry.redb")),
+            "no metadata commit between the data fdatasync at line {} and the 200 at line {}:\n{log}",
+            data_sync.line,
+            ack.line
+        );
+        previous_ack = ack.line;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The article's Python client and a curl loop.
 
