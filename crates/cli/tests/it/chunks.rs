@@ -226,12 +226,15 @@ fn status_query_by_head_and_by_put_star() {
     assert_eq!(ranges(&g), "0-9,50-59");
 }
 
+/// A table row: method, headers, body, expected status, a phrase of the expected message.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+
 #[test]
 fn each_fault_has_its_status_and_message() {
     let server = Server::start(&[]);
     let path = create(&server, Some(3_000_000));
     let a = server.addr;
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // The article's last chunk: (i+1)*chunk-1 past the end of a 3,000,000-byte file.
         (
             "PUT",
