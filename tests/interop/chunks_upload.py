@@ -82,7 +82,8 @@ def upload_chunk(session, url, path, start, end, size):
     last = None
     for _ in range(RETRIES):
         try:
-            r = session.put(url, data=chunk, headers=headers, timeout=TIMEOUT)
+            # POST, as the article does (PUT works the same).
+            r = session.post(url, data=chunk, headers=headers, timeout=TIMEOUT)
         except requests.RequestException as e:
             last = e
             continue
