@@ -47,6 +47,10 @@ pub enum ProtoError {
     /// says how.
     #[error("{0}")]
     InvalidIetf(String),
+    /// A well-formed range that no representation can satisfy (a chunk's `Content-Range`
+    /// with START > END or END >= TOTAL); the string says how (HTTP 416).
+    #[error("{0}")]
+    UnsatisfiableRange(String),
     /// `Upload-Concat` was malformed; the string says how.
     #[error("Upload-Concat: {0}")]
     InvalidConcat(String),

@@ -132,6 +132,158 @@ pub fn parse_content_range(value: &str) -> Result<ContentRange, ProtoError> {
     Ok(ContentRange { start, end, len })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Content-Range chunk sessions (request side)
+
+/// Response header listing the byte ranges a chunk session has received, as inclusive
+/// `start-end` pairs separated by commas (`0-1048575,2097152-3145727`); empty when none.
+pub const UPLOAD_RANGES: &str = "upload-ranges";
+
+/// What a `Content-Range` request header says about a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkRange {
+    /// `bytes START-END/TOTAL`: the body is bytes `START..=END`; `TOTAL` is `None` for `*`.
+    Bytes {
+        /// First byte.
+        start: u64,
+        /// Last byte (inclusive).
+        end: u64,
+        /// The whole file's length, if the client knows it.
+        total: Option<u64>,
+    },
+    /// `bytes */TOTAL` (or `bytes */*`): no bytes, a status query (as Google's resumable
+    /// uploads).
+    Query {
+        /// The whole file's length, if given.
+        total: Option<u64>,
+    },
+}
+
+impl ChunkRange {
+    /// Number of bytes the body must carry.
+    pub fn body_len(&self) -> u64 {
+        match *self {
+            ChunkRange::Bytes { start, end, .. } => end - start + 1,
+            ChunkRange::Query { .. } => 0,
+        }
+    }
+
+    /// The declared total, if numeric.
+    pub fn total(&self) -> Option<u64> {
+        match *self {
+            ChunkRange::Bytes { total, .. } | ChunkRange::Query { total } => total,
+        }
+    }
+}
+
+/// Parses the `Content-Range` of a chunk request. Syntax errors are
+/// [`ProtoError::InvalidRange`] (400); a well-formed range with START > END or END >= TOTAL
+/// (the classic off-by-one of a last chunk: END is inclusive) is
+/// [`ProtoError::UnsatisfiableRange`] (416). Numbers above [`crate::tus::MAX_NUMBER`] are
+/// malformed, so `END + 1` never overflows.
+pub fn parse_chunk_range(value: &str) -> Result<ChunkRange, ProtoError> {
+    let shown = echo(value);
+    let bad = |why: &str| {
+        ProtoError::InvalidRange(format!(
+            "Content-Range {shown:?} is malformed: {why} (expected bytes START-END/TOTAL)"
+        ))
+    };
+    let v = trim_ows(value);
+    let (unit, rest) = v.split_once(' ').ok_or_else(|| bad("no unit"))?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return Err(bad("the unit must be bytes"));
+    }
+    let rest = trim_ows(rest);
+    let (range, total) = rest.split_once('/').ok_or_else(|| bad("no /TOTAL"))?;
+    let number = |s: &str, what: &str| -> Result<u64, ProtoError> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad(&format!("{what} is not a decimal number")));
+        }
+        s.parse::<u64>()
+            .ok()
+            .filter(|n| *n <= crate::tus::MAX_NUMBER)
+            .ok_or_else(|| bad(&format!("{what} is too large")))
+    };
+    let total = match total {
+        "*" => None,
+        t => Some(number(t, "TOTAL")?),
+    };
+    if range == "*" {
+        return Ok(ChunkRange::Query { total });
+    }
+    let (a, b) = range.split_once('-').ok_or_else(|| bad("no START-END"))?;
+    let (start, end) = (number(a, "START")?, number(b, "END")?);
+    if start > end {
+        return Err(ProtoError::UnsatisfiableRange(format!(
+            "Content-Range {shown:?}: START {start} is after END {end}"
+        )));
+    }
+    if let Some(t) = total
+        && end >= t
+    {
+        return Err(ProtoError::UnsatisfiableRange(format!(
+            "Content-Range {shown:?}: END {end} must be below TOTAL {t} (END is inclusive: \
+             the last byte of a {t}-byte file is {})",
+            t.saturating_sub(1)
+        )));
+    }
+    Ok(ChunkRange::Bytes { start, end, total })
+}
+
+/// Formats half-open `[start, end)` ranges as the [`UPLOAD_RANGES`] value (inclusive pairs).
+pub fn format_upload_ranges(ranges: &[(u64, u64)]) -> String {
+    let mut out = String::new();
+    for &(a, b) in ranges.iter().filter(|(a, b)| a < b) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&format!("{a}-{}", b - 1));
+    }
+    out
+}
+
+/// Parses an [`UPLOAD_RANGES`] value back into half-open `[start, end)` ranges.
+pub fn parse_upload_ranges(value: &str) -> Result<Vec<(u64, u64)>, ProtoError> {
+    let bad = || ProtoError::InvalidRange(format!("Upload-Ranges {:?} is malformed", echo(value)));
+    let v = trim_ows(value);
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    v.split(',')
+        .map(|pair| {
+            let (a, b) = trim_ows(pair).split_once('-').ok_or_else(bad)?;
+            let num = |s: &str| {
+                (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+                    .then(|| s.parse::<u64>().ok())
+                    .flatten()
+                    .filter(|n| *n <= crate::tus::MAX_NUMBER)
+                    .ok_or_else(bad)
+            };
+            let (a, b) = (num(a)?, num(b)?);
+            if a > b {
+                return Err(bad());
+            }
+            Ok((a, b + 1))
+        })
+        .collect()
+}
+
+/// The JSON body of a chunk-session answer:
+/// `{"received":[[start,end],...],"length":N|null,"complete":bool}` with inclusive pairs
+/// (half-open `ranges` in).
+pub fn format_chunk_status(ranges: &[(u64, u64)], length: Option<u64>, complete: bool) -> String {
+    let pairs: Vec<String> = ranges
+        .iter()
+        .filter(|(a, b)| a < b)
+        .map(|&(a, b)| format!("[{a},{}]", b - 1))
+        .collect();
+    let length = length.map_or_else(|| "null".to_string(), |l| l.to_string());
+    format!(
+        "{{\"received\":[{}],\"length\":{length},\"complete\":{complete}}}",
+        pairs.join(",")
+    )
+}
+
 /// An entity tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ETag {
@@ -379,6 +531,99 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn chunk_ranges_parse() {
+        assert_eq!(
+            parse_chunk_range("bytes 0-1048575/3000000"),
+            Ok(ChunkRange::Bytes {
+                start: 0,
+                end: 1048575,
+                total: Some(3000000)
+            })
+        );
+        assert_eq!(
+            parse_chunk_range(" bytes 5-5/* "),
+            Ok(ChunkRange::Bytes {
+                start: 5,
+                end: 5,
+                total: None
+            })
+        );
+        assert_eq!(
+            parse_chunk_range("bytes */10"),
+            Ok(ChunkRange::Query { total: Some(10) })
+        );
+        assert_eq!(
+            parse_chunk_range("bytes */*"),
+            Ok(ChunkRange::Query { total: None })
+        );
+        assert_eq!(parse_chunk_range("bytes 9-9/10").unwrap().body_len(), 1);
+        assert_eq!(parse_chunk_range("bytes */0").unwrap().total(), Some(0));
+    }
+
+    #[test]
+    fn chunk_ranges_refuse_with_the_right_error() {
+        // The article's last-chunk bug: END = (i+1)*chunk-1 past the end of the file.
+        let e = parse_chunk_range("bytes 2097152-3145727/3000000").unwrap_err();
+        assert!(matches!(e, ProtoError::UnsatisfiableRange(_)), "{e:?}");
+        assert!(e.to_string().contains("below TOTAL"), "{e}");
+        assert!(matches!(
+            parse_chunk_range("bytes 0-10/10"),
+            Err(ProtoError::UnsatisfiableRange(_))
+        ));
+        assert!(matches!(
+            parse_chunk_range("bytes 7-6/10"),
+            Err(ProtoError::UnsatisfiableRange(_))
+        ));
+        assert!(matches!(
+            parse_chunk_range("bytes 0-0/0"),
+            Err(ProtoError::UnsatisfiableRange(_))
+        ));
+        for bad in [
+            "",
+            "bytes",
+            "bytes 0-1",
+            "items 0-1/2",
+            "bytes=0-1/2",
+            "bytes 0-/2",
+            "bytes -1/2",
+            "bytes +0-1/2",
+            "bytes 0-1/-2",
+            "bytes 0-1/2/3",
+            "bytes 0 - 1/2",
+            "bytes 0-99999999999999999999/*",
+            "bytes 0-9223372036854775808/*",
+            "bytes */",
+            "bytes 0x1-2/3",
+        ] {
+            assert!(
+                matches!(parse_chunk_range(bad), Err(ProtoError::InvalidRange(_))),
+                "{bad:?}: {:?}",
+                parse_chunk_range(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn upload_ranges_round_trip_and_json() {
+        let rs = [(0u64, 1048576u64), (2097152, 3145728)];
+        let v = format_upload_ranges(&rs);
+        assert_eq!(v, "0-1048575,2097152-3145727");
+        assert_eq!(parse_upload_ranges(&v).unwrap(), rs.to_vec());
+        assert_eq!(format_upload_ranges(&[]), "");
+        assert_eq!(parse_upload_ranges("").unwrap(), vec![]);
+        assert!(parse_upload_ranges("5-4").is_err());
+        assert!(parse_upload_ranges("a-b").is_err());
+        assert_eq!(
+            format_chunk_status(&rs, Some(3145728), false),
+            r#"{"received":[[0,1048575],[2097152,3145727]],"length":3145728,"complete":false}"#
+        );
+        assert_eq!(
+            format_chunk_status(&[], None, false),
+            r#"{"received":[],"length":null,"complete":false}"#
+        );
+    }
+
     proptest! {
         #[test]
         fn ranges_stay_inside_the_file(s in 0u64..500, e in 0u64..500, len in 0u64..400) {
@@ -395,6 +640,35 @@ mod tests {
             let _ = parse_content_range(&v);
             let _ = ETagList::parse(&v);
             let _ = IfRange::parse(&v);
+            let _ = parse_chunk_range(&v);
+            let _ = parse_upload_ranges(&v);
+        }
+
+        #[test]
+        fn chunk_range_never_panics_on_near_misses(
+            a in any::<u64>(), b in any::<u64>(), t in any::<u64>(),
+            sep in prop::sample::select(vec!["-", "/", " ", "*", ""]),
+        ) {
+            for v in [
+                format!("bytes {a}-{b}/{t}"),
+                format!("bytes {a}{sep}{b}/{t}"),
+                format!("bytes {a}-{b}{sep}{t}"),
+                format!("bytes */{t}{sep}"),
+            ] {
+                if let Ok(ChunkRange::Bytes { start, end, total }) = parse_chunk_range(&v) {
+                    prop_assert!(start <= end);
+                    prop_assert!(total.is_none_or(|t| end < t));
+                    prop_assert!(end < u64::MAX);
+                }
+            }
+        }
+
+        #[test]
+        fn upload_ranges_round_trip(mut v in proptest::collection::vec((0u64..1_000_000, 1u64..1000), 0..20)) {
+            v.sort_unstable();
+            let ranges: Vec<(u64, u64)> = v.iter().map(|&(a, l)| (a, a + l)).collect();
+            let text = format_upload_ranges(&ranges);
+            prop_assert_eq!(parse_upload_ranges(&text).unwrap(), ranges);
         }
     }
 }

@@ -110,6 +110,9 @@ impl From<ProtoError> for ApiError {
                 tus::SUPPORTED_VERSIONS,
             ),
             ProtoError::InvalidId => ApiError::not_found(),
+            ProtoError::UnsatisfiableRange(why) => {
+                ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, why)
+            }
             ProtoError::UnknownChecksumAlgorithm(_) => ApiError::bad_request(format!(
                 "{e}; supported: {}",
                 ferry_proto::checksum::supported_list()
@@ -146,6 +149,20 @@ impl From<StoreError> for ApiError {
             StoreError::NotPartial(id) => ApiError::bad_request(format!(
                 "upload {id} was not created with Upload-Concat: partial"
             )),
+            StoreError::WrongProtocol(id) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "upload {id} is a Content-Range chunk session: send its chunks with PUT and \
+                     Content-Range to /chunks/{id}"
+                ),
+            ),
+            StoreError::LengthMismatch { length, declared } => ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "total length {declared} differs from the session's length of {length} bytes"
+                ),
+            ),
+            e @ StoreError::TooFragmented { .. } => ApiError::bad_request(e.to_string()),
             StoreError::TooLarge { length, max } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("{length} bytes exceed the maximum size of {max}"),

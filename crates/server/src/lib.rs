@@ -6,6 +6,7 @@
 //! (a request with `Upload-Draft-Interop-Version` goes to [`ietf`]). Protocol modules translate HTTP into
 //! calls on [`ferry_store::Uploads`], which owns storage and durability.
 
+pub mod chunks;
 pub mod config;
 pub mod download;
 pub mod error;
@@ -92,10 +93,21 @@ pub struct Ctx {
 impl AppState {
     /// Absolute URL of an upload for `Location`: `--public-url` if set; else the forwarded
     /// host/proto when `--trust-proxy`; else the request's Host; else the bound address.
-    pub fn upload_url(&self, _ctx: &Ctx, headers: &HeaderMap, id: UploadId) -> String {
+    pub fn upload_url(&self, ctx: &Ctx, headers: &HeaderMap, id: UploadId) -> String {
+        self.resource_url(ctx, headers, "files", id)
+    }
+
+    /// Absolute URL of `{base}/{collection}/{id}`, found as for [`upload_url`](Self::upload_url).
+    pub fn resource_url(
+        &self,
+        _ctx: &Ctx,
+        headers: &HeaderMap,
+        collection: &str,
+        id: UploadId,
+    ) -> String {
         let base = &self.config.base_path;
         if let Some(origin) = &self.config.public_url {
-            return format!("{origin}{base}/files/{id}");
+            return format!("{origin}{base}/{collection}/{id}");
         }
         let (mut scheme, mut host) = ("http".to_string(), None);
         if self.config.trust_proxy
@@ -115,7 +127,7 @@ impl AppState {
             })
             .or_else(|| self.config.local_addr.map(|a| a.to_string()))
             .unwrap_or_else(|| "localhost".into());
-        format!("{scheme}://{host}{base}/files/{id}")
+        format!("{scheme}://{host}{base}/{collection}/{id}")
     }
 }
 
@@ -176,8 +188,9 @@ Want-Repr-Digest, Repr-Digest, Content-Digest, Content-Disposition";
 const CORS_EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, \
 Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Checksum, Tus-Resumable, \
 Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Upload-Complete, \
-Upload-Incomplete, Upload-Limit, Accept-Patch, Upload-Draft-Interop-Version, Repr-Digest, Content-Range, Accept-Ranges, ETag, \
-Last-Modified, Content-Disposition, Retry-After";
+Upload-Incomplete, Upload-Limit, Accept-Patch, Upload-Draft-Interop-Version, Repr-Digest, \
+Content-Range, Accept-Ranges, ETag, Last-Modified, Content-Disposition, Retry-After, \
+Upload-Ranges, Range";
 
 /// Methods a browser may use.
 const CORS_ALLOW_METHODS: &str = "POST, HEAD, PATCH, OPTIONS, GET, DELETE, PUT";
@@ -269,6 +282,15 @@ async fn route(
         // The IETF draft shares the endpoint; its requests say so with their interop version.
         "/files" | "/files/" if ietf::is_ietf(req.headers()) => {
             ietf::collection(state, &ctx, &method, req).await
+        }
+        // Content-Range chunk sessions: their own route family, announced nowhere in tus.
+        "/chunks" | "/chunks/" => match method {
+            Method::POST => chunks::create(state, &ctx, req).await,
+            _ => Err(method_not_allowed(chunks::COLLECTION_METHODS)),
+        },
+        s if s.starts_with("/chunks/") => {
+            let id = UploadId::parse(&s["/chunks/".len()..]).map_err(|_| ApiError::not_found())?;
+            chunks::session(state, id, method, req).await
         }
         "/files" | "/files/" => match method {
             Method::OPTIONS => Ok(tus::options(&state)),

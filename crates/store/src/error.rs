@@ -40,6 +40,24 @@ pub enum StoreError {
     /// The stored offset is not where the writer expected it (someone else committed).
     #[error("upload {0} changed underneath this request")]
     Conflict(UploadId),
+    /// The upload belongs to another protocol's rules (e.g. a tus append on a chunk session,
+    /// whose bytes arrive out of order).
+    #[error("upload {0} was created by another protocol")]
+    WrongProtocol(UploadId),
+    /// A chunk declared a total length other than the upload's.
+    #[error("total length {declared} differs from the upload's length of {length} bytes")]
+    LengthMismatch {
+        /// The upload's length.
+        length: u64,
+        /// What the request declared.
+        declared: u64,
+    },
+    /// A chunk would split what has arrived into more separate ranges than allowed.
+    #[error("more than {limit} separate byte ranges: send chunks that fill the gaps first")]
+    TooFragmented {
+        /// The limit.
+        limit: usize,
+    },
     /// Stored state contradicts itself (e.g. data shorter than the committed offset).
     #[error("inconsistent stored state: {0}")]
     Inconsistent(String),

@@ -7,6 +7,7 @@
 //!
 //! [`conformance`] holds the checks every implementation must pass.
 
+pub mod chunked;
 pub mod data;
 pub mod error;
 pub mod local;
@@ -19,6 +20,7 @@ pub mod uploads;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use chunked::{MAX_SESSION_RANGES, RangeWrite};
 pub use error::{Result, StoreError};
 pub use lock::Lease;
 pub use model::{Protocol, RangeSet, UploadInfo, UploadKind};

@@ -11,7 +11,7 @@ use crate::error::{Result, StoreError};
 use crate::local::LocalDataStore;
 use crate::lock::{Lease, LocalLocker, Locker};
 use crate::meta::MetaStore;
-use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
+use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind, now_ms};
 use crate::redb_meta::RedbMetaStore;
 use ferry_proto::checksum::{ChecksumAlgorithm, Hasher, digest};
 use ferry_proto::{Metadata, UploadId};
@@ -40,7 +40,7 @@ static ACTIVE_APPENDS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-fn take_buffer(capacity: usize) -> Vec<u8> {
+pub(crate) fn take_buffer(capacity: usize) -> Vec<u8> {
     if capacity == BUFFER_SIZE
         && let Some(b) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop()
     {
@@ -49,7 +49,7 @@ fn take_buffer(capacity: usize) -> Vec<u8> {
     Vec::with_capacity(capacity)
 }
 
-fn give_buffer(mut b: Vec<u8>) {
+pub(crate) fn give_buffer(mut b: Vec<u8>) {
     if b.capacity() == BUFFER_SIZE {
         b.clear();
         let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,7 +106,7 @@ impl Default for ExpiryPolicy {
 
 impl ExpiryPolicy {
     /// Expiry time for an upload in `info`'s state, changed at `now`.
-    fn expires_at(&self, complete: bool, now: u64) -> Option<u64> {
+    pub(crate) fn expires_at(&self, complete: bool, now: u64) -> Option<u64> {
         let after = if complete {
             self.finished
         } else {
@@ -161,17 +161,20 @@ fn to32(v: Vec<u8>) -> [u8; 32] {
 
 /// Data store + metadata store + locker, bound by a sync policy.
 pub struct Uploads {
-    data: Arc<dyn DataStore>,
-    meta: Arc<dyn MetaStore>,
+    pub(crate) data: Arc<dyn DataStore>,
+    pub(crate) meta: Arc<dyn MetaStore>,
     locker: Arc<dyn Locker>,
-    sync: SyncPolicy,
-    expiry: ExpiryPolicy,
+    pub(crate) sync: SyncPolicy,
+    pub(crate) expiry: ExpiryPolicy,
     /// Digest state of uploads being appended in order, keyed by id, at their committed
     /// offset: the whole-upload digest is then ready the moment the last byte commits, with no
     /// second read. Lost on restart (the digest is then computed by reading the data back).
     running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
     /// Uploads whose digest is being computed by reading back (so it runs once).
     digesting: Arc<Mutex<std::collections::HashSet<UploadId>>>,
+    /// Chunk requests in flight per session. Chunk writes take no lease (several run at once),
+    /// so the sweeper asks here instead before deleting an expired session.
+    pub(crate) chunk_writers: Mutex<HashMap<UploadId, usize>>,
     _dir_lock: Option<File>,
 }
 
@@ -202,6 +205,7 @@ impl Uploads {
             expiry: ExpiryPolicy::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
+            chunk_writers: Mutex::new(HashMap::new()),
             _dir_lock: None,
         }
     }
@@ -277,7 +281,8 @@ impl Uploads {
             metadata: new.metadata,
             protocol: new.protocol,
             kind: new.kind,
-            received: None,
+            // Out-of-order writers record which bytes arrived.
+            received: (new.protocol == Protocol::Chunks).then(RangeSet::new),
             created_ms: now,
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
@@ -382,6 +387,11 @@ impl Uploads {
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
         if matches!(info.kind, UploadKind::Final { .. }) {
             return Err(StoreError::IsFinal(id));
+        }
+        if info.protocol == Protocol::Chunks {
+            // An append would cut away every byte past the contiguous prefix: chunks received
+            // out of order.
+            return Err(StoreError::WrongProtocol(id));
         }
         let writer = self
             .data
@@ -520,7 +530,7 @@ impl Uploads {
     pub async fn sweep_expired(&self, now: u64) -> Result<Vec<UploadId>> {
         let mut gone = Vec::new();
         for info in self.meta.list().await? {
-            if info.deleted || !info.is_expired(now) {
+            if info.deleted || !info.is_expired(now) || self.chunk_writes_active(info.id) {
                 continue;
             }
             let Ok(_lease) = self.try_lease(info.id).await else {
@@ -545,7 +555,7 @@ impl Uploads {
 
     /// Work that follows an upload's completion: its digests (unless the commit already
     /// stored them from the running hash) and completing finals that were waiting for it.
-    async fn completed(&self, info: &UploadInfo) {
+    pub(crate) async fn completed(&self, info: &UploadInfo) {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -139,16 +139,16 @@ fn body_in_flight_at_kill9_is_cut_back_and_upload_completes() {
 
 /// One syscall event from an strace log.
 #[derive(Debug)]
-struct Event {
-    line: usize,
-    call: String,
+pub(crate) struct Event {
+    pub(crate) line: usize,
+    pub(crate) call: String,
     /// The fd's path (`-y`) or the first bytes of the data written.
-    arg: String,
+    pub(crate) arg: String,
 }
 
 /// Parses `strace -f -y` output into completed sync calls (at their completion line) and
 /// write-like calls (at their entry line, which carries the data).
-fn parse_strace(log: &str) -> Vec<Event> {
+pub(crate) fn parse_strace(log: &str) -> Vec<Event> {
     let mut pending: HashMap<String, (String, String)> = HashMap::new();
     let mut events = Vec::new();
     for (i, raw) in log.lines().enumerate() {

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod chunks;
 mod config;
 mod download;
 mod durability;

@@ -1,0 +1,350 @@
+//! Content-Range chunk sessions: `POST {base}/chunks/` creates a session, then `PUT` (or
+//! `POST`) chunks to its URL with `Content-Range: bytes START-END/TOTAL`, in any order and
+//! concurrently. `HEAD`, or a `PUT` with `Content-Range: bytes */TOTAL` and no body, reports
+//! the ranges received; `GET` downloads the finished file. See docs/protocol.md.
+//!
+//! Every answer that describes a session carries `Upload-Ranges` (all ranges received,
+//! inclusive), `Range: bytes=0-N` (the contiguous prefix, as Google's resumable uploads),
+//! `Upload-Length` once known, `Upload-Complete: ?0/?1`, and (except HEAD) a small JSON body.
+
+use crate::error::ApiError;
+use crate::tus::{content_length, has_body, header_str, load, set_repr_digest};
+use crate::{AppState, Ctx};
+use axum::body::Body;
+use ferry_proto::range::{
+    ChunkRange, UPLOAD_RANGES, format_chunk_status, format_upload_ranges, parse_chunk_range,
+};
+use ferry_proto::{Metadata, UploadId, tus};
+use ferry_store::{Protocol, StoreError, UploadInfo};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+
+/// Methods allowed on the collection.
+pub const COLLECTION_METHODS: &str = "POST";
+/// Methods allowed on a session.
+pub const SESSION_METHODS: &str = "GET, HEAD, PUT, POST";
+
+type Reply = Result<Response<Body>, ApiError>;
+
+/// The ranges header's value for a session.
+fn ranges_of(info: &UploadInfo) -> String {
+    format_upload_ranges(info.received.as_ref().map_or(&[], |r| r.ranges()))
+}
+
+/// Adds the headers that describe a session's state.
+fn describe(resp: &mut Response<Body>, info: &UploadInfo) {
+    let h = resp.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(UPLOAD_RANGES, ranges_of(info));
+    if info.offset > 0 {
+        set("range", format!("bytes=0-{}", info.offset - 1));
+    }
+    if let Some(l) = info.length {
+        set(tus::UPLOAD_LENGTH, l.to_string());
+    }
+    set(
+        "upload-complete",
+        if info.is_complete() { "?1" } else { "?0" }.to_string(),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    set_repr_digest(resp, info);
+}
+
+/// A session's state: headers, plus the JSON body.
+fn status_response(status: StatusCode, info: &UploadInfo) -> Response<Body> {
+    let json = format_chunk_status(
+        info.received.as_ref().map_or(&[], |r| r.ranges()),
+        info.length,
+        info.is_complete(),
+    );
+    let mut resp = Response::new(Body::from(json + "\n"));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    describe(&mut resp, info);
+    resp
+}
+
+/// An error about a known session also says what the session holds, so a client can resume
+/// from any answer.
+fn with_state(mut e: ApiError, info: &UploadInfo) -> ApiError {
+    e = e.with_header(HeaderName::from_static(UPLOAD_RANGES), ranges_of(info));
+    if let Some(l) = info.length {
+        e = e.with_header(HeaderName::from_static(tus::UPLOAD_LENGTH), l);
+    }
+    e
+}
+
+fn too_large(needed: u64, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{needed} bytes exceed the maximum size of {max} bytes"),
+    )
+}
+
+/// Maps storage errors of a chunk to the statuses of this protocol.
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::ExceedsLength { length } => ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("the chunk goes past the session's length of {length} bytes"),
+        ),
+        StoreError::WrongProtocol(_) => ApiError::not_found(),
+        other => other.into(),
+    }
+}
+
+/// `POST {base}/chunks/`: creates a session, optionally with `Upload-Length` (else the first
+/// chunk's total sets it) and `Upload-Metadata` (for the download's file name).
+pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Reply {
+    let headers = req.headers();
+    if has_body(&req) {
+        return Err(ApiError::bad_request(
+            "a chunk session is created without a body: send chunks to the URL in Location",
+        )
+        .closing());
+    }
+    let length = match header_str(headers, tus::UPLOAD_LENGTH)? {
+        Some(v) => Some(tus::parse_upload_length(v)?),
+        None => None,
+    };
+    if let (Some(max), Some(l)) = (state.config.max_size, length)
+        && l > max
+    {
+        return Err(too_large(l, max));
+    }
+    let metadata = match header_str(headers, tus::UPLOAD_METADATA)? {
+        Some(m) => Metadata::parse(m)?,
+        None => Metadata::default(),
+    };
+    let info = state.uploads.create_session(length, metadata).await?;
+    tracing::info!(upload = %info.id, length = ?info.length, "chunk session created");
+    let mut resp = status_response(StatusCode::CREATED, &info);
+    if let Ok(v) = HeaderValue::from_str(&state.resource_url(ctx, headers, "chunks", info.id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// A visible, unexpired chunk session (404 for unknown ids and for uploads of other
+/// protocols, 410 once expired).
+async fn load_session(state: &AppState, id: UploadId) -> Result<UploadInfo, ApiError> {
+    let info = load(state, id).await?;
+    if info.protocol != Protocol::Chunks {
+        return Err(ApiError::not_found());
+    }
+    Ok(info)
+}
+
+/// Requests on `{base}/chunks/{id}`.
+pub async fn session(
+    state: Arc<AppState>,
+    id: UploadId,
+    method: Method,
+    req: Request<Body>,
+) -> Reply {
+    match method {
+        Method::HEAD => {
+            let info = load_session(&state, id).await?;
+            let mut resp = status_response(StatusCode::OK, &info);
+            *resp.body_mut() = Body::empty();
+            Ok(resp)
+        }
+        Method::GET => {
+            let info = load_session(&state, id).await?;
+            if !info.is_complete() {
+                return Err(with_state(
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "chunk session is not complete: {} of {} bytes received",
+                            info.received.as_ref().map_or(0, |r| r.covered()),
+                            info.length
+                                .map_or_else(|| "an unknown number of".into(), |l| l.to_string())
+                        ),
+                    ),
+                    &info,
+                ));
+            }
+            crate::download::get(state, id, &method, req.headers()).await
+        }
+        Method::PUT | Method::POST => put(state, id, req).await,
+        _ => Err(
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                .with_header(header::ALLOW, SESSION_METHODS),
+        ),
+    }
+}
+
+/// `PUT`/`POST` on a session: a chunk, or a status query (`bytes */TOTAL`, no body).
+async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
+    let body_follows = has_body(&req);
+    // An error answered before the body is read closes the connection (the client would
+    // otherwise keep sending into a connection nobody reads).
+    let fail = |e: ApiError| if body_follows { e.closing() } else { e };
+    let headers = req.headers();
+    let Some(value) = header_str(headers, "content-range").map_err(fail)? else {
+        return Err(fail(ApiError::bad_request(
+            "Content-Range is required: bytes START-END/TOTAL with the chunk, or bytes */TOTAL \
+             and no body to ask what has arrived",
+        )));
+    };
+    let range = parse_chunk_range(value).map_err(|e| fail(e.into()))?;
+    let info = load_session(&state, id).await.map_err(fail)?;
+    if let (Some(length), Some(total)) = (info.length, range.total())
+        && length != total
+    {
+        return Err(fail(with_state(
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "Content-Range total {total} differs from the session's length of {length} bytes"
+                ),
+            ),
+            &info,
+        )));
+    }
+    let needed = match range {
+        ChunkRange::Bytes { end, total, .. } => total.unwrap_or(end + 1),
+        ChunkRange::Query { total } => total.unwrap_or(0),
+    };
+    if let Some(max) = state.config.max_size
+        && needed > max
+    {
+        return Err(fail(too_large(needed, max)));
+    }
+    let (start, end, total) = match range {
+        ChunkRange::Query { total } => {
+            if body_follows {
+                return Err(fail(ApiError::bad_request(
+                    "a status query (Content-Range: bytes */TOTAL) carries no body",
+                )));
+            }
+            let info = match (info.length, total) {
+                (None, Some(t)) => state
+                    .uploads
+                    .declare_session_length(id, t)
+                    .await
+                    .map_err(store_error)?,
+                _ => info,
+            };
+            return Ok(status_response(StatusCode::OK, &info));
+        }
+        ChunkRange::Bytes { start, end, total } => (start, end, total),
+    };
+    if let Some(length) = info.length
+        && end >= length
+    {
+        return Err(fail(with_state(
+            ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!(
+                    "Content-Range END {end} is past the session's last byte {} (END is inclusive)",
+                    length.saturating_sub(1)
+                ),
+            ),
+            &info,
+        )));
+    }
+    let chunk_len = range.body_len();
+    if let Some(cl) = content_length(&req)
+        && cl != chunk_len
+    {
+        return Err(fail(ApiError::bad_request(format!(
+            "Content-Length {cl} differs from the {chunk_len} bytes of Content-Range {start}-{end} \
+             (END - START + 1)"
+        ))));
+    }
+    let body = req.into_body();
+    // In its own task: a dropped connection or handler future cannot leave a half-done commit
+    // behind (a commit either records the whole range or nothing).
+    let st = state.clone();
+    let task = tokio::spawn(async move { receive(&st, id, start, end + 1, total, body).await });
+    let info = task
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("chunk task failed: {e}"),
+            ))
+        })
+        .inspect_err(|e| {
+            tracing::info!(upload = %id, start, end, status = %e.status, reason = %e.message, "chunk not recorded");
+        })?;
+    tracing::debug!(upload = %id, start, end, complete = info.is_complete(), "chunk recorded");
+    Ok(status_response(StatusCode::OK, &info))
+}
+
+/// Streams the body into `[start, end)` and commits it; any way the body can end short
+/// records nothing.
+async fn receive(
+    state: &AppState,
+    id: UploadId,
+    start: u64,
+    end: u64,
+    total: Option<u64>,
+    mut body: Body,
+) -> Result<UploadInfo, ApiError> {
+    let len = end - start;
+    let lost =
+        |why: String| ApiError::bad_request(format!("{why}; the chunk was not recorded")).closing();
+    let mut w = state
+        .uploads
+        .write_range(id, start, end, total)
+        .await
+        .map_err(|e| store_error(e).closing())?;
+    let idle = state.config.body_idle_timeout;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server is shutting down; the chunk was not recorded, send it again later",
+                )
+                .closing());
+            }
+            f = tokio::time::timeout(idle, body.frame()) => f,
+        };
+        let frame = match frame {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body stalled; the chunk was not recorded",
+                )
+                .closing());
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(lost(format!("request body ended early ({e})"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers mean nothing here
+        };
+        match w.push(&data).await {
+            Ok(()) => {}
+            Err(StoreError::ExceedsLength { .. }) => {
+                return Err(lost(format!(
+                    "body is longer than the {len} bytes of Content-Range {start}-{}",
+                    end - 1
+                )));
+            }
+            Err(e) => return Err(store_error(e).closing()),
+        }
+    }
+    if w.remaining() > 0 {
+        return Err(lost(format!(
+            "body ended after {} of the {len} bytes of Content-Range {start}-{}",
+            w.received(),
+            end - 1
+        )));
+    }
+    w.commit().await.map_err(store_error)
+}
