@@ -103,10 +103,10 @@ def machine():
     return f"{os.cpu_count()} cores, {cpu}"
 
 
-def write_section(doc, marker, text):
+def write_section(doc, marker, text, title="Benchmarks"):
     """Replaces the block between <!-- marker:begin --> and <!-- marker:end --> in doc."""
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    body = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    body = doc.read_text() if doc.exists() else f"# {title}\n"
     block = f"{begin}\n{text}\n{end}"
     if begin in body and end in body:
         pre = body.split(begin)[0]

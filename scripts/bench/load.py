@@ -188,7 +188,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     write_section(ROOT / "docs" / "reliability.md", "load",
-                  "## Load\n\nCommand: `scripts/bench-load.sh`\n\n" + text)
+                  "## Load\n\nCommand: `scripts/bench-load.sh`\n\n" + text, title="Reliability")
 
 
 if __name__ == "__main__":
