@@ -5,6 +5,7 @@ mod support;
 mod config;
 mod download;
 mod durability;
+mod faults;
 mod hostile;
 mod ietf;
 mod interop;
