@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// [default: 60s]
     #[arg(long, env = "FERRY_BODY_IDLE_TIMEOUT", value_name = "DURATION")]
     body_idle_timeout: Option<String>,
+    /// How long a client may take to send a request's headers before the connection is
+    /// closed (slow-loris guard). [default: 30s]
+    #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", value_name = "DURATION")]
+    header_read_timeout: Option<String>,
     /// When bytes are made durable before being acknowledged. [default: always]
     #[arg(long, env = "FERRY_SYNC", value_enum)]
     sync: Option<SyncArg>,
@@ -94,6 +98,7 @@ struct FileConfig {
     max_size: Option<SizeValue>,
     public_url: Option<String>,
     body_idle_timeout: Option<String>,
+    header_read_timeout: Option<String>,
     sync: Option<SyncArg>,
     trust_proxy: Option<bool>,
     shutdown_timeout: Option<String>,
@@ -183,6 +188,16 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if body_idle_timeout.is_zero() {
         bail!("--body-idle-timeout must be more than zero");
     }
+    let header_read_timeout = duration(
+        "--header-read-timeout",
+        &args
+            .header_read_timeout
+            .or(file.header_read_timeout)
+            .unwrap_or_else(|| "30s".into()),
+    )?;
+    if header_read_timeout.is_zero() {
+        bail!("--header-read-timeout must be more than zero");
+    }
     let shutdown_timeout = duration(
         "--shutdown-timeout",
         &args
@@ -235,6 +250,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             max_size,
             public_url,
             body_idle_timeout,
+            header_read_timeout,
             trust_proxy: args.trust_proxy.or(file.trust_proxy).unwrap_or(false),
             sweep_interval,
             cors,

@@ -144,6 +144,12 @@ mod tests {
         #[test]
         fn never_panics(s in ".*") {
             let _ = parse_digest_field(&s);
+            let _ = WantDigest::parse(&s);
+        }
+
+        #[test]
+        fn want_digest_shaped_inputs_never_panic(s in "[a-z0-9=;,. -]{0,40}") {
+            let _ = WantDigest::parse(&s);
         }
     }
 }

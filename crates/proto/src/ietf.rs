@@ -711,6 +711,11 @@ mod tests {
             let _ = UploadLimit::parse(&s);
             let _ = Draft::from_header(&s);
             let _ = parse_size(UPLOAD_OFFSET, &s);
+            for v in 0..=9 {
+                if let Some(d) = Draft::of(v) {
+                    let _ = d.parse_complete(&s);
+                }
+            }
         }
 
         #[test]

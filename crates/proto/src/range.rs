@@ -43,10 +43,12 @@ pub fn parse_range(value: &str, len: u64) -> RangeRequest {
         let Some((a, b)) = spec.split_once('-') else {
             return RangeRequest::Full;
         };
+        // RFC 9110 puts no bound on 1*DIGIT: a position too big for u64 is valid syntax and
+        // simply past any end (a first-pos: unsatisfiable, 416; a last-pos or suffix: to the
+        // end). Saturating keeps that meaning; failing the parse made such a request a 200.
         let num = |s: &str| -> Option<u64> {
             (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-                .then(|| s.parse::<u64>().ok())
-                .flatten()
+                .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
         };
         let (a, b) = (trim_ows(a), trim_ows(b));
         let r = match (a.is_empty(), b.is_empty()) {
@@ -480,6 +482,18 @@ mod tests {
         ] {
             assert_eq!(r(bad, 100), RangeRequest::Full, "{bad:?}");
         }
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=2-99999999999999999999999", 10),
+            RangeRequest::Ranges(vec![(2, 9)])
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999999", 10),
+            RangeRequest::Ranges(vec![(0, 9)])
+        );
         let many: Vec<String> = (0..=MAX_RANGES).map(|i| format!("{i}-{i}")).collect();
         assert_eq!(
             r(&format!("bytes={}", many.join(",")), 1000),

@@ -52,6 +52,19 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// 415 for a request body with a content coding (`Content-Encoding: gzip`, ...): upload
+    /// bodies are stored byte for byte, so a coded body would be stored coded and its offsets
+    /// would count coded bytes. RFC 9110 §15.5.16 / §12.5.3: answer 415 with
+    /// `Accept-Encoding: identity`. The body is not read, so the connection closes.
+    pub fn unsupported_encoding(coding: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content coding {coding:?} not supported; send the bytes as they are"),
+        )
+        .with_header(header::ACCEPT_ENCODING, "identity")
+        .closing()
+    }
+
     /// 404 Not Found.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "no such upload")

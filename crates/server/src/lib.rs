@@ -260,6 +260,25 @@ async fn route(
     let Some(rest) = path.strip_prefix(state.config.base_path.as_str()) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not found"));
     };
+    // Upload bodies are stored as sent: a coded one (gzip, ...) would be stored coded, with
+    // offsets counting coded bytes. Refused before any protocol handler reads it. (Reads carry
+    // no content, so the header means nothing on them.)
+    if rest.starts_with("/files")
+        && matches!(*req.method(), Method::POST | Method::PATCH | Method::PUT)
+        && let Some(coding) = req.headers().get(header::CONTENT_ENCODING)
+    {
+        let coding = String::from_utf8_lossy(coding.as_bytes())
+            .trim()
+            .to_string();
+        if !coding.eq_ignore_ascii_case("identity") && !coding.is_empty() {
+            let err = ApiError::unsupported_encoding(&coding);
+            return Err(if ietf::is_ietf(req.headers()) {
+                err.without_tus()
+            } else {
+                err
+            });
+        }
+    }
     match rest {
         "/healthz" => {
             if method != Method::GET && method != Method::HEAD {

@@ -914,3 +914,1481 @@ fn hostile_host_headers_never_reach_location() {
     }
     assert_healthy(&server, "hostile Host");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hostile table: malformed and malicious requests over every route family, one row each.
+
+/// What a row attacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Cat {
+    Numbers,
+    Headers,
+    Bodies,
+    Paths,
+    Methods,
+    Encodings,
+    Sizes,
+    SlowLoris,
+    Floods,
+}
+
+/// Which route family a row goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Route {
+    /// tus 1.0 on `/files/`.
+    Tus,
+    /// The IETF draft on `/files/` (`Upload-Draft-Interop-Version: 8`).
+    Ietf,
+    /// `GET /files/{id}`: ranges and conditionals.
+    Download,
+    /// `--share` at `/share/`.
+    Share,
+    // Content-Range chunk sessions at `/chunks/` are being built on another branch: add a
+    // `Chunks` variant here and its rows to `table()`, one line each.
+}
+
+/// How a row's bytes go out.
+enum Send {
+    /// All at once (`Connection: close`), then read the answer.
+    Once(Vec<u8>),
+    /// A request head one byte every 100 ms, never finished: the server's header read timeout
+    /// must close the connection.
+    Dribble(Vec<u8>),
+    /// A head and part of the body, then silence with the socket open: the server's body idle
+    /// timeout must end it.
+    Stall(Vec<u8>),
+    /// A head and part of the body, then a half-close (FIN) of the sending side.
+    ShortEof(Vec<u8>),
+    /// A keep-alive request: answered, then the connection must be closed by the server.
+    ThenClose(Vec<u8>),
+}
+
+/// What a row must get.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// Exactly this status (with a one-line message when the response has a body).
+    Status(u16),
+    /// Some 4xx, or the connection closed without an answer (a request hyper cannot parse, a
+    /// body that lied about its framing).
+    ClientErrorOrClose,
+}
+
+struct Row {
+    cat: Cat,
+    route: Route,
+    name: String,
+    send: Send,
+    want: Want,
+}
+
+/// The fixture the table runs against.
+struct Target {
+    server: Server,
+    /// tus upload, length 100, 10 bytes in.
+    tus: String,
+    /// IETF upload (interop 8), length 100, 10 bytes in.
+    ietf: String,
+    /// A finished upload of 64 bytes (for downloads).
+    done: String,
+    share_dir: tempfile::TempDir,
+}
+
+const IV: (&str, &str) = ("Upload-Draft-Interop-Version", "8");
+const PARTIAL: (&str, &str) = ("Content-Type", "application/partial-upload");
+const NOT_DONE: (&str, &str) = ("Upload-Complete", "?0");
+/// A well-formed sha1 checksum that matches nothing we send: makes a tus chunk all or nothing.
+const SUM: (&str, &str) = ("Upload-Checksum", "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+/// The same for the IETF draft.
+const DIGEST: (&str, &str) = (
+    "Content-Digest",
+    "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:",
+);
+/// Server timeouts for the slow-loris rows.
+const SLOW_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn target() -> Target {
+    let share_dir = tempfile::tempdir().unwrap();
+    std::fs::write(share_dir.path().join("a.txt"), random_bytes(64, 5)).unwrap();
+    let share = share_dir.path().to_str().unwrap().to_string();
+    let server = Server::start(&[
+        "--share",
+        &share,
+        "--max-size",
+        "1M",
+        "--body-idle-timeout",
+        "2s",
+        "--header-read-timeout",
+        "2s",
+    ]);
+    let tus = create(&server, 100, Some(FIXTURE_MD));
+    assert_eq!(patch(&tus, 0, random_bytes(10, 1)), (204, Some(10)));
+    let resp = send(
+        server.addr,
+        "POST",
+        "/files/",
+        &[IV, NOT_DONE, PARTIAL, ("Upload-Length", "100")],
+        &random_bytes(10, 2),
+    );
+    assert_eq!(status_of(&resp), 201, "{resp}");
+    let ietf = header_of(&resp, "Location").unwrap();
+    let done = create(&server, 64, None);
+    assert_eq!(patch(&done, 0, random_bytes(64, 3)), (204, Some(64)));
+    Target {
+        tus: path_of(&tus),
+        ietf: path_of(&ietf),
+        done: path_of(&done),
+        server,
+        share_dir,
+    }
+}
+
+/// A raw request head without `Connection: close` (for rows that check the server closes).
+fn keep_alive(
+    method: &str,
+    path: &str,
+    addr: std::net::SocketAddr,
+    headers: &[(String, String)],
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// `n` junk headers of `size` value bytes each.
+fn junk(n: usize, size: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("X-Flood-{i}"), "v".repeat(size)))
+        .collect()
+}
+
+fn table(t: &Target) -> Vec<Row> {
+    use Cat::*;
+    use Route::*;
+    let a = t.server.addr;
+    let (tus, ietf, done) = (t.tus.as_str(), t.ietf.as_str(), t.done.as_str());
+    let id = |p: &str| p.rsplit('/').next().unwrap().to_string();
+    let unknown = "/files/0123456789abcdef0123456789abcdef";
+    let long = "a".repeat(10_000);
+    let r =
+        |m: &str, p: &str, h: &[(&str, &str)], b: &[u8]| Send::Once(request_text(m, p, a, h, b));
+    let chunked = |p: &str, h: &[(&str, &str)], body: &str| {
+        let mut req = format!(
+            "PATCH {p} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
+        );
+        for (k, v) in h {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        Send::Once(req.into_bytes())
+    };
+    let partial_body = |m: &str, p: &str, h: &[(&str, &str)], declared: usize, sent: &[u8]| {
+        let cl = declared.to_string();
+        let mut h = h.to_vec();
+        h.push(("Content-Length", &cl));
+        request_text(m, p, a, &h, sent)
+    };
+    let head_only = |m: &str, p: &str, h: &[(&str, &str)]| {
+        let h: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // Never finished: the blank line is left off.
+        let mut b = keep_alive(m, p, a, &h);
+        b.truncate(b.len() - 2);
+        b.extend_from_slice(b"X-Slow: ");
+        b.extend(std::iter::repeat_n(b'z', 200));
+        b
+    };
+    let flood = |m: &str, p: &str, base: &[(&str, &str)], extra: Vec<(String, String)>| {
+        let mut h: Vec<(String, String)> = base
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h.extend(extra);
+        Send::ThenClose(keep_alive(m, p, a, &h))
+    };
+    let tp = |off: &'static str| vec![TUS, OCTET, ("Upload-Offset", off)];
+    let ip = |off: &'static str| vec![IV, NOT_DONE, PARTIAL, ("Upload-Offset", off)];
+    let range = |v: &'static str| vec![("Range", v)];
+    let share = "/share/a.txt";
+    let s = Want::Status;
+    let any = Want::ClientErrorOrClose;
+    let many_ranges: String = format!(
+        "bytes={}",
+        (0..200)
+            .map(|i| format!("{i}-{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let overlapping: String = format!("bytes={}", vec!["1-"; 50].join(","));
+    let big_range: String = format!("bytes=0-{}", "9".repeat(70_000));
+    let md_big = format!("filename {}", "A".repeat(100 * 1024));
+
+    let rows: Vec<(Cat, Route, &str, Send, Want)> = vec![
+        // Numbers: negative, leading +, hex, decimals, overflow, sf-integer bounds.
+        (
+            Numbers,
+            Tus,
+            "Upload-Offset -1",
+            r("PATCH", tus, &tp("-1"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Tus,
+            "Upload-Offset +10",
+            r("PATCH", tus, &tp("+10"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Tus,
+            "Upload-Offset 0xa",
+            r("PATCH", tus, &tp("0xa"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Tus,
+            "Upload-Offset 10.0",
+            r("PATCH", tus, &tp("10.0"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Tus,
+            "Upload-Length 2^64",
+            r(
+                "POST",
+                "/files/",
+                &[TUS, ("Upload-Length", "18446744073709551616")],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Numbers,
+            Ietf,
+            "Upload-Offset -10",
+            r("PATCH", ietf, &ip("-10"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Ietf,
+            "Upload-Offset sf-decimal",
+            r("PATCH", ietf, &ip("10.0"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Ietf,
+            "Upload-Offset 16 digits",
+            r("PATCH", ietf, &ip("1000000000000010"), b"abcde"),
+            s(400),
+        ),
+        (
+            Numbers,
+            Ietf,
+            "Upload-Length +5",
+            r(
+                "POST",
+                "/files/",
+                &[IV, NOT_DONE, ("Upload-Length", "+5")],
+                b"",
+            ),
+            s(400),
+        ),
+        // RFC 9110 §14.1.3: a suffix range of 0 is unsatisfiable.
+        (
+            Numbers,
+            Download,
+            "Range bytes=-0",
+            r("GET", done, &range("bytes=-0"), b""),
+            s(416),
+        ),
+        // RFC 9110 §14.2: an invalid Range is ignored (the whole representation, 200).
+        (
+            Numbers,
+            Download,
+            "Range hex first-pos",
+            r("GET", done, &range("bytes=0x1-5"), b""),
+            s(200),
+        ),
+        (
+            Numbers,
+            Share,
+            "Range first-pos past u64",
+            r("GET", share, &range("bytes=99999999999999999999999-"), b""),
+            s(416),
+        ),
+        (
+            Numbers,
+            Share,
+            "Range last < first (ignored)",
+            r("GET", share, &range("bytes=5-1"), b""),
+            s(200),
+        ),
+        // Headers: duplicates, missing, conflicting, non-ASCII, bad structured fields, oversized.
+        (
+            Headers,
+            Tus,
+            "Upload-Offset twice",
+            r(
+                "PATCH",
+                tus,
+                &[TUS, OCTET, ("Upload-Offset", "10"), ("Upload-Offset", "10")],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Tus,
+            "Upload-Length 5 and 6",
+            r(
+                "POST",
+                "/files/",
+                &[TUS, ("Upload-Length", "5"), ("Upload-Length", "6")],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Tus,
+            "no Tus-Resumable",
+            r("PATCH", tus, &[OCTET, ("Upload-Offset", "10")], b"abcde"),
+            s(412),
+        ),
+        (
+            Headers,
+            Tus,
+            "Tus-Resumable 0.2.2",
+            r(
+                "PATCH",
+                tus,
+                &[("Tus-Resumable", "0.2.2"), OCTET, ("Upload-Offset", "10")],
+                b"abcde",
+            ),
+            s(412),
+        ),
+        (
+            Headers,
+            Tus,
+            "full-width digits",
+            r(
+                "PATCH",
+                tus,
+                &[TUS, OCTET, ("Upload-Offset", "\u{ff11}\u{ff10}")],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Tus,
+            "Content-Type text/plain",
+            r(
+                "PATCH",
+                tus,
+                &[TUS, ("Content-Type", "text/plain"), ("Upload-Offset", "10")],
+                b"abcde",
+            ),
+            s(415),
+        ),
+        (
+            Headers,
+            Ietf,
+            "Upload-Complete yes",
+            r(
+                "PATCH",
+                ietf,
+                &[
+                    IV,
+                    PARTIAL,
+                    ("Upload-Offset", "10"),
+                    ("Upload-Complete", "yes"),
+                ],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Ietf,
+            "no Upload-Complete",
+            r(
+                "PATCH",
+                ietf,
+                &[IV, PARTIAL, ("Upload-Offset", "10")],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Ietf,
+            "Upload-Complete ?0 and ?1",
+            r(
+                "PATCH",
+                ietf,
+                &[
+                    IV,
+                    PARTIAL,
+                    ("Upload-Offset", "10"),
+                    NOT_DONE,
+                    ("Upload-Complete", "?1"),
+                ],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Ietf,
+            "interop version 99",
+            r("HEAD", ietf, &[("Upload-Draft-Interop-Version", "99")], b""),
+            s(400),
+        ),
+        (
+            Headers,
+            Ietf,
+            "length 5, complete, 3 bytes",
+            r(
+                "POST",
+                "/files/",
+                &[IV, ("Upload-Complete", "?1"), ("Upload-Length", "5")],
+                b"abc",
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Download,
+            "If-Match a stranger",
+            r("GET", done, &[("If-Match", "\"nope\"")], b""),
+            s(412),
+        ),
+        (
+            Headers,
+            Download,
+            "70 KB Range header",
+            r("GET", done, &[("Range", &big_range)], b""),
+            s(431),
+        ),
+        (
+            Headers,
+            Share,
+            "If-Match a stranger",
+            r("GET", share, &[("If-Match", "\"x\"")], b""),
+            s(412),
+        ),
+        (
+            Headers,
+            Share,
+            "70 KB single header",
+            r("GET", share, &[("X-Big", &"b".repeat(70_000))], b""),
+            s(431),
+        ),
+        // Bodies: longer/shorter than declared, chunked lies, trailers lying, bodies on reads.
+        (
+            Bodies,
+            Tus,
+            "more bytes than Content-Length",
+            r(
+                "PATCH",
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    SUM,
+                    ("Upload-Offset", "10"),
+                    ("Content-Length", "5"),
+                ],
+                b"abcdeGARBAGE GARBAGE",
+            ),
+            s(460),
+        ),
+        (
+            Bodies,
+            Tus,
+            "fewer bytes than Content-Length, then FIN",
+            Send::ShortEof(partial_body(
+                "PATCH",
+                tus,
+                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
+                20,
+                b"abcde",
+            )),
+            any,
+        ),
+        (
+            Bodies,
+            Tus,
+            "chunk size zz",
+            chunked(
+                tus,
+                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
+                "zz\r\nabcde\r\n0\r\n\r\n",
+            ),
+            any,
+        ),
+        (
+            Bodies,
+            Tus,
+            "chunk claims 10, has 5",
+            chunked(
+                tus,
+                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
+                "a\r\nabcde\r\n0\r\n\r\n",
+            ),
+            any,
+        ),
+        (
+            Bodies,
+            Tus,
+            "trailer checksum lies",
+            chunked(
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("Trailer", "Upload-Checksum"),
+                ],
+                "5\r\nabcde\r\n0\r\nUpload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+            ),
+            s(460),
+        ),
+        (
+            Bodies,
+            Tus,
+            "trailer announced, missing",
+            chunked(
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("Trailer", "Upload-Checksum"),
+                ],
+                "5\r\nabcde\r\n0\r\n\r\n",
+            ),
+            s(400),
+        ),
+        (
+            Bodies,
+            Tus,
+            "checksum as header and trailer",
+            chunked(
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    SUM,
+                    ("Upload-Offset", "10"),
+                    ("Trailer", "Upload-Checksum"),
+                ],
+                "5\r\nabcde\r\n0\r\nUpload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+            ),
+            s(400),
+        ),
+        (
+            Bodies,
+            Tus,
+            "DELETE with a body, no Tus-Resumable",
+            r("DELETE", tus, &[], b"abcde"),
+            s(412),
+        ),
+        (
+            Bodies,
+            Ietf,
+            "Content-Digest lies",
+            r(
+                "PATCH",
+                ietf,
+                &[IV, NOT_DONE, PARTIAL, DIGEST, ("Upload-Offset", "10")],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Bodies,
+            Ietf,
+            "content past Upload-Length",
+            r("PATCH", ietf, &ip("10"), &[0xEE; 200]),
+            s(400),
+        ),
+        (
+            Bodies,
+            Ietf,
+            "DELETE unknown with a body",
+            r("DELETE", unknown, &[IV], b"abcde"),
+            s(404),
+        ),
+        // A body on GET/HEAD has no meaning (RFC 9110 §9.3.1/§9.3.2): ignored, read answered.
+        (
+            Bodies,
+            Download,
+            "GET with a body",
+            r("GET", done, &[("Content-Length", "5")], b"hello"),
+            s(200),
+        ),
+        (
+            Bodies,
+            Share,
+            "HEAD with a body",
+            r("HEAD", share, &[("Content-Length", "5")], b"hello"),
+            s(200),
+        ),
+        (
+            Bodies,
+            Share,
+            "DELETE with a body",
+            r("DELETE", share, &[], b"abcde"),
+            s(405),
+        ),
+        // Paths: dot segments, encoded dots, empty segments, NUL, very long, wrong-shape ids.
+        (
+            Paths,
+            Tus,
+            "/files/..",
+            r("HEAD", "/files/..", &[TUS], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Tus,
+            "%2e%2e before the id",
+            r(
+                "PATCH",
+                &format!("/files/%2e%2e/{}", id(tus)),
+                &tp("10"),
+                b"abcde",
+            ),
+            s(404),
+        ),
+        (
+            Paths,
+            Tus,
+            "// before the id",
+            r("HEAD", &format!("/files//{}", id(tus)), &[TUS], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Tus,
+            "%00 after the id",
+            r("PATCH", &format!("{tus}%00"), &tp("10"), b"abcde"),
+            s(404),
+        ),
+        (
+            Paths,
+            Ietf,
+            "uppercase id",
+            r(
+                "HEAD",
+                &format!("/files/{}", id(ietf).to_ascii_uppercase()),
+                &[IV],
+                b"",
+            ),
+            s(404),
+        ),
+        (
+            Paths,
+            Ietf,
+            "/.. after the id",
+            r("PATCH", &format!("{ietf}/.."), &ip("10"), b"abcde"),
+            s(404),
+        ),
+        (
+            Paths,
+            Download,
+            "31-char id",
+            r("GET", &done[..done.len() - 1], &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Download,
+            "10 KB id",
+            r("GET", &format!("/files/{long}"), &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Share,
+            "../etc/passwd",
+            r("GET", "/share/../etc/passwd", &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Share,
+            "%2e%2e/%2e%2e/etc/passwd",
+            r("GET", "/share/%2e%2e/%2e%2e/etc/passwd", &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Share,
+            "%2e%2e%2f escape",
+            r("GET", "/share/%2e%2e%2f%2e%2e%2fetc%2fpasswd", &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Share,
+            "//a.txt",
+            r("GET", "/share//a.txt", &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Share,
+            "NUL",
+            r("GET", "/share/a.txt%00.jpg", &[], b""),
+            s(400),
+        ),
+        (
+            Paths,
+            Share,
+            "5 KB name",
+            r("GET", &format!("/share/{}", &long[..5000]), &[], b""),
+            s(404),
+        ),
+        (
+            Paths,
+            Share,
+            "an upload's id",
+            r("GET", &format!("/share/{}", id(done)), &[], b""),
+            s(404),
+        ),
+        // Methods: unknown, TRACE, CONNECT, override abuse.
+        (
+            Methods,
+            Tus,
+            "TRACE",
+            r("TRACE", "/files/", &[TUS], b""),
+            s(405),
+        ),
+        (
+            Methods,
+            Tus,
+            "BREW",
+            r("BREW", tus, &tp("10"), b"abcde"),
+            s(405),
+        ),
+        (
+            Methods,
+            Tus,
+            "CONNECT",
+            r("CONNECT", "/files/", &[TUS], b""),
+            any,
+        ),
+        (
+            Methods,
+            Tus,
+            "override BREW",
+            r(
+                "POST",
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("X-HTTP-Method-Override", "BREW"),
+                ],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Methods,
+            Tus,
+            "override PATCH, DELETE",
+            r(
+                "POST",
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("X-HTTP-Method-Override", "PATCH, DELETE"),
+                ],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Methods,
+            Ietf,
+            "PROPFIND",
+            r("PROPFIND", ietf, &[IV], b""),
+            s(405),
+        ),
+        (
+            Methods,
+            Ietf,
+            "override TRACE",
+            r(
+                "POST",
+                ietf,
+                &[IV, ("X-HTTP-Method-Override", "TRACE")],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Methods,
+            Download,
+            "PUT",
+            r("PUT", done, &[], b"abcde"),
+            s(405),
+        ),
+        (
+            Methods,
+            Download,
+            "TRACE",
+            r("TRACE", done, &[], b""),
+            s(405),
+        ),
+        (
+            Methods,
+            Share,
+            "DELETE",
+            r("DELETE", share, &[], b""),
+            s(405),
+        ),
+        (
+            Methods,
+            Share,
+            "PUT",
+            r("PUT", share, &[], b"abcde"),
+            s(405),
+        ),
+        (
+            Methods,
+            Share,
+            "override DELETE",
+            r("POST", share, &[("X-HTTP-Method-Override", "DELETE")], b""),
+            s(405),
+        ),
+        (
+            Methods,
+            Share,
+            "TRACE",
+            r("TRACE", "/share/", &[], b""),
+            s(405),
+        ),
+        // Encodings: base64, UTF-8, percent-encoding, content codings.
+        (
+            Encodings,
+            Tus,
+            "metadata bad base64",
+            r(
+                "POST",
+                "/files/",
+                &[
+                    TUS,
+                    ("Upload-Length", "5"),
+                    ("Upload-Metadata", "filename !!!!"),
+                ],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Encodings,
+            Tus,
+            "metadata non-ASCII key",
+            r(
+                "POST",
+                "/files/",
+                &[
+                    TUS,
+                    ("Upload-Length", "5"),
+                    ("Upload-Metadata", "na\u{ef}ve YQ=="),
+                ],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Encodings,
+            Tus,
+            "Content-Encoding gzip",
+            r(
+                "PATCH",
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("Content-Encoding", "gzip"),
+                ],
+                b"\x1f\x8b\x08\x00abcde",
+            ),
+            s(415),
+        ),
+        (
+            Encodings,
+            Tus,
+            "checksum not base64",
+            r(
+                "PATCH",
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("Upload-Checksum", "sha1 !!!!"),
+                ],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        // A path under /files/ whose id does not parse is an unknown upload (docs: 404).
+        (
+            Encodings,
+            Tus,
+            "concat URL bad percent-encoding",
+            r(
+                "POST",
+                "/files/",
+                &[TUS, ("Upload-Concat", "final;/files/%zz")],
+                b"",
+            ),
+            s(404),
+        ),
+        (
+            Encodings,
+            Ietf,
+            "metadata bad base64",
+            r(
+                "POST",
+                "/files/",
+                &[IV, NOT_DONE, ("Upload-Metadata", "k !!!")],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Encodings,
+            Ietf,
+            "Content-Encoding gzip",
+            r(
+                "PATCH",
+                ietf,
+                &[
+                    IV,
+                    NOT_DONE,
+                    PARTIAL,
+                    ("Upload-Offset", "10"),
+                    ("Content-Encoding", "gzip"),
+                ],
+                b"\x1f\x8b\x08\x00abcde",
+            ),
+            s(415),
+        ),
+        (
+            Encodings,
+            Ietf,
+            "Content-Digest not base64",
+            r(
+                "PATCH",
+                ietf,
+                &[
+                    IV,
+                    NOT_DONE,
+                    PARTIAL,
+                    ("Upload-Offset", "10"),
+                    ("Content-Digest", "sha-256=:!!!:"),
+                ],
+                b"abcde",
+            ),
+            s(400),
+        ),
+        (
+            Encodings,
+            Download,
+            "id %ZZ",
+            r("GET", "/files/%ZZ", &[], b""),
+            s(404),
+        ),
+        (
+            Encodings,
+            Share,
+            "bad percent-encoding",
+            r("GET", "/share/%zz", &[], b""),
+            s(404),
+        ),
+        (
+            Encodings,
+            Share,
+            "bad UTF-8 name",
+            r("GET", "/share/%ff%fe.txt", &[], b""),
+            s(404),
+        ),
+        // Sizes: over --max-size, past the length, ranges past the end, many ranges.
+        (
+            Sizes,
+            Tus,
+            "Upload-Length over --max-size",
+            r("POST", "/files/", &[TUS, ("Upload-Length", "2097152")], b""),
+            s(413),
+        ),
+        (
+            Sizes,
+            Tus,
+            "Upload-Length i64::MAX",
+            r(
+                "POST",
+                "/files/",
+                &[TUS, ("Upload-Length", "9223372036854775807")],
+                b"",
+            ),
+            s(413),
+        ),
+        (
+            Sizes,
+            Tus,
+            "Content-Length past the length",
+            r(
+                "PATCH",
+                tus,
+                &[
+                    TUS,
+                    OCTET,
+                    ("Upload-Offset", "10"),
+                    ("Content-Length", "2000000"),
+                ],
+                b"",
+            ),
+            s(413),
+        ),
+        (
+            Sizes,
+            Ietf,
+            "Upload-Length over --max-size",
+            r(
+                "POST",
+                "/files/",
+                &[IV, NOT_DONE, ("Upload-Length", "2000000")],
+                b"",
+            ),
+            s(413),
+        ),
+        (
+            Sizes,
+            Ietf,
+            "Content-Length past the length",
+            r(
+                "PATCH",
+                ietf,
+                &[
+                    IV,
+                    NOT_DONE,
+                    PARTIAL,
+                    ("Upload-Offset", "10"),
+                    ("Content-Length", "1000000"),
+                ],
+                b"",
+            ),
+            s(400),
+        ),
+        (
+            Sizes,
+            Download,
+            "Range far past the end",
+            r("GET", done, &range("bytes=1000000-2000000"), b""),
+            s(416),
+        ),
+        // More than MAX_RANGES ranges: the Range header is ignored, one plain 200 instead of a
+        // 200-part multipart answer (RFC 9110 §14.2 lets a server ignore Range).
+        (
+            Sizes,
+            Download,
+            "200 ranges",
+            r("GET", done, &[("Range", &many_ranges)], b""),
+            s(200),
+        ),
+        (
+            Sizes,
+            Share,
+            "Range far past the end",
+            r("GET", share, &range("bytes=999999999999-"), b""),
+            s(416),
+        ),
+        // Overlapping ranges are coalesced into one part (RFC 9110 §14.3 amplification guard).
+        (
+            Sizes,
+            Share,
+            "50 overlapping ranges",
+            r("GET", share, &[("Range", &overlapping)], b""),
+            s(206),
+        ),
+        // Slow-loris: headers dribbled (header read timeout), bodies that stall (idle timeout).
+        (
+            SlowLoris,
+            Tus,
+            "dribbled PATCH head",
+            Send::Dribble(head_only("PATCH", tus, &tp("10"))),
+            any,
+        ),
+        (
+            SlowLoris,
+            Ietf,
+            "dribbled PATCH head",
+            Send::Dribble(head_only("PATCH", ietf, &ip("10"))),
+            any,
+        ),
+        (
+            SlowLoris,
+            Download,
+            "dribbled GET head",
+            Send::Dribble(head_only("GET", done, &[])),
+            any,
+        ),
+        (
+            SlowLoris,
+            Share,
+            "dribbled GET head",
+            Send::Dribble(head_only("GET", share, &[])),
+            any,
+        ),
+        (
+            SlowLoris,
+            Tus,
+            "stalled checksummed body",
+            Send::Stall(partial_body(
+                "PATCH",
+                tus,
+                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
+                50,
+                b"abcde",
+            )),
+            any,
+        ),
+        (
+            SlowLoris,
+            Ietf,
+            "stalled digested body",
+            Send::Stall(partial_body(
+                "PATCH",
+                ietf,
+                &[IV, NOT_DONE, PARTIAL, DIGEST, ("Upload-Offset", "10")],
+                50,
+                b"abcde",
+            )),
+            any,
+        ),
+        // Floods: thousands of headers, huge header blocks: 431 and the connection closed.
+        (
+            Floods,
+            Tus,
+            "2,000 headers",
+            flood("HEAD", tus, &[TUS], junk(2000, 1)),
+            s(431),
+        ),
+        (
+            Floods,
+            Tus,
+            "100 KB Upload-Metadata",
+            flood(
+                "POST",
+                "/files/",
+                &[TUS, ("Upload-Length", "5"), ("Upload-Metadata", &md_big)],
+                vec![],
+            ),
+            s(431),
+        ),
+        (
+            Floods,
+            Ietf,
+            "150 headers",
+            flood("PATCH", ietf, &ip("10"), junk(150, 1)),
+            s(431),
+        ),
+        (
+            Floods,
+            Download,
+            "80 x 1 KB headers",
+            flood("GET", done, &[], junk(80, 1024)),
+            s(431),
+        ),
+        (
+            Floods,
+            Share,
+            "3,000 headers",
+            flood("GET", share, &[], junk(3000, 1)),
+            s(431),
+        ),
+        (
+            Floods,
+            Share,
+            "one 200 KB header",
+            flood("GET", share, &[("X-Big", &"b".repeat(200_000))], vec![]),
+            s(431),
+        ),
+    ];
+    rows.into_iter()
+        .map(|(cat, route, name, send, want)| Row {
+            cat,
+            route,
+            name: name.to_string(),
+            send,
+            want,
+        })
+        .collect()
+}
+
+/// [`request`] with text headers.
+fn request_text(
+    method: &str,
+    path: &str,
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    request(method, path, addr, &h, body)
+}
+
+/// What a row's connection did: the bytes answered and whether the server closed it.
+struct Outcome {
+    resp: String,
+    closed: bool,
+    elapsed: Duration,
+}
+
+/// Reads until EOF, an error, or `limit`.
+fn read_to_close(s: &mut std::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (out, true),
+        }
+    }
+    (out, false)
+}
+
+fn run_row(addr: std::net::SocketAddr, send: &Send) -> Outcome {
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    // Bounds for every way a row can go: the server's 2 s timeouts plus ample slack.
+    let bound = SLOW_TIMEOUT + Duration::from_secs(6);
+    let (resp, closed) = match send {
+        Send::Once(b) | Send::ThenClose(b) => {
+            let _ = s.write_all(b);
+            read_to_close(&mut s, LIMIT)
+        }
+        Send::Stall(b) => {
+            let _ = s.write_all(b);
+            read_to_close(&mut s, bound)
+        }
+        Send::ShortEof(b) => {
+            let _ = s.write_all(b);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            read_to_close(&mut s, bound)
+        }
+        Send::Dribble(b) => {
+            let mut got = (Vec::new(), false);
+            for byte in b.iter().cycle() {
+                if started.elapsed() > bound || s.write_all(&[*byte]).is_err() {
+                    got.1 = true;
+                    break;
+                }
+                let r = read_to_close(&mut s, Duration::from_millis(100));
+                if r.1 || !r.0.is_empty() {
+                    got = r;
+                    break;
+                }
+            }
+            if !got.1 {
+                let r = read_to_close(&mut s, Duration::from_secs(2));
+                got.0.extend(r.0);
+                got.1 = r.1;
+            }
+            got
+        }
+    };
+    Outcome {
+        resp: String::from_utf8_lossy(&resp).into_owned(),
+        closed,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Every file under `dir` (relative path → sha256), and every upload's HEAD state (found by
+/// the 32-hex names in the tree).
+/// Files (relative path, sha256) and uploads (id, HEAD state), sorted.
+type Snapshot = (Vec<(String, String)>, Vec<(String, State)>);
+
+fn snapshot(server: &Server, dirs: &[&Path]) -> Snapshot {
+    fn walk(root: &Path, p: &Path, out: &mut Vec<(String, String)>, ids: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or("");
+            if stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+                ids.push(stem.to_string());
+            }
+            if path.is_dir() {
+                walk(root, &path, out, ids);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, sha256(&std::fs::read(&path).unwrap_or_default())));
+            }
+        }
+    }
+    let (mut files, mut ids) = (Vec::new(), Vec::new());
+    for d in dirs {
+        walk(d, d, &mut files, &mut ids);
+    }
+    files.sort();
+    ids.sort();
+    ids.dedup();
+    let states = ids
+        .into_iter()
+        .map(|id| {
+            let st = state(&format!("{}{id}", server.files_url));
+            (id, st)
+        })
+        .collect();
+    (files, states)
+}
+
+#[test]
+fn hostile_table_every_route_family() {
+    let t = target();
+    let dirs = [t.server.data_dir.as_path(), t.share_dir.path()];
+    let before = snapshot(&t.server, &dirs);
+    assert!(
+        before.1.len() >= 3 && before.1.iter().all(|(_, s)| s.status == 200),
+        "the three uploads are listed: {:?}",
+        before.1
+    );
+    let rows = table(&t);
+    let mut counts: std::collections::BTreeMap<Cat, usize> = Default::default();
+    let mut families: std::collections::BTreeMap<Route, usize> = Default::default();
+    let mut failures = Vec::new();
+    let mut last_cat = None;
+    for row in &rows {
+        if last_cat.is_some_and(|c| c != row.cat) {
+            assert_healthy(&t.server, &format!("the {:?} rows", last_cat.unwrap()));
+        }
+        last_cat = Some(row.cat);
+        *counts.entry(row.cat).or_default() += 1;
+        *families.entry(row.route).or_default() += 1;
+        let case = format!("{:?}/{:?} {}", row.cat, row.route, row.name);
+        let out = run_row(t.server.addr, &row.send);
+        let st = status_of(&out.resp);
+        let ok = match row.want {
+            Want::Status(w) => st == w,
+            Want::ClientErrorOrClose => (400..500).contains(&st) || (st == 0 && out.closed),
+        };
+        if !ok {
+            failures.push(format!(
+                "{case}: want {:?}, got {st} (closed {}): {:?}",
+                row.want,
+                out.closed,
+                body_of(&out.resp).lines().next().unwrap_or("")
+            ));
+            continue;
+        }
+        if st >= 400 && !out.resp.starts_with("HEAD") {
+            // A one-line message (text, or a one-line problem-details JSON), when ferry wrote
+            // the answer; hyper's own 431 has no body.
+            let body = body_of(&out.resp);
+            let line = body.strip_suffix('\n').unwrap_or(body);
+            if line.contains(['\n', '\r']) {
+                failures.push(format!("{case}: message is not one line: {body:?}"));
+            }
+        }
+        if matches!(row.send, Send::ThenClose(_)) && !out.closed {
+            failures.push(format!("{case}: the connection stayed open after {st}"));
+        }
+        if matches!(row.send, Send::Dribble(_) | Send::Stall(_))
+            && out.elapsed > SLOW_TIMEOUT + Duration::from_secs(5)
+        {
+            failures.push(format!("{case}: took {:?}", out.elapsed));
+        }
+        if matches!(row.send, Send::Dribble(_)) && !out.closed {
+            failures.push(format!("{case}: the dribbling connection was not closed"));
+        }
+    }
+    assert_healthy(&t.server, "the whole table");
+    let after = snapshot(&t.server, &dirs);
+    let changed_files: Vec<_> = before
+        .0
+        .iter()
+        .filter(|f| !after.0.contains(f))
+        .chain(after.0.iter().filter(|f| !before.0.contains(f)))
+        .collect();
+    let changed_uploads: Vec<_> = before
+        .1
+        .iter()
+        .filter(|u| !after.1.contains(u))
+        .chain(after.1.iter().filter(|u| !before.1.contains(u)))
+        .collect();
+    let crashes = usize::from(t.server.log().contains("panicked"));
+    println!(
+        "hostile: {} requests; {}; routes: {}; {crashes} crashes, {} changed files, {} changed uploads",
+        rows.len(),
+        counts
+            .iter()
+            .map(|(c, n)| format!("{c:?} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        families
+            .iter()
+            .map(|(r, n)| format!("{r:?} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        changed_files.len(),
+        changed_uploads.len(),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        changed_files,
+        Vec::<&(String, String)>::new(),
+        "stored bytes changed"
+    );
+    assert_eq!(
+        changed_uploads,
+        Vec::<&(String, State)>::new(),
+        "upload state changed"
+    );
+    assert_eq!(crashes, 0);
+    assert!(rows.len() >= 60, "{} rows", rows.len());
+    for (c, n) in &counts {
+        assert!(*n >= 5, "{c:?} has {n} rows");
+    }
+    for r in [Route::Tus, Route::Ietf, Route::Download, Route::Share] {
+        assert!(families.get(&r).copied().unwrap_or(0) >= 5, "{r:?}");
+    }
+}

@@ -6,6 +6,7 @@ mod chunks;
 mod config;
 mod download;
 mod durability;
+mod faults;
 mod hostile;
 mod ietf;
 mod interop;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
 pub mod proxy;
 
 /// Path of the ferry binary built for these tests.
@@ -541,4 +542,66 @@ pub fn send_chunked(
 /// The body of a raw response.
 pub fn body_of(resp: &str) -> &str {
     resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A finished `ferry` client run.
+#[derive(Debug)]
+pub struct Ran {
+    /// Exit code (None when killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// A child process SIGKILLed and reaped on drop (a panicking test leaves nothing behind).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `ferry ARGS --state-dir STATE` to the end, bounded by `limit` (killed and a panic with
+/// its stderr past it). Output goes to files beside `state`.
+pub fn run_ferry(args: &[&str], state: &Path, limit: Duration) -> Ran {
+    std::fs::create_dir_all(state).unwrap();
+    let out = state.with_extension("stdout");
+    let err = state.with_extension("stderr");
+    let started = Instant::now();
+    let mut child = KillOnDrop(
+        Command::new(ferry_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(state)
+            .env_remove("FERRY_STATE_DIR")
+            .env_remove("FERRY_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn ferry"),
+    );
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().expect("try_wait") {
+            break st;
+        }
+        if started.elapsed() > limit {
+            drop(child);
+            panic!(
+                "ferry {args:?} did not finish within {limit:?}; stderr:\n{}",
+                read(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ran {
+        code: status.code(),
+        stdout: read(&out),
+        stderr: read(&err),
+        elapsed: started.elapsed(),
+    }
 }

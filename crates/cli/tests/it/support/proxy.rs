@@ -1,7 +1,7 @@
 //! A fault-injecting TCP proxy for tests: delay, throttle, cut after N bytes, stall, reset,
 //! corrupt.
-//! Faults apply to the client→server direction (the upload direction) unless noted, and can
-//! be changed while connections are open.
+//! Faults apply to the client→server direction (the upload direction) unless noted (or
+//! `downstream` is set), and can be changed while connections are open.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -31,6 +31,19 @@ pub struct Faults {
     /// end of the list are left alone (unless `cut_after` applies). Tests draw it from a seeded
     /// generator to replay the same schedule against different clients.
     pub cut_schedule: Vec<u64>,
+    /// Extra delay per forwarded read, both directions: uniform in `[0, jitter)`, drawn from a
+    /// generator seeded with `seed` (and the connection and direction), so a run replays.
+    pub jitter: Duration,
+    /// Seed for `jitter`.
+    pub seed: u64,
+    /// Half-open after this many bytes on a connection: the proxy closes its server side
+    /// (the server sees the connection end) but keeps the client's socket open and silent,
+    /// swallowing whatever the client sends, like a peer that vanished without a FIN/RST.
+    pub half_open_after: Option<u64>,
+    /// Apply the byte-counted faults (`rate`, `cut_after`, `cut_schedule`, `stall_after`,
+    /// `reset_after`, `half_open_after`) to the server→client direction (downloads) instead.
+    /// `corrupt_at` and [`Proxy::forwarded`] stay upload-direction.
+    pub downstream: bool,
 }
 
 pub struct Proxy {
@@ -125,8 +138,44 @@ fn spawn_pair(client: TcpStream, server: TcpStream, shared: Shared, index: u64) 
     let back = shared.clone();
     let reset = Arc::new(AtomicBool::new(false));
     let reset2 = reset.clone();
-    std::thread::spawn(move || pump(client, server, shared, true, reset, index));
-    std::thread::spawn(move || pump(s2, c2, back, false, reset2, index));
+    let half = Arc::new(AtomicBool::new(false));
+    let half2 = half.clone();
+    std::thread::spawn(move || pump(client, server, shared, true, reset, half, index));
+    std::thread::spawn(move || pump(s2, c2, back, false, reset2, half2, index));
+}
+
+/// xorshift64*, for jitter.
+fn next_rand(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// The half-open fault fired on the pump that forwards `from` → `to`: drop the server side,
+/// keep the client's socket open and silent until the proxy stops (bounded: 5 minutes).
+fn go_half_open(from: &mut TcpStream, to: &TcpStream, upload: bool, shared: &Shared) {
+    let (client, server) = if upload { (&*from, to) } else { (to, &*from) };
+    let _ = server.shutdown(Shutdown::Both);
+    let mut sink = [0u8; 16 * 1024];
+    let mut client = client;
+    let _ = client.set_read_timeout(Some(Duration::from_millis(50)));
+    let until = Instant::now() + Duration::from_secs(300);
+    while !shared.stop.load(Ordering::Relaxed) && Instant::now() < until {
+        if upload {
+            // Swallow what the client sends (so its writes never block), answer nothing.
+            match client.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Forwards `from` → `to` until either side closes. `reset` is shared by a pair's two pumps:
@@ -137,19 +186,35 @@ fn pump(
     shared: Shared,
     upload: bool,
     reset: Arc<AtomicBool>,
+    half: Arc<AtomicBool>,
     index: u64,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
     let started = Instant::now();
     let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+    let seed = shared.faults.lock().unwrap().seed;
+    let mut rng = (seed ^ (index << 1 | u64::from(upload))).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     loop {
-        if shared.stop.load(Ordering::Relaxed) || reset.load(Ordering::Relaxed) {
+        if shared.stop.load(Ordering::Relaxed)
+            || reset.load(Ordering::Relaxed)
+            || half.load(Ordering::Relaxed)
+        {
             break;
         }
         let f = shared.faults.lock().unwrap().clone();
         let mut want = buf.len();
-        if upload {
+        // The direction the byte-counted faults apply to.
+        let faulted = upload != f.downstream;
+        if faulted {
+            if let Some(limit) = f.half_open_after {
+                if total >= limit {
+                    half.store(true, Ordering::Relaxed);
+                    go_half_open(&mut from, &to, upload, &shared);
+                    return;
+                }
+                want = want.min((limit - total) as usize);
+            }
             let scheduled = usize::try_from(index)
                 .ok()
                 .and_then(|i| f.cut_schedule.get(i).copied());
@@ -204,6 +269,10 @@ fn pump(
         if !f.delay.is_zero() {
             std::thread::sleep(f.delay);
         }
+        if !f.jitter.is_zero() {
+            let r = next_rand(&mut rng) % 1_000_000;
+            std::thread::sleep(f.jitter.mul_f64(r as f64 / 1e6));
+        }
         if upload && let Some(at) = f.corrupt_at {
             let before = shared.forwarded.load(Ordering::Relaxed);
             if (before..before + n as u64).contains(&at)
@@ -222,7 +291,7 @@ fn pump(
         if upload {
             shared.forwarded.fetch_add(n as u64, Ordering::Relaxed);
         }
-        if upload && let Some(rate) = f.rate {
+        if faulted && let Some(rate) = f.rate {
             let due = Duration::from_secs_f64(total as f64 / rate as f64);
             let elapsed = started.elapsed();
             if due > elapsed {
@@ -230,7 +299,9 @@ fn pump(
             }
         }
     }
-    if reset.load(Ordering::Relaxed) {
+    if reset.load(Ordering::Relaxed) || half.load(Ordering::Relaxed) {
+        // Reset: the last handle's close sends the RST. Half-open: the other pump holds the
+        // client's socket open; closing it here would send the FIN the fault is about.
         return;
     }
     let _ = from.shutdown(Shutdown::Both);
