@@ -943,8 +943,8 @@ enum Route {
     Download,
     /// `--share` at `/share/`.
     Share,
-    // Content-Range chunk sessions at `/chunks/` are being built on another branch: add a
-    // `Chunks` variant here and its rows to `table()`, one line each.
+    /// Content-Range chunk sessions at `/chunks/`.
+    Chunks,
 }
 
 /// How a row's bytes go out.
@@ -990,6 +990,8 @@ struct Target {
     ietf: String,
     /// A finished upload of 64 bytes (for downloads).
     done: String,
+    /// A chunk session, length 100, bytes 0-9 received.
+    chunks: String,
     share_dir: tempfile::TempDir,
 }
 
@@ -1033,7 +1035,25 @@ fn target() -> Target {
     let ietf = header_of(&resp, "Location").unwrap();
     let done = create(&server, 64, None);
     assert_eq!(patch(&done, 0, random_bytes(64, 3)), (204, Some(64)));
+    let resp = send(
+        server.addr,
+        "POST",
+        "/chunks/",
+        &[("Upload-Length", "100")],
+        b"",
+    );
+    assert_eq!(status_of(&resp), 201, "{resp}");
+    let chunks = path_of(&header_of(&resp, "Location").unwrap());
+    let resp = send(
+        server.addr,
+        "PUT",
+        &chunks,
+        &[("Content-Range", "bytes 0-9/100")],
+        &random_bytes(10, 4),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
     Target {
+        chunks,
         tus: path_of(&tus),
         ietf: path_of(&ietf),
         done: path_of(&done),
@@ -1069,6 +1089,8 @@ fn table(t: &Target) -> Vec<Row> {
     use Route::*;
     let a = t.server.addr;
     let (tus, ietf, done) = (t.tus.as_str(), t.ietf.as_str(), t.done.as_str());
+    let ch = t.chunks.as_str();
+    let cr = |v: &'static str| vec![("Content-Range", v)];
     let id = |p: &str| p.rsplit('/').next().unwrap().to_string();
     let unknown = "/files/0123456789abcdef0123456789abcdef";
     let long = "a".repeat(10_000);
@@ -2136,6 +2158,155 @@ fn table(t: &Target) -> Vec<Row> {
             flood("GET", share, &[("X-Big", &"b".repeat(200_000))], vec![]),
             s(431),
         ),
+        // Content-Range chunk sessions: the article's last-chunk bug, lies about lengths,
+        // totals that change, malformed ranges, foreign ids, methods, floods.
+        (
+            Numbers,
+            Chunks,
+            "END = TOTAL (last-chunk bug)",
+            r("PUT", ch, &cr("bytes 90-100/100"), &[1; 11]),
+            s(416),
+        ),
+        (
+            Numbers,
+            Chunks,
+            "START > END",
+            r("PUT", ch, &cr("bytes 20-10/100"), b""),
+            s(416),
+        ),
+        (
+            Numbers,
+            Chunks,
+            "TOTAL differs from the session's",
+            r("PUT", ch, &cr("bytes 10-19/200"), &[1; 10]),
+            s(409),
+        ),
+        (
+            Numbers,
+            Chunks,
+            "negative START",
+            r("PUT", ch, &cr("bytes -1-9/100"), &[1; 11]),
+            s(400),
+        ),
+        (
+            Numbers,
+            Chunks,
+            "END past u64",
+            r(
+                "PUT",
+                ch,
+                &cr("bytes 0-99999999999999999999999/100"),
+                &[1; 10],
+            ),
+            any,
+        ),
+        (
+            Headers,
+            Chunks,
+            "no Content-Range",
+            r("PUT", ch, &[], &[1; 10]),
+            s(400),
+        ),
+        (
+            Headers,
+            Chunks,
+            "two Content-Range headers",
+            r(
+                "PUT",
+                ch,
+                &[
+                    ("Content-Range", "bytes 10-19/100"),
+                    ("Content-Range", "bytes 20-29/100"),
+                ],
+                &[1; 10],
+            ),
+            s(400),
+        ),
+        (
+            Headers,
+            Chunks,
+            "items unit",
+            r("PUT", ch, &cr("items 10-19/100"), &[1; 10]),
+            s(400),
+        ),
+        (
+            Bodies,
+            Chunks,
+            "body longer than the range",
+            r("PUT", ch, &cr("bytes 10-19/100"), &[1; 20]),
+            s(400),
+        ),
+        (
+            Bodies,
+            Chunks,
+            "body shorter than the range",
+            r("PUT", ch, &cr("bytes 10-19/100"), &[1; 5]),
+            s(400),
+        ),
+        (
+            Bodies,
+            Chunks,
+            "status query with a body",
+            r("PUT", ch, &cr("bytes */100"), &[1; 5]),
+            s(400),
+        ),
+        (
+            Paths,
+            Chunks,
+            "id of the wrong shape",
+            r(
+                "PUT",
+                "/chunks/../files/x",
+                &cr("bytes 10-19/100"),
+                &[1; 10],
+            ),
+            s(404),
+        ),
+        (
+            Paths,
+            Chunks,
+            "a tus upload's id",
+            r(
+                "PUT",
+                &format!("/chunks/{}", id(tus)),
+                &cr("bytes 10-19/100"),
+                &[1; 10],
+            ),
+            s(404),
+        ),
+        (
+            Methods,
+            Chunks,
+            "PATCH on a session",
+            r(
+                "PATCH",
+                ch,
+                &[TUS, OCTET, ("Upload-Offset", "10")],
+                &[1; 10],
+            ),
+            s(405),
+        ),
+        (
+            Methods,
+            Chunks,
+            "DELETE on the collection",
+            r("DELETE", "/chunks/", &[], b""),
+            s(405),
+        ),
+        (
+            Sizes,
+            Chunks,
+            "TOTAL over --max-size at creation",
+            r("POST", "/chunks/", &[("Upload-Length", "2000000")], b""),
+            s(413),
+        ),
+        (
+            Floods,
+            Chunks,
+            "3,000 headers",
+            flood("PUT", ch, &[], junk(3000, 1)),
+            s(431),
+        ),
     ];
     rows.into_iter()
         .map(|(cat, route, name, send, want)| Row {
@@ -2388,7 +2559,13 @@ fn hostile_table_every_route_family() {
     for (c, n) in &counts {
         assert!(*n >= 5, "{c:?} has {n} rows");
     }
-    for r in [Route::Tus, Route::Ietf, Route::Download, Route::Share] {
+    for r in [
+        Route::Tus,
+        Route::Ietf,
+        Route::Download,
+        Route::Share,
+        Route::Chunks,
+    ] {
         assert!(families.get(&r).copied().unwrap_or(0) >= 5, "{r:?}");
     }
 }
