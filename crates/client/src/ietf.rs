@@ -7,10 +7,10 @@
 //! when asked for (`--checksum sha256|sha512`).
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
-use crate::tus::{Digests, RemoteUpload, Sent, classify, network, resolve};
+use crate::tus::{Digests, RemoteUpload, Sent, classify, network};
 use ferry_proto::Metadata;
 use ferry_proto::ietf::{self, Draft};
-use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Response, Url};
 
 /// The interop version ferry's client speaks.
 pub const INTEROP_VERSION: u32 = ietf::CURRENT_INTEROP_VERSION;
@@ -136,22 +136,8 @@ pub async fn create(
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    if resp.status() != StatusCode::CREATED {
-        return Err(match classify(resp, "creating the upload").await {
-            AttemptError::Gone => AttemptError::Fatal(ClientError::new(
-                ErrorKind::Refused,
-                format!("{endpoint} does not accept IETF draft uploads (404)"),
-            )),
-            other => other,
-        });
-    }
-    let location = header(&resp, "location").ok_or_else(|| {
-        AttemptError::Fatal(ClientError::new(
-            ErrorKind::Refused,
-            "server created the upload but sent no Location",
-        ))
-    })?;
-    let url = resolve(endpoint, location)?;
+    let (url, resp) =
+        crate::tus::created_url(endpoint, resp, "does not accept IETF draft uploads").await?;
     let offset = state_of(&resp, "POST")?.offset;
     Ok((
         url,

@@ -215,16 +215,23 @@ pub async fn create(
         req = req.header(tus::UPLOAD_CONCAT, c);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    Ok(created_url(endpoint, resp).await?.0)
+    Ok(created_url(endpoint, resp, TUS_404).await?.0)
 }
 
-/// The URL of the upload a POST created (201 with `Location`), or why not.
-async fn created_url(endpoint: &Url, resp: Response) -> Result<(Url, Response), AttemptError> {
+const TUS_404: &str = "is not a tus endpoint";
+
+/// The URL of the upload a POST created (201 with `Location`), or why not; `not_here` ends the
+/// message for a 404 ("is not a tus endpoint").
+pub(crate) async fn created_url(
+    endpoint: &Url,
+    resp: Response,
+    not_here: &str,
+) -> Result<(Url, Response), AttemptError> {
     if resp.status() != StatusCode::CREATED {
         return Err(match classify(resp, "creating the upload").await {
             AttemptError::Gone => AttemptError::Fatal(ClientError::new(
                 ErrorKind::Refused,
-                format!("{endpoint} is not a tus endpoint (404)"),
+                format!("{endpoint} {not_here} (404)"),
             )),
             other => other,
         });
@@ -371,7 +378,7 @@ pub async fn create_with_body(
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    let (url, resp) = created_url(endpoint, resp).await?;
+    let (url, resp) = created_url(endpoint, resp, TUS_404).await?;
     // A server without creation-with-upload semantics may ignore the body: no offset means
     // nothing was taken.
     let done = if header(&resp, tus::UPLOAD_OFFSET).is_some() {
