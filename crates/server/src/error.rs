@@ -128,9 +128,19 @@ impl From<StoreError> for ApiError {
                 "upload is busy: another request is writing it; retry",
             )
             .with_header(header::RETRY_AFTER, 1),
-            StoreError::StorageFull => {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage is full")
-            }
+            // ENOSPC/EDQUOT (io::ErrorKind::StorageFull) arrive here as `StorageFull`.
+            StoreError::StorageFull => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the server's storage is full: the bytes committed so far are kept (see \
+                 Upload-Offset); resume when space is freed",
+            ),
+            StoreError::NoSpaceFor { length, available } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "an upload of {length} bytes does not fit: the server has {available} bytes \
+                     free"
+                ),
+            ),
             StoreError::ExceedsLength { length } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body goes past the upload length of {length} bytes"),

@@ -62,6 +62,13 @@ impl DataStore for LocalDataStore {
         }
     }
 
+    fn free_space(&self) -> Option<u64> {
+        // Space an unprivileged writer may use (f_bavail), not the root reserve.
+        rustix::fs::statvfs(&self.root)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
     async fn create(&self, id: UploadId, durable: bool) -> Result<()> {
         let path = self.path_of(id);
         let root = self.root.clone();

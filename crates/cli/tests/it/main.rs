@@ -3,6 +3,7 @@
 mod support;
 
 mod config;
+mod crash;
 mod download;
 mod durability;
 mod hostile;
