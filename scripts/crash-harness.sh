@@ -24,13 +24,18 @@ if [[ -z "${FERRY_BIN:-}" ]]; then
     target="${CARGO_TARGET_DIR:-$root/target}"
     FERRY_BIN="$target/$([[ $long == 1 ]] && echo release || echo debug)/ferry"
 fi
+keep="${FERRY_CRASH_DIR:-}"
 dir="${FERRY_CRASH_DIR:-$(mktemp -d -t ferry-crash.XXXXXX)}"
 echo "crash harness: data and logs in $dir" >&2
 if [[ $long == 1 ]]; then
     set -- --server-kills 220 --client-kills 110 --uploaders 9 --downloaders 3 \
-        --max-size $((8 << 20)) --max-chunk $((2 << 20)) --min-interval 0.2 --max-interval 1.2 \
+        --max-size $((6 << 20)) --max-chunk $((2 << 20)) --min-interval 0.2 --max-interval 1.2 \
         --budget 3000 --upload-timeout 300
 else
     set -- --server-kills 8 --client-kills 4 --budget 80
 fi
-exec python3 "$here/crash_driver.py" --ferry "$FERRY_BIN" --workdir "$dir" "$@" ${args[@]+"${args[@]}"}
+status=0
+python3 "$here/crash_driver.py" --ferry "$FERRY_BIN" --workdir "$dir" "$@" ${args[@]+"${args[@]}"} || status=$?
+# A temp dir is removed after a clean run; a failed run keeps it (server.log) for inspection.
+if [[ $status == 0 && -z "$keep" ]]; then rm -rf "$dir"; fi
+exit $status

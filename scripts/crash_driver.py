@@ -36,6 +36,7 @@ import urllib.parse
 TUS = {"Tus-Resumable": "1.0.0"}
 IETF = {"Upload-Draft-Interop-Version": "8"}
 TIMEOUT = 15
+KEEP_FINISHED = 40
 
 
 class Harness:
@@ -51,7 +52,7 @@ class Harness:
         self.stats = dict(
             server_kills=0, sigkills=0, power_losses=0, client_kills=0,
             uploads_completed=0, bytes_uploaded=0, ranged_gets=0, acks=0,
-            cut_bytes=0, removed_files=0, cli_runs=0, cut_bodies=0,
+            cut_bytes=0, removed_files=0, cli_runs=0, cut_bodies=0, deleted=0,
         )
         self.stop = threading.Event()
         self.server_up = threading.Event()
@@ -130,7 +131,9 @@ class Harness:
                 size = os.path.getsize(path)
             except OSError:
                 size = -1
-            if size < off:
+            with self.lock:
+                deleted = uid not in self.acked  # by the driver, to bound disk use
+            if size < off and not deleted:
                 self.violation(
                     f"after {'power loss' if power_loss else 'SIGKILL'}: upload {uid} "
                     f"acknowledged {off} bytes but its data file has "
@@ -138,7 +141,9 @@ class Harness:
         self.start_server()
         for uid, off in acked.items():
             got = self.head(uid, tus=uid not in self.ietf)
-            if got is None:
+            with self.lock:
+                deleted = uid not in self.acked
+            if got is None or deleted:
                 continue
             if got == "gone":
                 self.violation(f"upload {uid} lost after restart (acknowledged {off})")
@@ -294,10 +299,13 @@ class Harness:
                 killer = threading.Timer(rng.uniform(0.05, 1.5), self.kill_client, (p,))
                 killer.start()
             out, err = p.communicate()
-            with self.lock:
-                self.cli_procs.discard(p)
             if killer is not None:
                 killer.cancel()
+            with self.lock:
+                self.cli_procs.discard(p)
+                if killer is not None and not getattr(p, "killed", False):
+                    self.client_kill_budget += 1  # it ended before its kill: another run
+
             if p.returncode == -signal.SIGKILL:
                 continue
             if p.returncode != 0:
@@ -305,9 +313,7 @@ class Harness:
                 time.sleep(0.2)
                 continue
             break
-        if killer is not None and not getattr(p, "killed", False):
-            with self.lock:
-                self.client_kill_budget += 1  # the run ended before its kill: try again later
+        os.remove(path)
         url = json.loads(out.decode().strip().splitlines()[-1])["url"]
         uid = url.rstrip("/").rsplit("/", 1)[-1]
         self.verify_complete(uid, data)
@@ -336,6 +342,14 @@ class Harness:
                 self.finished[uid] = data
                 self.stats["uploads_completed"] += 1
                 self.stats["bytes_uploaded"] += len(data)
+                # Keep disk and memory bounded on long runs: the oldest finished uploads go.
+                old = list(self.finished)[:-KEEP_FINISHED]
+                for o in old:
+                    del self.finished[o]
+                    self.acked.pop(o, None)
+            for o in old:
+                if self.request("DELETE", f"/files/{o}", dict(TUS)) is not None:
+                    self.bump("deleted")
             return
         self.violation(f"upload {uid}: server unreachable for verification")
 
@@ -378,6 +392,10 @@ class Harness:
             b = rng.randrange(a, len(data))
             r = self.request("GET", f"/files/{uid}", {"Range": f"bytes={a}-{b}"})
             if r is None:
+                continue
+            with self.lock:
+                deleted = uid not in self.finished
+            if deleted and r[0] in (404, 410):
                 continue
             if r[0] != 206 or r[2] != data[a:b + 1]:
                 self.violation(f"GET {uid} bytes={a}-{b}: {r[0]}, {len(r[2])} bytes, "
@@ -456,6 +474,12 @@ def main():
                    help="succeed only if a violation is found (proves the harness can fail)")
     a = p.parse_args()
     print(f"crash driver: seed {a.seed}", file=sys.stderr, flush=True)
+
+    def interrupted(signum, _frame):
+        raise SystemExit(128 + signum)  # runs the cleanup below
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     h = Harness(a)
     try:
         code = h.run()
