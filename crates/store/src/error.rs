@@ -62,8 +62,10 @@ pub enum StoreError {
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         // ENOSPC / EDQUOT become their own variant so the server can answer 507.
-        match e.raw_os_error() {
-            Some(28) | Some(122) => StoreError::StorageFull,
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreError::StorageFull
+            }
             _ => StoreError::Io(e),
         }
     }

@@ -32,7 +32,10 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 fn is_full(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(28) | Some(122))
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Files under a root directory.
@@ -272,7 +275,7 @@ impl DataWriter for LocalWriter {
         let task = tokio::task::spawn_blocking(move || {
             if free_bytes(&root).is_some_and(|n| n < buf.len() as u64 + METADATA_RESERVE) {
                 // Full as far as data goes: the rest is kept for metadata commits.
-                return Err(io::Error::from_raw_os_error(28));
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
             }
             write_at(&file, buf, at, append)
         });
