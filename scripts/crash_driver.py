@@ -107,7 +107,9 @@ class Harness:
     def kill_server(self, power_loss):
         self.server_up.clear()
         p = self.proc
-        p.stdin.close()
+        before = self.power_loss_lines()
+        # stdin stays open until the process is dead: closing it first would start a graceful
+        # shutdown (--exit-on-stdin-close) racing with the kill.
         if power_loss:
             p.send_signal(signal.SIGUSR2)
             try:
@@ -119,7 +121,10 @@ class Harness:
         else:
             p.kill()
             p.wait()
+        p.stdin.close()
         p.stdout.close()
+        if power_loss and self.power_loss_lines() != before + 1:
+            self.violation("a power-loss kill ended the server without the simulated crash")
         self.bump("server_kills")
         self.bump("power_losses" if power_loss else "sigkills")
         # The data as a restart (after a power loss) finds it must back every acknowledgement.
@@ -149,6 +154,10 @@ class Harness:
                 self.violation(f"upload {uid} lost after restart (acknowledged {off})")
             elif got < off:
                 self.violation(f"upload {uid}: HEAD offset {got} < acknowledged {off}")
+
+    def power_loss_lines(self):
+        with open(self.log_path, errors="replace") as f:
+            return sum(1 for line in f if line.startswith("crash-sim: power loss: cut "))
 
     # ---------- HTTP ----------
     def request(self, method, path, headers=None, body=None, cut=None):
