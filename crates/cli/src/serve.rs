@@ -312,7 +312,7 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
     let sync = settings.sync;
     let expiry = settings.expiry;
     let uploads = tokio::task::spawn_blocking(move || {
-        Uploads::open_local(&dir, sync).map(|u| u.with_expiry(expiry))
+        Uploads::open_served(&dir, sync).map(|u| u.with_expiry(expiry))
     })
     .await?
     .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;

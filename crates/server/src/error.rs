@@ -144,9 +144,24 @@ impl From<StoreError> for ApiError {
                 "upload is busy: another request is writing it; retry",
             )
             .with_header(header::RETRY_AFTER, 1),
-            StoreError::StorageFull => {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage is full")
+            // ENOSPC/EDQUOT: the store turns them into `StorageFull`; an `Io` that still
+            // carries the kind (wrapped elsewhere) is the same condition.
+            StoreError::StorageFull => storage_full(),
+            StoreError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                storage_full()
             }
+            StoreError::NoSpaceFor { length, available } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "an upload of {length} bytes does not fit: the server has {available} bytes \
+                     free"
+                ),
+            ),
             StoreError::ExceedsLength { length } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body goes past the upload length of {length} bytes"),
@@ -186,4 +201,13 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// 507 for a full disk (ENOSPC/EDQUOT) during a write or commit.
+fn storage_full() -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "the server's storage is full: the bytes committed so far are kept (see \
+         Upload-Offset); resume when space is freed",
+    )
 }

@@ -207,10 +207,14 @@ async fn receive_inner(
             });
         }
     }
-    if let Err(e) = append.commit().await
-        && error.is_none()
-    {
-        error = Some(e);
+    if let Err(e) = append.commit().await {
+        match &error {
+            None => error = Some(e),
+            // The first error is what the client hears; this one says why less was committed.
+            Some(first) => {
+                tracing::warn!(upload = %append.info().id, error = %e, first = %first, "commit after a failed write failed too")
+            }
+        }
     }
     let info = append.info().clone();
     match (&ending, &error) {

@@ -52,6 +52,13 @@ pub trait DataStore: Send + Sync + 'static {
     /// What this store supports.
     fn capabilities(&self) -> DataCapabilities;
 
+    /// Bytes free for new data, if the store can tell (local disks can; object stores
+    /// cannot). Checked when an upload declares its length, so it is refused at creation
+    /// rather than running out of space half-way.
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
+
     /// Creates an empty object for `id`. With `durable`, the object survives a crash once this
     /// returns.
     async fn create(&self, id: UploadId, durable: bool) -> Result<()>;

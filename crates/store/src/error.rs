@@ -17,6 +17,14 @@ pub enum StoreError {
     /// The disk (or quota) is full.
     #[error("storage full")]
     StorageFull,
+    /// An upload's declared length does not fit in the free space (checked at creation).
+    #[error("{length} bytes do not fit: {available} bytes free")]
+    NoSpaceFor {
+        /// The declared length.
+        length: u64,
+        /// Free bytes in the data store.
+        available: u64,
+    },
     /// A final upload named an upload that is not a partial one.
     #[error("upload {0} is not a partial upload")]
     NotPartial(UploadId),
@@ -72,8 +80,10 @@ pub enum StoreError {
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
         // ENOSPC / EDQUOT become their own variant so the server can answer 507.
-        match e.raw_os_error() {
-            Some(28) | Some(122) => StoreError::StorageFull,
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreError::StorageFull
+            }
             _ => StoreError::Io(e),
         }
     }

@@ -17,6 +17,9 @@ pub mod model;
 pub mod redb_meta;
 pub mod uploads;
 
+#[cfg(feature = "crash-sim")]
+pub mod crash_sim;
+
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 

@@ -18,6 +18,26 @@ use std::sync::Arc;
 /// Size of each read when streaming a file out.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Free space that data writes leave for the metadata store: once the disk is full, the
+/// offset of the bytes written so far must still be committable (redb grows its file on
+/// commit), or a full disk would lose them.
+pub const METADATA_RESERVE: u64 = 4 * 1024 * 1024;
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir` (f_bavail; the
+/// root reserve is not ours).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    rustix::fs::statvfs(dir)
+        .ok()
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Files under a root directory.
 #[derive(Debug, Clone)]
 pub struct LocalDataStore {
@@ -60,6 +80,10 @@ impl DataStore for LocalDataStore {
         DataCapabilities {
             random_access: true,
         }
+    }
+
+    fn free_space(&self) -> Option<u64> {
+        free_bytes(&self.root).map(|n| n.saturating_sub(METADATA_RESERVE))
     }
 
     async fn create(&self, id: UploadId, durable: bool) -> Result<()> {
@@ -132,8 +156,10 @@ impl DataStore for LocalDataStore {
             WriteMode::Append { offset } | WriteMode::At { offset } => offset,
         };
         Ok(Box::new(LocalWriter {
+            root: Arc::from(self.root.as_path()),
             file: Arc::new(file),
             position,
+            append: matches!(mode, WriteMode::Append { .. }),
         }))
     }
 
@@ -210,9 +236,28 @@ pub fn read_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
     }))
 }
 
+/// `pwrite`s all of `buf` at `at`, handing `buf` back.
+fn write_at(file: &File, buf: Vec<u8>, at: u64, append: bool) -> io::Result<Vec<u8>> {
+    match file.write_all_at(&buf, at) {
+        Ok(()) => Ok(buf),
+        Err(e) => {
+            if append && is_full(&e) {
+                // Give back the part of this write that landed (it is never committed), so
+                // that the metadata commit of the bytes before it finds room.
+                let _ = file.set_len(at);
+            }
+            Err(e)
+        }
+    }
+}
+
 struct LocalWriter {
+    /// The store's root, for the free-space check before each write.
+    root: Arc<Path>,
     file: Arc<File>,
     position: u64,
+    /// Nothing past the write position is kept (append mode).
+    append: bool,
 }
 
 #[async_trait]
@@ -225,7 +270,15 @@ impl DataWriter for LocalWriter {
         let file = self.file.clone();
         let at = self.position;
         self.position += buf.len() as u64;
-        let task = tokio::task::spawn_blocking(move || file.write_all_at(&buf, at).map(|()| buf));
+        let append = self.append;
+        let root = self.root.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            if free_bytes(&root).is_some_and(|n| n < buf.len() as u64 + METADATA_RESERVE) {
+                // Full as far as data goes: the rest is kept for metadata commits.
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            write_at(&file, buf, at, append)
+        });
         Box::pin(async move {
             match task.await {
                 Ok(r) => r.map_err(StoreError::from),

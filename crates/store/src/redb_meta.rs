@@ -125,7 +125,13 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Metadata(e.to_string())
+    let text = e.to_string();
+    // redb wraps the io::Error in several error types (and the batch outcome is shared as
+    // text); its rendering keeps "(os error N)". A full disk must stay a 507, not a 500.
+    if text.contains("(os error 28)") || text.contains("(os error 122)") {
+        return StoreError::StorageFull;
+    }
+    StoreError::Metadata(text)
 }
 
 enum Op {

@@ -186,6 +186,10 @@ impl std::fmt::Debug for Uploads {
     }
 }
 
+/// Space kept free beyond an upload's declared length when checking at creation (metadata,
+/// file-system overhead, other uploads' last buffers).
+pub const SPACE_MARGIN: u64 = 1024 * 1024;
+
 /// How long a new request waits for the current holder of an upload to let go.
 pub const TAKEOVER_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -224,6 +228,45 @@ impl Uploads {
     /// The embedded default: files under `dir/uploads`, metadata in `dir/ferry.redb`, leases in
     /// process. Refuses clearly if another process serves the same directory.
     pub fn open_local(dir: &Path, sync: SyncPolicy) -> Result<Self> {
+        Self::open_local_with(dir, sync, |d| Arc::new(d))
+    }
+
+    /// Opens the local store as `ferry serve` does. Built with the `crash-sim` feature and run
+    /// with `FERRY_CRASH_SIM` set, the data store runs under the power-loss simulation and
+    /// SIGUSR2 triggers the simulated crash (needs a tokio runtime); otherwise this is
+    /// [`open_local`](Self::open_local).
+    pub fn open_served(dir: &Path, sync: SyncPolicy) -> Result<Self> {
+        #[cfg(feature = "crash-sim")]
+        if std::env::var_os(crate::crash_sim::ENV).is_some_and(|v| !v.is_empty()) {
+            let (me, sim) = Self::open_local_crash_sim(dir, sync)?;
+            crate::crash_sim::arm(sim)?;
+            return Ok(me);
+        }
+        Self::open_local(dir, sync)
+    }
+
+    /// [`open_local`](Self::open_local) with the data store wrapped in the power-loss
+    /// simulation; the returned handle triggers the crash.
+    #[cfg(feature = "crash-sim")]
+    pub fn open_local_crash_sim(
+        dir: &Path,
+        sync: SyncPolicy,
+    ) -> Result<(Self, Arc<crate::crash_sim::CrashSim>)> {
+        let mut sim = None;
+        let me = Self::open_local_with(dir, sync, |d| {
+            let (store, handle) = crate::crash_sim::CrashSimDataStore::new(d);
+            sim = Some(handle);
+            Arc::new(store)
+        })?;
+        let sim = sim.ok_or_else(|| StoreError::Metadata("crash-sim not set up".into()))?;
+        Ok((me, sim))
+    }
+
+    fn open_local_with(
+        dir: &Path,
+        sync: SyncPolicy,
+        wrap: impl FnOnce(LocalDataStore) -> Arc<dyn DataStore>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let lock_path = dir.join("ferry.lock");
         let lock = std::fs::OpenOptions::new()
@@ -248,7 +291,7 @@ impl Uploads {
             crate::local::sync_dir(dir)?;
         }
         let mut me = Self::new(
-            Arc::new(data),
+            wrap(data),
             Arc::new(meta),
             Arc::new(LocalLocker::new(TAKEOVER_PATIENCE)),
             sync,
@@ -271,6 +314,11 @@ impl Uploads {
     /// the record, so a record never points at missing data. For a final upload use
     /// [`create_final`](Self::create_final).
     pub async fn create(&self, new: NewUpload) -> Result<UploadInfo> {
+        if let (Some(length), Some(available)) = (new.length, self.data.free_space())
+            && length.saturating_add(SPACE_MARGIN) > available
+        {
+            return Err(StoreError::NoSpaceFor { length, available });
+        }
         let id = random_id()?;
         let now = now_ms();
         let complete = new.length == Some(0);
@@ -824,7 +872,8 @@ pub struct Append<'a> {
     inflight: Option<PendingWrite>,
     /// Position up to which writes have completed successfully.
     written: u64,
-    failed: Option<String>,
+    /// The first write failure, and whether it was "storage full".
+    failed: Option<(String, bool)>,
     /// Running digests of everything written in order (fed after each write, off the async
     /// thread), if the chain from byte 0 is unbroken.
     hasher: Option<Arc<Mutex<RunningDigest>>>,
@@ -858,9 +907,7 @@ impl Append<'_> {
 
     /// Accepts bytes. Refuses (without taking any) bytes that would go past the length.
     pub async fn push(&mut self, mut data: &[u8]) -> Result<()> {
-        if let Some(e) = &self.failed {
-            return Err(StoreError::Io(std::io::Error::other(e.clone())));
-        }
+        self.check_failed()?;
         if let Some(length) = self.info.length
             && self.received() + data.len() as u64 > length
         {
@@ -878,6 +925,17 @@ impl Append<'_> {
         Ok(())
     }
 
+    /// After a failed write nothing more may be written: the writer's position is past the
+    /// lost buffer, so a later write would leave a hole counted as data. Keeps "storage full"
+    /// recognisable (507, not 500).
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some((_, true)) => Err(StoreError::StorageFull),
+            Some((e, false)) => Err(StoreError::Io(std::io::Error::other(e.clone()))),
+        }
+    }
+
     /// Waits for the write in flight, if any.
     async fn settle(&mut self) -> Result<()> {
         if let Some(w) = self.inflight.take() {
@@ -887,7 +945,7 @@ impl Append<'_> {
                     self.spare = Some(buf);
                 }
                 Err(e) => {
-                    self.failed = Some(e.to_string());
+                    self.failed = Some((e.to_string(), matches!(e, StoreError::StorageFull)));
                     // The running hash may now lack bytes: give it up.
                     self.hasher = None;
                     return Err(e);
@@ -900,6 +958,7 @@ impl Append<'_> {
     /// Hands the filled buffer to the writer and continues in the other one.
     async fn submit(&mut self) -> Result<()> {
         self.settle().await?;
+        self.check_failed()?;
         if self.buf.is_empty() {
             return Ok(());
         }

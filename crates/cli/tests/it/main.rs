@@ -4,6 +4,8 @@ mod support;
 
 mod chunks;
 mod config;
+mod crash;
+mod diskfull;
 mod download;
 mod durability;
 mod faults;

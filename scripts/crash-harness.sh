@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Crash harness: concurrent tus / IETF / `ferry upload` clients and ranged downloads while the
+# server is killed (plain SIGKILL and simulated power loss, in turn) and restarted, and clients
+# are SIGKILLed and re-run. See docs/reliability.md.
+#
+#   scripts/crash-harness.sh            short run (< 2 minutes): 8 server kills, 4 client kills
+#   scripts/crash-harness.sh --long     >= 200 server kills (half power losses), >= 100 client kills
+#   scripts/crash-harness.sh [--long] [driver options...]   e.g. --seed 7 --sync none
+#
+# FERRY_BIN: a ferry binary built with the crash-sim feature (default: build one, in release
+# mode for --long). The data and logs stay in FERRY_CRASH_DIR (default: a temp dir).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+long=0
+args=()
+for a in "$@"; do
+    if [[ "$a" == "--long" ]]; then long=1; else args+=("$a"); fi
+done
+if [[ -z "${FERRY_BIN:-}" ]]; then
+    profile=()
+    [[ $long == 1 ]] && profile=(--release)
+    (cd "$root" && cargo build -q -p ferry --features crash-sim "${profile[@]}")
+    target="${CARGO_TARGET_DIR:-$root/target}"
+    FERRY_BIN="$target/$([[ $long == 1 ]] && echo release || echo debug)/ferry"
+fi
+keep="${FERRY_CRASH_DIR:-}"
+dir="${FERRY_CRASH_DIR:-$(mktemp -d -t ferry-crash.XXXXXX)}"
+echo "crash harness: data and logs in $dir" >&2
+if [[ $long == 1 ]]; then
+    set -- --server-kills 220 --client-kills 110 --uploaders 9 --downloaders 3 \
+        --max-size $((6 << 20)) --max-chunk $((2 << 20)) --min-interval 0.2 --max-interval 1.2 \
+        --budget 3000 --upload-timeout 300
+else
+    set -- --server-kills 8 --client-kills 4 --budget 80
+fi
+status=0
+python3 "$here/crash_driver.py" --ferry "$FERRY_BIN" --workdir "$dir" "$@" ${args[@]+"${args[@]}"} || status=$?
+# A temp dir is removed after a clean run; a failed run keeps it (server.log) for inspection.
+if [[ $status == 0 && -z "$keep" ]]; then rm -rf "$dir"; fi
+exit $status

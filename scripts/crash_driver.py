@@ -1,0 +1,509 @@
+#!/usr/bin/env python3
+"""Crash harness driver for ferry (see docs/reliability.md).
+
+Runs concurrent uploads (raw tus PATCH, raw IETF draft interop 8, `ferry upload`) and ranged
+downloads against `ferry serve` built with the `crash-sim` feature, kills the server at random
+instants (alternately a plain SIGKILL and a simulated power loss, SIGUSR2 with FERRY_CRASH_SIM=1,
+which cuts every file back to what was fsynced), restarts it on the same port and data dir,
+and SIGKILLs `ferry upload` clients and re-runs them.
+
+Checks (each failure is a "violation"):
+- after every server death, every acknowledged offset is still backed by the data file
+  (file length >= the highest Upload-Offset a client saw in a 204/201);
+- after every restart, HEAD of every upload shows an offset >= every acknowledged offset;
+- no upload is lost (HEAD 404/410 of an upload we created);
+- a GET answered 200 carries the whole upload byte-exact (nothing partial served as complete);
+  ranged GETs of finished uploads are byte-exact;
+- every upload started completes, byte-exact.
+
+Prints one JSON summary line on stdout; exit 0 when there was no violation (or, with
+--expect-violation, when there was one), 1 otherwise, 2 on a harness error.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+TUS = {"Tus-Resumable": "1.0.0"}
+IETF = {"Upload-Draft-Interop-Version": "8"}
+TIMEOUT = 15
+KEEP_FINISHED = 40
+
+
+class Harness:
+    def __init__(self, a):
+        self.a = a
+        self.rng = random.Random(a.seed)
+        self.lock = threading.Lock()
+        self.acked = {}  # upload id -> highest acknowledged offset
+        self.finished = {}  # upload id -> bytes (complete, verified)
+        self.inflight = {}  # upload id -> bytes (being uploaded)
+        self.ietf = set()  # ids of uploads created over the IETF draft
+        self.violations = []
+        self.stats = dict(
+            server_kills=0, sigkills=0, power_losses=0, client_kills=0,
+            uploads_completed=0, bytes_uploaded=0, ranged_gets=0, acks=0,
+            cut_bytes=0, removed_files=0, cli_runs=0, cut_bodies=0, deleted=0,
+        )
+        self.stop = threading.Event()
+        self.server_up = threading.Event()
+        self.proc = None
+        self.port = 0
+        self.workdir = a.workdir
+        self.data_dir = os.path.join(a.workdir, "data")
+        self.log_path = os.path.join(a.workdir, "server.log")
+        self.client_kill_budget = a.client_kills
+        self.cli_procs = set()
+
+    # ---------- bookkeeping ----------
+    def violation(self, msg):
+        with self.lock:
+            if len(self.violations) < 200:
+                self.violations.append(msg)
+        print("VIOLATION: " + msg, file=sys.stderr, flush=True)
+
+    def ack(self, uid, offset):
+        with self.lock:
+            self.stats["acks"] += 1
+            if offset > self.acked.get(uid, -1):
+                self.acked[uid] = offset
+
+    def bump(self, key, n=1):
+        with self.lock:
+            self.stats[key] += n
+
+    # ---------- server ----------
+    def start_server(self):
+        env = dict(os.environ, FERRY_CRASH_SIM="1")
+        for _ in range(100):
+            log = open(self.log_path, "ab")
+            p = subprocess.Popen(
+                [self.a.ferry, "serve", "--listen", f"127.0.0.1:{self.port}",
+                 "--data-dir", self.data_dir, "--sync", self.a.sync,
+                 "--exit-on-stdin-close", "--log", "warn", "--body-idle-timeout", "5s"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+            )
+            log.close()
+            line = p.stdout.readline().decode()
+            if line.startswith("ferry listening on "):
+                url = urllib.parse.urlparse(line.split()[-1])
+                self.port = url.port
+                self.proc = p
+                self.server_up.set()
+                return
+            p.wait()
+            time.sleep(0.1)  # the port may not be free yet
+        raise RuntimeError("server does not start; see " + self.log_path)
+
+    def kill_server(self, power_loss):
+        self.server_up.clear()
+        p = self.proc
+        before = self.power_loss_lines()
+        # stdin stays open until the process is dead: closing it first would start a graceful
+        # shutdown (--exit-on-stdin-close) racing with the kill.
+        if power_loss:
+            p.send_signal(signal.SIGUSR2)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.violation("power-loss crash did not end the server within 20s")
+                p.kill()
+                p.wait()
+        else:
+            p.kill()
+            p.wait()
+        p.stdin.close()
+        p.stdout.close()
+        if power_loss and self.power_loss_lines() != before + 1:
+            self.violation("a power-loss kill ended the server without the simulated crash")
+        self.bump("server_kills")
+        self.bump("power_losses" if power_loss else "sigkills")
+        # The data as a restart (after a power loss) finds it must back every acknowledgement.
+        with self.lock:
+            acked = dict(self.acked)
+        for uid, off in acked.items():
+            path = os.path.join(self.data_dir, "uploads", uid[:2], uid)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = -1
+            with self.lock:
+                deleted = uid not in self.acked  # by the driver, to bound disk use
+            if size < off and not deleted:
+                self.violation(
+                    f"after {'power loss' if power_loss else 'SIGKILL'}: upload {uid} "
+                    f"acknowledged {off} bytes but its data file has "
+                    f"{'none' if size < 0 else size}")
+        self.start_server()
+        for uid, off in acked.items():
+            got = self.head(uid, tus=uid not in self.ietf)
+            with self.lock:
+                deleted = uid not in self.acked
+            if got is None or deleted:
+                continue
+            if got == "gone":
+                self.violation(f"upload {uid} lost after restart (acknowledged {off})")
+            elif got < off:
+                self.violation(f"upload {uid}: HEAD offset {got} < acknowledged {off}")
+
+    def power_loss_lines(self):
+        with open(self.log_path, errors="replace") as f:
+            return sum(1 for line in f if line.startswith("crash-sim: power loss: cut "))
+
+    # ---------- HTTP ----------
+    def request(self, method, path, headers=None, body=None, cut=None):
+        """One request on a fresh connection; None when the server is unreachable."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            if cut is not None:
+                # A client dying mid-body: announce everything, send a part, hang up.
+                conn.putrequest(method, path)
+                for k, v in (headers or {}).items():
+                    conn.putheader(k, v)
+                conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders()
+                conn.send(body[:cut])
+                return None
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def head(self, uid, tus):
+        """Committed offset, "gone", or None if unreachable."""
+        h = dict(TUS) if tus else dict(IETF)
+        for _ in range(3):
+            r = self.request("HEAD", f"/files/{uid}", h)
+            if r is None:
+                time.sleep(0.2)
+                continue
+            if r[0] in (404, 410):
+                return "gone"
+            if r[0] in (200, 204) and "upload-offset" in r[1]:
+                return int(r[1]["upload-offset"])
+            return None
+        return None
+
+    def wait_up(self):
+        while not self.server_up.wait(0.2):
+            pass
+
+    # ---------- uploaders ----------
+    def raw_upload(self, rng, ietf):
+        size = rng.randint(1, self.a.max_size)
+        data = rng.randbytes(size)
+        proto = IETF if ietf else TUS
+        uid = None
+        deadline = time.time() + self.a.upload_timeout
+        while uid is None:
+            if time.time() > deadline:
+                self.violation("creation never succeeded")
+                return
+            self.wait_up()
+            h = dict(proto, **{"Upload-Length": str(size), "Content-Length": "0"})
+            if ietf:
+                h["Upload-Complete"] = "?0"
+            r = self.request("POST", "/files/", h, b"")
+            if r is None or r[0] != 201:
+                if r is not None and r[0] not in (503,):
+                    self.violation(f"creation answered {r[0]}: {r[2][:200]!r}")
+                    return
+                time.sleep(0.1)
+                continue
+            uid = r[1]["location"].rstrip("/").rsplit("/", 1)[-1]
+        with self.lock:
+            self.inflight[uid] = data
+            if ietf:
+                self.ietf.add(uid)
+        failures = 0
+        while True:
+            if time.time() > deadline:
+                self.violation(f"upload {uid} did not complete in {self.a.upload_timeout}s")
+                return
+            self.wait_up()
+            off = self.head(uid, tus=not ietf)
+            if off is None:
+                time.sleep(0.1)
+                continue
+            if off == "gone":
+                self.violation(f"upload {uid} lost (404/410 on HEAD)")
+                return
+            with self.lock:
+                acked = self.acked.get(uid, 0)
+            if off < acked:
+                self.violation(f"upload {uid}: HEAD offset {off} < acknowledged {acked}")
+                return
+            if off == size:
+                break
+            n = min(size - off, rng.randint(16 * 1024, self.a.max_chunk))
+            last = off + n == size
+            h = dict(proto, **{"Upload-Offset": str(off)})
+            if ietf:
+                h["Content-Type"] = "application/partial-upload"
+                h["Upload-Complete"] = "?1" if last else "?0"
+            else:
+                h["Content-Type"] = "application/offset+octet-stream"
+            body = data[off:off + n]
+            if rng.random() < 0.1:
+                self.bump("cut_bodies")
+                self.request("PATCH", f"/files/{uid}", h, body, cut=rng.randint(0, n))
+                continue
+            r = self.request("PATCH", f"/files/{uid}", h, body)
+            if r is None or r[0] in (409, 423, 503):
+                time.sleep(0.05)
+                continue
+            if r[0] != 204:
+                failures += 1
+                if failures >= 5:
+                    self.violation(f"upload {uid}: PATCH answered {r[0]}: {r[2][:200]!r}")
+                    return
+                time.sleep(0.2)
+                continue
+            got = int(r[1]["upload-offset"])
+            if got != off + n:
+                self.violation(f"upload {uid}: 204 with offset {got}, expected {off + n}")
+            self.ack(uid, got)
+        self.verify_complete(uid, data)
+
+    def cli_upload(self, rng, idx):
+        size = rng.randint(1, self.a.max_size)
+        data = rng.randbytes(size)
+        path = os.path.join(self.workdir, f"cli-{idx}.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        state = os.path.join(self.workdir, f"state-{idx}")
+        cmd = [self.a.ferry, "upload", "--json", "-j", "1", "--state-dir", state,
+               "--retries", "10000", "--retry-time", "10m", "--stall-timeout", "5s",
+               "--connect-timeout", "2s", "--chunk-size", "256K", "--max-chunk", "2M",
+               path, f"http://127.0.0.1:{self.port}/files/"]
+        deadline = time.time() + self.a.upload_timeout
+        while True:
+            if time.time() > deadline:
+                self.violation(f"ferry upload of {size} bytes did not complete")
+                return
+            self.wait_up()
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            with self.lock:
+                self.cli_procs.add(p)
+            self.bump("cli_runs")
+            killer = None
+            with self.lock:
+                kill_it = self.client_kill_budget > 0 and rng.random() < 0.6
+                if kill_it:
+                    self.client_kill_budget -= 1
+            if kill_it:
+                killer = threading.Timer(rng.uniform(0.05, 1.5), self.kill_client, (p,))
+                killer.start()
+            out, err = p.communicate()
+            if killer is not None:
+                killer.cancel()
+            with self.lock:
+                self.cli_procs.discard(p)
+                if killer is not None and not getattr(p, "killed", False):
+                    self.client_kill_budget += 1  # it ended before its kill: another run
+
+            if p.returncode == -signal.SIGKILL:
+                continue
+            if p.returncode != 0:
+                # Retries exhausted while the server was down: run the same command again.
+                time.sleep(0.2)
+                continue
+            break
+        os.remove(path)
+        url = json.loads(out.decode().strip().splitlines()[-1])["url"]
+        uid = url.rstrip("/").rsplit("/", 1)[-1]
+        self.verify_complete(uid, data)
+
+    def kill_client(self, p):
+        if p.poll() is None:
+            p.kill()
+            p.killed = True
+            self.bump("client_kills")
+
+    def verify_complete(self, uid, data):
+        for _ in range(200):
+            self.wait_up()
+            r = self.request("GET", f"/files/{uid}")
+            if r is None:
+                time.sleep(0.1)
+                continue
+            if r[0] != 200 or r[2] != data:
+                self.violation(
+                    f"upload {uid} complete but GET answered {r[0]} with "
+                    f"{len(r[2])} bytes (sha256 {hashlib.sha256(r[2]).hexdigest()[:12]}), "
+                    f"expected {len(data)}")
+                return
+            with self.lock:
+                self.inflight.pop(uid, None)
+                self.finished[uid] = data
+                self.stats["uploads_completed"] += 1
+                self.stats["bytes_uploaded"] += len(data)
+                # Keep disk and memory bounded on long runs: the oldest finished uploads go.
+                old = list(self.finished)[:-KEEP_FINISHED]
+                for o in old:
+                    del self.finished[o]
+                    self.acked.pop(o, None)
+            for o in old:
+                if self.request("DELETE", f"/files/{o}", dict(TUS)) is not None:
+                    self.bump("deleted")
+            return
+        self.violation(f"upload {uid}: server unreachable for verification")
+
+    def uploader(self, idx):
+        rng = random.Random(self.a.seed * 1000 + idx)
+        kind = idx % 3
+        n = 0
+        while not self.stop.is_set():
+            try:
+                if kind == 0:
+                    self.raw_upload(rng, ietf=False)
+                elif kind == 1:
+                    self.raw_upload(rng, ietf=True)
+                else:
+                    self.cli_upload(rng, f"{idx}-{n}")
+            except Exception as e:  # a harness bug must not look like a pass
+                self.violation(f"uploader {idx} crashed: {e!r}")
+                return
+            n += 1
+
+    # ---------- downloaders ----------
+    def downloader(self, idx):
+        rng = random.Random(self.a.seed * 7919 + idx)
+        while not self.stop.is_set():
+            time.sleep(0.02)
+            with self.lock:
+                done = list(self.finished.items())
+                going = list(self.inflight.items())
+            if going and rng.random() < 0.5:
+                uid, data = rng.choice(going)
+                r = self.request("GET", f"/files/{uid}")
+                if r is not None and r[0] == 200 and r[2] != data:
+                    self.violation(f"unfinished upload {uid} served as 200 "
+                                   f"({len(r[2])} of {len(data)} bytes)")
+                continue
+            if not done:
+                continue
+            uid, data = rng.choice(done)
+            a = rng.randrange(len(data))
+            b = rng.randrange(a, len(data))
+            r = self.request("GET", f"/files/{uid}", {"Range": f"bytes={a}-{b}"})
+            if r is None:
+                continue
+            with self.lock:
+                deleted = uid not in self.finished
+            if deleted and r[0] in (404, 410):
+                continue
+            if r[0] != 206 or r[2] != data[a:b + 1]:
+                self.violation(f"GET {uid} bytes={a}-{b}: {r[0]}, {len(r[2])} bytes, "
+                               f"{'exact' if r[2] == data[a:b + 1] else 'WRONG'}")
+            else:
+                self.bump("ranged_gets")
+
+    # ---------- run ----------
+    def run(self):
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.start_server()
+        threads = [threading.Thread(target=self.uploader, args=(i,), daemon=True)
+                   for i in range(self.a.uploaders)]
+        threads += [threading.Thread(target=self.downloader, args=(i,), daemon=True)
+                    for i in range(self.a.downloaders)]
+        for t in threads:
+            t.start()
+        kinds = self.a.kinds.split(",")
+        t0 = time.time()
+        for k in range(self.a.server_kills):
+            time.sleep(self.rng.uniform(self.a.min_interval, self.a.max_interval))
+            self.kill_server(power_loss=kinds[k % len(kinds)] == "powerloss")
+            if self.a.expect_violation and self.violations:
+                break
+            if time.time() - t0 > self.a.budget:
+                break
+        # Let the client kills catch up, then let every upload in progress finish.
+        while (self.client_kill_budget > 0 and time.time() - t0 < self.a.budget
+               and not self.a.expect_violation):
+            time.sleep(0.2)
+        self.stop.set()
+        for t in threads:
+            t.join(timeout=self.a.upload_timeout + 30)
+            if t.is_alive():
+                self.violation("a worker did not finish")
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        with open(self.log_path, errors="replace") as f:
+            for line in f:
+                if line.startswith("crash-sim: power loss: cut "):
+                    w = line.split()
+                    self.bump("cut_bytes", int(w[4]))
+                    self.bump("removed_files", int(w[8]))
+        self.stats["seconds"] = round(time.time() - t0, 1)
+        self.stats["sync"] = self.a.sync
+        self.stats["violations"] = len(self.violations)
+        self.stats["first_violations"] = self.violations[:5]
+        print(json.dumps(self.stats), flush=True)
+        failed = bool(self.violations)
+        return 0 if failed == self.a.expect_violation else 1
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ferry", required=True, help="ferry binary built with crash-sim")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--sync", default="always", choices=["always", "none"])
+    p.add_argument("--kinds", default="powerloss,sigkill",
+                   help="server kill kinds, used in turn: powerloss,sigkill")
+    p.add_argument("--server-kills", type=int, default=8)
+    p.add_argument("--client-kills", type=int, default=4)
+    p.add_argument("--uploaders", type=int, default=6)
+    p.add_argument("--downloaders", type=int, default=2)
+    p.add_argument("--max-size", type=int, default=3 << 20)
+    p.add_argument("--max-chunk", type=int, default=1 << 20)
+    p.add_argument("--min-interval", type=float, default=0.3)
+    p.add_argument("--max-interval", type=float, default=1.5)
+    p.add_argument("--budget", type=float, default=80, help="seconds of killing at most")
+    p.add_argument("--upload-timeout", type=float, default=120)
+    p.add_argument("--seed", type=int, default=int(time.time()))
+    p.add_argument("--expect-violation", action="store_true",
+                   help="succeed only if a violation is found (proves the harness can fail)")
+    a = p.parse_args()
+    print(f"crash driver: seed {a.seed}", file=sys.stderr, flush=True)
+
+    def interrupted(signum, _frame):
+        raise SystemExit(128 + signum)  # runs the cleanup below
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+    h = Harness(a)
+    try:
+        code = h.run()
+    except Exception as e:
+        print(f"harness error: {e!r}", file=sys.stderr)
+        code = 2
+    finally:
+        with h.lock:
+            procs = list(h.cli_procs) + ([h.proc] if h.proc is not None else [])
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
