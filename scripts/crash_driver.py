@@ -48,6 +48,8 @@ class Harness:
         self.finished = {}  # upload id -> bytes (complete, verified)
         self.inflight = {}  # upload id -> bytes (being uploaded)
         self.ietf = set()  # ids of uploads created over the IETF draft
+        self.chunk_acks = {}  # chunk session id -> [(start, end)] acknowledged (end exclusive)
+        self.prefix = {}  # upload id -> URL prefix when not /files/ (chunk sessions)
         self.violations = []
         self.stats = dict(
             server_kills=0, sigkills=0, power_losses=0, client_kills=0,
@@ -130,6 +132,10 @@ class Harness:
         # The data as a restart (after a power loss) finds it must back every acknowledgement.
         with self.lock:
             acked = dict(self.acked)
+            # A chunk session's file must reach at least the end of every acknowledged range.
+            for uid, ranges in self.chunk_acks.items():
+                if ranges:
+                    acked.setdefault(uid, max(e for _, e in ranges))
         for uid, off in acked.items():
             path = os.path.join(self.data_dir, "uploads", uid[:2], uid)
             try:
@@ -144,6 +150,10 @@ class Harness:
                     f"acknowledged {off} bytes but its data file has "
                     f"{'none' if size < 0 else size}")
         self.start_server()
+        for uid in list(acked):
+            if uid in self.prefix:
+                acked.pop(uid)
+                self.check_chunk_ranges(uid)
         for uid, off in acked.items():
             got = self.head(uid, tus=uid not in self.ietf)
             with self.lock:
@@ -278,6 +288,109 @@ class Harness:
             self.ack(uid, got)
         self.verify_complete(uid, data)
 
+    def chunk_status(self, uid, size):
+        """Received ranges [(start, end exclusive)] of a chunk session, "gone", or None."""
+        r = self.request("PUT", f"/chunks/{uid}", {"Content-Range": f"bytes */{size}"}, b"")
+        if r is None:
+            return None
+        if r[0] in (404, 410):
+            return "gone"
+        if r[0] != 200:
+            return None
+        out = []
+        for part in r[1].get("upload-ranges", "").split(","):
+            if part.strip():
+                a, b = part.strip().split("-")
+                out.append((int(a), int(b) + 1))
+        return out
+
+    def check_chunk_ranges(self, uid, got=None):
+        """Every acknowledged range of a session must still be received. Returns the ranges."""
+        with self.lock:
+            acks = list(self.chunk_acks.get(uid, []))
+            size = len(self.inflight.get(uid, b"")) or None
+        if size is None:
+            return None
+        if got is None:
+            got = self.chunk_status(uid, size)
+        if got is None:
+            return None
+        if got == "gone":
+            with self.lock:
+                deleted = uid not in self.chunk_acks
+            if not deleted:
+                self.violation(f"chunk session {uid} lost (404/410)")
+            return "gone"
+        for a, e in acks:
+            if not any(ra <= a and e <= rb for ra, rb in got):
+                self.violation(f"chunk session {uid}: acknowledged {a}-{e - 1} is not received "
+                               f"any more ({got})")
+        return got
+
+    def chunk_upload(self, rng):
+        """A Content-Range chunk session: chunks of random sizes, in random order, some cut off."""
+        size = rng.randint(1, self.a.max_size)
+        data = rng.randbytes(size)
+        uid = None
+        deadline = time.time() + self.a.upload_timeout
+        while uid is None:
+            if time.time() > deadline:
+                self.violation("chunk session creation never succeeded")
+                return
+            self.wait_up()
+            r = self.request("POST", "/chunks/", {"Upload-Length": str(size)}, b"")
+            if r is None or r[0] != 201:
+                if r is not None and r[0] != 503:
+                    self.violation(f"chunk session creation answered {r[0]}: {r[2][:200]!r}")
+                    return
+                time.sleep(0.1)
+                continue
+            uid = r[1]["location"].rstrip("/").rsplit("/", 1)[-1]
+        with self.lock:
+            self.inflight[uid] = data
+            self.chunk_acks[uid] = []
+            self.prefix[uid] = "/chunks/"
+        while True:
+            if time.time() > deadline:
+                self.violation(f"chunk session {uid} did not complete in {self.a.upload_timeout}s")
+                return
+            self.wait_up()
+            got = self.check_chunk_ranges(uid)
+            if got is None:
+                time.sleep(0.1)
+                continue
+            if got == "gone":
+                return
+            gaps, at = [], 0
+            for a, e in got:
+                if a > at:
+                    gaps.append((at, a))
+                at = max(at, e)
+            if at < size:
+                gaps.append((at, size))
+            if not gaps:
+                break
+            ga, ge = rng.choice(gaps)
+            n = min(ge - ga, rng.randint(16 * 1024, self.a.max_chunk))
+            start = rng.randint(ga, ge - n)
+            h = {"Content-Range": f"bytes {start}-{start + n - 1}/{size}"}
+            body = data[start:start + n]
+            if rng.random() < 0.1:
+                self.bump("cut_bodies")
+                self.request("PUT", f"/chunks/{uid}", h, body, cut=rng.randint(0, n))
+                continue
+            r = self.request("PUT", f"/chunks/{uid}", h, body)
+            if r is None or r[0] in (408, 503):
+                time.sleep(0.05)
+                continue
+            if r[0] != 200:
+                self.violation(f"chunk session {uid}: PUT answered {r[0]}: {r[2][:200]!r}")
+                return
+            with self.lock:
+                self.stats["acks"] += 1
+                self.chunk_acks[uid].append((start, start + n))
+        self.verify_complete(uid, data)
+
     def cli_upload(self, rng, idx):
         size = rng.randint(1, self.a.max_size)
         data = rng.randbytes(size)
@@ -336,7 +449,7 @@ class Harness:
     def verify_complete(self, uid, data):
         for _ in range(200):
             self.wait_up()
-            r = self.request("GET", f"/files/{uid}")
+            r = self.request("GET", f"{self.prefix.get(uid, '/files/')}{uid}")
             if r is None:
                 time.sleep(0.1)
                 continue
@@ -356,7 +469,11 @@ class Harness:
                 for o in old:
                     del self.finished[o]
                     self.acked.pop(o, None)
+                    self.chunk_acks.pop(o, None)
+                self.chunk_acks.pop(uid, None)  # complete: checked by GET from now on
             for o in old:
+                if o in self.prefix:
+                    continue  # sessions have no DELETE; they expire like any upload
                 if self.request("DELETE", f"/files/{o}", dict(TUS)) is not None:
                     self.bump("deleted")
             return
@@ -364,7 +481,7 @@ class Harness:
 
     def uploader(self, idx):
         rng = random.Random(self.a.seed * 1000 + idx)
-        kind = idx % 3
+        kind = idx % 4
         n = 0
         while not self.stop.is_set():
             try:
@@ -372,6 +489,8 @@ class Harness:
                     self.raw_upload(rng, ietf=False)
                 elif kind == 1:
                     self.raw_upload(rng, ietf=True)
+                elif kind == 3:
+                    self.chunk_upload(rng)
                 else:
                     self.cli_upload(rng, f"{idx}-{n}")
             except Exception as e:  # a harness bug must not look like a pass
@@ -389,7 +508,7 @@ class Harness:
                 going = list(self.inflight.items())
             if going and rng.random() < 0.5:
                 uid, data = rng.choice(going)
-                r = self.request("GET", f"/files/{uid}")
+                r = self.request("GET", f"{self.prefix.get(uid, '/files/')}{uid}")
                 if r is not None and r[0] == 200 and r[2] != data:
                     self.violation(f"unfinished upload {uid} served as 200 "
                                    f"({len(r[2])} of {len(data)} bytes)")
@@ -399,7 +518,8 @@ class Harness:
             uid, data = rng.choice(done)
             a = rng.randrange(len(data))
             b = rng.randrange(a, len(data))
-            r = self.request("GET", f"/files/{uid}", {"Range": f"bytes={a}-{b}"})
+            r = self.request("GET", f"{self.prefix.get(uid, '/files/')}{uid}",
+                             {"Range": f"bytes={a}-{b}"})
             if r is None:
                 continue
             with self.lock:
@@ -470,7 +590,7 @@ def main():
                    help="server kill kinds, used in turn: powerloss,sigkill")
     p.add_argument("--server-kills", type=int, default=8)
     p.add_argument("--client-kills", type=int, default=4)
-    p.add_argument("--uploaders", type=int, default=6)
+    p.add_argument("--uploaders", type=int, default=8)
     p.add_argument("--downloaders", type=int, default=2)
     p.add_argument("--max-size", type=int, default=3 << 20)
     p.add_argument("--max-chunk", type=int, default=1 << 20)
