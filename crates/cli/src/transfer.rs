@@ -52,7 +52,7 @@ pub enum ProtocolArg {
     Tus,
     /// The IETF Resumable Uploads draft (interop version 8; one stream).
     Ietf,
-    /// Content-Range chunk sessions (not supported yet).
+    /// Content-Range chunk sessions at a `{base}/chunks/` URL (parallel streams too).
     Chunks,
 }
 
@@ -312,8 +312,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         ProtocolArg::Auto => Protocol::Auto,
         ProtocolArg::Tus => Protocol::Tus,
         ProtocolArg::Ietf => Protocol::Ietf,
-        // Refused before any file is opened or request sent.
-        ProtocolArg::Chunks => return Err(ferry_client::adapter::chunks_unsupported()),
+        ProtocolArg::Chunks => Protocol::Chunks,
     };
     let net = args.net.resolve()?;
     let opts = UploadOptions {
