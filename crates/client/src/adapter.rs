@@ -400,6 +400,13 @@ mod tests {
             Some(ChecksumAlgorithm::Blake3)
         );
         assert_eq!(Adapter::Ietf.request_checksum(C::Auto, &c).unwrap(), None);
+        assert_eq!(Adapter::Chunks.request_checksum(C::Auto, &c).unwrap(), None);
+        assert!(
+            Adapter::Chunks
+                .request_checksum(C::Use(ChecksumAlgorithm::Sha256), &c)
+                .is_err()
+        );
+        assert!(Adapter::Chunks.parallel(&c) && !Adapter::Chunks.creation_with_body(&c));
         assert_eq!(
             Adapter::Ietf
                 .request_checksum(C::Use(ChecksumAlgorithm::Sha256), &c)

@@ -163,7 +163,8 @@ pub fn sent(s: Session, base: u64, len: u64) -> Sent {
     }
 }
 
-/// DELETE. Missing sessions count as deleted.
+/// DELETE (best effort: ferry's sessions have no DELETE and expire instead, so 405 counts as
+/// done, like a missing session).
 pub async fn delete(http: &reqwest::Client, url: &Url) -> Result<(), AttemptError> {
     let resp = http
         .delete(url.clone())
