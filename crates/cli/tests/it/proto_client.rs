@@ -243,8 +243,20 @@ fn chunks_parallel_streams_write_one_session() {
     );
 }
 
+/// One stream (`-j 1`): the record holds the session; the re-run sends from its received run.
 #[test]
 fn chunks_client_sigkilled_midway_resumes() {
+    chunks_kill_and_resume(&["-j", "1"], 1);
+}
+
+/// `-j 4`: the segments' record holds the one session; the re-run resumes every segment from
+/// the session's ranges.
+#[test]
+fn chunks_parallel_client_sigkilled_midway_resumes() {
+    chunks_kill_and_resume(&["-j", "4"], 4);
+}
+
+fn chunks_kill_and_resume(streams: &[&str], parts_at_least: usize) {
     const LEN: u64 = 32 * MIB;
     let server = Server::start(&["--sync", "none"]);
     let proxy = Proxy::start(
@@ -257,7 +269,7 @@ fn chunks_client_sigkilled_midway_resumes() {
     let env = Env::new();
     let (f, sha) = env.file("f", LEN, 77);
     let endpoint = proxy.url("/chunks/");
-    let args = [
+    let mut args = vec![
         "--protocol",
         "chunks",
         "--json",
@@ -266,12 +278,19 @@ fn chunks_client_sigkilled_midway_resumes() {
         "--max-chunk",
         "2M",
     ];
+    args.extend_from_slice(streams);
     let mut run = env.upload(&[&f], &endpoint, &args);
     wait_forwarded(&proxy, LEN / 2, &mut run);
     run.kill9();
     let recs = env.records();
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!(recs[0]["protocol"], "chunks", "{recs:?}");
+    let parts = recs[0]["parts"].as_array().unwrap();
+    assert!(parts.len() >= parts_at_least, "{recs:?}");
+    // Every started segment writes the one session.
+    let urls: std::collections::BTreeSet<&str> =
+        parts.iter().filter_map(|p| p["url"].as_str()).collect();
+    assert_eq!(urls.len(), 1, "{recs:?}");
     let url = env.saved_url();
     let had = ranges_bytes(&upload_ranges(&url).expect("session state"));
     assert!(
