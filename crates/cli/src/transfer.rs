@@ -120,7 +120,7 @@ impl NetworkArgs {
 #[derive(Args, Debug)]
 pub struct UploadArgs {
     /// Files to upload, then the endpoint URL (tus or IETF draft, e.g.
-    /// http://127.0.0.1:1080/files/).
+    /// http://127.0.0.1:1080/files/; chunk sessions: .../chunks/ with --protocol chunks).
     #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
     args: Vec<String>,
     #[command(flatten)]
@@ -150,7 +150,7 @@ pub struct UploadArgs {
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
     /// Streams per file: a number, or "auto" to choose by measurement. Several streams need
-    /// a server with the concatenation extension.
+    /// a server with the concatenation extension, or chunk sessions (--protocol chunks).
     #[arg(short = 'j', long, default_value = "auto", value_name = "N|auto")]
     parallel: String,
     /// Most streams per file the automatic choice may use.

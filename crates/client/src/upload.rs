@@ -120,7 +120,7 @@ fn want_digest_for(a: ChecksumAlgorithm) -> &'static str {
 /// Round trips at least this long make the automatic choice try several streams.
 pub const AUTO_PARALLEL_RTT: Duration = Duration::from_millis(5);
 
-/// Single stream or segments over concatenation (`None`: as many as measurement says).
+/// Single stream or segments (tus concatenation, or ranges of one chunk session) (`None`: as many as measurement says).
 enum Streams {
     Single,
     Segmented(Option<usize>),
@@ -222,7 +222,7 @@ pub(crate) fn build_client(
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
 
-/// Uploads files over tus or the IETF draft, resuming from the state directory. Cheap to
+/// Uploads files over tus, the IETF draft or chunk sessions, resuming from the state directory. Cheap to
 /// clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Uploader {
@@ -290,7 +290,7 @@ impl Uploader {
         crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
-    /// Uploads `path` to the endpoint (tus or IETF draft, see [`UploadOptions::protocol`]),
+    /// Uploads `path` to the endpoint (tus, IETF draft or chunk session, see [`UploadOptions::protocol`]),
     /// resuming an earlier run of the same transfer.
     /// `relative` names the file inside an uploaded directory (sent as `relativePath`
     /// metadata, `/`-separated).
