@@ -52,7 +52,7 @@ pub enum ProtocolArg {
     Tus,
     /// The IETF Resumable Uploads draft (interop version 8; one stream).
     Ietf,
-    /// Content-Range chunk sessions (not supported yet).
+    /// Content-Range chunk sessions at a `{base}/chunks/` URL (parallel streams too).
     Chunks,
 }
 
@@ -120,7 +120,7 @@ impl NetworkArgs {
 #[derive(Args, Debug)]
 pub struct UploadArgs {
     /// Files to upload, then the endpoint URL (tus or IETF draft, e.g.
-    /// http://127.0.0.1:1080/files/).
+    /// http://127.0.0.1:1080/files/; chunk sessions: .../chunks/ with --protocol chunks).
     #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
     args: Vec<String>,
     #[command(flatten)]
@@ -150,7 +150,7 @@ pub struct UploadArgs {
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
     /// Streams per file: a number, or "auto" to choose by measurement. Several streams need
-    /// a server with the concatenation extension.
+    /// a server with the concatenation extension, or chunk sessions (--protocol chunks).
     #[arg(short = 'j', long, default_value = "auto", value_name = "N|auto")]
     parallel: String,
     /// Most streams per file the automatic choice may use.
@@ -312,8 +312,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         ProtocolArg::Auto => Protocol::Auto,
         ProtocolArg::Tus => Protocol::Tus,
         ProtocolArg::Ietf => Protocol::Ietf,
-        // Refused before any file is opened or request sent.
-        ProtocolArg::Chunks => return Err(ferry_client::adapter::chunks_unsupported()),
+        ProtocolArg::Chunks => Protocol::Chunks,
     };
     let net = args.net.resolve()?;
     let opts = UploadOptions {

@@ -1,7 +1,7 @@
 //! The upload protocols behind one interface: the driver in [`crate::upload`] (ask the offset,
 //! send, feed the chunk-size controller, retry, verify) is the same for every protocol; what
 //! differs — headers, how an upload is created and completed — lives in one module per
-//! protocol ([`crate::tus`], [`crate::ietf`]), reached through [`Adapter`]. A new protocol is a
+//! protocol ([`crate::tus`], [`crate::ietf`], [`crate::chunks`]), reached through [`Adapter`]. A new protocol is a
 //! new variant and a new module.
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
@@ -21,7 +21,8 @@ pub enum Protocol {
     Tus,
     /// The IETF Resumable Uploads draft (interop version 8), one stream.
     Ietf,
-    /// Content-Range chunk sessions (not supported yet).
+    /// Content-Range chunk sessions (`{base}/chunks/`): chunks of one session, in parallel
+    /// streams too. Never chosen by `auto` (a tus or IETF endpoint is better).
     Chunks,
 }
 
@@ -36,6 +37,20 @@ pub enum Adapter {
     Tus,
     /// The IETF draft.
     Ietf,
+    /// Content-Range chunk sessions.
+    Chunks,
+}
+
+/// Where a driver's target sits in the file: bytes `[base, base + len)` of `total`. Chunk
+/// sessions address bytes of the whole file; tus and the draft only the target's own offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// First byte of the target in the file.
+    pub base: u64,
+    /// The target's length.
+    pub len: u64,
+    /// The file's length.
+    pub total: u64,
 }
 
 impl Adapter {
@@ -44,6 +59,7 @@ impl Adapter {
         match self {
             Adapter::Tus => "tus",
             Adapter::Ietf => "ietf",
+            Adapter::Chunks => "chunks",
         }
     }
 
@@ -52,6 +68,7 @@ impl Adapter {
         match name {
             "tus" | "" => Some(Adapter::Tus),
             "ietf" => Some(Adapter::Ietf),
+            "chunks" => Some(Adapter::Chunks),
             _ => None,
         }
     }
@@ -68,7 +85,13 @@ impl Adapter {
         match protocol {
             Protocol::Tus => Ok(Adapter::Tus),
             Protocol::Ietf => Ok(Adapter::Ietf),
-            Protocol::Chunks => Err(chunks_unsupported()),
+            // A tus or IETF endpoint would take the POST as one of its own uploads.
+            Protocol::Chunks if caps.tus || caps.ietf => Err(ClientError::new(
+                ErrorKind::Usage,
+                "--protocol chunks needs a Content-Range chunk-session URL ({base}/chunks/); \
+                 this endpoint speaks tus or the IETF draft (use --protocol auto)",
+            )),
+            Protocol::Chunks => Ok(Adapter::Chunks),
             Protocol::Auto => match recorded {
                 Some(a) => Ok(a),
                 None if caps.tus || !caps.answered => Ok(Adapter::Tus),
@@ -84,6 +107,8 @@ impl Adapter {
             Adapter::Tus => caps.has("concatenation"),
             // The draft forbids concurrent appends to one upload and has no concatenation.
             Adapter::Ietf => false,
+            // A session takes concurrent chunks: segments are ranges of it.
+            Adapter::Chunks => true,
         }
     }
 
@@ -92,6 +117,8 @@ impl Adapter {
         match self {
             Adapter::Tus => caps.has("creation-with-upload"),
             Adapter::Ietf => true,
+            // A session is created empty; its first PUT carries a small file.
+            Adapter::Chunks => false,
         }
     }
 
@@ -105,7 +132,12 @@ impl Adapter {
     ) -> Result<Option<ChecksumAlgorithm>, ClientError> {
         use crate::upload::ChecksumChoice as C;
         match (self, choice) {
-            (_, C::Off) => Ok(None),
+            (_, C::Off) | (Adapter::Chunks, C::Auto) => Ok(None),
+            (Adapter::Chunks, C::Use(_)) => Err(ClientError::new(
+                ErrorKind::Usage,
+                "--checksum: chunk sessions take no per-request checksum (the whole file is \
+                 still verified against Repr-Digest)",
+            )),
             (Adapter::Tus, C::Auto) => Ok(caps.checksum),
             (_, C::Use(a)) if self == Adapter::Tus => Ok(Some(a)),
             (Adapter::Ietf, C::Auto) => Ok(None),
@@ -142,6 +174,8 @@ impl Adapter {
             Adapter::Ietf => crate::ietf::create(http, endpoint, len, metadata, None, None, None)
                 .await
                 .map(|(u, _)| u),
+            // One session for the whole file, whatever the segment: see `run_segmented`.
+            Adapter::Chunks => crate::chunks::create(http, endpoint, len, metadata).await,
         }
     }
 
@@ -173,10 +207,14 @@ impl Adapter {
                 )
                 .await
             }
+            Adapter::Chunks => Err(AttemptError::Fatal(ClientError::new(
+                ErrorKind::Local,
+                "chunk sessions are created without a body",
+            ))),
         }
     }
 
-    /// The upload's state (HEAD).
+    /// The upload's state (HEAD), seen from the whole file.
     pub async fn head(
         self,
         http: &reqwest::Client,
@@ -186,15 +224,50 @@ impl Adapter {
         match self {
             Adapter::Tus => tus::head(http, url, want_digest).await,
             Adapter::Ietf => crate::ietf::head(http, url, want_digest).await,
+            Adapter::Chunks => crate::chunks::head(http, url).await.map(|s| RemoteUpload {
+                offset: s.offset(0, u64::MAX),
+                length: s.length,
+                complete: Some(s.complete),
+                digests: s.digests,
+            }),
         }
     }
 
-    /// Appends `body` (`len` bytes) at `offset`; `last` marks the request that ends the upload.
+    /// The state of a target (HEAD): its offset is what the server has of it in one run from
+    /// its start. A chunk session of another length is not this file's (`Gone`); its
+    /// completeness is left out, since a segment ends before the session completes.
+    pub async fn head_at(
+        self,
+        http: &reqwest::Client,
+        url: &Url,
+        at: Placement,
+        want_digest: Option<&str>,
+    ) -> Result<RemoteUpload, AttemptError> {
+        match self {
+            Adapter::Tus | Adapter::Ietf => self.head(http, url, want_digest).await,
+            Adapter::Chunks => {
+                let s = crate::chunks::head(http, url).await?;
+                if s.length.is_some_and(|l| l != at.total) {
+                    return Err(AttemptError::Gone);
+                }
+                Ok(RemoteUpload {
+                    offset: s.offset(at.base, at.len),
+                    length: Some(at.len),
+                    complete: None,
+                    digests: s.digests,
+                })
+            }
+        }
+    }
+
+    /// Appends `body` (`len` bytes) at `offset` of the target `at`; `last` marks the request
+    /// that ends the upload.
     #[allow(clippy::too_many_arguments)]
     pub async fn append(
         self,
         http: &reqwest::Client,
         url: &Url,
+        at: Placement,
         offset: u64,
         len: u64,
         body: reqwest::Body,
@@ -225,6 +298,11 @@ impl Adapter {
                 )
                 .await
             }
+            Adapter::Chunks => {
+                crate::chunks::put(http, url, at.base + offset, len, at.total, body, probe)
+                    .await
+                    .map(|s| crate::chunks::sent(s, at.base, at.len))
+            }
         }
     }
 
@@ -233,16 +311,9 @@ impl Adapter {
         match self {
             Adapter::Tus => tus::delete(http, url).await,
             Adapter::Ietf => crate::ietf::delete(http, url).await,
+            Adapter::Chunks => crate::chunks::delete(http, url).await,
         }
     }
-}
-
-/// `--protocol chunks` until Content-Range chunk sessions land.
-pub fn chunks_unsupported() -> ClientError {
-    ClientError::new(
-        ErrorKind::Usage,
-        "--protocol chunks (Content-Range chunk sessions) is not supported yet; use tus or ietf",
-    )
 }
 
 /// RFC 9530 `Content-Digest` for a checksum (SHA-256 or SHA-512, see `request_checksum`).
@@ -297,11 +368,24 @@ mod tests {
             Adapter::choose(Protocol::Auto, &c, Some(Adapter::Ietf)).unwrap(),
             Adapter::Ietf
         );
+        // A tus/IETF endpoint is no chunk-session URL.
         let e = Adapter::choose(Protocol::Chunks, &c, None).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Usage);
+        assert!(e.message.contains("/chunks/"), "{e}");
+        // /chunks/ answers no OPTIONS; auto never picks chunks by itself.
+        let none = ServerCaps::default();
+        assert_eq!(
+            Adapter::choose(Protocol::Chunks, &none, None).unwrap(),
+            Adapter::Chunks
+        );
+        assert_eq!(
+            Adapter::choose(Protocol::Auto, &none, None).unwrap(),
+            Adapter::Tus
+        );
         assert_eq!(Adapter::from_name("ietf"), Some(Adapter::Ietf));
         assert_eq!(Adapter::from_name("tus"), Some(Adapter::Tus));
-        assert_eq!(Adapter::from_name("chunks"), None);
+        assert_eq!(Adapter::from_name("chunks"), Some(Adapter::Chunks));
+        assert_eq!(Adapter::from_name("gopher"), None);
     }
 
     #[test]
@@ -316,6 +400,13 @@ mod tests {
             Some(ChecksumAlgorithm::Blake3)
         );
         assert_eq!(Adapter::Ietf.request_checksum(C::Auto, &c).unwrap(), None);
+        assert_eq!(Adapter::Chunks.request_checksum(C::Auto, &c).unwrap(), None);
+        assert!(
+            Adapter::Chunks
+                .request_checksum(C::Use(ChecksumAlgorithm::Sha256), &c)
+                .is_err()
+        );
+        assert!(Adapter::Chunks.parallel(&c) && !Adapter::Chunks.creation_with_body(&c));
         assert_eq!(
             Adapter::Ietf
                 .request_checksum(C::Use(ChecksumAlgorithm::Sha256), &c)

@@ -23,6 +23,7 @@
 
 pub mod adapter;
 pub mod chunk;
+pub mod chunks;
 pub mod download;
 pub mod error;
 pub mod identity;

@@ -1,9 +1,13 @@
 //! Parallel uploads over tus concatenation. The file is cut into segments; each is sent as a
 //! partial upload (created when a stream first takes it) over its own HTTP/1.1 connection;
-//! when all are done a final upload joins them (on ferry without copying a byte). The number
+//! when all are done a final upload joins them (on ferry without copying a byte). Chunk
+//! sessions take concurrent chunks into one session, so there the segments are ranges of that
+//! one session (created first; the first part's record holds its URL) and nothing is joined:
+//! the server completes the session when its last byte arrives. The number
 //! of streams is fixed (`-j N`) or follows [`ParallelismController`]. Each segment's state is
 //! its own (URL, range, done) — never one shared counter.
 
+use crate::adapter::{Adapter, Placement};
 use crate::chunk::ChunkSizeController;
 use crate::error::{ClientError, ErrorKind};
 use crate::parallel::{ParallelBounds, ParallelismController};
@@ -212,10 +216,12 @@ impl Uploader {
         retry: &mut RetryState,
     ) -> Result<(Url, u64), ClientError> {
         let len = job.len;
+        let chunks = job.adapter == Adapter::Chunks;
+        let resuming = record.is_some();
         let record = match record {
             Some(r) => r,
             None => {
-                let parts = plan(len, fixed)
+                let mut parts: Vec<PartRecord> = plan(len, fixed)
                     .into_iter()
                     .map(|(start, end)| PartRecord {
                         url: None,
@@ -224,17 +230,48 @@ impl Uploader {
                         done: false,
                     })
                     .collect();
+                if chunks {
+                    let u = self
+                        .create_upload(job.adapter, endpoint, len, &job.metadata, None, retry)
+                        .await?;
+                    if let Some(p) = parts.first_mut() {
+                        p.url = Some(u.to_string());
+                    }
+                }
                 let r = self.new_record(job, endpoint, parts);
                 self.save(&r)?;
                 r
             }
         };
-        let resumed_from: u64 = record
+        // The one chunk session every segment writes to.
+        let session = if chunks {
+            let u = record
+                .parts
+                .iter()
+                .find_map(|p| p.url.as_deref())
+                .ok_or_else(|| ClientError::new(ErrorKind::Local, "no chunk session recorded"))?;
+            Some(Url::parse(u).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?)
+        } else {
+            None
+        };
+        let mut resumed_from: u64 = record
             .parts
             .iter()
             .filter(|p| p.done)
             .map(|p| p.end - p.start)
             .sum();
+        // A resumed chunk session says itself what it has (also of unfinished segments).
+        if let Some(s) = &session
+            && resuming
+        {
+            let had = loop {
+                match crate::chunks::head(&self.http, s).await {
+                    Ok(h) => break h.received.iter().map(|(a, b)| b - a).sum::<u64>(),
+                    Err(e) => self.wait_or_give_up(retry, e).await?,
+                }
+            };
+            resumed_from = resumed_from.max(had.min(len));
+        }
         self.progress.start(&job.display, len, resumed_from);
         if resumed_from > 0 {
             self.progress.note(&format!(
@@ -295,6 +332,7 @@ impl Uploader {
                 workers.push(self.segment_worker(
                     job,
                     endpoint,
+                    session.as_ref(),
                     next_worker,
                     &target,
                     fixed.is_none(),
@@ -335,8 +373,21 @@ impl Uploader {
         }
         let _ = hashing.await;
 
-        // Every segment is done: join them. Absolute URLs, in order.
         let mut rec = segs.lock().record.clone();
+        if let Some(session) = session {
+            // Every segment's bytes are in the session, which is then complete.
+            if !rec.parts.iter().all(|p| p.done) {
+                return Err(ClientError::new(
+                    ErrorKind::Local,
+                    "segments incomplete after upload",
+                ));
+            }
+            rec.final_url = Some(session.to_string());
+            self.save(&rec)?;
+            self.progress.position(len);
+            return Ok((session, resumed_from));
+        }
+        // Every segment is done: join them. Absolute URLs, in order.
         let urls: Vec<&str> = rec.parts.iter().filter_map(|p| p.url.as_deref()).collect();
         let contiguous = rec.parts.first().is_some_and(|p| p.start == 0)
             && rec.parts.last().is_some_and(|p| p.end == len)
@@ -371,6 +422,7 @@ impl Uploader {
         &self,
         job: &Job,
         endpoint: &Url,
+        session: Option<&Url>,
         index: usize,
         target: &AtomicUsize,
         split: bool,
@@ -392,13 +444,31 @@ impl Uploader {
             let mut known = None;
             let mut url = part.url.as_deref().and_then(|u| Url::parse(u).ok());
             if let Some(u) = &url {
-                known = self.recheck(job.adapter, u, len, &mut retry).await?;
+                let at = Placement {
+                    base: part.start,
+                    len,
+                    total: job.len,
+                };
+                known = self.recheck(job.adapter, u, at, &mut retry).await?;
                 if known.is_none() {
+                    if session.is_some() {
+                        return Err(ClientError::new(
+                            ErrorKind::Refused,
+                            "the server dropped the chunk session (expired or deleted); run \
+                             again to start over",
+                        ));
+                    }
                     url = None;
                 }
             }
             let url = match url {
                 Some(u) => u,
+                // A segment of a chunk session: nothing to create.
+                None if let Some(s) = session => {
+                    let rec = segs.update(part.start, |p| p.url = Some(s.to_string()));
+                    self.save(&rec)?;
+                    s.clone()
+                }
                 None => {
                     let u = self
                         .create_upload(

@@ -1,7 +1,7 @@
 //! The upload driver: resolve the resume state, ask the server for the truth, send chunks,
 //! retry, verify. One place decides retries (`wait_or_give_up`).
 
-use crate::adapter::{Adapter, Protocol};
+use crate::adapter::{Adapter, Placement, Protocol};
 use crate::chunk::{ChunkBounds, ChunkSizeController, Outcome};
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::identity::FileIdentity;
@@ -120,7 +120,7 @@ fn want_digest_for(a: ChecksumAlgorithm) -> &'static str {
 /// Round trips at least this long make the automatic choice try several streams.
 pub const AUTO_PARALLEL_RTT: Duration = Duration::from_millis(5);
 
-/// Single stream or segments over concatenation (`None`: as many as measurement says).
+/// Single stream or segments (tus concatenation, or ranges of one chunk session) (`None`: as many as measurement says).
 enum Streams {
     Single,
     Segmented(Option<usize>),
@@ -222,11 +222,11 @@ pub(crate) fn build_client(
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
 }
 
-/// Uploads files over tus or the IETF draft, resuming from the state directory. Cheap to
+/// Uploads files over tus, the IETF draft or chunk sessions, resuming from the state directory. Cheap to
 /// clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Uploader {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// What each endpoint offers and its round trip, asked once per run (OPTIONS).
     caps: Arc<Mutex<std::collections::HashMap<String, (tus::ServerCaps, Duration)>>>,
     state: StateDir,
@@ -290,7 +290,7 @@ impl Uploader {
         crate::retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
-    /// Uploads `path` to the endpoint (tus or IETF draft, see [`UploadOptions::protocol`]),
+    /// Uploads `path` to the endpoint (tus, IETF draft or chunk session, see [`UploadOptions::protocol`]),
     /// resuming an earlier run of the same transfer.
     /// `relative` names the file inside an uploaded directory (sent as `relativePath`
     /// metadata, `/`-separated).
@@ -317,9 +317,6 @@ impl Uploader {
         relative: Option<&str>,
     ) -> Result<UploadOutcome, ClientError> {
         let started = Instant::now();
-        if self.opts.protocol == Protocol::Chunks {
-            return Err(crate::adapter::chunks_unsupported());
-        }
         let mut job = self.prepare(path, endpoint, relative).await?;
         let len = job.len;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
@@ -379,7 +376,11 @@ impl Uploader {
         // Without verification nobody needs the whole-file hash: don't spend a core on it.
         // A server that knows BLAKE3 is asked for a BLAKE3 Repr-Digest (ferry's is ready the
         // moment the upload completes); SHA-256 costs four times the CPU.
-        let digest_algorithm = if caps.algorithms.contains(&ChecksumAlgorithm::Blake3) {
+        // Chunk endpoints answer no OPTIONS; ferry's sessions carry BLAKE3 (and SHA-256 costs
+        // only a second read where a server has just that).
+        let digest_algorithm = if caps.algorithms.contains(&ChecksumAlgorithm::Blake3)
+            || job.adapter == Adapter::Chunks
+        {
             ChecksumAlgorithm::Blake3
         } else {
             ChecksumAlgorithm::Sha256
@@ -751,12 +752,12 @@ impl Uploader {
         &self,
         adapter: Adapter,
         url: &Url,
-        len: u64,
+        at: Placement,
         retry: &mut RetryState,
     ) -> Result<Option<tus::RemoteUpload>, ClientError> {
         loop {
-            match adapter.head(&self.http, url, None).await {
-                Ok(r) if r.length.is_none_or(|l| l == len) => return Ok(Some(r)),
+            match adapter.head_at(&self.http, url, at, None).await {
+                Ok(r) if r.length.is_none_or(|l| l == at.len) => return Ok(Some(r)),
                 Ok(_) | Err(AttemptError::Gone) => return Ok(None),
                 Err(e) => self.wait_or_give_up(retry, e).await?,
             }
@@ -780,7 +781,12 @@ impl Uploader {
             .and_then(|p| p.url.as_deref())
         {
             let u = Url::parse(u).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
-            match self.recheck(job.adapter, &u, len, retry).await? {
+            let whole = Placement {
+                base: 0,
+                len,
+                total: len,
+            };
+            match self.recheck(job.adapter, &u, whole, retry).await? {
                 Some(r) => resumed = Some((u, r)),
                 None => self
                     .progress
@@ -932,7 +938,7 @@ impl Uploader {
 
     /// Compares the file's digest with the server's: from the response that completed the
     /// upload when it carried one, else from a HEAD asking for it. A server that only knows
-    /// SHA-256 while the file was hashed with BLAKE3 costs a second read of the file.
+    /// the other of SHA-256 and BLAKE3 than the file was hashed with costs a second read of it.
     async fn verify(
         &self,
         adapter: Adapter,
@@ -945,11 +951,24 @@ impl Uploader {
         let digests = if early.get(ours.key()).is_some() {
             early
         } else {
+            // A chunk session computes its SHA-256 after the last chunk (in the background for
+            // large files) and ignores Want-Repr-Digest: wait a bounded while for it.
+            // (A server that never sends one costs at most a minute.)
+            let patience = match adapter {
+                Adapter::Chunks => Duration::from_secs((5 + source.len() / (8 << 20)).min(60)),
+                _ => Duration::ZERO,
+            };
+            let until = Instant::now() + patience;
+            let mut pause = Duration::from_millis(50);
             loop {
                 match adapter
                     .head(&self.http, url, Some(want_digest_for(ours.algorithm)))
                     .await
                 {
+                    Ok(r) if r.digests.0.is_empty() && Instant::now() < until => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
                     Ok(r) => break r.digests,
                     Err(e) => self.wait_or_give_up(retry, e).await?,
                 }
@@ -957,10 +976,16 @@ impl Uploader {
         };
         let (ours, theirs) = match digests.get(ours.key()) {
             Some(d) => (*ours, d.to_vec()),
-            None => match digests.get(ferry_proto::digest::SHA256_KEY) {
-                Some(d) => {
+            None => match [
+                (ferry_proto::digest::SHA256_KEY, ChecksumAlgorithm::Sha256),
+                (ferry_proto::digest::BLAKE3_KEY, ChecksumAlgorithm::Blake3),
+            ]
+            .into_iter()
+            .find_map(|(k, a)| Some((digests.get(k)?, a)))
+            {
+                Some((d, algorithm)) => {
                     let len = source.len();
-                    let s = Arc::new(Mutex::new(SequentialHash::new(ChecksumAlgorithm::Sha256)));
+                    let s = Arc::new(Mutex::new(SequentialHash::new(algorithm)));
                     let s2 = s.clone();
                     source
                         .scan(0, len, move |at, b| {
@@ -973,10 +998,7 @@ impl Uploader {
                         .ok_or_else(|| {
                             ClientError::new(ErrorKind::Local, "file hash incomplete")
                         })?;
-                    let sha = FileDigest {
-                        algorithm: ChecksumAlgorithm::Sha256,
-                        bytes,
-                    };
+                    let sha = FileDigest { algorithm, bytes };
                     (sha, d.to_vec())
                 }
                 None => {
@@ -1019,7 +1041,11 @@ impl Uploader {
             }
             let r = match known.take() {
                 Some(r) => r,
-                None => match shared.adapter.head(&self.http, target.url, None).await {
+                None => match shared
+                    .adapter
+                    .head_at(&self.http, target.url, target.placement(shared), None)
+                    .await
+                {
                     Ok(r) => r,
                     Err(AttemptError::Gone) => {
                         return Err(ClientError::new(
@@ -1108,6 +1134,7 @@ impl Uploader {
         let req = shared.adapter.append(
             &self.http,
             target.url,
+            target.placement(shared),
             offset,
             0,
             reqwest::Body::from(Vec::new()),
@@ -1178,7 +1205,7 @@ impl Uploader {
             let probe = size > controller.accepted();
             let sent = tokio::select! {
                 r = shared.adapter.append(
-                    &self.http, target.url, offset, size, body, last, request_checksum, probe, want,
+                    &self.http, target.url, target.placement(shared), offset, size, body, last, request_checksum, probe, want,
                 ) => r,
                 () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
                     "no progress for {}s (stalled connection)", stall.as_secs()
@@ -1210,6 +1237,17 @@ pub(crate) struct Target<'a> {
     pub(crate) url: &'a Url,
     pub(crate) base: u64,
     pub(crate) len: u64,
+}
+
+impl Target<'_> {
+    /// Where the target sits in the file.
+    pub(crate) fn placement(&self, shared: &Shared) -> Placement {
+        Placement {
+            base: self.base,
+            len: self.len,
+            total: shared.source.len(),
+        }
+    }
 }
 
 /// What every stream of one transfer shares.
