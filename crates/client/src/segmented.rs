@@ -298,6 +298,11 @@ impl Uploader {
             let shared = shared_for(Arc::new(|_| {}));
             let (source, seq) = (shared.source.clone(), shared.sequential.clone());
             tokio::spawn(async move {
+                // Without verification there is no hash to bring up to date (and its position
+                // never moves: looping on it would re-read the file forever).
+                if !seq.lock().unwrap_or_else(|p| p.into_inner()).enabled() {
+                    return Ok::<(), std::io::Error>(());
+                }
                 loop {
                     let pos = seq.lock().unwrap_or_else(|p| p.into_inner()).position();
                     if pos >= source.len() {

@@ -978,6 +978,26 @@ fn without_checksums_corruption_fails_verification_exit_5() {
     );
 }
 
+/// Parallel streams with verification off: the whole-file hash reader that runs beside the
+/// streams has nothing to do and must not hold the upload up (it once re-read the file forever).
+#[test]
+fn parallel_streams_without_verification_complete() {
+    let server = Server::start(&["--sync", "none"]);
+    let env = Env::new();
+    let (f, sha) = env.file("f", 40 * MIB, 31);
+    let done = env
+        .upload(
+            &[&f],
+            &server.files_url,
+            &["-j", "4", "--no-verify", "--checksum", "none", "--json"],
+        )
+        .wait(RUN_LIMIT)
+        .ok();
+    let o = &done.json()[0];
+    assert_eq!(o["verified"], false, "{o}");
+    assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+}
+
 // ----------------------------------------------------------------- Ctrl-C ----
 
 #[test]
