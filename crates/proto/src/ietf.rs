@@ -202,25 +202,25 @@ pub fn parse_size(name: &str, value: &str) -> Result<u64, ProtoError> {
 
 /// A structured-field item holding an integer (RFC 9651 §3.3.1: at most 15 digits).
 pub fn parse_integer(value: &str) -> Result<i64, String> {
-    let mut p = Parser::new(value);
-    p.skip_sp();
-    let v = match p.bare_item()? {
-        Bare::Integer(i) => i,
-        _ => return Err("must be an integer".into()),
-    };
-    p.parameters()?;
-    p.end()?;
-    Ok(v)
+    parse_item(value, |b| match b {
+        Bare::Integer(i) => Ok(i),
+        _ => Err("must be an integer".into()),
+    })
 }
 
 /// A structured-field item holding a boolean (`?0` or `?1`).
 pub fn parse_boolean(value: &str) -> Result<bool, String> {
+    parse_item(value, |b| match b {
+        Bare::Boolean(v) => Ok(v),
+        _ => Err("must be a boolean (?0 or ?1)".into()),
+    })
+}
+
+/// One structured-field item: its bare item (through `want`), parameters ignored, then the end.
+fn parse_item<T>(value: &str, want: impl FnOnce(Bare) -> Result<T, String>) -> Result<T, String> {
     let mut p = Parser::new(value);
     p.skip_sp();
-    let v = match p.bare_item()? {
-        Bare::Boolean(b) => b,
-        _ => return Err("must be a boolean (?0 or ?1)".into()),
-    };
+    let v = want(p.bare_item()?)?;
     p.parameters()?;
     p.end()?;
     Ok(v)
