@@ -928,7 +928,16 @@ impl Uploader {
             }
         };
         // A fresh connection plus one request: about two round trips.
-        let rtt = t0.elapsed() / 2;
+        let mut rtt = t0.elapsed() / 2;
+        if rtt >= AUTO_PARALLEL_RTT && caps.answered {
+            // One slow answer (a busy server, a loaded machine) must not pass for a long
+            // path: a second request on the now-open connection is one round trip; the
+            // smaller estimate wins.
+            let t1 = Instant::now();
+            if tus::options(&self.http, endpoint).await.is_ok() {
+                rtt = rtt.min(t1.elapsed());
+            }
+        }
         self.caps
             .lock()
             .unwrap_or_else(|p| p.into_inner())

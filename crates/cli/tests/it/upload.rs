@@ -1013,7 +1013,8 @@ fn ctrl_c_stops_quickly_and_a_rerun_resumes() {
     let env = Env::new();
     let (f, sha) = env.file("f", 16 * MIB, 16);
     let endpoint = proxy.url("/files/");
-    let mut run = env.upload(&[&f], &endpoint, &[]);
+    // One stream: the proxy paces each connection, and the interrupt must land mid-file.
+    let mut run = env.upload(&[&f], &endpoint, &["-j", "1"]);
     wait_committed(&env, 2 * MIB, &mut run);
     let sent = Instant::now();
     run.signal("INT");
