@@ -30,7 +30,7 @@ echo "crash harness: data and logs in $dir" >&2
 if [[ $long == 1 ]]; then
     set -- --server-kills 220 --client-kills 110 --uploaders 9 --downloaders 3 \
         --max-size $((6 << 20)) --max-chunk $((2 << 20)) --min-interval 0.2 --max-interval 1.2 \
-        --budget 3000 --upload-timeout 300
+        --budget 3000 --upload-timeout 300 --client-kill-within 0.5
 else
     set -- --server-kills 8 --client-kills 4 --budget 80
 fi

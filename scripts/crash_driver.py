@@ -51,6 +51,7 @@ class Harness:
         self.chunk_acks = {}  # chunk session id -> [(start, end)] acknowledged (end exclusive)
         self.prefix = {}  # upload id -> URL prefix when not /files/ (chunk sessions)
         self.violations = []
+        self.local = threading.local()  # which kind of uploader a thread is
         self.stats = dict(
             server_kills=0, sigkills=0, power_losses=0, client_kills=0,
             uploads_completed=0, bytes_uploaded=0, ranged_gets=0, acks=0,
@@ -418,7 +419,7 @@ class Harness:
                 if kill_it:
                     self.client_kill_budget -= 1
             if kill_it:
-                killer = threading.Timer(rng.uniform(0.05, 1.5), self.kill_client, (p,))
+                killer = threading.Timer(rng.uniform(0.05, self.a.client_kill_within), self.kill_client, (p,))
                 killer.start()
             out, err = p.communicate()
             if killer is not None:
@@ -463,6 +464,8 @@ class Harness:
                 self.inflight.pop(uid, None)
                 self.finished[uid] = data
                 self.stats["uploads_completed"] += 1
+                kind = f"completed_{getattr(self.local, 'kind', 'other')}"
+                self.stats[kind] = self.stats.get(kind, 0) + 1
                 self.stats["bytes_uploaded"] += len(data)
                 # Keep disk and memory bounded on long runs: the oldest finished uploads go.
                 old = list(self.finished)[:-KEEP_FINISHED]
@@ -482,6 +485,7 @@ class Harness:
     def uploader(self, idx):
         rng = random.Random(self.a.seed * 1000 + idx)
         kind = idx % 4
+        self.local.kind = ("tus", "ietf", "ferry_upload", "chunks")[kind]
         n = 0
         while not self.stop.is_set():
             try:
@@ -592,6 +596,8 @@ def main():
                    help="server kill kinds, used in turn: powerloss,sigkill")
     p.add_argument("--server-kills", type=int, default=8)
     p.add_argument("--client-kills", type=int, default=4)
+    p.add_argument("--client-kill-within", type=float, default=1.5,
+                   help="a client kill lands 0.05 s to this many seconds into a run")
     p.add_argument("--uploaders", type=int, default=8)
     p.add_argument("--downloaders", type=int, default=2)
     p.add_argument("--max-size", type=int, default=3 << 20)
