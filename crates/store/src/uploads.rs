@@ -468,7 +468,7 @@ impl Uploads {
             }
         };
         Ok(Append {
-            hasher: hasher.map(|h| Arc::new(Mutex::new(h))),
+            hasher,
             uploads: self,
             written: info.offset,
             info,
@@ -874,9 +874,10 @@ pub struct Append<'a> {
     written: u64,
     /// The first write failure, and whether it was "storage full".
     failed: Option<(String, bool)>,
-    /// Running digests of everything written in order (fed after each write, off the async
-    /// thread), if the chain from byte 0 is unbroken.
-    hasher: Option<Arc<Mutex<RunningDigest>>>,
+    /// Running digests of everything pushed in order, if the chain from byte 0 is unbroken.
+    /// Fed as bytes arrive, while they are still in the cache, so that the write of a buffer
+    /// is the only work between a full buffer and the next (one hand-off, not two).
+    hasher: Option<RunningDigest>,
 }
 
 impl std::fmt::Debug for Append<'_> {
@@ -912,6 +913,9 @@ impl Append<'_> {
             && self.received() + data.len() as u64 > length
         {
             return Err(StoreError::ExceedsLength { length });
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
         }
         while !data.is_empty() {
             let room = self.buf.capacity() - self.buf.len();
@@ -971,19 +975,7 @@ impl Append<'_> {
             None => take_buffer(capacity),
         };
         let full = std::mem::replace(&mut self.buf, next);
-        let write = self.writer.write(full);
-        self.inflight = Some(match self.hasher.clone() {
-            None => write,
-            Some(h) => Box::pin(async move {
-                let buf = write.await?;
-                tokio::task::spawn_blocking(move || {
-                    h.lock().unwrap_or_else(|p| p.into_inner()).update(&buf);
-                    buf
-                })
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
-            }),
-        });
+        self.inflight = Some(self.writer.write(full));
         Ok(())
     }
 
@@ -1025,9 +1017,7 @@ impl Append<'_> {
         let expiry = self.uploads.expiry;
         // The last byte: the digests go into the same commit as the offset.
         let digests = match &self.hasher {
-            Some(h) if self.info.length == Some(target) => {
-                Some(h.lock().unwrap_or_else(|p| p.into_inner()).clone().finish())
-            }
+            Some(h) if self.info.length == Some(target) => Some(h.clone().finish()),
             _ => None,
         };
         let committed = self
@@ -1057,7 +1047,7 @@ impl Append<'_> {
         self.uploads.keep_finals_alive(&self.info).await;
         if let Some(h) = self.hasher.as_ref().filter(|_| digests.is_none()) {
             // Snapshot: bytes hashed after this point are not committed yet.
-            let snapshot = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let snapshot = h.clone();
             self.uploads
                 .running
                 .lock()
