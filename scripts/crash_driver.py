@@ -213,28 +213,33 @@ class Harness:
             pass
 
     # ---------- uploaders ----------
+    def create(self, path, headers, what, deadline):
+        """POSTs until the server (restarting under the killer) answers 201; returns the new
+        upload's id, or None after recording a violation."""
+        while True:
+            if time.time() > deadline:
+                self.violation(f"{what} never succeeded")
+                return None
+            self.wait_up()
+            r = self.request("POST", path, headers, b"")
+            if r is not None and r[0] == 201:
+                return r[1]["location"].rstrip("/").rsplit("/", 1)[-1]
+            if r is not None and r[0] != 503:
+                self.violation(f"{what} answered {r[0]}: {r[2][:200]!r}")
+                return None
+            time.sleep(0.1)
+
     def raw_upload(self, rng, ietf):
         size = rng.randint(1, self.a.max_size)
         data = rng.randbytes(size)
         proto = IETF if ietf else TUS
-        uid = None
         deadline = time.time() + self.a.upload_timeout
-        while uid is None:
-            if time.time() > deadline:
-                self.violation("creation never succeeded")
-                return
-            self.wait_up()
-            h = dict(proto, **{"Upload-Length": str(size), "Content-Length": "0"})
-            if ietf:
-                h["Upload-Complete"] = "?0"
-            r = self.request("POST", "/files/", h, b"")
-            if r is None or r[0] != 201:
-                if r is not None and r[0] not in (503,):
-                    self.violation(f"creation answered {r[0]}: {r[2][:200]!r}")
-                    return
-                time.sleep(0.1)
-                continue
-            uid = r[1]["location"].rstrip("/").rsplit("/", 1)[-1]
+        h = dict(proto, **{"Upload-Length": str(size), "Content-Length": "0"})
+        if ietf:
+            h["Upload-Complete"] = "?0"
+        uid = self.create("/files/", h, "creation", deadline)
+        if uid is None:
+            return
         with self.lock:
             self.inflight[uid] = data
             if ietf:
@@ -332,21 +337,11 @@ class Harness:
         """A Content-Range chunk session: chunks of random sizes, in random order, some cut off."""
         size = rng.randint(1, self.a.max_size)
         data = rng.randbytes(size)
-        uid = None
         deadline = time.time() + self.a.upload_timeout
-        while uid is None:
-            if time.time() > deadline:
-                self.violation("chunk session creation never succeeded")
-                return
-            self.wait_up()
-            r = self.request("POST", "/chunks/", {"Upload-Length": str(size)}, b"")
-            if r is None or r[0] != 201:
-                if r is not None and r[0] != 503:
-                    self.violation(f"chunk session creation answered {r[0]}: {r[2][:200]!r}")
-                    return
-                time.sleep(0.1)
-                continue
-            uid = r[1]["location"].rstrip("/").rsplit("/", 1)[-1]
+        uid = self.create("/chunks/", {"Upload-Length": str(size)}, "chunk session creation",
+                          deadline)
+        if uid is None:
+            return
         with self.lock:
             self.inflight[uid] = data
             self.chunk_acks[uid] = []

@@ -318,8 +318,9 @@ fn chunks_kill_and_resume(streams: &[&str], parts_at_least: usize) {
     assert_eq!(sessions_created(&server), 1, "{}", server.log());
 }
 
-#[test]
-fn chunks_server_sigkilled_and_restarted_client_completes() {
+/// The server is SIGKILLed twice mid-upload and restarted on the same port; the one client
+/// run retries through both and completes verified.
+fn server_sigkilled_and_restarted_client_completes(protocol: &str, path: &str, seed: u64) {
     const LEN: u64 = 32 * MIB;
     let mut server = Server::start(&[]);
     let proxy = Proxy::start(
@@ -330,11 +331,11 @@ fn chunks_server_sigkilled_and_restarted_client_completes() {
         },
     );
     let env = Env::new();
-    let (f, sha) = env.file("f", LEN, 78);
+    let (f, sha) = env.file("f", LEN, seed);
     let mut run = env.upload(
         &[&f],
-        &proxy.url("/chunks/"),
-        &["--protocol", "chunks", "--json", "--chunk-size", "4M"],
+        &proxy.url(path),
+        &["--protocol", protocol, "--json", "--chunk-size", "4M"],
     );
     for k in 1..=2 {
         wait_forwarded(&proxy, k * 10 * MIB, &mut run);
@@ -342,10 +343,15 @@ fn chunks_server_sigkilled_and_restarted_client_completes() {
     }
     let done = run.wait(RUN_LIMIT).ok();
     let o = one(&done);
-    assert_eq!(o["protocol"], "chunks");
+    assert_eq!(o["protocol"], protocol);
     assert_eq!(o["verified"], true, "{done:#?}");
     assert!(done.stderr.contains("retrying"), "{}", done.stderr);
     assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+}
+
+#[test]
+fn chunks_server_sigkilled_and_restarted_client_completes() {
+    server_sigkilled_and_restarted_client_completes("chunks", "/chunks/", 78);
 }
 
 /// A front for a ferry server that answers OPTIONS itself with `options_headers` (and closes
@@ -528,32 +534,7 @@ fn ietf_client_sigkilled_midway_resumes() {
 
 #[test]
 fn ietf_server_sigkilled_and_restarted_client_completes() {
-    const LEN: u64 = 32 * MIB;
-    let mut server = Server::start(&[]);
-    let proxy = Proxy::start(
-        server.addr,
-        Faults {
-            rate: Some(16_000_000),
-            ..Faults::default()
-        },
-    );
-    let env = Env::new();
-    let (f, sha) = env.file("f", LEN, 79);
-    let mut run = env.upload(
-        &[&f],
-        &proxy.url("/files/"),
-        &["--protocol", "ietf", "--json", "--chunk-size", "4M"],
-    );
-    for k in 1..=2 {
-        wait_forwarded(&proxy, k * 10 * MIB, &mut run);
-        server.restart_same_port_after_kill();
-    }
-    let done = run.wait(RUN_LIMIT).ok();
-    let o = one(&done);
-    assert_eq!(o["protocol"], "ietf");
-    assert_eq!(o["verified"], true, "{done:#?}");
-    assert!(done.stderr.contains("retrying"), "{}", done.stderr);
-    assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+    server_sigkilled_and_restarted_client_completes("ietf", "/files/", 79);
 }
 
 #[test]
