@@ -19,6 +19,7 @@ FERRY = ROOT / "target" / "release" / "ferry"
 PY = INTEROP / ".venv" / "bin" / "python"
 RUSTUS = INTEROP / ".rustus" / "bin" / "rustus"
 IDLE = float(os.environ.get("FERRY_BENCH_IDLE", "3"))
+WARM_MIB = int(os.environ.get("FERRY_BENCH_WARM_MIB", "1536"))
 
 
 def free_port():
@@ -86,9 +87,37 @@ def summarize(samples):
 
 
 def idle():
-    # This VM hands freed memory back to the host after ~2 s; every timed run starts equally
-    # "cold" after the same idle time (see ../shared/notes/benchmarking.md).
+    """Before each timed run: IDLE seconds of quiet, then recently freed page cache."""
     time.sleep(IDLE)
+    warm_page_cache()
+
+
+def warm_page_cache():
+    """Writes and deletes a scratch file of WARM_MIB MiB.
+
+    On this VM, memory that has not held data for a while is handed back to the host, and a
+    run that writes into it (every server here writes its upload into the page cache) pays a
+    host fault per page: against one long-lived `ferry serve`, a 1 GiB upload went at 776-888
+    MB/s when the upload before it had just been deleted and at 269-484 MB/s otherwise; the
+    scratch file brought the latter case back to 798-833. Which case a contender got depended
+    on what the contender before it freed. With the scratch file every run starts with the same
+    recently freed memory, as on a machine that does not hand memory back."""
+    if WARM_MIB <= 0:
+        return
+    fd, path = tempfile.mkstemp(prefix="ferry-bench-warm-")
+    try:
+        block = bytes(1 << 20)
+        for _ in range(WARM_MIB):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def conditions():
+    """How each timed run was prepared, for the report line."""
+    warm = f" and a {WARM_MIB} MiB scratch file written and deleted" if WARM_MIB > 0 else ""
+    return f"{IDLE:g} s idle{warm} before each"
 
 
 def machine():
@@ -119,10 +148,16 @@ def write_section(doc, marker, text, title="Benchmarks"):
 
 def alternate(contenders, runs, score, unit):
     """Runs every contender `runs` times, alternating, idle before each; `score` turns a run's
-    result (seconds) into the figure recorded. Returns name -> list of figures."""
+    result (seconds) into the figure recorded. Returns name -> list of figures.
+
+    Each round starts one contender further along (round r runs contenders r, r+1, ...): what
+    a run leaves behind (dirty pages, freed memory the VM is about to hand back, files being
+    discarded) then falls on a different contender each round instead of always on the same
+    successor."""
     results = {name: [] for name, _ in contenders}
     for r in range(runs):
-        for name, run in contenders:
+        k = r % len(contenders)
+        for name, run in contenders[k:] + contenders[:k]:
             idle()
             v = score(run())
             results[name].append(v)

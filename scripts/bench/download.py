@@ -6,7 +6,8 @@ ranged streams of the file.
     scripts/bench-download.sh          # what to run (installs, builds, then calls this)
 
 Environment: FERRY_BENCH_RUNS (default 5), FERRY_BENCH_SIZE (bytes, default 1 GiB),
-FERRY_BENCH_IDLE (seconds before each run, default 3), FERRY_BENCH_ONLY (comma-separated
+FERRY_BENCH_IDLE (seconds before each run, default 3), FERRY_BENCH_WARM_MIB (MiB of
+scratch file written and deleted before each run, default 1536; 0 for none), FERRY_BENCH_ONLY (comma-separated
 substrings: run only the contenders whose name contains one; the docs are then left alone).
 Benchmarks, not tests: nothing here asserts a speed."""
 
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FERRY, ROOT, Proc, free_port, idle, machine, make_file,  # noqa: E402
+from common import (FERRY, ROOT, Proc, conditions, free_port, idle, machine, make_file,  # noqa: E402
                     summarize, timed, vm_hwm_kib, write_section)
 
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
@@ -194,7 +195,7 @@ def main():
         med = {n: summarize(v) for n, v in results.items()}
         lines = [
             f"Download, {SIZE / (1 << 30):.2f} GiB random file, loopback, medians of {RUNS} "
-            f"alternating runs, {os.environ.get('FERRY_BENCH_IDLE', '3')} s idle before each; "
+            f"alternating runs, {conditions()}; "
             f"{machine()}; {time.strftime('%Y-%m-%d')}.",
             "",
             "| contender ← server | median MB/s | min–max | × curl (same server) "

@@ -6,7 +6,8 @@ against the same server, once with `--sync always` (the default) and once with `
     scripts/bench-small-files.sh       # what to run (installs, builds, then calls this)
 
 Environment: FERRY_BENCH_RUNS (default 5), FERRY_BENCH_FILES (default 1000),
-FERRY_BENCH_IDLE (seconds before each run, default 3)."""
+FERRY_BENCH_IDLE (seconds before each run, default 3), FERRY_BENCH_WARM_MIB (MiB of
+scratch file written and deleted before each run, default 1536; 0 for none)."""
 
 import json
 import os
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FERRY, INTEROP, Proc, alternate, free_port, machine, publish,  # noqa: E402
+from common import (FERRY, INTEROP, Proc, alternate, conditions, free_port, machine, publish,  # noqa: E402
                     summarize, timed)
 
 RUNS = int(os.environ.get("FERRY_BENCH_RUNS", "5"))
@@ -75,7 +76,7 @@ def main():
         med = {n: summarize(v) for n, v in results.items()}
         lines = [
             f"{FILES} files of 4 KiB in 10 directories, loopback, medians of {RUNS} alternating "
-            f"runs, {os.environ.get('FERRY_BENCH_IDLE', '3')} s idle before each; {machine()}; "
+            f"runs, {conditions()}; {machine()}; "
             f"{time.strftime('%Y-%m-%d')}.",
             "",
             "| contender | median files/s | min–max | × tus-js-client (same server) |",

@@ -4,7 +4,8 @@ loopback, alternating, medians of N runs with min-max.
     scripts/bench-upload.sh            # what to run (installs, builds, then calls this)
 
 Environment: FERRY_BENCH_RUNS (default 5), FERRY_BENCH_SIZE (bytes, default 1 GiB),
-FERRY_BENCH_IDLE (seconds before each run, default 3), FERRY_BENCH_ONLY (substrings of contender
+FERRY_BENCH_IDLE (seconds before each run, default 3), FERRY_BENCH_WARM_MIB (MiB of
+scratch file written and deleted before each run, default 1536; 0 for none), FERRY_BENCH_ONLY (substrings of contender
 names, comma-separated: run only those, for quick comparisons; docs/benchmarks.md is then left
 alone)."""
 
@@ -19,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (FERRY, INTEROP, PY, Proc, alternate, free_port, machine,  # noqa: E402
+from common import (FERRY, INTEROP, PY, Proc, alternate, conditions, free_port, machine,  # noqa: E402
                     make_file, publish, start_ferry, start_rustus, start_tus_node, summarize,
                     timed)
 
@@ -156,7 +157,7 @@ http {{
         base_curl = med["curl -T → nginx WebDAV PUT (ceiling)"][0]
         lines = [
             f"Upload, {SIZE / (1 << 30):.2f} GiB random file, loopback, medians of {RUNS} "
-            f"alternating runs, {os.environ.get('FERRY_BENCH_IDLE', '3')} s idle before each; "
+            f"alternating runs, {conditions()}; "
             f"{machine()}; {time.strftime('%Y-%m-%d')}.",
             "",
             "| contender | median MB/s | min–max | × tus-js-client→@tus/server | × curl→nginx |",
