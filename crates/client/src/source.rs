@@ -284,6 +284,7 @@ pub struct FileBody {
     checksum: Option<Hasher>,
     pending: Option<Pending>,
     /// Whether to try page-cache reads without blocking (turned off where unsupported).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     nowait: bool,
     hooks: StreamHooks,
     /// Offset of the end of the last block handed to the network.
@@ -299,6 +300,7 @@ enum Pending {
 }
 
 /// Bytes ahead of a cache miss that the blocking read asks the kernel to fetch.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const READ_AHEAD: u64 = 8 << 20;
 
 impl std::fmt::Debug for FileBody {
