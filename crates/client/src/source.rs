@@ -267,6 +267,7 @@ impl FileSource {
             checksum: trailer.map(Hasher::new),
             pending: None,
             nowait: cfg!(target_os = "linux"),
+            advised: 0,
             hooks,
             pos: start,
         }
@@ -286,6 +287,8 @@ pub struct FileBody {
     /// Whether to try page-cache reads without blocking (turned off where unsupported).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     nowait: bool,
+    /// End of the range the kernel was last asked to read ahead.
+    advised: u64,
     hooks: StreamHooks,
     /// Offset of the end of the last block handed to the network.
     pos: u64,
@@ -340,18 +343,30 @@ impl FileBody {
         Ok(None)
     }
 
-    /// Reads at `at` on a blocking thread, first asking the kernel to read ahead.
-    fn read_blocking(&self, mut buf: Vec<u8>) -> Pending {
+    /// Reads at `at` on a blocking thread. Past the half of what was last asked for, it first
+    /// asks the kernel to read ahead (once per half window, not per block).
+    fn read_blocking(&mut self, mut buf: Vec<u8>) -> Pending {
         let (file, at) = (self.file.clone(), self.at);
+        let advise = at >= self.advised.saturating_sub(READ_AHEAD / 2);
+        if advise {
+            self.advised = at + READ_AHEAD;
+        }
         Pending::Read(tokio::task::spawn_blocking(move || {
             #[cfg(target_os = "linux")]
-            let _ = rustix::fs::fadvise(
-                &*file,
-                at,
-                std::num::NonZeroU64::new(READ_AHEAD),
-                rustix::fs::Advice::WillNeed,
-            );
-            let r = file.read_at(&mut buf, at);
+            if advise {
+                let _ = rustix::fs::fadvise(
+                    &*file,
+                    at,
+                    std::num::NonZeroU64::new(READ_AHEAD),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+            let r = loop {
+                match file.read_at(&mut buf, at) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
             (buf, r)
         }))
     }
@@ -453,14 +468,15 @@ impl http_body::Body for FileBody {
         }
         let n = ((this.end - this.at) as usize).min(BLOCK);
         let mut buf = this.pool.take();
-        // Only grows (and zero-fills) the first time a pooled buffer is used.
+        // Zero-fills only what a pooled buffer lacks (all of it the first time).
         buf.resize(n, 0);
         match this.read_cached(&mut buf) {
-            Ok(Some(got)) => match this.filled(buf, got) {
+            Ok(Some(got)) if got > 0 => match this.filled(buf, got) {
                 Ok(block) => this.send(block, cx),
                 Err(e) => Poll::Ready(Some(Err(e))),
             },
-            Ok(None) => {
+            // Not cached (or nothing read: only the blocking read says the file shrank).
+            Ok(_) => {
                 this.pending = Some(this.read_blocking(buf));
                 // Polls the read once so its completion wakes this task.
                 Pin::new(this).poll_frame(cx)
@@ -590,7 +606,6 @@ mod tests {
         assert_eq!(c.algorithm, ChecksumAlgorithm::Blake3);
         assert_eq!(c.digest, b3, "trailer checksum of the whole range");
         assert_eq!(last.load(Ordering::Relaxed), data.len() as u64);
-        // (The reader task may still hold its clone for a moment.)
         let seq = std::mem::take(&mut *seq.lock().unwrap());
         let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
             .try_into()
