@@ -540,6 +540,25 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    /// Hooks feeding `sequential`, without progress or rate limit.
+    fn quiet_hooks(sequential: Arc<Mutex<SequentialHash>>) -> StreamHooks {
+        StreamHooks {
+            sequential,
+            activity: Arc::default(),
+            on_position: Arc::new(|_| {}),
+            limiter: None,
+        }
+    }
+
+    /// Asserts that `seq` hashed exactly `data` (SHA-256, the default).
+    fn assert_hashed(seq: &Mutex<SequentialHash>, data: &[u8]) {
+        let seq = std::mem::take(&mut *seq.lock().unwrap());
+        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, data)
+            .try_into()
+            .unwrap();
+        assert_eq!(seq.finish(data.len() as u64), Some(want));
+    }
+
     #[test]
     fn sequential_hash_counts_each_byte_once_in_order() {
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
@@ -606,11 +625,7 @@ mod tests {
         assert_eq!(c.algorithm, ChecksumAlgorithm::Blake3);
         assert_eq!(c.digest, b3, "trailer checksum of the whole range");
         assert_eq!(last.load(Ordering::Relaxed), data.len() as u64);
-        let seq = std::mem::take(&mut *seq.lock().unwrap());
-        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
-            .try_into()
-            .unwrap();
-        assert_eq!(seq.finish(data.len() as u64), Some(want));
+        assert_hashed(&seq, &data);
     }
 
     /// A file that is not in the page cache goes through the blocking read (and the kernel's
@@ -641,24 +656,14 @@ mod tests {
         );
         let src = FileSource::new(file, data.len() as u64);
         let seq = Arc::new(Mutex::new(SequentialHash::default()));
-        let hooks = StreamHooks {
-            sequential: seq.clone(),
-            activity: Arc::default(),
-            on_position: Arc::new(|_| {}),
-            limiter: None,
-        };
         let mut out = Vec::new();
-        let mut s = src.body(0, data.len() as u64, hooks, None);
+        let mut s = src.body(0, data.len() as u64, quiet_hooks(seq.clone()), None);
         while let Some(f) = s.frame().await {
             out.extend_from_slice(&f.unwrap().into_data().unwrap());
         }
         assert_eq!(out.len(), data.len());
         assert!(out == data, "streamed bytes differ from the file");
-        let seq = std::mem::take(&mut *seq.lock().unwrap());
-        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
-            .try_into()
-            .unwrap();
-        assert_eq!(seq.finish(data.len() as u64), Some(want));
+        assert_hashed(&seq, &data);
     }
 
     /// A file cut short while it is being sent is an error, not a short body.
@@ -674,13 +679,7 @@ mod tests {
             .unwrap()
             .set_len(300_000)
             .unwrap();
-        let hooks = StreamHooks {
-            sequential: Arc::default(),
-            activity: Arc::default(),
-            on_position: Arc::new(|_| {}),
-            limiter: None,
-        };
-        let mut s = src.body(0, 1_000_000, hooks, None);
+        let mut s = src.body(0, 1_000_000, quiet_hooks(Arc::default()), None);
         let mut got = 0;
         let err = loop {
             match s.frame().await {
