@@ -91,7 +91,7 @@ def main():
             "",
             "ferry: the whole command (start to exit), default options: up to 32 files at once, "
             "each sent in its creation request (creation-with-upload) with a CRC-32 checksum, "
-            "verified against the BLAKE3 Repr-Digest of that response. tus-js-client: POST then "
+            "verified against the CRC-64/NVME Repr-Digest of that response. tus-js-client: POST then "
             "PATCH per file, timed by the driver around the uploads only (Node start-up "
             "excluded).",
         ]

@@ -128,6 +128,8 @@ http {{
              ferry_upload("ferry-none")),
             ("ferry upload --checksum none --no-verify → ferry serve --sync none",
              ferry_upload("ferry-none", "--checksum", "none", "--no-verify")),
+            ("ferry upload --digest blake3 → ferry serve --sync none",
+             ferry_upload("ferry-none", "--digest", "blake3")),
             ("tus-js-client → ferry serve --sync none", node_upload("ferry-none")),
             ("tus-js-client → @tus/server", node_upload("tus-node")),
             ("tuspy (8 MiB) → @tus/server", tuspy_upload("tus-node")),
@@ -170,9 +172,11 @@ http {{
             "",
             "ferry upload's default run computes a CRC-32 checksum per request (sent as an "
             "Upload-Checksum trailer and verified by the server before it commits), hashes the "
-            "whole file with BLAKE3 while sending and compares it with the server's Repr-Digest "
-            "(carried by the response that completes the upload): all of that is inside the "
-            "timed run. The `--checksum none --no-verify` row leaves both out. "
+            "whole file with CRC-64/NVME while sending and compares it with the server's "
+            "Repr-Digest (the server keeps the same CRC running; the response that completes the "
+            "upload carries it): all of that is inside the timed run. The `--digest blake3` row "
+            "compares a BLAKE3 digest instead, which ferry serve computes on request by reading "
+            "the upload back. The `--checksum none --no-verify` row leaves both out. "
             "Timed: the client command's wall time, from start to exit.",
         ]
         publish("upload", "Uploads", "scripts/bench-upload.sh", "\n".join(lines))

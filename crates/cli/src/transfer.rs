@@ -39,8 +39,24 @@ pub enum ChecksumArg {
     Md5,
     /// CRC-32 (IEEE).
     Crc32,
+    /// CRC-64/NVME.
+    Crc64nvme,
     /// BLAKE3.
     Blake3,
+}
+
+/// Whole-file digest compared with the server's at the end (`--digest`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DigestArg {
+    /// CRC-64/NVME with ferry servers (catches any accident, at a tenth of BLAKE3's CPU),
+    /// SHA-256 with others.
+    Auto,
+    /// CRC-64/NVME.
+    Crc64nvme,
+    /// BLAKE3 (cryptographic; ferry servers compute it on request).
+    Blake3,
+    /// SHA-256 (cryptographic; what every RFC 9530 server knows).
+    Sha256,
 }
 
 /// Upload protocol (`--protocol`).
@@ -141,9 +157,12 @@ pub struct UploadArgs {
     /// only for sha256 or sha512).
     #[arg(long, value_enum, default_value = "auto")]
     checksum: ChecksumArg,
-    /// Skip comparing the server's Repr-Digest with the file's SHA-256.
+    /// Skip comparing the server's Repr-Digest with the file's digest.
     #[arg(long)]
     no_verify: bool,
+    /// Whole-file digest to compare with the server's Repr-Digest at the end.
+    #[arg(long, value_enum, default_value = "auto")]
+    digest: DigestArg,
     #[command(flatten)]
     net: NetworkArgs,
     /// Extra metadata, KEY=VALUE (repeatable).
@@ -306,6 +325,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         ChecksumArg::Sha512 => ChecksumChoice::Use(ChecksumAlgorithm::Sha512),
         ChecksumArg::Md5 => ChecksumChoice::Use(ChecksumAlgorithm::Md5),
         ChecksumArg::Crc32 => ChecksumChoice::Use(ChecksumAlgorithm::Crc32),
+        ChecksumArg::Crc64nvme => ChecksumChoice::Use(ChecksumAlgorithm::Crc64Nvme),
         ChecksumArg::Blake3 => ChecksumChoice::Use(ChecksumAlgorithm::Blake3),
     };
     let protocol = match args.protocol {
@@ -326,6 +346,12 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         stall_timeout: net.stall_timeout,
         limiter: net.limiter.clone(),
         verify: !args.no_verify,
+        digest: match args.digest {
+            DigestArg::Auto => None,
+            DigestArg::Crc64nvme => Some(ChecksumAlgorithm::Crc64Nvme),
+            DigestArg::Blake3 => Some(ChecksumAlgorithm::Blake3),
+            DigestArg::Sha256 => Some(ChecksumAlgorithm::Sha256),
+        },
         // A file finished while others are not keeps its record until the whole run is done,
         // so that the same command run again after an interruption skips it.
         keep_completed: true,
@@ -391,7 +417,8 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                             "resumed_from": done.resumed_from,
                             "protocol": done.protocol.name(),
                         });
-                        // "blake3" against ferry servers, "sha256" against others.
+                        // "crc64nvme" against ferry servers, "sha256" against others (or the
+                        // --digest asked for).
                         if let Some(d) = &done.digest {
                             v[d.algorithm.name()] = d.hex().into();
                         }

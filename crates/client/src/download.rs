@@ -87,6 +87,9 @@ pub struct DownloadRecord {
     /// BLAKE3 (hex) the result must have, if that is the digest the server sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// CRC-64/NVME (hex) the result must have, if that is the digest the server sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
     /// Byte ranges `[start, end)` on disk and synced.
     pub done: Vec<(u64, u64)>,
     /// Creation time, ms since the epoch.
@@ -154,17 +157,20 @@ struct Probe {
     ranges: bool,
     etag: Option<ETag>,
     last_modified: Option<String>,
-    /// From `Repr-Digest`: BLAKE3 when offered (cheaper to check), else SHA-256.
+    /// From `Repr-Digest`: the cheapest to check of CRC-64/NVME, BLAKE3 and SHA-256.
     digest: Option<(ChecksumAlgorithm, Vec<u8>)>,
     filename: Option<String>,
 }
 
-/// The digest a download must have, as the record's (sha256, blake3) hex fields.
-fn digest_fields(d: Option<&(ChecksumAlgorithm, Vec<u8>)>) -> (Option<String>, Option<String>) {
+/// The digest a download must have, as the record's (sha256, blake3, crc64nvme) hex fields.
+type DigestFields = (Option<String>, Option<String>, Option<String>);
+
+fn digest_fields(d: Option<&(ChecksumAlgorithm, Vec<u8>)>) -> DigestFields {
     match d {
-        Some((ChecksumAlgorithm::Blake3, b)) => (None, Some(hex(b))),
-        Some((_, b)) => (Some(hex(b)), None),
-        None => (None, None),
+        Some((ChecksumAlgorithm::Crc64Nvme, b)) => (None, None, Some(hex(b))),
+        Some((ChecksumAlgorithm::Blake3, b)) => (None, Some(hex(b)), None),
+        Some((_, b)) => (Some(hex(b)), None, None),
+        None => (None, None, None),
     }
 }
 
@@ -425,11 +431,12 @@ impl Downloader {
                     .find(|(k, _)| k == key)
                     .map(|(_, d)| d.clone())
             };
-            let digest = find(ferry_proto::digest::BLAKE3_KEY)
-                .filter(|d| d.len() == 32)
-                .map(|d| (ChecksumAlgorithm::Blake3, d))
-                .or_else(|| {
-                    find(ferry_proto::digest::SHA256_KEY).map(|d| (ChecksumAlgorithm::Sha256, d))
+            let digest = ferry_proto::digest::WHOLE_DIGESTS
+                .into_iter()
+                .find_map(|(k, a)| {
+                    find(k)
+                        .filter(|d| d.len() == a.digest_len())
+                        .map(|d| (a, d))
                 });
             let filename = text(CONTENT_DISPOSITION).and_then(filename_from_disposition);
             let (size, ranges) = if status == StatusCode::PARTIAL_CONTENT {
@@ -549,8 +556,13 @@ impl Downloader {
                 let same_date = rec.etag.is_none()
                     && rec.last_modified.is_some()
                     && rec.last_modified == probe.last_modified;
-                let recorded = (rec.sha256.clone(), rec.blake3.clone());
-                let has_digest = rec.sha256.is_some() || rec.blake3.is_some();
+                let recorded = (
+                    rec.sha256.clone(),
+                    rec.blake3.clone(),
+                    rec.crc64nvme.clone(),
+                );
+                let has_digest =
+                    rec.sha256.is_some() || rec.blake3.is_some() || rec.crc64nvme.is_some();
                 let digest_known = has_digest && recorded == expected_fields;
                 if rec.size != size {
                     self.progress.note(&format!(
@@ -620,6 +632,7 @@ impl Downloader {
             last_modified: probe.last_modified.clone(),
             sha256: expected_fields.0.clone(),
             blake3: expected_fields.1.clone(),
+            crc64nvme: expected_fields.2.clone(),
             done: done.clone(),
             created_ms: now_ms(),
         };

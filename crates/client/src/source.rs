@@ -36,7 +36,7 @@ impl Default for SequentialHash {
 }
 
 impl SequentialHash {
-    /// A hash with `algorithm` (BLAKE3 for ferry servers, SHA-256 for the rest).
+    /// A hash with `algorithm` (CRC-64/NVME for ferry servers, SHA-256 for the rest).
     pub fn new(algorithm: ChecksumAlgorithm) -> Self {
         Self {
             pos: 0,
@@ -80,9 +80,9 @@ impl SequentialHash {
     }
 
     /// The digest, if enabled and the whole `len` bytes were hashed.
-    pub fn finish(self, len: u64) -> Option<[u8; 32]> {
+    pub fn finish(self, len: u64) -> Option<Vec<u8>> {
         let h = self.hasher?;
-        (self.pos == len).then(|| h.finalize().try_into().expect("32 bytes"))
+        (self.pos == len).then(|| h.finalize())
     }
 }
 
@@ -553,9 +553,7 @@ mod tests {
     /// Asserts that `seq` hashed exactly `data` (SHA-256, the default).
     fn assert_hashed(seq: &Mutex<SequentialHash>, data: &[u8]) {
         let seq = std::mem::take(&mut *seq.lock().unwrap());
-        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, data)
-            .try_into()
-            .unwrap();
+        let want = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, data);
         assert_eq!(seq.finish(data.len() as u64), Some(want));
     }
 
@@ -568,9 +566,7 @@ mod tests {
         s.feed(700, &data[700..]); // gap: ignored
         s.feed(500, &data[500..700]);
         s.feed(700, &data[700..]);
-        let want: [u8; 32] = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data)
-            .try_into()
-            .unwrap();
+        let want = ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, &data);
         assert_eq!(s.finish(1000), Some(want));
     }
 

@@ -71,10 +71,13 @@ pub struct Completed {
     /// SHA-256 of the file, hex (when the run hashed with SHA-256).
     #[serde(default)]
     pub sha256: Option<String>,
-    /// BLAKE3 of the file, hex (when the run hashed with BLAKE3; neither when verification
-    /// was off).
+    /// BLAKE3 of the file, hex (when the run hashed with BLAKE3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// CRC-64/NVME of the file, hex (when the run hashed with it; none of the three when
+    /// verification was off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
 }
 
 impl Completed {
@@ -84,8 +87,10 @@ impl Completed {
             url,
             sha256: None,
             blake3: None,
+            crc64nvme: None,
         };
         match digest {
+            Some((ferry_proto::digest::CRC64NVME_KEY, h)) => c.crc64nvme = Some(h),
             Some((ferry_proto::digest::BLAKE3_KEY, h)) => c.blake3 = Some(h),
             Some((_, h)) => c.sha256 = Some(h),
             None => {}
@@ -95,10 +100,12 @@ impl Completed {
 
     /// The recorded digest as (RFC 9530 key, hex).
     pub fn digest(&self) -> Option<(&'static str, &str)> {
-        match (&self.blake3, &self.sha256) {
-            (Some(b), _) => Some((ferry_proto::digest::BLAKE3_KEY, b)),
-            (None, Some(s)) => Some((ferry_proto::digest::SHA256_KEY, s)),
-            (None, None) => None,
+        use ferry_proto::digest::{BLAKE3_KEY, CRC64NVME_KEY, SHA256_KEY};
+        match (&self.crc64nvme, &self.blake3, &self.sha256) {
+            (Some(c), _, _) => Some((CRC64NVME_KEY, c)),
+            (None, Some(b), _) => Some((BLAKE3_KEY, b)),
+            (None, None, Some(s)) => Some((SHA256_KEY, s)),
+            (None, None, None) => None,
         }
     }
 }
@@ -396,7 +403,8 @@ mod tests {
         rec.completed = Some(Box::new(Completed {
             url: "http://127.0.0.1:1/files/a".into(),
             sha256: None,
-            blake3: Some("ab".repeat(32)),
+            blake3: None,
+            crc64nvme: Some("ab".repeat(8)),
         }));
         s.save_hint(&Transfer::Upload(rec.clone())).unwrap();
         s.save(&record("other")).unwrap();

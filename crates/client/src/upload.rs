@@ -47,8 +47,12 @@ pub struct UploadOptions {
     pub stall_timeout: Duration,
     /// Shared bandwidth cap.
     pub limiter: Option<Arc<RateLimiter>>,
-    /// Compare the server's `Repr-Digest` with the file's SHA-256 at the end.
+    /// Compare the server's `Repr-Digest` with the file's digest at the end.
     pub verify: bool,
+    /// The whole-file digest to compare (`None`: CRC-64/NVME with ferry servers, SHA-256 with
+    /// others). CRC-64/NVME catches any accident; ask for BLAKE3 or SHA-256 where a
+    /// cryptographic digest is wanted.
+    pub digest: Option<ChecksumAlgorithm>,
     /// How many streams.
     pub parallel: Parallel,
     /// Most streams the automatic choice may use.
@@ -81,16 +85,16 @@ pub const MIN_PARALLEL_SIZE: u64 = 32 << 20;
 pub const SMALL_FILE_MAX: u64 = 2 << 20;
 
 /// A whole-file digest computed by the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDigest {
-    /// BLAKE3 (against ferry servers) or SHA-256.
+    /// CRC-64/NVME (against ferry servers), BLAKE3 (against older ferry servers) or SHA-256.
     pub algorithm: ChecksumAlgorithm,
     /// The digest.
-    pub bytes: [u8; 32],
+    pub bytes: Vec<u8>,
 }
 
 impl FileDigest {
-    /// The RFC 9530 key (`sha-256`, `blake3`).
+    /// The RFC 9530 key (`crc64nvme`, `blake3`, `sha-256`).
     pub fn key(&self) -> &'static str {
         digest_key(self.algorithm)
     }
@@ -102,16 +106,14 @@ impl FileDigest {
 }
 
 fn digest_key(a: ChecksumAlgorithm) -> &'static str {
-    match a {
-        ChecksumAlgorithm::Blake3 => ferry_proto::digest::BLAKE3_KEY,
-        _ => ferry_proto::digest::SHA256_KEY,
-    }
+    ferry_proto::digest::key_of(a).unwrap_or(ferry_proto::digest::SHA256_KEY)
 }
 
-/// `Want-Repr-Digest` for a transfer hashing with `a`: that algorithm first, SHA-256 (which
-/// every RFC 9530 server knows) as the fallback.
+/// `Want-Repr-Digest` for a transfer hashing with `a`: that algorithm first, then what an older
+/// ferry server has, then SHA-256 (which every RFC 9530 server knows).
 fn want_digest_for(a: ChecksumAlgorithm) -> &'static str {
     match a {
+        ChecksumAlgorithm::Crc64Nvme => "crc64nvme=10, blake3=5, sha-256=3",
         ChecksumAlgorithm::Blake3 => "blake3=10, sha-256=3",
         _ => "sha-256=10",
     }
@@ -149,6 +151,7 @@ impl Default for UploadOptions {
             stall_timeout: Duration::from_secs(30),
             limiter: None,
             verify: true,
+            digest: None,
             parallel: Parallel::Auto,
             max_parallel: 32,
             keep_completed: false,
@@ -160,7 +163,7 @@ impl Default for UploadOptions {
 /// Whether the result was checked against the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// The server's SHA-256 of the upload equals the file's.
+    /// The server's digest of the upload equals the file's.
     Verified,
     /// Not checked, and why.
     NotVerified(String),
@@ -374,16 +377,23 @@ impl Uploader {
             (None, Parallel::Auto) => Streams::Single,
         };
         // Without verification nobody needs the whole-file hash: don't spend a core on it.
-        // A server that knows BLAKE3 is asked for a BLAKE3 Repr-Digest (ferry's is ready the
-        // moment the upload completes); SHA-256 costs four times the CPU.
-        // Chunk endpoints answer no OPTIONS; ferry's sessions carry BLAKE3 (and SHA-256 costs
-        // only a second read where a server has just that).
-        let digest_algorithm = if caps.algorithms.contains(&ChecksumAlgorithm::Blake3)
-            || job.adapter == Adapter::Chunks
-        {
-            ChecksumAlgorithm::Blake3
-        } else {
-            ChecksumAlgorithm::Sha256
+        // A server that knows CRC-64/NVME (ferry's) is asked for that Repr-Digest: it is ready
+        // the moment the upload completes, and costs both ends a tenth of BLAKE3's CPU, which
+        // on a fast link is the difference between keeping up with the network or not. Older
+        // ferry servers have BLAKE3; others SHA-256.
+        // Chunk endpoints answer no OPTIONS; ferry's sessions carry CRC-64/NVME (a server with
+        // something else costs a second read to hash with that).
+        let digest_algorithm = match self.opts.digest {
+            Some(a) => a,
+            None if caps.algorithms.contains(&ChecksumAlgorithm::Crc64Nvme)
+                || job.adapter == Adapter::Chunks =>
+            {
+                ChecksumAlgorithm::Crc64Nvme
+            }
+            None if caps.algorithms.contains(&ChecksumAlgorithm::Blake3) => {
+                ChecksumAlgorithm::Blake3
+            }
+            None => ChecksumAlgorithm::Sha256,
         };
         let sequential = Arc::new(Mutex::new(if self.opts.verify {
             SequentialHash::new(digest_algorithm)
@@ -477,7 +487,7 @@ impl Uploader {
             };
             rec.completed = Some(Box::new(Completed::new(
                 url.to_string(),
-                digest.map(|d| (d.key(), d.hex())),
+                digest.as_ref().map(|d| (d.key(), d.hex())),
             )));
             self.state
                 .save_hint(&Transfer::Upload(rec))
@@ -518,13 +528,11 @@ impl Uploader {
         let url =
             Url::parse(&done.url).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
         let recorded = done.digest();
-        let want = recorded.as_ref().map(|(k, _)| {
-            if *k == ferry_proto::digest::BLAKE3_KEY {
-                want_digest_for(ChecksumAlgorithm::Blake3)
-            } else {
-                want_digest_for(ChecksumAlgorithm::Sha256)
-            }
-        });
+        let recorded_algorithm =
+            |k: &str| ferry_proto::digest::algorithm_of(k).unwrap_or(ChecksumAlgorithm::Sha256);
+        let want = recorded
+            .as_ref()
+            .map(|(k, _)| want_digest_for(recorded_algorithm(k)));
         let adapter = Adapter::from_name(&rec.protocol).unwrap_or(Adapter::Tus);
         let remote = loop {
             match adapter.head(&self.http, &url, want).await {
@@ -534,18 +542,18 @@ impl Uploader {
             }
         };
         let digest = recorded.as_ref().and_then(|(k, h)| {
+            let algorithm = recorded_algorithm(k);
             Some(FileDigest {
-                algorithm: if *k == ferry_proto::digest::BLAKE3_KEY {
-                    ChecksumAlgorithm::Blake3
-                } else {
-                    ChecksumAlgorithm::Sha256
-                },
-                bytes: unhex(h)?,
+                algorithm,
+                bytes: unhex(h, algorithm.digest_len())?,
             })
         });
         let verification = match &remote {
             Some(r) if r.offset == job.len && r.length.is_none_or(|l| l == job.len) => {
-                match (&digest, r.digests.get(digest.map_or("", |d| d.key()))) {
+                match (
+                    &digest,
+                    r.digests.get(digest.as_ref().map_or("", |d| d.key())),
+                ) {
                     (Some(local), Some(theirs)) if local.bytes.as_slice() == theirs => {
                         Some(Verification::Verified)
                     }
@@ -984,13 +992,10 @@ impl Uploader {
             }
         };
         let (ours, theirs) = match digests.get(ours.key()) {
-            Some(d) => (*ours, d.to_vec()),
-            None => match [
-                (ferry_proto::digest::SHA256_KEY, ChecksumAlgorithm::Sha256),
-                (ferry_proto::digest::BLAKE3_KEY, ChecksumAlgorithm::Blake3),
-            ]
-            .into_iter()
-            .find_map(|(k, a)| Some((digests.get(k)?, a)))
+            Some(d) => (ours.clone(), d.to_vec()),
+            None => match ferry_proto::digest::WHOLE_DIGESTS
+                .into_iter()
+                .find_map(|(k, a)| Some((digests.get(k)?, a)))
             {
                 Some((d, algorithm)) => {
                     let len = source.len();
@@ -1314,9 +1319,9 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
+fn unhex(s: &str, len: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    if s.len() != 2 * len {
         return None;
     }
     for (i, o) in out.iter_mut().enumerate() {

@@ -1,6 +1,7 @@
 //! RFC 9530 integrity fields (`Repr-Digest`, `Content-Digest`): a structured-field dictionary
 //! of algorithm → byte sequence, e.g. `sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:`.
 
+use crate::checksum::ChecksumAlgorithm;
 use crate::error::{ProtoError, echo};
 use crate::tus::trim_ows;
 use base64::Engine as _;
@@ -12,18 +13,54 @@ pub fn format_digest_field(algorithm: &str, digest: &[u8]) -> String {
 }
 
 /// The key ferry uses for BLAKE3 digests. It is not in the IANA registry of RFC 9530, so
-/// other implementations ignore it (as RFC 9530 requires for unknown keys); ferry's client
-/// asks for it because it is four times cheaper to compute than SHA-256.
+/// other implementations ignore it (as RFC 9530 requires for unknown keys); it is the
+/// cryptographic digest ferry prefers, four times cheaper to compute than SHA-256.
 pub const BLAKE3_KEY: &str = "blake3";
 /// The RFC 9530 key for SHA-256.
 pub const SHA256_KEY: &str = "sha-256";
+/// The key ferry uses for CRC-64/NVME (8 bytes, big-endian), the digest ferry's client and
+/// server compare by default: not in the IANA registry either, and far cheaper than any
+/// cryptographic hash (see [`crate::checksum`]).
+pub const CRC64NVME_KEY: &str = "crc64nvme";
+
+/// The whole-content digests ferry computes, by RFC 9530 key, cheapest first.
+pub const WHOLE_DIGESTS: [(&str, ChecksumAlgorithm); 3] = [
+    (CRC64NVME_KEY, ChecksumAlgorithm::Crc64Nvme),
+    (BLAKE3_KEY, ChecksumAlgorithm::Blake3),
+    (SHA256_KEY, ChecksumAlgorithm::Sha256),
+];
+
+/// The RFC 9530 key of a whole-content digest algorithm ferry computes.
+pub fn key_of(algorithm: ChecksumAlgorithm) -> Option<&'static str> {
+    WHOLE_DIGESTS
+        .iter()
+        .find(|(_, a)| *a == algorithm)
+        .map(|(k, _)| *k)
+}
+
+/// The algorithm behind an RFC 9530 key ferry computes.
+pub fn algorithm_of(key: &str) -> Option<ChecksumAlgorithm> {
+    WHOLE_DIGESTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, a)| *a)
+}
 
 /// Formats a digest dictionary from the digests that are known, `None` if none is.
-pub fn format_digests(sha256: Option<&[u8]>, blake3: Option<&[u8]>) -> Option<String> {
-    let members: Vec<String> = [(SHA256_KEY, sha256), (BLAKE3_KEY, blake3)]
-        .into_iter()
-        .filter_map(|(k, d)| d.map(|d| format_digest_field(k, d)))
-        .collect();
+pub fn format_digests(
+    sha256: Option<&[u8]>,
+    blake3: Option<&[u8]>,
+    crc64nvme: Option<u64>,
+) -> Option<String> {
+    let crc = crc64nvme.map(u64::to_be_bytes);
+    let members: Vec<String> = [
+        (SHA256_KEY, sha256),
+        (BLAKE3_KEY, blake3),
+        (CRC64NVME_KEY, crc.as_ref().map(|c| &c[..])),
+    ]
+    .into_iter()
+    .filter_map(|(k, d)| d.map(|d| format_digest_field(k, d)))
+    .collect();
     (!members.is_empty()).then(|| members.join(", "))
 }
 
@@ -35,6 +72,8 @@ pub struct WantDigest {
     pub sha256: bool,
     /// BLAKE3 is acceptable.
     pub blake3: bool,
+    /// CRC-64/NVME is acceptable.
+    pub crc64nvme: bool,
 }
 
 impl WantDigest {
@@ -54,10 +93,11 @@ impl WantDigest {
             match key.as_str() {
                 SHA256_KEY => w.sha256 |= acceptable,
                 BLAKE3_KEY => w.blake3 |= acceptable,
+                CRC64NVME_KEY => w.crc64nvme |= acceptable,
                 _ => {}
             }
         }
-        if !w.sha256 && !w.blake3 {
+        if !w.sha256 && !w.blake3 && !w.crc64nvme {
             w.sha256 = true;
         }
         w
@@ -119,19 +159,26 @@ mod tests {
             w,
             WantDigest {
                 sha256: true,
-                blake3: true
+                blake3: true,
+                crc64nvme: false
             }
         );
+        let w = WantDigest::parse("crc64nvme=10, blake3=5, sha-256=0");
+        assert!(w.crc64nvme && w.blake3 && !w.sha256);
         let w = WantDigest::parse("sha-256=0, blake3=1");
         assert!(!w.sha256 && w.blake3);
         // Nothing known (or everything refused): SHA-256.
         assert!(WantDigest::parse("md5=5").sha256);
         assert!(WantDigest::parse("garbage").sha256);
         assert_eq!(
-            format_digests(Some(&[1, 2, 3]), Some(&[4])).unwrap(),
+            format_digests(Some(&[1, 2, 3]), Some(&[4]), None).unwrap(),
             "sha-256=:AQID:, blake3=:BA==:"
         );
-        assert_eq!(format_digests(None, None), None);
+        assert_eq!(
+            format_digests(None, None, Some(0xae8b_1486_0a79_9888)).unwrap(),
+            "crc64nvme=:rosUhgp5mIg=:"
+        );
+        assert_eq!(format_digests(None, None, None), None);
     }
 
     proptest! {

@@ -30,6 +30,8 @@ pub struct Representation {
     pub sha256: Option<[u8; 32]>,
     /// BLAKE3 of the content, if known (`Repr-Digest`, ferry's non-registered key).
     pub blake3: Option<[u8; 32]>,
+    /// CRC-64/NVME of the content, if known (`Repr-Digest`, ferry's non-registered key).
+    pub crc64nvme: Option<u64>,
     /// `Content-Type`.
     pub content_type: HeaderValue,
     /// `Content-Disposition`, if any.
@@ -60,6 +62,7 @@ fn base(rep: &Representation, status: StatusCode) -> Response<Body> {
     if let Some(d) = format_digests(
         rep.sha256.as_ref().map(|d| &d[..]),
         rep.blake3.as_ref().map(|d| &d[..]),
+        rep.crc64nvme,
     ) && let Ok(v) = HeaderValue::from_str(&d)
     {
         h.insert("repr-digest", v);

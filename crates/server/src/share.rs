@@ -167,6 +167,7 @@ pub async fn serve(
         ),
         sha256: None,
         blake3: None,
+        crc64nvme: None,
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(name.as_deref())).ok(),
     };

@@ -93,6 +93,7 @@ pub(crate) fn set_repr_digest(resp: &mut Response<Body>, info: &UploadInfo) {
     if let Some(v) = format_digests(
         info.sha256.as_ref().map(|d| &d[..]),
         info.blake3.as_ref().map(|d| &d[..]),
+        info.crc64nvme,
     ) {
         set(resp, "repr-digest", v);
     }
@@ -110,7 +111,9 @@ pub(crate) fn want_digest(headers: &HeaderMap) -> Option<WantDigest> {
 
 /// Whether `info` already carries a digest the client accepts.
 fn has_wanted_digest(info: &UploadInfo, want: WantDigest) -> bool {
-    (want.blake3 && info.blake3.is_some()) || (want.sha256 && info.sha256.is_some())
+    (want.crc64nvme && info.crc64nvme.is_some())
+        || (want.blake3 && info.blake3.is_some())
+        || (want.sha256 && info.sha256.is_some())
 }
 
 /// After a body completed an upload: the digests the client asked for go into the answer (no
@@ -126,10 +129,7 @@ async fn answer_digest(
         return;
     }
     if !has_wanted_digest(info, want) {
-        state
-            .uploads
-            .ensure_digests(info, want.sha256 && !want.blake3)
-            .await;
+        state.uploads.ensure_digests(info, want).await;
     }
     set_repr_digest(resp, info);
 }
@@ -527,12 +527,10 @@ pub(crate) async fn wait_for_digest(
     if !info.is_complete() || has_wanted_digest(&info, want) {
         return Ok(info);
     }
-    // BLAKE3 comes with completion (or shortly after, when read back); SHA-256 of a large
-    // upload is computed only now that somebody wants it (and accepts nothing cheaper).
-    state
-        .uploads
-        .ensure_digests(&info, want.sha256 && !want.blake3)
-        .await;
+    // CRC-64/NVME comes with completion (or shortly after, when read back); BLAKE3 or SHA-256
+    // of a large upload is computed only now that somebody wants it (and accepts nothing
+    // cheaper).
+    state.uploads.ensure_digests(&info, want).await;
     info = load(state, info.id).await?;
     let deadline = tokio::time::Instant::now() + DIGEST_WAIT;
     while !has_wanted_digest(&info, want) && tokio::time::Instant::now() < deadline {

@@ -183,6 +183,7 @@ fn sample(id: UploadId) -> UploadInfo {
         expires_ms: Some(3),
         sha256: Some([7u8; 32]),
         blake3: Some([6u8; 32]),
+        crc64nvme: Some(0x0123_4567_89ab_cdef),
         finals: vec![fresh_id(7)],
         deleted: true,
     }

@@ -145,9 +145,12 @@ pub struct UploadInfo {
     /// SHA-256 of the whole content, once computed (for large uploads only when a client asks
     /// for it: see [`crate::Uploads::ensure_digests`]).
     pub sha256: Option<[u8; 32]>,
-    /// BLAKE3 of the whole content, once computed (kept running while bytes arrive in order, so
-    /// it is ready when the last byte commits).
+    /// BLAKE3 of the whole content, once computed (for large uploads only when a client asks
+    /// for it, like SHA-256).
     pub blake3: Option<[u8; 32]>,
+    /// CRC-64/NVME of the whole content, once computed (kept running while bytes arrive in
+    /// order, so it is ready when the last byte commits; a final's combines its parts').
+    pub crc64nvme: Option<u64>,
     /// Final uploads built from this one (a partial). While any exist, deleting or expiring
     /// this upload only hides it: its bytes stay for the finals.
     pub finals: Vec<UploadId>,

@@ -49,6 +49,9 @@ struct Record {
     sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     blake3: Option<String>,
+    /// Hex, 16 digits (JSON numbers past 2^53 are not safe in every reader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc64nvme: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     finals: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -68,6 +71,7 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         expires_ms: info.expires_ms,
         sha256: info.sha256.map(|d| hex32(&d)),
         blake3: info.blake3.map(|d| hex32(&d)),
+        crc64nvme: info.crc64nvme.map(|c| format!("{c:016x}")),
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
     };
@@ -86,6 +90,15 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     };
     let sha256 = digest(rec.sha256, "sha256")?;
     let blake3 = digest(rec.blake3, "blake3")?;
+    let crc64nvme = match rec.crc64nvme {
+        None => None,
+        Some(hex) => Some(
+            u64::from_str_radix(&hex, 16)
+                .ok()
+                .filter(|_| hex.len() == 16)
+                .ok_or_else(|| bad("bad crc64nvme".into()))?,
+        ),
+    };
     let finals = rec
         .finals
         .iter()
@@ -106,6 +119,7 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         expires_ms: rec.expires_ms,
         sha256,
         blake3,
+        crc64nvme,
     })
 }
 
@@ -413,6 +427,7 @@ mod tests {
             expires_ms: None,
             sha256: None,
             blake3: None,
+            crc64nvme: None,
             finals: Vec::new(),
             deleted: false,
         };

@@ -13,7 +13,8 @@ use crate::lock::{Lease, LocalLocker, Locker};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind, now_ms};
 use crate::redb_meta::RedbMetaStore;
-use ferry_proto::checksum::{ChecksumAlgorithm, Hasher, digest};
+use ferry_proto::checksum::{ChecksumAlgorithm, Hasher, crc64nvme_combine, crc64nvme_of, digest};
+use ferry_proto::digest::WantDigest;
 use ferry_proto::{Metadata, UploadId};
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -116,43 +117,56 @@ impl ExpiryPolicy {
     }
 }
 
-/// Uploads at most this large get both digests (BLAKE3 and SHA-256) before the completing
-/// request is answered. Larger ones get BLAKE3 (kept running, so it is free at completion) and
-/// SHA-256 only when a client asks for it ([`Uploads::ensure_digests`]): hashing 200 GiB with
+/// Uploads at most this large get every digest (CRC-64/NVME, BLAKE3 and SHA-256) before the
+/// completing request is answered. Larger ones get CRC-64/NVME (kept running, so it is ready at
+/// completion, and at a tenth of BLAKE3's CPU it does not slow the upload) and a cryptographic
+/// digest only when a client asks for one ([`Uploads::ensure_digests`]): hashing 200 GiB with
 /// SHA-256 costs minutes of CPU nobody may need.
 pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
 
 /// The whole-upload digests kept up to date while bytes are appended in order.
 #[derive(Clone)]
 struct RunningDigest {
-    blake3: Hasher,
-    /// Only for uploads small enough to get their SHA-256 inline.
-    sha256: Option<Hasher>,
+    crc64nvme: Hasher,
+    /// BLAKE3 and SHA-256, only for uploads small enough to get them inline.
+    cryptographic: Option<(Hasher, Hasher)>,
 }
+
+/// Digests of a whole upload: CRC-64/NVME, and BLAKE3 and SHA-256 when computed inline.
+type Finished = (u64, Option<([u8; 32], [u8; 32])>);
 
 impl RunningDigest {
     fn new(length: Option<u64>) -> Self {
         Self {
-            blake3: Hasher::new(ChecksumAlgorithm::Blake3),
-            sha256: length
-                .is_some_and(|l| l <= INLINE_DIGEST_MAX)
-                .then(|| Hasher::new(ChecksumAlgorithm::Sha256)),
+            crc64nvme: Hasher::new(ChecksumAlgorithm::Crc64Nvme),
+            cryptographic: length.is_some_and(|l| l <= INLINE_DIGEST_MAX).then(|| {
+                (
+                    Hasher::new(ChecksumAlgorithm::Blake3),
+                    Hasher::new(ChecksumAlgorithm::Sha256),
+                )
+            }),
         }
     }
 
     fn update(&mut self, data: &[u8]) {
-        self.blake3.update(data);
-        if let Some(h) = &mut self.sha256 {
-            h.update(data);
+        self.crc64nvme.update(data);
+        if let Some((b3, sha)) = &mut self.cryptographic {
+            b3.update(data);
+            sha.update(data);
         }
     }
 
-    fn finish(self) -> ([u8; 32], Option<[u8; 32]>) {
+    fn finish(self) -> Finished {
         (
-            to32(self.blake3.finalize()),
-            self.sha256.map(|h| to32(h.finalize())),
+            to_u64(self.crc64nvme.finalize()),
+            self.cryptographic
+                .map(|(b3, sha)| (to32(b3.finalize()), to32(sha.finalize()))),
         )
     }
+}
+
+fn to_u64(v: Vec<u8>) -> u64 {
+    u64::from_be_bytes(v.try_into().expect("8-byte digest"))
 }
 
 fn to32(v: Vec<u8>) -> [u8; 32] {
@@ -336,6 +350,7 @@ impl Uploads {
             expires_ms: self.expiry.expires_at(complete, now),
             sha256: complete.then(|| to32(digest(ChecksumAlgorithm::Sha256, b""))),
             blake3: complete.then(|| to32(digest(ChecksumAlgorithm::Blake3, b""))),
+            crc64nvme: complete.then(|| crc64nvme_of(b"")),
             finals: Vec::new(),
             deleted: false,
         };
@@ -400,6 +415,7 @@ impl Uploads {
             expires_ms: self.expiry.expires_at(complete, now),
             sha256: None,
             blake3: None,
+            crc64nvme: None,
             finals: Vec::new(),
             deleted: false,
         };
@@ -602,14 +618,34 @@ impl Uploads {
     }
 
     /// Work that follows an upload's completion: its digests (unless the commit already
-    /// stored them from the running hash) and completing finals that were waiting for it.
+    /// stored them from the running hash, or a final's parts have theirs) and completing finals
+    /// that were waiting for it.
     pub(crate) async fn completed(&self, info: &UploadInfo) {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&info.id);
-        if info.blake3.is_none() {
-            self.digest_by_reading(info, false).await;
+        let mut info = std::borrow::Cow::Borrowed(info);
+        if info.crc64nvme.is_none()
+            && let Some(crc) = self.combined_crc(&info).await
+        {
+            match self
+                .meta
+                .update(
+                    info.id,
+                    Box::new(move |i| {
+                        i.crc64nvme = Some(crc);
+                        Ok(())
+                    }),
+                )
+                .await
+            {
+                Ok(i) => info = std::borrow::Cow::Owned(i),
+                Err(e) => tracing::warn!(upload = %info.id, error = %e, "storing digest failed"),
+            }
+        }
+        if info.crc64nvme.is_none() || info.length.unwrap_or(0) <= INLINE_DIGEST_MAX {
+            self.digest_by_reading(&info, WantDigest::default()).await;
         }
         for f in &info.finals {
             if let Err(e) = self.refresh_final(*f).await {
@@ -618,17 +654,37 @@ impl Uploads {
         }
     }
 
-    /// Computes missing digests by reading the data back (after a restart, a takeover that
-    /// broke the hash chain, for finals, or SHA-256 on request): inline when small (both
-    /// digests), else in the background (SHA-256 only if `sha256` is asked for). Runs at most
-    /// once at a time per upload.
-    async fn digest_by_reading(&self, info: &UploadInfo, sha256: bool) {
-        let small = info.length.unwrap_or(0) <= INLINE_DIGEST_MAX;
-        let want = Wanted {
-            blake3: info.blake3.is_none(),
-            sha256: info.sha256.is_none() && (small || sha256),
+    /// The CRC-64/NVME of a final upload from its parts' (no byte read), if they all have one.
+    async fn combined_crc(&self, info: &UploadInfo) -> Option<u64> {
+        let UploadKind::Final { parts } = &info.kind else {
+            return None;
         };
-        if !want.blake3 && !want.sha256 {
+        let mut crc = crc64nvme_of(b"");
+        for p in parts {
+            let part = self.meta.get(*p).await.ok()??;
+            if !part.is_complete() {
+                return None;
+            }
+            crc = crc64nvme_combine(crc, part.crc64nvme?, part.offset);
+        }
+        Some(crc)
+    }
+
+    /// Computes missing digests by reading the data back (after a restart, a takeover that
+    /// broke the hash chain, for finals whose parts lack one, or a cryptographic digest on
+    /// request): inline when small (every digest), else in the background (CRC-64/NVME, and
+    /// the cheapest cryptographic digest `want` accepts if it accepts no CRC). Runs at most
+    /// once at a time per upload.
+    async fn digest_by_reading(&self, info: &UploadInfo, want: WantDigest) {
+        let small = info.length.unwrap_or(0) <= INLINE_DIGEST_MAX;
+        let crc_will_do = want.crc64nvme;
+        let want = Wanted {
+            crc64nvme: info.crc64nvme.is_none(),
+            blake3: info.blake3.is_none() && (small || (want.blake3 && !crc_will_do)),
+            sha256: info.sha256.is_none()
+                && (small || (want.sha256 && !want.blake3 && !crc_will_do)),
+        };
+        if !want.crc64nvme && !want.blake3 && !want.sha256 {
             return;
         }
         if !self
@@ -659,12 +715,12 @@ impl Uploads {
         }
     }
 
-    /// A client asked for the digest of a finished upload: computes what is missing (BLAKE3,
-    /// and SHA-256 if `sha256`), in the background when large, once. The record shows the
+    /// A client asked for a digest of a finished upload (`want`, from `Want-Repr-Digest`):
+    /// computes what is missing, in the background when large, once. The record shows the
     /// digests when done.
-    pub async fn ensure_digests(&self, info: &UploadInfo, sha256: bool) {
+    pub async fn ensure_digests(&self, info: &UploadInfo, want: WantDigest) {
         if info.is_complete() {
-            self.digest_by_reading(info, sha256).await;
+            self.digest_by_reading(info, want).await;
         }
     }
 
@@ -809,6 +865,7 @@ async fn read_upload(
 /// Which digests to compute by reading back.
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
+    crc64nvme: bool,
     blake3: bool,
     sha256: bool,
 }
@@ -822,29 +879,33 @@ async fn compute_digest(
 ) -> Result<()> {
     let length = info.length.unwrap_or(0);
     let mut stream = read_upload(data, meta, info, 0, length).await?;
+    let mut crc = want
+        .crc64nvme
+        .then(|| Hasher::new(ChecksumAlgorithm::Crc64Nvme));
     let mut b3 = want.blake3.then(|| Hasher::new(ChecksumAlgorithm::Blake3));
     let mut sha = want.sha256.then(|| Hasher::new(ChecksumAlgorithm::Sha256));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         // Off the async threads: hashing a GiB takes a while.
-        let (b, s) = tokio::task::spawn_blocking(move || {
-            if let Some(h) = &mut b3 {
+        let (c, b, s) = tokio::task::spawn_blocking(move || {
+            for h in [&mut crc, &mut b3, &mut sha].into_iter().flatten() {
                 h.update(&chunk);
             }
-            if let Some(h) = &mut sha {
-                h.update(&chunk);
-            }
-            (b3, sha)
+            (crc, b3, sha)
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        (b3, sha) = (b, s);
+        (crc, b3, sha) = (c, b, s);
     }
+    let crc = crc.map(|h| to_u64(h.finalize()));
     let b3 = b3.map(|h| to32(h.finalize()));
     let sha = sha.map(|h| to32(h.finalize()));
     meta.update(
         info.id,
         Box::new(move |i| {
+            if crc.is_some() {
+                i.crc64nvme = crc;
+            }
             if b3.is_some() {
                 i.blake3 = b3;
             }
@@ -1032,9 +1093,12 @@ impl Append<'_> {
                     let now = now_ms();
                     info.offset = target;
                     info.updated_ms = now;
-                    if let Some((b3, sha)) = digests {
-                        info.blake3 = Some(b3);
-                        info.sha256 = sha;
+                    if let Some((crc, cryptographic)) = digests {
+                        info.crc64nvme = Some(crc);
+                        if let Some((b3, sha)) = cryptographic {
+                            info.blake3 = Some(b3);
+                            info.sha256 = Some(sha);
+                        }
                     }
                     // Activity keeps an unfinished upload alive; finishing applies the
                     // finished-upload policy.
@@ -1055,7 +1119,7 @@ impl Append<'_> {
                 .insert(id, (target, snapshot));
         }
         if self.info.is_complete() {
-            let had_digest = self.info.blake3.is_some();
+            let had_digest = self.info.crc64nvme.is_some();
             self.uploads.completed(&self.info).await;
             if !had_digest && let Some(fresh) = self.uploads.meta.get(id).await? {
                 self.info = fresh;
@@ -1143,6 +1207,7 @@ mod tests {
             "small uploads get their digest inline"
         );
         assert_eq!(done.blake3, Some(b3(&data)));
+        assert_eq!(done.crc64nvme, Some(crc64nvme_of(&data)));
         assert_eq!(
             done.expires_ms, None,
             "finished uploads do not expire by default"
@@ -1166,25 +1231,70 @@ mod tests {
         let done = u.get(info.id).await.unwrap().unwrap();
         assert!(done.is_complete());
         assert_eq!(
-            done.blake3,
-            Some(b3(&data)),
-            "BLAKE3 ready at once (> inline limit)"
+            done.crc64nvme,
+            Some(crc64nvme_of(&data)),
+            "CRC-64/NVME ready at once (> inline limit)"
         );
         assert_eq!(
-            done.sha256, None,
-            "SHA-256 of a large upload waits to be asked for"
+            (done.blake3, done.sha256),
+            (None, None),
+            "cryptographic digests of a large upload wait to be asked for"
         );
-        u.ensure_digests(&done, true).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let with_sha = loop {
-            let i = u.get(info.id).await.unwrap().unwrap();
-            if i.sha256.is_some() || std::time::Instant::now() > deadline {
-                break i;
+        let asked = |key: &str| WantDigest::parse(&format!("{key}=10"));
+        let settled = |want: fn(&UploadInfo) -> bool| {
+            let u = &u;
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let i = u.get(info.id).await.unwrap().unwrap();
+                    if want(&i) || std::time::Instant::now() > deadline {
+                        break i;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         };
+        // Asking for a CRC (which is there) or BLAKE3 computes no SHA-256.
+        u.ensure_digests(&done, WantDigest::parse("crc64nvme=10, sha-256=1"))
+            .await;
+        u.ensure_digests(&done, asked("blake3")).await;
+        let with_b3 = settled(|i| i.blake3.is_some()).await;
+        assert_eq!(with_b3.blake3, Some(b3(&data)), "computed on request");
+        assert_eq!(with_b3.sha256, None);
+        u.ensure_digests(&with_b3, asked("sha-256")).await;
+        let with_sha = settled(|i| i.sha256.is_some()).await;
         assert_eq!(with_sha.sha256, Some(sha(&data)), "computed on request");
-        assert_eq!(with_sha.blake3, Some(b3(&data)));
+        assert_eq!(with_sha.crc64nvme, Some(crc64nvme_of(&data)));
+    }
+
+    #[tokio::test]
+    async fn large_final_combines_its_parts_crcs_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data: Vec<u8> = (0..(10u32 << 20)).map(|i| (i / 3) as u8).collect();
+        let (one, two) = data.split_at(6 << 20);
+        let mut parts = Vec::new();
+        for bytes in [one, two] {
+            let p = u
+                .create(new_upload(Some(bytes.len() as u64), UploadKind::Partial))
+                .await
+                .unwrap();
+            let done = write_all(&u, p.id, bytes).await;
+            assert_eq!(done.crc64nvme, Some(crc64nvme_of(bytes)));
+            parts.push(p.id);
+        }
+        let f = u
+            .create_final(parts, Metadata::default(), None)
+            .await
+            .unwrap();
+        let f = u.get(f.id).await.unwrap().unwrap();
+        assert!(f.is_complete());
+        assert_eq!(f.crc64nvme, Some(crc64nvme_of(&data)));
+        assert!(
+            !u.digesting.lock().unwrap().contains(&f.id) && f.blake3.is_none(),
+            "nothing read back"
+        );
+        assert_eq!(read_all(&u, &f).await, data);
     }
 
     #[tokio::test]
@@ -1219,6 +1329,7 @@ mod tests {
         a.push(&data[at..]).await.unwrap();
         let done = a.commit().await.unwrap();
         assert_eq!(done.sha256, Some(sha(&expect)), "digest by reading back");
+        assert_eq!(done.crc64nvme, Some(crc64nvme_of(&expect)));
     }
 
     #[tokio::test]
@@ -1266,6 +1377,7 @@ mod tests {
         assert!(f.is_complete(), "final completes with its last part");
         assert_eq!(read_all(&u, &f).await, b"hello, world");
         assert_eq!(f.sha256, Some(sha(b"hello, world")));
+        assert_eq!(f.crc64nvme, Some(crc64nvme_of(b"hello, world")));
         // Deleting a part hides it but keeps its bytes for the final.
         u.delete(a.id).await.unwrap();
         assert!(u.get(a.id).await.unwrap().is_none());

@@ -163,7 +163,13 @@ fn out_of_order_overlapping_and_retried_chunks_complete_byte_exact() {
     use base64::Engine;
     let want = base64::engine::general_purpose::STANDARD.encode(hex::decode(&sha).unwrap());
     let b3 = base64::engine::general_purpose::STANDARD.encode(blake3::hash(&data).as_bytes());
-    assert_eq!(digest, format!("sha-256=:{want}:, blake3=:{b3}:"));
+    assert_eq!(
+        digest,
+        format!(
+            "sha-256=:{want}:, blake3=:{b3}:, {}",
+            crc64nvme_member(&data)
+        )
+    );
     // Downloadable by GET on the same URL, byte-exact, with ranges and validators.
     let url = format!("http://{}{path}", server.addr);
     assert_eq!(get_sha256(&url), sha);

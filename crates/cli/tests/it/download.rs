@@ -10,7 +10,9 @@
 //! [`support::proxy::Proxy`] faults and counts only the client→server (upload) direction, so
 //! the download-direction faults and byte counts here come from [`DownProxy`].
 
-use crate::support::{self, Server, ferry_bin, random_bytes, random_file, sha256, sha256_file};
+use crate::support::{
+    self, Server, crc64nvme_member, ferry_bin, random_bytes, random_file, sha256, sha256_file,
+};
 use base64::Engine as _;
 use sha2::Digest as _;
 use std::collections::HashMap;
@@ -1292,12 +1294,13 @@ fn finished_upload_downloads_with_ranges_digest_and_names() {
         assert!(Instant::now() < deadline, "no Repr-Digest");
         std::thread::sleep(Duration::from_millis(50));
     };
-    // (Small content: SHA-256 and BLAKE3 both computed at completion.)
+    // (Small content: every digest computed at completion.)
     let enc = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let want = format!(
-        "sha-256=:{}:, blake3=:{}:",
+        "sha-256=:{}:, blake3=:{}:, {}",
         enc(&sha2::Sha256::digest(&data)),
-        enc(blake3::hash(&data).as_bytes())
+        enc(blake3::hash(&data).as_bytes()),
+        crc64nvme_member(&data)
     );
     assert_eq!(digest, want);
 

@@ -463,14 +463,18 @@ fn content_digest_is_verified() {
         &[v("8"), ("Want-Repr-Digest", "sha-256=10")],
         b"",
     );
-    // (Small uploads carry SHA-256 and ferry's BLAKE3.)
+    // (Small uploads carry SHA-256 and ferry's BLAKE3 and CRC-64/NVME.)
     let b3 = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(blake3::hash(b"helloworld").as_bytes())
     };
     assert_eq!(
         header_of(&h, "repr-digest"),
-        Some(format!("{}, blake3=:{b3}:", good(b"helloworld")))
+        Some(format!(
+            "{}, blake3=:{b3}:, {}",
+            good(b"helloworld"),
+            crc64nvme_member(b"helloworld")
+        ))
     );
 }
 

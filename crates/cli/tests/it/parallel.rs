@@ -530,7 +530,11 @@ fn check_uploaded(
         let (path, _) = files
             .get(&rel)
             .unwrap_or_else(|| panic!("unexpected file {rel:?}"));
-        assert_eq!(l["blake3"].as_str().map(str::len), Some(64), "{rel}: {l}");
+        assert_eq!(
+            l["crc64nvme"].as_str().map(str::len),
+            Some(16),
+            "{rel}: {l}"
+        );
         assert_reported_digest(l, path);
         assert!(
             urls.insert(rel.clone(), url).is_none(),

@@ -155,7 +155,15 @@ fn options_announces_version_all_nine_extensions_and_checksums() {
         algos.sort();
         assert_eq!(
             algos,
-            ["blake3", "crc32", "md5", "sha1", "sha256", "sha512"]
+            [
+                "blake3",
+                "crc32",
+                "crc64nvme",
+                "md5",
+                "sha1",
+                "sha256",
+                "sha512"
+            ]
         );
         assert_eq!(
             hdr(&resp, "tus-max-size"),

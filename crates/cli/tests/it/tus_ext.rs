@@ -167,10 +167,15 @@ fn assert_error(resp: &str, want: u16, case: &str) {
 }
 
 /// `sha-256=:<base64>:` of `data` (RFC 9530).
-/// The `Repr-Digest` of small content (at most 8 MiB): SHA-256 and BLAKE3, both computed
-/// before the completing request is answered.
+/// The `Repr-Digest` of small content (at most 8 MiB): SHA-256, BLAKE3 and CRC-64/NVME, all
+/// computed before the completing request is answered.
 fn repr_digest(data: &[u8]) -> String {
-    format!("{}, {}", sha256_member(data), blake3_member(data))
+    format!(
+        "{}, {}, {}",
+        sha256_member(data),
+        blake3_member(data),
+        crc64nvme_member(data)
+    )
 }
 
 fn sha256_member(data: &[u8]) -> String {
@@ -253,15 +258,17 @@ enum Algo {
     Sha512,
     Md5,
     Crc32,
+    Crc64nvme,
     Blake3,
 }
 
-const ALGOS: [Algo; 6] = [
+const ALGOS: [Algo; 7] = [
     Algo::Sha1,
     Algo::Sha256,
     Algo::Sha512,
     Algo::Md5,
     Algo::Crc32,
+    Algo::Crc64nvme,
     Algo::Blake3,
 ];
 
@@ -273,6 +280,7 @@ impl Algo {
             Algo::Sha512 => "sha512",
             Algo::Md5 => "md5",
             Algo::Crc32 => "crc32",
+            Algo::Crc64nvme => "crc64nvme",
             Algo::Blake3 => "blake3",
         }
     }
@@ -285,6 +293,7 @@ impl Algo {
             Algo::Md5 => md5::Md5::digest(data).to_vec(),
             // IEEE CRC-32 (what tus means by crc32), big-endian bytes.
             Algo::Crc32 => crc32fast::hash(data).to_be_bytes().to_vec(),
+            Algo::Crc64nvme => crc64nvme(data).to_be_bytes().to_vec(),
             Algo::Blake3 => blake3::hash(data).as_bytes().to_vec(),
         }
     }
@@ -307,7 +316,7 @@ fn checksum_every_algorithm_accepts_a_correct_digest_and_refuses_a_wrong_one() {
         let url = create(&server, 2000, None);
         // Sanity: the digest really has the algorithm's length (catches a wrong crate).
         let len = algo.digest(b"").len();
-        assert_eq!(len, [20, 32, 64, 16, 4, 32][i], "{algo:?} digest length");
+        assert_eq!(len, [20, 32, 64, 16, 4, 8, 32][i], "{algo:?} digest length");
 
         // A digest of other bytes: 460, nothing kept, the 460 carries the unchanged offset.
         let wrong = algo.header(b);
@@ -1243,21 +1252,21 @@ fn repr_digest_on_finished_uploads_only() {
     assert_eq!(digest, Some(want), "GET");
     assert!(body == small);
 
-    // Large (> 8 MiB): BLAKE3 (kept running) at once; SHA-256 only once a client asks for it
-    // (Want-Repr-Digest), computed then.
+    // Large (> 8 MiB): CRC-64/NVME (kept running) at once; BLAKE3 or SHA-256 only once a
+    // client asks for it (Want-Repr-Digest), computed then.
     let large = random_bytes(9 * MIB + 1, 62);
     let url = create(&server, large.len() as u64, None);
     assert_eq!(
         patch(&url, 0, large.clone()),
         (204, Some(large.len() as u64))
     );
-    let b3_only = blake3_member(&large);
+    let crc_only = crc64nvme_member(&large);
     assert_eq!(
         hdr(&head(&url), "repr-digest"),
-        Some(b3_only.clone()),
+        Some(crc_only.clone()),
         "HEAD"
     );
-    assert_eq!(get(&url).1, Some(b3_only.clone()), "GET");
+    assert_eq!(get(&url).1, Some(crc_only.clone()), "GET");
     let asking = |want: &str| {
         let resp = client()
             .head(&url)
@@ -1268,11 +1277,21 @@ fn repr_digest_on_finished_uploads_only() {
         hdr(&resp, "repr-digest")
     };
     assert_eq!(
-        asking("blake3=5, sha-256=1"),
-        Some(b3_only),
-        "BLAKE3 accepted: no SHA-256 computed"
+        asking("crc64nvme=5, sha-256=1"),
+        Some(crc_only.clone()),
+        "CRC-64/NVME accepted: nothing computed"
     );
-    let want = format!("{}, {}", sha256_member(&large), blake3_member(&large));
+    let b3 = format!("{}, {crc_only}", blake3_member(&large));
+    assert_eq!(
+        asking("blake3=5, sha-256=1"),
+        Some(b3),
+        "BLAKE3 accepted: HEAD waits for it, no SHA-256 computed"
+    );
+    let want = format!(
+        "{}, {}, {crc_only}",
+        sha256_member(&large),
+        blake3_member(&large)
+    );
     assert_eq!(
         asking("sha-256=10"),
         Some(want.clone()),

@@ -369,10 +369,47 @@ fn prints_the_url_json_and_leaves_no_state() {
         assert!(url.starts_with(&server.files_url), "{o}");
         assert_eq!(o["bytes"], len, "{o}");
         assert!(o["seconds"].as_f64().is_some_and(|s| s >= 0.0), "{o}");
-        assert!(o.get("blake3").is_some(), "ferry serve offers BLAKE3: {o}");
+        assert!(
+            o.get("crc64nvme").is_some(),
+            "ferry serve offers CRC-64/NVME: {o}"
+        );
         assert_reported_digest(o, path);
         assert_eq!(o["verified"], true, "{o}");
         assert_uploaded(&env, url, sha);
+    }
+}
+
+/// A file over the 8 MiB inline-digest limit: ferry's server has only the CRC at completion, so
+/// `--digest blake3` / `sha256` make it compute the cryptographic digest on request.
+#[test]
+fn digest_flag_asks_for_a_cryptographic_digest() {
+    let server = Server::start(&[]);
+    let env = Env::new();
+    let (f, sha) = env.file("big.bin", 9 * MIB + 7, 21);
+    let data = std::fs::read(&f).unwrap();
+    for (flag, key, want) in [
+        ("blake3", "blake3", blake3::hash(&data).to_hex().to_string()),
+        ("sha256", "sha256", sha.clone()),
+        (
+            "crc64nvme",
+            "crc64nvme",
+            format!("{:016x}", crc64nvme(&data)),
+        ),
+    ] {
+        let done = env
+            .upload(&[&f], &server.files_url, &["--json", "--digest", flag])
+            .wait(RUN_LIMIT)
+            .ok();
+        let out = done.json();
+        assert_eq!(out.len(), 1, "{done:#?}");
+        assert_eq!(
+            out[0][key].as_str(),
+            Some(want.as_str()),
+            "{flag}: {}",
+            out[0]
+        );
+        assert_eq!(out[0]["verified"], true, "{flag}: {}", out[0]);
+        assert_uploaded(&env, out[0]["url"].as_str().unwrap(), &sha);
     }
 }
 
@@ -965,11 +1002,9 @@ fn without_checksums_corruption_fails_verification_exit_5() {
     assert_eq!(proxy.corrupted.load(Ordering::Relaxed), 1);
     assert!(done.stdout.is_empty(), "{done:#?}");
     assert_ne!(get_sha256(&env.saved_url()), sha);
-    // Against ferry serve the whole-file check is BLAKE3.
-    let stored = get_blake3(&env.saved_url());
-    let sha = blake3::hash(&std::fs::read(&f).unwrap())
-        .to_hex()
-        .to_string();
+    // Against ferry serve the whole-file check is CRC-64/NVME.
+    let stored = get_crc64nvme(&env.saved_url());
+    let sha = format!("{:016x}", crc64nvme(&std::fs::read(&f).unwrap()));
     assert_ne!(stored, sha);
     assert!(
         done.stderr.contains(&stored) && done.stderr.contains(&sha),

@@ -306,14 +306,25 @@ pub fn head_offset(url: &str) -> Option<u64> {
         .map(|v| v.to_str().unwrap().parse().unwrap())
 }
 
-/// GET a finished upload and hash it.
-/// BLAKE3 (hex) of what `GET url` returns.
-pub fn get_blake3(url: &str) -> String {
+/// CRC-64/NVME of `data`, from the `crc` crate (not the one ferry uses).
+pub fn crc64nvme(data: &[u8]) -> u64 {
+    crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(data)
+}
+
+/// The `crc64nvme=:<base64>:` member of a `Repr-Digest` for `data` (8 bytes, big-endian).
+pub fn crc64nvme_member(data: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "crc64nvme=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(crc64nvme(data).to_be_bytes())
+    )
+}
+
+/// GET a finished upload: the CRC-64/NVME (hex) of what it returns.
+pub fn get_crc64nvme(url: &str) -> String {
     let resp = client().get(url).send().expect("GET");
     assert_eq!(resp.status().as_u16(), 200, "GET {url}");
-    blake3::hash(&resp.bytes().expect("read body"))
-        .to_hex()
-        .to_string()
+    format!("{:016x}", crc64nvme(&resp.bytes().expect("read body")))
 }
 
 pub fn get_sha256(url: &str) -> String {
@@ -331,18 +342,30 @@ pub fn get_sha256(url: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// Checks the whole-file digest a `ferry upload --json` line reports against the file: BLAKE3
-/// (`"blake3"`, against servers that know it, like ferry's) or SHA-256 (`"sha256"`).
+/// Checks the whole-file digest a `ferry upload --json` line reports against the file:
+/// CRC-64/NVME (`"crc64nvme"`, against ferry's server), BLAKE3 (`"blake3"`) or SHA-256
+/// (`"sha256"`, against servers that know nothing else).
 pub fn assert_reported_digest(line: &serde_json::Value, path: &Path) {
     let data = std::fs::read(path).unwrap();
-    match (line.get("blake3"), line.get("sha256")) {
-        (Some(b), _) => assert_eq!(
+    match (
+        line.get("crc64nvme"),
+        line.get("blake3"),
+        line.get("sha256"),
+    ) {
+        (Some(c), _, _) => assert_eq!(
+            c.as_str(),
+            Some(format!("{:016x}", crc64nvme(&data)).as_str()),
+            "{line}"
+        ),
+        (None, Some(b), _) => assert_eq!(
             b.as_str(),
             Some(blake3::hash(&data).to_hex().as_str()),
             "{line}"
         ),
-        (None, Some(s)) => assert_eq!(s.as_str(), Some(sha256(&data).as_str()), "{line}"),
-        (None, None) => panic!("no digest reported: {line}"),
+        (None, None, Some(s)) => {
+            assert_eq!(s.as_str(), Some(sha256(&data).as_str()), "{line}")
+        }
+        (None, None, None) => panic!("no digest reported: {line}"),
     }
 }
 
