@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A/B of two ferry binaries (not a test): alternating 1 GiB uploads on loopback, each against a
-# fresh `ferry serve --sync none` of the same binary, 2 s idle before each. Prints MB/s and the
-# CPU seconds of client and server per run, which say more than wall time on this noisy VM.
+# fresh `ferry serve --sync none` of the same binary, 2 s idle and then a 1536 MiB scratch file
+# written and deleted just before each (this VM hands memory idle for ~2 s back to the host, and
+# writing into it costs a host fault per page: see docs/benchmarks.md). Prints MB/s and the CPU
+# seconds of client and server per run, which say more than wall time on this noisy VM.
 #   scripts/bench-ab.sh BIN_A BIN_B [ROUNDS] [-- extra `ferry upload` flags]
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 BIN_A BIN_B [ROUNDS] [-- upload flags]" >&2; exit 2; }
@@ -25,6 +27,8 @@ one() {
     server=$!
     for _ in $(seq 50); do curl -s -o /dev/null -X OPTIONS "http://127.0.0.1:$port/files/" && break; sleep 0.1; done
     sleep 2
+    dd if=/dev/zero of="$work/scratch" bs=1M count=1536 status=none
+    rm "$work/scratch"
     local s0 s1 t0 t1 cu cs
     s0=$(awk '{print $14 + $15}' "/proc/$server/stat")
     t0=$(date +%s.%N)
