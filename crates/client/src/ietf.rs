@@ -207,7 +207,7 @@ pub async fn append(
     if probe {
         req = req.header(reqwest::header::CONNECTION, "close");
     }
-    if let Some(w) = want_digest.filter(|_| last) {
+    if let Some(w) = want_digest {
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("PATCH", e))?;

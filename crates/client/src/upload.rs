@@ -1210,10 +1210,12 @@ impl Uploader {
                 (None, None) => tus::RequestChecksum::None,
             };
             let last = offset + size == len;
-            // Only the request that completes the whole file asks for its digest.
-            let want = shared
-                .want_digest
-                .filter(|_| target.base == 0 && last && target.len == shared.source.len());
+            // The request that completes the whole file asks for its digest, and so does the
+            // one that starts it: ferry's server then keeps a cryptographic digest (--digest)
+            // running instead of reading the upload back at the end.
+            let want = shared.want_digest.filter(|_| {
+                target.base == 0 && (last || offset == 0) && target.len == shared.source.len()
+            });
             let t0 = Instant::now();
             let stall = self.opts.stall_timeout;
             let probe = size > controller.accepted();

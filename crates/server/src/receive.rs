@@ -7,6 +7,7 @@
 use crate::AppState;
 use axum::body::Body;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, Hasher};
+use ferry_proto::digest::WantDigest;
 use ferry_proto::{ProtoError, tus};
 use ferry_store::{Lease, StoreError, UploadInfo};
 use http_body_util::BodyExt;
@@ -59,16 +60,19 @@ pub struct Received {
 }
 
 /// Receives `body` into the upload held by `lease`, committing per the sync policy. Runs in
-/// its own task so that a dropped connection cannot skip the final commit.
+/// its own task so that a dropped connection cannot skip the final commit. `want` is the
+/// request's `Want-Repr-Digest`: on the request that starts an upload it keeps the
+/// cryptographic digest asked for running (see [`ferry_store::Append::keep_running`]).
 pub async fn receive(
     state: std::sync::Arc<AppState>,
     lease: Lease,
     body: Body,
     expected: Option<u64>,
     verify: Verify,
+    want: Option<WantDigest>,
 ) -> Result<Received, StoreError> {
     let task = tokio::spawn(async move {
-        let result = receive_inner(&state, &lease, body, expected, verify).await;
+        let result = receive_inner(&state, &lease, body, expected, verify, want).await;
         drop(lease);
         result
     });
@@ -82,8 +86,12 @@ async fn receive_inner(
     mut body: Body,
     expected: Option<u64>,
     verify: Verify,
+    want: Option<WantDigest>,
 ) -> Result<Received, StoreError> {
     let mut append = state.uploads.append(lease, expected).await?;
+    if let Some(w) = want {
+        append.keep_running(w);
+    }
     let idle = state.config.body_idle_timeout;
     // A chunk with a checksum is all or nothing: no checkpoint may commit part of it.
     let all_or_nothing = !matches!(verify, Verify::None);

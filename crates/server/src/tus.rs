@@ -295,7 +295,15 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     let expected = content_length(&req);
     let want = want_digest(req.headers());
     let lease = state.uploads.lease(info.id).await?;
-    let received = receive(state.clone(), lease, req.into_body(), expected, verify).await?;
+    let received = receive(
+        state.clone(),
+        lease,
+        req.into_body(),
+        expected,
+        verify,
+        want,
+    )
+    .await?;
     if let Ending::TooLong { length } = received.ending {
         // The upload was created for this request only; do not leave it half-made.
         let _ = state.uploads.delete(info.id).await;
@@ -586,7 +594,15 @@ pub async fn patch(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Re
         return Ok(resp);
     }
     let want = want_digest(req.headers());
-    let received = receive(state.clone(), lease, req.into_body(), expected, verify).await?;
+    let received = receive(
+        state.clone(),
+        lease,
+        req.into_body(),
+        expected,
+        verify,
+        want,
+    )
+    .await?;
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
     set_expires(&mut resp, &received.info);
     answer_digest(&state, &mut resp, want, &received.info).await;

@@ -128,39 +128,38 @@ pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
 #[derive(Clone)]
 struct RunningDigest {
     crc64nvme: Hasher,
-    /// BLAKE3 and SHA-256, only for uploads small enough to get them inline.
-    cryptographic: Option<(Hasher, Hasher)>,
+    /// BLAKE3: for uploads small enough to get every digest inline, or asked for by the
+    /// request that started the upload ([`Append::keep_running`]).
+    blake3: Option<Hasher>,
+    /// SHA-256: likewise.
+    sha256: Option<Hasher>,
 }
 
-/// Digests of a whole upload: CRC-64/NVME, and BLAKE3 and SHA-256 when computed inline.
-type Finished = (u64, Option<([u8; 32], [u8; 32])>);
+/// Digests of a whole upload: CRC-64/NVME, then BLAKE3 and SHA-256 if they were kept running.
+type Finished = (u64, Option<[u8; 32]>, Option<[u8; 32]>);
 
 impl RunningDigest {
     fn new(length: Option<u64>) -> Self {
+        let small = length.is_some_and(|l| l <= INLINE_DIGEST_MAX);
         Self {
             crc64nvme: Hasher::new(ChecksumAlgorithm::Crc64Nvme),
-            cryptographic: length.is_some_and(|l| l <= INLINE_DIGEST_MAX).then(|| {
-                (
-                    Hasher::new(ChecksumAlgorithm::Blake3),
-                    Hasher::new(ChecksumAlgorithm::Sha256),
-                )
-            }),
+            blake3: small.then(|| Hasher::new(ChecksumAlgorithm::Blake3)),
+            sha256: small.then(|| Hasher::new(ChecksumAlgorithm::Sha256)),
         }
     }
 
     fn update(&mut self, data: &[u8]) {
         self.crc64nvme.update(data);
-        if let Some((b3, sha)) = &mut self.cryptographic {
-            b3.update(data);
-            sha.update(data);
+        for h in [&mut self.blake3, &mut self.sha256].into_iter().flatten() {
+            h.update(data);
         }
     }
 
     fn finish(self) -> Finished {
         (
             to_u64(self.crc64nvme.finalize()),
-            self.cryptographic
-                .map(|(b3, sha)| (to32(b3.finalize()), to32(sha.finalize()))),
+            self.blake3.map(|h| to32(h.finalize())),
+            self.sha256.map(|h| to32(h.finalize())),
         )
     }
 }
@@ -967,6 +966,25 @@ impl Append<'_> {
         self.received() - self.info.offset
     }
 
+    /// Also keeps the cryptographic digest a client asked for (`want`, from the
+    /// `Want-Repr-Digest` of the request that starts the upload) running, so that it is ready at
+    /// completion instead of computed by reading a large upload back. Only from byte 0, and
+    /// not when the client accepts the CRC-64/NVME that always runs.
+    pub fn keep_running(&mut self, want: WantDigest) {
+        if want.crc64nvme || self.received() != 0 {
+            return;
+        }
+        if let Some(h) = &mut self.hasher {
+            if want.blake3 {
+                h.blake3
+                    .get_or_insert_with(|| Hasher::new(ChecksumAlgorithm::Blake3));
+            } else if want.sha256 {
+                h.sha256
+                    .get_or_insert_with(|| Hasher::new(ChecksumAlgorithm::Sha256));
+            }
+        }
+    }
+
     /// Accepts bytes. Refuses (without taking any) bytes that would go past the length.
     pub async fn push(&mut self, mut data: &[u8]) -> Result<()> {
         self.check_failed()?;
@@ -1093,12 +1111,10 @@ impl Append<'_> {
                     let now = now_ms();
                     info.offset = target;
                     info.updated_ms = now;
-                    if let Some((crc, cryptographic)) = digests {
+                    if let Some((crc, b3, sha)) = digests {
                         info.crc64nvme = Some(crc);
-                        if let Some((b3, sha)) = cryptographic {
-                            info.blake3 = Some(b3);
-                            info.sha256 = Some(sha);
-                        }
+                        info.blake3 = info.blake3.or(b3);
+                        info.sha256 = info.sha256.or(sha);
                     }
                     // Activity keeps an unfinished upload alive; finishing applies the
                     // finished-upload policy.
@@ -1265,6 +1281,38 @@ mod tests {
         let with_sha = settled(|i| i.sha256.is_some()).await;
         assert_eq!(with_sha.sha256, Some(sha(&data)), "computed on request");
         assert_eq!(with_sha.crc64nvme, Some(crc64nvme_of(&data)));
+    }
+
+    #[tokio::test]
+    async fn a_cryptographic_digest_asked_for_at_the_start_is_kept_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i / 5) as u8).collect();
+        let (one, two) = data.split_at(4 << 20);
+        for (want, b3_kept, sha_kept) in [
+            ("blake3=10, sha-256=3", true, false),
+            ("sha-256=10", false, true),
+            ("crc64nvme=10, blake3=5", false, false),
+        ] {
+            let info = u
+                .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
+                .await
+                .unwrap();
+            let lease = u.lease(info.id).await.unwrap();
+            let mut a = u.append(&lease, None).await.unwrap();
+            a.keep_running(WantDigest::parse(want));
+            a.push(one).await.unwrap();
+            a.commit().await.unwrap();
+            // Too late: bytes were already taken.
+            a.keep_running(WantDigest::parse("sha-256=10"));
+            drop(a);
+            drop(lease);
+            let done = write_all(&u, info.id, two).await;
+            assert!(done.is_complete());
+            assert_eq!(done.crc64nvme, Some(crc64nvme_of(&data)), "{want}");
+            assert_eq!(done.blake3, b3_kept.then(|| b3(&data)), "{want}");
+            assert_eq!(done.sha256, sha_kept.then(|| sha(&data)), "{want}");
+        }
     }
 
     #[tokio::test]

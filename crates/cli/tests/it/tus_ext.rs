@@ -1232,6 +1232,42 @@ fn final_created_while_the_last_part_finishes_always_completes() {
 // ---------------------------------------------------------------------------------------------
 // Repr-Digest
 
+/// A large upload whose first PATCH asks for BLAKE3 (`Want-Repr-Digest`, as `ferry upload
+/// --digest blake3` sends) has it when the last PATCH is answered: kept running, not read back
+/// (which would only start then, in the background). One that accepts the CRC gets just that.
+#[test]
+fn want_repr_digest_on_the_first_patch_keeps_blake3_running() {
+    let server = Server::start(&[]);
+    let large = random_bytes(9 * MIB + 3, 63);
+    let half = large.len() / 2;
+    for (want, expect) in [
+        (
+            "blake3=10, sha-256=3",
+            format!("{}, {}", blake3_member(&large), crc64nvme_member(&large)),
+        ),
+        ("crc64nvme=10, blake3=5", crc64nvme_member(&large)),
+    ] {
+        let url = create(&server, large.len() as u64, None);
+        let send = |offset: usize, bytes: &[u8]| {
+            client()
+                .patch(&url)
+                .header(TUS.0, TUS.1)
+                .header("Upload-Offset", offset.to_string())
+                .header("Content-Type", "application/offset+octet-stream")
+                .header("Want-Repr-Digest", want)
+                .body(bytes.to_vec())
+                .send()
+                .unwrap()
+        };
+        let first = send(0, &large[..half]);
+        assert_eq!(first.status().as_u16(), 204);
+        assert_eq!(hdr(&first, "repr-digest"), None, "{want}: not finished yet");
+        let last = send(half, &large[half..]);
+        assert_eq!(last.status().as_u16(), 204);
+        assert_eq!(hdr(&last, "repr-digest"), Some(expect), "{want}");
+    }
+}
+
 #[test]
 fn repr_digest_on_finished_uploads_only() {
     let server = Server::start(&[]);
