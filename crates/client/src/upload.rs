@@ -51,7 +51,8 @@ pub struct UploadOptions {
     pub verify: bool,
     /// The whole-file digest to compare (`None`: CRC-64/NVME with ferry servers, SHA-256 with
     /// others). CRC-64/NVME catches any accident; ask for BLAKE3 or SHA-256 where a
-    /// cryptographic digest is wanted.
+    /// cryptographic digest is wanted. Another algorithm (no `Repr-Digest` key) counts as
+    /// `None`.
     pub digest: Option<ChecksumAlgorithm>,
     /// How many streams.
     pub parallel: Parallel,
@@ -384,16 +385,14 @@ impl Uploader {
         // Chunk endpoints answer no OPTIONS; ferry's sessions carry CRC-64/NVME (a server with
         // something else costs a second read to hash with that).
         let digest_algorithm = match self.opts.digest {
-            Some(a) => a,
-            None if caps.algorithms.contains(&ChecksumAlgorithm::Crc64Nvme)
+            Some(a) if ferry_proto::digest::key_of(a).is_some() => a,
+            _ if caps.algorithms.contains(&ChecksumAlgorithm::Crc64Nvme)
                 || job.adapter == Adapter::Chunks =>
             {
                 ChecksumAlgorithm::Crc64Nvme
             }
-            None if caps.algorithms.contains(&ChecksumAlgorithm::Blake3) => {
-                ChecksumAlgorithm::Blake3
-            }
-            None => ChecksumAlgorithm::Sha256,
+            _ if caps.algorithms.contains(&ChecksumAlgorithm::Blake3) => ChecksumAlgorithm::Blake3,
+            _ => ChecksumAlgorithm::Sha256,
         };
         let sequential = Arc::new(Mutex::new(if self.opts.verify {
             SequentialHash::new(digest_algorithm)
