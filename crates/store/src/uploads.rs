@@ -676,36 +676,39 @@ impl Uploads {
     /// once at a time per upload.
     async fn digest_by_reading(&self, info: &UploadInfo, want: WantDigest) {
         let small = info.length.unwrap_or(0) <= INLINE_DIGEST_MAX;
-        let crc_will_do = want.crc64nvme;
-        let want = Wanted {
-            crc64nvme: info.crc64nvme.is_none(),
-            blake3: info.blake3.is_none() && (small || (want.blake3 && !crc_will_do)),
-            sha256: info.sha256.is_none()
-                && (small || (want.sha256 && !want.blake3 && !crc_will_do)),
-        };
-        if !want.crc64nvme && !want.blake3 && !want.sha256 {
-            return;
-        }
-        if !self
-            .digesting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(info.id)
-        {
+        if wanted(info, want, small).is_none() {
             return;
         }
         let data = self.data.clone();
         let meta = self.meta.clone();
         let digesting = self.digesting.clone();
-        let info_owned = info.clone();
+        let id = info.id;
         let job = async move {
-            if let Err(e) = compute_digest(&data, &meta, &info_owned, want).await {
-                tracing::warn!(upload = %info_owned.id, error = %e, "digest failed");
+            // One read-back at a time per upload: a request for another digest that comes
+            // while one runs waits for it, then computes what the record still lacks (it
+            // used to be dropped, and its HEAD waited in vain).
+            while !digesting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let result = match meta.get(id).await {
+                Ok(Some(fresh)) => match wanted(&fresh, want, small) {
+                    Some(w) => compute_digest(&data, &meta, &fresh, w).await,
+                    None => Ok(()),
+                },
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(upload = %id, error = %e, "digest failed");
             }
             digesting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&info_owned.id);
+                .remove(&id);
         };
         if small {
             job.await;
@@ -859,6 +862,19 @@ async fn read_upload(
         })
         .flatten();
     Ok(Box::pin(stream))
+}
+
+/// What to compute by reading `info` back for a client that accepts `want`, if anything:
+/// every missing digest when `small`, else the CRC if missing and the cheapest cryptographic
+/// digest `want` names if it does not accept the CRC.
+fn wanted(info: &UploadInfo, want: WantDigest, small: bool) -> Option<Wanted> {
+    let crc_will_do = want.crc64nvme;
+    let w = Wanted {
+        crc64nvme: info.crc64nvme.is_none(),
+        blake3: info.blake3.is_none() && (small || (want.blake3 && !crc_will_do)),
+        sha256: info.sha256.is_none() && (small || (want.sha256 && !want.blake3 && !crc_will_do)),
+    };
+    (w.crc64nvme || w.blake3 || w.sha256).then_some(w)
 }
 
 /// Which digests to compute by reading back.
@@ -1281,6 +1297,38 @@ mod tests {
         let with_sha = settled(|i| i.sha256.is_some()).await;
         assert_eq!(with_sha.sha256, Some(sha(&data)), "computed on request");
         assert_eq!(with_sha.crc64nvme, Some(crc64nvme_of(&data)));
+    }
+
+    #[tokio::test]
+    async fn a_digest_asked_for_while_another_is_read_back_is_computed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data = vec![9u8; (INLINE_DIGEST_MAX + 1) as usize];
+        let info = u
+            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
+            .await
+            .unwrap();
+        let done = write_all(&u, info.id, &data).await;
+        // As if a read-back of this upload were running.
+        u.digesting.lock().unwrap().insert(info.id);
+        u.ensure_digests(&done, WantDigest::parse("sha-256=10"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(u.get(info.id).await.unwrap().unwrap().sha256, None);
+        u.digesting.lock().unwrap().remove(&info.id);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            let i = u.get(info.id).await.unwrap().unwrap();
+            if i.sha256.is_some() || std::time::Instant::now() > deadline {
+                break i.sha256;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            got,
+            Some(sha(&data)),
+            "the request waited instead of being dropped"
+        );
     }
 
     #[tokio::test]
