@@ -953,8 +953,9 @@ impl Uploader {
     }
 
     /// Compares the file's digest with the server's: from the response that completed the
-    /// upload when it carried one, else from a HEAD asking for it. A server that only knows
-    /// the other of SHA-256 and BLAKE3 than the file was hashed with costs a second read of it.
+    /// upload when it carried one, else from a HEAD asking for it. A server that only has
+    /// another digest than the file was hashed with costs a second read of it (but a
+    /// cryptographic digest asked for with `--digest` is never replaced by the CRC).
     async fn verify(
         &self,
         adapter: Adapter,
@@ -992,8 +993,13 @@ impl Uploader {
         };
         let (ours, theirs) = match digests.get(ours.key()) {
             Some(d) => (ours.clone(), d.to_vec()),
+            // Another digest the server has, hashed locally again; a cryptographic digest
+            // asked for (--digest) is never replaced by the CRC.
             None => match ferry_proto::digest::WHOLE_DIGESTS
                 .into_iter()
+                .filter(|(_, a)| {
+                    *a != ChecksumAlgorithm::Crc64Nvme || self.opts.digest.is_none_or(|d| d == *a)
+                })
                 .find_map(|(k, a)| Some((digests.get(k)?, a)))
             {
                 Some((d, algorithm)) => {
@@ -1013,6 +1019,12 @@ impl Uploader {
                         })?;
                     let sha = FileDigest { algorithm, bytes };
                     (sha, d.to_vec())
+                }
+                None if self.opts.digest.is_some() && !digests.0.is_empty() => {
+                    return Ok(Verification::NotVerified(format!(
+                        "the server did not give the {} digest asked for (--digest), so the result was not verified",
+                        ours.key()
+                    )));
                 }
                 None => {
                     return Ok(Verification::NotVerified(

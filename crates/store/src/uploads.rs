@@ -497,7 +497,8 @@ impl Uploads {
 
     /// Sets the length of an upload whose length was deferred (once).
     pub async fn declare_length(&self, lease: &Lease, length: u64) -> Result<UploadInfo> {
-        self.meta
+        let info = self
+            .meta
             .update(
                 lease.id(),
                 Box::new(move |info| {
@@ -516,7 +517,38 @@ impl Uploads {
                     Ok(())
                 }),
             )
-            .await
+            .await?;
+        if !info.is_complete() {
+            return Ok(info);
+        }
+        // Declared at the offset reached: complete now, with no byte to commit. The running
+        // digests (if the chain is whole) are final, and the completion work follows.
+        let id = info.id;
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .filter(|(pos, _)| *pos == info.offset);
+        let expiry = self.expiry;
+        let digests = running.map(|(_, h)| h.finish());
+        let info = self
+            .meta
+            .update(
+                id,
+                Box::new(move |i| {
+                    if let Some((crc, b3, sha)) = digests {
+                        i.crc64nvme = Some(crc);
+                        i.blake3 = i.blake3.or(b3);
+                        i.sha256 = i.sha256.or(sha);
+                    }
+                    i.expires_ms = expiry.expires_at(true, now_ms());
+                    Ok(())
+                }),
+            )
+            .await?;
+        self.completed(&info).await;
+        Ok(self.meta.get(id).await?.unwrap_or(info))
     }
 
     /// Deletes an upload: takes it over from any writer, then removes it. A partial that a
@@ -694,6 +726,9 @@ impl Uploads {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Leaves the set however the job ends (a request running it inline may be
+            // cancelled mid-way; a stale entry would make every later request wait forever).
+            let _running = Digesting(&digesting, id);
             let result = match meta.get(id).await {
                 Ok(Some(fresh)) => match wanted(&fresh, want, small) {
                     Some(w) => compute_digest(&data, &meta, &fresh, w).await,
@@ -705,10 +740,6 @@ impl Uploads {
             if let Err(e) = result {
                 tracing::warn!(upload = %id, error = %e, "digest failed");
             }
-            digesting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
         };
         if small {
             job.await;
@@ -862,6 +893,18 @@ async fn read_upload(
         })
         .flatten();
     Ok(Box::pin(stream))
+}
+
+/// Marks an upload's read-back as running for as long as it lives.
+struct Digesting<'a>(&'a Mutex<std::collections::HashSet<UploadId>>, UploadId);
+
+impl Drop for Digesting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// What to compute by reading `info` back for a client that accepts `want`, if anything:
@@ -1174,6 +1217,7 @@ impl Drop for Append<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt as _;
 
     fn open(dir: &Path) -> Uploads {
         Uploads::open_local(dir, SyncPolicy::Always).unwrap()
@@ -1332,6 +1376,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn declaring_the_length_at_the_offset_completes_with_the_running_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i / 11) as u8).collect();
+        let info = u
+            .create(new_upload(None, UploadKind::Regular))
+            .await
+            .unwrap();
+        write_all(&u, info.id, &data).await;
+        let lease = u.lease(info.id).await.unwrap();
+        let done = u.declare_length(&lease, data.len() as u64).await.unwrap();
+        assert!(done.is_complete());
+        assert_eq!(
+            done.crc64nvme,
+            Some(crc64nvme_of(&data)),
+            "from the running CRC, at once (a read-back of 9 MiB runs in the background)"
+        );
+        assert!(
+            u.running.lock().unwrap().is_empty(),
+            "no running entry left"
+        );
+    }
+
+    #[tokio::test]
     async fn a_cryptographic_digest_asked_for_at_the_start_is_kept_running() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
@@ -1379,18 +1447,27 @@ mod tests {
             assert_eq!(done.crc64nvme, Some(crc64nvme_of(bytes)));
             parts.push(p.id);
         }
+        // Change a stored byte behind the store's back: a CRC computed by reading the final
+        // back would show it; one combined from the parts' recorded CRCs does not.
+        let first = LocalDataStore::open(dir.path()).unwrap().path_of(parts[0]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .write_all_at(&[data[0] ^ 0xff], 0)
+            .unwrap();
         let f = u
             .create_final(parts, Metadata::default(), None)
             .await
             .unwrap();
         let f = u.get(f.id).await.unwrap().unwrap();
         assert!(f.is_complete());
-        assert_eq!(f.crc64nvme, Some(crc64nvme_of(&data)));
-        assert!(
-            !u.digesting.lock().unwrap().contains(&f.id) && f.blake3.is_none(),
-            "nothing read back"
+        assert_eq!(
+            f.crc64nvme,
+            Some(crc64nvme_of(&data)),
+            "combined from the parts, nothing read back"
         );
-        assert_eq!(read_all(&u, &f).await, data);
+        assert_ne!(read_all(&u, &f).await, data, "the byte did change");
     }
 
     #[tokio::test]

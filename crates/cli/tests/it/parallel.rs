@@ -407,7 +407,7 @@ fn bad_link_auto_parallelism_reaches_best_fixed() {
 
 // --------------------------------------------------------------------- cuts ----
 
-/// The cut schedule: with checksums on (auto: BLAKE3 against ferry serve), a chunk cut
+/// The cut schedule: with checksums on (auto: CRC-32 against ferry serve), a chunk cut
 /// off is discarded whole, so what a cut costs is what the cut request had sent. The same
 /// seeded schedule (connection n is cut after its own pseudo-random number of bytes, 2–6 MiB)
 /// is replayed against the adaptive chunk size (the defaults) and against a fixed chunk at the

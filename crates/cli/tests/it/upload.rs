@@ -411,6 +411,25 @@ fn digest_flag_asks_for_a_cryptographic_digest() {
         assert_eq!(out[0]["verified"], true, "{flag}: {}", out[0]);
         assert_uploaded(&env, out[0]["url"].as_str().unwrap(), &sha);
     }
+    // A chunk session over 8 MiB gets no cryptographic digest (sessions do not act on
+    // Want-Repr-Digest): asked for one, the client says so instead of comparing the CRC.
+    let chunks = format!("http://{}/chunks/", server.addr);
+    let done = env
+        .upload(
+            &[&f],
+            &chunks,
+            &["--protocol", "chunks", "--json", "--digest", "blake3"],
+        )
+        .wait(RUN_LIMIT)
+        .ok();
+    let out = done.json();
+    assert_eq!(out[0]["verified"], false, "{done:#?}");
+    assert!(
+        done.stderr
+            .contains("did not give the blake3 digest asked for (--digest)"),
+        "{done:#?}"
+    );
+    assert_uploaded(&env, out[0]["url"].as_str().unwrap(), &sha);
 }
 
 // ------------------------------------------------------------- exit codes ----
