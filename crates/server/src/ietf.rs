@@ -305,16 +305,7 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
         .lease(info.id)
         .await
         .map_err(|e| fail(e.into()))?;
-    let want = want_digest(req.headers());
-    let received = receive(
-        state.clone(),
-        lease,
-        req.into_body(),
-        content_len,
-        verify,
-        want,
-    )
-    .await?;
+    let received = receive(state.clone(), lease, req, content_len, verify).await?;
     let fail_with_location = |e: ApiError| e.with_header(header::LOCATION, &location);
     let info = finish_body(&state, draft, complete, received)
         .await
@@ -559,16 +550,7 @@ async fn append(state: Arc<AppState>, draft: Draft, id: UploadId, req: Request<B
     }
     let mut resp = response(draft, StatusCode::NO_CONTENT);
     let info = if body_follows {
-        let want = want_digest(req.headers());
-        let received = receive(
-            state.clone(),
-            lease,
-            req.into_body(),
-            r.content_len,
-            verify,
-            want,
-        )
-        .await?;
+        let received = receive(state.clone(), lease, req, r.content_len, verify).await?;
         finish_body(&state, draft, complete, received).await?
     } else {
         drop(lease);

@@ -5,7 +5,9 @@
 //! which is discarded whole.
 
 use crate::AppState;
+use crate::tus::want_digest;
 use axum::body::Body;
+use axum::http::Request;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, Hasher};
 use ferry_proto::digest::WantDigest;
 use ferry_proto::{ProtoError, tus};
@@ -51,6 +53,8 @@ pub enum Ending {
 
 /// Result of receiving a body.
 pub struct Received {
+    /// The request's `Want-Repr-Digest`, for the answer.
+    pub want: Option<WantDigest>,
     /// How the body ended.
     pub ending: Ending,
     /// The committed record after the body (the offset to report).
@@ -59,18 +63,20 @@ pub struct Received {
     pub error: Option<StoreError>,
 }
 
-/// Receives `body` into the upload held by `lease`, committing per the sync policy. Runs in
-/// its own task so that a dropped connection cannot skip the final commit. `want` is the
-/// request's `Want-Repr-Digest`: on the request that starts an upload it keeps the
-/// cryptographic digest asked for running (see [`ferry_store::Append::keep_running`]).
+/// Receives the body of `req` into the upload held by `lease`, committing per the sync
+/// policy. Runs in its own task so that a dropped connection cannot skip the final commit. The
+/// request's `Want-Repr-Digest` comes back in [`Received::want`]; on the request that starts an
+/// upload it also keeps the cryptographic digest asked for running (see
+/// [`ferry_store::Append::keep_running`]).
 pub async fn receive(
     state: std::sync::Arc<AppState>,
     lease: Lease,
-    body: Body,
+    req: Request<Body>,
     expected: Option<u64>,
     verify: Verify,
-    want: Option<WantDigest>,
 ) -> Result<Received, StoreError> {
+    let want = want_digest(req.headers());
+    let body = req.into_body();
     let task = tokio::spawn(async move {
         let result = receive_inner(&state, &lease, body, expected, verify, want).await;
         drop(lease);
@@ -163,6 +169,7 @@ async fn receive_inner(
                 // Discard the whole body: dropping the append leaves the offset untouched.
                 let info = append.info().clone();
                 return Ok(Received {
+                    want,
                     ending: Ending::TooLong { length },
                     info,
                     error: None,
@@ -209,6 +216,7 @@ async fn receive_inner(
             let info = append.info().clone();
             tracing::info!(upload = %info.id, ending = ?ending, "chunk discarded");
             return Ok(Received {
+                want,
                 ending,
                 info,
                 error: None,
@@ -232,6 +240,7 @@ async fn receive_inner(
         }
     }
     Ok(Received {
+        want,
         ending,
         info,
         error,

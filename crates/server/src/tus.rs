@@ -293,17 +293,8 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     }
     // creation-with-upload: the body holds the first bytes.
     let expected = content_length(&req);
-    let want = want_digest(req.headers());
     let lease = state.uploads.lease(info.id).await?;
-    let received = receive(
-        state.clone(),
-        lease,
-        req.into_body(),
-        expected,
-        verify,
-        want,
-    )
-    .await?;
+    let received = receive(state.clone(), lease, req, expected, verify).await?;
     if let Ending::TooLong { length } = received.ending {
         // The upload was created for this request only; do not leave it half-made.
         let _ = state.uploads.delete(info.id).await;
@@ -324,7 +315,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     }
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
     set_expires(&mut resp, &received.info);
-    answer_digest(&state, &mut resp, want, &received.info).await;
+    answer_digest(&state, &mut resp, received.want, &received.info).await;
     finish_body_response(resp, received)
 }
 
@@ -593,19 +584,10 @@ pub async fn patch(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Re
         set_expires(&mut resp, &info);
         return Ok(resp);
     }
-    let want = want_digest(req.headers());
-    let received = receive(
-        state.clone(),
-        lease,
-        req.into_body(),
-        expected,
-        verify,
-        want,
-    )
-    .await?;
+    let received = receive(state.clone(), lease, req, expected, verify).await?;
     set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
     set_expires(&mut resp, &received.info);
-    answer_digest(&state, &mut resp, want, &received.info).await;
+    answer_digest(&state, &mut resp, received.want, &received.info).await;
     finish_body_response(resp, received)
 }
 

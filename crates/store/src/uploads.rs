@@ -1223,6 +1223,18 @@ mod tests {
         Uploads::open_local(dir, SyncPolicy::Always).unwrap()
     }
 
+    /// `mib` MiB of bytes that change every `step` positions.
+    fn pattern(mib: u32, step: u32) -> Vec<u8> {
+        (0..(mib << 20)).map(|i| (i / step) as u8).collect()
+    }
+
+    /// A regular upload of `length` (None: deferred).
+    async fn regular(u: &Uploads, length: Option<u64>) -> UploadInfo {
+        u.create(new_upload(length, UploadKind::Regular))
+            .await
+            .unwrap()
+    }
+
     async fn write_all(u: &Uploads, id: UploadId, data: &[u8]) -> UploadInfo {
         let lease = u.lease(id).await.unwrap();
         let mut a = u.append(&lease, Some(data.len() as u64)).await.unwrap();
@@ -1262,10 +1274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
         let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
-        let info = u
-            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
-            .await
-            .unwrap();
+        let info = regular(&u, Some(data.len() as u64)).await;
         let lease = u.lease(info.id).await.unwrap();
         let mut a = u.append(&lease, None).await.unwrap();
         for chunk in data.chunks(70_001) {
@@ -1295,11 +1304,8 @@ mod tests {
     async fn large_upload_has_its_digest_at_completion_without_rereading() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
-        let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i / 7) as u8).collect();
-        let info = u
-            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
-            .await
-            .unwrap();
+        let data = pattern(12, 7);
+        let info = regular(&u, Some(data.len() as u64)).await;
         // Three requests; the running hash carries over between them.
         for part in data.chunks(5 << 20) {
             write_all(&u, info.id, part).await;
@@ -1348,10 +1354,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
         let data = vec![9u8; (INLINE_DIGEST_MAX + 1) as usize];
-        let info = u
-            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
-            .await
-            .unwrap();
+        let info = regular(&u, Some(data.len() as u64)).await;
         let done = write_all(&u, info.id, &data).await;
         // As if a read-back of this upload were running.
         u.digesting.lock().unwrap().insert(info.id);
@@ -1379,11 +1382,8 @@ mod tests {
     async fn declaring_the_length_at_the_offset_completes_with_the_running_crc() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
-        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i / 11) as u8).collect();
-        let info = u
-            .create(new_upload(None, UploadKind::Regular))
-            .await
-            .unwrap();
+        let data = pattern(9, 11);
+        let info = regular(&u, None).await;
         write_all(&u, info.id, &data).await;
         let lease = u.lease(info.id).await.unwrap();
         let done = u.declare_length(&lease, data.len() as u64).await.unwrap();
@@ -1403,17 +1403,14 @@ mod tests {
     async fn a_cryptographic_digest_asked_for_at_the_start_is_kept_running() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
-        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i / 5) as u8).collect();
+        let data = pattern(9, 5);
         let (one, two) = data.split_at(4 << 20);
         for (want, b3_kept, sha_kept) in [
             ("blake3=10, sha-256=3", true, false),
             ("sha-256=10", false, true),
             ("crc64nvme=10, blake3=5", false, false),
         ] {
-            let info = u
-                .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
-                .await
-                .unwrap();
+            let info = regular(&u, Some(data.len() as u64)).await;
             let lease = u.lease(info.id).await.unwrap();
             let mut a = u.append(&lease, None).await.unwrap();
             a.keep_running(WantDigest::parse(want));
@@ -1435,7 +1432,7 @@ mod tests {
     async fn large_final_combines_its_parts_crcs_without_reading() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
-        let data: Vec<u8> = (0..(10u32 << 20)).map(|i| (i / 3) as u8).collect();
+        let data = pattern(10, 3);
         let (one, two) = data.split_at(6 << 20);
         let mut parts = Vec::new();
         for bytes in [one, two] {
@@ -1475,10 +1472,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
         let data = vec![42u8; 1 << 20];
-        let info = u
-            .create(new_upload(Some(data.len() as u64), UploadKind::Regular))
-            .await
-            .unwrap();
+        let info = regular(&u, Some(data.len() as u64)).await;
         write_all(&u, info.id, &data[..1000]).await;
         {
             // Hashed but never committed: the running hash must not keep these bytes.
@@ -1509,10 +1503,7 @@ mod tests {
     async fn uncommitted_bytes_do_not_count() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
-        let info = u
-            .create(new_upload(Some(10), UploadKind::Regular))
-            .await
-            .unwrap();
+        let info = regular(&u, Some(10)).await;
         {
             let lease = u.lease(info.id).await.unwrap();
             let mut a = u.append(&lease, None).await.unwrap();
@@ -1568,10 +1559,7 @@ mod tests {
     async fn final_rejects_non_partials_and_missing_parts() {
         let dir = tempfile::tempdir().unwrap();
         let u = open(dir.path());
-        let r = u
-            .create(new_upload(Some(1), UploadKind::Regular))
-            .await
-            .unwrap();
+        let r = regular(&u, Some(1)).await;
         assert!(matches!(
             u.create_final(vec![r.id], Metadata::default(), None).await,
             Err(StoreError::NotPartial(_))
@@ -1601,19 +1589,10 @@ mod tests {
             unfinished: Some(Duration::from_secs(60)),
             finished: None,
         });
-        let stale = u
-            .create(new_upload(Some(10), UploadKind::Regular))
-            .await
-            .unwrap();
-        let done = u
-            .create(new_upload(Some(2), UploadKind::Regular))
-            .await
-            .unwrap();
+        let stale = regular(&u, Some(10)).await;
+        let done = regular(&u, Some(2)).await;
         write_all(&u, done.id, b"ok").await;
-        let busy = u
-            .create(new_upload(Some(10), UploadKind::Regular))
-            .await
-            .unwrap();
+        let busy = regular(&u, Some(10)).await;
         let held = u.lease(busy.id).await.unwrap();
         let later = now_ms() + 61_000;
         assert!(u.get(stale.id).await.unwrap().unwrap().is_expired(later));
