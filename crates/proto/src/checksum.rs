@@ -10,13 +10,13 @@
 //! concatenated finals need no second pass. `blake3` is there for a cryptographic digest.
 
 use crate::error::{ProtoError, echo};
-use crate::tus::trim_ows;
+use crate::http::trim_ows;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::Digest as _;
 
 /// A checksum algorithm ferry knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChecksumAlgorithm {
     /// SHA-1 (tus requires it).
     Sha1,
@@ -46,36 +46,43 @@ impl ChecksumAlgorithm {
         ChecksumAlgorithm::Sha512,
     ];
 
-    /// The name used on the wire.
-    pub fn name(self) -> &'static str {
-        match self {
-            ChecksumAlgorithm::Sha1 => "sha1",
-            ChecksumAlgorithm::Sha256 => "sha256",
-            ChecksumAlgorithm::Sha512 => "sha512",
-            ChecksumAlgorithm::Md5 => "md5",
-            ChecksumAlgorithm::Crc32 => "crc32",
-            ChecksumAlgorithm::Blake3 => "blake3",
-            ChecksumAlgorithm::Crc64Nvme => "crc64nvme",
-        }
+    fn entry(self) -> &'static Entry {
+        TABLE
+            .iter()
+            .find(|e| e.algorithm == self)
+            .expect("every algorithm is in the table")
     }
 
-    /// Looks up a wire name (case-insensitive).
+    /// The name used by tus (`Upload-Checksum`, `Tus-Checksum-Algorithm`) and in ferry's own
+    /// records.
+    pub fn name(self) -> &'static str {
+        self.entry().name
+    }
+
+    /// Looks up a tus name (case-insensitive).
     pub fn from_name(name: &str) -> Option<ChecksumAlgorithm> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.name().eq_ignore_ascii_case(name))
+        TABLE
+            .iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
+            .map(|e| e.algorithm)
+    }
+
+    /// The key in RFC 9530 fields (`Repr-Digest`, `Content-Digest`), if the algorithm has one.
+    pub fn digest_key(self) -> Option<&'static str> {
+        self.entry().digest_key
+    }
+
+    /// Looks up an RFC 9530 key (keys are lowercase).
+    pub fn from_digest_key(key: &str) -> Option<ChecksumAlgorithm> {
+        TABLE
+            .iter()
+            .find(|e| e.digest_key == Some(key))
+            .map(|e| e.algorithm)
     }
 
     /// Digest length in bytes.
     pub fn digest_len(self) -> usize {
-        match self {
-            ChecksumAlgorithm::Sha1 => 20,
-            ChecksumAlgorithm::Sha256 | ChecksumAlgorithm::Blake3 => 32,
-            ChecksumAlgorithm::Sha512 => 64,
-            ChecksumAlgorithm::Md5 => 16,
-            ChecksumAlgorithm::Crc32 => 4,
-            ChecksumAlgorithm::Crc64Nvme => 8,
-        }
+        self.entry().len
     }
 
     /// Picks the fastest algorithm named in a `Tus-Checksum-Algorithm` list.
@@ -90,17 +97,67 @@ impl ChecksumAlgorithm {
 
 /// The `Tus-Checksum-Algorithm` value ferry's server announces.
 pub fn supported_list() -> String {
-    [
-        "sha1",
-        "sha256",
-        "sha512",
-        "md5",
-        "crc32",
-        "crc64nvme",
-        "blake3",
-    ]
-    .join(",")
+    TABLE.iter().map(|e| e.name).collect::<Vec<_>>().join(",")
 }
+
+/// What ferry knows of one algorithm.
+struct Entry {
+    algorithm: ChecksumAlgorithm,
+    /// tus name.
+    name: &'static str,
+    /// RFC 9530 key. `blake3` and `crc64nvme` are not in the IANA registry, so other
+    /// implementations ignore them, as RFC 9530 requires for unknown keys.
+    digest_key: Option<&'static str>,
+    /// Digest length in bytes.
+    len: usize,
+}
+
+/// The one name table: every algorithm, in the order the server announces them.
+const TABLE: [Entry; 7] = [
+    Entry {
+        algorithm: ChecksumAlgorithm::Sha1,
+        name: "sha1",
+        // RFC 9530 deprecates `sha` and `md5`: neither is sent or accepted there.
+        digest_key: None,
+        len: 20,
+    },
+    Entry {
+        algorithm: ChecksumAlgorithm::Sha256,
+        name: "sha256",
+        digest_key: Some("sha-256"),
+        len: 32,
+    },
+    Entry {
+        algorithm: ChecksumAlgorithm::Sha512,
+        name: "sha512",
+        digest_key: Some("sha-512"),
+        len: 64,
+    },
+    Entry {
+        algorithm: ChecksumAlgorithm::Md5,
+        name: "md5",
+        digest_key: None,
+        len: 16,
+    },
+    Entry {
+        algorithm: ChecksumAlgorithm::Crc32,
+        name: "crc32",
+        digest_key: None,
+        len: 4,
+    },
+    Entry {
+        algorithm: ChecksumAlgorithm::Crc64Nvme,
+        name: "crc64nvme",
+        digest_key: Some("crc64nvme"),
+        len: 8,
+    },
+    Entry {
+        algorithm: ChecksumAlgorithm::Blake3,
+        name: "blake3",
+        digest_key: Some("blake3"),
+        len: 32,
+    },
+];
 
 /// An algorithm and the digest a sender claims.
 #[derive(Debug, Clone, PartialEq, Eq)]

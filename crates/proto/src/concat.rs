@@ -1,7 +1,7 @@
 //! The tus `Upload-Concat` header: `partial`, or `final;<url> <url> ...`.
 
 use crate::error::{ProtoError, echo};
-use crate::tus::trim_ows;
+use crate::http::trim_ows;
 
 /// Most parts a final upload may name.
 pub const MAX_PARTS: usize = 10_000;

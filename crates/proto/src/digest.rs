@@ -3,7 +3,7 @@
 
 use crate::checksum::ChecksumAlgorithm;
 use crate::error::{ProtoError, echo};
-use crate::tus::trim_ows;
+use crate::http::trim_ows;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 

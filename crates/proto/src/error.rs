@@ -12,8 +12,8 @@ pub enum ProtoError {
         /// Name of the header (any case; displayed in canonical case).
         header: &'static str,
     },
-    /// A numeric header exceeded [`crate::tus::MAX_NUMBER`].
-    #[error("{} must not exceed {}", header_title(header), crate::tus::MAX_NUMBER)]
+    /// A numeric header exceeded [`crate::http::MAX_NUMBER`].
+    #[error("{} must not exceed {}", header_title(header), crate::http::MAX_NUMBER)]
     NumberTooLarge {
         /// Name of the header (any case; displayed in canonical case).
         header: &'static str,

@@ -31,6 +31,7 @@ pub mod concat;
 pub mod digest;
 pub mod disposition;
 pub mod error;
+pub mod http;
 pub mod id;
 pub mod ietf;
 pub mod metadata;

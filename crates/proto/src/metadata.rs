@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use crate::error::{ProtoError, echo};
-use crate::tus::trim_ows;
+use crate::http::trim_ows;
 
 /// Most entries a [`Metadata`] may hold.
 pub const MAX_ENTRIES: usize = 256;

@@ -2,7 +2,7 @@
 //! them (`ETag` lists for `If-Match`/`If-None-Match`, `If-Range`).
 
 use crate::error::{ProtoError, echo};
-use crate::tus::trim_ows;
+use crate::http::trim_ows;
 
 /// Most ranges served in one multipart answer; more is treated as no `Range` at all (a full
 /// 200), which RFC 9110 allows and which defeats range-amplification abuse.
@@ -181,7 +181,7 @@ impl ChunkRange {
 /// Parses the `Content-Range` of a chunk request. Syntax errors are
 /// [`ProtoError::InvalidRange`] (400); a well-formed range with START > END or END >= TOTAL
 /// (the classic off-by-one of a last chunk: END is inclusive) is
-/// [`ProtoError::UnsatisfiableRange`] (416). Numbers above [`crate::tus::MAX_NUMBER`] are
+/// [`ProtoError::UnsatisfiableRange`] (416). Numbers above [`crate::http::MAX_NUMBER`] are
 /// malformed, so `END + 1` never overflows.
 pub fn parse_chunk_range(value: &str) -> Result<ChunkRange, ProtoError> {
     let shown = echo(value);
@@ -203,7 +203,7 @@ pub fn parse_chunk_range(value: &str) -> Result<ChunkRange, ProtoError> {
         }
         s.parse::<u64>()
             .ok()
-            .filter(|n| *n <= crate::tus::MAX_NUMBER)
+            .filter(|n| *n <= crate::http::MAX_NUMBER)
             .ok_or_else(|| bad(&format!("{what} is too large")))
     };
     let total = match total {
@@ -258,7 +258,7 @@ pub fn parse_upload_ranges(value: &str) -> Result<Vec<(u64, u64)>, ProtoError> {
                 (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
                     .then(|| s.parse::<u64>().ok())
                     .flatten()
-                    .filter(|n| *n <= crate::tus::MAX_NUMBER)
+                    .filter(|n| *n <= crate::http::MAX_NUMBER)
                     .ok_or_else(bad)
             };
             let (a, b) = (num(a)?, num(b)?);

@@ -3,6 +3,7 @@
 //! Header names are lowercase because HTTP libraries normalise them so.
 
 use crate::error::{ProtoError, echo};
+use crate::http::trim_ows;
 
 /// The protocol version this crate speaks, sent in `Tus-Resumable`.
 pub const TUS_VERSION: &str = "1.0.0";
@@ -39,14 +40,7 @@ pub const X_HTTP_METHOD_OVERRIDE: &str = "x-http-method-override";
 /// Content type required on PATCH requests.
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
-/// Largest accepted length or offset. Other tus implementations store these
-/// as signed 64-bit integers, so larger values could not interoperate.
-pub const MAX_NUMBER: u64 = i64::MAX as u64;
-
-/// Strips HTTP optional whitespace (spaces and tabs) from both ends.
-pub(crate) fn trim_ows(s: &str) -> &str {
-    s.trim_matches([' ', '\t'])
-}
+pub use crate::http::MAX_NUMBER;
 
 /// Parses a non-negative decimal integer header such as `Upload-Offset`.
 ///

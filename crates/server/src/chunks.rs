@@ -8,7 +8,8 @@
 //! `Upload-Length` once known, `Upload-Complete: ?0/?1`, and (except HEAD) a small JSON body.
 
 use crate::error::ApiError;
-use crate::tus::{content_length, has_body, header_str, load, set_repr_digest};
+use crate::headers::{content_length, has_body, header_str, set_repr_digest};
+use crate::lookup::load;
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::range::{

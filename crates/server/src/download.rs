@@ -20,7 +20,7 @@ pub async fn get(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
-    let info = crate::tus::load(&state, id).await?;
+    let info = crate::lookup::load(&state, id).await?;
     let Some(length) = info.length.filter(|l| *l == info.offset) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -13,10 +13,9 @@
 //! URL from the final `201`, which the draft allows (its "careful" creation).
 
 use crate::error::ApiError;
+use crate::headers::{content_length, h, has_body, header_str, set, set_repr_digest, want_digest};
+use crate::lookup::{load, wait_for_digest};
 use crate::receive::{Ending, Received, Verify, receive};
-use crate::tus::{
-    content_length, has_body, header_str, load, set_repr_digest, wait_for_digest, want_digest,
-};
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
@@ -24,7 +23,7 @@ use ferry_proto::digest::parse_digest_field;
 use ferry_proto::ietf::{self, Draft, Problem, UploadLimit};
 use ferry_proto::{Metadata, UploadId};
 use ferry_store::{NewUpload, Protocol, UploadInfo, UploadKind};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
 
 type Reply = Result<Response<Body>, ApiError>;
@@ -37,16 +36,6 @@ pub const UPLOAD_METHODS: &str = "OPTIONS, HEAD, GET, PATCH, DELETE";
 /// Whether the request speaks the draft.
 pub fn is_ietf(headers: &HeaderMap) -> bool {
     headers.contains_key(ietf::UPLOAD_DRAFT_INTEROP_VERSION)
-}
-
-fn h(name: &'static str) -> HeaderName {
-    HeaderName::from_static(name)
-}
-
-fn set(resp: &mut Response<Body>, name: &'static str, value: impl ToString) {
-    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-        resp.headers_mut().insert(h(name), v);
-    }
 }
 
 /// Every draft answer echoes the interop version and carries no tus header.

@@ -10,7 +10,9 @@ pub mod chunks;
 pub mod config;
 pub mod download;
 pub mod error;
+mod headers;
 pub mod ietf;
+mod lookup;
 pub mod ranged;
 pub mod receive;
 pub mod share;
@@ -21,6 +23,7 @@ pub use config::ServerConfig;
 use axum::body::Body;
 use error::ApiError;
 use ferry_proto::UploadId;
+use ferry_proto::http as http_grammar;
 use ferry_store::Uploads;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -142,34 +145,17 @@ fn valid_authority(s: &str) -> Option<String> {
 
 /// Proto and host from `Forwarded` (RFC 7239, first element) or `X-Forwarded-Proto/Host`.
 fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
-    let proto_ok = |p: &str| {
-        let p = p.trim().trim_matches('"').to_ascii_lowercase();
-        (p == "http" || p == "https").then_some(p)
-    };
-    if let Some(v) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        let first = v.split(',').next().unwrap_or("");
-        let (mut proto, mut host) = (None, None);
-        for pair in first.split(';') {
-            let Some((k, val)) = pair.split_once('=') else {
-                continue;
-            };
-            match k.trim().to_ascii_lowercase().as_str() {
-                "proto" => proto = proto_ok(val),
-                "host" => host = valid_authority(val.trim().trim_matches('"')),
-                _ => {}
-            }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let f = match text("forwarded") {
+        Some(v) => http_grammar::parse_forwarded(v),
+        None => {
+            http_grammar::parse_x_forwarded(text("x-forwarded-proto"), text("x-forwarded-host"))?
         }
-        return Some((proto, host));
-    }
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| proto_ok(v.split(',').next().unwrap_or("")));
-    let host = headers
-        .get("x-forwarded-host")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| valid_authority(v.split(',').next().unwrap_or("")));
-    (proto.is_some() || host.is_some()).then_some((proto, host))
+    };
+    Some((
+        f.proto.map(|p| p.as_str().to_string()),
+        f.host.and_then(valid_authority),
+    ))
 }
 
 fn method_not_allowed(allow: &'static str) -> ApiError {
@@ -265,13 +251,11 @@ async fn route(
     // no content, so the header means nothing on them.)
     if rest.starts_with("/files")
         && matches!(*req.method(), Method::POST | Method::PATCH | Method::PUT)
-        && let Some(coding) = req.headers().get(header::CONTENT_ENCODING)
+        && let Some(value) = req.headers().get(header::CONTENT_ENCODING)
     {
-        let coding = String::from_utf8_lossy(coding.as_bytes())
-            .trim()
-            .to_string();
-        if !coding.eq_ignore_ascii_case("identity") && !coding.is_empty() {
-            let err = ApiError::unsupported_encoding(&coding);
+        let value = String::from_utf8_lossy(value.as_bytes());
+        if let Some(coding) = http_grammar::content_coding(&value) {
+            let err = ApiError::unsupported_encoding(coding);
             return Err(if ietf::is_ietf(req.headers()) {
                 err.without_tus()
             } else {

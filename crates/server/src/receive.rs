@@ -5,7 +5,7 @@
 //! which is discarded whole.
 
 use crate::AppState;
-use crate::tus::want_digest;
+use crate::headers::want_digest;
 use axum::body::Body;
 use axum::http::Request;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, Hasher};

@@ -3,15 +3,18 @@
 //! concatenation-unfinished): a thin translation between HTTP and the upload engine.
 
 use crate::error::ApiError;
+use crate::headers::{content_length, h, has_body, header_str, set, set_repr_digest, want_digest};
+use crate::lookup::{has_wanted_digest, load, wait_for_digest};
 use crate::receive::{Ending, Received, Verify, receive};
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::checksum::{self, Checksum};
 use ferry_proto::concat::{Concat, split_url};
-use ferry_proto::digest::{WantDigest, format_digests};
+use ferry_proto::digest::WantDigest;
+use ferry_proto::http as http_grammar;
 use ferry_proto::{Metadata, UploadId, tus};
 use ferry_store::{NewUpload, Protocol, StoreError, UploadInfo, UploadKind};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -26,42 +29,9 @@ pub fn checksum_mismatch() -> StatusCode {
 
 type Reply = Result<Response<Body>, ApiError>;
 
-fn h(name: &'static str) -> HeaderName {
-    HeaderName::from_static(name)
-}
-
-/// One header as text. A header sent twice is refused: two values for one fact is a lie
-/// about the request, not something to pick from.
-pub(crate) fn header_str<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-) -> Result<Option<&'a str>, ApiError> {
-    let mut all = headers.get_all(name).iter();
-    let Some(v) = all.next() else {
-        return Ok(None);
-    };
-    if all.next().is_some() {
-        return Err(ApiError::bad_request(format!("{name} must be sent once")));
-    }
-    v.to_str()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request(format!("{name} must be visible ASCII")))
-}
-
 fn require_version(headers: &HeaderMap) -> Result<(), ApiError> {
     let v = header_str(headers, tus::TUS_RESUMABLE)?.unwrap_or("");
     tus::check_tus_resumable(v).map_err(ApiError::from)
-}
-
-/// Whether the request carries a body (declared length > 0, or chunked).
-pub(crate) fn has_body(req: &Request<Body>) -> bool {
-    use http_body::Body as _;
-    req.body().size_hint().exact() != Some(0)
-}
-
-pub(crate) fn content_length(req: &Request<Body>) -> Option<u64> {
-    use http_body::Body as _;
-    req.body().size_hint().exact()
 }
 
 fn base_response(status: StatusCode) -> Response<Body> {
@@ -74,46 +44,11 @@ fn base_response(status: StatusCode) -> Response<Body> {
     r
 }
 
-fn set(resp: &mut Response<Body>, name: &'static str, value: impl ToString) {
-    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-        resp.headers_mut().insert(h(name), v);
-    }
-}
-
-/// `Upload-Expires` (an HTTP date) when the upload has an expiry.
 fn set_expires(resp: &mut Response<Body>, info: &UploadInfo) {
     if let Some(ms) = info.expires_ms {
         let when = UNIX_EPOCH + Duration::from_millis(ms);
         set(resp, tus::UPLOAD_EXPIRES, httpdate::fmt_http_date(when));
     }
-}
-
-/// `Repr-Digest` (RFC 9530) with every whole-upload digest known so far.
-pub(crate) fn set_repr_digest(resp: &mut Response<Body>, info: &UploadInfo) {
-    if let Some(v) = format_digests(
-        info.sha256.as_ref().map(|d| &d[..]),
-        info.blake3.as_ref().map(|d| &d[..]),
-        info.crc64nvme,
-    ) {
-        set(resp, "repr-digest", v);
-    }
-}
-
-/// What `Want-Repr-Digest` asks for, if sent.
-pub(crate) fn want_digest(headers: &HeaderMap) -> Option<WantDigest> {
-    let values: Vec<&str> = headers
-        .get_all("want-repr-digest")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| WantDigest::parse(&values.join(",")))
-}
-
-/// Whether `info` already carries a digest the client accepts.
-fn has_wanted_digest(info: &UploadInfo, want: WantDigest) -> bool {
-    (want.crc64nvme && info.crc64nvme.is_some())
-        || (want.blake3 && info.blake3.is_some())
-        || (want.sha256 && info.sha256.is_some())
 }
 
 /// After a body completed an upload: the digests the client asked for go into the answer (no
@@ -190,10 +125,8 @@ fn verification(headers: &HeaderMap) -> Result<Verify, ApiError> {
         return Ok(Verify::Header(Checksum::parse(v)?));
     }
     let announced = headers.get_all(header::TRAILER).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|n| n.trim().eq_ignore_ascii_case(tus::UPLOAD_CHECKSUM))
-        })
+        v.to_str()
+            .is_ok_and(|s| http_grammar::list_contains(s, tus::UPLOAD_CHECKSUM))
     });
     Ok(if announced {
         Verify::Trailer
@@ -461,19 +394,6 @@ fn upload_headers(state: &AppState, resp: &mut Response<Body>, info: &UploadInfo
     set_repr_digest(resp, info);
 }
 
-/// Loads a visible, unexpired upload: 404 if unknown, 410 once expired (until swept).
-pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, ApiError> {
-    let info = state
-        .uploads
-        .get(id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    if info.is_expired(ferry_store::model::now_ms()) {
-        return Err(ApiError::new(StatusCode::GONE, "upload expired"));
-    }
-    Ok(info)
-}
-
 /// HEAD on an upload: the committed offset. Never waits for a writer.
 pub async fn head(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
     require_version(req.headers())?;
@@ -511,35 +431,6 @@ async fn parts_length(state: &AppState, parts: &[UploadId]) -> Result<Option<u64
         total = sum;
     }
     Ok(Some(total))
-}
-
-/// Longest a HEAD with `Want-Repr-Digest` waits for a digest still being computed.
-const DIGEST_WAIT: Duration = Duration::from_secs(60);
-
-/// A client that asks for the digest (RFC 9530 `Want-Repr-Digest`) of a finished upload gets
-/// it even if it is still being computed in the background: wait for it, bounded.
-pub(crate) async fn wait_for_digest(
-    state: &AppState,
-    mut info: UploadInfo,
-    want: WantDigest,
-) -> Result<UploadInfo, ApiError> {
-    if !info.is_complete() || has_wanted_digest(&info, want) {
-        return Ok(info);
-    }
-    // CRC-64/NVME comes with completion (or shortly after, when read back); BLAKE3 or SHA-256
-    // of a large upload is computed only now that somebody wants it (and accepts nothing
-    // cheaper).
-    state.uploads.ensure_digests(&info, want).await;
-    info = load(state, info.id).await?;
-    let deadline = tokio::time::Instant::now() + DIGEST_WAIT;
-    while !has_wanted_digest(&info, want) && tokio::time::Instant::now() < deadline {
-        tokio::select! {
-            () = state.shutdown.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-        info = load(state, info.id).await?;
-    }
-    Ok(info)
 }
 
 /// PATCH on an upload: append at `Upload-Offset`.
@@ -667,13 +558,13 @@ pub fn effective_method(req: &Request<Body>) -> Result<Method, ApiError> {
     let s = v
         .to_str()
         .map_err(|_| ApiError::bad_request("X-HTTP-Method-Override is not ASCII"))?;
-    match s.trim().to_ascii_uppercase().as_str() {
-        "PATCH" => Ok(Method::PATCH),
-        "DELETE" => Ok(Method::DELETE),
-        "HEAD" => Ok(Method::HEAD),
-        "GET" => Ok(Method::GET),
-        "OPTIONS" => Ok(Method::OPTIONS),
-        "POST" => Ok(Method::POST),
+    match http_grammar::parse_method_override(s) {
+        Some("PATCH") => Ok(Method::PATCH),
+        Some("DELETE") => Ok(Method::DELETE),
+        Some("HEAD") => Ok(Method::HEAD),
+        Some("GET") => Ok(Method::GET),
+        Some("OPTIONS") => Ok(Method::OPTIONS),
+        Some("POST") => Ok(Method::POST),
         _ => Err(ApiError::bad_request(
             "X-HTTP-Method-Override must be one of PATCH, DELETE, HEAD, GET, OPTIONS, POST",
         )),
