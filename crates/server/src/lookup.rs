@@ -22,8 +22,6 @@ pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, A
     Ok(info)
 }
 
-/// HEAD on an upload: the committed offset. Never waits for a writer.
-
 /// Longest a HEAD with `Want-Repr-Digest` waits for a digest still being computed.
 const DIGEST_WAIT: Duration = Duration::from_secs(60);
 
