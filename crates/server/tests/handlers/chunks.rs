@@ -437,3 +437,37 @@ async fn io_error_is_500() {
     let r = s.send(chunk(&path, "bytes 0-2/10", b"abc")).await;
     assert_eq!(r.status, 500);
 }
+
+#[tokio::test]
+async fn get_complete_honours_validators_and_ranges() {
+    let s = Srv::new();
+    let path = s.session(Some(4)).await;
+    assert_eq!(
+        s.send(chunk(&path, "bytes 0-3/4", b"abcd")).await.status,
+        200
+    );
+    let full = s.send(req("GET", &path)).await;
+    assert_eq!(full.status, 200);
+    let tag = full.h("etag").to_string();
+    let r = s.send(req("GET", &path).h("if-none-match", &tag)).await;
+    assert_eq!(r.status, 304);
+    let r = s.send(req("GET", &path).h("if-match", "\"x\"")).await;
+    assert_eq!(r.status, 412);
+    let r = s.send(req("GET", &path).h("range", "bytes=4-")).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.h("content-range"), "bytes */4");
+    *s.faults.read.lock().unwrap() = Some(std::io::ErrorKind::Other);
+    assert_eq!(s.send(req("GET", &path)).await.status, 500);
+}
+
+#[tokio::test]
+async fn content_encoding_is_accepted_and_stored_as_sent() {
+    // current behaviour; see docs/handler-tests.md
+    let s = Srv::new();
+    let path = s.session(Some(3)).await;
+    let r = s
+        .send(chunk(&path, "bytes 0-2/3", b"abc").h("content-encoding", "gzip"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("upload-complete"), "?1");
+}

@@ -280,3 +280,14 @@ async fn head_of_an_unknown_upload_is_412() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn if_unmodified_since_is_ignored() {
+    // current behaviour; see docs/handler-tests.md
+    let s = Srv::new();
+    let path = ten(&s).await;
+    let r = s
+        .send(req("GET", &path).h("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT"))
+        .await;
+    assert_eq!(r.status, 200);
+}

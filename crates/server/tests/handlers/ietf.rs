@@ -800,3 +800,61 @@ async fn get_unfinished_is_409() {
     assert_eq!(r.h("upload-offset"), "0");
     draft_answer(&r, V);
 }
+
+#[tokio::test]
+async fn get_complete_honours_validators_and_ranges() {
+    let s = Srv::new();
+    let r = s.send(create(true).body(&b"abcd"[..])).await;
+    let path = path_of(r.h("location"));
+    let full = s.send(req("GET", &path).ietf(V)).await;
+    assert_eq!(full.status, 200);
+    assert_eq!(&full.body[..], b"abcd");
+    let tag = full.h("etag").to_string();
+    let r = s
+        .send(req("GET", &path).ietf(V).h("range", "bytes=1-2"))
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.h("content-range"), "bytes 1-2/4");
+    let r = s
+        .send(req("GET", &path).ietf(V).h("if-none-match", &tag))
+        .await;
+    assert_eq!(r.status, 304);
+    let r = s
+        .send(req("GET", &path).ietf(V).h("if-match", "\"x\""))
+        .await;
+    assert_eq!(r.status, 412);
+    let r = s
+        .send(req("GET", &path).ietf(V).h("range", "bytes=9-"))
+        .await;
+    assert_eq!(r.status, 416);
+    *s.faults.read.lock().unwrap() = Some(std::io::ErrorKind::Other);
+    let r = s.send(req("GET", &path).ietf(V)).await;
+    assert_eq!(r.status, 500);
+    draft_answer(&r, V);
+}
+
+#[tokio::test]
+async fn delete_while_the_holder_does_not_let_go_is_423() {
+    let s = Srv::with(Setup {
+        patience: Duration::from_millis(50),
+        ..Setup::default()
+    });
+    let path = upload(&s, None).await;
+    let _lease = s.state.uploads.lease(id_of(&path)).await.unwrap();
+    let r = s.send(req("DELETE", &path).ietf(V)).await;
+    assert_eq!(r.status, 423);
+    draft_answer(&r, V);
+}
+
+#[tokio::test]
+async fn get_unknown_is_404_and_expired_is_410() {
+    let s = Srv::new();
+    let r = s.send(req("GET", NO_SUCH).ietf(V)).await;
+    assert_eq!(r.status, 404);
+    draft_answer(&r, V);
+    let r = s.send(create(true).body(&b"ab"[..])).await;
+    let path = path_of(r.h("location"));
+    s.expire(&path).await;
+    let r = s.send(req("GET", &path).ietf(V)).await;
+    assert_eq!(r.status, 410);
+}

@@ -160,3 +160,14 @@ async fn writes_are_405() {
         assert_eq!(r.h("allow"), "GET, HEAD");
     }
 }
+
+#[tokio::test]
+async fn writes_to_share_without_slash_are_301() {
+    // current behaviour; see docs/handler-tests.md
+    let s = shared();
+    for m in ["POST", "PUT", "DELETE"] {
+        let r = s.send(req(m, "/share")).await;
+        assert_eq!(r.status, 301, "{m}");
+        assert_eq!(r.h("location"), "/share/");
+    }
+}

@@ -17,7 +17,7 @@ use ferry_store::{StoreError, SyncPolicy, Uploads};
 use http::{HeaderMap, Method, Request};
 use http_body_util::BodyExt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -219,12 +219,6 @@ impl Srv {
     /// The published directory (with `Setup::share`).
     pub fn share_dir(&self) -> PathBuf {
         self.dir.path().join("share")
-    }
-
-    /// The store's directory.
-    #[allow(dead_code)]
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Sends `r` through the router and reads the whole answer.
