@@ -1,0 +1,173 @@
+//! `--share DIR` under `/share/`.
+
+use crate::support::*;
+
+fn shared() -> Srv {
+    let s = Srv::with(Setup {
+        share: true,
+        ..Setup::default()
+    });
+    let dir = s.share_dir();
+    std::fs::write(dir.join("a.txt"), b"0123456789").unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/b <x>.bin"), b"b").unwrap();
+    s
+}
+
+fn etag_of(r: &Resp) -> String {
+    r.h("etag").to_string()
+}
+
+#[tokio::test]
+async fn without_a_share_is_404() {
+    let s = Srv::new();
+    assert_eq!(s.send(req("GET", "/share/")).await.status, 404);
+    assert_eq!(s.send(req("GET", "/share/a.txt")).await.status, 404);
+}
+
+#[tokio::test]
+async fn share_without_slash_is_301() {
+    let s = shared();
+    let r = s.send(req("GET", "/share")).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.h("location"), "/share/");
+}
+
+#[tokio::test]
+async fn directory_without_slash_is_301() {
+    let s = shared();
+    let r = s.send(req("GET", "/share/sub")).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.h("location"), "/share/sub/");
+}
+
+#[tokio::test]
+async fn listing_is_200_html() {
+    let s = shared();
+    let r = s.send(req("GET", "/share/sub/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("content-type"), "text/html; charset=utf-8");
+    assert_eq!(r.h("content-security-policy"), "default-src 'none'");
+    let t = r.text();
+    assert!(
+        t.contains("<a href=\"b%20%3Cx%3E.bin\">b &lt;x&gt;.bin</a> 1"),
+        "{t}"
+    );
+    let head = s.send(req("HEAD", "/share/")).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(s.send(req("GET", "/share/")).await.text().contains("sub/"));
+}
+
+#[tokio::test]
+async fn file_is_200() {
+    let s = shared();
+    let r = s.send(req("GET", "/share/a.txt")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"0123456789");
+    assert_eq!(r.h("accept-ranges"), "bytes");
+    assert!(r.h("etag").starts_with("\"s-"));
+    assert!(r.h("content-disposition").contains("a.txt"));
+    let head = s.send(req("HEAD", "/share/a.txt")).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.h("content-length"), "10");
+    assert!(head.body.is_empty());
+}
+
+#[tokio::test]
+async fn range_is_206() {
+    let s = shared();
+    let r = s
+        .send(req("GET", "/share/a.txt").h("range", "bytes=3-5"))
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.h("content-range"), "bytes 3-5/10");
+    assert_eq!(&r.body[..], b"345");
+}
+
+#[tokio::test]
+async fn unsatisfiable_range_is_416() {
+    let s = shared();
+    let r = s
+        .send(req("GET", "/share/a.txt").h("range", "bytes=10-"))
+        .await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.h("content-range"), "bytes */10");
+}
+
+#[tokio::test]
+async fn if_none_match_is_304() {
+    let s = shared();
+    let tag = etag_of(&s.send(req("HEAD", "/share/a.txt")).await);
+    let r = s
+        .send(req("GET", "/share/a.txt").h("if-none-match", &tag))
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn if_match_after_a_change_is_412() {
+    let s = shared();
+    let tag = etag_of(&s.send(req("HEAD", "/share/a.txt")).await);
+    // Replaced by a file of the same size: a new inode, so a new tag.
+    let dir = s.share_dir();
+    std::fs::write(dir.join("new"), b"abcdefghij").unwrap();
+    std::fs::rename(dir.join("new"), dir.join("a.txt")).unwrap();
+    let r = s.send(req("GET", "/share/a.txt").h("if-match", &tag)).await;
+    assert_eq!(r.status, 412);
+    let r = s
+        .send(
+            req("GET", "/share/a.txt")
+                .h("range", "bytes=0-1")
+                .h("if-range", &tag),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"abcdefghij");
+}
+
+#[tokio::test]
+async fn missing_and_escaping_paths_are_404() {
+    let s = shared();
+    std::os::unix::fs::symlink("/etc/passwd", s.share_dir().join("out")).unwrap();
+    for p in [
+        "/share/nope",
+        "/share/a.txt/",
+        "/share/../ferry.redb",
+        "/share/%2e%2e/ferry.redb",
+        "/share/sub//b",
+        "/share/out",
+    ] {
+        let r = s.send(req("GET", p)).await;
+        assert_eq!(r.status, 404, "{p}");
+    }
+}
+
+#[tokio::test]
+async fn nul_in_the_path_is_400() {
+    let s = shared();
+    let r = s.send(req("GET", "/share/a%00b")).await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn writes_are_405() {
+    let s = shared();
+    for m in ["POST", "PUT", "DELETE", "PATCH"] {
+        let r = s.send(req(m, "/share/a.txt")).await;
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.h("allow"), "GET, HEAD");
+    }
+}
+
+#[tokio::test]
+async fn writes_to_share_without_slash_are_301() {
+    // current behaviour; see docs/handler-tests.md
+    let s = shared();
+    for m in ["POST", "PUT", "DELETE"] {
+        let r = s.send(req(m, "/share")).await;
+        assert_eq!(r.status, 301, "{m}");
+        assert_eq!(r.h("location"), "/share/");
+    }
+}

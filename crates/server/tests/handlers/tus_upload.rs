@@ -1,0 +1,588 @@
+//! tus on an upload `/files/{id}`: OPTIONS, HEAD, PATCH, DELETE (GET is in `download`).
+
+use crate::support::*;
+use std::time::Duration;
+
+const NO_SUCH: &str = "/files/00000000000000000000000000000000";
+
+#[tokio::test]
+async fn options_is_204() {
+    let s = Srv::new();
+    let r = s.send(req("OPTIONS", NO_SUCH)).await;
+    assert_eq!(r.status, 204);
+    assert!(r.h("tus-extension").contains("termination"));
+}
+
+#[tokio::test]
+async fn other_methods_are_405() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(1)).await;
+    for m in ["PUT", "POST", "TRACE"] {
+        let r = s.send(req(m, &path).tus()).await;
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.h("allow"), "OPTIONS, HEAD, GET, PATCH, DELETE");
+    }
+}
+
+#[tokio::test]
+async fn malformed_id_is_404() {
+    let s = Srv::new();
+    for p in [
+        "/files/0000000000000000000000000000000",
+        "/files/0000000000000000000000000000000G",
+        "/files/00000000000000000000000000000000/x",
+        "/files/..%2f..%2fetc",
+    ] {
+        let r = s.send(req("HEAD", p).tus()).await;
+        assert_eq!(r.status, 404, "{p}");
+    }
+}
+
+// HEAD
+
+#[tokio::test]
+async fn head_is_200_with_offset_and_length() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+    let r = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("upload-offset"), "3");
+    assert_eq!(r.h("upload-length"), "10");
+    assert_eq!(r.h("cache-control"), "no-store");
+    assert_eq!(r.h("tus-resumable"), TUS);
+    assert!(r.body.is_empty());
+}
+
+#[tokio::test]
+async fn head_unknown_is_404() {
+    let s = Srv::new();
+    let r = s.send(req("HEAD", NO_SUCH).tus()).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn head_expired_is_410() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    s.expire(&path).await;
+    let r = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(r.status, 410);
+}
+
+#[tokio::test]
+async fn head_wrong_version_is_412() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let r = s.send(req("HEAD", &path).h("tus-resumable", "2.0.0")).await;
+    assert_eq!(r.status, 412);
+    assert_eq!(r.h("tus-version"), "1.0.0");
+}
+
+#[tokio::test]
+async fn plain_head_of_an_unfinished_upload_is_412() {
+    // current behaviour; see docs/handler-tests.md
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let r = s.send(req("HEAD", &path)).await;
+    assert_eq!(r.status, 412);
+}
+
+#[tokio::test]
+async fn head_with_a_doubled_tus_resumable_is_400() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let r = s.send(req("HEAD", &path).tus().tus()).await;
+    assert_eq!(r.status, 400);
+}
+
+// PATCH
+
+#[tokio::test]
+async fn patch_is_204_with_the_new_offset() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(6)).await;
+    let r = s.send(patch(&path, 0, b"abc")).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("upload-offset"), "3");
+    assert!(r.has("upload-expires"));
+    let r = s.send(patch(&path, 3, b"def")).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("upload-offset"), "6");
+    let get = s.send(req("GET", &path)).await;
+    assert_eq!(&get.body[..], b"abcdef");
+}
+
+#[tokio::test]
+async fn patch_without_body_is_204() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(6)).await;
+    let r = s.send(patch(&path, 0, b"")).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("upload-offset"), "0");
+}
+
+#[tokio::test]
+async fn patch_declaring_a_deferred_length_is_204() {
+    let s = Srv::new();
+    let path = s.tus_upload(None).await;
+    let r = s
+        .send(patch(&path, 0, b"abc").h("upload-length", "3"))
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("upload-offset"), "3");
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(head.h("upload-length"), "3");
+}
+
+#[tokio::test]
+async fn patch_with_checksum_trailer_is_204() {
+    use http_body::Frame;
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        "upload-checksum",
+        "sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0=".parse().unwrap(),
+    );
+    let frames = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(Frame::data(bytes::Bytes::from_static(b"abc"))),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    let body = axum::body::Body::new(http_body_util::StreamBody::new(frames));
+    let r = s
+        .send(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .h("trailer", "Upload-Checksum")
+                .raw_body(body),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "3");
+}
+
+#[tokio::test]
+async fn patch_wrong_version_is_412() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s
+        .send(
+            req("PATCH", &path)
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .body(&b"abc"[..]),
+        )
+        .await;
+    assert_eq!(r.status, 412);
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_wrong_content_type_is_415() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    for ct in [None, Some("application/octet-stream")] {
+        let mut r = req("PATCH", &path).tus().h("upload-offset", "0");
+        if let Some(ct) = ct {
+            r = r.h("content-type", ct);
+        }
+        let r = s.send(r.body(&b"abc"[..])).await;
+        assert_eq!(r.status, 415, "{ct:?}");
+        assert!(r.closes());
+    }
+}
+
+#[tokio::test]
+async fn patch_content_encoding_is_415() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s
+        .send(patch(&path, 0, b"abc").h("content-encoding", "br"))
+        .await;
+    assert_eq!(r.status, 415);
+    assert_eq!(r.h("accept-encoding"), "identity");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_header_problems_are_400() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let base = || {
+        req("PATCH", &path)
+            .tus()
+            .h("content-type", "application/offset+octet-stream")
+    };
+    let cases: Vec<(&str, Req)> = vec![
+        ("no offset", base()),
+        ("bad offset", base().h("upload-offset", "x")),
+        ("negative offset", base().h("upload-offset", "-1")),
+        (
+            "offset twice",
+            base().h("upload-offset", "0").h("upload-offset", "0"),
+        ),
+        (
+            "bad length",
+            base().h("upload-offset", "0").h("upload-length", "x"),
+        ),
+        (
+            "changed length",
+            base().h("upload-offset", "0").h("upload-length", "4"),
+        ),
+        (
+            "unknown checksum",
+            base()
+                .h("upload-offset", "0")
+                .h("upload-checksum", "crc7 AA=="),
+        ),
+        (
+            "malformed checksum",
+            base().h("upload-offset", "0").h("upload-checksum", "sha1"),
+        ),
+    ];
+    for (case, r) in cases {
+        let r = s.send(r.body(&b"a"[..])).await;
+        assert_eq!(r.status, 400, "{case}");
+        assert!(r.closes(), "{case}");
+    }
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(head.h("upload-offset"), "0");
+}
+
+#[tokio::test]
+async fn patch_deferred_length_below_offset_is_400() {
+    let s = Srv::new();
+    let path = s.tus_upload(None).await;
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+    let r = s.send(patch(&path, 3, b"").h("upload-length", "2")).await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn patch_unknown_is_404() {
+    let s = Srv::new();
+    let r = s.send(patch(NO_SUCH, 0, b"abc")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_expired_is_410() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    s.expire(&path).await;
+    let r = s.send(patch(&path, 0, b"abc")).await;
+    assert_eq!(r.status, 410);
+}
+
+#[tokio::test]
+async fn patch_on_a_final_is_403() {
+    let s = Srv::new();
+    let a = s.partial(b"abc").await;
+    let r = s
+        .send(
+            req("POST", "/files/")
+                .tus()
+                .h("upload-concat", &format!("final;{a}")),
+        )
+        .await;
+    let f = path_of(r.h("location"));
+    let r = s.send(patch(&f, 3, b"x")).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn patch_on_a_chunk_session_is_403() {
+    let s = Srv::new();
+    let session = s.session(Some(3)).await;
+    let path = session.replace("/chunks/", "/files/");
+    let r = s.send(patch(&path, 0, b"abc")).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn patch_wrong_offset_is_409() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(6)).await;
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+    for offset in [0, 2, 4] {
+        let r = s.send(patch(&path, offset, b"def")).await;
+        assert_eq!(r.status, 409, "{offset}");
+        assert_eq!(r.h("upload-offset"), "3");
+        assert!(r.closes());
+    }
+}
+
+#[tokio::test]
+async fn patch_past_the_length_is_413() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s.send(patch(&path, 0, b"abcd")).await;
+    assert_eq!(r.status, 413);
+    assert!(r.closes());
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(head.h("upload-offset"), "0");
+}
+
+#[tokio::test]
+async fn chunked_patch_past_the_length_is_413_and_keeps_nothing() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s
+        .send(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .chunked(&b"abcd"[..]),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.h("upload-offset"), "0");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_declaring_a_length_over_the_max_is_413() {
+    let s = Srv::config(|c| c.max_size = Some(10));
+    let path = s.tus_upload(None).await;
+    let r = s.send(patch(&path, 0, b"").h("upload-length", "11")).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.h("tus-max-size"), "10");
+}
+
+#[tokio::test]
+async fn patch_checksum_mismatch_is_460_and_keeps_nothing() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s
+        .send(patch(&path, 0, b"abd").h("upload-checksum", "sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0="))
+        .await;
+    assert_eq!(r.status, 460);
+    assert_eq!(r.h("upload-offset"), "0");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_body_cut_off_is_400_with_the_offset_kept() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .raw_body(body),
+        ),
+    );
+    feed.send(b"abcd").await;
+    feed.fail().await;
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.h("upload-offset"), "4");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_taken_over_is_409_with_the_offset_kept() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .raw_body(body),
+        ),
+    );
+    feed.send(b"abcd").await;
+    // The client resumes on a new connection; the old request commits and lets go.
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(
+        head.h("upload-offset"),
+        "0",
+        "HEAD does not wait for the writer"
+    );
+    let resumed = s.send(patch(&path, 0, b"")).await;
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 409);
+    assert_eq!(r.h("upload-offset"), "4");
+    assert_eq!(resumed.status, 409);
+    assert_eq!(resumed.h("upload-offset"), "4");
+    assert_eq!(s.send(patch(&path, 4, b"efghij")).await.status, 204);
+}
+
+#[tokio::test]
+async fn patch_while_the_holder_does_not_let_go_is_423() {
+    let s = Srv::with(Setup {
+        patience: Duration::from_millis(50),
+        ..Setup::default()
+    });
+    let path = s.tus_upload(Some(3)).await;
+    let lease = s.state.uploads.lease(id_of(&path)).await.unwrap();
+    let r = s.send(patch(&path, 0, b"abc")).await;
+    assert_eq!(r.status, 423);
+    assert_eq!(r.h("retry-after"), "1");
+    assert!(r.closes());
+    drop(lease);
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+}
+
+#[tokio::test]
+async fn patch_during_shutdown_is_503_with_the_offset_kept() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .raw_body(body),
+        ),
+    );
+    feed.send(b"abcde").await;
+    s.state.shutdown.cancel();
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.h("upload-offset"), "5");
+}
+
+#[tokio::test]
+async fn patch_stalled_is_408_with_the_offset_kept() {
+    let mut setup = Setup::default();
+    setup.config.body_idle_timeout = Duration::from_millis(50);
+    let s = Srv::with(setup);
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .raw_body(body),
+        ),
+    );
+    feed.send(b"ab").await;
+    let r = answer.await.unwrap();
+    drop(feed);
+    assert_eq!(r.status, 408);
+    assert_eq!(r.h("upload-offset"), "2");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_disk_full_is_507_with_the_offset_kept() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+    s.faults.disk_full();
+    let r = s.send(patch(&path, 3, b"defg")).await;
+    assert_eq!(r.status, 507);
+    assert_eq!(r.h("upload-offset"), "3");
+    assert!(r.closes());
+    *s.faults.write.lock().unwrap() = None;
+    let r = s.send(patch(&path, 3, b"defg")).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("upload-offset"), "7");
+}
+
+#[tokio::test]
+async fn patch_io_error_is_500_with_the_offset_kept() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+    s.faults.write_eio();
+    let r = s.send(patch(&path, 3, b"defg")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.h("upload-offset"), "3");
+}
+
+// DELETE
+
+#[tokio::test]
+async fn delete_is_204_and_the_upload_is_gone() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s.send(req("DELETE", &path).tus()).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("tus-resumable"), TUS);
+    assert_eq!(s.send(req("HEAD", &path).tus()).await.status, 404);
+}
+
+#[tokio::test]
+async fn delete_of_a_part_keeps_the_final() {
+    let s = Srv::new();
+    let a = s.partial(b"abc").await;
+    let r = s
+        .send(
+            req("POST", "/files/")
+                .tus()
+                .h("upload-concat", &format!("final;{a}")),
+        )
+        .await;
+    let f = path_of(r.h("location"));
+    assert_eq!(s.send(req("DELETE", &a).tus()).await.status, 204);
+    assert_eq!(s.send(req("HEAD", &a).tus()).await.status, 404);
+    assert_eq!(&s.send(req("GET", &f)).await.body[..], b"abc");
+}
+
+#[tokio::test]
+async fn delete_unknown_is_404() {
+    let s = Srv::new();
+    let r = s.send(req("DELETE", NO_SUCH).tus()).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn delete_expired_is_410() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    s.expire(&path).await;
+    let r = s.send(req("DELETE", &path).tus()).await;
+    assert_eq!(r.status, 410);
+}
+
+#[tokio::test]
+async fn delete_without_tus_resumable_is_412() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s.send(req("DELETE", &path)).await;
+    assert_eq!(r.status, 412);
+    assert_eq!(s.send(req("HEAD", &path).tus()).await.status, 200);
+}
+
+#[tokio::test]
+async fn delete_while_the_holder_does_not_let_go_is_423() {
+    let s = Srv::with(Setup {
+        patience: Duration::from_millis(50),
+        ..Setup::default()
+    });
+    let path = s.tus_upload(Some(3)).await;
+    let _lease = s.state.uploads.lease(id_of(&path)).await.unwrap();
+    let r = s.send(req("DELETE", &path).tus()).await;
+    assert_eq!(r.status, 423);
+}
+
+#[tokio::test]
+async fn delete_by_method_override_is_204() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = s
+        .send(
+            req("POST", &path)
+                .tus()
+                .h("x-http-method-override", "DELETE"),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+}
