@@ -1,8 +1,10 @@
-//! The `ferry` command: wiring only. Servers live in `ferry-server`, storage in `ferry-store`.
+//! The `ferry` command: wiring only. The server lives in `ferry-server`, storage in `ferry-store`,
+//! the transfer engine (upload, download, resume state) in `ferry-client`.
 
 mod progress;
 mod serve;
 mod transfer;
+mod units;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

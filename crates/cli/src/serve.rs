@@ -131,12 +131,7 @@ struct Settings {
 }
 
 fn duration(name: &str, v: &str) -> Result<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(v)
-        .with_context(|| format!("{name}: {v:?} is not a duration (e.g. 60s, 5m)"))
+    crate::units::parse_duration(name, v).map_err(anyhow::Error::msg)
 }
 
 /// A duration that may also be "never" (or "0").

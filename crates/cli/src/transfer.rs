@@ -231,11 +231,7 @@ fn usage(msg: impl Into<String>) -> ClientError {
 }
 
 fn duration(name: &str, v: &str) -> Result<Duration, ClientError> {
-    if let Ok(s) = v.trim().parse::<u64>() {
-        return Ok(Duration::from_secs(s));
-    }
-    humantime::parse_duration(v.trim())
-        .map_err(|_| usage(format!("{name}: {v:?} is not a duration (e.g. 30s, 5m)")))
+    crate::units::parse_duration(name, v).map_err(usage)
 }
 
 fn size(name: &str, v: &str) -> Result<u64, ClientError> {

@@ -1,6 +1,8 @@
 //! RFC 9530 integrity fields (`Repr-Digest`, `Content-Digest`): a structured-field dictionary
 //! of algorithm → byte sequence, e.g. `sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:`.
 
+use std::collections::BTreeMap;
+
 use crate::checksum::ChecksumAlgorithm;
 use crate::error::{ProtoError, echo};
 use crate::http::trim_ows;
@@ -12,73 +14,151 @@ pub fn format_digest_field(algorithm: &str, digest: &[u8]) -> String {
     format!("{algorithm}=:{}:", STANDARD.encode(digest))
 }
 
-/// The key ferry uses for BLAKE3 digests. It is not in the IANA registry of RFC 9530, so
-/// other implementations ignore it (as RFC 9530 requires for unknown keys); it is the
-/// cryptographic digest ferry prefers, four times cheaper to compute than SHA-256.
-pub const BLAKE3_KEY: &str = "blake3";
-/// The RFC 9530 key for SHA-256.
-pub const SHA256_KEY: &str = "sha-256";
-/// The key ferry uses for CRC-64/NVME (8 bytes, big-endian), the digest ferry's client and
-/// server compare by default: not in the IANA registry either, and far cheaper than any
-/// cryptographic hash (see [`crate::checksum`]).
-pub const CRC64NVME_KEY: &str = "crc64nvme";
-
-/// The whole-content digests ferry computes, by RFC 9530 key, cheapest first.
-pub const WHOLE_DIGESTS: [(&str, ChecksumAlgorithm); 3] = [
-    (CRC64NVME_KEY, ChecksumAlgorithm::Crc64Nvme),
-    (BLAKE3_KEY, ChecksumAlgorithm::Blake3),
-    (SHA256_KEY, ChecksumAlgorithm::Sha256),
+/// The whole-content digests ferry keeps for an upload, cheapest first. Their names come from
+/// the one table in [`crate::checksum`]; adding an algorithm here is all it takes for the
+/// server to compute, store, announce and compare it.
+pub const KEPT: [ChecksumAlgorithm; 3] = [
+    ChecksumAlgorithm::Crc64Nvme,
+    ChecksumAlgorithm::Blake3,
+    ChecksumAlgorithm::Sha256,
 ];
 
-/// The RFC 9530 key of a whole-content digest algorithm ferry computes.
-pub fn key_of(algorithm: ChecksumAlgorithm) -> Option<&'static str> {
-    WHOLE_DIGESTS
-        .iter()
-        .find(|(_, a)| *a == algorithm)
-        .map(|(k, _)| *k)
+/// Whole-content digests of one representation: algorithm → digest bytes.
+///
+/// The one place a digest value lives, whatever holds it: an upload's record, a ranged
+/// response, a client's resume state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Digests(BTreeMap<ChecksumAlgorithm, Vec<u8>>);
+
+impl Digests {
+    /// No digest known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The digest for `algorithm`, if known.
+    pub fn get(&self, algorithm: ChecksumAlgorithm) -> Option<&[u8]> {
+        self.0.get(&algorithm).map(Vec::as_slice)
+    }
+
+    /// Whether the digest for `algorithm` is known.
+    pub fn has(&self, algorithm: ChecksumAlgorithm) -> bool {
+        self.0.contains_key(&algorithm)
+    }
+
+    /// Records a digest. A value of the wrong length for its algorithm is refused (`false`).
+    pub fn set(&mut self, algorithm: ChecksumAlgorithm, digest: Vec<u8>) -> bool {
+        if digest.len() != algorithm.digest_len() {
+            return false;
+        }
+        self.0.insert(algorithm, digest);
+        true
+    }
+
+    /// Forgets the digest for `algorithm`.
+    pub fn remove(&mut self, algorithm: ChecksumAlgorithm) {
+        self.0.remove(&algorithm);
+    }
+
+    /// Every known digest, in the table's order.
+    pub fn iter(&self) -> impl Iterator<Item = (ChecksumAlgorithm, &[u8])> {
+        self.0.iter().map(|(a, d)| (*a, d.as_slice()))
+    }
+
+    /// Whether no digest is known.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// CRC-64/NVME as a number (CRCs combine without the bytes, see [`crate::checksum`]).
+    pub fn crc64nvme(&self) -> Option<u64> {
+        self.get(ChecksumAlgorithm::Crc64Nvme)
+            .and_then(|d| d.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
+
+    /// Records CRC-64/NVME from its number.
+    pub fn set_crc64nvme(&mut self, crc: u64) {
+        self.0
+            .insert(ChecksumAlgorithm::Crc64Nvme, crc.to_be_bytes().to_vec());
+    }
+
+    /// Whether a digest `want` accepts is known.
+    pub fn satisfies(&self, want: WantDigest) -> bool {
+        self.0.keys().any(|a| want.accepts(*a))
+    }
+
+    /// The digests another side reported that contradict these: `(algorithm, ours, theirs)`
+    /// for each algorithm both know with different values.
+    pub fn mismatches<'a>(
+        &'a self,
+        theirs: &'a Digests,
+    ) -> impl Iterator<Item = (ChecksumAlgorithm, &'a [u8], &'a [u8])> {
+        self.iter()
+            .filter_map(|(a, ours)| theirs.get(a).filter(|t| *t != ours).map(|t| (a, ours, t)))
+    }
+
+    /// The RFC 9530 dictionary (`Repr-Digest`), `None` if no digest with a key is known.
+    pub fn to_field(&self) -> Option<String> {
+        let members: Vec<String> = self
+            .iter()
+            .filter_map(|(a, d)| a.digest_key().map(|k| format_digest_field(k, d)))
+            .collect();
+        (!members.is_empty()).then(|| members.join(", "))
+    }
+
+    /// The digests of an RFC 9530 dictionary ferry knows; unknown keys and values of the
+    /// wrong length are skipped, as RFC 9530 lets receivers do.
+    pub fn from_field(value: &str) -> Result<Self, ProtoError> {
+        let mut out = Digests::new();
+        for (key, bytes) in parse_digest_field(value)? {
+            if let Some(a) = ChecksumAlgorithm::from_digest_key(&key) {
+                out.set(a, bytes);
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// The algorithm behind an RFC 9530 key ferry computes.
-pub fn algorithm_of(key: &str) -> Option<ChecksumAlgorithm> {
-    WHOLE_DIGESTS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, a)| *a)
+impl FromIterator<(ChecksumAlgorithm, Vec<u8>)> for Digests {
+    fn from_iter<T: IntoIterator<Item = (ChecksumAlgorithm, Vec<u8>)>>(iter: T) -> Self {
+        let mut d = Digests::new();
+        for (a, v) in iter {
+            d.set(a, v);
+        }
+        d
+    }
 }
 
-/// Formats a digest dictionary from the digests that are known, `None` if none is.
-pub fn format_digests(
-    sha256: Option<&[u8]>,
-    blake3: Option<&[u8]>,
-    crc64nvme: Option<u64>,
-) -> Option<String> {
-    let crc = crc64nvme.map(u64::to_be_bytes);
-    let members: Vec<String> = [
-        (SHA256_KEY, sha256),
-        (BLAKE3_KEY, blake3),
-        (CRC64NVME_KEY, crc.as_ref().map(|c| &c[..])),
-    ]
-    .into_iter()
-    .filter_map(|(k, d)| d.map(|d| format_digest_field(k, d)))
-    .collect();
-    (!members.is_empty()).then(|| members.join(", "))
-}
-
-/// What a `Want-Repr-Digest` / `Want-Content-Digest` field (RFC 9530 §4) asks for: the
-/// algorithms ferry knows with a preference above 0 (0 means "not acceptable").
+/// What a `Want-Repr-Digest` / `Want-Content-Digest` field (RFC 9530 §4) asks for: the kept
+/// algorithms ([`KEPT`]) with a preference above 0 (0 means "not acceptable").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WantDigest {
-    /// SHA-256 is acceptable.
-    pub sha256: bool,
-    /// BLAKE3 is acceptable.
-    pub blake3: bool,
-    /// CRC-64/NVME is acceptable.
-    pub crc64nvme: bool,
-}
+pub struct WantDigest(u8);
 
 impl WantDigest {
+    fn bit(algorithm: ChecksumAlgorithm) -> u8 {
+        KEPT.iter()
+            .position(|a| *a == algorithm)
+            .map_or(0, |i| 1 << i)
+    }
+
+    /// Asks for exactly these algorithms (those not in [`KEPT`] are ignored).
+    pub fn of(algorithms: &[ChecksumAlgorithm]) -> Self {
+        WantDigest(algorithms.iter().fold(0, |m, a| m | Self::bit(*a)))
+    }
+
+    /// Whether `algorithm` is acceptable.
+    pub fn accepts(self, algorithm: ChecksumAlgorithm) -> bool {
+        self.0 & Self::bit(algorithm) != 0
+    }
+
+    /// The acceptable algorithms, cheapest first.
+    pub fn algorithms(self) -> impl Iterator<Item = ChecksumAlgorithm> {
+        KEPT.into_iter().filter(move |a| self.accepts(*a))
+    }
+
     /// Parses the field leniently: malformed members are skipped. A field that names nothing
-    /// ferry knows asks for SHA-256, the algorithm every RFC 9530 peer understands.
+    /// ferry keeps asks for SHA-256, the algorithm every RFC 9530 peer understands.
     pub fn parse(value: &str) -> Self {
         let mut w = WantDigest::default();
         for member in value.split(',') {
@@ -90,15 +170,12 @@ impl WantDigest {
                 .next()
                 .and_then(|p| p.trim().parse::<u8>().ok())
                 .is_some_and(|p| p > 0);
-            match key.as_str() {
-                SHA256_KEY => w.sha256 |= acceptable,
-                BLAKE3_KEY => w.blake3 |= acceptable,
-                CRC64NVME_KEY => w.crc64nvme |= acceptable,
-                _ => {}
+            if acceptable && let Some(a) = ChecksumAlgorithm::from_digest_key(&key) {
+                w.0 |= Self::bit(a);
             }
         }
-        if !w.sha256 && !w.blake3 && !w.crc64nvme {
-            w.sha256 = true;
+        if w.0 == 0 {
+            w = WantDigest::of(&[ChecksumAlgorithm::Sha256]);
         }
         w
     }
@@ -154,31 +231,57 @@ mod tests {
 
     #[test]
     fn want_digest_preferences() {
+        use ChecksumAlgorithm::*;
         let w = WantDigest::parse("blake3=10, sha-256=3");
-        assert_eq!(
-            w,
-            WantDigest {
-                sha256: true,
-                blake3: true,
-                crc64nvme: false
-            }
-        );
+        assert_eq!(w, WantDigest::of(&[Sha256, Blake3]));
         let w = WantDigest::parse("crc64nvme=10, blake3=5, sha-256=0");
-        assert!(w.crc64nvme && w.blake3 && !w.sha256);
+        assert!(w.accepts(Crc64Nvme) && w.accepts(Blake3) && !w.accepts(Sha256));
+        assert_eq!(w.algorithms().collect::<Vec<_>>(), [Crc64Nvme, Blake3]);
         let w = WantDigest::parse("sha-256=0, blake3=1");
-        assert!(!w.sha256 && w.blake3);
-        // Nothing known (or everything refused): SHA-256.
-        assert!(WantDigest::parse("md5=5").sha256);
-        assert!(WantDigest::parse("garbage").sha256);
-        assert_eq!(
-            format_digests(Some(&[1, 2, 3]), Some(&[4]), None).unwrap(),
-            "sha-256=:AQID:, blake3=:BA==:"
-        );
-        assert_eq!(
-            format_digests(None, None, Some(0xae8b_1486_0a79_9888)).unwrap(),
-            "crc64nvme=:rosUhgp5mIg=:"
-        );
-        assert_eq!(format_digests(None, None, None), None);
+        assert!(!w.accepts(Sha256) && w.accepts(Blake3));
+        // Nothing known (or everything refused): SHA-256. sha-512 is known but not kept.
+        assert!(WantDigest::parse("md5=5").accepts(Sha256));
+        assert!(WantDigest::parse("garbage").accepts(Sha256));
+        assert_eq!(WantDigest::parse("sha-512=1"), WantDigest::of(&[Sha256]));
+        assert!(!WantDigest::of(&[Sha512]).accepts(Sha512));
+    }
+
+    #[test]
+    fn digests_format_in_table_order() {
+        use ChecksumAlgorithm::*;
+        let mut d = Digests::new();
+        assert_eq!(d.to_field(), None);
+        d.set_crc64nvme(0xae8b_1486_0a79_9888);
+        assert_eq!(d.to_field().unwrap(), "crc64nvme=:rosUhgp5mIg=:");
+        assert_eq!(d.crc64nvme(), Some(0xae8b_1486_0a79_9888));
+        assert!(d.set(Blake3, vec![4; 32]));
+        assert!(d.set(Sha256, vec![1; 32]));
+        assert!(!d.set(Sha256, vec![1, 2, 3]), "wrong length is refused");
+        let f = d.to_field().unwrap();
+        assert!(f.starts_with("sha-256=:") && f.contains(", blake3=:"), "{f}");
+        assert!(f.ends_with(", crc64nvme=:rosUhgp5mIg=:"), "{f}");
+        assert_eq!(Digests::from_field(&f).unwrap(), d);
+        assert!(d.satisfies(WantDigest::of(&[Blake3])));
+        assert!(!Digests::new().satisfies(WantDigest::of(&[Blake3])));
+    }
+
+    #[test]
+    fn from_field_skips_unknown_and_misfit_members() {
+        let d = Digests::from_field("md5=:AAAA:, sha-256=:AQID:, unixsum=42, sha-512=:AA==:")
+            .unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert!(Digests::from_field("sha-256=:!!:").is_err());
+    }
+
+    #[test]
+    fn mismatches_compare_only_what_both_know() {
+        use ChecksumAlgorithm::*;
+        let a: Digests = [(Sha256, vec![1; 32]), (Crc64Nvme, vec![2; 8])].into_iter().collect();
+        let b: Digests = [(Sha256, vec![1; 32]), (Blake3, vec![3; 32])].into_iter().collect();
+        assert_eq!(a.mismatches(&b).count(), 0);
+        let c: Digests = [(Crc64Nvme, vec![9; 8])].into_iter().collect();
+        let m: Vec<_> = a.mismatches(&c).collect();
+        assert_eq!(m, [(Crc64Nvme, &[2u8; 8][..], &[9u8; 8][..])]);
     }
 
     proptest! {
