@@ -11,7 +11,7 @@
 //! - [`buffers`]: the pool of write buffers; [`double_buffer`]: the filling/writing pair;
 //! - [`append`]: in-order appends and their commit;
 //! - [`digests`]: running digests and read-back;
-//! - [`concat`]: final uploads made of parts;
+//! - [`concat`](mod@concat): final uploads made of parts;
 //! - [`sweep`]: deletion and the expiry sweep;
 //! - [`open`]: opening the local store under its directory lock.
 
