@@ -290,8 +290,9 @@ impl RangeWrite<'_> {
     }
 
     /// Makes the chunk count: waits for the writes, syncs the data (under
-    /// [`SyncPolicy::Always`](crate::SyncPolicy::Always)), then records the range in the metadata store. Only then may
-    /// the range be reported as received. Fails (recording nothing) if the chunk is not whole.
+    /// [`SyncPolicy::Always`](crate::SyncPolicy::Always)), then records the range in the
+    /// metadata store. Only then may the range be reported as received. Fails (recording
+    /// nothing) if the chunk is not whole.
     pub async fn commit(mut self) -> Result<UploadInfo> {
         if self.pos != self.end {
             return Err(StoreError::Inconsistent(format!(

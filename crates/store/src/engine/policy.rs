@@ -110,8 +110,9 @@ pub(crate) fn range_buffer_capacity(len: u64) -> usize {
 /// Uploads at most this large get every digest (CRC-64/NVME, BLAKE3 and SHA-256) before the
 /// completing request is answered. Larger ones get CRC-64/NVME (kept running, so it is ready at
 /// completion, and at a tenth of BLAKE3's CPU it does not slow the upload) and a cryptographic
-/// digest only when a client asks for one ([`Uploads::ensure_digests`](super::Uploads::ensure_digests)):
-/// hashing 200 GiB with SHA-256 costs minutes of CPU nobody may need.
+/// digest only when a client asks for one
+/// ([`Uploads::ensure_digests`](super::Uploads::ensure_digests)): hashing 200 GiB with SHA-256
+/// costs minutes of CPU nobody may need.
 pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
 
 /// Whether an upload of `length` bytes gets every digest inline.
