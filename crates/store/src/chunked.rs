@@ -8,7 +8,7 @@
 //!   — cannot change what a client was told has arrived, and a finished session is never
 //!   written again;
 //! - a range is recorded only by [`RangeWrite::commit`], after its bytes are written and synced
-//!   (per [`SyncPolicy`]), as a read-modify-write of the record inside
+//!   (per [`SyncPolicy`](crate::SyncPolicy)), as a read-modify-write of the record inside
 //!   [`MetaStore::update`](crate::meta::MetaStore::update), which is atomic: concurrent commits
 //!   never lose each other's ranges.
 //!
@@ -16,10 +16,12 @@
 //! bytes it left in unrecorded areas of the file are never read and are overwritten by the
 //! chunk that eventually covers them.
 
-use crate::data::{DataWriter, PendingWrite, WriteMode};
+use crate::data::{DataWriter, WriteMode};
+use crate::engine::double_buffer::DoubleBuffer;
+use crate::engine::policy::range_buffer_capacity;
+use crate::engine::{ChunkWriteActive, NewUpload, Uploads};
 use crate::error::{Result, StoreError};
 use crate::model::{Protocol, RangeSet, UploadInfo, now_ms};
-use crate::uploads::{BUFFER_SIZE, NewUpload, SyncPolicy, Uploads, give_buffer, take_buffer};
 use ferry_proto::{Metadata, UploadId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +70,6 @@ impl Uploads {
                     .collect()
             })
             .unwrap_or_default();
-        let capacity = ((end - start).min(BUFFER_SIZE as u64) as usize).max(1);
         Ok(RangeWrite {
             uploads: self,
             id,
@@ -79,10 +80,8 @@ impl Uploads {
             pos: start,
             writer: None,
             done: Vec::new(),
-            buf: take_buffer(capacity),
-            spare: None,
-            inflight: None,
-            _active: ActiveWrite::new(self, id),
+            buffers: DoubleBuffer::new(&self.buffer_pool, range_buffer_capacity(end - start)),
+            _active: self.chunk_write_started(id),
         })
     }
 
@@ -92,15 +91,6 @@ impl Uploads {
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
         check_range(&info, 0, 0, Some(total))?;
         self.record_range(id, 0, 0, Some(total)).await
-    }
-
-    /// Whether chunk requests are writing session `id` right now.
-    pub(crate) fn chunk_writes_active(&self, id: UploadId) -> bool {
-        self.chunk_writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .is_some_and(|n| *n > 0)
     }
 
     /// Records `[start, end)` as received (atomically, re-checking the length rules against
@@ -191,40 +181,6 @@ fn check_range(info: &UploadInfo, start: u64, end: u64, total: Option<u64>) -> R
     Ok(())
 }
 
-/// Counts a chunk request as active on its session for as long as it lives.
-struct ActiveWrite<'a> {
-    uploads: &'a Uploads,
-    id: UploadId,
-}
-
-impl<'a> ActiveWrite<'a> {
-    fn new(uploads: &'a Uploads, id: UploadId) -> Self {
-        *uploads
-            .chunk_writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_insert(0) += 1;
-        Self { uploads, id }
-    }
-}
-
-impl Drop for ActiveWrite<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .uploads
-            .chunk_writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.id);
-            }
-        }
-    }
-}
-
 /// One chunk being received. Bytes pushed here count only after [`commit`](Self::commit);
 /// dropping it records nothing.
 pub struct RangeWrite<'a> {
@@ -242,12 +198,8 @@ pub struct RangeWrite<'a> {
     writer: Option<Box<dyn DataWriter>>,
     /// Writers of earlier gaps, their writes settled, waiting for the sync.
     done: Vec<Box<dyn DataWriter>>,
-    /// The buffer being filled.
-    buf: Vec<u8>,
-    /// The other buffer, back from its write.
-    spare: Option<Vec<u8>>,
-    inflight: Option<PendingWrite>,
-    _active: ActiveWrite<'a>,
+    buffers: DoubleBuffer<'a>,
+    _active: ChunkWriteActive<'a>,
 }
 
 impl std::fmt::Debug for RangeWrite<'_> {
@@ -299,20 +251,15 @@ impl RangeWrite<'_> {
             let at = self
                 .writer
                 .as_ref()
-                .map(|w| w.position() + self.buf.len() as u64);
+                .map(|w| w.position() + self.buffers.buffered());
             if at != Some(pos) {
                 self.switch_writer(pos).await?;
             }
-            let mut piece = &data[..n];
-            while !piece.is_empty() {
-                let room = self.buf.capacity() - self.buf.len();
-                let k = room.min(piece.len());
-                self.buf.extend_from_slice(&piece[..k]);
-                piece = &piece[k..];
-                if self.buf.len() == self.buf.capacity() {
-                    self.submit().await?;
-                }
-            }
+            let writer = self
+                .writer
+                .as_deref_mut()
+                .ok_or_else(|| StoreError::Inconsistent("chunk write without a writer".into()))?;
+            self.buffers.push(&data[..n], writer).await?;
             data = &data[n..];
             self.pos += n as u64;
         }
@@ -321,8 +268,7 @@ impl RangeWrite<'_> {
 
     /// Finishes the current gap's writer and opens one at `pos`.
     async fn switch_writer(&mut self, pos: u64) -> Result<()> {
-        self.submit().await?;
-        self.settle().await?;
+        self.flush().await?;
         if let Some(w) = self.writer.take() {
             self.done.push(w);
         }
@@ -335,38 +281,18 @@ impl RangeWrite<'_> {
         Ok(())
     }
 
-    /// Waits for the write in flight, if any.
-    async fn settle(&mut self) -> Result<()> {
-        if let Some(w) = self.inflight.take() {
-            self.spare = Some(w.await?);
+    /// Hands what is buffered to the current gap's writer and waits for every write.
+    async fn flush(&mut self) -> Result<()> {
+        match self.writer.as_deref_mut() {
+            Some(w) => self.buffers.flush(w).await,
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    /// Hands the filled buffer to the writer and continues in the other one.
-    async fn submit(&mut self) -> Result<()> {
-        self.settle().await?;
-        let Some(writer) = self.writer.as_mut() else {
-            return Ok(());
-        };
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let next = match self.spare.take() {
-            Some(mut b) => {
-                b.clear();
-                b
-            }
-            None => take_buffer(self.buf.capacity()),
-        };
-        let full = std::mem::replace(&mut self.buf, next);
-        self.inflight = Some(writer.write(full));
-        Ok(())
     }
 
     /// Makes the chunk count: waits for the writes, syncs the data (under
-    /// [`SyncPolicy::Always`]), then records the range in the metadata store. Only then may
-    /// the range be reported as received. Fails (recording nothing) if the chunk is not whole.
+    /// [`SyncPolicy::Always`](crate::SyncPolicy::Always)), then records the range in the
+    /// metadata store. Only then may the range be reported as received. Fails (recording
+    /// nothing) if the chunk is not whole.
     pub async fn commit(mut self) -> Result<UploadInfo> {
         if self.pos != self.end {
             return Err(StoreError::Inconsistent(format!(
@@ -376,12 +302,11 @@ impl RangeWrite<'_> {
                 self.remaining()
             )));
         }
-        self.submit().await?;
-        self.settle().await?;
+        self.flush().await?;
         if let Some(w) = self.writer.take() {
             self.done.push(w);
         }
-        if self.uploads.sync == SyncPolicy::Always {
+        if self.uploads.sync.syncs_data() {
             for w in &mut self.done {
                 w.sync().await?;
             }
@@ -392,19 +317,10 @@ impl RangeWrite<'_> {
     }
 }
 
-impl Drop for RangeWrite<'_> {
-    fn drop(&mut self) {
-        give_buffer(std::mem::take(&mut self.buf));
-        if let Some(b) = self.spare.take() {
-            give_buffer(b);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uploads::ExpiryPolicy;
+    use crate::engine::{ExpiryPolicy, SyncPolicy};
     use futures_util::StreamExt;
     use std::path::Path;
     use std::time::Duration;

@@ -9,6 +9,7 @@
 
 pub mod chunked;
 pub mod data;
+mod engine;
 pub mod error;
 pub mod local;
 pub mod lock;

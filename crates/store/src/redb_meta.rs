@@ -69,9 +69,9 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         created_ms: info.created_ms,
         updated_ms: info.updated_ms,
         expires_ms: info.expires_ms,
-        sha256: info.sha256.map(|d| hex32(&d)),
-        blake3: info.blake3.map(|d| hex32(&d)),
-        crc64nvme: info.crc64nvme.map(|c| format!("{c:016x}")),
+        sha256: info.sha256.map(hex::encode),
+        blake3: info.blake3.map(hex::encode),
+        crc64nvme: info.crc64nvme.map(|c| hex::encode(c.to_be_bytes())),
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
     };
@@ -84,7 +84,7 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     let metadata = Metadata::parse(&rec.metadata).map_err(|e| bad(e.to_string()))?;
     let digest = |field: Option<String>, name: &str| match field {
         None => Ok(None),
-        Some(hex) => parse_hex32(&hex)
+        Some(hex) => from_hex::<32>(&hex)
             .map(Some)
             .ok_or_else(|| bad(format!("bad {name}"))),
     };
@@ -93,9 +93,8 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     let crc64nvme = match rec.crc64nvme {
         None => None,
         Some(hex) => Some(
-            u64::from_str_radix(&hex, 16)
-                .ok()
-                .filter(|_| hex.len() == 16)
+            from_hex::<8>(&hex)
+                .map(u64::from_be_bytes)
                 .ok_or_else(|| bad("bad crc64nvme".into()))?,
         ),
     };
@@ -123,18 +122,10 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     })
 }
 
-fn hex32(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+/// Exactly `N` bytes from `2 * N` hex digits.
+fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -438,5 +429,49 @@ mod tests {
         // Dropping the store joined its writer, so the file is free again.
         let s = RedbMetaStore::open(&path).expect("reopen");
         assert_eq!(rt.block_on(s.get(id)).unwrap(), Some(info));
+    }
+
+    #[test]
+    fn digests_are_stored_as_lowercase_hex() {
+        let mut sha = [0u8; 32];
+        sha[0] = 0xab;
+        sha[31] = 0x0f;
+        let info = UploadInfo {
+            id: UploadId::from_bytes([6; 16]),
+            length: Some(3),
+            offset: 3,
+            metadata: Metadata::default(),
+            protocol: Protocol::Tus,
+            kind: UploadKind::Regular,
+            received: None,
+            created_ms: 1,
+            updated_ms: 2,
+            expires_ms: None,
+            sha256: Some(sha),
+            blake3: Some([0xff; 32]),
+            crc64nvme: Some(0x00c0_ffee_0000_0001),
+            finals: Vec::new(),
+            deleted: false,
+        };
+        let bytes = encode(&info);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            json["sha256"],
+            format!("ab{}0f", "0".repeat(60)),
+            "the stored format"
+        );
+        assert_eq!(json["blake3"], "f".repeat(64));
+        assert_eq!(json["crc64nvme"], "00c0ffee00000001");
+        assert_eq!(decode(info.id, &bytes).unwrap(), info);
+        let mut upper = json.clone();
+        upper["crc64nvme"] = "00C0FFEE00000001".into();
+        let upper = serde_json::to_vec(&upper).unwrap();
+        assert_eq!(decode(info.id, &upper).unwrap().crc64nvme, info.crc64nvme);
+        for bad in ["c0ffee", "00c0ffee0000000g", "00c0ffee000000011"] {
+            let mut broken = json.clone();
+            broken["crc64nvme"] = bad.into();
+            let broken = serde_json::to_vec(&broken).unwrap();
+            assert!(decode(info.id, &broken).is_err(), "{bad}");
+        }
     }
 }

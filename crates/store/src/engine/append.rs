@@ -1,0 +1,220 @@
+//! Appends: bytes of a tus or IETF upload, in order, under the upload's lease. They count only
+//! once [`Append::commit`] has made them durable and recorded the new offset.
+
+use super::Uploads;
+use super::buffers::AppendRunning;
+use super::digests::RunningDigest;
+use super::double_buffer::DoubleBuffer;
+use super::policy::{append_buffer_capacity, kept_running};
+use crate::data::{DataWriter, WriteMode};
+use crate::error::{Result, StoreError};
+use crate::lock::Lease;
+use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
+use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
+use ferry_proto::digest::WantDigest;
+use futures_util::StreamExt;
+
+impl Uploads {
+    /// Starts appending at the committed offset. `expected_bytes` sizes the buffers.
+    pub async fn append(&self, lease: &Lease, expected_bytes: Option<u64>) -> Result<Append<'_>> {
+        let id = lease.id();
+        let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        if matches!(info.kind, UploadKind::Final { .. }) {
+            return Err(StoreError::IsFinal(id));
+        }
+        if info.protocol == Protocol::Chunks {
+            // An append would cut away every byte past the contiguous prefix: chunks received
+            // out of order.
+            return Err(StoreError::WrongProtocol(id));
+        }
+        let writer = self
+            .data
+            .open_writer(
+                id,
+                WriteMode::Append {
+                    offset: info.offset,
+                },
+            )
+            .await?;
+        let (running, before) = self.buffer_pool.start_append();
+        let capacity = append_buffer_capacity(before, expected_bytes);
+        let hasher = self.resume_running(id, info.offset, info.length);
+        Ok(Append {
+            hasher,
+            uploads: self,
+            start: info.offset,
+            info,
+            writer,
+            buffers: DoubleBuffer::new(&self.buffer_pool, capacity),
+            _running: running,
+        })
+    }
+}
+
+/// An append in progress, under a lease. Bytes pushed here count only after
+/// [`commit`](Append::commit); dropping an `Append` without committing discards them (they sit
+/// past the committed offset and are cut away by the next writer).
+pub struct Append<'a> {
+    uploads: &'a Uploads,
+    info: UploadInfo,
+    writer: Box<dyn DataWriter>,
+    buffers: DoubleBuffer<'a>,
+    /// The offset the writer started at.
+    start: u64,
+    /// Running digests of everything pushed in order, if the chain from byte 0 is unbroken.
+    /// Fed as bytes arrive, while they are still in the cache, so that the write of a buffer
+    /// is the only work between a full buffer and the next (one hand-off, not two).
+    pub(super) hasher: Option<RunningDigest>,
+    _running: AppendRunning<'a>,
+}
+
+impl std::fmt::Debug for Append<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Append")
+            .field("id", &self.info.id)
+            .field("committed", &self.info.offset)
+            .field("received", &self.received())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Append<'_> {
+    /// The last committed record.
+    pub fn info(&self) -> &UploadInfo {
+        &self.info
+    }
+
+    /// Offset including bytes received but not yet committed.
+    pub fn received(&self) -> u64 {
+        self.writer.position() + self.buffers.buffered()
+    }
+
+    /// Bytes received since the last commit.
+    pub fn uncommitted(&self) -> u64 {
+        self.received() - self.info.offset
+    }
+
+    /// Position up to which writes have completed successfully.
+    fn written(&self) -> u64 {
+        self.start + self.buffers.written()
+    }
+
+    /// Also keeps the cryptographic digest a client asked for (`want`, from the
+    /// `Want-Repr-Digest` of the request that starts the upload) running, so that it is ready at
+    /// completion instead of computed by reading a large upload back. Only from byte 0, and
+    /// not when the client accepts the CRC-64/NVME that always runs.
+    pub fn keep_running(&mut self, want: WantDigest) {
+        if self.received() != 0 {
+            return;
+        }
+        if let (Some(h), Some(algorithm)) = (&mut self.hasher, kept_running(want)) {
+            h.also_run(algorithm);
+        }
+    }
+
+    /// Accepts bytes. Refuses (without taking any) bytes that would go past the length.
+    pub async fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.buffers.check_failed()?;
+        if let Some(length) = self.info.length
+            && self.received() + data.len() as u64 > length
+        {
+            return Err(StoreError::ExceedsLength { length });
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
+        let pushed = self.buffers.push(data, &mut *self.writer).await;
+        self.drop_hash_if_failed();
+        pushed
+    }
+
+    /// Hands what is buffered to the writer and waits for every write.
+    async fn flush(&mut self) -> Result<()> {
+        let flushed = self.buffers.flush(&mut *self.writer).await;
+        self.drop_hash_if_failed();
+        flushed
+    }
+
+    /// After a failed write the running hash may hold bytes that were never written.
+    fn drop_hash_if_failed(&mut self) {
+        if self.buffers.has_failed() {
+            self.hasher = None;
+        }
+    }
+
+    /// Digest of the bytes received since the last commit (written out and read back), for
+    /// checksums whose algorithm is known only after the body (checksum trailers).
+    pub async fn digest_uncommitted(&mut self, algorithm: ChecksumAlgorithm) -> Result<Vec<u8>> {
+        self.flush().await?;
+        let mut stream = self
+            .uploads
+            .data
+            .read(self.info.id, self.info.offset, self.written())
+            .await?;
+        let mut hasher = Hasher::new(algorithm);
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hasher.finalize())
+    }
+
+    /// Makes every byte received so far durable (per the sync policy) and commits the new
+    /// offset. If a write failed, commits what was written before the failure and returns the
+    /// error; [`info`](Self::info) then shows the committed state.
+    pub async fn commit(&mut self) -> Result<UploadInfo> {
+        let flushed = self.flush().await;
+        let target = self.written();
+        if target == self.info.offset {
+            return flushed.map(|()| self.info.clone());
+        }
+        if self.uploads.sync.syncs_data() {
+            self.writer.sync().await?;
+        }
+        let previous = self.info.offset;
+        let id = self.info.id;
+        let expiry = self.uploads.expiry;
+        // The last byte: the digests go into the same commit as the offset.
+        let digests = match &self.hasher {
+            Some(h) if self.info.length == Some(target) => Some(h.clone().finish()),
+            _ => None,
+        };
+        let committed = self
+            .uploads
+            .meta
+            .update(
+                id,
+                Box::new(move |info| {
+                    if info.offset != previous {
+                        return Err(StoreError::Conflict(id));
+                    }
+                    let now = now_ms();
+                    info.offset = target;
+                    info.updated_ms = now;
+                    if let Some((crc, b3, sha)) = digests {
+                        info.crc64nvme = Some(crc);
+                        info.blake3 = info.blake3.or(b3);
+                        info.sha256 = info.sha256.or(sha);
+                    }
+                    // Activity keeps an unfinished upload alive; finishing applies the
+                    // finished-upload policy.
+                    info.expires_ms = expiry.expires_at(info.is_complete(), now);
+                    Ok(())
+                }),
+            )
+            .await?;
+        self.info = committed;
+        self.uploads.keep_finals_alive(&self.info).await;
+        if let Some(h) = self.hasher.as_ref().filter(|_| digests.is_none()) {
+            // Snapshot: bytes hashed after this point are not committed yet.
+            self.uploads.save_running(id, target, h.clone());
+        }
+        if self.info.is_complete() {
+            let had_digest = self.info.crc64nvme.is_some();
+            self.uploads.completed(&self.info).await;
+            if !had_digest && let Some(fresh) = self.uploads.meta.get(id).await? {
+                self.info = fresh;
+            }
+        }
+        flushed.map(|()| self.info.clone())
+    }
+}

@@ -1,0 +1,278 @@
+//! The upload engine: the one place that orders durability.
+//!
+//! Every protocol (tus, IETF, chunk sessions) goes through [`Uploads`]. An append streams bytes
+//! through two fixed, reused buffers (one filling while the other is written), and
+//! [`Append::commit`] makes them count, in this order: wait for the writes, `fdatasync` the data
+//! (under [`SyncPolicy::Always`]), commit the new offset to the metadata store (fsynced), and
+//! only then return the offset the caller may acknowledge.
+//!
+//! One module per job:
+//! - [`policy`]: the decisions (sync, expiry, buffer sizes, which digests), as pure functions;
+//! - [`buffers`]: the pool of write buffers; [`double_buffer`]: the filling/writing pair;
+//! - [`append`]: in-order appends and their commit;
+//! - [`digests`]: running digests and read-back;
+//! - [`concat`](mod@concat): final uploads made of parts;
+//! - [`sweep`]: deletion and the expiry sweep;
+//! - [`open`]: opening the local store under its directory lock.
+
+mod append;
+pub(crate) mod buffers;
+mod concat;
+mod digests;
+pub(crate) mod double_buffer;
+mod open;
+pub(crate) mod policy;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
+pub use append::Append;
+pub use buffers::BUFFER_SIZE;
+pub use open::TAKEOVER_PATIENCE;
+pub use policy::{ExpiryPolicy, INLINE_DIGEST_MAX, SPACE_MARGIN, SyncPolicy};
+pub(crate) use sweep::ChunkWriteActive;
+
+use crate::data::{ByteStream, DataStore};
+use crate::error::{Result, StoreError};
+use crate::lock::{Lease, Locker};
+use crate::meta::MetaStore;
+use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind, now_ms};
+use buffers::BufferPool;
+use digests::{RunningDigest, to32};
+use ferry_proto::checksum::{ChecksumAlgorithm, crc64nvme_of, digest};
+use ferry_proto::{Metadata, UploadId};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+/// What a new upload starts with.
+#[derive(Debug, Clone, Default)]
+pub struct NewUpload {
+    /// Total length, or `None` when deferred.
+    pub length: Option<u64>,
+    /// Client metadata.
+    pub metadata: Metadata,
+    /// Creating protocol.
+    pub protocol: Protocol,
+    /// Concatenation role.
+    pub kind: UploadKind,
+    /// Expiry time in ms since the epoch, if any.
+    pub expires_ms: Option<u64>,
+}
+
+/// Data store + metadata store + locker, bound by a sync policy.
+pub struct Uploads {
+    pub(crate) data: Arc<dyn DataStore>,
+    pub(crate) meta: Arc<dyn MetaStore>,
+    locker: Arc<dyn Locker>,
+    pub(crate) sync: SyncPolicy,
+    pub(crate) expiry: ExpiryPolicy,
+    /// Write buffers shared by this engine's appends and chunk writes.
+    pub(crate) buffer_pool: BufferPool,
+    /// Digest state of uploads being appended in order, keyed by id, at their committed
+    /// offset: the whole-upload digest is then ready the moment the last byte commits, with no
+    /// second read. Lost on restart (the digest is then computed by reading the data back).
+    running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
+    /// Uploads whose digest is being computed by reading back (so it runs once).
+    digesting: Arc<Mutex<HashSet<UploadId>>>,
+    /// Chunk requests in flight per session. Chunk writes take no lease (several run at once),
+    /// so the sweeper asks here instead before deleting an expired session.
+    chunk_writers: Mutex<HashMap<UploadId, usize>>,
+    _dir_lock: Option<File>,
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads")
+            .field("sync", &self.sync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uploads {
+    /// Binds the three stores.
+    pub fn new(
+        data: Arc<dyn DataStore>,
+        meta: Arc<dyn MetaStore>,
+        locker: Arc<dyn Locker>,
+        sync: SyncPolicy,
+    ) -> Self {
+        Self {
+            data,
+            meta,
+            locker,
+            sync,
+            expiry: ExpiryPolicy::default(),
+            buffer_pool: BufferPool::default(),
+            running: Mutex::new(HashMap::new()),
+            digesting: Arc::default(),
+            chunk_writers: Mutex::new(HashMap::new()),
+            _dir_lock: None,
+        }
+    }
+
+    /// Sets when uploads expire.
+    pub fn with_expiry(mut self, expiry: ExpiryPolicy) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// The expiry policy in force.
+    pub fn expiry(&self) -> ExpiryPolicy {
+        self.expiry
+    }
+
+    /// The sync policy in force.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    /// The metadata store (for sweepers and tools).
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    /// Creates an upload with a fresh unguessable id (128 random bits): data object first, then
+    /// the record, so a record never points at missing data. For a final upload use
+    /// [`create_final`](Self::create_final).
+    pub async fn create(&self, new: NewUpload) -> Result<UploadInfo> {
+        if let (Some(length), Some(available)) = (new.length, self.data.free_space())
+            && !policy::room_for(length, available)
+        {
+            return Err(StoreError::NoSpaceFor { length, available });
+        }
+        let id = random_id()?;
+        let now = now_ms();
+        let complete = new.length == Some(0);
+        let info = UploadInfo {
+            id,
+            length: new.length,
+            offset: 0,
+            metadata: new.metadata,
+            protocol: new.protocol,
+            kind: new.kind,
+            // Out-of-order writers record which bytes arrived.
+            received: (new.protocol == Protocol::Chunks).then(RangeSet::new),
+            created_ms: now,
+            updated_ms: now,
+            expires_ms: self.expiry.expires_at(complete, now),
+            sha256: complete.then(|| to32(digest(ChecksumAlgorithm::Sha256, b""))),
+            blake3: complete.then(|| to32(digest(ChecksumAlgorithm::Blake3, b""))),
+            crc64nvme: complete.then(|| crc64nvme_of(b"")),
+            finals: Vec::new(),
+            deleted: false,
+        };
+        self.data.create(id, self.sync.syncs_data()).await?;
+        self.meta.insert(&info).await?;
+        Ok(info)
+    }
+
+    /// The committed record. Never waits for a writer.
+    pub async fn get(&self, id: UploadId) -> Result<Option<UploadInfo>> {
+        Ok(self.meta.get(id).await?.filter(|i| !i.deleted))
+    }
+
+    /// Takes the upload's lease (asking a current writer to commit and let go).
+    pub async fn lease(&self, id: UploadId) -> Result<Lease> {
+        self.locker.acquire(id).await
+    }
+
+    /// Sets the length of an upload whose length was deferred (once).
+    pub async fn declare_length(&self, lease: &Lease, length: u64) -> Result<UploadInfo> {
+        let info = self
+            .meta
+            .update(
+                lease.id(),
+                Box::new(move |info| {
+                    if let Some(l) = info.length {
+                        if l != length {
+                            return Err(StoreError::Inconsistent(format!("length is already {l}")));
+                        }
+                    } else if length < info.offset {
+                        return Err(StoreError::Inconsistent(format!(
+                            "length {length} is below the offset {}",
+                            info.offset
+                        )));
+                    }
+                    info.length = Some(length);
+                    info.updated_ms = now_ms();
+                    Ok(())
+                }),
+            )
+            .await?;
+        if !info.is_complete() {
+            return Ok(info);
+        }
+        // Declared at the offset reached: complete now, with no byte to commit. The running
+        // digests (if the chain is whole) are final, and the completion work follows.
+        let id = info.id;
+        let running = self.take_running(id).filter(|(pos, _)| *pos == info.offset);
+        let expiry = self.expiry;
+        let digests = running.map(|(_, h)| h.finish());
+        let info = self
+            .meta
+            .update(
+                id,
+                Box::new(move |i| {
+                    if let Some((crc, b3, sha)) = digests {
+                        i.crc64nvme = Some(crc);
+                        i.blake3 = i.blake3.or(b3);
+                        i.sha256 = i.sha256.or(sha);
+                    }
+                    i.expires_ms = expiry.expires_at(true, now_ms());
+                    Ok(())
+                }),
+            )
+            .await?;
+        self.completed(&info).await;
+        Ok(self.meta.get(id).await?.unwrap_or(info))
+    }
+
+    /// Work that follows an upload's completion: its digests (unless the commit already
+    /// stored them from the running hash, or a final's parts have theirs) and completing finals
+    /// that were waiting for it.
+    pub(crate) async fn completed(&self, info: &UploadInfo) {
+        self.take_running(info.id);
+        let mut info = std::borrow::Cow::Borrowed(info);
+        if info.crc64nvme.is_none()
+            && let Some(crc) = self.combined_crc(&info).await
+        {
+            match self
+                .meta
+                .update(
+                    info.id,
+                    Box::new(move |i| {
+                        i.crc64nvme = Some(crc);
+                        Ok(())
+                    }),
+                )
+                .await
+            {
+                Ok(i) => info = std::borrow::Cow::Owned(i),
+                Err(e) => tracing::warn!(upload = %info.id, error = %e, "storing digest failed"),
+            }
+        }
+        if policy::needs_read_back(&info) {
+            self.digest_by_reading(&info, Default::default()).await;
+        }
+        for f in &info.finals {
+            if let Err(e) = self.refresh_final(*f).await {
+                tracing::warn!(upload = %f, error = %e, "completing final failed");
+            }
+        }
+    }
+
+    /// Streams committed bytes `[start, end)` of an upload; a final upload is read across its
+    /// parts.
+    pub async fn read(&self, info: &UploadInfo, start: u64, end: u64) -> Result<ByteStream> {
+        concat::read_upload(&self.data, &self.meta, info, start, end).await
+    }
+}
+
+/// A fresh unguessable upload id (128 random bits).
+fn random_id() -> Result<UploadId> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(UploadId::from_bytes(bytes))
+}

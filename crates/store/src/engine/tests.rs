@@ -1,0 +1,466 @@
+//! The engine's behaviour end to end, on a local store in a temporary directory.
+
+use super::digests::to32;
+use super::*;
+use crate::local::LocalDataStore;
+use ferry_proto::digest::WantDigest;
+use futures_util::StreamExt;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+fn open(dir: &Path) -> Uploads {
+    Uploads::open_local(dir, SyncPolicy::Always).unwrap()
+}
+
+/// `mib` MiB of bytes that change every `step` positions.
+fn pattern(mib: u32, step: u32) -> Vec<u8> {
+    (0..(mib << 20)).map(|i| (i / step) as u8).collect()
+}
+
+/// A regular upload of `length` (None: deferred).
+async fn regular(u: &Uploads, length: Option<u64>) -> UploadInfo {
+    u.create(new_upload(length, UploadKind::Regular))
+        .await
+        .unwrap()
+}
+
+async fn write_all(u: &Uploads, id: UploadId, data: &[u8]) -> UploadInfo {
+    let lease = u.lease(id).await.unwrap();
+    let mut a = u.append(&lease, Some(data.len() as u64)).await.unwrap();
+    a.push(data).await.unwrap();
+    a.commit().await.unwrap()
+}
+
+async fn read_all(u: &Uploads, info: &UploadInfo) -> Vec<u8> {
+    let mut s = u.read(info, 0, info.offset).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, data)
+        .try_into()
+        .unwrap()
+}
+
+fn b3(data: &[u8]) -> [u8; 32] {
+    to32(digest(ChecksumAlgorithm::Blake3, data))
+}
+
+fn new_upload(length: Option<u64>, kind: UploadKind) -> NewUpload {
+    NewUpload {
+        length,
+        kind,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn append_commit_and_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+    let info = regular(&u, Some(data.len() as u64)).await;
+    let lease = u.lease(info.id).await.unwrap();
+    let mut a = u.append(&lease, None).await.unwrap();
+    for chunk in data.chunks(70_001) {
+        a.push(chunk).await.unwrap();
+    }
+    assert!(matches!(
+        a.push(b"x").await,
+        Err(StoreError::ExceedsLength { .. })
+    ));
+    let done = a.commit().await.unwrap();
+    assert!(done.is_complete());
+    assert_eq!(
+        done.sha256,
+        Some(sha(&data)),
+        "small uploads get their digest inline"
+    );
+    assert_eq!(done.blake3, Some(b3(&data)));
+    assert_eq!(done.crc64nvme, Some(crc64nvme_of(&data)));
+    assert_eq!(
+        done.expires_ms, None,
+        "finished uploads do not expire by default"
+    );
+    assert_eq!(read_all(&u, &done).await, data);
+}
+
+#[tokio::test]
+async fn large_upload_has_its_digest_at_completion_without_rereading() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data = pattern(12, 7);
+    let info = regular(&u, Some(data.len() as u64)).await;
+    // Three requests; the running hash carries over between them.
+    for part in data.chunks(5 << 20) {
+        write_all(&u, info.id, part).await;
+    }
+    let done = u.get(info.id).await.unwrap().unwrap();
+    assert!(done.is_complete());
+    assert_eq!(
+        done.crc64nvme,
+        Some(crc64nvme_of(&data)),
+        "CRC-64/NVME ready at once (> inline limit)"
+    );
+    assert_eq!(
+        (done.blake3, done.sha256),
+        (None, None),
+        "cryptographic digests of a large upload wait to be asked for"
+    );
+    let asked = |key: &str| WantDigest::parse(&format!("{key}=10"));
+    let settled = |want: fn(&UploadInfo) -> bool| {
+        let u = &u;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let i = u.get(info.id).await.unwrap().unwrap();
+                if want(&i) || std::time::Instant::now() > deadline {
+                    break i;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // Asking for a CRC (which is there) or BLAKE3 computes no SHA-256.
+    u.ensure_digests(&done, WantDigest::parse("crc64nvme=10, sha-256=1"))
+        .await;
+    u.ensure_digests(&done, asked("blake3")).await;
+    let with_b3 = settled(|i| i.blake3.is_some()).await;
+    assert_eq!(with_b3.blake3, Some(b3(&data)), "computed on request");
+    assert_eq!(with_b3.sha256, None);
+    u.ensure_digests(&with_b3, asked("sha-256")).await;
+    let with_sha = settled(|i| i.sha256.is_some()).await;
+    assert_eq!(with_sha.sha256, Some(sha(&data)), "computed on request");
+    assert_eq!(with_sha.crc64nvme, Some(crc64nvme_of(&data)));
+}
+
+#[tokio::test]
+async fn a_digest_asked_for_while_another_is_read_back_is_computed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data = vec![9u8; (INLINE_DIGEST_MAX + 1) as usize];
+    let info = regular(&u, Some(data.len() as u64)).await;
+    let done = write_all(&u, info.id, &data).await;
+    // As if a read-back of this upload were running.
+    u.digesting.lock().unwrap().insert(info.id);
+    u.ensure_digests(&done, WantDigest::parse("sha-256=10"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(u.get(info.id).await.unwrap().unwrap().sha256, None);
+    u.digesting.lock().unwrap().remove(&info.id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let i = u.get(info.id).await.unwrap().unwrap();
+        if i.sha256.is_some() || std::time::Instant::now() > deadline {
+            break i.sha256;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        got,
+        Some(sha(&data)),
+        "the request waited instead of being dropped"
+    );
+}
+
+#[tokio::test]
+async fn declaring_the_length_at_the_offset_completes_with_the_running_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data = pattern(9, 11);
+    let info = regular(&u, None).await;
+    write_all(&u, info.id, &data).await;
+    let lease = u.lease(info.id).await.unwrap();
+    let done = u.declare_length(&lease, data.len() as u64).await.unwrap();
+    assert!(done.is_complete());
+    assert_eq!(
+        done.crc64nvme,
+        Some(crc64nvme_of(&data)),
+        "from the running CRC, at once (a read-back of 9 MiB runs in the background)"
+    );
+    assert!(
+        u.running.lock().unwrap().is_empty(),
+        "no running entry left"
+    );
+}
+
+#[tokio::test]
+async fn a_cryptographic_digest_asked_for_at_the_start_is_kept_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data = pattern(9, 5);
+    let (one, two) = data.split_at(4 << 20);
+    for (want, b3_kept, sha_kept) in [
+        ("blake3=10, sha-256=3", true, false),
+        ("sha-256=10", false, true),
+        ("crc64nvme=10, blake3=5", false, false),
+    ] {
+        let info = regular(&u, Some(data.len() as u64)).await;
+        let lease = u.lease(info.id).await.unwrap();
+        let mut a = u.append(&lease, None).await.unwrap();
+        a.keep_running(WantDigest::parse(want));
+        a.push(one).await.unwrap();
+        a.commit().await.unwrap();
+        // Too late: bytes were already taken.
+        a.keep_running(WantDigest::parse("sha-256=10"));
+        drop(a);
+        drop(lease);
+        let done = write_all(&u, info.id, two).await;
+        assert!(done.is_complete());
+        assert_eq!(done.crc64nvme, Some(crc64nvme_of(&data)), "{want}");
+        assert_eq!(done.blake3, b3_kept.then(|| b3(&data)), "{want}");
+        assert_eq!(done.sha256, sha_kept.then(|| sha(&data)), "{want}");
+    }
+}
+
+#[tokio::test]
+async fn large_final_combines_its_parts_crcs_without_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data = pattern(10, 3);
+    let (one, two) = data.split_at(6 << 20);
+    let mut parts = Vec::new();
+    for bytes in [one, two] {
+        let p = u
+            .create(new_upload(Some(bytes.len() as u64), UploadKind::Partial))
+            .await
+            .unwrap();
+        let done = write_all(&u, p.id, bytes).await;
+        assert_eq!(done.crc64nvme, Some(crc64nvme_of(bytes)));
+        parts.push(p.id);
+    }
+    // Change a stored byte behind the store's back: a CRC computed by reading the final
+    // back would show it; one combined from the parts' recorded CRCs does not.
+    let first = LocalDataStore::open(dir.path()).unwrap().path_of(parts[0]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .write_all_at(&[data[0] ^ 0xff], 0)
+        .unwrap();
+    let f = u
+        .create_final(parts, Metadata::default(), None)
+        .await
+        .unwrap();
+    let f = u.get(f.id).await.unwrap().unwrap();
+    assert!(f.is_complete());
+    assert_eq!(
+        f.crc64nvme,
+        Some(crc64nvme_of(&data)),
+        "combined from the parts, nothing read back"
+    );
+    assert_ne!(read_all(&u, &f).await, data, "the byte did change");
+}
+
+#[tokio::test]
+async fn broken_hash_chain_falls_back_to_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let data = vec![42u8; 1 << 20];
+    let info = regular(&u, Some(data.len() as u64)).await;
+    write_all(&u, info.id, &data[..1000]).await;
+    {
+        // Hashed but never committed: the running hash must not keep these bytes.
+        let lease = u.lease(info.id).await.unwrap();
+        let mut a = u.append(&lease, None).await.unwrap();
+        a.push(&[0u8; 600_000]).await.unwrap();
+        a.commit().await.unwrap();
+        a.push(&[1u8; 300_000]).await.unwrap();
+    }
+    u.running.lock().unwrap().clear();
+    let lease = u.lease(info.id).await.unwrap();
+    let mut a = u.append(&lease, None).await.unwrap();
+    assert!(
+        a.hasher.is_none(),
+        "no chain to continue after the cache is lost"
+    );
+    let at = a.info().offset as usize;
+    let mut expect = data[..1000].to_vec();
+    expect.extend_from_slice(&[0u8; 600_000]);
+    expect.extend_from_slice(&data[at..]);
+    a.push(&data[at..]).await.unwrap();
+    let done = a.commit().await.unwrap();
+    assert_eq!(done.sha256, Some(sha(&expect)), "digest by reading back");
+    assert_eq!(done.crc64nvme, Some(crc64nvme_of(&expect)));
+}
+
+#[tokio::test]
+async fn uncommitted_bytes_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let info = regular(&u, Some(10)).await;
+    {
+        let lease = u.lease(info.id).await.unwrap();
+        let mut a = u.append(&lease, None).await.unwrap();
+        a.push(b"abc").await.unwrap();
+        a.commit().await.unwrap();
+        a.push(b"zzzz").await.unwrap();
+        // dropped without commit
+    }
+    assert_eq!(u.get(info.id).await.unwrap().unwrap().offset, 3);
+    let done = write_all(&u, info.id, b"defghij").await;
+    assert_eq!(read_all(&u, &done).await, b"abcdefghij");
+}
+
+#[tokio::test]
+async fn final_reads_across_parts_and_survives_part_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let a = u
+        .create(new_upload(Some(5), UploadKind::Partial))
+        .await
+        .unwrap();
+    let b = u
+        .create(new_upload(Some(7), UploadKind::Partial))
+        .await
+        .unwrap();
+    write_all(&u, a.id, b"hello").await;
+    // Final created before part b finishes (concatenation-unfinished).
+    let f = u
+        .create_final(vec![a.id, b.id], Metadata::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(f.length, None);
+    write_all(&u, b.id, b", world").await;
+    let f = u.get(f.id).await.unwrap().unwrap();
+    assert!(f.is_complete(), "final completes with its last part");
+    assert_eq!(read_all(&u, &f).await, b"hello, world");
+    assert_eq!(f.sha256, Some(sha(b"hello, world")));
+    assert_eq!(f.crc64nvme, Some(crc64nvme_of(b"hello, world")));
+    // Deleting a part hides it but keeps its bytes for the final.
+    u.delete(a.id).await.unwrap();
+    assert!(u.get(a.id).await.unwrap().is_none());
+    assert_eq!(read_all(&u, &f).await, b"hello, world");
+    // Deleting the final releases the hidden part for good.
+    u.delete(f.id).await.unwrap();
+    assert!(
+        u.meta.get(a.id).await.unwrap().is_none(),
+        "hidden part purged"
+    );
+    assert!(u.get(b.id).await.unwrap().is_some(), "visible part kept");
+}
+
+#[tokio::test]
+async fn final_rejects_non_partials_and_missing_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let r = regular(&u, Some(1)).await;
+    assert!(matches!(
+        u.create_final(vec![r.id], Metadata::default(), None).await,
+        Err(StoreError::NotPartial(_))
+    ));
+    let missing = UploadId::from_bytes([9; 16]);
+    assert!(matches!(
+        u.create_final(vec![missing], Metadata::default(), None)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let p = u
+        .create(new_upload(Some(10), UploadKind::Partial))
+        .await
+        .unwrap();
+    write_all(&u, p.id, b"0123456789").await;
+    assert!(matches!(
+        u.create_final(vec![p.id, p.id], Metadata::default(), Some(15))
+            .await,
+        Err(StoreError::TooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn sweeper_deletes_expired_unfinished_uploads_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path()).with_expiry(ExpiryPolicy {
+        unfinished: Some(Duration::from_secs(60)),
+        finished: None,
+    });
+    let stale = regular(&u, Some(10)).await;
+    let done = regular(&u, Some(2)).await;
+    write_all(&u, done.id, b"ok").await;
+    let busy = regular(&u, Some(10)).await;
+    let held = u.lease(busy.id).await.unwrap();
+    let later = now_ms() + 61_000;
+    assert!(u.get(stale.id).await.unwrap().unwrap().is_expired(later));
+    let gone = u.sweep_expired(later).await.unwrap();
+    assert_eq!(gone, vec![stale.id]);
+    assert!(u.get(stale.id).await.unwrap().is_none());
+    assert!(u.get(done.id).await.unwrap().is_some());
+    assert!(
+        !held.is_taken_over(),
+        "the sweeper never interrupts a writer"
+    );
+    drop(held);
+    assert_eq!(u.sweep_expired(later).await.unwrap(), vec![busy.id]);
+}
+
+#[tokio::test]
+async fn expiring_a_partial_keeps_a_finished_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path()).with_expiry(ExpiryPolicy {
+        unfinished: Some(Duration::from_secs(60)),
+        finished: Some(Duration::from_secs(3600)),
+    });
+    let p = u
+        .create(new_upload(Some(3), UploadKind::Partial))
+        .await
+        .unwrap();
+    write_all(&u, p.id, b"abc").await;
+    let f = u
+        .create_final(vec![p.id], Metadata::default(), None)
+        .await
+        .unwrap();
+    assert!(f.is_complete());
+    // The part's finished-upload expiry is due well before the final's would be read.
+    u.meta
+        .update(
+            p.id,
+            Box::new(|i| {
+                i.expires_ms = Some(1);
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let gone = u.sweep_expired(now_ms()).await.unwrap();
+    assert_eq!(gone, vec![p.id]);
+    let f = u.get(f.id).await.unwrap().unwrap();
+    assert_eq!(read_all(&u, &f).await, b"abc", "final still readable");
+}
+
+#[tokio::test]
+async fn unfinished_final_and_parts_expire_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    let p = u
+        .create(new_upload(Some(3), UploadKind::Partial))
+        .await
+        .unwrap();
+    let q = u
+        .create(new_upload(Some(3), UploadKind::Partial))
+        .await
+        .unwrap();
+    write_all(&u, p.id, b"abc").await;
+    let f = u
+        .create_final(vec![p.id, q.id], Metadata::default(), None)
+        .await
+        .unwrap();
+    // q never finishes and expires; p is finished and does not.
+    let later = now_ms() + 8 * 24 * 3600 * 1000;
+    let gone = u.sweep_expired(later).await.unwrap();
+    assert!(gone.contains(&q.id) && gone.contains(&f.id), "{gone:?}");
+    assert!(u.get(q.id).await.unwrap().is_none());
+    assert!(
+        u.get(f.id).await.unwrap().is_none(),
+        "the unfinished final expired too"
+    );
+    assert!(
+        u.meta.get(q.id).await.unwrap().is_none(),
+        "no final holds q any more"
+    );
+    assert!(u.get(p.id).await.unwrap().is_some(), "finished part kept");
+}
