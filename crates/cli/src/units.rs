@@ -23,7 +23,10 @@ mod tests {
         assert_eq!(parse_duration("x", " 90 "), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("x", "1h 30m"), Ok(Duration::from_secs(5400)));
         let e = parse_duration("--timeout", "soon").unwrap_err();
-        assert!(e.starts_with("--timeout: \"soon\" is not a duration"), "{e}");
+        assert!(
+            e.starts_with("--timeout: \"soon\" is not a duration"),
+            "{e}"
+        );
         assert!(parse_duration("x", "-5").is_err());
     }
 }

@@ -147,6 +147,16 @@ impl WantDigest {
         WantDigest(algorithms.iter().fold(0, |m, a| m | Self::bit(*a)))
     }
 
+    /// Whether nothing is asked for.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Also asks for `algorithm` (ignored unless it is in [`KEPT`]).
+    pub fn with(self, algorithm: ChecksumAlgorithm) -> Self {
+        WantDigest(self.0 | Self::bit(algorithm))
+    }
+
     /// Whether `algorithm` is acceptable.
     pub fn accepts(self, algorithm: ChecksumAlgorithm) -> bool {
         self.0 & Self::bit(algorithm) != 0
@@ -258,7 +268,10 @@ mod tests {
         assert!(d.set(Sha256, vec![1; 32]));
         assert!(!d.set(Sha256, vec![1, 2, 3]), "wrong length is refused");
         let f = d.to_field().unwrap();
-        assert!(f.starts_with("sha-256=:") && f.contains(", blake3=:"), "{f}");
+        assert!(
+            f.starts_with("sha-256=:") && f.contains(", blake3=:"),
+            "{f}"
+        );
         assert!(f.ends_with(", crc64nvme=:rosUhgp5mIg=:"), "{f}");
         assert_eq!(Digests::from_field(&f).unwrap(), d);
         assert!(d.satisfies(WantDigest::of(&[Blake3])));
@@ -267,8 +280,8 @@ mod tests {
 
     #[test]
     fn from_field_skips_unknown_and_misfit_members() {
-        let d = Digests::from_field("md5=:AAAA:, sha-256=:AQID:, unixsum=42, sha-512=:AA==:")
-            .unwrap();
+        let d =
+            Digests::from_field("md5=:AAAA:, sha-256=:AQID:, unixsum=42, sha-512=:AA==:").unwrap();
         assert!(d.is_empty(), "{d:?}");
         assert!(Digests::from_field("sha-256=:!!:").is_err());
     }
@@ -276,8 +289,12 @@ mod tests {
     #[test]
     fn mismatches_compare_only_what_both_know() {
         use ChecksumAlgorithm::*;
-        let a: Digests = [(Sha256, vec![1; 32]), (Crc64Nvme, vec![2; 8])].into_iter().collect();
-        let b: Digests = [(Sha256, vec![1; 32]), (Blake3, vec![3; 32])].into_iter().collect();
+        let a: Digests = [(Sha256, vec![1; 32]), (Crc64Nvme, vec![2; 8])]
+            .into_iter()
+            .collect();
+        let b: Digests = [(Sha256, vec![1; 32]), (Blake3, vec![3; 32])]
+            .into_iter()
+            .collect();
         assert_eq!(a.mismatches(&b).count(), 0);
         let c: Digests = [(Crc64Nvme, vec![9; 8])].into_iter().collect();
         let m: Vec<_> = a.mismatches(&c).collect();

@@ -35,9 +35,7 @@ pub async fn get(
         len: length,
         etag: ETag::strong(format!("u-{id}")),
         last_modified: Some(UNIX_EPOCH + Duration::from_millis(info.updated_ms)),
-        sha256: info.sha256,
-        blake3: info.blake3,
-        crc64nvme: info.crc64nvme,
+        digests: info.digests.clone(),
         // Never a type taken from the uploader: that would let an upload become stored XSS.
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(info.metadata.filename())).ok(),

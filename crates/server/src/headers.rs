@@ -4,7 +4,7 @@
 
 use crate::error::ApiError;
 use axum::body::Body;
-use ferry_proto::digest::{WantDigest, format_digests};
+use ferry_proto::digest::WantDigest;
 use ferry_store::UploadInfo;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 
@@ -50,11 +50,7 @@ pub(crate) fn content_length(req: &Request<Body>) -> Option<u64> {
 
 /// `Repr-Digest` (RFC 9530) with every whole-upload digest known so far.
 pub(crate) fn set_repr_digest(resp: &mut Response<Body>, info: &UploadInfo) {
-    if let Some(v) = format_digests(
-        info.sha256.as_ref().map(|d| &d[..]),
-        info.blake3.as_ref().map(|d| &d[..]),
-        info.crc64nvme,
-    ) {
+    if let Some(v) = info.digests.to_field() {
         set(resp, "repr-digest", v);
     }
 }

@@ -145,10 +145,8 @@ fn content_digest(headers: &HeaderMap) -> Result<Verify, ApiError> {
         return Ok(Verify::None);
     };
     for (name, digest) in parse_digest_field(v)? {
-        let algorithm = match name.as_str() {
-            "sha-256" => ChecksumAlgorithm::Sha256,
-            "sha-512" => ChecksumAlgorithm::Sha512,
-            _ => continue,
+        let Some(algorithm) = ChecksumAlgorithm::from_digest_key(&name) else {
+            continue;
         };
         if digest.len() != algorithm.digest_len() {
             return Err(ApiError::bad_request(format!(

@@ -53,7 +53,5 @@ pub(crate) async fn wait_for_digest(
 
 /// Whether `info` already carries a digest the client accepts.
 pub(crate) fn has_wanted_digest(info: &UploadInfo, want: WantDigest) -> bool {
-    (want.crc64nvme && info.crc64nvme.is_some())
-        || (want.blake3 && info.blake3.is_some())
-        || (want.sha256 && info.sha256.is_some())
+    info.digests.satisfies(want)
 }

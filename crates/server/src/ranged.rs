@@ -6,7 +6,7 @@
 use crate::error::ApiError;
 use axum::body::Body;
 use bytes::Bytes;
-use ferry_proto::digest::format_digests;
+use ferry_proto::digest::Digests;
 use ferry_proto::range::{
     ETag, ETagList, IfRange, RangeRequest, format_content_range, format_unsatisfied, parse_range,
 };
@@ -26,12 +26,8 @@ pub struct Representation {
     pub etag: ETag,
     /// Modification time, if meaningful.
     pub last_modified: Option<SystemTime>,
-    /// SHA-256 of the content, if known (`Repr-Digest`).
-    pub sha256: Option<[u8; 32]>,
-    /// BLAKE3 of the content, if known (`Repr-Digest`, ferry's non-registered key).
-    pub blake3: Option<[u8; 32]>,
-    /// CRC-64/NVME of the content, if known (`Repr-Digest`, ferry's non-registered key).
-    pub crc64nvme: Option<u64>,
+    /// Digests of the content known so far (`Repr-Digest`).
+    pub digests: Digests,
     /// `Content-Type`.
     pub content_type: HeaderValue,
     /// `Content-Disposition`, if any.
@@ -59,11 +55,8 @@ fn base(rep: &Representation, status: StatusCode) -> Response<Body> {
     {
         h.insert(header::LAST_MODIFIED, v);
     }
-    if let Some(d) = format_digests(
-        rep.sha256.as_ref().map(|d| &d[..]),
-        rep.blake3.as_ref().map(|d| &d[..]),
-        rep.crc64nvme,
-    ) && let Ok(v) = HeaderValue::from_str(&d)
+    if let Some(d) = rep.digests.to_field()
+        && let Ok(v) = HeaderValue::from_str(&d)
     {
         h.insert("repr-digest", v);
     }

@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::ranged::{Representation, respond};
 use axum::body::Body;
+use ferry_proto::digest::Digests;
 use ferry_proto::disposition;
 use ferry_proto::range::ETag;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
@@ -165,9 +166,7 @@ pub async fn serve(
                 + Duration::from_secs(meta.mtime().max(0) as u64)
                 + Duration::from_nanos(meta.mtime_nsec().max(0) as u64),
         ),
-        sha256: None,
-        blake3: None,
-        crc64nvme: None,
+        digests: Digests::new(),
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(name.as_deref())).ok(),
     };

@@ -395,16 +395,18 @@ mod tests {
         let done = u.get(s.id).await.unwrap().unwrap();
         assert!(done.is_complete(), "{:?}", done.received);
         assert_eq!(read_all(&u, &done).await, d);
-        let want: [u8; 32] =
-            ferry_proto::checksum::digest(ferry_proto::checksum::ChecksumAlgorithm::Sha256, &d)
-                .try_into()
-                .unwrap();
-        assert_eq!(done.sha256, Some(want), "digest by reading back");
+        let sha256 = ferry_proto::checksum::ChecksumAlgorithm::Sha256;
+        let want = ferry_proto::checksum::digest(sha256, &d);
+        assert_eq!(
+            done.digests.get(sha256),
+            Some(&want[..]),
+            "digest by reading back"
+        );
         // A retry after completion changes nothing.
         let again = put(&u, s.id, 0, &vec![0xff; 1000], Some(len))
             .await
             .unwrap();
-        assert_eq!(again.sha256, Some(want));
+        assert_eq!(again.digests.get(sha256), Some(&want[..]));
         assert_eq!(
             read_all(&u, &again).await,
             d,
@@ -471,7 +473,10 @@ mod tests {
         let e = u.create_session(None, Metadata::default()).await.unwrap();
         let e = u.declare_session_length(e.id, 0).await.unwrap();
         assert!(e.is_complete());
-        assert!(e.sha256.is_some());
+        assert!(
+            e.digests
+                .has(ferry_proto::checksum::ChecksumAlgorithm::Sha256)
+        );
     }
 
     #[tokio::test]

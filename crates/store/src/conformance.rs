@@ -6,6 +6,7 @@ use crate::data::{DataStore, WriteMode};
 use crate::error::StoreError;
 use crate::meta::MetaStore;
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
+use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::{Metadata, UploadId};
 use std::sync::Arc;
 
@@ -181,9 +182,16 @@ fn sample(id: UploadId) -> UploadInfo {
         created_ms: 1,
         updated_ms: 2,
         expires_ms: Some(3),
-        sha256: Some([7u8; 32]),
-        blake3: Some([6u8; 32]),
-        crc64nvme: Some(0x0123_4567_89ab_cdef),
+        digests: [
+            (ChecksumAlgorithm::Sha256, vec![7u8; 32]),
+            (ChecksumAlgorithm::Blake3, vec![6u8; 32]),
+            (
+                ChecksumAlgorithm::Crc64Nvme,
+                vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef],
+            ),
+        ]
+        .into_iter()
+        .collect(),
         finals: vec![fresh_id(7)],
         deleted: true,
     }

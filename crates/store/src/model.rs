@@ -1,5 +1,6 @@
 //! The facts kept about an upload, independent of any protocol or backend.
 
+use ferry_proto::digest::Digests;
 use ferry_proto::{Metadata, UploadId};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -142,15 +143,11 @@ pub struct UploadInfo {
     pub updated_ms: u64,
     /// When an unfinished upload expires, milliseconds since the Unix epoch.
     pub expires_ms: Option<u64>,
-    /// SHA-256 of the whole content, once computed (for large uploads only when a client asks
-    /// for it: see [`crate::Uploads::ensure_digests`]).
-    pub sha256: Option<[u8; 32]>,
-    /// BLAKE3 of the whole content, once computed (for large uploads only when a client asks
-    /// for it, like SHA-256).
-    pub blake3: Option<[u8; 32]>,
-    /// CRC-64/NVME of the whole content, once computed (kept running while bytes arrive in
-    /// order, so it is ready when the last byte commits; a final's combines its parts').
-    pub crc64nvme: Option<u64>,
+    /// Whole-content digests known so far ([`ferry_proto::digest::KEPT`]). CRC-64/NVME is kept
+    /// running while bytes arrive in order, so it is ready when the last byte commits (a
+    /// final's combines its parts'); the cryptographic ones of a large upload are computed
+    /// only when a client asks (see [`crate::Uploads::ensure_digests`]).
+    pub digests: Digests,
     /// Final uploads built from this one (a partial). While any exist, deleting or expiring
     /// this upload only hides it: its bytes stay for the finals.
     pub finals: Vec<UploadId>,

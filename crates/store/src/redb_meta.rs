@@ -9,9 +9,12 @@ use crate::error::{Result, StoreError};
 use crate::meta::{MetaStore, Update};
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
 use async_trait::async_trait;
+use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::digest::Digests;
 use ferry_proto::{Metadata, UploadId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -45,13 +48,11 @@ struct Record {
     updated_ms: u64,
     #[serde(default)]
     expires_ms: Option<u64>,
-    #[serde(default)]
-    sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    blake3: Option<String>,
-    /// Hex, 16 digits (JSON numbers past 2^53 are not safe in every reader).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    crc64nvme: Option<String>,
+    /// Whole-content digests: lowercase hex under the algorithm's name (`sha256`, `blake3`,
+    /// `crc64nvme`, big-endian). Flattened so each is a field of its own, as layout 1 has
+    /// always stored them; keys this build does not know land here too and are ignored.
+    #[serde(flatten)]
+    digests: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     finals: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -69,9 +70,11 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         created_ms: info.created_ms,
         updated_ms: info.updated_ms,
         expires_ms: info.expires_ms,
-        sha256: info.sha256.map(hex::encode),
-        blake3: info.blake3.map(hex::encode),
-        crc64nvme: info.crc64nvme.map(|c| hex::encode(c.to_be_bytes())),
+        digests: info
+            .digests
+            .iter()
+            .map(|(a, d)| (a.name().to_string(), hex::encode(d).into()))
+            .collect(),
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
     };
@@ -82,22 +85,20 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     let bad = |what: String| StoreError::Metadata(format!("record {id}: {what}"));
     let rec: Record = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = Metadata::parse(&rec.metadata).map_err(|e| bad(e.to_string()))?;
-    let digest = |field: Option<String>, name: &str| match field {
-        None => Ok(None),
-        Some(hex) => from_hex::<32>(&hex)
-            .map(Some)
-            .ok_or_else(|| bad(format!("bad {name}"))),
-    };
-    let sha256 = digest(rec.sha256, "sha256")?;
-    let blake3 = digest(rec.blake3, "blake3")?;
-    let crc64nvme = match rec.crc64nvme {
-        None => None,
-        Some(hex) => Some(
-            from_hex::<8>(&hex)
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| bad("bad crc64nvme".into()))?,
-        ),
-    };
+    let mut digests = Digests::new();
+    for algorithm in ChecksumAlgorithm::ALL {
+        match rec.digests.get(algorithm.name()) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(h)) => {
+                let bytes = hex::decode(h)
+                    .ok()
+                    .filter(|b| b.len() == algorithm.digest_len())
+                    .ok_or_else(|| bad(format!("bad {}", algorithm.name())))?;
+                digests.set(algorithm, bytes);
+            }
+            Some(_) => return Err(bad(format!("bad {}", algorithm.name()))),
+        }
+    }
     let finals = rec
         .finals
         .iter()
@@ -116,17 +117,8 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         created_ms: rec.created_ms,
         updated_ms: rec.updated_ms,
         expires_ms: rec.expires_ms,
-        sha256,
-        blake3,
-        crc64nvme,
+        digests,
     })
-}
-
-/// Exactly `N` bytes from `2 * N` hex digits.
-fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -416,9 +408,7 @@ mod tests {
             created_ms: 1,
             updated_ms: 1,
             expires_ms: None,
-            sha256: None,
-            blake3: None,
-            crc64nvme: None,
+            digests: Digests::new(),
             finals: Vec::new(),
             deleted: false,
         };
@@ -447,9 +437,16 @@ mod tests {
             created_ms: 1,
             updated_ms: 2,
             expires_ms: None,
-            sha256: Some(sha),
-            blake3: Some([0xff; 32]),
-            crc64nvme: Some(0x00c0_ffee_0000_0001),
+            digests: [
+                (ChecksumAlgorithm::Sha256, sha.to_vec()),
+                (ChecksumAlgorithm::Blake3, vec![0xff; 32]),
+                (
+                    ChecksumAlgorithm::Crc64Nvme,
+                    0x00c0_ffee_0000_0001u64.to_be_bytes().to_vec(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
             finals: Vec::new(),
             deleted: false,
         };
@@ -466,12 +463,34 @@ mod tests {
         let mut upper = json.clone();
         upper["crc64nvme"] = "00C0FFEE00000001".into();
         let upper = serde_json::to_vec(&upper).unwrap();
-        assert_eq!(decode(info.id, &upper).unwrap().crc64nvme, info.crc64nvme);
-        for bad in ["c0ffee", "00c0ffee0000000g", "00c0ffee000000011"] {
+        assert_eq!(decode(info.id, &upper).unwrap().digests, info.digests);
+        for bad in [
+            "c0ffee".into(),
+            "00c0ffee0000000g".into(),
+            "00c0ffee000000011".into(),
+            serde_json::json!(7),
+        ] {
             let mut broken = json.clone();
-            broken["crc64nvme"] = bad.into();
+            broken["crc64nvme"] = bad.clone();
             let broken = serde_json::to_vec(&broken).unwrap();
             assert!(decode(info.id, &broken).is_err(), "{bad}");
         }
+    }
+
+    /// A record exactly as the first release wrote it (layout 1, `sha256` always present,
+    /// null when unknown) still reads, and unknown fields are ignored.
+    #[test]
+    fn layout_1_records_of_the_first_release_read() {
+        let old = br#"{"length":5,"offset":5,"metadata":"filename YS50eHQ=","protocol":"tus","kind":{"type":"regular"},"received":null,"created_ms":1,"updated_ms":2,"expires_ms":null,"sha256":null,"blake3":"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff","crc64nvme":"00c0ffee00000001","a_future_field":{"x":[1,2]}}"#;
+        let info = decode(UploadId::from_bytes([7; 16]), old).expect("reads");
+        assert_eq!(info.offset, 5);
+        assert_eq!(info.digests.get(ChecksumAlgorithm::Sha256), None);
+        assert_eq!(
+            info.digests.get(ChecksumAlgorithm::Blake3),
+            Some(&[0xff; 32][..])
+        );
+        assert_eq!(info.digests.crc64nvme(), Some(0x00c0_ffee_0000_0001));
+        let again = decode(info.id, &encode(&info)).unwrap();
+        assert_eq!(again, info);
     }
 }

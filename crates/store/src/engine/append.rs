@@ -3,7 +3,7 @@
 
 use super::Uploads;
 use super::buffers::AppendRunning;
-use super::digests::RunningDigest;
+use super::digests::{RunningDigest, record_running};
 use super::double_buffer::DoubleBuffer;
 use super::policy::{append_buffer_capacity, kept_running};
 use crate::data::{DataWriter, WriteMode};
@@ -178,6 +178,7 @@ impl Append<'_> {
             Some(h) if self.info.length == Some(target) => Some(h.clone().finish()),
             _ => None,
         };
+        let finished = digests.is_some();
         let committed = self
             .uploads
             .meta
@@ -190,10 +191,8 @@ impl Append<'_> {
                     let now = now_ms();
                     info.offset = target;
                     info.updated_ms = now;
-                    if let Some((crc, b3, sha)) = digests {
-                        info.crc64nvme = Some(crc);
-                        info.blake3 = info.blake3.or(b3);
-                        info.sha256 = info.sha256.or(sha);
+                    if let Some(running) = &digests {
+                        record_running(info, running);
                     }
                     // Activity keeps an unfinished upload alive; finishing applies the
                     // finished-upload policy.
@@ -204,12 +203,12 @@ impl Append<'_> {
             .await?;
         self.info = committed;
         self.uploads.keep_finals_alive(&self.info).await;
-        if let Some(h) = self.hasher.as_ref().filter(|_| digests.is_none()) {
+        if let Some(h) = self.hasher.as_ref().filter(|_| !finished) {
             // Snapshot: bytes hashed after this point are not committed yet.
             self.uploads.save_running(id, target, h.clone());
         }
         if self.info.is_complete() {
-            let had_digest = self.info.crc64nvme.is_some();
+            let had_digest = self.info.digests.has(ChecksumAlgorithm::Crc64Nvme);
             self.uploads.completed(&self.info).await;
             if !had_digest && let Some(fresh) = self.uploads.meta.get(id).await? {
                 self.info = fresh;

@@ -7,6 +7,7 @@ use crate::error::{Result, StoreError};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
 use ferry_proto::checksum::{crc64nvme_combine, crc64nvme_of};
+use ferry_proto::digest::Digests;
 use ferry_proto::{Metadata, UploadId};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -64,9 +65,7 @@ impl Uploads {
             created_ms: now,
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
-            sha256: None,
-            blake3: None,
-            crc64nvme: None,
+            digests: Digests::new(),
             finals: Vec::new(),
             deleted: false,
         };
@@ -96,7 +95,7 @@ impl Uploads {
             if !part.is_complete() {
                 return None;
             }
-            crc = crc64nvme_combine(crc, part.crc64nvme?, part.offset);
+            crc = crc64nvme_combine(crc, part.digests.crc64nvme()?, part.offset);
         }
         Some(crc)
     }

@@ -10,69 +10,61 @@ use crate::meta::MetaStore;
 use crate::model::UploadInfo;
 use ferry_proto::UploadId;
 use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
-use ferry_proto::digest::WantDigest;
+use ferry_proto::digest::{Digests, KEPT, WantDigest};
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The whole-upload digests kept up to date while bytes are appended in order.
+/// The whole-upload digests kept up to date while bytes are appended in order: CRC-64/NVME
+/// always; the cryptographic ones of [`KEPT`] for uploads small enough to get every digest
+/// inline, or when asked for by the request that started the upload
+/// ([`Append::keep_running`](super::Append::keep_running)).
 #[derive(Clone)]
-pub(crate) struct RunningDigest {
-    crc64nvme: Hasher,
-    /// BLAKE3: for uploads small enough to get every digest inline, or asked for by the
-    /// request that started the upload ([`Append::keep_running`](super::Append::keep_running)).
-    blake3: Option<Hasher>,
-    /// SHA-256: likewise.
-    sha256: Option<Hasher>,
-}
-
-/// Digests of a whole upload: CRC-64/NVME, then BLAKE3 and SHA-256 if they were kept running.
-pub(crate) type Finished = (u64, Option<[u8; 32]>, Option<[u8; 32]>);
+pub(crate) struct RunningDigest(Vec<Hasher>);
 
 impl RunningDigest {
     /// The digests to run from byte 0 of an upload of `length`.
     pub(crate) fn new(length: Option<u64>) -> Self {
         let every = runs_every_digest(length);
-        Self {
-            crc64nvme: Hasher::new(ChecksumAlgorithm::Crc64Nvme),
-            blake3: every.then(|| Hasher::new(ChecksumAlgorithm::Blake3)),
-            sha256: every.then(|| Hasher::new(ChecksumAlgorithm::Sha256)),
+        Self(
+            KEPT.into_iter()
+                .filter(|a| every || *a == ChecksumAlgorithm::Crc64Nvme)
+                .map(Hasher::new)
+                .collect(),
+        )
+    }
+
+    /// Also runs `algorithm` (one of [`KEPT`]), if it is not running yet.
+    pub(crate) fn also_run(&mut self, algorithm: ChecksumAlgorithm) {
+        if KEPT.contains(&algorithm) && !self.0.iter().any(|h| h.algorithm() == algorithm) {
+            self.0.push(Hasher::new(algorithm));
         }
     }
 
-    /// Also runs `algorithm` (BLAKE3 or SHA-256), if it is not running yet.
-    pub(crate) fn also_run(&mut self, algorithm: ChecksumAlgorithm) {
-        let slot = match algorithm {
-            ChecksumAlgorithm::Blake3 => &mut self.blake3,
-            ChecksumAlgorithm::Sha256 => &mut self.sha256,
-            _ => return,
-        };
-        slot.get_or_insert_with(|| Hasher::new(algorithm));
-    }
-
     pub(crate) fn update(&mut self, data: &[u8]) {
-        self.crc64nvme.update(data);
-        for h in [&mut self.blake3, &mut self.sha256].into_iter().flatten() {
+        for h in &mut self.0 {
             h.update(data);
         }
     }
 
-    pub(crate) fn finish(self) -> Finished {
-        (
-            to_u64(self.crc64nvme.finalize()),
-            self.blake3.map(|h| to32(h.finalize())),
-            self.sha256.map(|h| to32(h.finalize())),
-        )
+    /// Every running digest, finished.
+    pub(crate) fn finish(self) -> Digests {
+        self.0
+            .into_iter()
+            .map(|h| (h.algorithm(), h.finalize()))
+            .collect()
     }
 }
 
-fn to_u64(v: Vec<u8>) -> u64 {
-    u64::from_be_bytes(v.try_into().expect("8-byte digest"))
-}
-
-pub(crate) fn to32(v: Vec<u8>) -> [u8; 32] {
-    v.try_into().expect("32-byte digest")
+/// Records the running digests of an upload that reached its end: the CRC always (it covers
+/// every byte), a cryptographic digest only if none is recorded yet.
+pub(crate) fn record_running(info: &mut UploadInfo, running: &Digests) {
+    for (a, d) in running.iter() {
+        if a == ChecksumAlgorithm::Crc64Nvme || !info.digests.has(a) {
+            info.digests.set(a, d.to_vec());
+        }
+    }
 }
 
 impl Uploads {
@@ -185,38 +177,28 @@ async fn compute_digest(
 ) -> Result<()> {
     let length = info.length.unwrap_or(0);
     let mut stream = read_upload(data, meta, info, 0, length).await?;
-    let mut crc = want
-        .crc64nvme
-        .then(|| Hasher::new(ChecksumAlgorithm::Crc64Nvme));
-    let mut b3 = want.blake3.then(|| Hasher::new(ChecksumAlgorithm::Blake3));
-    let mut sha = want.sha256.then(|| Hasher::new(ChecksumAlgorithm::Sha256));
+    let mut hashers: Vec<Hasher> = want.algorithms().map(Hasher::new).collect();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         // Off the async threads: hashing a GiB takes a while.
-        let (c, b, s) = tokio::task::spawn_blocking(move || {
-            for h in [&mut crc, &mut b3, &mut sha].into_iter().flatten() {
+        hashers = tokio::task::spawn_blocking(move || {
+            for h in &mut hashers {
                 h.update(&chunk);
             }
-            (crc, b3, sha)
+            hashers
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        (crc, b3, sha) = (c, b, s);
     }
-    let crc = crc.map(|h| to_u64(h.finalize()));
-    let b3 = b3.map(|h| to32(h.finalize()));
-    let sha = sha.map(|h| to32(h.finalize()));
+    let found: Digests = hashers
+        .into_iter()
+        .map(|h| (h.algorithm(), h.finalize()))
+        .collect();
     meta.update(
         info.id,
         Box::new(move |i| {
-            if crc.is_some() {
-                i.crc64nvme = crc;
-            }
-            if b3.is_some() {
-                i.blake3 = b3;
-            }
-            if sha.is_some() {
-                i.sha256 = sha;
+            for (a, d) in found.iter() {
+                i.digests.set(a, d.to_vec());
             }
             Ok(())
         }),

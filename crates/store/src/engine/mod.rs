@@ -38,8 +38,9 @@ use crate::lock::{Lease, Locker};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind, now_ms};
 use buffers::BufferPool;
-use digests::{RunningDigest, to32};
-use ferry_proto::checksum::{ChecksumAlgorithm, crc64nvme_of, digest};
+use digests::{RunningDigest, record_running};
+use ferry_proto::checksum::{ChecksumAlgorithm, digest};
+use ferry_proto::digest::{Digests, KEPT};
 use ferry_proto::{Metadata, UploadId};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -156,9 +157,12 @@ impl Uploads {
             created_ms: now,
             updated_ms: now,
             expires_ms: self.expiry.expires_at(complete, now),
-            sha256: complete.then(|| to32(digest(ChecksumAlgorithm::Sha256, b""))),
-            blake3: complete.then(|| to32(digest(ChecksumAlgorithm::Blake3, b""))),
-            crc64nvme: complete.then(|| crc64nvme_of(b"")),
+            // Empty and complete: every digest is known without reading.
+            digests: if complete {
+                KEPT.into_iter().map(|a| (a, digest(a, b""))).collect()
+            } else {
+                Digests::new()
+            },
             finals: Vec::new(),
             deleted: false,
         };
@@ -214,10 +218,8 @@ impl Uploads {
             .update(
                 id,
                 Box::new(move |i| {
-                    if let Some((crc, b3, sha)) = digests {
-                        i.crc64nvme = Some(crc);
-                        i.blake3 = i.blake3.or(b3);
-                        i.sha256 = i.sha256.or(sha);
+                    if let Some(running) = &digests {
+                        record_running(i, running);
                     }
                     i.expires_ms = expiry.expires_at(true, now_ms());
                     Ok(())
@@ -234,7 +236,7 @@ impl Uploads {
     pub(crate) async fn completed(&self, info: &UploadInfo) {
         self.take_running(info.id);
         let mut info = std::borrow::Cow::Borrowed(info);
-        if info.crc64nvme.is_none()
+        if !info.digests.has(ChecksumAlgorithm::Crc64Nvme)
             && let Some(crc) = self.combined_crc(&info).await
         {
             match self
@@ -242,7 +244,7 @@ impl Uploads {
                 .update(
                     info.id,
                     Box::new(move |i| {
-                        i.crc64nvme = Some(crc);
+                        i.digests.set_crc64nvme(crc);
                         Ok(())
                     }),
                 )

@@ -5,7 +5,7 @@
 use super::buffers::BUFFER_SIZE;
 use crate::model::UploadInfo;
 use ferry_proto::checksum::ChecksumAlgorithm;
-use ferry_proto::digest::WantDigest;
+use ferry_proto::digest::{KEPT, WantDigest};
 use std::time::Duration;
 
 /// When data reaches stable storage before an offset is acknowledged.
@@ -130,42 +130,32 @@ pub(crate) fn runs_every_digest(length: Option<u64>) -> bool {
 /// of an upload: none when the client accepts the CRC-64/NVME that always runs, else the
 /// cheaper one it names.
 pub(crate) fn kept_running(want: WantDigest) -> Option<ChecksumAlgorithm> {
-    if want.crc64nvme {
-        None
-    } else if want.blake3 {
-        Some(ChecksumAlgorithm::Blake3)
-    } else if want.sha256 {
-        Some(ChecksumAlgorithm::Sha256)
-    } else {
-        None
-    }
+    // KEPT is cheapest first, and the CRC is the cheapest.
+    want.algorithms()
+        .next()
+        .filter(|a| *a != ChecksumAlgorithm::Crc64Nvme)
 }
 
 /// Whether a just-completed upload needs reading back: it has no CRC yet, or it is small
 /// enough for every digest before the completing request is answered.
 pub(crate) fn needs_read_back(info: &UploadInfo) -> bool {
-    info.crc64nvme.is_none() || digests_inline(info.length.unwrap_or(0))
+    !info.digests.has(ChecksumAlgorithm::Crc64Nvme) || digests_inline(info.length.unwrap_or(0))
 }
 
 /// Which digests to compute by reading back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Wanted {
-    pub(crate) crc64nvme: bool,
-    pub(crate) blake3: bool,
-    pub(crate) sha256: bool,
-}
+pub(crate) type Wanted = WantDigest;
 
 /// What to compute by reading `info` back for a client that accepts `want`, if anything:
 /// every missing digest when `small`, else the CRC if missing and the cheapest cryptographic
 /// digest `want` names if it does not accept the CRC.
 pub(crate) fn wanted(info: &UploadInfo, want: WantDigest, small: bool) -> Option<Wanted> {
-    let crc_will_do = want.crc64nvme;
-    let w = Wanted {
-        crc64nvme: info.crc64nvme.is_none(),
-        blake3: info.blake3.is_none() && (small || (want.blake3 && !crc_will_do)),
-        sha256: info.sha256.is_none() && (small || (want.sha256 && !want.blake3 && !crc_will_do)),
-    };
-    (w.crc64nvme || w.blake3 || w.sha256).then_some(w)
+    let cheapest = kept_running(want);
+    let w = KEPT
+        .into_iter()
+        .filter(|a| !info.digests.has(*a))
+        .filter(|a| *a == ChecksumAlgorithm::Crc64Nvme || small || Some(*a) == cheapest)
+        .fold(WantDigest::default(), WantDigest::with);
+    (!w.is_empty()).then_some(w)
 }
 
 #[cfg(test)]
@@ -194,9 +184,14 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             expires_ms: None,
-            sha256: sha.then_some([3; 32]),
-            blake3: b3.then_some([2; 32]),
-            crc64nvme: crc.then_some(1),
+            digests: [
+                (ChecksumAlgorithm::Sha256, sha.then_some(vec![3; 32])),
+                (ChecksumAlgorithm::Blake3, b3.then_some(vec![2; 32])),
+                (ChecksumAlgorithm::Crc64Nvme, crc.then_some(vec![1; 8])),
+            ]
+            .into_iter()
+            .filter_map(|(a, d)| Some((a, d?)))
+            .collect(),
             finals: Vec::new(),
             deleted: false,
         }
@@ -309,12 +304,17 @@ mod tests {
     #[test]
     fn read_back_computes_what_is_missing_and_wanted() {
         let none = WantDigest::default();
-        let w = |crc, blake3, sha256| {
-            Some(Wanted {
-                crc64nvme: crc,
-                blake3,
-                sha256,
-            })
+        let w = |crc: bool, blake3: bool, sha256: bool| {
+            let pick = [
+                (crc, ChecksumAlgorithm::Crc64Nvme),
+                (blake3, ChecksumAlgorithm::Blake3),
+                (sha256, ChecksumAlgorithm::Sha256),
+            ];
+            Some(
+                pick.into_iter()
+                    .filter(|(on, _)| *on)
+                    .fold(WantDigest::default(), |w, (_, a)| w.with(a)),
+            )
         };
         // Small: every missing digest.
         assert_eq!(

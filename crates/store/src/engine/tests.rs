@@ -1,8 +1,8 @@
 //! The engine's behaviour end to end, on a local store in a temporary directory.
 
-use super::digests::to32;
 use super::*;
 use crate::local::LocalDataStore;
+use ferry_proto::checksum::crc64nvme_of;
 use ferry_proto::digest::WantDigest;
 use futures_util::StreamExt;
 use std::os::unix::fs::FileExt as _;
@@ -41,14 +41,17 @@ async fn read_all(u: &Uploads, info: &UploadInfo) -> Vec<u8> {
     out
 }
 
-fn sha(data: &[u8]) -> [u8; 32] {
-    ferry_proto::checksum::digest(ChecksumAlgorithm::Sha256, data)
-        .try_into()
-        .unwrap()
+fn sha(data: &[u8]) -> Vec<u8> {
+    digest(ChecksumAlgorithm::Sha256, data)
 }
 
-fn b3(data: &[u8]) -> [u8; 32] {
-    to32(digest(ChecksumAlgorithm::Blake3, data))
+fn b3(data: &[u8]) -> Vec<u8> {
+    digest(ChecksumAlgorithm::Blake3, data)
+}
+
+/// The digest `info` records for `algorithm`.
+fn got(info: &UploadInfo, algorithm: ChecksumAlgorithm) -> Option<Vec<u8>> {
+    info.digests.get(algorithm).map(<[u8]>::to_vec)
 }
 
 fn new_upload(length: Option<u64>, kind: UploadKind) -> NewUpload {
@@ -77,12 +80,12 @@ async fn append_commit_and_digest() {
     let done = a.commit().await.unwrap();
     assert!(done.is_complete());
     assert_eq!(
-        done.sha256,
+        got(&done, ChecksumAlgorithm::Sha256),
         Some(sha(&data)),
         "small uploads get their digest inline"
     );
-    assert_eq!(done.blake3, Some(b3(&data)));
-    assert_eq!(done.crc64nvme, Some(crc64nvme_of(&data)));
+    assert_eq!(got(&done, ChecksumAlgorithm::Blake3), Some(b3(&data)));
+    assert_eq!(done.digests.crc64nvme(), Some(crc64nvme_of(&data)));
     assert_eq!(
         done.expires_ms, None,
         "finished uploads do not expire by default"
@@ -103,12 +106,15 @@ async fn large_upload_has_its_digest_at_completion_without_rereading() {
     let done = u.get(info.id).await.unwrap().unwrap();
     assert!(done.is_complete());
     assert_eq!(
-        done.crc64nvme,
+        done.digests.crc64nvme(),
         Some(crc64nvme_of(&data)),
         "CRC-64/NVME ready at once (> inline limit)"
     );
     assert_eq!(
-        (done.blake3, done.sha256),
+        (
+            got(&done, ChecksumAlgorithm::Blake3),
+            got(&done, ChecksumAlgorithm::Sha256)
+        ),
         (None, None),
         "cryptographic digests of a large upload wait to be asked for"
     );
@@ -130,13 +136,21 @@ async fn large_upload_has_its_digest_at_completion_without_rereading() {
     u.ensure_digests(&done, WantDigest::parse("crc64nvme=10, sha-256=1"))
         .await;
     u.ensure_digests(&done, asked("blake3")).await;
-    let with_b3 = settled(|i| i.blake3.is_some()).await;
-    assert_eq!(with_b3.blake3, Some(b3(&data)), "computed on request");
-    assert_eq!(with_b3.sha256, None);
+    let with_b3 = settled(|i| i.digests.has(ChecksumAlgorithm::Blake3)).await;
+    assert_eq!(
+        got(&with_b3, ChecksumAlgorithm::Blake3),
+        Some(b3(&data)),
+        "computed on request"
+    );
+    assert_eq!(got(&with_b3, ChecksumAlgorithm::Sha256), None);
     u.ensure_digests(&with_b3, asked("sha-256")).await;
-    let with_sha = settled(|i| i.sha256.is_some()).await;
-    assert_eq!(with_sha.sha256, Some(sha(&data)), "computed on request");
-    assert_eq!(with_sha.crc64nvme, Some(crc64nvme_of(&data)));
+    let with_sha = settled(|i| i.digests.has(ChecksumAlgorithm::Sha256)).await;
+    assert_eq!(
+        got(&with_sha, ChecksumAlgorithm::Sha256),
+        Some(sha(&data)),
+        "computed on request"
+    );
+    assert_eq!(with_sha.digests.crc64nvme(), Some(crc64nvme_of(&data)));
 }
 
 #[tokio::test]
@@ -151,13 +165,19 @@ async fn a_digest_asked_for_while_another_is_read_back_is_computed_after_it() {
     u.ensure_digests(&done, WantDigest::parse("sha-256=10"))
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(u.get(info.id).await.unwrap().unwrap().sha256, None);
+    assert_eq!(
+        got(
+            &u.get(info.id).await.unwrap().unwrap(),
+            ChecksumAlgorithm::Sha256
+        ),
+        None
+    );
     u.digesting.lock().unwrap().remove(&info.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let got = loop {
         let i = u.get(info.id).await.unwrap().unwrap();
-        if i.sha256.is_some() || std::time::Instant::now() > deadline {
-            break i.sha256;
+        if i.digests.has(ChecksumAlgorithm::Sha256) || std::time::Instant::now() > deadline {
+            break got(&i, ChecksumAlgorithm::Sha256);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
@@ -179,7 +199,7 @@ async fn declaring_the_length_at_the_offset_completes_with_the_running_crc() {
     let done = u.declare_length(&lease, data.len() as u64).await.unwrap();
     assert!(done.is_complete());
     assert_eq!(
-        done.crc64nvme,
+        done.digests.crc64nvme(),
         Some(crc64nvme_of(&data)),
         "from the running CRC, at once (a read-back of 9 MiB runs in the background)"
     );
@@ -212,9 +232,21 @@ async fn a_cryptographic_digest_asked_for_at_the_start_is_kept_running() {
         drop(lease);
         let done = write_all(&u, info.id, two).await;
         assert!(done.is_complete());
-        assert_eq!(done.crc64nvme, Some(crc64nvme_of(&data)), "{want}");
-        assert_eq!(done.blake3, b3_kept.then(|| b3(&data)), "{want}");
-        assert_eq!(done.sha256, sha_kept.then(|| sha(&data)), "{want}");
+        assert_eq!(
+            done.digests.crc64nvme(),
+            Some(crc64nvme_of(&data)),
+            "{want}"
+        );
+        assert_eq!(
+            got(&done, ChecksumAlgorithm::Blake3),
+            b3_kept.then(|| b3(&data)),
+            "{want}"
+        );
+        assert_eq!(
+            got(&done, ChecksumAlgorithm::Sha256),
+            sha_kept.then(|| sha(&data)),
+            "{want}"
+        );
     }
 }
 
@@ -231,7 +263,7 @@ async fn large_final_combines_its_parts_crcs_without_reading() {
             .await
             .unwrap();
         let done = write_all(&u, p.id, bytes).await;
-        assert_eq!(done.crc64nvme, Some(crc64nvme_of(bytes)));
+        assert_eq!(done.digests.crc64nvme(), Some(crc64nvme_of(bytes)));
         parts.push(p.id);
     }
     // Change a stored byte behind the store's back: a CRC computed by reading the final
@@ -250,7 +282,7 @@ async fn large_final_combines_its_parts_crcs_without_reading() {
     let f = u.get(f.id).await.unwrap().unwrap();
     assert!(f.is_complete());
     assert_eq!(
-        f.crc64nvme,
+        f.digests.crc64nvme(),
         Some(crc64nvme_of(&data)),
         "combined from the parts, nothing read back"
     );
@@ -285,8 +317,12 @@ async fn broken_hash_chain_falls_back_to_reading() {
     expect.extend_from_slice(&data[at..]);
     a.push(&data[at..]).await.unwrap();
     let done = a.commit().await.unwrap();
-    assert_eq!(done.sha256, Some(sha(&expect)), "digest by reading back");
-    assert_eq!(done.crc64nvme, Some(crc64nvme_of(&expect)));
+    assert_eq!(
+        got(&done, ChecksumAlgorithm::Sha256),
+        Some(sha(&expect)),
+        "digest by reading back"
+    );
+    assert_eq!(done.digests.crc64nvme(), Some(crc64nvme_of(&expect)));
 }
 
 #[tokio::test]
@@ -330,8 +366,11 @@ async fn final_reads_across_parts_and_survives_part_deletion() {
     let f = u.get(f.id).await.unwrap().unwrap();
     assert!(f.is_complete(), "final completes with its last part");
     assert_eq!(read_all(&u, &f).await, b"hello, world");
-    assert_eq!(f.sha256, Some(sha(b"hello, world")));
-    assert_eq!(f.crc64nvme, Some(crc64nvme_of(b"hello, world")));
+    assert_eq!(
+        got(&f, ChecksumAlgorithm::Sha256),
+        Some(sha(b"hello, world"))
+    );
+    assert_eq!(f.digests.crc64nvme(), Some(crc64nvme_of(b"hello, world")));
     // Deleting a part hides it but keeps its bytes for the final.
     u.delete(a.id).await.unwrap();
     assert!(u.get(a.id).await.unwrap().is_none());
