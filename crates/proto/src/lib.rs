@@ -36,6 +36,7 @@ pub mod id;
 pub mod ietf;
 pub mod metadata;
 pub mod range;
+pub mod range_set;
 pub mod size;
 pub mod tus;
 
