@@ -175,7 +175,7 @@ mod tus {
     }
 
     /// A chunk with a checksum is all or nothing: when its body is cut off, none of it counts
-    /// (without a checksum the server keeps what arrived; see tus_core).
+    /// (without a checksum the server keeps what arrived; see `resume::tus`).
     #[test]
     fn a_cut_off_body_with_a_checksum_keeps_nothing() {
         let server = Server::start(&[]);

@@ -1,14 +1,14 @@
-//! Downloads: ranged GETs from `ferry serve` (a `--share` directory and finished uploads),
-//! third-party clients against it (aria2c, curl, wget), `ferry download` against nginx, ferry
-//! and small test origins written here, SIGKILL at random points, network faults, files that
-//! change between runs, and the server's memory bound.
+//! Downloads: ranged GETs from `ferry serve` (a `--share` directory and finished uploads, and a
+//! tus GET of finished and unfinished uploads), third-party clients against it (aria2c, curl,
+//! wget), `ferry download` against nginx and ferry (JSON output, `--limit-rate`, Ctrl-C), and
+//! the server's memory bound. Interrupted `ferry download` runs: `download_resume`.
 //!
 //! aria2c, wget and nginx come from `scripts/setup-test-deps.sh`; a missing one fails the test
 //! with a message saying so. Every child process is killed when its guard drops, every wait
 //! is bounded.
 //!
 //! [`support::proxy::Proxy`] faults and counts only the client→server (upload) direction, so
-//! the download-direction faults and byte counts here come from [`DownProxy`].
+//! the download-direction faults and byte counts come from [`DownProxy`] (`support::download`).
 use crate::support::download::*;
 use crate::support::{
     self, Server, crc64nvme_member, ferry_bin, random_bytes, random_file, sha256, sha256_file,
@@ -1028,7 +1028,7 @@ fn serving_sixteen_ranged_streams_keeps_server_memory_small() {
     );
 }
 
-/// tus 1.0.
+/// GET of tus uploads: finished ones byte-exact with safe headers, unfinished ones 409.
 mod tus {
     use crate::support::tus::*;
     use crate::support::*;

@@ -1,6 +1,8 @@
 //! Interop: real third-party tus clients (tus-js-client and tuspy, driven by the scripts in
 //! `tests/interop/`) uploading 100 MiB files to a real `ferry serve` (default options, i.e.
-//! `--sync always`), checked byte for byte with a GET of the finished upload.
+//! `--sync always`), checked byte for byte with a GET of the finished upload; tus-js-client in
+//! its IETF draft modes (`ietf`); `ferry upload` against @tus/server (npm) and rustus
+//! (crates.io) (`servers`).
 //!
 //! The clients are installed by `scripts/setup-test-deps.sh`; `scripts/test.sh` exports
 //! `FERRY_TEST_PYTHON` and `FERRY_TEST_NODE_DIR`. When unset they default to
@@ -499,7 +501,8 @@ fn client_head(url: &str) -> reqwest::blocking::Response {
         .expect("HEAD")
 }
 
-/// The IETF draft (`Upload-Draft-Interop-Version`).
+/// tus-js-client in its IETF draft modes (drafts 03 and 05): whole files, small chunks, killed
+/// half-way and resumed.
 mod ietf {
     use super::{Client, Driver, parse_progress};
     use crate::support::ietf::*;

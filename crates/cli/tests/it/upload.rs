@@ -1,11 +1,11 @@
 //! `ferry upload`, `ferry status` and `ferry forget` end to end: the real `ferry` binary as the
-//! client, against a real `ferry serve` (directly or through the fault-injecting proxy), against
-//! @tus/server (npm) and against rustus (crates.io).
+//! client, against a real `ferry serve` (directly or through the fault-injecting proxy), over
+//! tus and, in the inner modules, `--protocol ietf` and `--protocol auto`. Against third-party
+//! servers: `interop::servers`.
 //!
 //! Every client run gets `--state-dir` in the test's temp dir, writes stdout/stderr to files
 //! there, and is owned by a [`Run`] guard that SIGKILLs and reaps it on drop; every wait is
-//! bounded. Third-party servers are owned by guards too. Missing third-party dependencies fail
-//! the test with a hint to run `scripts/setup-test-deps.sh` (never a silent skip).
+//! bounded.
 use crate::support::proxy::{Faults, Proxy};
 use crate::support::upload::*;
 use crate::support::*;
@@ -803,7 +803,8 @@ fn ctrl_c_while_the_server_does_not_answer() {
     drop(hole);
 }
 
-/// The IETF draft (`Upload-Draft-Interop-Version`).
+/// `--protocol ietf`: the IETF draft adapter against `ferry serve` (byte-exact, client and
+/// server SIGKILLs, connection cuts, a large file, a 409 takeover).
 mod ietf {
     use crate::support::proxy::{Faults, Proxy};
     use crate::support::upload::*;
