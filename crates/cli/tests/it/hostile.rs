@@ -1123,7 +1123,7 @@ fn expand(s: &str, t: &Target) -> Vec<u8> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find('{') {
-        out.extend_from_slice(rest[..i].as_bytes());
+        out.extend_from_slice(&rest.as_bytes()[..i]);
         let j = i + rest[i..]
             .find('}')
             .unwrap_or_else(|| panic!("unclosed {{ in {s:?}"));
