@@ -2,6 +2,7 @@
 //! `Content-Range: bytes START-END/TOTAL`): every rule and status over raw HTTP against a real
 //! `ferry serve`, then the article's Python client (threads, out of order, killed and resumed),
 //! a curl loop, and `ferry upload --protocol chunks` (`client`).
+
 use crate::support::proxy::{Faults, Proxy};
 use crate::support::*;
 use std::io::{BufRead, BufReader, Write};

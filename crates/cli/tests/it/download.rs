@@ -9,6 +9,7 @@
 //!
 //! [`support::proxy::Proxy`] faults and counts only the client→server (upload) direction, so
 //! the download-direction faults and byte counts come from [`DownProxy`] (`support::download`).
+
 use crate::support::download::*;
 use crate::support::{
     self, Server, crc64nvme_member, ferry_bin, random_bytes, random_file, sha256, sha256_file,

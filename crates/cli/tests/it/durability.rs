@@ -1,5 +1,6 @@
 //! Durability and concurrency: kill -9 mid-upload, the fsync order under strace, takeover of
 //! a half-open connection, graceful shutdown.
+
 use crate::support::strace::{Event, parse_strace};
 use crate::support::*;
 use std::io::{Read, Write};

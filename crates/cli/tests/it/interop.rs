@@ -11,6 +11,7 @@
 //!
 //! Every driver process is owned by a guard that SIGKILLs and reaps it on drop, and every wait
 //! on a driver is bounded.
+
 use crate::support::proxy::{Faults, Proxy};
 use crate::support::*;
 use std::io::{BufRead, BufReader, Read};

@@ -6,6 +6,7 @@
 //! Every client run gets `--state-dir` in the test's temp dir, writes stdout/stderr to files
 //! there, and is owned by a [`Run`] guard that SIGKILLs and reaps it on drop; every wait is
 //! bounded.
+
 use crate::support::proxy::{Faults, Proxy};
 use crate::support::upload::*;
 use crate::support::*;
