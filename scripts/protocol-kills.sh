@@ -3,7 +3,7 @@
 # with the client killed (SIGKILL) half-way and re-run, then the server killed (SIGKILL) and
 # restarted on the same port and data dir while the client goes on (it retries); checks the
 # result byte-exact (sha256 of GET). Not a test (the CI-sized versions are in
-# crates/cli/tests/it/proto_client.rs and upload.rs); a check to run by hand on a release build.
+# crates/cli/tests/it/upload.rs and chunks.rs); a check to run by hand on a release build.
 #
 #   scripts/protocol-kills.sh [SIZE]      # default 1G; needs target/release/ferry
 set -euo pipefail

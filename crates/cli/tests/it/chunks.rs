@@ -1,7 +1,7 @@
 //! Content-Range chunk sessions (`POST /chunks/`, then `PUT`/`POST` chunks with
 //! `Content-Range: bytes START-END/TOTAL`): every rule and status over raw HTTP against a real
-//! `ferry serve`, then the article's Python client (threads, out of order, killed and resumed)
-//! and a curl loop.
+//! `ferry serve`, then the article's Python client (threads, out of order, killed and resumed),
+//! a curl loop, and `ferry upload --protocol chunks` (`client`).
 
 use crate::support::proxy::{Faults, Proxy};
 use crate::support::*;
@@ -584,7 +584,7 @@ fn chunk_acknowledgements_follow_data_fdatasync_and_metadata_commit() {
     }
     server.terminate(Duration::from_secs(10));
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let events = crate::durability::parse_strace(&log);
+    let events = crate::support::strace::parse_strace(&log);
     let acks: Vec<_> = events
         .iter()
         .filter(|e| e.arg.contains("HTTP/1.1 200"))
@@ -826,4 +826,205 @@ echo "$url"
     );
     let url = lines.next().unwrap();
     assert_eq!(get_sha256(url), sha);
+}
+
+/// `ferry upload --protocol chunks`.
+mod client {
+    use crate::support::proxy::{Faults, Proxy};
+    use crate::support::upload::*;
+    use crate::support::*;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    /// Chunk sessions created, by the server's log.
+    fn sessions_created(server: &Server) -> usize {
+        server.log().matches("chunk session created").count()
+    }
+
+    /// HEAD a chunk session: its `Upload-Ranges` (inclusive pairs, as sent).
+    fn upload_ranges(url: &str) -> Option<String> {
+        let resp = client().head(url).send().ok()?;
+        (resp.status().as_u16() == 200).then_some(())?;
+        Some(
+            resp.headers()
+                .get("upload-ranges")?
+                .to_str()
+                .ok()?
+                .to_string(),
+        )
+    }
+
+    /// Sum of the bytes an `Upload-Ranges` value lists.
+    fn ranges_bytes(v: &str) -> u64 {
+        v.split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (a, b) = p.split_once('-').expect("a-b");
+                b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1
+            })
+            .sum()
+    }
+
+    #[test]
+    fn chunks_upload_is_byte_exact_small_and_empty_too() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        let chunks_url = format!("http://{}/chunks/", server.addr);
+        // 20 MiB + 1: the last chunk is one byte (END inclusive: END = 20 MiB).
+        for (name, len) in [("f", 20 * MIB + 1), ("small", 1000u64), ("empty", 0)] {
+            let (f, sha) = env.file(name, len, 75);
+            let done = env
+                .upload(
+                    &[&f],
+                    &chunks_url,
+                    &["--protocol", "chunks", "--json", "--chunk-size", "4M"],
+                )
+                .wait(RUN_LIMIT)
+                .ok();
+            let o = one(&done);
+            assert_eq!(o["protocol"], "chunks", "{done:#?}");
+            assert_eq!(o["verified"], true, "{done:#?}");
+            let url = o["url"].as_str().unwrap();
+            assert!(url.starts_with(&chunks_url), "{url}");
+            assert_uploaded(&env, url, &sha);
+        }
+        assert_eq!(sessions_created(&server), 3, "{}", server.log());
+        assert_eq!(created_by(&server), (0, 0), "{}", server.log());
+        assert!(
+            !server.log().contains("chunk not recorded"),
+            "{}",
+            server.log()
+        );
+    }
+
+    #[test]
+    fn chunks_with_a_files_url_fails_clearly() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        let (f, _) = env.file("f", 1000, 75);
+        let done = env
+            .upload(&[&f], &server.files_url, &["--protocol", "chunks"])
+            .wait(RUN_LIMIT)
+            .code(2);
+        assert!(done.stderr.contains("/chunks/"), "{}", done.stderr);
+        assert_eq!(created_by(&server), (0, 0));
+        assert_eq!(sessions_created(&server), 0);
+    }
+
+    /// `-j 4`: four streams write ranges of one session; `FERRY_IT_BIG` bytes (default 64M).
+    #[test]
+    fn chunks_parallel_streams_write_one_session() {
+        let len = std::env::var("FERRY_IT_BIG")
+            .ok()
+            .map(|v| ferry_proto::size::parse_size(&v).expect("FERRY_IT_BIG: a size like 1G"))
+            .unwrap_or(64 * MIB);
+        let server = Server::start(&["--sync", "none"]);
+        let proxy = Proxy::start(server.addr, Faults::default());
+        let env = Env::new();
+        let (f, sha) = env.file("big", len, 76);
+        let limit = RUN_LIMIT.max(Duration::from_secs(len / MIB));
+        let t0 = Instant::now();
+        let done = env
+            .upload(
+                &[&f],
+                &proxy.url("/chunks/"),
+                &["--protocol", "chunks", "--json", "-j", "4"],
+            )
+            .wait(limit)
+            .ok();
+        let took = t0.elapsed();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "chunks", "{done:#?}");
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        assert_eq!(sessions_created(&server), 1, "{}", server.log());
+        assert_eq!(created_by(&server), (0, 0), "{}", server.log());
+        // The chunks came over several connections at once (plus the creation's).
+        let conns = proxy.connections.load(Ordering::Relaxed);
+        assert!(conns >= 4, "{conns} connections");
+        eprintln!(
+            "chunks_parallel_streams_write_one_session: {len} bytes in {:.2}s, {conns} connections",
+            took.as_secs_f64()
+        );
+    }
+
+    /// One stream (`-j 1`): the record holds the session; the re-run sends from its received run.
+    #[test]
+    fn chunks_client_sigkilled_midway_resumes() {
+        chunks_kill_and_resume(&["-j", "1"], 1);
+    }
+
+    /// `-j 4`: the segments' record holds the one session; the re-run resumes every segment from
+    /// the session's ranges.
+    #[test]
+    fn chunks_parallel_client_sigkilled_midway_resumes() {
+        chunks_kill_and_resume(&["-j", "4"], 4);
+    }
+
+    fn chunks_kill_and_resume(streams: &[&str], parts_at_least: usize) {
+        const LEN: u64 = 32 * MIB;
+        let server = Server::start(&["--sync", "none"]);
+        let proxy = Proxy::start(
+            server.addr,
+            Faults {
+                rate: Some(24_000_000),
+                ..Faults::default()
+            },
+        );
+        let env = Env::new();
+        let (f, sha) = env.file("f", LEN, 77);
+        let endpoint = proxy.url("/chunks/");
+        let mut args = vec![
+            "--protocol",
+            "chunks",
+            "--json",
+            "--chunk-size",
+            "2M",
+            "--max-chunk",
+            "2M",
+        ];
+        args.extend_from_slice(streams);
+        let mut run = env.upload(&[&f], &endpoint, &args);
+        wait_forwarded(&proxy, LEN / 2, &mut run);
+        run.kill9();
+        let recs = env.records();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0]["protocol"], "chunks", "{recs:?}");
+        let parts = recs[0]["parts"].as_array().unwrap();
+        assert!(parts.len() >= parts_at_least, "{recs:?}");
+        // Every started segment writes the one session.
+        let urls: std::collections::BTreeSet<&str> =
+            parts.iter().filter_map(|p| p["url"].as_str()).collect();
+        assert_eq!(urls.len(), 1, "{recs:?}");
+        let url = env.saved_url();
+        let had = ranges_bytes(&upload_ranges(&url).expect("session state"));
+        assert!(
+            (2 * MIB..LEN).contains(&had),
+            "killed with {had} bytes received"
+        );
+
+        let before = proxy.forwarded.load(Ordering::Relaxed);
+        let done = env.upload(&[&f], &endpoint, &args).wait(RUN_LIMIT).ok();
+        let second = proxy.forwarded.load(Ordering::Relaxed) - before;
+        let o = one(&done);
+        assert_eq!(o["protocol"], "chunks", "{done:#?}");
+        assert_eq!(o["url"], url.as_str());
+        let resumed = o["resumed_from"].as_u64().unwrap();
+        assert!(
+            resumed >= had && resumed < LEN,
+            "resumed from {resumed}, had {had}: {done:#?}"
+        );
+        assert!(
+            second < LEN - had + MIB,
+            "second run sent {second} bytes, {had} were there"
+        );
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_uploaded(&env, &url, &sha);
+        assert_eq!(sessions_created(&server), 1, "{}", server.log());
+    }
+
+    #[test]
+    fn chunks_server_sigkilled_and_restarted_client_completes() {
+        server_sigkilled_and_restarted_client_completes("chunks", "/chunks/", 78);
+    }
 }

@@ -916,10 +916,11 @@ fn hostile_host_headers_never_reach_location() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The hostile table: malformed and malicious requests over every route family, one row each.
+// The hostile table: malformed and malicious requests over every route family, one row each,
+// from `data/hostile.toml`.
 
 /// What a row attacks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 enum Cat {
     Numbers,
     Headers,
@@ -933,7 +934,7 @@ enum Cat {
 }
 
 /// Which route family a row goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 enum Route {
     /// tus 1.0 on `/files/`.
     Tus,
@@ -998,13 +999,6 @@ struct Target {
 const IV: (&str, &str) = ("Upload-Draft-Interop-Version", "8");
 const PARTIAL: (&str, &str) = ("Content-Type", "application/partial-upload");
 const NOT_DONE: (&str, &str) = ("Upload-Complete", "?0");
-/// A well-formed sha1 checksum that matches nothing we send: makes a tus chunk all or nothing.
-const SUM: (&str, &str) = ("Upload-Checksum", "sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=");
-/// The same for the IETF draft.
-const DIGEST: (&str, &str) = (
-    "Content-Digest",
-    "sha-256=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:",
-);
 /// Server timeouts for the slow-loris rows.
 const SLOW_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -1062,1273 +1056,197 @@ fn target() -> Target {
     }
 }
 
-/// A raw request head without `Connection: close` (for rows that check the server closes).
+/// A raw request head without `Connection: close` (for cases that check the server closes).
 fn keep_alive(
     method: &str,
     path: &str,
     addr: std::net::SocketAddr,
-    headers: &[(String, String)],
+    headers: &[(&str, &[u8])],
 ) -> Vec<u8> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n").into_bytes();
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req.extend_from_slice(format!("{k}: ").as_bytes());
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n");
     }
-    req.push_str("\r\n");
-    req.into_bytes()
+    req.extend_from_slice(b"\r\n");
+    req
 }
 
-/// `n` junk headers of `size` value bytes each.
-fn junk(n: usize, size: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (format!("X-Flood-{i}"), "v".repeat(size)))
-        .collect()
+/// The table's cases: `data/hostile.toml` (its header comment describes the fields).
+const TABLE: &str = include_str!("data/hostile.toml");
+
+#[derive(serde::Deserialize)]
+struct Table {
+    case: Vec<Case>,
+}
+
+/// One `[[case]]` of the table, as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    cat: Cat,
+    route: Route,
+    name: String,
+    #[serde(default)]
+    send: SendKind,
+    request: String,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    body: String,
+    flood: Option<(usize, usize)>,
+    want: WantSpec,
+}
+
+#[derive(serde::Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum SendKind {
+    #[default]
+    Once,
+    Chunked,
+    ShortEof,
+    Stall,
+    Dribble,
+    ThenClose,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum WantSpec {
+    Status(u16),
+    Other(String),
+}
+
+/// Expands the `{...}` placeholders of a table string into bytes.
+fn expand(s: &str, t: &Target) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('{') {
+        out.extend_from_slice(&rest.as_bytes()[..i]);
+        let j = i + rest[i..]
+            .find('}')
+            .unwrap_or_else(|| panic!("unclosed {{ in {s:?}"));
+        out.extend(expand_one(&rest[i + 1..j], t));
+        rest = &rest[j + 1..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out
+}
+
+fn expand_one(token: &str, t: &Target) -> Vec<u8> {
+    if let Some(r) = token.strip_prefix("rep ") {
+        let (n, text) = r.split_once(' ').expect("{rep N TEXT}");
+        return text.repeat(n.parse().expect("{rep N TEXT}")).into_bytes();
+    }
+    if let Some(n) = token.strip_prefix("ranges ") {
+        let n: usize = n.parse().expect("{ranges N}");
+        let ranges: Vec<String> = (0..n).map(|i| format!("{i}-{i}")).collect();
+        return ranges.join(",").into_bytes();
+    }
+    if let Some(b) = token.strip_prefix("0x") {
+        let (hex, n) = b.split_once('*').unwrap_or((b, "1"));
+        let byte = u8::from_str_radix(hex, 16).expect("{0xNN}");
+        return vec![byte; n.parse().expect("{0xNN*N}")];
+    }
+    let (name, part) = token.split_once('.').unwrap_or((token, ""));
+    let path = match name {
+        "tus" => &t.tus,
+        "ietf" => &t.ietf,
+        "done" => &t.done,
+        "chunks" => &t.chunks,
+        _ => panic!("unknown placeholder {{{token}}}"),
+    };
+    let id = path.rsplit('/').next().unwrap();
+    let text = match part {
+        "" => path.clone(),
+        "id" => id.to_string(),
+        "ID" => id.to_ascii_uppercase(),
+        p => {
+            let n: usize = p
+                .strip_prefix("id:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unknown placeholder {{{token}}}"));
+            id[..n].to_string()
+        }
+    };
+    text.into_bytes()
+}
+
+/// The bytes a case sends and how.
+fn build(case: &Case, t: &Target) -> Send {
+    let a = t.server.addr;
+    let (method, path) = case
+        .request
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("{}: request is not \"METHOD PATH\"", case.name));
+    let path = String::from_utf8(expand(path, t)).unwrap();
+    let mut headers: Vec<(String, Vec<u8>)> = case
+        .headers
+        .iter()
+        .map(|h| {
+            let (k, v) = h
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("{}: header {h:?} is not \"Name: value\"", case.name));
+            (k.to_string(), expand(v, t))
+        })
+        .collect();
+    if let Some((n, size)) = case.flood {
+        headers.extend((0..n).map(|i| (format!("X-Flood-{i}"), vec![b'v'; size])));
+    }
+    let h: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let body = expand(&case.body, t);
+    match case.send {
+        SendKind::Once => Send::Once(request(method, &path, a, &h, &body)),
+        SendKind::ShortEof => Send::ShortEof(request(method, &path, a, &h, &body)),
+        SendKind::Stall => Send::Stall(request(method, &path, a, &h, &body)),
+        SendKind::Chunked => {
+            let mut req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\
+                 Transfer-Encoding: chunked\r\n"
+            )
+            .into_bytes();
+            for (k, v) in &h {
+                req.extend_from_slice(format!("{k}: ").as_bytes());
+                req.extend_from_slice(v);
+                req.extend_from_slice(b"\r\n");
+            }
+            req.extend_from_slice(b"\r\n");
+            req.extend_from_slice(&body);
+            Send::Once(req)
+        }
+        SendKind::Dribble => {
+            // Never finished: the blank line is left off.
+            let mut b = keep_alive(method, &path, a, &h);
+            b.truncate(b.len() - 2);
+            b.extend_from_slice(b"X-Slow: ");
+            b.extend(std::iter::repeat_n(b'z', 200));
+            Send::Dribble(b)
+        }
+        SendKind::ThenClose => Send::ThenClose(keep_alive(method, &path, a, &h)),
+    }
 }
 
 fn table(t: &Target) -> Vec<Row> {
-    use Cat::*;
-    use Route::*;
-    let a = t.server.addr;
-    let (tus, ietf, done) = (t.tus.as_str(), t.ietf.as_str(), t.done.as_str());
-    let ch = t.chunks.as_str();
-    let cr = |v: &'static str| vec![("Content-Range", v)];
-    let id = |p: &str| p.rsplit('/').next().unwrap().to_string();
-    let unknown = "/files/0123456789abcdef0123456789abcdef";
-    let long = "a".repeat(10_000);
-    let r =
-        |m: &str, p: &str, h: &[(&str, &str)], b: &[u8]| Send::Once(request_text(m, p, a, h, b));
-    let chunked = |p: &str, h: &[(&str, &str)], body: &str| {
-        let mut req = format!(
-            "PATCH {p} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
-        );
-        for (k, v) in h {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        Send::Once(req.into_bytes())
-    };
-    let partial_body = |m: &str, p: &str, h: &[(&str, &str)], declared: usize, sent: &[u8]| {
-        let cl = declared.to_string();
-        let mut h = h.to_vec();
-        h.push(("Content-Length", &cl));
-        request_text(m, p, a, &h, sent)
-    };
-    let head_only = |m: &str, p: &str, h: &[(&str, &str)]| {
-        let h: Vec<(String, String)> = h
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        // Never finished: the blank line is left off.
-        let mut b = keep_alive(m, p, a, &h);
-        b.truncate(b.len() - 2);
-        b.extend_from_slice(b"X-Slow: ");
-        b.extend(std::iter::repeat_n(b'z', 200));
-        b
-    };
-    let flood = |m: &str, p: &str, base: &[(&str, &str)], extra: Vec<(String, String)>| {
-        let mut h: Vec<(String, String)> = base
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        h.extend(extra);
-        Send::ThenClose(keep_alive(m, p, a, &h))
-    };
-    let tp = |off: &'static str| vec![TUS, OCTET, ("Upload-Offset", off)];
-    let ip = |off: &'static str| vec![IV, NOT_DONE, PARTIAL, ("Upload-Offset", off)];
-    let range = |v: &'static str| vec![("Range", v)];
-    let share = "/share/a.txt";
-    let s = Want::Status;
-    let any = Want::ClientErrorOrClose;
-    let many_ranges: String = format!(
-        "bytes={}",
-        (0..200)
-            .map(|i| format!("{i}-{i}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let overlapping: String = format!("bytes={}", vec!["1-"; 50].join(","));
-    let big_range: String = format!("bytes=0-{}", "9".repeat(70_000));
-    let md_big = format!("filename {}", "A".repeat(100 * 1024));
-
-    let rows: Vec<(Cat, Route, &str, Send, Want)> = vec![
-        // Numbers: negative, leading +, hex, decimals, overflow, sf-integer bounds.
-        (
-            Numbers,
-            Tus,
-            "Upload-Offset -1",
-            r("PATCH", tus, &tp("-1"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Tus,
-            "Upload-Offset +10",
-            r("PATCH", tus, &tp("+10"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Tus,
-            "Upload-Offset 0xa",
-            r("PATCH", tus, &tp("0xa"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Tus,
-            "Upload-Offset 10.0",
-            r("PATCH", tus, &tp("10.0"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Tus,
-            "Upload-Length 2^64",
-            r(
-                "POST",
-                "/files/",
-                &[TUS, ("Upload-Length", "18446744073709551616")],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Numbers,
-            Ietf,
-            "Upload-Offset -10",
-            r("PATCH", ietf, &ip("-10"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Ietf,
-            "Upload-Offset sf-decimal",
-            r("PATCH", ietf, &ip("10.0"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Ietf,
-            "Upload-Offset 16 digits",
-            r("PATCH", ietf, &ip("1000000000000010"), b"abcde"),
-            s(400),
-        ),
-        (
-            Numbers,
-            Ietf,
-            "Upload-Length +5",
-            r(
-                "POST",
-                "/files/",
-                &[IV, NOT_DONE, ("Upload-Length", "+5")],
-                b"",
-            ),
-            s(400),
-        ),
-        // RFC 9110 §14.1.3: a suffix range of 0 is unsatisfiable.
-        (
-            Numbers,
-            Download,
-            "Range bytes=-0",
-            r("GET", done, &range("bytes=-0"), b""),
-            s(416),
-        ),
-        // RFC 9110 §14.2: an invalid Range is ignored (the whole representation, 200).
-        (
-            Numbers,
-            Download,
-            "Range hex first-pos",
-            r("GET", done, &range("bytes=0x1-5"), b""),
-            s(200),
-        ),
-        (
-            Numbers,
-            Share,
-            "Range first-pos past u64",
-            r("GET", share, &range("bytes=99999999999999999999999-"), b""),
-            s(416),
-        ),
-        (
-            Numbers,
-            Share,
-            "Range last < first (ignored)",
-            r("GET", share, &range("bytes=5-1"), b""),
-            s(200),
-        ),
-        // Headers: duplicates, missing, conflicting, non-ASCII, bad structured fields, oversized.
-        (
-            Headers,
-            Tus,
-            "Upload-Offset twice",
-            r(
-                "PATCH",
-                tus,
-                &[TUS, OCTET, ("Upload-Offset", "10"), ("Upload-Offset", "10")],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Tus,
-            "Upload-Length 5 and 6",
-            r(
-                "POST",
-                "/files/",
-                &[TUS, ("Upload-Length", "5"), ("Upload-Length", "6")],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Tus,
-            "no Tus-Resumable",
-            r("PATCH", tus, &[OCTET, ("Upload-Offset", "10")], b"abcde"),
-            s(412),
-        ),
-        (
-            Headers,
-            Tus,
-            "Tus-Resumable 0.2.2",
-            r(
-                "PATCH",
-                tus,
-                &[("Tus-Resumable", "0.2.2"), OCTET, ("Upload-Offset", "10")],
-                b"abcde",
-            ),
-            s(412),
-        ),
-        (
-            Headers,
-            Tus,
-            "full-width digits",
-            r(
-                "PATCH",
-                tus,
-                &[TUS, OCTET, ("Upload-Offset", "\u{ff11}\u{ff10}")],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Tus,
-            "Content-Type text/plain",
-            r(
-                "PATCH",
-                tus,
-                &[TUS, ("Content-Type", "text/plain"), ("Upload-Offset", "10")],
-                b"abcde",
-            ),
-            s(415),
-        ),
-        (
-            Headers,
-            Ietf,
-            "Upload-Complete yes",
-            r(
-                "PATCH",
-                ietf,
-                &[
-                    IV,
-                    PARTIAL,
-                    ("Upload-Offset", "10"),
-                    ("Upload-Complete", "yes"),
-                ],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Ietf,
-            "no Upload-Complete",
-            r(
-                "PATCH",
-                ietf,
-                &[IV, PARTIAL, ("Upload-Offset", "10")],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Ietf,
-            "Upload-Complete ?0 and ?1",
-            r(
-                "PATCH",
-                ietf,
-                &[
-                    IV,
-                    PARTIAL,
-                    ("Upload-Offset", "10"),
-                    NOT_DONE,
-                    ("Upload-Complete", "?1"),
-                ],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Ietf,
-            "interop version 99",
-            r("HEAD", ietf, &[("Upload-Draft-Interop-Version", "99")], b""),
-            s(400),
-        ),
-        (
-            Headers,
-            Ietf,
-            "length 5, complete, 3 bytes",
-            r(
-                "POST",
-                "/files/",
-                &[IV, ("Upload-Complete", "?1"), ("Upload-Length", "5")],
-                b"abc",
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Download,
-            "If-Match a stranger",
-            r("GET", done, &[("If-Match", "\"nope\"")], b""),
-            s(412),
-        ),
-        (
-            Headers,
-            Download,
-            "70 KB Range header",
-            r("GET", done, &[("Range", &big_range)], b""),
-            s(431),
-        ),
-        (
-            Headers,
-            Share,
-            "If-Match a stranger",
-            r("GET", share, &[("If-Match", "\"x\"")], b""),
-            s(412),
-        ),
-        (
-            Headers,
-            Share,
-            "70 KB single header",
-            r("GET", share, &[("X-Big", &"b".repeat(70_000))], b""),
-            s(431),
-        ),
-        // Bodies: longer/shorter than declared, chunked lies, trailers lying, bodies on reads.
-        (
-            Bodies,
-            Tus,
-            "more bytes than Content-Length",
-            r(
-                "PATCH",
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    SUM,
-                    ("Upload-Offset", "10"),
-                    ("Content-Length", "5"),
-                ],
-                b"abcdeGARBAGE GARBAGE",
-            ),
-            s(460),
-        ),
-        (
-            Bodies,
-            Tus,
-            "fewer bytes than Content-Length, then FIN",
-            Send::ShortEof(partial_body(
-                "PATCH",
-                tus,
-                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
-                20,
-                b"abcde",
-            )),
-            any,
-        ),
-        (
-            Bodies,
-            Tus,
-            "chunk size zz",
-            chunked(
-                tus,
-                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
-                "zz\r\nabcde\r\n0\r\n\r\n",
-            ),
-            any,
-        ),
-        (
-            Bodies,
-            Tus,
-            "chunk claims 10, has 5",
-            chunked(
-                tus,
-                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
-                "a\r\nabcde\r\n0\r\n\r\n",
-            ),
-            any,
-        ),
-        (
-            Bodies,
-            Tus,
-            "trailer checksum lies",
-            chunked(
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("Trailer", "Upload-Checksum"),
-                ],
-                "5\r\nabcde\r\n0\r\nUpload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
-            ),
-            s(460),
-        ),
-        (
-            Bodies,
-            Tus,
-            "trailer announced, missing",
-            chunked(
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("Trailer", "Upload-Checksum"),
-                ],
-                "5\r\nabcde\r\n0\r\n\r\n",
-            ),
-            s(400),
-        ),
-        (
-            Bodies,
-            Tus,
-            "checksum as header and trailer",
-            chunked(
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    SUM,
-                    ("Upload-Offset", "10"),
-                    ("Trailer", "Upload-Checksum"),
-                ],
-                "5\r\nabcde\r\n0\r\nUpload-Checksum: sha1 AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
-            ),
-            s(400),
-        ),
-        (
-            Bodies,
-            Tus,
-            "DELETE with a body, no Tus-Resumable",
-            r("DELETE", tus, &[], b"abcde"),
-            s(412),
-        ),
-        (
-            Bodies,
-            Ietf,
-            "Content-Digest lies",
-            r(
-                "PATCH",
-                ietf,
-                &[IV, NOT_DONE, PARTIAL, DIGEST, ("Upload-Offset", "10")],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Bodies,
-            Ietf,
-            "content past Upload-Length",
-            r("PATCH", ietf, &ip("10"), &[0xEE; 200]),
-            s(400),
-        ),
-        (
-            Bodies,
-            Ietf,
-            "DELETE unknown with a body",
-            r("DELETE", unknown, &[IV], b"abcde"),
-            s(404),
-        ),
-        // A body on GET/HEAD has no meaning (RFC 9110 §9.3.1/§9.3.2): ignored, read answered.
-        (
-            Bodies,
-            Download,
-            "GET with a body",
-            r("GET", done, &[("Content-Length", "5")], b"hello"),
-            s(200),
-        ),
-        (
-            Bodies,
-            Share,
-            "HEAD with a body",
-            r("HEAD", share, &[("Content-Length", "5")], b"hello"),
-            s(200),
-        ),
-        (
-            Bodies,
-            Share,
-            "DELETE with a body",
-            r("DELETE", share, &[], b"abcde"),
-            s(405),
-        ),
-        // Paths: dot segments, encoded dots, empty segments, NUL, very long, wrong-shape ids.
-        (
-            Paths,
-            Tus,
-            "/files/..",
-            r("HEAD", "/files/..", &[TUS], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Tus,
-            "%2e%2e before the id",
-            r(
-                "PATCH",
-                &format!("/files/%2e%2e/{}", id(tus)),
-                &tp("10"),
-                b"abcde",
-            ),
-            s(404),
-        ),
-        (
-            Paths,
-            Tus,
-            "// before the id",
-            r("HEAD", &format!("/files//{}", id(tus)), &[TUS], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Tus,
-            "%00 after the id",
-            r("PATCH", &format!("{tus}%00"), &tp("10"), b"abcde"),
-            s(404),
-        ),
-        (
-            Paths,
-            Ietf,
-            "uppercase id",
-            r(
-                "HEAD",
-                &format!("/files/{}", id(ietf).to_ascii_uppercase()),
-                &[IV],
-                b"",
-            ),
-            s(404),
-        ),
-        (
-            Paths,
-            Ietf,
-            "/.. after the id",
-            r("PATCH", &format!("{ietf}/.."), &ip("10"), b"abcde"),
-            s(404),
-        ),
-        (
-            Paths,
-            Download,
-            "31-char id",
-            r("GET", &done[..done.len() - 1], &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Download,
-            "10 KB id",
-            r("GET", &format!("/files/{long}"), &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Share,
-            "../etc/passwd",
-            r("GET", "/share/../etc/passwd", &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Share,
-            "%2e%2e/%2e%2e/etc/passwd",
-            r("GET", "/share/%2e%2e/%2e%2e/etc/passwd", &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Share,
-            "%2e%2e%2f escape",
-            r("GET", "/share/%2e%2e%2f%2e%2e%2fetc%2fpasswd", &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Share,
-            "//a.txt",
-            r("GET", "/share//a.txt", &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Share,
-            "NUL",
-            r("GET", "/share/a.txt%00.jpg", &[], b""),
-            s(400),
-        ),
-        (
-            Paths,
-            Share,
-            "5 KB name",
-            r("GET", &format!("/share/{}", &long[..5000]), &[], b""),
-            s(404),
-        ),
-        (
-            Paths,
-            Share,
-            "an upload's id",
-            r("GET", &format!("/share/{}", id(done)), &[], b""),
-            s(404),
-        ),
-        // Methods: unknown, TRACE, CONNECT, override abuse.
-        (
-            Methods,
-            Tus,
-            "TRACE",
-            r("TRACE", "/files/", &[TUS], b""),
-            s(405),
-        ),
-        (
-            Methods,
-            Tus,
-            "BREW",
-            r("BREW", tus, &tp("10"), b"abcde"),
-            s(405),
-        ),
-        (
-            Methods,
-            Tus,
-            "CONNECT",
-            r("CONNECT", "/files/", &[TUS], b""),
-            any,
-        ),
-        (
-            Methods,
-            Tus,
-            "override BREW",
-            r(
-                "POST",
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("X-HTTP-Method-Override", "BREW"),
-                ],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Methods,
-            Tus,
-            "override PATCH, DELETE",
-            r(
-                "POST",
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("X-HTTP-Method-Override", "PATCH, DELETE"),
-                ],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Methods,
-            Ietf,
-            "PROPFIND",
-            r("PROPFIND", ietf, &[IV], b""),
-            s(405),
-        ),
-        (
-            Methods,
-            Ietf,
-            "override TRACE",
-            r(
-                "POST",
-                ietf,
-                &[IV, ("X-HTTP-Method-Override", "TRACE")],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Methods,
-            Download,
-            "PUT",
-            r("PUT", done, &[], b"abcde"),
-            s(405),
-        ),
-        (
-            Methods,
-            Download,
-            "TRACE",
-            r("TRACE", done, &[], b""),
-            s(405),
-        ),
-        (
-            Methods,
-            Share,
-            "DELETE",
-            r("DELETE", share, &[], b""),
-            s(405),
-        ),
-        (
-            Methods,
-            Share,
-            "PUT",
-            r("PUT", share, &[], b"abcde"),
-            s(405),
-        ),
-        (
-            Methods,
-            Share,
-            "override DELETE",
-            r("POST", share, &[("X-HTTP-Method-Override", "DELETE")], b""),
-            s(405),
-        ),
-        (
-            Methods,
-            Share,
-            "TRACE",
-            r("TRACE", "/share/", &[], b""),
-            s(405),
-        ),
-        // Encodings: base64, UTF-8, percent-encoding, content codings.
-        (
-            Encodings,
-            Tus,
-            "metadata bad base64",
-            r(
-                "POST",
-                "/files/",
-                &[
-                    TUS,
-                    ("Upload-Length", "5"),
-                    ("Upload-Metadata", "filename !!!!"),
-                ],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Encodings,
-            Tus,
-            "metadata non-ASCII key",
-            r(
-                "POST",
-                "/files/",
-                &[
-                    TUS,
-                    ("Upload-Length", "5"),
-                    ("Upload-Metadata", "na\u{ef}ve YQ=="),
-                ],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Encodings,
-            Tus,
-            "Content-Encoding gzip",
-            r(
-                "PATCH",
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("Content-Encoding", "gzip"),
-                ],
-                b"\x1f\x8b\x08\x00abcde",
-            ),
-            s(415),
-        ),
-        (
-            Encodings,
-            Tus,
-            "checksum not base64",
-            r(
-                "PATCH",
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("Upload-Checksum", "sha1 !!!!"),
-                ],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        // A path under /files/ whose id does not parse is an unknown upload (docs: 404).
-        (
-            Encodings,
-            Tus,
-            "concat URL bad percent-encoding",
-            r(
-                "POST",
-                "/files/",
-                &[TUS, ("Upload-Concat", "final;/files/%zz")],
-                b"",
-            ),
-            s(404),
-        ),
-        (
-            Encodings,
-            Ietf,
-            "metadata bad base64",
-            r(
-                "POST",
-                "/files/",
-                &[IV, NOT_DONE, ("Upload-Metadata", "k !!!")],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Encodings,
-            Ietf,
-            "Content-Encoding gzip",
-            r(
-                "PATCH",
-                ietf,
-                &[
-                    IV,
-                    NOT_DONE,
-                    PARTIAL,
-                    ("Upload-Offset", "10"),
-                    ("Content-Encoding", "gzip"),
-                ],
-                b"\x1f\x8b\x08\x00abcde",
-            ),
-            s(415),
-        ),
-        (
-            Encodings,
-            Ietf,
-            "Content-Digest not base64",
-            r(
-                "PATCH",
-                ietf,
-                &[
-                    IV,
-                    NOT_DONE,
-                    PARTIAL,
-                    ("Upload-Offset", "10"),
-                    ("Content-Digest", "sha-256=:!!!:"),
-                ],
-                b"abcde",
-            ),
-            s(400),
-        ),
-        (
-            Encodings,
-            Download,
-            "id %ZZ",
-            r("GET", "/files/%ZZ", &[], b""),
-            s(404),
-        ),
-        (
-            Encodings,
-            Share,
-            "bad percent-encoding",
-            r("GET", "/share/%zz", &[], b""),
-            s(404),
-        ),
-        (
-            Encodings,
-            Share,
-            "bad UTF-8 name",
-            r("GET", "/share/%ff%fe.txt", &[], b""),
-            s(404),
-        ),
-        // Sizes: over --max-size, past the length, ranges past the end, many ranges.
-        (
-            Sizes,
-            Tus,
-            "Upload-Length over --max-size",
-            r("POST", "/files/", &[TUS, ("Upload-Length", "2097152")], b""),
-            s(413),
-        ),
-        (
-            Sizes,
-            Tus,
-            "Upload-Length i64::MAX",
-            r(
-                "POST",
-                "/files/",
-                &[TUS, ("Upload-Length", "9223372036854775807")],
-                b"",
-            ),
-            s(413),
-        ),
-        (
-            Sizes,
-            Tus,
-            "Content-Length past the length",
-            r(
-                "PATCH",
-                tus,
-                &[
-                    TUS,
-                    OCTET,
-                    ("Upload-Offset", "10"),
-                    ("Content-Length", "2000000"),
-                ],
-                b"",
-            ),
-            s(413),
-        ),
-        (
-            Sizes,
-            Ietf,
-            "Upload-Length over --max-size",
-            r(
-                "POST",
-                "/files/",
-                &[IV, NOT_DONE, ("Upload-Length", "2000000")],
-                b"",
-            ),
-            s(413),
-        ),
-        (
-            Sizes,
-            Ietf,
-            "Content-Length past the length",
-            r(
-                "PATCH",
-                ietf,
-                &[
-                    IV,
-                    NOT_DONE,
-                    PARTIAL,
-                    ("Upload-Offset", "10"),
-                    ("Content-Length", "1000000"),
-                ],
-                b"",
-            ),
-            s(400),
-        ),
-        (
-            Sizes,
-            Download,
-            "Range far past the end",
-            r("GET", done, &range("bytes=1000000-2000000"), b""),
-            s(416),
-        ),
-        // More than MAX_RANGES ranges: the Range header is ignored, one plain 200 instead of a
-        // 200-part multipart answer (RFC 9110 §14.2 lets a server ignore Range).
-        (
-            Sizes,
-            Download,
-            "200 ranges",
-            r("GET", done, &[("Range", &many_ranges)], b""),
-            s(200),
-        ),
-        (
-            Sizes,
-            Share,
-            "Range far past the end",
-            r("GET", share, &range("bytes=999999999999-"), b""),
-            s(416),
-        ),
-        // Overlapping ranges are coalesced into one part (RFC 9110 §14.3 amplification guard).
-        (
-            Sizes,
-            Share,
-            "50 overlapping ranges",
-            r("GET", share, &[("Range", &overlapping)], b""),
-            s(206),
-        ),
-        // Slow-loris: headers dribbled (header read timeout), bodies that stall (idle timeout).
-        (
-            SlowLoris,
-            Tus,
-            "dribbled PATCH head",
-            Send::Dribble(head_only("PATCH", tus, &tp("10"))),
-            any,
-        ),
-        (
-            SlowLoris,
-            Ietf,
-            "dribbled PATCH head",
-            Send::Dribble(head_only("PATCH", ietf, &ip("10"))),
-            any,
-        ),
-        (
-            SlowLoris,
-            Download,
-            "dribbled GET head",
-            Send::Dribble(head_only("GET", done, &[])),
-            any,
-        ),
-        (
-            SlowLoris,
-            Share,
-            "dribbled GET head",
-            Send::Dribble(head_only("GET", share, &[])),
-            any,
-        ),
-        (
-            SlowLoris,
-            Tus,
-            "stalled checksummed body",
-            Send::Stall(partial_body(
-                "PATCH",
-                tus,
-                &[TUS, OCTET, SUM, ("Upload-Offset", "10")],
-                50,
-                b"abcde",
-            )),
-            any,
-        ),
-        (
-            SlowLoris,
-            Ietf,
-            "stalled digested body",
-            Send::Stall(partial_body(
-                "PATCH",
-                ietf,
-                &[IV, NOT_DONE, PARTIAL, DIGEST, ("Upload-Offset", "10")],
-                50,
-                b"abcde",
-            )),
-            any,
-        ),
-        // Floods: thousands of headers, huge header blocks: 431 and the connection closed.
-        (
-            Floods,
-            Tus,
-            "2,000 headers",
-            flood("HEAD", tus, &[TUS], junk(2000, 1)),
-            s(431),
-        ),
-        (
-            Floods,
-            Tus,
-            "100 KB Upload-Metadata",
-            flood(
-                "POST",
-                "/files/",
-                &[TUS, ("Upload-Length", "5"), ("Upload-Metadata", &md_big)],
-                vec![],
-            ),
-            s(431),
-        ),
-        (
-            Floods,
-            Ietf,
-            "150 headers",
-            flood("PATCH", ietf, &ip("10"), junk(150, 1)),
-            s(431),
-        ),
-        (
-            Floods,
-            Download,
-            "80 x 1 KB headers",
-            flood("GET", done, &[], junk(80, 1024)),
-            s(431),
-        ),
-        (
-            Floods,
-            Share,
-            "3,000 headers",
-            flood("GET", share, &[], junk(3000, 1)),
-            s(431),
-        ),
-        (
-            Floods,
-            Share,
-            "one 200 KB header",
-            flood("GET", share, &[("X-Big", &"b".repeat(200_000))], vec![]),
-            s(431),
-        ),
-        // Content-Range chunk sessions: the article's last-chunk bug, lies about lengths,
-        // totals that change, malformed ranges, foreign ids, methods, floods.
-        (
-            Numbers,
-            Chunks,
-            "END = TOTAL (last-chunk bug)",
-            r("PUT", ch, &cr("bytes 90-100/100"), &[1; 11]),
-            s(416),
-        ),
-        (
-            Numbers,
-            Chunks,
-            "START > END",
-            r("PUT", ch, &cr("bytes 20-10/100"), b""),
-            s(416),
-        ),
-        (
-            Numbers,
-            Chunks,
-            "TOTAL differs from the session's",
-            r("PUT", ch, &cr("bytes 10-19/200"), &[1; 10]),
-            s(409),
-        ),
-        (
-            Numbers,
-            Chunks,
-            "negative START",
-            r("PUT", ch, &cr("bytes -1-9/100"), &[1; 11]),
-            s(400),
-        ),
-        (
-            Numbers,
-            Chunks,
-            "END past u64",
-            r(
-                "PUT",
-                ch,
-                &cr("bytes 0-99999999999999999999999/100"),
-                &[1; 10],
-            ),
-            any,
-        ),
-        (
-            Headers,
-            Chunks,
-            "no Content-Range",
-            r("PUT", ch, &[], &[1; 10]),
-            s(400),
-        ),
-        (
-            Headers,
-            Chunks,
-            "two Content-Range headers",
-            r(
-                "PUT",
-                ch,
-                &[
-                    ("Content-Range", "bytes 10-19/100"),
-                    ("Content-Range", "bytes 20-29/100"),
-                ],
-                &[1; 10],
-            ),
-            s(400),
-        ),
-        (
-            Headers,
-            Chunks,
-            "items unit",
-            r("PUT", ch, &cr("items 10-19/100"), &[1; 10]),
-            s(400),
-        ),
-        (
-            Bodies,
-            Chunks,
-            "body longer than the range",
-            r("PUT", ch, &cr("bytes 10-19/100"), &[1; 20]),
-            s(400),
-        ),
-        (
-            Bodies,
-            Chunks,
-            "body shorter than the range",
-            r("PUT", ch, &cr("bytes 10-19/100"), &[1; 5]),
-            s(400),
-        ),
-        (
-            Bodies,
-            Chunks,
-            "status query with a body",
-            r("PUT", ch, &cr("bytes */100"), &[1; 5]),
-            s(400),
-        ),
-        (
-            Paths,
-            Chunks,
-            "id of the wrong shape",
-            r(
-                "PUT",
-                "/chunks/../files/x",
-                &cr("bytes 10-19/100"),
-                &[1; 10],
-            ),
-            s(404),
-        ),
-        (
-            Paths,
-            Chunks,
-            "a tus upload's id",
-            r(
-                "PUT",
-                &format!("/chunks/{}", id(tus)),
-                &cr("bytes 10-19/100"),
-                &[1; 10],
-            ),
-            s(404),
-        ),
-        (
-            Methods,
-            Chunks,
-            "PATCH on a session",
-            r(
-                "PATCH",
-                ch,
-                &[TUS, OCTET, ("Upload-Offset", "10")],
-                &[1; 10],
-            ),
-            s(405),
-        ),
-        (
-            Methods,
-            Chunks,
-            "DELETE on the collection",
-            r("DELETE", "/chunks/", &[], b""),
-            s(405),
-        ),
-        (
-            Sizes,
-            Chunks,
-            "TOTAL over --max-size at creation",
-            r("POST", "/chunks/", &[("Upload-Length", "2000000")], b""),
-            s(413),
-        ),
-        (
-            Floods,
-            Chunks,
-            "3,000 headers",
-            flood("PUT", ch, &[], junk(3000, 1)),
-            s(431),
-        ),
-    ];
-    rows.into_iter()
-        .map(|(cat, route, name, send, want)| Row {
-            cat,
-            route,
-            name: name.to_string(),
-            send,
-            want,
+    let table: Table = toml::from_str(TABLE).expect("data/hostile.toml");
+    table
+        .case
+        .iter()
+        .map(|case| Row {
+            cat: case.cat,
+            route: case.route,
+            name: case.name.clone(),
+            send: build(case, t),
+            want: match &case.want {
+                WantSpec::Status(s) => Want::Status(*s),
+                WantSpec::Other(w) if w == "4xx-or-close" => Want::ClientErrorOrClose,
+                WantSpec::Other(w) => panic!("{}: unknown want {w:?}", case.name),
+            },
         })
         .collect()
-}
-
-/// [`request`] with text headers.
-fn request_text(
-    method: &str,
-    path: &str,
-    addr: std::net::SocketAddr,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-    request(method, path, addr, &h, body)
 }
 
 /// What a row's connection did: the bytes answered and whether the server closed it.

@@ -2,18 +2,27 @@
 
 mod support;
 
-mod chunks;
-mod config;
-mod crash;
-mod diskfull;
-mod download;
-mod durability;
-mod faults;
+// Server protocol, by feature (tus and IETF draft variations inside):
+mod append; // HEAD and PATCH: offsets, content types, chunked bodies, the draft's bad requests
+mod checksum; // tus checksum and checksum-trailer, Repr-Digest, the draft's Content-Digest
+mod chunks; // Content-Range chunk sessions: server rules, `--protocol chunks`, Python and curl clients
+mod concat; // tus concatenation: partial and final uploads, refusals, deletion, races
+mod cors; // CORS preflights, exposed headers, allow lists
+mod create; // creating uploads: tus creation and defer-length, the IETF draft's creation
+mod download; // ranged GETs from `ferry serve`, third-party download clients, `ferry download`
+mod download_resume; // `ferry download` across SIGKILL, cut connections and files that change
+mod expiry; // tus expiration: Upload-Expires, pushed forward by PATCHes, swept on SIGUSR1
 mod hostile;
-mod ietf;
-mod interop;
-mod parallel;
-mod proto_client;
-mod tus_core;
-mod tus_ext;
-mod upload;
+mod resume; // cut-off bodies, takeover of a busy upload, a server SIGKILLed mid-upload
+mod routes; // OPTIONS, protocol versions, method override, /healthz, base path, public URL, Host
+mod terminate; // tus DELETE and the IETF draft's cancellation // hostile input on every route family: right 4xx, no panic, stored data untouched
+
+// Clients and the server as a process:
+mod config;
+mod crash; // simulated power loss through scripts/crash_driver.py
+mod diskfull; // a full disk: 507 with the committed offset, completion once space is freed
+mod durability; // kill -9, fsync order under strace, half-open takeover, graceful shutdown
+mod faults; // network faults through the fault-injecting proxy, upload and download
+mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
+mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
+mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto` // `ferry serve` settings: flags, environment, TOML file, data-dir lock, SIGTERM

@@ -257,8 +257,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The bad link: automatic parallelism reaches at least 0.9× the best fixed `-j N`,
-/// N in {1, 2, 4, 8}.
+/// The bad link (see the top of this file): automatic parallelism reaches at least 0.9× the
+/// best fixed `-j N`, N in {1, 2, 4, 8}.
 ///
 /// The link: tbf at 100 Mbit/s on the veth into the server's namespace, nftables dropping 1 %
 /// of the packets in it (both ways), and the test proxy (on 127.0.0.1, in front of it) sleeping
@@ -407,7 +407,7 @@ fn bad_link_auto_parallelism_reaches_best_fixed() {
 
 // --------------------------------------------------------------------- cuts ----
 
-/// The cut schedule: with checksums on (auto: CRC-32 against ferry serve), a chunk cut
+/// A seeded cut schedule: with checksums on (auto: CRC-32 against ferry serve), a chunk cut
 /// off is discarded whole, so what a cut costs is what the cut request had sent. The same
 /// seeded schedule (connection n is cut after its own pseudo-random number of bytes, 2–6 MiB)
 /// is replayed against the adaptive chunk size (the defaults) and against a fixed chunk at the

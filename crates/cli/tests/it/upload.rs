@@ -1,332 +1,19 @@
 //! `ferry upload`, `ferry status` and `ferry forget` end to end: the real `ferry` binary as the
-//! client, against a real `ferry serve` (directly or through the fault-injecting proxy), against
-//! @tus/server (npm) and against rustus (crates.io).
+//! client, against a real `ferry serve` (directly or through the fault-injecting proxy), over
+//! tus and, in the inner modules, `--protocol ietf` and `--protocol auto`. Against third-party
+//! servers: `interop::servers`.
 //!
 //! Every client run gets `--state-dir` in the test's temp dir, writes stdout/stderr to files
 //! there, and is owned by a [`Run`] guard that SIGKILLs and reaps it on drop; every wait is
-//! bounded. Third-party servers are owned by guards too. Missing third-party dependencies fail
-//! the test with a hint to run `scripts/setup-test-deps.sh` (never a silent skip).
+//! bounded.
 
 use crate::support::proxy::{Faults, Proxy};
+use crate::support::upload::*;
 use crate::support::*;
-use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-pub(crate) const KIB: u64 = 1 << 10;
-pub(crate) const MIB: u64 = 1 << 20;
-/// Upper bound for one client run that is expected to finish.
-pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(60);
-/// sha256 of nothing.
-pub(crate) const EMPTY_SHA256: &str =
-    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-pub(crate) const SETUP_HINT: &str = "run `bash scripts/setup-test-deps.sh` (or scripts/test.sh) to install \
-                          the interop test dependencies";
-
-// ------------------------------------------------------------------ harness ----
-
-/// One test's scratch space: files to upload, the client's state dir, its output files.
-pub(crate) struct Env {
-    tmp: tempfile::TempDir,
-    runs: std::cell::Cell<u32>,
-}
-
-impl Env {
-    pub(crate) fn new() -> Env {
-        Env {
-            tmp: tempfile::tempdir().expect("tempdir"),
-            runs: std::cell::Cell::new(0),
-        }
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    pub(crate) fn state_dir(&self) -> PathBuf {
-        self.path("state")
-    }
-
-    /// A pseudo-random file of `len` bytes; returns its path and sha256.
-    pub(crate) fn file(&self, name: &str, len: u64, seed: u64) -> (PathBuf, String) {
-        random_file(self.tmp.path(), name, len as usize, seed)
-    }
-
-    /// Spawns `ferry ARGS --state-dir STATE`.
-    pub(crate) fn ferry<I, S>(&self, args: I) -> Run
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let n = self.runs.get();
-        self.runs.set(n + 1);
-        let out = self.path(&format!("run{n}.stdout"));
-        let err = self.path(&format!("run{n}.stderr"));
-        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let child = Command::new(ferry_bin())
-            .args(&args)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .env_remove("FERRY_STATE_DIR")
-            .env_remove("FERRY_LOG")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn ferry");
-        Run {
-            child: Some(child),
-            out,
-            err,
-            started: Instant::now(),
-            what: format!("ferry {args:?}"),
-        }
-    }
-
-    /// Spawns `ferry upload FILES... URL EXTRA...`.
-    pub(crate) fn upload(&self, files: &[&Path], url: &str, extra: &[&str]) -> Run {
-        let mut args: Vec<OsString> = vec!["upload".into()];
-        args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
-        args.push(url.into());
-        args.extend(extra.iter().map(OsString::from));
-        self.ferry(args)
-    }
-
-    /// Runs `ferry ARGS` to the end.
-    pub(crate) fn run<I, S>(&self, args: I) -> Done
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        self.ferry(args).wait(RUN_LIMIT)
-    }
-
-    /// Saved transfer records (`STATE/transfers/*.json`).
-    pub(crate) fn records(&self) -> Vec<serde_json::Value> {
-        let dir = self.state_dir().join("transfers");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for e in entries {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if name.ends_with(".json") && !name.starts_with('.') {
-                out.push(serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap());
-            }
-        }
-        out
-    }
-
-    /// The upload URL of the single saved transfer.
-    pub(crate) fn saved_url(&self) -> String {
-        let recs = self.records();
-        assert_eq!(recs.len(), 1, "one saved transfer: {recs:?}");
-        recs[0]["parts"][0]["url"].as_str().unwrap().to_string()
-    }
-}
-
-/// A running client. SIGKILLed and reaped on drop.
-pub(crate) struct Run {
-    child: Option<Child>,
-    out: PathBuf,
-    err: PathBuf,
-    started: Instant,
-    what: String,
-}
-
-/// A finished client run.
-#[derive(Debug)]
-pub(crate) struct Done {
-    /// Exit code (None when killed by a signal).
-    pub(crate) code: Option<i32>,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-    pub(crate) elapsed: Duration,
-}
-
-impl Run {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    pub(crate) fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    pub(crate) fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    /// Whether it has exited (reaps it if so).
-    pub(crate) fn exited(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => c.try_wait().expect("try_wait").is_some(),
-            None => true,
-        }
-    }
-
-    /// Waits for the exit; on timeout kills it and panics with its stderr.
-    pub(crate) fn wait(mut self, limit: Duration) -> Done {
-        let deadline = self.started + limit;
-        let mut child = self.child.take().expect("running");
-        let status = loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not finish within {limit:?}; stderr:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Done {
-            code: status.code(),
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-            elapsed: self.started.elapsed(),
-        }
-    }
-
-    /// SIGKILL, reaped.
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends a signal by name (e.g. "INT").
-    pub(crate) fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([format!("-{sig}"), self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} failed");
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-impl Done {
-    /// Asserts exit code 0 and returns self.
-    pub(crate) fn ok(self) -> Done {
-        assert_eq!(self.code, Some(0), "expected success: {self:#?}");
-        self
-    }
-
-    /// Asserts the exit code.
-    pub(crate) fn code(self, want: i32) -> Done {
-        assert_eq!(self.code, Some(want), "expected exit {want}: {self:#?}");
-        self
-    }
-
-    /// The single line on stdout (the upload URL).
-    pub(crate) fn url(&self) -> String {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "stdout is exactly one URL: {self:#?}");
-        lines[0].to_string()
-    }
-
-    /// One JSON object per stdout line.
-    pub(crate) fn json(&self) -> Vec<serde_json::Value> {
-        self.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-            .collect()
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after `limit`.
-pub(crate) fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Waits until the proxy has forwarded `at_least` upload bytes, while `run` keeps running.
-pub(crate) fn wait_forwarded(proxy: &Proxy, at_least: u64, run: &mut Run) {
-    let deadline = Instant::now() + RUN_LIMIT;
-    while proxy.forwarded.load(Ordering::Relaxed) < at_least {
-        assert!(
-            !run.exited(),
-            "client exited before {at_least} bytes went through; stderr:\n{}",
-            run.stderr()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {at_least} bytes through the proxy; stderr:\n{}",
-            run.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Waits until the server has committed `at_least` bytes of the saved transfer, while `run`
-/// keeps running.
-pub(crate) fn wait_committed(env: &Env, at_least: u64, run: &mut Run) {
-    let deadline = Instant::now() + RUN_LIMIT;
-    loop {
-        assert!(
-            !run.exited(),
-            "client exited before {at_least} bytes were committed; stderr:\n{}",
-            run.stderr()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {at_least} committed bytes; stderr:\n{}",
-            run.stderr()
-        );
-        if let [rec] = env.records().as_slice()
-            && let Some(url) = rec["parts"][0]["url"].as_str()
-            && head_offset(url).is_some_and(|o| o >= at_least)
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// HTTP status of a tus HEAD.
-pub(crate) fn head_status(url: &str) -> u16 {
-    client()
-        .head(url)
-        .header("Tus-Resumable", "1.0.0")
-        .send()
-        .expect("HEAD")
-        .status()
-        .as_u16()
-}
-
-/// A port nobody listens on (bound, then released).
-pub(crate) fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Asserts a finished upload at `url` on a ferry server holds exactly `sha`, and that nothing
-/// of the transfer is left in the state dir.
-pub(crate) fn assert_uploaded(env: &Env, url: &str, sha: &str) {
-    assert_eq!(get_sha256(url), sha, "server copy of {url}");
-    assert!(env.records().is_empty(), "state left: {:?}", env.records());
-}
 
 // ------------------------------------------------------------- happy path ----
 
@@ -1117,231 +804,448 @@ fn ctrl_c_while_the_server_does_not_answer() {
     drop(hole);
 }
 
-// ---------------------------------------------------------------- interop ----
+/// `--protocol ietf`: the IETF draft adapter against `ferry serve` (byte-exact, client and
+/// server SIGKILLs, connection cuts, a large file, a 409 takeover).
+mod ietf {
+    use crate::support::proxy::{Faults, Proxy};
+    use crate::support::upload::*;
+    use crate::support::*;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
 
-/// A third-party server process, SIGKILLed and reaped on drop.
-struct ThirdParty {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl ThirdParty {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    #[test]
+    fn ietf_upload_is_byte_exact_and_one_stream() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        let (f, sha) = env.file("f", 40 * MIB, 71);
+        // -j 4 asks for parallel streams, which the draft does not allow: a note, then one stream.
+        let done = env
+            .upload(
+                &[&f],
+                &server.files_url,
+                &[
+                    "--protocol",
+                    "ietf",
+                    "--json",
+                    "-j",
+                    "4",
+                    "--chunk-size",
+                    "4M",
+                ],
+            )
+            .wait(RUN_LIMIT)
+            .ok();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "ietf", "{done:#?}");
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_reported_digest(&o, &f);
+        assert!(done.stderr.contains("allows one stream"), "{}", done.stderr);
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        // One draft upload, no tus uploads (no concatenation parts).
+        assert_eq!(created_by(&server), (1, 0), "{}", server.log());
     }
-}
 
-impl Drop for ThirdParty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// @tus/server on an ephemeral port storing into `dir`; returns it and its endpoint.
-fn start_tus_node_server(dir: &Path, log: PathBuf) -> (ThirdParty, String) {
-    let node_dir = std::env::var_os("FERRY_TEST_NODE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("tests/interop"));
-    let script = node_dir.join("tus_node_server.mjs");
-    let pkg = node_dir.join("node_modules/@tus/server/package.json");
-    assert!(
-        script.is_file() && pkg.is_file(),
-        "@tus/server driver not found ({} / {}); {SETUP_HINT}",
-        script.display(),
-        pkg.display()
-    );
-    let mut child = Command::new("node")
-        .arg(&script)
-        .args(["--port", "0", "--dir"])
-        .arg(dir)
-        // Our end of its stdin stays open as long as the child handle lives.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn node: {e}; {SETUP_HINT}"));
-    let stdout = child.stdout.take().unwrap();
-    let server = ThirdParty {
-        child,
-        name: "@tus/server",
-        log,
-    };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(l)) = lines.next() {
-            let _ = tx.send(l);
+    #[test]
+    fn ietf_small_and_empty_files() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        for (name, len) in [("small", 1000u64), ("empty", 0)] {
+            let (f, sha) = env.file(name, len, 72);
+            let done = env
+                .upload(&[&f], &server.files_url, &["--protocol", "ietf", "--json"])
+                .wait(RUN_LIMIT)
+                .ok();
+            let o = one(&done);
+            assert_eq!(o["protocol"], "ietf");
+            assert_eq!(o["verified"], true, "{done:#?}");
+            assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
         }
-        for _ in lines {}
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("@tus/server did not start: {}", server.log()));
-    let base = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected {line:?}"));
-    (server, format!("{base}/files"))
+        assert_eq!(created_by(&server), (2, 0), "{}", server.log());
+    }
+
+    #[test]
+    fn ietf_content_digest_on_request() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        let (f, sha) = env.file("f", 9 * MIB, 73);
+        let done = env
+            .upload(
+                &[&f],
+                &server.files_url,
+                &[
+                    "--protocol",
+                    "ietf",
+                    "--checksum",
+                    "sha256",
+                    "--json",
+                    "--chunk-size",
+                    "2M",
+                ],
+            )
+            .wait(RUN_LIMIT)
+            .ok();
+        assert_uploaded(&env, one(&done)["url"].as_str().unwrap(), &sha);
+        // The draft's Content-Digest knows no CRC-32: a usage error before anything is sent.
+        let done = env
+            .upload(
+                &[&f],
+                &server.files_url,
+                &["--protocol", "ietf", "--checksum", "crc32"],
+            )
+            .wait(RUN_LIMIT)
+            .code(2);
+        assert!(done.stderr.contains("Content-Digest"), "{}", done.stderr);
+        assert_eq!(created_by(&server), (1, 0), "{}", server.log());
+    }
+
+    #[test]
+    fn ietf_client_sigkilled_midway_resumes() {
+        const LEN: u64 = 32 * MIB;
+        let server = Server::start(&["--sync", "none"]);
+        let proxy = Proxy::start(
+            server.addr,
+            Faults {
+                rate: Some(24_000_000),
+                ..Faults::default()
+            },
+        );
+        let env = Env::new();
+        let (f, sha) = env.file("f", LEN, 78);
+        let endpoint = proxy.url("/files/");
+        let args = [
+            "--protocol",
+            "ietf",
+            "--json",
+            "--chunk-size",
+            "2M",
+            "--max-chunk",
+            "2M",
+        ];
+        let mut run = env.upload(&[&f], &endpoint, &args);
+        wait_committed(&env, LEN / 2, &mut run);
+        run.kill9();
+        let recs = env.records();
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0]["protocol"], "ietf", "{recs:?}");
+        let url = env.saved_url();
+        let at = head_offset(&url).expect("offset");
+        assert!((LEN / 2..LEN).contains(&at), "killed at {at}");
+
+        // Plain `auto` resumes too: the record says which protocol the upload speaks.
+        let done = env
+            .upload(&[&f], &endpoint, &["--json"])
+            .wait(RUN_LIMIT)
+            .ok();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "ietf", "{done:#?}");
+        assert_eq!(o["url"], url.as_str());
+        let resumed = o["resumed_from"].as_u64().unwrap();
+        assert!(
+            resumed >= at && resumed < LEN,
+            "resumed from {resumed}, was at {at}"
+        );
+        assert!(done.stderr.contains("resuming"), "{}", done.stderr);
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_uploaded(&env, &url, &sha);
+        assert_eq!(created_by(&server), (1, 0), "{}", server.log());
+    }
+
+    #[test]
+    fn ietf_server_sigkilled_and_restarted_client_completes() {
+        server_sigkilled_and_restarted_client_completes("ietf", "/files/", 79);
+    }
+
+    #[test]
+    fn ietf_through_connection_cuts() {
+        const LEN: u64 = 24 * MIB;
+        let server = Server::start(&[]);
+        // Cuts at uneven places on the first connections (a seeded, fixed schedule), then none.
+        let schedule = vec![
+            3 * MIB + 17,
+            700_001,
+            5 * MIB + 4093,
+            1_234_567,
+            2 * MIB + 1,
+            99_999,
+        ];
+        let cuts = schedule.len() as u64;
+        let proxy = Proxy::start(
+            server.addr,
+            Faults {
+                cut_schedule: schedule,
+                ..Faults::default()
+            },
+        );
+        let env = Env::new();
+        let (f, sha) = env.file("f", LEN, 80);
+        let done = env
+            .upload(
+                &[&f],
+                &proxy.url("/files/"),
+                &["--protocol", "ietf", "--json", "--chunk-size", "4M"],
+            )
+            .wait(RUN_LIMIT)
+            .ok();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "ietf");
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        let conns = proxy.connections.load(Ordering::Relaxed);
+        assert!(conns > cuts, "{conns} connections for {cuts} cuts");
+        assert!(done.stderr.contains("retrying"), "{}", done.stderr);
+    }
+
+    /// `FERRY_IT_BIG` bytes (curl-style size; default 64M) over the draft, straight to the server;
+    /// prints the throughput.
+    #[test]
+    fn ietf_big_file() {
+        let len = std::env::var("FERRY_IT_BIG")
+            .ok()
+            .map(|v| ferry_proto::size::parse_size(&v).expect("FERRY_IT_BIG: a size like 1G"))
+            .unwrap_or(64 * MIB);
+        let server = Server::start(&["--sync", "none"]);
+        let env = Env::new();
+        let (f, sha) = env.file("big", len, 81);
+        let limit = RUN_LIMIT.max(Duration::from_secs(len / MIB));
+        let t0 = Instant::now();
+        let done = env
+            .upload(&[&f], &server.files_url, &["--protocol", "ietf", "--json"])
+            .wait(limit)
+            .ok();
+        let took = t0.elapsed();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "ietf");
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        eprintln!(
+            "ietf_big_file: {len} bytes in {:.2}s wall ({:.2}s reported), {:.0} MiB/s",
+            took.as_secs_f64(),
+            o["seconds"].as_f64().unwrap_or(0.0),
+            len as f64 / MIB as f64 / took.as_secs_f64()
+        );
+    }
+
+    /// Another writer takes the upload over mid-request: the client's append is answered 409; it
+    /// asks the offset again (HEAD) and carries on from the server's offset.
+    #[test]
+    fn ietf_409_takeover_heads_and_resumes() {
+        const LEN: u64 = 24 * MIB;
+        let server = Server::start(&["--sync", "none"]);
+        let proxy = Proxy::start(
+            server.addr,
+            Faults {
+                rate: Some(8_000_000),
+                ..Faults::default()
+            },
+        );
+        let env = Env::new();
+        let (f, sha) = env.file("f", LEN, 82);
+        let mut run = env.upload(
+            &[&f],
+            &proxy.url("/files/"),
+            &[
+                "--protocol",
+                "ietf",
+                "--json",
+                "--chunk-size",
+                "16M",
+                "--max-chunk",
+                "16M",
+            ],
+        );
+        // Inside the first (16 MiB) append.
+        wait_forwarded(&proxy, 6 * MIB, &mut run);
+        let url = env.saved_url();
+        let path = format!("/{}", url.splitn(4, '/').nth(3).unwrap());
+        // An empty append at the committed offset (where the client's in-flight append started:
+        // bytes in flight are committed when a request ends), straight to the server: it passes
+        // the first offset check and takes the upload over (the client's request commits what
+        // arrived and is answered 409), then is refused itself because the offset moved. Under
+        // load the client's request may end between our HEAD and PATCH: then try again.
+        let mut tries = Vec::new();
+        while !run.stderr().contains("409") && !run.exited() && tries.len() < 20 {
+            let committed = head_offset(&url).expect("offset");
+            let at = committed.to_string();
+            let r = send(
+                server.addr,
+                "PATCH",
+                &path,
+                &[
+                    ("Upload-Draft-Interop-Version", "8"),
+                    ("Content-Type", "application/partial-upload"),
+                    ("Upload-Offset", &at),
+                    ("Upload-Complete", "?0"),
+                ],
+                b"",
+            );
+            // 204: the client was between requests, nothing to take over.
+            assert!(matches!(status_of(&r), 204 | 409), "{r}");
+            tries.push(committed);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let done = run.wait(RUN_LIMIT).ok();
+        let o = one(&done);
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert!(
+            done.stderr.contains("409"),
+            "takeovers at {tries:?}: {}",
+            done.stderr
+        );
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        // Sent once plus what the cut request had in flight, not twice.
+        let forwarded = proxy.forwarded.load(Ordering::Relaxed);
+        assert!(forwarded < LEN + 8 * MIB, "forwarded {forwarded}");
+    }
 }
 
-#[test]
-fn interop_tus_node_server() {
-    let env = Env::new();
-    let dir = env.path("tus-node-data");
-    let (server, endpoint) = start_tus_node_server(&dir, env.path("tus-node.log"));
-    let (f, sha) = env.file("f", 20 * MIB + 7, 17);
-    let done = env
-        .upload(&[&f], &endpoint, &["--json"])
-        .wait(RUN_LIMIT)
-        .ok();
-    assert!(
-        done.stderr.contains("not verified"),
-        "says the result was not verified: {}",
-        done.stderr
-    );
-    let o = &done.json()[0];
-    assert_eq!(o["verified"], false);
-    assert_reported_digest(o, &f);
-    let url = o["url"].as_str().unwrap();
-    let id = url.rsplit('/').next().unwrap();
-    assert_eq!(
-        sha256_file(&dir.join(id)),
-        sha,
-        "stored bytes; server log: {}",
-        server.log()
-    );
-    assert!(env.records().is_empty());
+/// `--protocol auto`: what it picks against ferry and against other servers.
+mod auto {
+    use crate::support::upload::*;
+    use crate::support::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
 
-    // Resuming against it: connections cut every 3 MiB.
-    let proxy = Proxy::start(
-        url.trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap(),
-        Faults {
-            cut_after: Some(3 * MIB),
-            ..Faults::default()
-        },
-    );
-    let (g, sha_g) = env.file("g", 10 * MIB, 18);
-    let done = env
-        .upload(&[&g], &proxy.url("/files"), &[])
-        .wait(RUN_LIMIT)
-        .ok();
-    let id = done.url().rsplit('/').next().unwrap().to_string();
-    assert_eq!(sha256_file(&dir.join(id)), sha_g, "{}", server.log());
-    assert!(proxy.connections.load(Ordering::Relaxed) >= 4);
-    drop(server);
-}
+    #[test]
+    fn auto_picks_tus_against_ferry() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        let (f, sha) = env.file("f", 5 * MIB, 74);
+        let done = env
+            .upload(&[&f], &server.files_url, &["--json"])
+            .wait(RUN_LIMIT)
+            .ok();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "tus", "{done:#?}");
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        assert_eq!(created_by(&server), (0, 1), "{}", server.log());
+    }
 
-/// The rustus binary: `FERRY_TEST_RUSTUS`, or the one `scripts/setup-test-deps.sh` installs.
-fn rustus_bin() -> PathBuf {
-    let bin = std::env::var_os("FERRY_TEST_RUSTUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("tests/interop/.rustus/bin/rustus"));
-    assert!(
-        bin.is_file(),
-        "rustus not found at {}; {SETUP_HINT}",
-        bin.display()
-    );
-    bin
-}
+    /// A front for a ferry server that answers OPTIONS itself with `options_headers` (and closes
+    /// that connection) and passes every other connection through untouched: a server whose
+    /// OPTIONS shows only what the test wants, while the upload goes to the real ferry server.
+    struct OptionsFront {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        options_seen: Arc<AtomicU64>,
+    }
 
-/// rustus with its defaults (notably the 256 KiB body limit) on a free port. (The port is
-/// picked by binding and releasing it; if someone takes it meanwhile, rustus exits and another
-/// port is tried.)
-fn start_rustus(data: &Path, log: PathBuf) -> (ThirdParty, String) {
-    let bin = rustus_bin();
-    std::fs::create_dir_all(data).unwrap();
-    for _ in 0..3 {
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--info-dir")
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}; {SETUP_HINT}", bin.display()));
-        let mut server = ThirdParty {
-            child,
-            name: "rustus",
-            log: log.clone(),
+    impl OptionsFront {
+        fn start(target: SocketAddr, options_headers: &'static str) -> OptionsFront {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let options_seen = Arc::new(AtomicU64::new(0));
+            let (stop2, seen2) = (stop.clone(), options_seen.clone());
+            std::thread::spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((c, _)) => {
+                            let seen = seen2.clone();
+                            std::thread::spawn(move || front(c, target, options_headers, &seen));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+            OptionsFront {
+                addr,
+                stop,
+                options_seen,
+            }
+        }
+    }
+
+    impl Drop for OptionsFront {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn front(mut c: TcpStream, target: SocketAddr, options_headers: &str, seen: &AtomicU64) {
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut first = [0u8; 8];
+        if c.read_exact(&mut first).is_err() {
+            return;
+        }
+        if first.starts_with(b"OPTIONS ") {
+            seen.fetch_add(1, Ordering::Relaxed);
+            // The request head is small; reading what is there is enough before answering.
+            let mut rest = [0u8; 4096];
+            let _ = c.read(&mut rest);
+            let _ = write!(
+                c,
+                "HTTP/1.1 204 No Content\r\n{options_headers}Connection: close\r\n\r\n"
+            );
+            return;
+        }
+        let Ok(mut s) = TcpStream::connect(target) else {
+            return;
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if server.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (server, format!("http://127.0.0.1:{port}/files/"));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        c.set_read_timeout(None).ok();
+        if s.write_all(&first).is_err() {
+            return;
         }
+        let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+        let up = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut s2);
+            let _ = s2.shutdown(std::net::Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut s, &mut c);
+        let _ = c.shutdown(std::net::Shutdown::Both);
+        let _ = up.join();
     }
-    panic!(
-        "rustus did not start; its stderr: {}",
-        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
-    );
-}
 
-#[test]
-fn interop_rustus_body_limit_learned_from_413() {
-    const LEN: u64 = 6 * MIB + 5;
-    let env = Env::new();
-    let data = env.path("rustus-data");
-    // Direct, not through the test proxy: rustus answers an oversized PATCH with an early 413
-    // and closes, and the proxy's teardown would turn that into a reset that hides the 413.
-    let (server, endpoint) = start_rustus(&data, env.path("rustus.log"));
-    let (f, sha) = env.file("f", LEN, 19);
-    let done = env
-        .upload(&[&f], &endpoint, &["--json"])
-        .wait(RUN_LIMIT)
-        .ok();
-    let o = &done.json()[0];
-    assert_eq!(
-        o["sha256"].as_str(),
-        Some(sha.as_str()),
-        "rustus knows no BLAKE3"
-    );
-    assert_eq!(o["verified"], false, "rustus exposes no Repr-Digest");
-    assert!(done.stderr.contains("not verified"), "{}", done.stderr);
-    let url = o["url"].as_str().unwrap();
-    let id = url.trim_end_matches('/').rsplit('/').next().unwrap();
-    assert_eq!(
-        sha256_file(&data.join(id)),
-        sha,
-        "{} stored the bytes; its log: {}",
-        server.name,
-        server.log()
-    );
-    assert!(env.records().is_empty());
-    // No hang: a connection left open after a 413 that the client reused would cost a whole
-    // stall timeout (30 s) per refused size.
-    assert!(done.elapsed < Duration::from_secs(25), "{done:#?}");
-    // The limit is learned, not rediscovered: halving from the first request reaches 256 KiB
-    // in a handful of refusals (8 MiB -> 128 KiB is 6), where a client that forgot it would
-    // be refused about once per accepted request (LEN / 256 KiB = 24).
-    let log = server.log();
-    let patches = |status: &str| {
-        log.lines()
-            .filter(|l| l.contains("\"PATCH /files/") && l.contains(&format!("\"{status}\"")))
-            .count()
-    };
-    let (refused, accepted) = (patches("413"), patches("204"));
-    assert!(
-        accepted as u64 >= LEN.div_ceil(256 * KIB),
-        "{accepted} accepted; log:\n{log}"
-    );
-    assert!(refused <= 8, "{refused} refused; log:\n{log}");
+    #[test]
+    fn auto_picks_the_draft_when_options_shows_only_the_draft() {
+        let server = Server::start(&[]);
+        let front = OptionsFront::start(
+            server.addr,
+            "Accept-Patch: application/partial-upload\r\nUpload-Limit: max-size=1000000000\r\n",
+        );
+        let env = Env::new();
+        let (f, sha) = env.file("f", 6 * MIB, 76);
+        let url = format!("http://{}/files/", front.addr);
+        let done = env
+            .upload(&[&f], &url, &["--json", "--chunk-size", "2M"])
+            .wait(RUN_LIMIT)
+            .ok();
+        let o = one(&done);
+        assert_eq!(o["protocol"], "ietf", "{done:#?}");
+        assert_eq!(o["verified"], true, "{done:#?}");
+        assert_eq!(front.options_seen.load(Ordering::Relaxed), 1);
+        assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        assert_eq!(created_by(&server), (1, 0), "{}", server.log());
+
+        // Upload-Limit announces max-size: a larger file is refused before anything is created.
+        let small = OptionsFront::start(server.addr, "Upload-Limit: max-size=1000\r\n");
+        let done = env
+            .upload(&[&f], &format!("http://{}/files/", small.addr), &[])
+            .wait(RUN_LIMIT)
+            .code(3);
+        assert!(done.stderr.contains("at most 1000"), "{}", done.stderr);
+        assert_eq!(created_by(&server), (1, 0), "{}", server.log());
+    }
+
+    #[test]
+    fn auto_fails_clearly_when_options_shows_neither() {
+        let server = Server::start(&[]);
+        let front = OptionsFront::start(server.addr, "Allow: GET, PUT\r\n");
+        let env = Env::new();
+        let (f, _) = env.file("f", MIB, 77);
+        let done = env
+            .upload(&[&f], &format!("http://{}/files/", front.addr), &[])
+            .wait(RUN_LIMIT)
+            .code(3);
+        assert!(
+            done.stderr
+                .contains("neither tus nor the IETF resumable-upload draft; try --protocol chunks"),
+            "{}",
+            done.stderr
+        );
+        assert_eq!(created_by(&server), (0, 0), "{}", server.log());
+    }
 }

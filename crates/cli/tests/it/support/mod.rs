@@ -8,8 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod download;
+pub mod ietf;
 pub mod netns;
 pub mod proxy;
+pub mod strace;
+pub mod tus;
+pub mod upload;
 
 /// Path of the ferry binary built for these tests.
 pub fn ferry_bin() -> PathBuf {
