@@ -24,18 +24,24 @@
 pub mod adapter;
 pub mod chunk;
 pub mod chunks;
+pub mod discovery;
 pub mod download;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod ietf;
+pub mod options;
 pub mod parallel;
 pub mod progress;
+pub mod response;
 pub mod retry;
-pub mod segmented;
 pub mod source;
 pub mod state;
 pub mod tus;
 pub mod upload;
 
+pub use upload::segmented;
+
 pub use error::{ClientError, ErrorKind};
-pub use upload::{UploadOptions, UploadOutcome, Uploader, Verification};
+pub use options::Verification;
+pub use upload::{UploadOptions, UploadOutcome, Uploader};
