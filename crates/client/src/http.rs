@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// The HTTP client for uploads: `stall_timeout` is the limit on the small requests (OPTIONS,
 /// HEAD, POST, DELETE: no body, a short answer). Requests with a body lift that limit
-/// ([`PATCH_TIME_LIMIT`]): a body may take as long as it needs, and the driver abandons it
+/// (`PATCH_TIME_LIMIT`): a body may take as long as it needs, and the driver abandons it
 /// only when no bytes move for the stall timeout. (reqwest's `read_timeout` is not used: it
 /// runs from the start of a request until the response headers, so it would cut off every
 /// PATCH whose body takes longer to send.)

@@ -1,12 +1,16 @@
 //! ferry's transfer engine, usable without the CLI.
 //!
-//! - [`upload::Uploader`] uploads files to any tus 1.0 server or any server speaking the IETF
-//!   resumable-upload draft ([`adapter::Protocol`]), resuming from a durable state
-//!   directory ([`state::StateDir`]), retrying with backoff ([`retry`]), sizing requests with
-//!   [`chunk::ChunkSizeController`], and verifying the result against the server's
-//!   `Repr-Digest`.
-//! - [`tus`] and [`ietf`] hold the individual requests of each protocol, reached through
-//!   [`adapter::Adapter`]; [`source`] reads the local file.
+//! - [`upload::Uploader`] uploads files to any tus 1.0 server, any server speaking the IETF
+//!   resumable-upload draft, or Content-Range chunk sessions ([`adapter::Protocol`]), resuming
+//!   from a durable state directory ([`state::StateDir`]), retrying with backoff ([`retry`]),
+//!   sizing requests with [`chunk::ChunkSizeController`], and verifying the result against
+//!   the server's `Repr-Digest`.
+//! - [`download::Downloader`] downloads from any HTTP/1.1 server with Range, resuming and
+//!   verifying likewise.
+//! - [`tus`], [`ietf`] and [`chunks`] hold the individual requests of each protocol, reached
+//!   through [`adapter::Adapter`]; they share [`response`] (what servers answer) and
+//!   [`discovery`] (OPTIONS). [`http`] builds the HTTP clients, [`options`] holds the choices
+//!   shared by uploads and downloads, and [`source`] reads the local file.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ferry_client::error::ClientError> {

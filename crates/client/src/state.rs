@@ -461,6 +461,35 @@ mod tests {
         assert!(s.list().unwrap().is_empty());
     }
 
+    /// Records as the released format has them: both kinds read, and write back the same.
+    #[test]
+    fn released_record_format_reads_and_round_trips() {
+        let upload = serde_json::json!({
+            "kind": "upload", "version": 1, "key": "u", "source": "/tmp/x",
+            "identity": {"size": 10, "mtime_ns": 1, "dev": 2, "ino": 3, "fingerprint": "ab"},
+            "endpoint": "http://127.0.0.1:1/files/", "protocol": "tus", "created_ms": 5,
+            "parts": [{"url": "http://127.0.0.1:1/files/a", "start": 0, "end": 10, "done": false}],
+            "final_url": null,
+            "completed": {"url": "http://127.0.0.1:1/files/a", "sha256": null, "crc64nvme": "00"},
+        });
+        let download = serde_json::json!({
+            "kind": "download", "version": 1, "key": "d", "url": "http://h/f",
+            "dest": "/d/f", "partial": "/d/f.ferry-part", "size": 100,
+            "etag": "\"v1\"", "last_modified": null, "sha256": null, "blake3": "cd",
+            "done": [[0, 10], [20, 30]], "created_ms": 7,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        for (key, value) in [("u", upload), ("d", download)] {
+            let path = dir.path().join(format!("transfers/{key}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+            let Loaded::Found(t) = s.load(key).unwrap() else {
+                panic!("{key} unreadable");
+            };
+            assert_eq!(serde_json::to_value(&t).unwrap(), value, "{key}");
+        }
+    }
+
     #[test]
     fn keys_differ_by_kind_remote_and_path() {
         let a = transfer_key("upload", "http://h/files/", Path::new("/a"));

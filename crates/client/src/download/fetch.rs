@@ -28,8 +28,8 @@ const WINDOW: Duration = Duration::from_millis(250);
 
 /// `-j auto` starts a large file with this many streams (a small one with one per
 /// [`AUTO_BYTES_PER_STREAM`]), then the controller adds or takes back streams by goodput.
-/// Growing from one stream, a fast transfer was over before the controller had seen enough
-/// windows to add any: on loopback (2 cores) one stream made ~0.7 GB/s, four ~0.9–1 GB/s.
+/// Growing from one stream, a fast transfer is over before the controller has seen enough
+/// windows to add any (on loopback, 2 cores: one stream ~0.7 GB/s, four ~0.9–1 GB/s).
 const AUTO_INITIAL_STREAMS: usize = 4;
 
 /// See [`AUTO_INITIAL_STREAMS`].
@@ -103,7 +103,7 @@ impl Plan {
         }
         // The victim now stops at `mid`, or after the write it has in hand if that already
         // crossed it; from here on `[mid, end)` is the thief's alone, so it must be taken even
-        // then (giving up here used to leave it to nobody: a hole in a "complete" file).
+        // then (giving up here would leave it to nobody: a hole in a "complete" file).
         // Bytes below the victim's `pos` are on disk already and need not be fetched again.
         let from = victim.pos.load(Ordering::Acquire).clamp(mid, end);
         Some(self.add(from, end))
@@ -204,7 +204,8 @@ impl Downloader {
         let mut workers = FuturesUnordered::new();
         let mut next = 0usize;
         // The controller measures over short windows: on a fast link a whole file can take
-        // a second, and one-second windows left `-j auto` on a single stream for all of it.
+        // a second, and with one-second windows `-j auto` would stay on one stream for all
+        // of it.
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -240,12 +241,12 @@ impl Downloader {
                         tracing::debug!(streams = n, goodput_mb_s = goodput / 1e6, "download window");
                         target.store(n, Ordering::Relaxed);
                     }
-                    // Batch the state about once a second: what is on disk is noted *before*
-                    // the data is synced, so the record never claims bytes written after the
-                    // sync began. The sync and save run beside the streams: awaited here, they
-                    // stopped every stream for as long as the disk took to write a second of
-                    // data. (The save also used to need a full second since the previous one,
-                    // which the next tick just missed: one save every two seconds.)
+                    // Batch the state every SAVE_EVERY: what is on disk is noted *before* the
+                    // data is synced, so the record never claims bytes written after the sync
+                    // began. The sync and save run beside the streams: awaited here, they would
+                    // stop every stream for as long as the disk takes to write the data. Half a
+                    // window of slack keeps a tick that comes just short of SAVE_EVERY from
+                    // skipping a save.
                     if last_save.elapsed() + WINDOW / 2 >= SAVE_EVERY
                         && saving.as_ref().is_none_or(|h| h.is_finished())
                     {

@@ -3,7 +3,7 @@
 //! Bytes go to `<dest>.ferry-part`, preallocated, written at their offsets by several
 //! connections; the file is renamed into place only once complete and verified. The resume
 //! state (URL, size, validators, completed ranges) is saved in batches — data fdatasync'd
-//! first, beside the streams, every [`SAVE_EVERY`] at most, and at exit — so saving never
+//! first, beside the streams, every quarter second at most, and at exit — so saving never
 //! stops the transfer, and a crash costs at most what arrived since the last batch.
 //!
 //! Safe resume: every ranged request of a resumed download carries `If-Range` with the strong
@@ -14,6 +14,9 @@
 //!
 //! Streams: one, `-j N`, or chosen by measurement; an idle stream takes half of the largest
 //! range still being fetched by another (work stealing).
+//!
+//! `probe` asks the server about the file, `resume` decides (purely) what of a partial file
+//! can be kept, `fetch` runs the streams; this module ties them together and verifies.
 
 mod fetch;
 mod probe;
