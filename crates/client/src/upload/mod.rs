@@ -115,17 +115,13 @@ pub struct FileDigest {
 impl FileDigest {
     /// The RFC 9530 key (`crc64nvme`, `blake3`, `sha-256`).
     pub fn key(&self) -> &'static str {
-        digest_key(self.algorithm)
+        ferry_proto::digest::key_of(self.algorithm).unwrap_or(ferry_proto::digest::SHA256_KEY)
     }
 
     /// The digest in lowercase hex.
     pub fn hex(&self) -> String {
         hex::encode(&self.bytes)
     }
-}
-
-fn digest_key(a: ChecksumAlgorithm) -> &'static str {
-    ferry_proto::digest::key_of(a).unwrap_or(ferry_proto::digest::SHA256_KEY)
 }
 
 /// One file being uploaded.

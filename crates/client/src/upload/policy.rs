@@ -1,11 +1,12 @@
 //! The upload's decisions, as pure functions: how many streams, which whole-file digest to
-//! hash with and ask the server for, whether a small file goes in its creation request, and
-//! whether a finished upload recorded by an earlier run still stands.
+//! hash with and ask the server for (and which to fall back on), whether a small file goes in
+//! its creation request, and whether a finished upload recorded by an earlier run still
+//! stands.
 
 use super::{AUTO_PARALLEL_RTT, FileDigest, MIN_PARALLEL_SIZE, SMALL_FILE_MAX};
 use crate::adapter::Adapter;
 use crate::options::{Parallel, Verification};
-use crate::response::{RemoteUpload, ServerCaps};
+use crate::response::{Digests, RemoteUpload, ServerCaps};
 use crate::state::UploadRecord;
 use ferry_proto::checksum::ChecksumAlgorithm;
 use std::time::Duration;
@@ -96,6 +97,19 @@ pub(crate) fn want_digest_for(a: ChecksumAlgorithm) -> &'static str {
     }
 }
 
+/// The digest to compare instead when the server lacks the one the file was hashed with: the
+/// first other whole-file digest it has (the file is then hashed again with that). A
+/// cryptographic digest asked for (`asked`, `--digest`) is never replaced by the CRC.
+pub(crate) fn fallback_digest(
+    digests: &Digests,
+    asked: Option<ChecksumAlgorithm>,
+) -> Option<(&[u8], ChecksumAlgorithm)> {
+    ferry_proto::digest::WHOLE_DIGESTS
+        .into_iter()
+        .filter(|(_, a)| *a != ChecksumAlgorithm::Crc64Nvme || asked.is_none_or(|d| d == *a))
+        .find_map(|(k, a)| Some((digests.get(k)?, a)))
+}
+
 /// Whether a finished upload of `len` bytes that an earlier run recorded (with the file's
 /// `digest`, if it was hashed) still stands, given what the server says of it (`None`: gone):
 /// its verification if so, `None` if it is gone, incomplete, or has another digest.
@@ -122,7 +136,6 @@ pub(crate) fn recorded_verification(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response::Digests;
 
     const BIG: u64 = MIN_PARALLEL_SIZE;
     const FAR: Duration = AUTO_PARALLEL_RTT;
@@ -240,6 +253,23 @@ mod tests {
         );
         assert_eq!(want_digest_for(Blake3), "blake3=10, sha-256=3");
         assert_eq!(want_digest_for(Sha256), "sha-256=10");
+    }
+
+    #[test]
+    fn fallback_digests_never_put_the_crc_in_place_of_one_asked_for() {
+        use ChecksumAlgorithm::{Blake3, Crc64Nvme, Sha256};
+        let d = |keys: &[&str]| Digests(keys.iter().map(|k| (k.to_string(), vec![7])).collect());
+        let crc_and_sha = d(&["crc64nvme", "sha-256"]);
+        let alg = |ds: &Digests, asked| fallback_digest(ds, asked).map(|(_, a)| a);
+        assert_eq!(alg(&d(&["crc64nvme"]), None), Some(Crc64Nvme));
+        assert_eq!(alg(&d(&["crc64nvme"]), Some(Crc64Nvme)), Some(Crc64Nvme));
+        assert_eq!(alg(&d(&["crc64nvme"]), Some(Blake3)), None);
+        assert_eq!(alg(&crc_and_sha, Some(Blake3)), Some(Sha256));
+        assert_eq!(alg(&d(&[]), None), None);
+        assert_eq!(
+            fallback_digest(&crc_and_sha, None).map(|(b, _)| b),
+            Some(&[7u8][..])
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Comparing the uploaded file with the server's copy, by whole-file digest.
 
-use super::policy::want_digest_for;
+use super::policy::{fallback_digest, want_digest_for};
 use super::{FileDigest, Uploader, local};
 use crate::adapter::Adapter;
 use crate::error::{ClientError, ErrorKind};
@@ -8,7 +8,6 @@ use crate::options::Verification;
 use crate::response::Digests;
 use crate::retry::RetryState;
 use crate::source::{FileSource, SequentialHash};
-use ferry_proto::checksum::ChecksumAlgorithm;
 use reqwest::Url;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,15 +54,8 @@ impl Uploader {
         };
         let (ours, theirs) = match digests.get(ours.key()) {
             Some(d) => (ours.clone(), d.to_vec()),
-            // Another digest the server has, hashed locally again; a cryptographic digest
-            // asked for (--digest) is never replaced by the CRC.
-            None => match ferry_proto::digest::WHOLE_DIGESTS
-                .into_iter()
-                .filter(|(_, a)| {
-                    *a != ChecksumAlgorithm::Crc64Nvme || self.opts.digest.is_none_or(|d| d == *a)
-                })
-                .find_map(|(k, a)| Some((digests.get(k)?, a)))
-            {
+            // Another digest the server has, hashed locally again.
+            None => match fallback_digest(&digests, self.opts.digest) {
                 Some((d, algorithm)) => {
                     let len = source.len();
                     let s = Arc::new(Mutex::new(SequentialHash::new(algorithm)));
