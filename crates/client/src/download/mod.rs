@@ -99,11 +99,11 @@ pub enum Destination {
 /// Downloads files, resuming from the state directory.
 #[derive(Clone)]
 pub struct Downloader {
-    pub(super) http: reqwest::Client,
-    pub(super) state: StateDir,
-    pub(super) opts: DownloadOptions,
-    pub(super) progress: Arc<dyn ProgressSink>,
-    pub(super) cancel: CancellationToken,
+    http: reqwest::Client,
+    state: StateDir,
+    opts: DownloadOptions,
+    progress: Arc<dyn ProgressSink>,
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Downloader {
@@ -142,11 +142,7 @@ impl Downloader {
         }
     }
 
-    pub(super) async fn backoff(
-        &self,
-        retry: &mut RetryState,
-        err: AttemptError,
-    ) -> Result<(), ClientError> {
+    async fn backoff(&self, retry: &mut RetryState, err: AttemptError) -> Result<(), ClientError> {
         retry::wait_or_give_up(retry, err, &*self.progress, &self.cancel).await
     }
 
@@ -377,7 +373,7 @@ impl Downloader {
         })
     }
 
-    pub(super) fn save(&self, rec: &DownloadRecord) -> Result<(), ClientError> {
+    fn save(&self, rec: &DownloadRecord) -> Result<(), ClientError> {
         self.state
             .save(&Transfer::Download(rec.clone()))
             .map_err(local("writing the state"))

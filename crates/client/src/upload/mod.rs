@@ -172,13 +172,13 @@ pub(crate) struct Run<'a> {
 /// clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Uploader {
-    pub(crate) http: reqwest::Client,
+    http: reqwest::Client,
     /// What each endpoint offers and its round trip, asked once per run (OPTIONS).
     caps: Arc<Mutex<std::collections::HashMap<String, (ServerCaps, Duration)>>>,
-    pub(crate) state: StateDir,
-    pub(crate) opts: UploadOptions,
-    pub(crate) progress: Arc<dyn ProgressSink>,
-    pub(crate) cancel: CancellationToken,
+    state: StateDir,
+    opts: UploadOptions,
+    progress: Arc<dyn ProgressSink>,
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for Uploader {
@@ -189,14 +189,14 @@ impl std::fmt::Debug for Uploader {
     }
 }
 
-pub(crate) fn interrupted() -> ClientError {
+fn interrupted() -> ClientError {
     ClientError::new(
         ErrorKind::Interrupted,
         "interrupted; run the same command again to resume",
     )
 }
 
-pub(crate) fn local(what: &str) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+fn local(what: &str) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |e| ClientError::local(what, e)
 }
 
@@ -228,7 +228,7 @@ impl Uploader {
     }
 
     /// Waits out a retryable failure, or ends the transfer (see [`retry::wait_or_give_up`]).
-    pub(crate) async fn wait_or_give_up(
+    async fn wait_or_give_up(
         &self,
         retry: &mut RetryState,
         err: AttemptError,
