@@ -1,11 +1,14 @@
-//! The upload protocols behind one interface: the driver in [`crate::upload`] (ask the offset,
-//! send, feed the chunk-size controller, retry, verify) is the same for every protocol; what
-//! differs — headers, how an upload is created and completed — lives in one module per
-//! protocol ([`crate::tus`], [`crate::ietf`], [`crate::chunks`]), reached through [`Adapter`]. A new protocol is a
-//! new variant and a new module.
+//! The upload protocols behind one interface: the upload driver (ask the offset, send, feed
+//! the chunk-size controller, retry, verify) is the same for every protocol; what differs —
+//! headers, how an upload is created and completed — lives in one module per protocol
+//! ([`crate::tus`], [`crate::ietf`], [`crate::chunks`]), reached through [`Adapter`]. A new
+//! protocol is a new variant and a new module.
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
-use crate::tus::{self, RemoteUpload, RequestChecksum, Sent, ServerCaps};
+use crate::options::ChecksumChoice;
+use crate::response::{RemoteUpload, Sent, ServerCaps};
+use crate::tus::{self, RequestChecksum};
+use crate::{chunks, ietf};
 use ferry_proto::Metadata;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
 use reqwest::Url;
@@ -53,6 +56,30 @@ pub struct Placement {
     pub total: u64,
 }
 
+/// One append of a driver: `body` (`len` bytes) at `offset` of the target `at` (offsets
+/// relative to the target).
+#[derive(Debug)]
+pub struct AppendRequest<'a> {
+    /// The server-side upload (for chunk sessions, the session).
+    pub url: &'a Url,
+    /// Where the target sits in the file.
+    pub at: Placement,
+    /// Where the body goes, from the target's start.
+    pub offset: u64,
+    /// The body's length.
+    pub len: u64,
+    /// The bytes.
+    pub body: reqwest::Body,
+    /// The request ends the upload.
+    pub last: bool,
+    /// How the body is checksummed.
+    pub checksum: RequestChecksum<'a>,
+    /// A body larger than any the server has accepted so far (sent with `Connection: close`).
+    pub probe: bool,
+    /// `Want-Repr-Digest`, for the request that may complete the upload.
+    pub want_digest: Option<&'a str>,
+}
+
 impl Adapter {
     /// The name kept in resume records (`UploadRecord::protocol`).
     pub fn name(self) -> &'static str {
@@ -76,7 +103,7 @@ impl Adapter {
     /// Decides the protocol: an explicit choice wins; `auto` follows a resumed transfer's
     /// record, then the OPTIONS answer (tus first: with ferry it brings parallel streams and
     /// per-request checksums). A server that did not answer OPTIONS usefully is tried with tus,
-    /// as before `--protocol` existed (its creation request then says what is wrong).
+    /// (its creation request then says what is wrong).
     pub fn choose(
         protocol: Protocol,
         caps: &ServerCaps,
@@ -127,10 +154,10 @@ impl Adapter {
     /// SHA-256 and SHA-512 and costs a first read of each chunk, so it is sent only on request.
     pub fn request_checksum(
         self,
-        choice: crate::upload::ChecksumChoice,
+        choice: ChecksumChoice,
         caps: &ServerCaps,
     ) -> Result<Option<ChecksumAlgorithm>, ClientError> {
-        use crate::upload::ChecksumChoice as C;
+        use ChecksumChoice as C;
         match (self, choice) {
             (_, C::Off) | (Adapter::Chunks, C::Auto) => Ok(None),
             (Adapter::Chunks, C::Use(_)) => Err(ClientError::new(
@@ -171,11 +198,11 @@ impl Adapter {
     ) -> Result<Url, AttemptError> {
         match self {
             Adapter::Tus => tus::create(http, endpoint, len, metadata, concat).await,
-            Adapter::Ietf => crate::ietf::create(http, endpoint, len, metadata, None, None, None)
+            Adapter::Ietf => ietf::create(http, endpoint, len, metadata, None, None, None)
                 .await
                 .map(|(u, _)| u),
             // One session for the whole file, whatever the segment: see `run_segmented`.
-            Adapter::Chunks => crate::chunks::create(http, endpoint, len, metadata).await,
+            Adapter::Chunks => chunks::create(http, endpoint, len, metadata).await,
         }
     }
 
@@ -183,27 +210,21 @@ impl Adapter {
     pub async fn create_with_body(
         self,
         http: &reqwest::Client,
-        endpoint: &Url,
-        metadata: &Metadata,
-        data: bytes::Bytes,
-        checksum: Option<&Checksum>,
-        want_digest: Option<&str>,
+        c: tus::CreateWithBody<'_>,
     ) -> Result<(Url, Sent), AttemptError> {
         match self {
-            Adapter::Tus => {
-                tus::create_with_body(http, endpoint, metadata, data, checksum, want_digest).await
-            }
+            Adapter::Tus => tus::create_with_body(http, c).await,
             Adapter::Ietf => {
-                let len = data.len() as u64;
-                let digest = checksum.map(content_digest);
-                crate::ietf::create(
+                let len = c.data.len() as u64;
+                let digest = c.checksum.map(content_digest);
+                ietf::create(
                     http,
-                    endpoint,
+                    c.endpoint,
                     len,
-                    metadata,
-                    Some((data.into(), len)),
+                    c.metadata,
+                    Some((c.data.into(), len)),
                     digest.as_deref(),
-                    want_digest,
+                    c.want_digest,
                 )
                 .await
             }
@@ -223,8 +244,8 @@ impl Adapter {
     ) -> Result<RemoteUpload, AttemptError> {
         match self {
             Adapter::Tus => tus::head(http, url, want_digest).await,
-            Adapter::Ietf => crate::ietf::head(http, url, want_digest).await,
-            Adapter::Chunks => crate::chunks::head(http, url).await.map(|s| RemoteUpload {
+            Adapter::Ietf => ietf::head(http, url, want_digest).await,
+            Adapter::Chunks => chunks::head(http, url).await.map(|s| RemoteUpload {
                 offset: s.offset(0, u64::MAX),
                 length: s.length,
                 complete: Some(s.complete),
@@ -246,7 +267,7 @@ impl Adapter {
         match self {
             Adapter::Tus | Adapter::Ietf => self.head(http, url, want_digest).await,
             Adapter::Chunks => {
-                let s = crate::chunks::head(http, url).await?;
+                let s = chunks::head(http, url).await?;
                 if s.length.is_some_and(|l| l != at.total) {
                     return Err(AttemptError::Gone);
                 }
@@ -260,49 +281,68 @@ impl Adapter {
         }
     }
 
-    /// Appends `body` (`len` bytes) at `offset` of the target `at`; `last` marks the request
-    /// that ends the upload.
-    #[allow(clippy::too_many_arguments)]
+    /// Bytes the server holds of the upload, wherever they sit in it (a chunk session may
+    /// hold ranges past a gap; tus and the draft hold one run from the start).
+    pub async fn received(self, http: &reqwest::Client, url: &Url) -> Result<u64, AttemptError> {
+        match self {
+            Adapter::Tus | Adapter::Ietf => self.head(http, url, None).await.map(|r| r.offset),
+            Adapter::Chunks => chunks::head(http, url)
+                .await
+                .map(|s| s.received.iter().map(|(a, b)| b - a).sum()),
+        }
+    }
+
+    /// Appends the request's body at its offset of its target; `last` marks the request that
+    /// ends the upload.
     pub async fn append(
         self,
         http: &reqwest::Client,
-        url: &Url,
-        at: Placement,
-        offset: u64,
-        len: u64,
-        body: reqwest::Body,
-        last: bool,
-        checksum: RequestChecksum<'_>,
-        probe: bool,
-        want_digest: Option<&str>,
+        a: AppendRequest<'_>,
     ) -> Result<Sent, AttemptError> {
+        let AppendRequest {
+            url,
+            at,
+            offset,
+            len,
+            body,
+            last,
+            checksum,
+            probe,
+            want_digest,
+        } = a;
         match self {
             Adapter::Tus => {
-                tus::patch(http, url, offset, len, body, checksum, probe, want_digest).await
+                let p = tus::Patch {
+                    url,
+                    offset,
+                    len,
+                    body,
+                    checksum,
+                    probe,
+                    want_digest,
+                };
+                tus::patch(http, p).await
             }
             Adapter::Ietf => {
                 let digest = match checksum {
                     RequestChecksum::Header(c) => Some(content_digest(c)),
                     RequestChecksum::None | RequestChecksum::Trailer => None,
                 };
-                crate::ietf::append(
-                    http,
+                let a = ietf::Append {
                     url,
                     offset,
                     len,
                     body,
                     last,
-                    digest.as_deref(),
+                    content_digest: digest.as_deref(),
                     probe,
                     want_digest,
-                )
+                };
+                ietf::append(http, a).await
+            }
+            Adapter::Chunks => chunks::put(http, url, at.base + offset, len, at.total, body, probe)
                 .await
-            }
-            Adapter::Chunks => {
-                crate::chunks::put(http, url, at.base + offset, len, at.total, body, probe)
-                    .await
-                    .map(|s| crate::chunks::sent(s, at.base, at.len))
-            }
+                .map(|s| chunks::sent(s, at.base, at.len)),
         }
     }
 
@@ -310,8 +350,8 @@ impl Adapter {
     pub async fn delete(self, http: &reqwest::Client, url: &Url) -> Result<(), AttemptError> {
         match self {
             Adapter::Tus => tus::delete(http, url).await,
-            Adapter::Ietf => crate::ietf::delete(http, url).await,
-            Adapter::Chunks => crate::chunks::delete(http, url).await,
+            Adapter::Ietf => ietf::delete(http, url).await,
+            Adapter::Chunks => chunks::delete(http, url).await,
         }
     }
 }
@@ -348,7 +388,7 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Refused);
         assert_eq!(e.kind.exit_code(), 3);
         assert!(e.message.contains("neither tus nor the IETF"), "{e}");
-        // No usable OPTIONS answer: tus, as before.
+        // No usable OPTIONS answer: tus.
         assert_eq!(a(&ServerCaps::default()).unwrap(), Adapter::Tus);
     }
 
@@ -390,7 +430,7 @@ mod tests {
 
     #[test]
     fn ietf_sends_content_digest_only_on_request() {
-        use crate::upload::ChecksumChoice as C;
+        use ChecksumChoice as C;
         let c = ServerCaps {
             checksum: Some(ChecksumAlgorithm::Blake3),
             ..caps(true, true)

@@ -5,7 +5,8 @@
 //! `ferry-proto`.
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
-use crate::tus::{Digests, Sent, classify, network, resolve};
+use crate::http::PATCH_TIME_LIMIT;
+use crate::response::{Digests, Sent, classify, header, network, resolve};
 use ferry_proto::Metadata;
 use ferry_proto::range::{UPLOAD_RANGES, format_content_range, parse_upload_ranges};
 use reqwest::{Response, StatusCode, Url};
@@ -31,10 +32,6 @@ impl Session {
             .find(|&&(a, b)| a <= base && base < b)
             .map_or(0, |&(_, b)| b.min(base.saturating_add(len)) - base)
     }
-}
-
-fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn bad_answer(what: &str, e: impl std::fmt::Display) -> AttemptError {
@@ -142,7 +139,7 @@ pub async fn put(
         )
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
         .header(reqwest::header::CONTENT_LENGTH, len)
-        .timeout(crate::tus::PATCH_TIME_LIMIT)
+        .timeout(PATCH_TIME_LIMIT)
         .body(body);
     if probe {
         req = req.header(reqwest::header::CONNECTION, "close");

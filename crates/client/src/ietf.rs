@@ -7,7 +7,8 @@
 //! when asked for (`--checksum sha256|sha512`).
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
-use crate::tus::{Digests, RemoteUpload, Sent, classify, network};
+use crate::http::PATCH_TIME_LIMIT;
+use crate::response::{Digests, RemoteUpload, Sent, classify, created_url, header, network};
 use ferry_proto::Metadata;
 use ferry_proto::ietf::{self, Draft};
 use reqwest::{Method, RequestBuilder, Response, Url};
@@ -54,10 +55,6 @@ pub fn max_size(headers: &reqwest::header::HeaderMap) -> Option<u64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| ietf::UploadLimit::parse(v).ok())
         .and_then(|l| l.max_size)
-}
-
-fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn with_version(req: RequestBuilder) -> RequestBuilder {
@@ -136,8 +133,7 @@ pub async fn create(
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    let (url, resp) =
-        crate::tus::created_url(endpoint, resp, "does not accept IETF draft uploads").await?;
+    let (url, resp) = created_url(endpoint, resp, "does not accept IETF draft uploads").await?;
     let offset = state_of(&resp, "POST")?.offset;
     Ok((
         url,
@@ -178,28 +174,48 @@ pub async fn head(
     })
 }
 
-/// PATCH (append): `body` (`len` bytes) at `offset`, with `Upload-Complete: ?1` when `last`.
-/// No time limit: the caller races it against a stall detector. `content_digest` is a ready
-/// `Content-Digest` value. `probe` as in [`crate::tus::patch`].
-#[allow(clippy::too_many_arguments)]
-pub async fn append(
-    http: &reqwest::Client,
-    url: &Url,
-    offset: u64,
-    len: u64,
-    body: reqwest::Body,
-    last: bool,
-    content_digest: Option<&str>,
-    probe: bool,
-    want_digest: Option<&str>,
-) -> Result<Sent, AttemptError> {
+/// An append: `body` (`len` bytes) at `offset` of the upload at `url`.
+#[derive(Debug)]
+pub struct Append<'a> {
+    /// The upload.
+    pub url: &'a Url,
+    /// Where the body goes.
+    pub offset: u64,
+    /// The body's length.
+    pub len: u64,
+    /// The bytes.
+    pub body: reqwest::Body,
+    /// The request ends the upload (`Upload-Complete: ?1`).
+    pub last: bool,
+    /// A ready `Content-Digest` value.
+    pub content_digest: Option<&'a str>,
+    /// A body larger than any the server has accepted so far: sent with `Connection: close`
+    /// (a server may refuse it early without reading it).
+    pub probe: bool,
+    /// `Want-Repr-Digest`, for the request that may complete the upload.
+    pub want_digest: Option<&'a str>,
+}
+
+/// PATCH (append), with `Upload-Complete: ?1` when `last`. No time limit: the caller races it
+/// against a stall detector.
+pub async fn append(http: &reqwest::Client, a: Append<'_>) -> Result<Sent, AttemptError> {
+    let Append {
+        url,
+        offset,
+        len,
+        body,
+        last,
+        content_digest,
+        probe,
+        want_digest,
+    } = a;
     let d = draft();
     let mut req = with_version(http.request(Method::PATCH, url.clone()))
         .header(ietf::UPLOAD_OFFSET, offset)
         .header(d.completeness_header(), d.format_complete(last))
         .header(reqwest::header::CONTENT_TYPE, ietf::PARTIAL_UPLOAD)
         .header(reqwest::header::CONTENT_LENGTH, len)
-        .timeout(crate::tus::PATCH_TIME_LIMIT)
+        .timeout(PATCH_TIME_LIMIT)
         .body(body);
     if let Some(c) = content_digest {
         req = req.header("content-digest", c);

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes per read.
 pub const BLOCK: usize = 256 * 1024;
@@ -114,6 +114,17 @@ impl Activity {
     pub fn idle(&self) -> std::time::Duration {
         let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Resolves once `activity` has been idle for `limit`.
+pub(crate) async fn stalled(activity: &Activity, limit: Duration) {
+    let tick = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        if activity.idle() >= limit {
+            return;
+        }
     }
 }
 

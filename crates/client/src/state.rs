@@ -1,6 +1,7 @@
 //! The resume state: one directory for all of ferry's transfers, one small JSON file per
 //! transfer, written crash-safely (temp file, fsync, rename, directory fsync) and only when an
 //! upload or part is created or finishes — never per chunk: offsets come from the server.
+//! A download's record holds its completed ranges, saved in batches as data is synced.
 
 use crate::identity::FileIdentity;
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,39 @@ impl UploadRecord {
     }
 }
 
+/// A resumable download's saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    /// Record format version.
+    pub version: u32,
+    /// The key.
+    pub key: String,
+    /// Source URL.
+    pub url: String,
+    /// Final path.
+    pub dest: PathBuf,
+    /// Where bytes go until complete.
+    pub partial: PathBuf,
+    /// Total size.
+    pub size: u64,
+    /// Strong ETag when the download started.
+    pub etag: Option<String>,
+    /// Last-Modified when the download started.
+    pub last_modified: Option<String>,
+    /// SHA-256 (hex) the result must have, if known (Repr-Digest or --checksum).
+    pub sha256: Option<String>,
+    /// BLAKE3 (hex) the result must have, if that is the digest the server sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// CRC-64/NVME (hex) the result must have, if that is the digest the server sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc64nvme: Option<String>,
+    /// Byte ranges `[start, end)` on disk and synced.
+    pub done: Vec<(u64, u64)>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+}
+
 /// Any transfer ferry can resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -127,7 +161,7 @@ pub enum Transfer {
     /// An upload.
     Upload(UploadRecord),
     /// A download.
-    Download(crate::download::DownloadRecord),
+    Download(DownloadRecord),
 }
 
 impl Transfer {
@@ -138,6 +172,14 @@ impl Transfer {
             Transfer::Download(d) => &d.key,
         }
     }
+}
+
+/// Now, in ms since the epoch (a record's `created_ms`).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A stable key for a transfer of `local` to or from `remote`.
@@ -417,6 +459,35 @@ mod tests {
         assert!(!text.contains("completed"), "{text}");
         s.remove_many(["done", "other", "never"]).unwrap();
         assert!(s.list().unwrap().is_empty());
+    }
+
+    /// Records as the released format has them: both kinds read, and write back the same.
+    #[test]
+    fn released_record_format_reads_and_round_trips() {
+        let upload = serde_json::json!({
+            "kind": "upload", "version": 1, "key": "u", "source": "/tmp/x",
+            "identity": {"size": 10, "mtime_ns": 1, "dev": 2, "ino": 3, "fingerprint": "ab"},
+            "endpoint": "http://127.0.0.1:1/files/", "protocol": "tus", "created_ms": 5,
+            "parts": [{"url": "http://127.0.0.1:1/files/a", "start": 0, "end": 10, "done": false}],
+            "final_url": null,
+            "completed": {"url": "http://127.0.0.1:1/files/a", "sha256": null, "crc64nvme": "00"},
+        });
+        let download = serde_json::json!({
+            "kind": "download", "version": 1, "key": "d", "url": "http://h/f",
+            "dest": "/d/f", "partial": "/d/f.ferry-part", "size": 100,
+            "etag": "\"v1\"", "last_modified": null, "sha256": null, "blake3": "cd",
+            "done": [[0, 10], [20, 30]], "created_ms": 7,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        for (key, value) in [("u", upload), ("d", download)] {
+            let path = dir.path().join(format!("transfers/{key}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+            let Loaded::Found(t) = s.load(key).unwrap() else {
+                panic!("{key} unreadable");
+            };
+            assert_eq!(serde_json::to_value(&t).unwrap(), value, "{key}");
+        }
     }
 
     #[test]

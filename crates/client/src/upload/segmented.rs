@@ -7,14 +7,15 @@
 //! of streams is fixed (`-j N`) or follows [`ParallelismController`]. Each segment's state is
 //! its own (URL, range, done) — never one shared counter.
 
+use super::pump::Target;
+use super::{Run, Uploader};
 use crate::adapter::{Adapter, Placement};
 use crate::chunk::ChunkSizeController;
 use crate::error::{ClientError, ErrorKind};
 use crate::parallel::{ParallelBounds, ParallelismController};
+use crate::response::{Digests, RemoteUpload};
 use crate::retry::RetryState;
 use crate::state::{PartRecord, UploadRecord};
-use crate::tus;
-use crate::upload::{Job, Shared, Target, Uploader};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use reqwest::Url;
@@ -42,7 +43,7 @@ pub fn plan(len: u64, streams: Option<usize>) -> Vec<(u64, u64)> {
 }
 
 /// Automatic mode starts with this many streams. It only goes parallel on a long round trip
-/// (see [`AUTO_PARALLEL_RTT`](crate::upload::AUTO_PARALLEL_RTT)), where one TCP flow rarely
+/// (see [`AUTO_PARALLEL_RTT`](super::AUTO_PARALLEL_RTT)), where one TCP flow rarely
 /// fills the path; and goodput seen from the application is too coarse to steer a short
 /// transfer's start (a socket's send buffer takes megabytes at once, then nothing for a
 /// second), so growing from one stream would spend its first windows far below what the path
@@ -201,20 +202,35 @@ impl Segments {
     }
 }
 
+/// What the streams of one segmented upload share.
+#[derive(Clone, Copy)]
+struct Crew<'a> {
+    run: &'a Run<'a>,
+    /// The one chunk session every segment writes to (chunk sessions only).
+    session: Option<&'a Url>,
+    /// How many streams should run.
+    target: &'a AtomicUsize,
+    /// Automatic mode: unstarted segments are cut to a stream's share.
+    split: bool,
+    segs: &'a Arc<Segments>,
+}
+
 impl Uploader {
     /// Runs a segmented upload to completion and returns the final upload's URL. `rtt` is the
     /// round trip measured at the start (it paces the automatic stream count).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn run_segmented(
+    pub(super) async fn run_segmented(
         &self,
-        job: &Job,
-        endpoint: &Url,
+        run: &Run<'_>,
         record: Option<UploadRecord>,
         fixed: Option<usize>,
         rtt: Duration,
-        shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
         retry: &mut RetryState,
     ) -> Result<(Url, u64), ClientError> {
+        let Run {
+            job,
+            endpoint,
+            shared_for,
+        } = *run;
         let len = job.len;
         let chunks = job.adapter == Adapter::Chunks;
         let resuming = record.is_some();
@@ -265,8 +281,8 @@ impl Uploader {
             && resuming
         {
             let had = loop {
-                match crate::chunks::head(&self.http, s).await {
-                    Ok(h) => break h.received.iter().map(|(a, b)| b - a).sum::<u64>(),
+                match job.adapter.received(&self.http, s).await {
+                    Ok(had) => break had,
                     Err(e) => self.wait_or_give_up(retry, e).await?,
                 }
             };
@@ -325,6 +341,13 @@ impl Uploader {
             ..ParallelBounds::default()
         });
         let target = Arc::new(AtomicUsize::new(controller.streams()));
+        let crew = Crew {
+            run,
+            session: session.as_ref(),
+            target: &target,
+            split: fixed.is_none(),
+            segs: &segs,
+        };
         let mut workers = FuturesUnordered::new();
         let mut next_worker = 0usize;
         let mut tick = tokio::time::interval(window(rtt));
@@ -334,16 +357,7 @@ impl Uploader {
         let result: Result<(), ClientError> = loop {
             let want = target.load(Ordering::Relaxed);
             while workers.len() < want && segs.has_work() {
-                workers.push(self.segment_worker(
-                    job,
-                    endpoint,
-                    session.as_ref(),
-                    next_worker,
-                    &target,
-                    fixed.is_none(),
-                    &segs,
-                    shared_for,
-                ));
+                workers.push(self.segment_worker(&crew, next_worker));
                 next_worker += 1;
             }
             if workers.is_empty() {
@@ -364,7 +378,8 @@ impl Uploader {
                     // creation round trips and the megabytes their sockets take at once.
                     if fixed.is_none() && !std::mem::take(&mut settling) {
                         let n = controller.record(goodput);
-                        tracing::debug!(streams = n, goodput, "parallelism");
+                        // The target users filter on (`--log ferry_client::segmented=debug`).
+                        tracing::debug!(target: "ferry_client::segmented", streams = n, goodput, "parallelism");
                         settling = n != target.swap(n, Ordering::Relaxed);
                     }
                     self.progress.position(now.1);
@@ -422,18 +437,19 @@ impl Uploader {
 
     /// One stream: takes segments while its index is below the target (in automatic mode,
     /// `split`, cutting unstarted ones to its share).
-    #[allow(clippy::too_many_arguments)]
-    async fn segment_worker(
-        &self,
-        job: &Job,
-        endpoint: &Url,
-        session: Option<&Url>,
-        index: usize,
-        target: &AtomicUsize,
-        split: bool,
-        segs: &Arc<Segments>,
-        shared_for: &dyn Fn(Arc<dyn Fn(u64) + Send + Sync>) -> Shared,
-    ) -> Result<(), ClientError> {
+    async fn segment_worker(&self, crew: &Crew<'_>, index: usize) -> Result<(), ClientError> {
+        let Crew {
+            run,
+            session,
+            target,
+            split,
+            segs,
+        } = *crew;
+        let Run {
+            job,
+            endpoint,
+            shared_for,
+        } = *run;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
         let mut chunks = ChunkSizeController::new(self.opts.chunk);
         loop {
@@ -488,11 +504,11 @@ impl Uploader {
                     let rec = segs.update(part.start, |p| p.url = Some(u.to_string()));
                     self.save(&rec)?;
                     // Just created: nothing to ask the server about.
-                    known = Some(tus::RemoteUpload {
+                    known = Some(RemoteUpload {
                         offset: 0,
                         length: Some(len),
                         complete: None,
-                        digests: tus::Digests::default(),
+                        digests: Digests::default(),
                     });
                     u
                 }
