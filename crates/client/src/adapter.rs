@@ -216,7 +216,7 @@ impl Adapter {
             Adapter::Tus => tus::create_with_body(http, c).await,
             Adapter::Ietf => {
                 let len = c.data.len() as u64;
-                let digest = c.checksum.map(content_digest);
+                let digest = c.checksum.and_then(content_digest);
                 ietf::create(
                     http,
                     c.endpoint,
@@ -325,7 +325,7 @@ impl Adapter {
             }
             Adapter::Ietf => {
                 let digest = match checksum {
-                    RequestChecksum::Header(c) => Some(content_digest(c)),
+                    RequestChecksum::Header(c) => content_digest(c),
                     RequestChecksum::None | RequestChecksum::Trailer => None,
                 };
                 let a = ietf::Append {
@@ -357,12 +357,9 @@ impl Adapter {
 }
 
 /// RFC 9530 `Content-Digest` for a checksum (SHA-256 or SHA-512, see `request_checksum`).
-fn content_digest(c: &Checksum) -> String {
-    let key = match c.algorithm {
-        ChecksumAlgorithm::Sha512 => "sha-512",
-        _ => ferry_proto::digest::SHA256_KEY,
-    };
-    ferry_proto::digest::format_digest_field(key, &c.digest)
+fn content_digest(c: &Checksum) -> Option<String> {
+    let key = c.algorithm.digest_key()?;
+    Some(ferry_proto::digest::format_digest_field(key, &c.digest))
 }
 
 #[cfg(test)]
@@ -461,7 +458,8 @@ mod tests {
         let d = content_digest(&Checksum {
             algorithm: ChecksumAlgorithm::Sha256,
             digest: vec![0; 32],
-        });
+        })
+        .unwrap();
         assert!(d.starts_with("sha-256=:"), "{d}");
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::http::PATCH_TIME_LIMIT;
-use crate::response::{Digests, Sent, classify, header, network, resolve};
+use crate::response::{Digests, Sent, classify, digests_of, header, network, resolve};
 use ferry_proto::Metadata;
 use ferry_proto::range::{UPLOAD_RANGES, format_content_range, parse_upload_ranges};
 use reqwest::{Response, StatusCode, Url};
@@ -63,7 +63,7 @@ fn state_of(resp: &Response, what: &str) -> Result<Session, AttemptError> {
         received,
         length,
         complete,
-        digests: Digests::from_response(resp),
+        digests: digests_of(resp),
     })
 }
 

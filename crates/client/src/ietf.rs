@@ -8,7 +8,7 @@
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::http::PATCH_TIME_LIMIT;
-use crate::response::{Digests, RemoteUpload, Sent, classify, created_url, header, network};
+use crate::response::{RemoteUpload, Sent, classify, created_url, digests_of, header, network};
 use ferry_proto::Metadata;
 use ferry_proto::ietf::{self, Draft};
 use reqwest::{Method, RequestBuilder, Response, Url};
@@ -140,7 +140,7 @@ pub async fn create(
         Sent {
             // No offset: assume nothing was taken; the next HEAD says the truth.
             offset: offset.unwrap_or(0),
-            digests: Digests::from_response(&resp),
+            digests: digests_of(&resp),
         },
     ))
 }
@@ -170,7 +170,7 @@ pub async fn head(
         offset,
         length,
         complete,
-        digests: Digests::from_response(&resp),
+        digests: digests_of(&resp),
     })
 }
 
@@ -234,7 +234,7 @@ pub async fn append(http: &reqwest::Client, a: Append<'_>) -> Result<Sent, Attem
                 .ok_or_else(|| AttemptError::retry("PATCH answered without Upload-Offset"))?;
             Ok(Sent {
                 offset,
-                digests: Digests::from_response(&resp),
+                digests: digests_of(&resp),
             })
         }
         413 => Err(AttemptError::TooLarge { size: len }),

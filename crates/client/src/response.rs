@@ -6,7 +6,6 @@
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::retry::parse_retry_after;
 use ferry_proto::checksum::ChecksumAlgorithm;
-use ferry_proto::digest::parse_digest_field;
 use reqwest::{Response, StatusCode, Url};
 
 /// What a tus server offers (from OPTIONS).
@@ -46,36 +45,17 @@ pub struct RemoteUpload {
     /// Whether the server says the upload is complete (`None`: the protocol does not say, as
     /// with tus, where reaching the length completes it).
     pub complete: Option<bool>,
-    /// Whole-upload digests from `Repr-Digest` (algorithm key, bytes), if the server sent any.
+    /// Whole-upload digests from `Repr-Digest`, if the server sent any.
     pub digests: Digests,
 }
 
-/// Whole-upload digests a server sent in `Repr-Digest`: `(key, bytes)` pairs, keys lowercased
-/// (`sha-256`, `blake3`, ...).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Digests(pub Vec<(String, Vec<u8>)>);
+pub use ferry_proto::digest::Digests;
 
-impl Digests {
-    pub(crate) fn from_response(resp: &Response) -> Digests {
-        Digests(
-            header(resp, "repr-digest")
-                .and_then(|v| parse_digest_field(v).ok())
-                .unwrap_or_default(),
-        )
-    }
-
-    /// The digest for an RFC 9530 key, if present.
-    pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, d)| d.as_slice())
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+/// The whole-upload digests a server sent in `Repr-Digest` that ferry knows (empty if none).
+pub(crate) fn digests_of(resp: &Response) -> Digests {
+    header(resp, "repr-digest")
+        .and_then(|v| Digests::from_field(v).ok())
+        .unwrap_or_default()
 }
 
 /// What a PATCH (or a creation with a body) achieved.

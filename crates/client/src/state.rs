@@ -4,6 +4,8 @@
 //! A download's record holds its completed ranges, saved in batches as data is synced.
 
 use crate::identity::FileIdentity;
+use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::digest::{Digests, KEPT};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -69,45 +71,25 @@ pub struct UploadRecord {
 pub struct Completed {
     /// The upload's URL (the final upload of a parallel one).
     pub url: String,
-    /// SHA-256 of the file, hex (when the run hashed with SHA-256).
-    #[serde(default)]
-    pub sha256: Option<String>,
-    /// BLAKE3 of the file, hex (when the run hashed with BLAKE3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blake3: Option<String>,
-    /// CRC-64/NVME of the file, hex (when the run hashed with it; none of the three when
-    /// verification was off).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crc64nvme: Option<String>,
+    /// The file's whole digest, when the run hashed it (none when verification was off):
+    /// stored as `sha256`, `blake3` or `crc64nvme`, lowercase hex.
+    #[serde(flatten)]
+    pub digests: Digests,
 }
 
 impl Completed {
-    /// A finished upload at `url` whose file had `digest` (RFC 9530 key, hex).
-    pub fn new(url: String, digest: Option<(&str, String)>) -> Self {
-        let mut c = Completed {
+    /// A finished upload at `url` whose file had `digest`.
+    pub fn new(url: String, digest: Option<(ChecksumAlgorithm, Vec<u8>)>) -> Self {
+        Completed {
             url,
-            sha256: None,
-            blake3: None,
-            crc64nvme: None,
-        };
-        match digest {
-            Some((ferry_proto::digest::CRC64NVME_KEY, h)) => c.crc64nvme = Some(h),
-            Some((ferry_proto::digest::BLAKE3_KEY, h)) => c.blake3 = Some(h),
-            Some((_, h)) => c.sha256 = Some(h),
-            None => {}
+            digests: digest.into_iter().collect(),
         }
-        c
     }
 
-    /// The recorded digest as (RFC 9530 key, hex).
-    pub fn digest(&self) -> Option<(&'static str, &str)> {
-        use ferry_proto::digest::{BLAKE3_KEY, CRC64NVME_KEY, SHA256_KEY};
-        match (&self.crc64nvme, &self.blake3, &self.sha256) {
-            (Some(c), _, _) => Some((CRC64NVME_KEY, c)),
-            (None, Some(b), _) => Some((BLAKE3_KEY, b)),
-            (None, None, Some(s)) => Some((SHA256_KEY, s)),
-            (None, None, None) => None,
-        }
+    /// The recorded digest (the cheapest, should a record hold several).
+    pub fn digest(&self) -> Option<(ChecksumAlgorithm, &[u8])> {
+        KEPT.into_iter()
+            .find_map(|a| self.digests.get(a).map(|d| (a, d)))
     }
 }
 
@@ -140,14 +122,10 @@ pub struct DownloadRecord {
     pub etag: Option<String>,
     /// Last-Modified when the download started.
     pub last_modified: Option<String>,
-    /// SHA-256 (hex) the result must have, if known (Repr-Digest or --checksum).
-    pub sha256: Option<String>,
-    /// BLAKE3 (hex) the result must have, if that is the digest the server sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blake3: Option<String>,
-    /// CRC-64/NVME (hex) the result must have, if that is the digest the server sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crc64nvme: Option<String>,
+    /// The digest the result must have, if known (Repr-Digest or --checksum): stored as
+    /// `sha256`, `blake3` or `crc64nvme`, lowercase hex.
+    #[serde(flatten)]
+    pub digests: Digests,
     /// Byte ranges `[start, end)` on disk and synced.
     pub done: Vec<(u64, u64)>,
     /// Creation time, ms since the epoch.
@@ -442,12 +420,10 @@ mod tests {
         let Transfer::Upload(mut rec) = record("done") else {
             unreachable!()
         };
-        rec.completed = Some(Box::new(Completed {
-            url: "http://127.0.0.1:1/files/a".into(),
-            sha256: None,
-            blake3: None,
-            crc64nvme: Some("ab".repeat(8)),
-        }));
+        rec.completed = Some(Box::new(Completed::new(
+            "http://127.0.0.1:1/files/a".into(),
+            Some((ChecksumAlgorithm::Crc64Nvme, vec![0xab; 8])),
+        )));
         s.save_hint(&Transfer::Upload(rec.clone())).unwrap();
         s.save(&record("other")).unwrap();
         match s.load("done").unwrap() {
@@ -461,7 +437,8 @@ mod tests {
         assert!(s.list().unwrap().is_empty());
     }
 
-    /// Records as the released format has them: both kinds read, and write back the same.
+    /// Records as the released format has them: both kinds read, and write back the same
+    /// (an unknown digest, stored as `null` before, is left out).
     #[test]
     fn released_record_format_reads_and_round_trips() {
         let upload = serde_json::json!({
@@ -470,12 +447,12 @@ mod tests {
             "endpoint": "http://127.0.0.1:1/files/", "protocol": "tus", "created_ms": 5,
             "parts": [{"url": "http://127.0.0.1:1/files/a", "start": 0, "end": 10, "done": false}],
             "final_url": null,
-            "completed": {"url": "http://127.0.0.1:1/files/a", "sha256": null, "crc64nvme": "00"},
+            "completed": {"url": "http://127.0.0.1:1/files/a", "sha256": null, "crc64nvme": "00c0ffee00000001"},
         });
         let download = serde_json::json!({
             "kind": "download", "version": 1, "key": "d", "url": "http://h/f",
             "dest": "/d/f", "partial": "/d/f.ferry-part", "size": 100,
-            "etag": "\"v1\"", "last_modified": null, "sha256": null, "blake3": "cd",
+            "etag": "\"v1\"", "last_modified": null, "sha256": null, "blake3": "cd".repeat(32),
             "done": [[0, 10], [20, 30]], "created_ms": 7,
         });
         let dir = tempfile::tempdir().unwrap();
@@ -486,8 +463,34 @@ mod tests {
             let Loaded::Found(t) = s.load(key).unwrap() else {
                 panic!("{key} unreadable");
             };
-            assert_eq!(serde_json::to_value(&t).unwrap(), value, "{key}");
+            let mut want = value.clone();
+            let record = match key {
+                "u" => &mut want["completed"],
+                _ => &mut want,
+            };
+            record.as_object_mut().unwrap().remove("sha256");
+            assert_eq!(serde_json::to_value(&t).unwrap(), want, "{key}");
         }
+    }
+
+    #[test]
+    fn digests_read_back_as_the_algorithms_they_name() {
+        let rec: DownloadRecord = serde_json::from_value(serde_json::json!({
+            "version": 1, "key": "d", "url": "http://h/f", "dest": "/d/f",
+            "partial": "/d/f.ferry-part", "size": 100, "etag": null, "last_modified": null,
+            "sha256": "ab".repeat(32), "done": [], "created_ms": 7,
+        }))
+        .unwrap();
+        assert_eq!(
+            rec.digests.get(ChecksumAlgorithm::Sha256),
+            Some(&[0xab; 32][..])
+        );
+        let bad = serde_json::json!({
+            "version": 1, "key": "d", "url": "http://h/f", "dest": "/d/f",
+            "partial": "/d/f.ferry-part", "size": 100, "etag": null, "last_modified": null,
+            "sha256": "abc", "done": [], "created_ms": 7,
+        });
+        assert!(serde_json::from_value::<DownloadRecord>(bad).is_err());
     }
 
     #[test]

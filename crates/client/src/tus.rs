@@ -3,7 +3,7 @@
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::http::PATCH_TIME_LIMIT;
-use crate::response::{created_url, header};
+use crate::response::{created_url, digests_of, header};
 use ferry_proto::checksum::Checksum;
 use ferry_proto::{Metadata, tus};
 use reqwest::{Response, Url};
@@ -83,7 +83,7 @@ pub async fn head(
         offset,
         length,
         complete: None,
-        digests: Digests::from_response(&resp),
+        digests: digests_of(&resp),
     })
 }
 
@@ -162,7 +162,7 @@ fn sent(resp: &Response, what: &str) -> Result<Sent, AttemptError> {
         .map_err(|e| AttemptError::retry(format!("{what} answered with a bad offset: {e}")))?;
     Ok(Sent {
         offset,
-        digests: Digests::from_response(resp),
+        digests: digests_of(resp),
     })
 }
 

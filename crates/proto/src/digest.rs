@@ -32,8 +32,8 @@ pub struct Digests(BTreeMap<ChecksumAlgorithm, Vec<u8>>);
 
 impl Digests {
     /// No digest known.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Digests(BTreeMap::new())
     }
 
     /// The digest for `algorithm`, if known.
@@ -127,6 +127,60 @@ impl FromIterator<(ChecksumAlgorithm, Vec<u8>)> for Digests {
             d.set(a, v);
         }
         d
+    }
+}
+
+/// Stored form: one lowercase-hex string per digest, under the algorithm's name (`sha256`,
+/// `blake3`, `crc64nvme`). Flattened into a record (`#[serde(flatten)]`), each digest is a
+/// field of its own, as ferry's records have always stored them; the record's keys that name
+/// no algorithm are ignored, and a `null` is an unknown digest.
+#[cfg(feature = "serde")]
+mod stored {
+    use super::{ChecksumAlgorithm, Digests};
+    use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use std::fmt;
+
+    impl serde::Serialize for Digests {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(self.0.len()))?;
+            for (a, d) in self.iter() {
+                m.serialize_entry(a.name(), &hex::encode(d))?;
+            }
+            m.end()
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Digests {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Fields;
+            impl<'de> Visitor<'de> for Fields {
+                type Value = Digests;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("digests as lowercase hex by algorithm name")
+                }
+                fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Digests, M::Error> {
+                    let mut out = Digests::new();
+                    while let Some(key) = m.next_key::<String>()? {
+                        let Some(a) =
+                            ChecksumAlgorithm::from_name(&key).filter(|a| a.name() == key)
+                        else {
+                            m.next_value::<IgnoredAny>()?;
+                            continue;
+                        };
+                        if let Some(h) = m.next_value::<Option<String>>()? {
+                            let bytes = hex::decode(&h)
+                                .ok()
+                                .filter(|b| b.len() == a.digest_len())
+                                .ok_or_else(|| M::Error::custom(format!("bad {key}")))?;
+                            out.set(a, bytes);
+                        }
+                    }
+                    Ok(out)
+                }
+            }
+            d.deserialize_map(Fields)
+        }
     }
 }
 

@@ -9,12 +9,10 @@ use crate::error::{Result, StoreError};
 use crate::meta::{MetaStore, Update};
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
 use async_trait::async_trait;
-use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::digest::Digests;
 use ferry_proto::{Metadata, UploadId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -52,7 +50,7 @@ struct Record {
     /// `crc64nvme`, big-endian). Flattened so each is a field of its own, as layout 1 has
     /// always stored them; keys this build does not know land here too and are ignored.
     #[serde(flatten)]
-    digests: BTreeMap<String, serde_json::Value>,
+    digests: Digests,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     finals: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -70,11 +68,7 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         created_ms: info.created_ms,
         updated_ms: info.updated_ms,
         expires_ms: info.expires_ms,
-        digests: info
-            .digests
-            .iter()
-            .map(|(a, d)| (a.name().to_string(), hex::encode(d).into()))
-            .collect(),
+        digests: info.digests.clone(),
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
     };
@@ -85,20 +79,6 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
     let bad = |what: String| StoreError::Metadata(format!("record {id}: {what}"));
     let rec: Record = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = Metadata::parse(&rec.metadata).map_err(|e| bad(e.to_string()))?;
-    let mut digests = Digests::new();
-    for algorithm in ChecksumAlgorithm::ALL {
-        match rec.digests.get(algorithm.name()) {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::String(h)) => {
-                let bytes = hex::decode(h)
-                    .ok()
-                    .filter(|b| b.len() == algorithm.digest_len())
-                    .ok_or_else(|| bad(format!("bad {}", algorithm.name())))?;
-                digests.set(algorithm, bytes);
-            }
-            Some(_) => return Err(bad(format!("bad {}", algorithm.name()))),
-        }
-    }
     let finals = rec
         .finals
         .iter()
@@ -117,7 +97,7 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         created_ms: rec.created_ms,
         updated_ms: rec.updated_ms,
         expires_ms: rec.expires_ms,
-        digests,
+        digests: rec.digests,
     })
 }
 
@@ -365,6 +345,7 @@ impl MetaStore for RedbMetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_proto::checksum::ChecksumAlgorithm;
 
     #[tokio::test]
     async fn conforms() {

@@ -23,13 +23,14 @@ mod probe;
 mod resume;
 
 use self::fetch::{Fetch, Plan};
-use self::resume::{ResumeDecision, Seen, digest_fields, gaps, merge, resume_decision};
+use self::resume::{ResumeDecision, Seen, gaps, merge, resume_decision};
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::options::{Parallel, Verification};
 use crate::progress::{ProgressSink, RateLimiter};
 use crate::retry::{self, RetryPolicy, RetryState};
 use crate::state::{Loaded, STATE_VERSION, StateDir, Transfer, now_ms, transfer_key};
 use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::digest::Digests;
 use reqwest::Url;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -230,7 +231,7 @@ impl Downloader {
             .sha256
             .map(|d| (ChecksumAlgorithm::Sha256, d.to_vec()))
             .or_else(|| probe.digest.clone());
-        let expected_fields = digest_fields(expected.as_ref());
+        let expected_digests: Digests = expected.iter().cloned().collect();
 
         // Resume only what provably belongs to the same version of the file.
         let etag = probe.etag.as_ref().map(ToString::to_string);
@@ -244,7 +245,7 @@ impl Downloader {
                 size,
                 etag: etag.as_deref(),
                 last_modified: probe.last_modified.as_deref(),
-                digest: &expected_fields,
+                digest: &expected_digests,
             };
             match resume_decision(&rec, &now) {
                 ResumeDecision::Resume { validator: v } => {
@@ -287,9 +288,7 @@ impl Downloader {
             size,
             etag,
             last_modified: probe.last_modified.clone(),
-            sha256: expected_fields.0.clone(),
-            blake3: expected_fields.1.clone(),
-            crc64nvme: expected_fields.2.clone(),
+            digests: expected_digests,
             done: done.clone(),
             created_ms: now_ms(),
         };

@@ -6,7 +6,7 @@ use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::response::{classify, network};
 use crate::retry::RetryState;
 use ferry_proto::checksum::ChecksumAlgorithm;
-use ferry_proto::digest::parse_digest_field;
+use ferry_proto::digest::{Digests, KEPT};
 use ferry_proto::range::{ETag, parse_content_range};
 use reqwest::header::{CONTENT_DISPOSITION, CONTENT_RANGE, DATE, ETAG, LAST_MODIFIED, RANGE};
 use reqwest::{StatusCode, Url};
@@ -89,22 +89,13 @@ impl Downloader {
                     })
                 })
                 .map(str::to_string);
-            let fields = text(reqwest::header::HeaderName::from_static("repr-digest"))
-                .and_then(|v| parse_digest_field(v).ok())
+            let known = text(reqwest::header::HeaderName::from_static("repr-digest"))
+                .and_then(|v| Digests::from_field(v).ok())
                 .unwrap_or_default();
-            let find = |key: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, d)| d.clone())
-            };
-            let digest = ferry_proto::digest::WHOLE_DIGESTS
+            // The cheapest digest ferry keeps: the one to check the result with.
+            let digest = KEPT
                 .into_iter()
-                .find_map(|(k, a)| {
-                    find(k)
-                        .filter(|d| d.len() == a.digest_len())
-                        .map(|d| (a, d))
-                });
+                .find_map(|a| known.get(a).map(|d| (a, d.to_vec())));
             let filename = text(CONTENT_DISPOSITION).and_then(filename_from_disposition);
             let (size, ranges) = if status == StatusCode::PARTIAL_CONTENT {
                 let cr = text(CONTENT_RANGE).and_then(|v| parse_content_range(v).ok());

@@ -6,36 +6,16 @@
 //! validator at all, when the same digest will check the result.
 
 use crate::state::DownloadRecord;
-use ferry_proto::checksum::ChecksumAlgorithm;
-
-/// The digest a download must have, as the record's (sha256, blake3, crc64nvme) hex fields.
-pub(super) type DigestFields = (Option<String>, Option<String>, Option<String>);
-
-/// The record's fields for a digest (none of them for none).
-pub(super) fn digest_fields(d: Option<&(ChecksumAlgorithm, Vec<u8>)>) -> DigestFields {
-    match d {
-        Some((ChecksumAlgorithm::Crc64Nvme, b)) => (None, None, Some(hex::encode(b))),
-        Some((ChecksumAlgorithm::Blake3, b)) => (None, Some(hex::encode(b)), None),
-        Some((_, b)) => (Some(hex::encode(b)), None, None),
-        None => (None, None, None),
-    }
-}
+use ferry_proto::digest::Digests;
+use ferry_proto::range_set::RangeSet;
 
 /// Sorted, merged `[start, end)` ranges.
-///
-/// `ferry_proto::range` has no range-set type (the store's `RangeSet` lives in `ferry-store`,
-/// which the client does not depend on), so the download merges its own.
-pub(super) fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    v.retain(|(s, e)| s < e);
-    v.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
+pub(super) fn merge(v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut set = RangeSet::new();
     for (s, e) in v {
-        match out.last_mut() {
-            Some(l) if s <= l.1 => l.1 = l.1.max(e),
-            _ => out.push((s, e)),
-        }
+        set.insert(s, e);
     }
-    out
+    set.ranges().to_vec()
 }
 
 /// The gaps of `done` within `[0, size)`.
@@ -63,8 +43,8 @@ pub(super) struct Seen<'a> {
     pub(super) etag: Option<&'a str>,
     /// Its Last-Modified, if strong.
     pub(super) last_modified: Option<&'a str>,
-    /// The digest the result must have now ([`digest_fields`]).
-    pub(super) digest: &'a DigestFields,
+    /// The digest the result must have now (none known: empty).
+    pub(super) digest: &'a Digests,
 }
 
 /// Whether a partial download can be resumed.
@@ -120,14 +100,9 @@ pub(super) fn resume_decision(rec: &DownloadRecord, now: &Seen<'_>) -> ResumeDec
     let same_date = rec.etag.is_none()
         && rec.last_modified.is_some()
         && rec.last_modified.as_deref() == now.last_modified;
-    let recorded = (
-        rec.sha256.clone(),
-        rec.blake3.clone(),
-        rec.crc64nvme.clone(),
-    );
-    let has_digest = rec.sha256.is_some() || rec.blake3.is_some() || rec.crc64nvme.is_some();
-    let digest_known = has_digest && &recorded == now.digest;
-    let expected = now.digest != &(None, None, None);
+    let has_digest = !rec.digests.is_empty();
+    let digest_known = has_digest && &rec.digests == now.digest;
+    let expected = !now.digest.is_empty();
     let no_validator = rec.etag.is_none() && rec.last_modified.is_none();
     if rec.size != now.size {
         ResumeDecision::StartOver(StartOver::Size)
@@ -150,6 +125,7 @@ pub(super) fn resume_decision(rec: &DownloadRecord, now: &Seen<'_>) -> ResumeDec
 mod tests {
     use super::*;
     use crate::state::STATE_VERSION;
+    use ferry_proto::checksum::ChecksumAlgorithm;
 
     #[test]
     fn gaps_and_merge() {
@@ -162,17 +138,15 @@ mod tests {
 
     const TAG: &str = "\"v1\"";
     const DATE: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
-    const NO_DIGEST: DigestFields = (None, None, None);
+    const NO_DIGEST: Digests = Digests::new();
 
-    fn sha(h: &str) -> DigestFields {
-        (Some(h.repeat(32)), None, None)
+    fn sha(byte: u8) -> Digests {
+        [(ChecksumAlgorithm::Sha256, vec![byte; 32])]
+            .into_iter()
+            .collect()
     }
 
-    fn record(
-        etag: Option<&str>,
-        last_modified: Option<&str>,
-        digest: DigestFields,
-    ) -> DownloadRecord {
+    fn record(etag: Option<&str>, last_modified: Option<&str>, digest: Digests) -> DownloadRecord {
         DownloadRecord {
             version: STATE_VERSION,
             key: "k".into(),
@@ -182,9 +156,7 @@ mod tests {
             size: 100,
             etag: etag.map(str::to_string),
             last_modified: last_modified.map(str::to_string),
-            sha256: digest.0,
-            blake3: digest.1,
-            crc64nvme: digest.2,
+            digests: digest,
             done: vec![(0, 10)],
             created_ms: 0,
         }
@@ -194,7 +166,7 @@ mod tests {
         size: u64,
         etag: Option<&'a str>,
         last_modified: Option<&'a str>,
-        digest: &'a DigestFields,
+        digest: &'a Digests,
     ) -> Seen<'a> {
         Seen {
             size,
@@ -234,18 +206,18 @@ mod tests {
 
     #[test]
     fn no_validator_but_the_same_digest_resumes_without_if_range() {
-        let rec = record(None, None, sha("ab"));
+        let rec = record(None, None, sha(0xab));
         assert_eq!(
-            resume_decision(&rec, &seen(100, None, None, &sha("ab"))),
+            resume_decision(&rec, &seen(100, None, None, &sha(0xab))),
             ResumeDecision::Resume { validator: None }
         );
     }
 
     #[test]
     fn no_validator_and_another_digest_starts_over() {
-        let rec = record(None, None, sha("ab"));
+        let rec = record(None, None, sha(0xab));
         assert_eq!(
-            resume_decision(&rec, &seen(100, None, None, &sha("cd"))),
+            resume_decision(&rec, &seen(100, None, None, &sha(0xcd))),
             ResumeDecision::StartOver(StartOver::AnotherDigest)
         );
     }
@@ -258,7 +230,7 @@ mod tests {
             ResumeDecision::StartOver(StartOver::Untrusted)
         );
         // A recorded digest the server no longer sends: nothing to compare.
-        let rec = record(None, None, sha("ab"));
+        let rec = record(None, None, sha(0xab));
         assert_eq!(
             resume_decision(&rec, &seen(100, None, None, &NO_DIGEST)),
             ResumeDecision::StartOver(StartOver::Untrusted)
@@ -267,9 +239,9 @@ mod tests {
 
     #[test]
     fn another_validator_starts_over() {
-        let rec = record(Some(TAG), None, sha("ab"));
+        let rec = record(Some(TAG), None, sha(0xab));
         assert_eq!(
-            resume_decision(&rec, &seen(100, Some("\"v2\""), None, &sha("ab"))),
+            resume_decision(&rec, &seen(100, Some("\"v2\""), None, &sha(0xab))),
             ResumeDecision::StartOver(StartOver::Changed)
         );
         // A record with an ETag is not resumed on a Last-Modified alone.

@@ -113,9 +113,10 @@ pub struct FileDigest {
 }
 
 impl FileDigest {
-    /// The RFC 9530 key (`crc64nvme`, `blake3`, `sha-256`).
+    /// The RFC 9530 key (`crc64nvme`, `blake3`, `sha-256`; empty for an algorithm without
+    /// one, which a whole-file digest never is).
     pub fn key(&self) -> &'static str {
-        ferry_proto::digest::key_of(self.algorithm).unwrap_or(ferry_proto::digest::SHA256_KEY)
+        self.algorithm.digest_key().unwrap_or_default()
     }
 
     /// The digest in lowercase hex.
@@ -408,7 +409,7 @@ impl Uploader {
             };
             rec.completed = Some(Box::new(Completed::new(
                 url.to_string(),
-                digest.as_ref().map(|d| (d.key(), d.hex())),
+                digest.as_ref().map(|d| (d.algorithm, d.bytes.clone())),
             )));
             self.state
                 .save_hint(&Transfer::Upload(rec))

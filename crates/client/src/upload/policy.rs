@@ -9,6 +9,7 @@ use crate::options::{Parallel, Verification};
 use crate::response::{Digests, RemoteUpload, ServerCaps};
 use crate::state::UploadRecord;
 use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::digest::KEPT;
 use std::time::Duration;
 
 /// Single stream or segments (tus concatenation, or ranges of one chunk session).
@@ -76,7 +77,7 @@ pub(crate) fn choose_digest(
     adapter: Adapter,
 ) -> ChecksumAlgorithm {
     match asked {
-        Some(a) if ferry_proto::digest::key_of(a).is_some() => a,
+        Some(a) if a.digest_key().is_some() => a,
         _ if caps.algorithms.contains(&ChecksumAlgorithm::Crc64Nvme)
             || adapter == Adapter::Chunks =>
         {
@@ -104,10 +105,9 @@ pub(crate) fn fallback_digest(
     digests: &Digests,
     asked: Option<ChecksumAlgorithm>,
 ) -> Option<(&[u8], ChecksumAlgorithm)> {
-    ferry_proto::digest::WHOLE_DIGESTS
-        .into_iter()
-        .filter(|(_, a)| *a != ChecksumAlgorithm::Crc64Nvme || asked.is_none_or(|d| d == *a))
-        .find_map(|(k, a)| Some((digests.get(k)?, a)))
+    KEPT.into_iter()
+        .filter(|a| *a != ChecksumAlgorithm::Crc64Nvme || asked.is_none_or(|d| d == *a))
+        .find_map(|a| Some((digests.get(a)?, a)))
 }
 
 /// Whether a finished upload of `len` bytes that an earlier run recorded (with the file's
@@ -119,7 +119,7 @@ pub(crate) fn recorded_verification(
     digest: Option<&FileDigest>,
 ) -> Option<Verification> {
     let r = remote.filter(|r| r.offset == len && r.length.is_none_or(|l| l == len))?;
-    match (digest, r.digests.get(digest.map_or("", |d| d.key()))) {
+    match (digest, digest.and_then(|d| r.digests.get(d.algorithm))) {
         (Some(local), Some(theirs)) if local.bytes.as_slice() == theirs => {
             Some(Verification::Verified)
         }
@@ -258,17 +258,22 @@ mod tests {
     #[test]
     fn fallback_digests_never_put_the_crc_in_place_of_one_asked_for() {
         use ChecksumAlgorithm::{Blake3, Crc64Nvme, Sha256};
-        let d = |keys: &[&str]| Digests(keys.iter().map(|k| (k.to_string(), vec![7])).collect());
-        let crc_and_sha = d(&["crc64nvme", "sha-256"]);
+        let d = |algorithms: &[ChecksumAlgorithm]| -> Digests {
+            algorithms
+                .iter()
+                .map(|a| (*a, vec![7; a.digest_len()]))
+                .collect()
+        };
+        let crc_and_sha = d(&[Crc64Nvme, Sha256]);
         let alg = |ds: &Digests, asked| fallback_digest(ds, asked).map(|(_, a)| a);
-        assert_eq!(alg(&d(&["crc64nvme"]), None), Some(Crc64Nvme));
-        assert_eq!(alg(&d(&["crc64nvme"]), Some(Crc64Nvme)), Some(Crc64Nvme));
-        assert_eq!(alg(&d(&["crc64nvme"]), Some(Blake3)), None);
+        assert_eq!(alg(&d(&[Crc64Nvme]), None), Some(Crc64Nvme));
+        assert_eq!(alg(&d(&[Crc64Nvme]), Some(Crc64Nvme)), Some(Crc64Nvme));
+        assert_eq!(alg(&d(&[Crc64Nvme]), Some(Blake3)), None);
         assert_eq!(alg(&crc_and_sha, Some(Blake3)), Some(Sha256));
         assert_eq!(alg(&d(&[]), None), None);
         assert_eq!(
             fallback_digest(&crc_and_sha, None).map(|(b, _)| b),
-            Some(&[7u8][..])
+            Some(&[7u8; 8][..])
         );
     }
 
@@ -282,7 +287,10 @@ mod tests {
             offset,
             length: Some(10),
             complete: None,
-            digests: Digests(digest.map(|d| ("sha-256".into(), d)).into_iter().collect()),
+            digests: digest
+                .map(|d| (ChecksumAlgorithm::Sha256, d))
+                .into_iter()
+                .collect(),
         };
         let v = |r: Option<&RemoteUpload>, d| recorded_verification(r, 10, d);
         assert_eq!(v(None, Some(&ours)), None, "gone");

@@ -8,7 +8,6 @@ use crate::adapter::Adapter;
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::retry::RetryState;
 use crate::state::{Loaded, PartRecord, STATE_VERSION, Transfer, UploadRecord, now_ms};
-use ferry_proto::checksum::ChecksumAlgorithm;
 use reqwest::Url;
 
 impl Uploader {
@@ -30,11 +29,7 @@ impl Uploader {
         let url =
             Url::parse(&done.url).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
         let recorded = done.digest();
-        let recorded_algorithm =
-            |k: &str| ferry_proto::digest::algorithm_of(k).unwrap_or(ChecksumAlgorithm::Sha256);
-        let want = recorded
-            .as_ref()
-            .map(|(k, _)| want_digest_for(recorded_algorithm(k)));
+        let want = recorded.map(|(a, _)| want_digest_for(a));
         let adapter = Adapter::from_name(&rec.protocol).unwrap_or(Adapter::Tus);
         let remote = loop {
             match adapter.head(&self.http, &url, want).await {
@@ -43,14 +38,9 @@ impl Uploader {
                 Err(e) => self.wait_or_give_up(retry, e).await?,
             }
         };
-        let digest = recorded.as_ref().and_then(|(k, h)| {
-            let algorithm = recorded_algorithm(k);
-            Some(FileDigest {
-                algorithm,
-                bytes: hex::decode(h)
-                    .ok()
-                    .filter(|b| b.len() == algorithm.digest_len())?,
-            })
+        let digest = recorded.map(|(algorithm, bytes)| FileDigest {
+            algorithm,
+            bytes: bytes.to_vec(),
         });
         let verification = recorded_verification(remote.as_ref(), job.len, digest.as_ref());
         let Some(verification) = verification else {

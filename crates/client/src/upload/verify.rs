@@ -26,7 +26,7 @@ impl Uploader {
         source: &FileSource,
         retry: &mut RetryState,
     ) -> Result<Verification, ClientError> {
-        let digests = if early.get(ours.key()).is_some() {
+        let digests = if early.has(ours.algorithm) {
             early
         } else {
             // A chunk session computes its SHA-256 after the last chunk (in the background for
@@ -43,7 +43,7 @@ impl Uploader {
                     .head(&self.http, url, Some(want_digest_for(ours.algorithm)))
                     .await
                 {
-                    Ok(r) if r.digests.0.is_empty() && Instant::now() < until => {
+                    Ok(r) if r.digests.is_empty() && Instant::now() < until => {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_secs(1));
                     }
@@ -52,7 +52,7 @@ impl Uploader {
                 }
             }
         };
-        let (ours, theirs) = match digests.get(ours.key()) {
+        let (ours, theirs) = match digests.get(ours.algorithm) {
             Some(d) => (ours.clone(), d.to_vec()),
             // Another digest the server has, hashed locally again.
             None => match fallback_digest(&digests, self.opts.digest) {
@@ -74,7 +74,7 @@ impl Uploader {
                     let sha = FileDigest { algorithm, bytes };
                     (sha, d.to_vec())
                 }
-                None if self.opts.digest.is_some() && !digests.0.is_empty() => {
+                None if self.opts.digest.is_some() && !digests.is_empty() => {
                     return Ok(Verification::NotVerified(format!(
                         "the server did not give the {} digest asked for (--digest), so the result was not verified",
                         ours.key()
