@@ -18,8 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use proc_macro2::{TokenStream, TokenTree};
-use syn::spanned::Spanned;
-use syn::visit::Visit;
+use syn::visit_mut::VisitMut;
 
 /// A module's path inside its crate (`[]` is the crate root).
 pub type ModPath = Vec<String>;
@@ -50,6 +49,8 @@ struct Module {
 #[derive(Debug, Default)]
 pub struct Graph {
     modules: BTreeMap<ModPath, Module>,
+    /// Each file's text, to find a reported reference's line in.
+    texts: BTreeMap<PathBuf, String>,
 }
 
 /// An error reading a crate.
@@ -95,7 +96,7 @@ impl Graph {
     pub fn read(root: &Path) -> Result<Self, ReadError> {
         let mut g = Graph::default();
         let dir = root.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let file = parse(root)?;
+        let file = g.parse(root)?;
         g.add_module(Vec::new(), root, &file.items, &dir)?;
         Ok(g)
     }
@@ -146,7 +147,7 @@ impl Graph {
                         if let Some(alias) = alias {
                             module.uses.insert(alias, full.clone());
                         }
-                        let ev = evidence(file, u.span(), &full);
+                        let ev = evidence(file, &full);
                         module.refs.push((full, ev));
                     }
                 }
@@ -155,7 +156,9 @@ impl Graph {
                         file,
                         refs: &mut module.refs,
                     };
-                    v.visit_item(other);
+                    // VisitMut, not Visit: the workspace's proc macros already build syn with
+                    // `visit-mut`, so this adds no feature that would rebuild them.
+                    v.visit_item_mut(&mut other.clone());
                 }
             }
         }
@@ -170,7 +173,7 @@ impl Graph {
                 }
                 None => {
                     let child_file = module_file(m, child_dir, &name)?;
-                    let parsed = parse(&child_file)?;
+                    let parsed = self.parse(&child_file)?;
                     self.add_module(child, &child_file, &parsed.items, &child_dir.join(&name))?;
                 }
             }
@@ -253,6 +256,15 @@ impl Graph {
         Some(cur)
     }
 
+    fn parse(&mut self, path: &Path) -> Result<syn::File, ReadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ReadError(format!("{}: {e}", path.display())))?;
+        let file =
+            syn::parse_file(&text).map_err(|e| ReadError(format!("{}: {e}", path.display())))?;
+        self.texts.insert(path.to_path_buf(), text);
+        Ok(file)
+    }
+
     /// The cycles between siblings, each reported once with the references that make it.
     pub fn cycles(&self) -> Vec<Cycle> {
         let edges = self.sibling_edges();
@@ -269,7 +281,9 @@ impl Graph {
             let evidence = (0..members.len())
                 .map(|i| {
                     let key = (members[i].clone(), members[(i + 1) % members.len()].clone());
-                    edges[&key].clone()
+                    let mut ev = edges[&key].clone();
+                    ev.line = self.texts.get(&ev.file).map_or(0, |t| locate(t, &ev));
+                    ev
                 })
                 .collect();
             cycles.push(Cycle { members, evidence });
@@ -280,12 +294,6 @@ impl Graph {
 
 #[cfg(test)]
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn parse(path: &Path) -> Result<syn::File, ReadError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| ReadError(format!("{}: {e}", path.display())))?;
-    syn::parse_file(&text).map_err(|e| ReadError(format!("{}: {e}", path.display())))
-}
 
 fn module_file(m: &syn::ItemMod, dir: &Path, name: &str) -> Result<PathBuf, ReadError> {
     for attr in &m.attrs {
@@ -378,12 +386,39 @@ fn flatten_use(
     }
 }
 
-fn evidence(file: &Path, span: proc_macro2::Span, segments: &[String]) -> Evidence {
+/// A reference, its line found later ([`locate`]): spans carry no lines unless
+/// proc-macro2's `span-locations` is on, and turning it on rebuilds every proc macro of the
+/// workspace.
+fn evidence(file: &Path, segments: &[String]) -> Evidence {
     Evidence {
         file: file.to_path_buf(),
-        line: span.start().line,
+        line: 0,
         path: segments.join("::"),
     }
+}
+
+/// The line of `ev`'s file (outside `//` comments) that writes its path: the whole path, else
+/// its last two segments, else its last segment as a word (a grouped `use`); 0 if none does.
+fn locate(text: &str, ev: &Evidence) -> usize {
+    let segments: Vec<&str> = ev.path.split("::").collect();
+    let tail = segments[segments.len().saturating_sub(2)..].join("::");
+    let last = segments.last().copied().unwrap_or("");
+    let is_word = |line: &str| {
+        line.match_indices(last).any(|(i, _)| {
+            let ident = |c: char| c.is_alphanumeric() || c == '_';
+            !line[..i].ends_with(ident) && !line[i + last.len()..].starts_with(ident)
+        })
+    };
+    let code: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .collect();
+    let find = |pred: &dyn Fn(&str) -> bool| code.iter().find(|(_, l)| pred(l)).map(|(i, _)| i + 1);
+    find(&|l| l.contains(ev.path.as_str()))
+        .or_else(|| find(&|l| l.contains(tail.as_str())))
+        .or_else(|| find(&|l| is_word(l)))
+        .unwrap_or(0)
 }
 
 /// Collects every path in an item, without entering inline child modules (read on their
@@ -393,8 +428,8 @@ struct PathCollector<'a> {
     refs: &'a mut Vec<(Vec<String>, Evidence)>,
 }
 
-impl<'ast> Visit<'ast> for PathCollector<'_> {
-    fn visit_item(&mut self, i: &'ast syn::Item) {
+impl VisitMut for PathCollector<'_> {
+    fn visit_item_mut(&mut self, i: &mut syn::Item) {
         if is_test_only(item_attrs(i)) || matches!(i, syn::Item::Mod(_)) {
             return;
         }
@@ -403,30 +438,30 @@ impl<'ast> Visit<'ast> for PathCollector<'_> {
             let mut flat = Vec::new();
             flatten_use(&u.tree, &mut Vec::new(), &mut flat);
             for (_, full) in flat {
-                let ev = evidence(self.file, u.span(), &full);
+                let ev = evidence(self.file, &full);
                 self.refs.push((full, ev));
             }
             return;
         }
-        syn::visit::visit_item(self, i);
+        syn::visit_mut::visit_item_mut(self, i);
     }
 
-    fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
+    fn visit_impl_item_fn_mut(&mut self, f: &mut syn::ImplItemFn) {
         if !is_test_only(&f.attrs) {
-            syn::visit::visit_impl_item_fn(self, f);
+            syn::visit_mut::visit_impl_item_fn_mut(self, f);
         }
     }
 
-    fn visit_path(&mut self, p: &'ast syn::Path) {
+    fn visit_path_mut(&mut self, p: &mut syn::Path) {
         if p.segments.len() >= 2 || p.leading_colon.is_none() {
             let segments: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
-            let ev = evidence(self.file, p.span(), &segments);
+            let ev = evidence(self.file, &segments);
             self.refs.push((segments, ev));
         }
-        syn::visit::visit_path(self, p);
+        syn::visit_mut::visit_path_mut(self, p);
     }
 
-    fn visit_attribute(&mut self, a: &'ast syn::Attribute) {
+    fn visit_attribute_mut(&mut self, a: &mut syn::Attribute) {
         // Attribute arguments are tokens too: `#[error("…", crate::tus::MAX)]` is a
         // dependency. Doc comments are text, not code.
         if a.path().is_ident("doc") {
@@ -437,8 +472,8 @@ impl<'ast> Visit<'ast> for PathCollector<'_> {
         }
     }
 
-    fn visit_macro(&mut self, m: &'ast syn::Macro) {
-        self.visit_path(&m.path);
+    fn visit_macro_mut(&mut self, m: &mut syn::Macro) {
+        self.visit_path_mut(&mut m.path);
         macro_paths(m.tokens.clone(), self.file, self.refs);
     }
 }
@@ -462,7 +497,6 @@ fn macro_paths(tokens: TokenStream, file: &Path, refs: &mut Vec<(Vec<String>, Ev
             i += 1;
             continue;
         }
-        let start = id.span();
         let mut segments = vec![head];
         let mut j = i + 1;
         // `::` is two `:` puncts, then an identifier.
@@ -480,7 +514,7 @@ fn macro_paths(tokens: TokenStream, file: &Path, refs: &mut Vec<(Vec<String>, Ev
             }
         }
         if segments.len() >= 2 {
-            let ev = evidence(file, start, &segments);
+            let ev = evidence(file, &segments);
             refs.push((segments, ev));
         }
         i = j.max(i + 1);
@@ -574,201 +608,4 @@ fn shortest_cycle(adj: &BTreeMap<&ModPath, Vec<&ModPath>>, scc: &[&ModPath]) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(g: &Graph) -> Vec<String> {
-        g.cycles()
-            .iter()
-            .map(|c| {
-                let mut m: Vec<String> = c.members.iter().map(|p| p.join("::")).collect();
-                m.sort();
-                m.join(",")
-            })
-            .collect()
-    }
-
-    fn graph(files: &[(&str, &str)]) -> Graph {
-        Graph::from_sources(files).expect("reads")
-    }
-
-    #[test]
-    fn plain_use_both_ways_is_a_cycle() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            ("a.rs", "use crate::b::B; pub struct A;"),
-            ("b.rs", "use crate::a::A; pub struct B;"),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-        let c = &g.cycles()[0];
-        assert_eq!(c.evidence.len(), 2);
-        assert_eq!(c.evidence[0].line, 1);
-    }
-
-    #[test]
-    fn one_way_is_not_a_cycle() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            ("a.rs", "use crate::b::B;"),
-            ("b.rs", "pub struct B;"),
-        ]);
-        assert!(g.cycles().is_empty());
-        assert_eq!(g.sibling_edges().len(), 1);
-    }
-
-    #[test]
-    fn grouped_use_is_seen() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b; mod c;"),
-            ("a.rs", "use crate::{c::C, b::{self, B}};"),
-            ("b.rs", "use crate::a::*;"),
-            ("c.rs", ""),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-
-    #[test]
-    fn inline_path_in_an_expression_is_seen() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            ("a.rs", "pub fn f() { crate::b::g(); }"),
-            ("b.rs", "pub fn g() -> u8 { let x: crate::a::T = 1; x }"),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-
-    #[test]
-    fn super_paths_are_seen() {
-        let g = graph(&[
-            ("lib.rs", "mod p;"),
-            ("p.rs", "mod a; mod b;"),
-            ("p/a.rs", "use super::b::B;"),
-            ("p/b.rs", "fn f() { super::a::g() }"),
-        ]);
-        assert_eq!(names(&g), ["p::a,p::b"]);
-    }
-
-    #[test]
-    fn paths_inside_macro_bodies_are_seen() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            (
-                "a.rs",
-                "fn f() { tokio::select! { () = crate::b::wait() => {} } }",
-            ),
-            ("b.rs", "fn g() { println!(\"{}\", crate::a::NAME); }"),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-
-    #[test]
-    fn paths_inside_attribute_arguments_are_seen() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            (
-                "a.rs",
-                "#[derive(Debug)]\npub enum E {\n    #[error(\"{}\", crate::b::MAX)]\n    Big,\n}",
-            ),
-            (
-                "b.rs",
-                "/// See [`crate::a::E`].\npub const MAX: u8 = 1; fn f() -> crate::a::E { todo!() }",
-            ),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-        let c = &g.cycles()[0];
-        assert_eq!(c.evidence[0].line, 3, "{c}");
-    }
-
-    #[test]
-    fn a_longer_loop_is_one_cycle() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b; mod c;"),
-            ("a.rs", "use crate::b::X;"),
-            ("b.rs", "use crate::c::Y;"),
-            ("c.rs", "use crate::a::Z;"),
-        ]);
-        assert_eq!(names(&g), ["a,b,c"]);
-        assert_eq!(g.cycles()[0].members.len(), 3);
-    }
-
-    #[test]
-    fn a_re_export_is_followed_to_where_the_item_lives() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b; pub use b::B;"),
-            ("a.rs", "use crate::B; pub struct A;"),
-            ("b.rs", "use crate::a::A; pub struct B;"),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-
-    #[test]
-    fn nested_modules_count_as_their_top_sibling() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            ("a/mod.rs", "mod inner;"),
-            ("a/inner.rs", "use crate::b::B;"),
-            ("b.rs", "use crate::a::inner::X; pub struct B;"),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-
-    #[test]
-    fn parent_and_child_are_not_a_cycle() {
-        let g = graph(&[
-            ("lib.rs", "mod a; pub use a::A; pub struct Root;"),
-            (
-                "a.rs",
-                "use crate::Root; use super::Root as R; pub struct A;",
-            ),
-        ]);
-        assert!(g.cycles().is_empty());
-    }
-
-    #[test]
-    fn test_modules_are_left_out() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            (
-                "a.rs",
-                "use crate::b::B; #[cfg(test)] mod tests { use crate::a::*; }",
-            ),
-            (
-                "b.rs",
-                "pub struct B; #[cfg(test)] mod tests { use crate::a::A; }",
-            ),
-        ]);
-        assert!(g.cycles().is_empty());
-    }
-
-    #[test]
-    fn feature_gated_modules_count() {
-        let g = graph(&[
-            ("lib.rs", "mod a; #[cfg(any(test, feature = \"x\"))] mod b;"),
-            ("a.rs", "use crate::b::B;"),
-            ("b.rs", "use crate::a::A;"),
-        ]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-
-    #[test]
-    fn other_crates_and_std_are_ignored() {
-        let g = graph(&[
-            ("lib.rs", "mod a; mod b;"),
-            (
-                "a.rs",
-                "use std::sync::Arc; use ferry_proto::b::X; fn f() { b::g() }",
-            ),
-            ("b.rs", "use crate::a::A;"),
-        ]);
-        assert!(g.cycles().is_empty());
-    }
-
-    #[test]
-    fn inline_modules_are_modules() {
-        let g = graph(&[(
-            "lib.rs",
-            "mod a { pub fn f() { super::b::g() } } mod b { pub fn g() { crate::a::f() } }",
-        )]);
-        assert_eq!(names(&g), ["a,b"]);
-    }
-}
+mod tests;
