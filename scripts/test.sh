@@ -67,7 +67,7 @@ trap summary EXIT
 
 step setup bash scripts/setup-test-deps.sh || exit 1
 step fmt cargo fmt --all --check || true
-step layout cargo xtask check || true
+step layout bash scripts/layout.sh || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 step build cargo build --workspace --bins || exit 1
 if command -v cargo-nextest >/dev/null 2>&1; then
