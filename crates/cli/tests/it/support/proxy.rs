@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Longest a rate-capped connection may send at line speed after a pause.
+const MAX_BURST: Duration = Duration::from_millis(100);
+
 /// What the proxy does to traffic.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
@@ -191,7 +194,8 @@ fn pump(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
-    let started = Instant::now();
+    // Rate pacing: `total` bytes are due `total / rate` after `started`.
+    let mut started = Instant::now();
     let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
     let seed = shared.faults.lock().unwrap().seed;
     let mut rng = (seed ^ (index << 1 | u64::from(upload))).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -296,6 +300,10 @@ fn pump(
             let elapsed = started.elapsed();
             if due > elapsed {
                 std::thread::sleep(due - elapsed);
+            } else if elapsed - due > MAX_BURST {
+                // An idle connection earns no credit beyond a short burst: a cap is a cap,
+                // however long the client paused (hashing, waiting for an answer) before.
+                started = Instant::now() - due - MAX_BURST;
             }
         }
     }
