@@ -96,7 +96,7 @@ fn paths_inside_attribute_arguments_are_seen() {
         ),
         (
             "b.rs",
-            "/// See [`crate::a::E`].\npub const MAX: u8 = 1; fn f() -> crate::a::E { todo!() }",
+            "/// See [`crate::a::E`].\npub const MAX: u8 = 1; fn f() -> crate::a::E { crate::a::E::Big }",
         ),
     ]);
     assert_eq!(names(&g), ["a,b"]);
