@@ -10,6 +10,8 @@
 use crate::error::ApiError;
 use crate::headers::{content_length, has_body, header_str, set_repr_digest};
 use crate::lookup::load;
+use crate::pipeline::{self, Fate};
+use crate::receive::Ending;
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::range::{
@@ -88,18 +90,6 @@ fn too_large(needed: u64, max: u64) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("{needed} bytes exceed the maximum size of {max} bytes"),
     )
-}
-
-/// Maps storage errors of a chunk to the statuses of this protocol.
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::ExceedsLength { length } => ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            format!("the chunk goes past the session's length of {length} bytes"),
-        ),
-        StoreError::WrongProtocol(_) => ApiError::not_found(),
-        other => other.into(),
-    }
 }
 
 /// `POST {base}/chunks/`: creates a session, optionally with `Upload-Length` (else the first
@@ -229,11 +219,7 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
                 )));
             }
             let info = match (info.length, total) {
-                (None, Some(t)) => state
-                    .uploads
-                    .declare_session_length(id, t)
-                    .await
-                    .map_err(store_error)?,
+                (None, Some(t)) => state.uploads.declare_session_length(id, t).await?,
                 _ => info,
             };
             return Ok(status_response(StatusCode::OK, &info));
@@ -270,12 +256,7 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
     let task = tokio::spawn(async move { receive(&st, id, start, end + 1, total, body).await });
     let info = task
         .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("chunk task failed: {e}"),
-            ))
-        })
+        .unwrap_or_else(|e| Err(ApiError::internal(&format!("chunk task failed: {e}"))))
         .inspect_err(|e| {
             tracing::info!(upload = %id, start, end, status = %e.status, reason = %e.message, "chunk not recorded");
         })?;
@@ -284,7 +265,8 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
 }
 
 /// Streams the body into `[start, end)` and commits it; any way the body can end short
-/// records nothing.
+/// records nothing. How it ended is answered as on every other protocol
+/// ([`pipeline::ending_error`]).
 async fn receive(
     state: &AppState,
     id: UploadId,
@@ -294,36 +276,25 @@ async fn receive(
     mut body: Body,
 ) -> Result<UploadInfo, ApiError> {
     let len = end - start;
-    let lost =
-        |why: String| ApiError::bad_request(format!("{why}; the chunk was not recorded")).closing();
+    let cut = |ending: Ending| {
+        pipeline::ending_error(ending, Fate::Discarded, StatusCode::BAD_REQUEST).closing()
+    };
     let mut w = state
         .uploads
         .write_range(id, start, end, total)
         .await
-        .map_err(|e| store_error(e).closing())?;
+        .map_err(|e| ApiError::from(e).closing())?;
     let idle = state.config.body_idle_timeout;
     loop {
         let frame = tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server is shutting down; the chunk was not recorded, send it again later",
-                )
-                .closing());
-            }
+            () = state.shutdown.cancelled() => return Err(cut(Ending::Shutdown)),
             f = tokio::time::timeout(idle, body.frame()) => f,
         };
         let frame = match frame {
-            Err(_) => {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request body stalled; the chunk was not recorded",
-                )
-                .closing());
-            }
+            Err(_) => return Err(cut(Ending::IdleTimeout)),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(lost(format!("request body ended early ({e})"))),
+            Ok(Some(Err(e))) => return Err(cut(Ending::ClientGone(e.to_string()))),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -332,20 +303,20 @@ async fn receive(
         match w.push(&data).await {
             Ok(()) => {}
             Err(StoreError::ExceedsLength { .. }) => {
-                return Err(lost(format!(
+                return Err(cut(Ending::ClientGone(format!(
                     "body is longer than the {len} bytes of Content-Range {start}-{}",
                     end - 1
-                )));
+                ))));
             }
-            Err(e) => return Err(store_error(e).closing()),
+            Err(e) => return Err(ApiError::from(e).closing()),
         }
     }
     if w.remaining() > 0 {
-        return Err(lost(format!(
+        return Err(cut(Ending::ClientGone(format!(
             "body ended after {} of the {len} bytes of Content-Range {start}-{}",
             w.received(),
             end - 1
-        )));
+        ))));
     }
-    w.commit().await.map_err(store_error)
+    Ok(w.commit().await?)
 }

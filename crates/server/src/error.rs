@@ -65,6 +65,18 @@ impl ApiError {
         .closing()
     }
 
+    /// 500 for a failure the client can do nothing about. The cause may name files, databases
+    /// or internals, so it goes to the log under a random reference, and the answer carries
+    /// only the reference (for the operator to find it).
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        let reference = reference();
+        tracing::error!(%reference, error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error; reference {reference} in the server's log"),
+        )
+    }
+
     /// 404 Not Found.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "no such upload")
@@ -138,7 +150,9 @@ impl From<ProtoError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(_) => ApiError::not_found(),
+            StoreError::NotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("upload {id} does not exist"))
+            }
             StoreError::Busy(_) => ApiError::new(
                 StatusCode::LOCKED,
                 "upload is busy: another request is writing it; retry",
@@ -193,14 +207,31 @@ impl From<StoreError> for ApiError {
             e @ StoreError::TooFragmented { .. } => ApiError::bad_request(e.to_string()),
             StoreError::TooLarge { length, max } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("{length} bytes exceed the maximum size of {max}"),
+                format!("{length} bytes exceed the maximum size of {max} bytes"),
             ),
-            other => {
-                tracing::error!(error = %other, "storage failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal storage error")
-            }
+            StoreError::OutOfRange { length } => ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("the range goes past the upload's length of {length} bytes"),
+            ),
+            other @ (StoreError::AlreadyExists(_)
+            | StoreError::Inconsistent(_)
+            | StoreError::Metadata(_)
+            | StoreError::Io(_)) => ApiError::internal(&other),
         }
     }
+}
+
+/// A random reference for one internal error (48 bits: unique enough to grep a log for).
+fn reference() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: the time still tells errors apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 507 for a full disk (ENOSPC/EDQUOT) during a write or commit.

@@ -15,7 +15,8 @@
 use crate::error::ApiError;
 use crate::headers::{content_length, h, has_body, header_str, set, set_repr_digest, want_digest};
 use crate::lookup::{load, wait_for_digest};
-use crate::receive::{Ending, Received, Verify, receive};
+use crate::pipeline::{self, Dialect, Plan};
+use crate::receive::Verify;
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
@@ -279,7 +280,14 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
     set(&mut resp, "location", &location);
     if !body_follows {
         let info = if complete {
-            complete_without_body(&state, draft, info).await?
+            let plan = Plan {
+                completes: true,
+                ..Plan::default()
+            };
+            pipeline::append(&state, &Ietf::Creation(draft), info.id, req, plan)
+                .await
+                .map_err(|e| e.with_header(header::LOCATION, &location))?
+                .info
         } else {
             info
         };
@@ -287,101 +295,17 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
         set_limits(&mut resp, draft, limits(&state, Some(&info)));
         return Ok(resp);
     }
-    let lease = state
-        .uploads
-        .lease(info.id)
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let received = receive(state.clone(), lease, req, content_len, verify).await?;
-    let fail_with_location = |e: ApiError| e.with_header(header::LOCATION, &location);
-    let info = finish_body(&state, draft, complete, received)
-        .await
-        .map_err(fail_with_location)?;
-    state_headers(&mut resp, draft, &info);
-    set_limits(&mut resp, draft, limits(&state, Some(&info)));
-    Ok(resp)
-}
-
-/// A request marked complete that carried no content: the length is the current offset.
-async fn complete_without_body(
-    state: &AppState,
-    draft: Draft,
-    info: UploadInfo,
-) -> Result<UploadInfo, ApiError> {
-    match info.length {
-        Some(l) if l == info.offset => Ok(info),
-        Some(l) => Err(inconsistent(
-            draft,
-            format!(
-                "marked complete at offset {} but the upload length is {l}",
-                info.offset
-            ),
-        )),
-        None => {
-            let lease = state.uploads.lease(info.id).await?;
-            Ok(state.uploads.declare_length(&lease, info.offset).await?)
-        }
-    }
-}
-
-/// Turns how a body ended into the committed state to report, or an error that carries the
-/// committed offset.
-async fn finish_body(
-    state: &AppState,
-    draft: Draft,
-    complete: bool,
-    received: Received,
-) -> Result<UploadInfo, ApiError> {
-    let info = received.info;
-    let offset = info.offset;
-    let err = |status: StatusCode, msg: String| {
-        ApiError::new(status, msg)
-            .with_header(h(ietf::UPLOAD_OFFSET), offset)
-            .closing()
+    let plan = Plan {
+        expected: content_len,
+        verify,
+        declare: None,
+        completes: complete,
     };
-    if let Some(e) = received.error {
-        return Err(ApiError::from(e)
-            .with_header(h(ietf::UPLOAD_OFFSET), offset)
-            .closing());
-    }
-    match received.ending {
-        Ending::Complete if complete => complete_without_body(state, draft, info).await,
-        Ending::Complete => Ok(info),
-        Ending::ClientGone(why) => Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("request content ended early ({why}); bytes received were kept"),
-        )),
-        Ending::TakenOver => Err(err(
-            StatusCode::CONFLICT,
-            "a newer request took over this upload; bytes received were kept".into(),
-        )),
-        Ending::Shutdown => Err(err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down; bytes received were kept, resume later".into(),
-        )),
-        Ending::IdleTimeout => Err(err(
-            StatusCode::REQUEST_TIMEOUT,
-            "request content stalled; bytes received were kept".into(),
-        )),
-        Ending::TooLong { length } => {
-            // The draft: once the offset would pass the length, the upload resource is
-            // invalid and every further interaction is refused.
-            let _ = state.uploads.delete(info.id).await;
-            Err(inconsistent(
-                draft,
-                format!("content goes past the upload length {length}; the upload was discarded"),
-            )
-            .closing())
-        }
-        Ending::ChecksumMismatch => Err(err(
-            StatusCode::BAD_REQUEST,
-            "Content-Digest does not match the content; it was discarded".into(),
-        )),
-        Ending::ChecksumIncomplete(why) => Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("{why}; the content was discarded"),
-        )),
-    }
+    let written =
+        pipeline::first_body(&state, &Ietf::Creation(draft), info, req, plan, &location).await?;
+    state_headers(&mut resp, draft, &written.info);
+    set_limits(&mut resp, draft, limits(&state, Some(&written.info)));
+    Ok(resp)
 }
 
 /// HEAD: the committed state. Never waits for a writer (unless `Want-Repr-Digest` asks for the
@@ -514,42 +438,72 @@ async fn append(state: Arc<AppState>, draft: Draft, id: UploadId, req: Request<B
         check_max_size(&state, draft, l).map_err(fail)?;
     }
     let verify = content_digest(headers).map_err(fail)?;
-    // Cheap checks on the committed state before disturbing a current writer.
-    let info = load(&state, id).await.map_err(fail)?;
-    check_append(draft, &info, &r).map_err(fail)?;
-
-    // Take the upload over (an earlier request commits and lets go), then check again against
-    // the state it left.
-    let lease = state.uploads.lease(id).await.map_err(|e| fail(e.into()))?;
-    let mut info = load(&state, id).await.map_err(fail)?;
-    check_append(draft, &info, &r).map_err(fail)?;
     let implied = match (r.complete, r.content_len) {
-        (true, Some(cl)) => Some(offset + cl),
+        (true, Some(cl)) => Some(offset.saturating_add(cl)),
         _ => None,
     };
-    if let (Some(l), None) = (r.upload_length.or(implied), info.length) {
+    let declare = r.upload_length.or(implied);
+    if let Some(l) = declare {
         check_max_size(&state, draft, l).map_err(fail)?;
-        info = state
-            .uploads
-            .declare_length(&lease, l)
-            .await
-            .map_err(|e| fail(inconsistent(draft, e.to_string())))?;
     }
-    let mut resp = response(draft, StatusCode::NO_CONTENT);
-    let info = if body_follows {
-        let received = receive(state.clone(), lease, req, r.content_len, verify).await?;
-        finish_body(&state, draft, complete, received).await?
-    } else {
-        drop(lease);
-        if complete {
-            complete_without_body(&state, draft, info).await?
-        } else {
-            info
-        }
+    let plan = Plan {
+        expected: r.content_len,
+        verify,
+        declare,
+        completes: complete,
     };
-    state_headers(&mut resp, draft, &info);
-    set_limits(&mut resp, draft, limits(&state, Some(&info)));
+    let written = pipeline::append(&state, &Ietf::Append(draft, r), id, req, plan).await?;
+    let mut resp = response(draft, StatusCode::NO_CONTENT);
+    state_headers(&mut resp, draft, &written.info);
+    set_limits(&mut resp, draft, limits(&state, Some(&written.info)));
     Ok(resp)
+}
+
+/// What the draft makes of the steps of the pipeline.
+enum Ietf {
+    /// The creating request: nothing to check.
+    Creation(Draft),
+    /// An append and what it claims.
+    Append(Draft, AppendRequest),
+}
+
+impl Ietf {
+    fn draft(&self) -> Draft {
+        match self {
+            Ietf::Creation(d) | Ietf::Append(d, _) => *d,
+        }
+    }
+}
+
+impl Dialect for Ietf {
+    fn check(&self, info: &UploadInfo) -> Result<(), ApiError> {
+        match self {
+            Ietf::Creation(_) => Ok(()),
+            Ietf::Append(draft, r) => check_append(*draft, info, r),
+        }
+    }
+
+    fn mismatch(&self) -> StatusCode {
+        // RFC 9530 names no status; the draft's problems are 400s.
+        StatusCode::BAD_REQUEST
+    }
+
+    fn overrun_ends_upload(&self, length: u64) -> Option<ApiError> {
+        // The draft: once the offset would pass the length, the upload resource is invalid
+        // and every further interaction is refused.
+        Some(inconsistent(
+            self.draft(),
+            format!("content goes past the upload length {length}; the upload was discarded"),
+        ))
+    }
+
+    fn inconsistent(&self, detail: String) -> ApiError {
+        inconsistent(self.draft(), detail)
+    }
+
+    fn resumes_failed_creation(&self) -> bool {
+        true
+    }
 }
 
 /// DELETE: cancels the upload (an in-flight request for it is taken over first).

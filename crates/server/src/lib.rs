@@ -13,6 +13,7 @@ pub mod error;
 mod headers;
 pub mod ietf;
 mod lookup;
+pub(crate) mod pipeline;
 pub mod ranged;
 pub mod receive;
 pub mod share;
@@ -249,7 +250,7 @@ async fn route(
     // Upload bodies are stored as sent: a coded one (gzip, ...) would be stored coded, with
     // offsets counting coded bytes. Refused before any protocol handler reads it. (Reads carry
     // no content, so the header means nothing on them.)
-    if rest.starts_with("/files")
+    if (rest.starts_with("/files") || rest.starts_with("/chunks"))
         && matches!(*req.method(), Method::POST | Method::PATCH | Method::PUT)
         && let Some(value) = req.headers().get(header::CONTENT_ENCODING)
     {
@@ -269,6 +270,10 @@ async fn route(
                 return Err(method_not_allowed("GET, HEAD"));
             }
             Ok(Response::new(Body::from("ok\n")))
+        }
+        // Redirected only for reading: a client following a 301 may turn a POST into a GET.
+        "/share" if method != Method::GET && method != Method::HEAD => {
+            Err(method_not_allowed("GET, HEAD"))
         }
         "/share" => Err(ApiError::new(StatusCode::MOVED_PERMANENTLY, "see /share/")
             .with_header(header::LOCATION, format!("{path}/"))),
@@ -311,15 +316,11 @@ async fn route(
             }
             match method {
                 Method::OPTIONS => Ok(tus::options(&state)),
-                // A plain HTTP HEAD (no Tus-Resumable: curl -I, download clients) of a finished
-                // upload describes the download exactly like GET does (length, validators,
-                // Accept-Ranges); before, it got the tus 412. Anything it cannot answer (an
-                // unfinished or unknown upload) stays a tus HEAD, which answers 412 as before.
+                // A plain HTTP HEAD (no Tus-Resumable: curl -I, download clients) is answered
+                // as GET would be (RFC 9110 §9.3.2): the download's headers, or its 404, 409
+                // (with Upload-Offset) or 410.
                 Method::HEAD if !req.headers().contains_key(ferry_proto::tus::TUS_RESUMABLE) => {
-                    match download::get(state.clone(), id, &method, req.headers()).await {
-                        Ok(r) => Ok(r),
-                        Err(_) => tus::head(state, id, req).await,
-                    }
+                    download::get(state, id, &method, req.headers()).await
                 }
                 Method::HEAD => tus::head(state, id, req).await,
                 Method::PATCH => tus::patch(state, id, req).await,

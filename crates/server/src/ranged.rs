@@ -78,6 +78,15 @@ fn date_is_strong(lm: SystemTime) -> bool {
         .is_ok_and(|d| d >= Duration::from_secs(1))
 }
 
+/// Whether `last_modified` is later than `date`, at the one-second resolution of HTTP dates.
+fn modified_after(last_modified: SystemTime, date: SystemTime) -> bool {
+    let secs = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    secs(last_modified) > secs(date)
+}
+
 /// Answers GET or HEAD for `rep`.
 pub async fn respond(
     headers: &HeaderMap,
@@ -87,11 +96,20 @@ pub async fn respond(
 ) -> Result<Response<Body>, ApiError> {
     let lm_text = rep.last_modified.map(httpdate::fmt_http_date);
     // Preconditions, in RFC 9110 §13.2.2 order.
-    if let Some(v) = header_str(headers, header::IF_MATCH)
-        && !ETagList::parse(v).matches_strong(Some(&rep.etag))
-    {
+    let failed = match header_str(headers, header::IF_MATCH) {
+        Some(v) => Some("If-Match").filter(|_| !ETagList::parse(v).matches_strong(Some(&rep.etag))),
+        // RFC 9110 §13.1.4: evaluated only without If-Match; an invalid date is ignored.
+        None => header_str(headers, header::IF_UNMODIFIED_SINCE)
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .filter(|date| {
+                rep.last_modified
+                    .is_some_and(|lm| modified_after(lm, *date))
+            })
+            .map(|_| "If-Unmodified-Since"),
+    };
+    if let Some(which) = failed {
         let mut r = base(&rep, StatusCode::PRECONDITION_FAILED);
-        *r.body_mut() = Body::from("the representation changed (If-Match failed)\n");
+        *r.body_mut() = Body::from(format!("the representation changed ({which} failed)\n"));
         return Ok(r);
     }
     let not_modified = match header_str(headers, header::IF_NONE_MATCH) {
@@ -100,14 +118,9 @@ pub async fn respond(
             header_str(headers, header::IF_MODIFIED_SINCE),
             rep.last_modified,
         ) {
-            (Some(ims), Some(lm)) => httpdate::parse_http_date(ims).is_ok_and(|t| {
-                lm.duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-                    <= t.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0)
-            }),
+            (Some(ims), Some(lm)) => {
+                httpdate::parse_http_date(ims).is_ok_and(|date| !modified_after(lm, date))
+            }
             _ => false,
         },
     };

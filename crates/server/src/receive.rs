@@ -46,8 +46,8 @@ pub enum Ending {
     },
     /// The chunk's checksum did not match; nothing from it was kept.
     ChecksumMismatch,
-    /// A checksum was announced or sent but the body was cut off or the trailer was missing
-    /// or malformed; nothing from it was kept.
+    /// The whole body arrived, but the announced checksum trailer was missing or malformed;
+    /// nothing from it was kept.
     ChecksumIncomplete(String),
 }
 
@@ -61,6 +61,9 @@ pub struct Received {
     pub info: UploadInfo,
     /// A storage failure, if one stopped the body (the record shows what was still committed).
     pub error: Option<StoreError>,
+    /// The request's bytes were all dropped (a checksummed chunk is all or nothing), so
+    /// `ending` says why the body stopped but nothing of it counts.
+    pub discarded: bool,
 }
 
 /// Receives the body of `req` into the upload held by `lease`, committing per the sync
@@ -120,7 +123,7 @@ async fn receive_inner(
     };
     let mut trailer_error = None;
     let mut error = None;
-    let ending = loop {
+    let mut ending = loop {
         let frame = tokio::select! {
             biased;
             () = lease.taken_over() => break Ending::TakenOver,
@@ -173,6 +176,7 @@ async fn receive_inner(
                     ending: Ending::TooLong { length },
                     info,
                     error: None,
+                    discarded: true,
                 });
             }
             Err(e) => {
@@ -188,8 +192,9 @@ async fn receive_inner(
         }
     };
     if all_or_nothing {
-        let verdict = match (&ending, &error) {
-            (_, Some(e)) => Err(Ending::ChecksumIncomplete(format!("storage failed: {e}"))),
+        // A body cut off (shutdown, takeover, stall, storage failure) keeps its cause: only
+        // what arrived whole is judged by its checksum.
+        let verdict = match (ending, &error) {
             (Ending::Complete, None) => match (trailer_error, claimed) {
                 (Some(why), _) => Err(Ending::ChecksumIncomplete(why)),
                 (None, None) => Err(Ending::ChecksumIncomplete(
@@ -201,26 +206,28 @@ async fn receive_inner(
                         _ => append.digest_uncommitted(claim.algorithm).await?,
                     };
                     if actual == claim.digest {
-                        Ok(())
+                        Ok(Ending::Complete)
                     } else {
                         Err(Ending::ChecksumMismatch)
                     }
                 }
             },
-            (other, None) => Err(Ending::ChecksumIncomplete(format!(
-                "body did not arrive whole ({other:?})"
-            ))),
+            (cut, _) => Err(cut),
         };
-        if let Err(ending) = verdict {
-            // Dropping the append discards every byte of this request.
-            let info = append.info().clone();
-            tracing::info!(upload = %info.id, ending = ?ending, "chunk discarded");
-            return Ok(Received {
-                want,
-                ending,
-                info,
-                error: None,
-            });
+        match verdict {
+            Ok(complete) => ending = complete,
+            Err(ending) => {
+                // Dropping the append discards every byte of this request.
+                let info = append.info().clone();
+                tracing::info!(upload = %info.id, ending = ?ending, error = ?error, "chunk discarded");
+                return Ok(Received {
+                    want,
+                    ending,
+                    info,
+                    error,
+                    discarded: true,
+                });
+            }
         }
     }
     if let Err(e) = append.commit().await {
@@ -244,5 +251,6 @@ async fn receive_inner(
         ending,
         info,
         error,
+        discarded: false,
     })
 }

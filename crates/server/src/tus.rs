@@ -5,7 +5,8 @@
 use crate::error::ApiError;
 use crate::headers::{content_length, h, has_body, header_str, set, set_repr_digest, want_digest};
 use crate::lookup::{has_wanted_digest, load, wait_for_digest};
-use crate::receive::{Ending, Received, Verify, receive};
+use crate::pipeline::{self, Dialect, Plan};
+use crate::receive::Verify;
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::checksum::{self, Checksum};
@@ -13,7 +14,7 @@ use ferry_proto::concat::{Concat, split_url};
 use ferry_proto::digest::WantDigest;
 use ferry_proto::http as http_grammar;
 use ferry_proto::{Metadata, UploadId, tus};
-use ferry_store::{NewUpload, Protocol, StoreError, UploadInfo, UploadKind};
+use ferry_store::{NewUpload, Protocol, UploadInfo, UploadKind};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -225,31 +226,16 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
         return Ok(resp);
     }
     // creation-with-upload: the body holds the first bytes.
-    let expected = content_length(&req);
-    let lease = state.uploads.lease(info.id).await?;
-    let received = receive(state.clone(), lease, req, expected, verify).await?;
-    if let Ending::TooLong { length } = received.ending {
-        // The upload was created for this request only; do not leave it half-made.
-        let _ = state.uploads.delete(info.id).await;
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body goes past Upload-Length {length}"),
-        )
-        .closing());
-    }
-    if matches!(
-        received.ending,
-        Ending::ChecksumMismatch | Ending::ChecksumIncomplete(_)
-    ) && received.info.offset == 0
-    {
-        // Nothing of the body was kept and the error carries no Location: the empty upload
-        // would be unreachable until it expired. The client retries the whole creation.
-        let _ = state.uploads.delete(info.id).await;
-    }
-    set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
-    set_expires(&mut resp, &received.info);
-    answer_digest(&state, &mut resp, received.want, &received.info).await;
-    finish_body_response(resp, received)
+    let plan = Plan {
+        expected: content_length(&req),
+        verify,
+        ..Plan::default()
+    };
+    let written = pipeline::first_body(&state, &Tus::Creation, info, req, plan, &location).await?;
+    set(&mut resp, tus::UPLOAD_OFFSET, written.info.offset);
+    set_expires(&mut resp, &written.info);
+    answer_digest(&state, &mut resp, written.want, &written.info).await;
+    Ok(resp)
 }
 
 /// Resolves the URLs of `Upload-Concat: final;...` to ids of this server's uploads.
@@ -289,20 +275,7 @@ async fn create_final(
     let info = state
         .uploads
         .create_final(parts, metadata, state.config.max_size)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound(id) => {
-                ApiError::new(StatusCode::NOT_FOUND, format!("part {id} does not exist"))
-            }
-            StoreError::NotPartial(id) => ApiError::bad_request(format!(
-                "part {id} was not created with Upload-Concat: partial"
-            )),
-            StoreError::TooLarge { length, max } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the parts add up to {length} bytes, over the maximum of {max}"),
-            ),
-            other => other.into(),
-        })?;
+        .await?;
     tracing::info!(upload = %info.id, parts = urls.len(), complete = info.is_complete(), "final created");
     let mut resp = base_response(StatusCode::CREATED);
     set(
@@ -312,52 +285,6 @@ async fn create_final(
     );
     set_expires(&mut resp, &info);
     Ok(resp)
-}
-
-/// Turns how a body ended into the response (success, or an error carrying the offset).
-fn finish_body_response(ok: Response<Body>, received: Received) -> Reply {
-    let offset = received.info.offset;
-    let err = |status: StatusCode, msg: &str| {
-        Err(ApiError::new(status, msg)
-            .with_header(h(tus::UPLOAD_OFFSET), offset)
-            .closing())
-    };
-    if let Some(e) = received.error {
-        return Err(ApiError::from(e)
-            .with_header(h(tus::UPLOAD_OFFSET), offset)
-            .closing());
-    }
-    match received.ending {
-        Ending::Complete => Ok(ok),
-        Ending::ClientGone(why) => err(
-            StatusCode::BAD_REQUEST,
-            &format!("request body ended early ({why}); bytes received were kept"),
-        ),
-        Ending::TakenOver => err(
-            StatusCode::CONFLICT,
-            "a newer request took over this upload; bytes received were kept",
-        ),
-        Ending::Shutdown => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down; bytes received were kept, resume later",
-        ),
-        Ending::IdleTimeout => err(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body stalled; bytes received were kept",
-        ),
-        Ending::TooLong { length } => err(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body goes past Upload-Length {length}; the chunk was discarded"),
-        ),
-        Ending::ChecksumMismatch => err(
-            checksum_mismatch(),
-            "checksum mismatch: the chunk was discarded",
-        ),
-        Ending::ChecksumIncomplete(why) => err(
-            StatusCode::BAD_REQUEST,
-            &format!("{why}; the chunk was discarded"),
-        ),
-    }
 }
 
 /// The relative URL of an upload (what `Upload-Concat` echoes).
@@ -451,35 +378,65 @@ pub async fn patch(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Re
     if let Some(l) = new_length {
         check_size(&state, l).map_err(fail)?;
     }
-    let verify = verification(headers).map_err(fail)?;
-    let expected = content_length(&req);
-    // Cheap checks against the committed state before disturbing a current writer.
-    let info = load(&state, id).await.map_err(fail)?;
-    check_patch(&info, offset, new_length, expected).map_err(fail)?;
-
-    // Take the upload over (a current writer commits and lets go), then check again against
-    // the state it left.
-    let lease = state.uploads.lease(id).await.map_err(|e| fail(e.into()))?;
-    let mut info = load(&state, id).await.map_err(fail)?;
-    check_patch(&info, offset, new_length, expected).map_err(fail)?;
-    if let (Some(l), None) = (new_length, info.length) {
-        info = state
-            .uploads
-            .declare_length(&lease, l)
-            .await
-            .map_err(|e| fail(ApiError::bad_request(e.to_string())))?;
-    }
+    let plan = Plan {
+        expected: content_length(&req),
+        verify: verification(headers).map_err(fail)?,
+        declare: new_length,
+        completes: false,
+    };
+    let dialect = Tus::Patch {
+        offset,
+        new_length,
+        body_len: plan.expected,
+    };
+    let written = pipeline::append(&state, &dialect, id, req, plan).await?;
     let mut resp = base_response(StatusCode::NO_CONTENT);
-    if !body_follows {
-        set(&mut resp, tus::UPLOAD_OFFSET, info.offset);
-        set_expires(&mut resp, &info);
-        return Ok(resp);
+    set(&mut resp, tus::UPLOAD_OFFSET, written.info.offset);
+    set_expires(&mut resp, &written.info);
+    answer_digest(&state, &mut resp, written.want, &written.info).await;
+    Ok(resp)
+}
+
+/// What tus makes of the steps of the pipeline.
+enum Tus {
+    /// creation-with-upload: the upload is new, nothing to check.
+    Creation,
+    /// A PATCH and what it claims.
+    Patch {
+        offset: u64,
+        new_length: Option<u64>,
+        body_len: Option<u64>,
+    },
+}
+
+impl Dialect for Tus {
+    fn check(&self, info: &UploadInfo) -> Result<(), ApiError> {
+        match *self {
+            Tus::Creation => Ok(()),
+            Tus::Patch {
+                offset,
+                new_length,
+                body_len,
+            } => check_patch(info, offset, new_length, body_len),
+        }
     }
-    let received = receive(state.clone(), lease, req, expected, verify).await?;
-    set(&mut resp, tus::UPLOAD_OFFSET, received.info.offset);
-    set_expires(&mut resp, &received.info);
-    answer_digest(&state, &mut resp, received.want, &received.info).await;
-    finish_body_response(resp, received)
+
+    fn mismatch(&self) -> StatusCode {
+        checksum_mismatch()
+    }
+
+    fn overrun_ends_upload(&self, _length: u64) -> Option<ApiError> {
+        None
+    }
+
+    fn inconsistent(&self, detail: String) -> ApiError {
+        ApiError::bad_request(detail)
+    }
+
+    fn resumes_failed_creation(&self) -> bool {
+        // tus clients read Location from a 201 only.
+        false
+    }
 }
 
 fn check_patch(

@@ -176,7 +176,7 @@ fn check_range(info: &UploadInfo, start: u64, end: u64, total: Option<u64>) -> R
     if let Some(length) = info.length.or(total)
         && (end > length || start > end)
     {
-        return Err(StoreError::ExceedsLength { length });
+        return Err(StoreError::OutOfRange { length });
     }
     Ok(())
 }
@@ -465,7 +465,7 @@ mod tests {
         ));
         assert!(matches!(
             u.write_range(s.id, 25, 31, None).await,
-            Err(StoreError::ExceedsLength { length: 30 })
+            Err(StoreError::OutOfRange { length: 30 })
         ));
         let i = u.get(s.id).await.unwrap().unwrap();
         assert_eq!(i.received.unwrap().ranges(), &[(0, 5), (10, 20)]);

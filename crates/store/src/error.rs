@@ -45,6 +45,12 @@ pub enum StoreError {
         /// The declared length.
         length: u64,
     },
+    /// A range (a chunk of a Content-Range session) ends past the upload's length.
+    #[error("the range goes past the upload's length of {length} bytes")]
+    OutOfRange {
+        /// The upload's length.
+        length: u64,
+    },
     /// The stored offset is not where the writer expected it (someone else committed).
     #[error("upload {0} changed underneath this request")]
     Conflict(UploadId),

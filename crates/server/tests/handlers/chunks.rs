@@ -461,13 +461,15 @@ async fn get_complete_honours_validators_and_ranges() {
 }
 
 #[tokio::test]
-async fn content_encoding_is_accepted_and_stored_as_sent() {
-    // current behaviour; see docs/handler-tests.md
+async fn content_encoding_is_415_and_not_recorded() {
     let s = Srv::new();
     let path = s.session(Some(3)).await;
     let r = s
         .send(chunk(&path, "bytes 0-2/3", b"abc").h("content-encoding", "gzip"))
         .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.h("upload-complete"), "?1");
+    assert_eq!(r.status, 415, "{r:?}");
+    assert_eq!(r.h("accept-encoding"), "identity");
+    assert!(r.closes());
+    let r = s.send(req("HEAD", &path)).await;
+    assert_eq!(r.h("upload-complete"), "?0");
 }

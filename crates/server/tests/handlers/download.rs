@@ -267,27 +267,41 @@ async fn head_if_match_failure_is_412() {
 }
 
 #[tokio::test]
-async fn head_of_an_unknown_upload_is_412() {
-    // current behaviour; see docs/handler-tests.md
+async fn plain_head_answers_as_get_would() {
     let s = Srv::new();
-    let r = s
-        .send(req("HEAD", "/files/00000000000000000000000000000000"))
-        .await;
-    assert_eq!(r.status, 412);
-    // With Tus-Resumable it is the tus HEAD's 404.
-    let r = s
-        .send(req("HEAD", "/files/00000000000000000000000000000000").tus())
-        .await;
-    assert_eq!(r.status, 404);
+    let unknown = "/files/00000000000000000000000000000000";
+    assert_eq!(s.send(req("HEAD", unknown)).await.status, 404);
+    assert_eq!(s.send(req("GET", unknown)).await.status, 404);
+    let unfinished = s.tus_upload(Some(10)).await;
+    let r = s.send(req("HEAD", &unfinished)).await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+    let expired = ten(&s).await;
+    s.expire(&expired).await;
+    assert_eq!(s.send(req("HEAD", &expired)).await.status, 410);
 }
 
 #[tokio::test]
-async fn if_unmodified_since_is_ignored() {
-    // current behaviour; see docs/handler-tests.md
+async fn if_unmodified_since_before_the_change_is_412() {
     let s = Srv::new();
     let path = ten(&s).await;
     let r = s
         .send(req("GET", &path).h("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT"))
         .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 412, "{r:?}");
+    let later =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
+    let r = s
+        .send(req("GET", &path).h("if-unmodified-since", &later))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // If-Match wins over it (RFC 9110 §13.1.4).
+    let r = s
+        .send(
+            req("GET", &path)
+                .h("if-match", "*")
+                .h("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

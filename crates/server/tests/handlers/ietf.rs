@@ -858,3 +858,77 @@ async fn get_unknown_is_404_and_expired_is_410() {
     let r = s.send(req("GET", &path).ietf(V)).await;
     assert_eq!(r.status, 410);
 }
+
+// A cut-off body that carries a Content-Digest: discarded whole, answered with the real cause.
+
+fn checked_append(path: &str, body: axum::body::Body) -> Req {
+    req("PATCH", path)
+        .ietf(V)
+        .h("content-type", PARTIAL)
+        .h("upload-offset", "0")
+        .h("upload-complete", "?0")
+        .h(
+            "content-digest",
+            "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:",
+        )
+        .raw_body(body)
+}
+
+#[tokio::test]
+async fn append_with_content_digest_cut_by_shutdown_is_503_with_retry_after() {
+    let s = Srv::new();
+    let path = upload(&s, None).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(s.start(checked_append(&path, body)));
+    feed.send(b"ab").await;
+    s.state.shutdown.cancel();
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.has("retry-after"), "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+    draft_answer(&r, V);
+}
+
+#[tokio::test]
+async fn append_with_content_digest_taken_over_is_409() {
+    let s = Srv::new();
+    let path = upload(&s, None).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(s.start(checked_append(&path, body)));
+    feed.send(b"abcd").await;
+    let resumed = s.send(append(&path, 0, false, b"")).await;
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+    assert_eq!(resumed.status, 204, "{resumed:?}");
+}
+
+#[tokio::test]
+async fn append_with_content_digest_on_a_full_disk_is_507() {
+    let s = Srv::new();
+    let path = upload(&s, None).await;
+    s.faults.disk_full();
+    // Big enough that the store writes during the body, not only at the commit.
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sha =
+        ferry_proto::checksum::digest(ferry_proto::checksum::ChecksumAlgorithm::Sha256, &data);
+    let field = ferry_proto::digest::format_digest_field("sha-256", &sha);
+    let r = s
+        .send(append(&path, 0, false, &data).h("content-digest", &field))
+        .await;
+    assert_eq!(r.status, 507, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+    draft_answer(&r, V);
+}
+
+#[tokio::test]
+async fn metadata_failure_declaring_the_length_is_500_with_a_reference() {
+    let s = Srv::new();
+    let path = upload(&s, None).await;
+    s.faults.meta_broken();
+    let r = s.send(append(&path, 0, true, b"abc")).await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(!r.text().contains(META_FAILURE), "{r:?}");
+    assert!(r.text().contains("reference"), "{r:?}");
+    draft_answer(&r, V);
+}

@@ -162,12 +162,11 @@ async fn writes_are_405() {
 }
 
 #[tokio::test]
-async fn writes_to_share_without_slash_are_301() {
-    // current behaviour; see docs/handler-tests.md
+async fn writes_to_share_without_slash_are_405() {
     let s = shared();
-    for m in ["POST", "PUT", "DELETE"] {
+    for m in ["POST", "PUT", "DELETE", "PATCH"] {
         let r = s.send(req(m, "/share")).await;
-        assert_eq!(r.status, 301, "{m}");
-        assert_eq!(r.h("location"), "/share/");
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.h("allow"), "GET, HEAD");
     }
 }

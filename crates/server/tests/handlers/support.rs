@@ -11,9 +11,10 @@ use ferry_store::data::{
 };
 use ferry_store::local::LocalDataStore;
 use ferry_store::lock::LocalLocker;
+use ferry_store::meta::{MetaStore, Update};
 use ferry_store::redb_meta::RedbMetaStore;
 use ferry_store::uploads::ExpiryPolicy;
-use ferry_store::{StoreError, SyncPolicy, Uploads};
+use ferry_store::{StoreError, SyncPolicy, UploadInfo, Uploads};
 use http::{HeaderMap, Method, Request};
 use http_body_util::BodyExt;
 use std::io;
@@ -33,12 +34,16 @@ pub const TUS: &str = "1.0.0";
 pub struct Faults {
     /// `create` fails with this.
     pub create: Mutex<Option<io::ErrorKind>>,
+    /// `open_writer` fails with this.
+    pub open: Mutex<Option<io::ErrorKind>>,
     /// Every `write` fails with this.
     pub write: Mutex<Option<io::ErrorKind>>,
     /// `read` fails with this.
     pub read: Mutex<Option<io::ErrorKind>>,
     /// What `free_space` reports (else the real store's answer).
     pub free: Mutex<Option<u64>>,
+    /// Every metadata `update` fails (as a broken database would).
+    pub meta_update: Mutex<bool>,
 }
 
 impl Faults {
@@ -61,6 +66,46 @@ impl Faults {
     /// Every write fails with EIO.
     pub fn write_eio(&self) {
         *self.write.lock().unwrap() = Some(io::ErrorKind::Other);
+    }
+
+    /// Every metadata update fails.
+    pub fn meta_broken(&self) {
+        *self.meta_update.lock().unwrap() = true;
+    }
+}
+
+/// Text of the injected metadata failure: no answer may carry it.
+pub const META_FAILURE: &str = "injected redb failure at page 77";
+
+/// The redb metadata store with [`Faults`] in front of it.
+struct FaultyMeta {
+    inner: RedbMetaStore,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl MetaStore for FaultyMeta {
+    async fn insert(&self, info: &UploadInfo) -> ferry_store::Result<()> {
+        self.inner.insert(info).await
+    }
+
+    async fn get(&self, id: UploadId) -> ferry_store::Result<Option<UploadInfo>> {
+        self.inner.get(id).await
+    }
+
+    async fn update(&self, id: UploadId, update: Update) -> ferry_store::Result<UploadInfo> {
+        if *self.faults.meta_update.lock().unwrap() {
+            return Err(StoreError::Metadata(META_FAILURE.into()));
+        }
+        self.inner.update(id, update).await
+    }
+
+    async fn remove(&self, id: UploadId) -> ferry_store::Result<()> {
+        self.inner.remove(id).await
+    }
+
+    async fn list(&self) -> ferry_store::Result<Vec<UploadInfo>> {
+        self.inner.list().await
     }
 }
 
@@ -92,6 +137,9 @@ impl DataStore for FaultyData {
         id: UploadId,
         mode: WriteMode,
     ) -> ferry_store::Result<Box<dyn DataWriter>> {
+        if let Some(e) = Faults::error(&self.faults.open) {
+            return Err(e);
+        }
         let inner = self.inner.open_writer(id, mode).await?;
         Ok(Box::new(FaultyWriter {
             inner,
@@ -195,7 +243,10 @@ impl Srv {
             inner: LocalDataStore::open(dir.path()).unwrap(),
             faults: faults.clone(),
         };
-        let meta = RedbMetaStore::open(&dir.path().join("ferry.redb")).unwrap();
+        let meta = FaultyMeta {
+            inner: RedbMetaStore::open(&dir.path().join("ferry.redb")).unwrap(),
+            faults: faults.clone(),
+        };
         let uploads = Uploads::new(
             Arc::new(data),
             Arc::new(meta),

@@ -561,3 +561,23 @@ async fn final_over_the_max_size_is_413() {
         .await;
     assert_eq!(r.status, 413);
 }
+
+#[tokio::test]
+async fn shutdown_during_creation_with_upload_and_checksum_is_503() {
+    let s = Srv::new();
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            create()
+                .h("upload-length", "10")
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=")
+                .raw_body(body),
+        ),
+    );
+    feed.send(b"ab").await;
+    s.state.shutdown.cancel();
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.has("retry-after"), "{r:?}");
+}

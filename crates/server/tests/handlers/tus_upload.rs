@@ -80,12 +80,12 @@ async fn head_wrong_version_is_412() {
 }
 
 #[tokio::test]
-async fn plain_head_of_an_unfinished_upload_is_412() {
-    // current behaviour; see docs/handler-tests.md
+async fn plain_head_of_an_unfinished_upload_is_409_like_get() {
     let s = Srv::new();
     let path = s.tus_upload(Some(10)).await;
     let r = s.send(req("HEAD", &path)).await;
-    assert_eq!(r.status, 412);
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
 }
 
 #[tokio::test]
@@ -585,4 +585,120 @@ async fn delete_by_method_override_is_204() {
         )
         .await;
     assert_eq!(r.status, 204);
+}
+
+// A cut-off body that carries a checksum: the chunk is discarded (all or nothing), and the
+// answer names the real cause, as without a checksum.
+
+fn checked_patch(path: &str, body: axum::body::Body) -> Req {
+    req("PATCH", path)
+        .tus()
+        .h("content-type", "application/offset+octet-stream")
+        .h("upload-offset", "0")
+        .h("upload-checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=")
+        .raw_body(body)
+}
+
+#[tokio::test]
+async fn patch_with_checksum_cut_by_shutdown_is_503_with_retry_after() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(s.start(checked_patch(&path, body)));
+    feed.send(b"abcde").await;
+    s.state.shutdown.cancel();
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.has("retry-after"), "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0", "the chunk is all or nothing");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_with_trailer_checksum_cut_by_shutdown_is_503() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PATCH", &path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .h("trailer", "Upload-Checksum")
+                .raw_body(body),
+        ),
+    );
+    feed.send(b"abcde").await;
+    s.state.shutdown.cancel();
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+}
+
+#[tokio::test]
+async fn patch_with_checksum_taken_over_is_409() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(s.start(checked_patch(&path, body)));
+    feed.send(b"abcd").await;
+    let resumed = s.send(patch(&path, 0, b"")).await;
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+    assert_eq!(resumed.status, 204, "{resumed:?}");
+}
+
+/// A body big enough that the store writes during it (not only at the commit), with its
+/// checksum in tus form.
+pub fn big_checked_body() -> (Vec<u8>, String) {
+    use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, digest};
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sum = Checksum {
+        algorithm: ChecksumAlgorithm::Sha1,
+        digest: digest(ChecksumAlgorithm::Sha1, &data),
+    };
+    (data, sum.format())
+}
+
+#[tokio::test]
+async fn patch_with_checksum_on_a_full_disk_is_507() {
+    let s = Srv::new();
+    let (data, sum) = big_checked_body();
+    let path = s.tus_upload(Some(data.len() as u64)).await;
+    s.faults.disk_full();
+    let r = s
+        .send(patch(&path, 0, &data).h("upload-checksum", &sum))
+        .await;
+    assert_eq!(r.status, 507, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "0");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn metadata_failure_declaring_the_length_is_500_with_a_reference() {
+    let s = Srv::new();
+    let path = s.tus_upload(None).await;
+    s.faults.meta_broken();
+    let r = s
+        .send(patch(&path, 0, b"abc").h("upload-length", "3"))
+        .await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(!r.text().contains(META_FAILURE), "{r:?}");
+    assert!(r.text().contains("reference"), "{r:?}");
+    assert!(r.closes(), "the body was not read");
+}
+
+#[tokio::test]
+async fn eio_opening_the_data_before_the_body_is_500_and_closes() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(10)).await;
+    assert_eq!(s.send(patch(&path, 0, b"abc")).await.status, 204);
+    *s.faults.open.lock().unwrap() = Some(std::io::ErrorKind::Other);
+    let r = s.send(patch(&path, 3, b"defg")).await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "3");
+    assert!(r.closes(), "the body was not read");
+    assert!(r.text().contains("reference"), "{r:?}");
 }
