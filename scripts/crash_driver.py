@@ -567,6 +567,14 @@ class Harness:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.a.sync == "always":
+            # Records and data must agree after every kill (orphaned data is cleaned at start).
+            fsck = subprocess.run([self.a.ferry, "fsck", "--data-dir", self.data_dir],
+                                  capture_output=True, text=True, timeout=120)
+            self.stats["fsck"] = fsck.stdout.strip().splitlines()[-1:] or [fsck.stderr.strip()]
+            if fsck.returncode != 0:
+                self.violation(f"ferry fsck: exit {fsck.returncode}: {fsck.stdout.strip()} "
+                               f"{fsck.stderr.strip()}")
         with open(self.log_path, errors="replace") as f:
             for line in f:
                 if line.startswith("crash-sim: power loss: cut "):

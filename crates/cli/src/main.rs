@@ -1,6 +1,7 @@
 //! The `ferry` command: wiring only. The server lives in `ferry-server`, storage in `ferry-store`,
 //! the transfer engine (upload, download, resume state) in `ferry-client`.
 
+mod fsck;
 mod progress;
 mod serve;
 mod transfer;
@@ -29,6 +30,8 @@ enum Command {
     Status(transfer::StatusArgs),
     /// Drop saved transfers and delete their server-side uploads.
     Forget(transfer::ForgetArgs),
+    /// Check that a data directory's records and data agree (and repair with --repair).
+    Fsck(fsck::FsckArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +42,6 @@ fn main() -> ExitCode {
         Command::Download(args) => transfer::download(*args),
         Command::Status(args) => transfer::status(args),
         Command::Forget(args) => transfer::forget_cmd(args),
+        Command::Fsck(args) => fsck::run(args),
     }
 }

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use ferry_server::config::{Cors, normalize_base_path, normalize_public_url};
 use ferry_server::{AppState, ServerConfig};
-use ferry_store::uploads::ExpiryPolicy;
+use ferry_store::uploads::{ConcatLimits, ExpiryPolicy};
 use ferry_store::{SyncPolicy, Uploads};
 use serde::Deserialize;
 use std::io::Write;
@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// How often expired uploads are deleted (SIGUSR1 sweeps at once). [default: 1m]
     #[arg(long, env = "FERRY_SWEEP_INTERVAL", value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// Most parts one concatenated (final) upload may list. [default: 10000]
+    #[arg(long, env = "FERRY_MAX_FINAL_PARTS", value_name = "N")]
+    max_final_parts: Option<usize>,
+    /// Most final uploads one part may feed. [default: 1000]
+    #[arg(long, env = "FERRY_MAX_FINALS_PER_PART", value_name = "N")]
+    max_finals_per_part: Option<usize>,
     /// Browser origins allowed by CORS: "*", "none", or a comma-separated list such as
     /// https://app.example.com. [default: *]
     #[arg(long, env = "FERRY_CORS_ORIGINS", value_name = "ORIGINS")]
@@ -105,6 +111,8 @@ struct FileConfig {
     expire_after: Option<String>,
     expire_finished_after: Option<String>,
     sweep_interval: Option<String>,
+    max_final_parts: Option<usize>,
+    max_finals_per_part: Option<usize>,
     cors_origins: Option<String>,
     share: Option<PathBuf>,
     log: Option<String>,
@@ -125,6 +133,7 @@ struct Settings {
     server: ServerConfig,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
+    concat: ConcatLimits,
     share: Option<PathBuf>,
     shutdown_timeout: Duration,
     log: String,
@@ -226,6 +235,20 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if sweep_interval.is_zero() {
         bail!("--sweep-interval must be more than zero");
     }
+    let defaults = ConcatLimits::default();
+    let concat = ConcatLimits {
+        max_parts: args
+            .max_final_parts
+            .or(file.max_final_parts)
+            .unwrap_or(defaults.max_parts),
+        max_finals_per_part: args
+            .max_finals_per_part
+            .or(file.max_finals_per_part)
+            .unwrap_or(defaults.max_finals_per_part),
+    };
+    if concat.max_parts == 0 || concat.max_finals_per_part == 0 {
+        bail!("--max-final-parts and --max-finals-per-part must be at least 1");
+    }
     let cors = Cors::parse(
         &args
             .cors_origins
@@ -253,6 +276,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         },
         sync,
         expiry,
+        concat,
         share: args.share.or(file.share),
         shutdown_timeout,
         log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
@@ -305,12 +329,19 @@ pub fn run(args: ServeArgs) -> ExitCode {
 async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
     let dir = settings.data_dir.clone();
     let sync = settings.sync;
-    let expiry = settings.expiry;
+    let (expiry, concat) = (settings.expiry, settings.concat);
     let uploads = tokio::task::spawn_blocking(move || {
-        Uploads::open_served(&dir, sync).map(|u| u.with_expiry(expiry))
+        Uploads::open_served(&dir, sync).map(|u| u.with_expiry(expiry).with_concat_limits(concat))
     })
     .await?
     .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;
+    // Data a crash left without its record (between writing one and the other): nobody can
+    // address it, and nothing is being created yet.
+    match uploads.remove_orphaned_data().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "deleted data that no upload owns"),
+        Err(e) => tracing::warn!(error = %e, "looking for orphaned data failed"),
+    }
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;

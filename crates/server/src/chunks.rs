@@ -277,7 +277,12 @@ async fn receive(
 ) -> Result<UploadInfo, ApiError> {
     let len = end - start;
     let cut = |ending: Ending| {
-        pipeline::ending_error(ending, Fate::Discarded, StatusCode::BAD_REQUEST).closing()
+        pipeline::ending_error(
+            ending,
+            Fate::Discarded,
+            (StatusCode::BAD_REQUEST, "a checksum"),
+        )
+        .closing()
     };
     let mut w = state
         .uploads

@@ -40,11 +40,19 @@ pub async fn get(
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(info.metadata.filename())).ok(),
     };
+    // Where the bytes are, found at the first read and kept for the others: a multipart
+    // answer costs one record read per part of a final, and a HEAD or a 304 none.
+    let pieces = Arc::new(tokio::sync::OnceCell::new());
     let st = state.clone();
     let opener = Box::new(move |s: u64, e: u64| {
-        let st = st.clone();
-        let info = info.clone();
-        Box::pin(async move { st.uploads.read(&info, s, e).await }) as _
+        let (st, info, pieces) = (st.clone(), info.clone(), pieces.clone());
+        Box::pin(async move {
+            pieces
+                .get_or_try_init(|| st.uploads.pieces(&info))
+                .await?
+                .read(s, e)
+                .await
+        }) as _
     });
     let mut resp = respond(headers, method, rep, opener).await?;
     resp.headers_mut().insert(

@@ -204,7 +204,10 @@ impl From<StoreError> for ApiError {
                     "total length {declared} differs from the session's length of {length} bytes"
                 ),
             ),
-            e @ StoreError::TooFragmented { .. } => ApiError::bad_request(e.to_string()),
+            e @ (StoreError::TooFragmented { .. }
+            | StoreError::DuplicatePart(_)
+            | StoreError::TooManyParts { .. }
+            | StoreError::TooManyFinals { .. }) => ApiError::bad_request(e.to_string()),
             StoreError::TooLarge { length, max } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("{length} bytes exceed the maximum size of {max} bytes"),

@@ -483,9 +483,9 @@ impl Dialect for Ietf {
         }
     }
 
-    fn mismatch(&self) -> StatusCode {
+    fn mismatch(&self) -> (StatusCode, &'static str) {
         // RFC 9530 names no status; the draft's problems are 400s.
-        StatusCode::BAD_REQUEST
+        (StatusCode::BAD_REQUEST, "Content-Digest")
     }
 
     fn overrun_ends_upload(&self, length: u64) -> Option<ApiError> {

@@ -43,8 +43,9 @@ pub(crate) trait Dialect: Sync {
     /// again against the state the previous holder left.
     fn check(&self, info: &UploadInfo) -> Result<(), ApiError>;
 
-    /// The status of a body whose checksum does not match it.
-    fn mismatch(&self) -> StatusCode;
+    /// The status of a body whose checksum does not match it, and the header that carried
+    /// the checksum (for the message).
+    fn mismatch(&self) -> (StatusCode, &'static str);
 
     /// A body went past the upload's length. `Some(error)`: the upload itself is invalid from
     /// now on (the IETF draft) and is deleted; `None`: only the request's bytes are dropped.
@@ -247,8 +248,13 @@ impl std::fmt::Display for Fate {
 }
 
 /// The status and message of a body that did not end whole, for every protocol (chunk
-/// sessions too). `mismatch` is the protocol's status for a checksum that does not match.
-pub(crate) fn ending_error(ending: Ending, fate: Fate, mismatch: StatusCode) -> ApiError {
+/// sessions too). `mismatch` is the protocol's status for a checksum that does not match, and
+/// the header that carried it.
+pub(crate) fn ending_error(
+    ending: Ending,
+    fate: Fate,
+    mismatch: (StatusCode, &'static str),
+) -> ApiError {
     match ending {
         Ending::Complete => ApiError::internal(&"a complete body was answered as an error"),
         Ending::ClientGone(why) => {
@@ -271,7 +277,10 @@ pub(crate) fn ending_error(ending: Ending, fate: Fate, mismatch: StatusCode) -> 
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body goes past the length of {length} bytes; {fate}"),
         ),
-        Ending::ChecksumMismatch => ApiError::new(mismatch, format!("checksum mismatch; {fate}")),
+        Ending::ChecksumMismatch => ApiError::new(
+            mismatch.0,
+            format!("{} does not match the body; {fate}", mismatch.1),
+        ),
         Ending::ChecksumIncomplete(why) => ApiError::bad_request(format!("{why}; {fate}")),
     }
 }

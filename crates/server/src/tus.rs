@@ -421,8 +421,8 @@ impl Dialect for Tus {
         }
     }
 
-    fn mismatch(&self) -> StatusCode {
-        checksum_mismatch()
+    fn mismatch(&self) -> (StatusCode, &'static str) {
+        (checksum_mismatch(), "Upload-Checksum")
     }
 
     fn overrun_ends_upload(&self, _length: u64) -> Option<ApiError> {

@@ -180,6 +180,10 @@ impl DataStore for CrashSimDataStore {
         self.sim.inner.read(id, start, end).await
     }
 
+    async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
+        self.sim.inner.inventory().await
+    }
+
     async fn delete(&self, id: UploadId) -> Result<()> {
         let _g = self.sim.gate.read().await;
         self.sim.inner.delete(id).await?;

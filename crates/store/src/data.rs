@@ -71,6 +71,9 @@ pub trait DataStore: Send + Sync + 'static {
 
     /// Removes the object. Removing a missing object is not an error.
     async fn delete(&self, id: UploadId) -> Result<()>;
+
+    /// Every stored object with its size in bytes (for `ferry fsck`; not on a request path).
+    async fn inventory(&self) -> Result<Vec<(UploadId, u64)>>;
 }
 
 /// Writes one object. Obtained under the upload's lease, so there is one writer per upload.

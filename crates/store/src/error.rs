@@ -28,6 +28,25 @@ pub enum StoreError {
     /// A final upload named an upload that is not a partial one.
     #[error("upload {0} is not a partial upload")]
     NotPartial(UploadId),
+    /// A final upload listed the same part twice.
+    #[error("upload {0} is listed twice: a final lists each part once")]
+    DuplicatePart(UploadId),
+    /// A final upload listed more parts than allowed.
+    #[error("a final lists {count} parts; at most {max} are allowed")]
+    TooManyParts {
+        /// Parts listed.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A part already feeds as many finals as allowed.
+    #[error("upload {part} is already part of {max} final uploads, the most allowed")]
+    TooManyFinals {
+        /// The part.
+        part: UploadId,
+        /// The limit.
+        max: usize,
+    },
     /// Final uploads take no bytes of their own.
     #[error("upload {0} is a final upload: it cannot be written")]
     IsFinal(UploadId),

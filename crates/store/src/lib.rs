@@ -11,6 +11,7 @@ pub mod chunked;
 pub mod data;
 mod engine;
 pub mod error;
+pub mod fsck;
 pub mod local;
 pub mod lock;
 pub mod meta;

@@ -184,6 +184,32 @@ impl DataStore for LocalDataStore {
         })
         .await
     }
+
+    async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            for shard in std::fs::read_dir(&root)? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
+                    continue;
+                }
+                for file in std::fs::read_dir(shard.path())? {
+                    let file = file?;
+                    // Only names this store writes: anything else is not an upload's data.
+                    let name = file.file_name();
+                    let Some(id) = name.to_str().and_then(|n| UploadId::parse(n).ok()) else {
+                        continue;
+                    };
+                    if file.file_type()?.is_file() {
+                        out.push((id, file.metadata()?.len()));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// Streams `[start, end)` of `file` in `READ_CHUNK` pieces. The `BytesMut` is reused: once the

@@ -1,16 +1,28 @@
 //! The metadata-store seam: where the facts about uploads live.
 //!
-//! Implementations: redb (embedded, default); later PostgreSQL and Redis for several servers.
-//! Every mutating call is durable when it returns (the store commits with fsync), so an offset
+//! Implementations: redb (embedded, default); later PostgreSQL for several servers. Every
+//! mutating call is durable when it returns (the store commits with fsync), so an offset
 //! committed here may be acknowledged to a client.
+//!
+//! Changes are closures over the records as they are when the store applies them. A store may
+//! run one more than once (an optimistic store retries it on a serialization conflict), so a
+//! change must depend only on the records it is given.
 
 use crate::error::Result;
 use crate::model::UploadInfo;
 use async_trait::async_trait;
 use ferry_proto::UploadId;
+use std::collections::BTreeMap;
 
-/// A change applied atomically to one stored record.
-pub type Update = Box<dyn FnOnce(&mut UploadInfo) -> Result<()> + Send>;
+/// A change applied atomically to one stored record; may run more than once.
+pub type Update = Box<dyn Fn(&mut UploadInfo) -> Result<()> + Send + Sync>;
+
+/// The records a [`Transaction`] sees, by id: `None` for a record that does not exist. Setting
+/// an entry to `None` removes the record; adding an entry inserts one.
+pub type Records = BTreeMap<UploadId, Option<UploadInfo>>;
+
+/// A change to several records, committed all together or not at all; may run more than once.
+pub type Transaction = Box<dyn Fn(&mut Records) -> Result<()> + Send + Sync>;
 
 /// Stores [`UploadInfo`] records.
 #[async_trait]
@@ -28,6 +40,21 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Removes a record; removing a missing one is not an error.
     async fn remove(&self, id: UploadId) -> Result<()>;
 
-    /// Every record (for sweepers and tools; not on a request path).
+    /// Reads the records `ids` (absent ones as `None`), applies `tx`, and commits every entry
+    /// of the map it leaves (changed, added or set to `None`) in one durable transaction. If
+    /// `tx` fails nothing changes. Returns the records as committed.
+    async fn transact(&self, ids: Vec<UploadId>, tx: Transaction) -> Result<Records>;
+
+    /// Up to `limit` records that expired at or before `now` (ms since the epoch), in id order,
+    /// starting after `after`: a sweeper pages through them in bounded memory by passing the
+    /// last id of one page to get the next. An empty page is the end.
+    async fn expired(
+        &self,
+        now: u64,
+        after: Option<UploadId>,
+        limit: usize,
+    ) -> Result<Vec<UploadInfo>>;
+
+    /// Every record (for tools such as `ferry fsck`; not on a request path).
     async fn list(&self) -> Result<Vec<UploadInfo>>;
 }

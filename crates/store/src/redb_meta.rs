@@ -6,7 +6,7 @@
 //! queueing behind each other's. A caller's change is acknowledged only after that commit.
 
 use crate::error::{Result, StoreError};
-use crate::meta::{MetaStore, Update};
+use crate::meta::{MetaStore, Records, Transaction, Update};
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
 use async_trait::async_trait;
 use ferry_proto::digest::Digests;
@@ -115,6 +115,7 @@ enum Op {
     Insert(Box<UploadInfo>, oneshot::Sender<Result<()>>),
     Update(UploadId, Update, oneshot::Sender<Result<UploadInfo>>),
     Remove(UploadId, oneshot::Sender<Result<()>>),
+    Transact(Vec<UploadId>, Transaction, oneshot::Sender<Result<Records>>),
 }
 
 /// redb-backed [`MetaStore`].
@@ -210,6 +211,7 @@ enum Reply {
     Unit(oneshot::Sender<Result<()>>, Result<()>),
     // Boxed: a record is several times the size of the other variant.
     Info(oneshot::Sender<Result<UploadInfo>>, Box<Result<UploadInfo>>),
+    Records(oneshot::Sender<Result<Records>>, Result<Records>),
 }
 
 fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
@@ -227,8 +229,10 @@ fn writer_loop(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
             match (reply, &outcome) {
                 (Reply::Unit(tx, r), Ok(())) => drop(tx.send(r)),
                 (Reply::Info(tx, r), Ok(())) => drop(tx.send(*r)),
+                (Reply::Records(tx, r), Ok(())) => drop(tx.send(r)),
                 (Reply::Unit(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
                 (Reply::Info(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
+                (Reply::Records(tx, _), Err(e)) => drop(tx.send(Err(db_err(e)))),
             }
         }
     }
@@ -277,11 +281,69 @@ fn apply_batch(db: &Database, batch: Vec<Op>, replies: &mut Vec<Reply>) -> Resul
                         .map_err(db_err);
                     replies.push(Reply::Unit(tx, r));
                 }
+                Op::Transact(ids, change, tx) => {
+                    let r = transact(&mut table, &ids, &change);
+                    replies.push(Reply::Records(tx, r));
+                }
             }
         }
     }
     // Durability::Immediate (the default): the commit is on stable storage when this returns.
     txn.commit().map_err(|e| e.to_string())
+}
+
+/// One [`MetaStore::transact`] inside the batch's write transaction: every record it leaves
+/// changed is written, or (if the change fails) none.
+fn transact(
+    table: &mut redb::Table<&str, &[u8]>,
+    ids: &[UploadId],
+    change: &Transaction,
+) -> Result<Records> {
+    let mut records = Records::new();
+    for id in ids {
+        let current = match table.get(id.to_string().as_str()).map_err(db_err)? {
+            Some(v) => Some(decode(*id, v.value())?),
+            None => None,
+        };
+        records.insert(*id, current);
+    }
+    let before = records.clone();
+    change(&mut records)?;
+    if let Some((id, _)) = records
+        .iter()
+        .find(|(id, r)| r.as_ref().is_some_and(|i| i.id != **id))
+    {
+        return Err(StoreError::Inconsistent(format!(
+            "a transaction filed another upload's record under {id}"
+        )));
+    }
+    for (id, record) in &records {
+        if before.get(id) == Some(record) {
+            continue;
+        }
+        let key = id.to_string();
+        match record {
+            Some(info) => {
+                table
+                    .insert(key.as_str(), encode(info).as_slice())
+                    .map_err(db_err)?;
+            }
+            None => {
+                table.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// What a sweeper needs to know of a record, read without decoding the rest (metadata can be
+/// large).
+#[derive(Deserialize)]
+struct Expiry {
+    #[serde(default)]
+    expires_ms: Option<u64>,
+    #[serde(default)]
+    deleted: bool,
 }
 
 async fn recv<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
@@ -317,6 +379,51 @@ impl MetaStore for RedbMetaStore {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Remove(id, tx))?;
         recv(rx).await
+    }
+
+    async fn transact(&self, ids: Vec<UploadId>, tx: Transaction) -> Result<Records> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Transact(ids, tx, reply))?;
+        recv(rx).await
+    }
+
+    async fn expired(
+        &self,
+        now: u64,
+        after: Option<UploadId>,
+        limit: usize,
+    ) -> Result<Vec<UploadInfo>> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<UploadInfo>> {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(UPLOADS).map_err(db_err)?;
+            let start = after.map(|a| a.to_string());
+            let rows = match &start {
+                Some(a) => table.range::<&str>((
+                    std::ops::Bound::Excluded(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&str>(..),
+            }
+            .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row.map_err(db_err)?;
+                let key = k.value();
+                let id = UploadId::parse(key).map_err(|e| db_err(format!("key {key:?}: {e}")))?;
+                let e: Expiry = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Metadata(format!("record {id}: {e}")))?;
+                if !e.deleted && e.expires_ms.is_some_and(|at| at <= now) {
+                    out.push(decode(id, v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
     async fn list(&self) -> Result<Vec<UploadInfo>> {

@@ -11,7 +11,7 @@ use ferry_store::data::{
 };
 use ferry_store::local::LocalDataStore;
 use ferry_store::lock::LocalLocker;
-use ferry_store::meta::{MetaStore, Update};
+use ferry_store::meta::{MetaStore, Records, Transaction, Update};
 use ferry_store::redb_meta::RedbMetaStore;
 use ferry_store::uploads::ExpiryPolicy;
 use ferry_store::{StoreError, SyncPolicy, UploadInfo, Uploads};
@@ -104,6 +104,22 @@ impl MetaStore for FaultyMeta {
         self.inner.remove(id).await
     }
 
+    async fn transact(&self, ids: Vec<UploadId>, tx: Transaction) -> ferry_store::Result<Records> {
+        if *self.faults.meta_update.lock().unwrap() {
+            return Err(StoreError::Metadata(META_FAILURE.into()));
+        }
+        self.inner.transact(ids, tx).await
+    }
+
+    async fn expired(
+        &self,
+        now: u64,
+        after: Option<UploadId>,
+        limit: usize,
+    ) -> ferry_store::Result<Vec<UploadInfo>> {
+        self.inner.expired(now, after, limit).await
+    }
+
     async fn list(&self) -> ferry_store::Result<Vec<UploadInfo>> {
         self.inner.list().await
     }
@@ -156,6 +172,10 @@ impl DataStore for FaultyData {
 
     async fn delete(&self, id: UploadId) -> ferry_store::Result<()> {
         self.inner.delete(id).await
+    }
+
+    async fn inventory(&self) -> ferry_store::Result<Vec<(UploadId, u64)>> {
+        self.inner.inventory().await
     }
 }
 

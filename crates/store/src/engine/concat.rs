@@ -15,71 +15,85 @@ use std::sync::Arc;
 impl Uploads {
     /// Creates a final upload made of `parts` (each a partial upload, in order). No bytes are
     /// copied: the final only lists its parts. Parts may still be unfinished; the final
-    /// completes when the last of them does. Each part first records that the final uses it
-    /// (so deleting a part can never destroy the final's bytes), then the final is inserted.
+    /// completes when the last of them does. One transaction checks the parts, records the
+    /// final in each (so deleting a part can never destroy the final's bytes) and inserts the
+    /// final: a deletion or expiry of a part happens wholly before it or wholly after.
     pub async fn create_final(
         &self,
         parts: Vec<UploadId>,
         metadata: Metadata,
         max_size: Option<u64>,
     ) -> Result<UploadInfo> {
-        let mut infos = Vec::with_capacity(parts.len());
-        for p in &parts {
-            let info = self.get(*p).await?.ok_or(StoreError::NotFound(*p))?;
-            if info.kind != UploadKind::Partial {
-                return Err(StoreError::NotPartial(*p));
-            }
-            infos.push(info);
-        }
+        self.concat.check_parts(&parts)?;
         let id = random_id()?;
         let now = now_ms();
-        let length = total_length(&infos);
-        if let (Some(max), Some(len)) = (max_size, length)
-            && len > max
-        {
-            return Err(StoreError::TooLarge { length: len, max });
-        }
-        for p in &parts {
-            self.meta
-                .update(
-                    *p,
-                    Box::new(move |info| {
-                        if info.deleted {
-                            return Err(StoreError::NotFound(info.id));
+        let expiry = self.expiry;
+        let max_finals = self.concat.max_finals_per_part;
+        let listed = parts.clone();
+        let records = self
+            .meta
+            .transact(
+                parts.clone(),
+                Box::new(move |recs| {
+                    let mut infos = Vec::with_capacity(listed.len());
+                    for p in &listed {
+                        let info = match recs.get(p) {
+                            Some(Some(i)) if !i.deleted => i,
+                            _ => return Err(StoreError::NotFound(*p)),
+                        };
+                        if info.kind != UploadKind::Partial {
+                            return Err(StoreError::NotPartial(*p));
                         }
-                        info.finals.push(id);
-                        Ok(())
-                    }),
-                )
-                .await?;
-        }
-        let complete = infos.iter().all(UploadInfo::is_complete);
-        let info = UploadInfo {
-            id,
-            length: if complete { length } else { None },
-            offset: if complete { length.unwrap_or(0) } else { 0 },
-            metadata,
-            protocol: Protocol::Tus,
-            kind: UploadKind::Final { parts },
-            received: None,
-            created_ms: now,
-            updated_ms: now,
-            expires_ms: self.expiry.expires_at(complete, now),
-            digests: Digests::new(),
-            finals: Vec::new(),
-            deleted: false,
-        };
-        self.meta.insert(&info).await?;
-        if complete {
+                        if info.finals.len() >= max_finals {
+                            return Err(StoreError::TooManyFinals {
+                                part: *p,
+                                max: max_finals,
+                            });
+                        }
+                        infos.push(info);
+                    }
+                    let length = total_length(infos.iter().copied());
+                    if let (Some(max), Some(len)) = (max_size, length)
+                        && len > max
+                    {
+                        return Err(StoreError::TooLarge { length: len, max });
+                    }
+                    let complete = infos.iter().all(|i| i.is_complete());
+                    let info = UploadInfo {
+                        id,
+                        length: if complete { length } else { None },
+                        offset: if complete { length.unwrap_or(0) } else { 0 },
+                        metadata: metadata.clone(),
+                        protocol: Protocol::Tus,
+                        kind: UploadKind::Final {
+                            parts: listed.clone(),
+                        },
+                        received: None,
+                        created_ms: now,
+                        updated_ms: now,
+                        expires_ms: expiry.expires_at(complete, now),
+                        digests: Digests::new(),
+                        finals: Vec::new(),
+                        deleted: false,
+                    };
+                    for p in &listed {
+                        if let Some(Some(part)) = recs.get_mut(p) {
+                            part.finals.push(id);
+                        }
+                    }
+                    recs.insert(id, Some(info));
+                    Ok(())
+                }),
+            )
+            .await?;
+        let info = records
+            .get(&id)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| StoreError::Inconsistent(format!("final {id} was not inserted")))?;
+        if info.is_complete() {
             self.completed(&info).await;
-        } else {
-            // A part may have completed after `infos` was read: its commit then either did not
-            // list this final yet or found no record of it, and nobody would ever complete it.
-            // Both records exist now: check again.
-            self.refresh_final(id).await?;
-            if let Some(fresh) = self.meta.get(id).await? {
-                return Ok(fresh);
-            }
+            return Ok(self.meta.get(id).await?.unwrap_or(info));
         }
         Ok(info)
     }
@@ -132,7 +146,8 @@ impl Uploads {
         }
     }
 
-    /// Completes a final upload once all its parts are complete.
+    /// Completes a final upload once all its parts are complete, in one transaction over the
+    /// final and its parts.
     pub(crate) async fn refresh_final(&self, id: UploadId) -> Result<()> {
         let Some(info) = self.meta.get(id).await? else {
             return Ok(());
@@ -143,40 +158,81 @@ impl Uploads {
         if info.is_complete() {
             return Ok(());
         }
-        let mut infos = Vec::with_capacity(parts.len());
-        for p in parts {
-            match self.meta.get(*p).await? {
-                Some(i) if i.is_complete() => infos.push(i),
-                _ => return Ok(()),
-            }
-        }
-        let Some(length) = total_length(&infos) else {
-            return Ok(());
-        };
-        let expires = self.expiry.expires_at(true, now_ms());
-        let done = self
+        let expiry = self.expiry;
+        let mut ids = vec![id];
+        ids.extend(parts.iter().copied());
+        let records = self
             .meta
-            .update(
-                id,
-                Box::new(move |i| {
-                    i.length = Some(length);
-                    i.offset = length;
-                    i.expires_ms = expires;
-                    i.updated_ms = now_ms();
+            .transact(
+                ids,
+                Box::new(move |recs| {
+                    let Some(Some(fin)) = recs.get(&id) else {
+                        return Ok(());
+                    };
+                    let UploadKind::Final { parts } = &fin.kind else {
+                        return Ok(());
+                    };
+                    if fin.is_complete() {
+                        return Ok(());
+                    }
+                    let mut infos = Vec::with_capacity(parts.len());
+                    for p in parts {
+                        match recs.get(p) {
+                            Some(Some(i)) if i.is_complete() => infos.push(i),
+                            _ => return Ok(()),
+                        }
+                    }
+                    let Some(length) = total_length(infos.into_iter()) else {
+                        return Ok(());
+                    };
+                    let now = now_ms();
+                    if let Some(Some(fin)) = recs.get_mut(&id) {
+                        fin.length = Some(length);
+                        fin.offset = length;
+                        fin.expires_ms = expiry.expires_at(true, now);
+                        fin.updated_ms = now;
+                    }
                     Ok(())
                 }),
             )
             .await?;
-        Box::pin(self.completed(&done)).await;
+        if let Some(Some(done)) = records.get(&id)
+            && done.is_complete()
+        {
+            Box::pin(self.completed(done)).await;
+        }
         Ok(())
+    }
+
+    /// Where the bytes of `info` live, read once: each part's committed length for a final,
+    /// the upload itself otherwise. Reads through it never load a part's record again.
+    pub async fn pieces(&self, info: &UploadInfo) -> Result<Pieces> {
+        pieces_of(&self.data, &self.meta, info).await
     }
 }
 
-/// Sum of the parts' lengths, if all are known.
-fn total_length(parts: &[UploadInfo]) -> Option<u64> {
-    parts
-        .iter()
-        .try_fold(0u64, |acc, p| acc.checked_add(p.length?))
+async fn pieces_of(
+    data: &Arc<dyn DataStore>,
+    meta: &Arc<dyn MetaStore>,
+    info: &UploadInfo,
+) -> Result<Pieces> {
+    let UploadKind::Final { parts } = &info.kind else {
+        return Ok(Pieces {
+            data: data.clone(),
+            committed: info.offset,
+            map: vec![(info.id, info.offset)],
+        });
+    };
+    let mut map = Vec::with_capacity(parts.len());
+    for p in parts {
+        let part = meta.get(*p).await?.ok_or(StoreError::NotFound(*p))?;
+        map.push((part.id, part.length.unwrap_or(part.offset).min(part.offset)));
+    }
+    Ok(Pieces {
+        data: data.clone(),
+        committed: info.offset,
+        map,
+    })
 }
 
 /// Streams committed bytes `[start, end)` of an upload; a final upload is read across its
@@ -188,42 +244,72 @@ pub(crate) async fn read_upload(
     start: u64,
     end: u64,
 ) -> Result<ByteStream> {
-    if end > info.offset || start > end {
-        return Err(StoreError::Inconsistent(format!(
-            "read {start}..{end} past committed offset {}",
-            info.offset
-        )));
+    pieces_of(data, meta, info).await?.read(start, end).await
+}
+
+/// The objects holding an upload's bytes, in order, with their lengths.
+pub struct Pieces {
+    data: Arc<dyn DataStore>,
+    committed: u64,
+    map: Vec<(UploadId, u64)>,
+}
+
+impl std::fmt::Debug for Pieces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pieces")
+            .field("committed", &self.committed)
+            .field("pieces", &self.map.len())
+            .finish_non_exhaustive()
     }
-    let UploadKind::Final { parts } = &info.kind else {
-        return data.read(info.id, start, end).await;
-    };
-    // Map [start, end) onto the parts; streams are opened lazily, one after the other.
-    let mut pieces = Vec::new();
-    let mut base = 0u64;
-    for p in parts {
-        let part = meta.get(*p).await?.ok_or(StoreError::NotFound(*p))?;
-        let len = part.length.unwrap_or(part.offset).min(part.offset);
-        let (s, e) = (start.max(base), end.min(base + len));
-        if s < e {
-            pieces.push((part.id, s - base, e - base));
+}
+
+impl Pieces {
+    /// Streams committed bytes `[start, end)`. The first object is opened now, so a failure to
+    /// open it is an error here rather than a broken stream; the others open as the stream
+    /// reaches them.
+    pub async fn read(&self, start: u64, end: u64) -> Result<ByteStream> {
+        if end > self.committed || start > end {
+            return Err(StoreError::Inconsistent(format!(
+                "read {start}..{end} past committed offset {}",
+                self.committed
+            )));
         }
-        base += len;
-        if base >= end {
-            break;
+        // Map [start, end) onto the pieces; streams are opened lazily, one after the other.
+        let mut pieces = Vec::new();
+        let mut base = 0u64;
+        for &(id, len) in &self.map {
+            let (s, e) = (start.max(base), end.min(base + len));
+            if s < e {
+                pieces.push((id, s - base, e - base));
+            }
+            base += len;
+            if base >= end {
+                break;
+            }
         }
+        let mut pieces = pieces.into_iter();
+        let first = match pieces.next() {
+            Some((id, s, e)) => self.data.read(id, s, e).await?,
+            None => return Ok(Box::pin(futures_util::stream::empty())),
+        };
+        let data = self.data.clone();
+        let rest = futures_util::stream::iter(pieces)
+            .then(move |(id, s, e)| {
+                let data = data.clone();
+                async move { data.read(id, s, e).await }
+            })
+            .map(|r| match r {
+                Ok(s) => s,
+                Err(e) => Box::pin(futures_util::stream::once(async move {
+                    Err(std::io::Error::other(e.to_string()))
+                })) as ByteStream,
+            })
+            .flatten();
+        Ok(Box::pin(first.chain(rest)))
     }
-    let data = data.clone();
-    let stream = futures_util::stream::iter(pieces)
-        .then(move |(id, s, e)| {
-            let data = data.clone();
-            async move { data.read(id, s, e).await }
-        })
-        .map(|r| match r {
-            Ok(s) => s,
-            Err(e) => Box::pin(futures_util::stream::once(async move {
-                Err(std::io::Error::other(e.to_string()))
-            })) as ByteStream,
-        })
-        .flatten();
-    Ok(Box::pin(stream))
+}
+
+/// Sum of the parts' lengths, if all are known.
+fn total_length<'a>(mut parts: impl Iterator<Item = &'a UploadInfo>) -> Option<u64> {
+    parts.try_fold(0u64, |acc, p| acc.checked_add(p.length?))
 }

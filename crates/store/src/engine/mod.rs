@@ -22,15 +22,18 @@ mod digests;
 pub(crate) mod double_buffer;
 mod open;
 pub(crate) mod policy;
+#[cfg(test)]
+mod race_tests;
 mod sweep;
 #[cfg(test)]
 mod tests;
 
 pub use append::Append;
 pub use buffers::BUFFER_SIZE;
+pub use concat::Pieces;
 pub use open::TAKEOVER_PATIENCE;
-pub use policy::{ExpiryPolicy, INLINE_DIGEST_MAX, SPACE_MARGIN, SyncPolicy};
-pub(crate) use sweep::ChunkWriteActive;
+pub use policy::{ConcatLimits, ExpiryPolicy, INLINE_DIGEST_MAX, SPACE_MARGIN, SyncPolicy};
+pub(crate) use sweep::{ChunkWriteActive, forget};
 
 use crate::data::{ByteStream, DataStore};
 use crate::error::{Result, StoreError};
@@ -68,6 +71,7 @@ pub struct Uploads {
     locker: Arc<dyn Locker>,
     pub(crate) sync: SyncPolicy,
     pub(crate) expiry: ExpiryPolicy,
+    pub(crate) concat: ConcatLimits,
     /// Write buffers shared by this engine's appends and chunk writes.
     pub(crate) buffer_pool: BufferPool,
     /// Digest state of uploads being appended in order, keyed by id, at their committed
@@ -104,6 +108,7 @@ impl Uploads {
             locker,
             sync,
             expiry: ExpiryPolicy::default(),
+            concat: ConcatLimits::default(),
             buffer_pool: BufferPool::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
@@ -115,6 +120,12 @@ impl Uploads {
     /// Sets when uploads expire.
     pub fn with_expiry(mut self, expiry: ExpiryPolicy) -> Self {
         self.expiry = expiry;
+        self
+    }
+
+    /// Sets the bounds on concatenation.
+    pub fn with_concat_limits(mut self, limits: ConcatLimits) -> Self {
+        self.concat = limits;
         self
     }
 

@@ -3,7 +3,9 @@
 //! by reading an upload back. The I/O code calls these; none of them touches a store.
 
 use super::buffers::BUFFER_SIZE;
+use crate::error::StoreError;
 use crate::model::UploadInfo;
+use ferry_proto::UploadId;
 use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::digest::{KEPT, WantDigest};
 use std::time::Duration;
@@ -68,6 +70,43 @@ impl ExpiryPolicy {
     ) -> Option<u64> {
         let until = self.expires_at(false, now)?;
         (!final_complete && final_expires.is_some_and(|e| e > now && e < until)).then_some(until)
+    }
+}
+
+/// Bounds on concatenation: a final is one metadata transaction over its parts, and each part
+/// records every final that uses it, so both counts bound the work one request can cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcatLimits {
+    /// Most parts one final may list.
+    pub max_parts: usize,
+    /// Most finals one part may feed.
+    pub max_finals_per_part: usize,
+}
+
+impl Default for ConcatLimits {
+    fn default() -> Self {
+        Self {
+            max_parts: 10_000,
+            max_finals_per_part: 1_000,
+        }
+    }
+}
+
+impl ConcatLimits {
+    /// Checks a final's list of parts: within the limit, and each part once (a part listed
+    /// twice would be read and recorded twice for nothing).
+    pub(crate) fn check_parts(&self, parts: &[UploadId]) -> Result<(), StoreError> {
+        if parts.len() > self.max_parts {
+            return Err(StoreError::TooManyParts {
+                count: parts.len(),
+                max: self.max_parts,
+            });
+        }
+        let mut seen = std::collections::HashSet::with_capacity(parts.len());
+        match parts.iter().find(|p| !seen.insert(**p)) {
+            Some(p) => Err(StoreError::DuplicatePart(*p)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -139,6 +178,11 @@ pub(crate) fn kept_running(want: WantDigest) -> Option<ChecksumAlgorithm> {
 /// Whether a just-completed upload needs reading back: it has no CRC yet, or it is small
 /// enough for every digest before the completing request is answered.
 pub(crate) fn needs_read_back(info: &UploadInfo) -> bool {
+    // A final's CRC combines its parts' and its bytes are theirs: reading them again at
+    // completion would let one request (a final is free to create) cost a full read.
+    if matches!(info.kind, crate::model::UploadKind::Final { .. }) {
+        return false;
+    }
     !info.digests.has(ChecksumAlgorithm::Crc64Nvme) || digests_inline(info.length.unwrap_or(0))
 }
 
@@ -161,7 +205,6 @@ pub(crate) fn wanted(info: &UploadInfo, want: WantDigest, small: bool) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::UploadId;
 
     const MIN: u64 = 60_000;
 
@@ -299,6 +342,12 @@ mod tests {
         assert!(needs_read_back(&info(false, true, true, big)));
         assert!(!needs_read_back(&info(true, false, false, big)));
         assert!(needs_read_back(&info(true, true, true, Some(1))));
+        let mut fin = info(false, false, false, Some(1));
+        fin.kind = crate::model::UploadKind::Final { parts: vec![] };
+        assert!(
+            !needs_read_back(&fin),
+            "a final is never read back at completion"
+        );
     }
 
     #[test]
@@ -349,5 +398,24 @@ mod tests {
             wanted(&info(true, true, false, None), p("blake3=1"), false),
             None
         );
+    }
+
+    #[test]
+    fn a_final_lists_each_part_once_and_within_the_limit() {
+        let id = |b: u8| UploadId::from_bytes([b; 16]);
+        let limits = ConcatLimits {
+            max_parts: 3,
+            max_finals_per_part: 1,
+        };
+        assert!(limits.check_parts(&[id(1), id(2), id(3)]).is_ok());
+        assert!(limits.check_parts(&[]).is_ok());
+        assert!(matches!(
+            limits.check_parts(&[id(1), id(2), id(1)]),
+            Err(StoreError::DuplicatePart(p)) if p == id(1)
+        ));
+        assert!(matches!(
+            limits.check_parts(&[id(1), id(2), id(3), id(4)]),
+            Err(StoreError::TooManyParts { count: 4, max: 3 })
+        ));
     }
 }

@@ -1,11 +1,21 @@
 //! Removing uploads: on request, and sweeping the expired ones. A partial that a final still
 //! uses is only hidden; its bytes go when the last such final goes.
+//!
+//! Every removal is one metadata transaction over the upload and, for a final, its parts, so
+//! it cannot interleave with the creation of a final that uses a part (which is one
+//! transaction over the parts and the new final). Data objects are deleted after the
+//! transaction that dropped their record: a crash in between leaves an orphaned object, which
+//! `ferry fsck` finds, never a record without its bytes.
 
 use super::Uploads;
 use crate::error::{Result, StoreError};
 use crate::lock::Lease;
-use crate::model::{UploadInfo, UploadKind};
+use crate::meta::Records;
+use crate::model::UploadKind;
 use ferry_proto::UploadId;
+
+/// Records read per page by the expiry sweep: memory stays bounded however many uploads exist.
+const SWEEP_PAGE: usize = 256;
 
 impl Uploads {
     /// Deletes an upload: takes it over from any writer, then removes it. A partial that a
@@ -13,31 +23,36 @@ impl Uploads {
     /// final releases its parts.
     pub async fn delete(&self, id: UploadId) -> Result<()> {
         let _lease = self.lease(id).await?;
-        let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
-        self.remove(info).await
+        self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        self.forget(id, None).await.map(|_| ())
     }
 
     /// Deletes every upload that expired before `now` (ms since the epoch), skipping uploads
     /// a request is writing right now. Returns the ids deleted.
     pub async fn sweep_expired(&self, now: u64) -> Result<Vec<UploadId>> {
         let mut gone = Vec::new();
-        for info in self.meta.list().await? {
-            if info.deleted || !info.is_expired(now) || self.chunk_writes_active(info.id) {
-                continue;
-            }
-            let Ok(_lease) = self.try_lease(info.id).await else {
-                continue;
+        let mut after = None;
+        loop {
+            let page = self.meta.expired(now, after, SWEEP_PAGE).await?;
+            let Some(last) = page.last() else {
+                return Ok(gone);
             };
-            // Re-read under the lease: a write may have just extended it.
-            match self.get(info.id).await? {
-                Some(fresh) if fresh.is_expired(now) => {
-                    self.remove(fresh).await?;
-                    gone.push(info.id);
+            after = Some(last.id);
+            for info in page {
+                if self.chunk_writes_active(info.id) {
+                    continue;
                 }
-                _ => {}
+                let Ok(_lease) = self.try_lease(info.id).await else {
+                    continue;
+                };
+                // Expired as the transaction sees it: a write may have just extended it.
+                match self.forget(info.id, Some(now)).await {
+                    Ok(true) => gone.push(info.id),
+                    Ok(false) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
-        Ok(gone)
     }
 
     /// Whether chunk requests are writing session `id` right now. Chunk writes take no lease
@@ -66,61 +81,75 @@ impl Uploads {
         self.locker.try_acquire(id).await
     }
 
-    async fn remove(&self, info: UploadInfo) -> Result<()> {
-        let id = info.id;
+    /// Removes upload `id` in one transaction (only if it expired by `expired_by`, when
+    /// given), then deletes the data of every record the transaction dropped. Whether it was
+    /// removed.
+    pub(crate) async fn forget(&self, id: UploadId, expired_by: Option<u64>) -> Result<bool> {
         self.take_running(id);
-        if !info.finals.is_empty() {
-            let hidden = self
-                .meta
-                .update(
-                    id,
-                    Box::new(|i| {
-                        i.deleted = true;
-                        Ok(())
-                    }),
-                )
-                .await?;
-            // A final may have let go in the meantime.
-            if hidden.finals.is_empty() {
-                self.purge(id).await?;
-            }
-            return Ok(());
+        // A final's parts never change, so they can be read before the transaction.
+        let mut ids = vec![id];
+        if let Some(info) = self.meta.get(id).await?
+            && let UploadKind::Final { parts } = info.kind
+        {
+            ids.extend(parts);
         }
-        self.meta.remove(id).await?;
-        match info.kind {
-            UploadKind::Final { parts } => {
-                for p in parts {
-                    self.release_part(p, id).await?;
-                }
-            }
-            _ => self.data.delete(id).await?,
-        }
-        Ok(())
-    }
-
-    /// Drops `final_id` from a part's users; purges the part if it was deleted and no final
-    /// uses it any more.
-    async fn release_part(&self, part: UploadId, final_id: UploadId) -> Result<()> {
-        let updated = self
+        let records = self
             .meta
-            .update(
-                part,
-                Box::new(move |i| {
-                    i.finals.retain(|f| *f != final_id);
+            .transact(
+                ids.clone(),
+                Box::new(move |recs| {
+                    let info = match recs.get(&id) {
+                        Some(Some(i)) if !i.deleted => i,
+                        _ => return Err(StoreError::NotFound(id)),
+                    };
+                    if expired_by.is_some_and(|now| !info.is_expired(now)) {
+                        return Ok(());
+                    }
+                    forget(recs, id);
                     Ok(())
                 }),
             )
-            .await;
-        match updated {
-            Ok(p) if p.deleted && p.finals.is_empty() => self.purge(part).await,
-            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+            .await?;
+        let removed = !matches!(records.get(&id), Some(Some(i)) if !i.deleted);
+        for gone in ids.iter().filter(|i| matches!(records.get(i), Some(None))) {
+            self.data.delete(*gone).await?;
         }
+        Ok(removed)
     }
+}
 
-    async fn purge(&self, id: UploadId) -> Result<()> {
-        self.meta.remove(id).await?;
-        self.data.delete(id).await
+/// Removes upload `id` from `recs` (which holds it and, for a final, its parts): a final goes
+/// and releases its parts, purging those deleted earlier that no final uses any more; a part
+/// that finals still use is only hidden; anything else goes. Pure, so a transaction may run it
+/// again.
+pub(crate) fn forget(recs: &mut Records, id: UploadId) {
+    let Some(Some(info)) = recs.get(&id).cloned() else {
+        return;
+    };
+    match &info.kind {
+        UploadKind::Final { parts } => {
+            recs.insert(id, None);
+            for p in parts {
+                let purge = match recs.get_mut(p) {
+                    Some(Some(part)) => {
+                        part.finals.retain(|f| *f != id);
+                        part.deleted && part.finals.is_empty()
+                    }
+                    _ => false,
+                };
+                if purge {
+                    recs.insert(*p, None);
+                }
+            }
+        }
+        _ if !info.finals.is_empty() => {
+            if let Some(Some(part)) = recs.get_mut(&id) {
+                part.deleted = true;
+            }
+        }
+        _ => {
+            recs.insert(id, None);
+        }
     }
 }
 

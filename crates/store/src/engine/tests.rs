@@ -368,9 +368,14 @@ async fn final_reads_across_parts_and_survives_part_deletion() {
     assert_eq!(read_all(&u, &f).await, b"hello, world");
     assert_eq!(
         got(&f, ChecksumAlgorithm::Sha256),
-        Some(sha(b"hello, world"))
+        None,
+        "a final is not read back at completion, however small"
     );
-    assert_eq!(f.digests.crc64nvme(), Some(crc64nvme_of(b"hello, world")));
+    assert_eq!(
+        f.digests.crc64nvme(),
+        Some(crc64nvme_of(b"hello, world")),
+        "combined from the parts'"
+    );
     // Deleting a part hides it but keeps its bytes for the final.
     u.delete(a.id).await.unwrap();
     assert!(u.get(a.id).await.unwrap().is_none());
@@ -404,11 +409,44 @@ async fn final_rejects_non_partials_and_missing_parts() {
         .await
         .unwrap();
     write_all(&u, p.id, b"0123456789").await;
+    let q = u
+        .create(new_upload(Some(10), UploadKind::Partial))
+        .await
+        .unwrap();
     assert!(matches!(
-        u.create_final(vec![p.id, p.id], Metadata::default(), Some(15))
+        u.create_final(vec![p.id, q.id], Metadata::default(), Some(15))
             .await,
         Err(StoreError::TooLarge { .. })
     ));
+    assert!(matches!(
+        u.create_final(vec![p.id, q.id, p.id], Metadata::default(), None)
+            .await,
+        Err(StoreError::DuplicatePart(id)) if id == p.id
+    ));
+    let u = u.with_concat_limits(ConcatLimits {
+        max_parts: 1,
+        max_finals_per_part: 2,
+    });
+    assert!(matches!(
+        u.create_final(vec![p.id, q.id], Metadata::default(), None)
+            .await,
+        Err(StoreError::TooManyParts { count: 2, max: 1 })
+    ));
+    for _ in 0..2 {
+        u.create_final(vec![p.id], Metadata::default(), None)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        u.create_final(vec![p.id], Metadata::default(), None).await,
+        Err(StoreError::TooManyFinals { part, max: 2 }) if part == p.id
+    ));
+    let r = u.get(p.id).await.unwrap().unwrap();
+    assert_eq!(
+        r.finals.len(),
+        2,
+        "a refused final leaves no trace in its parts"
+    );
 }
 
 #[tokio::test]
