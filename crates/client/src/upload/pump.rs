@@ -336,3 +336,6 @@ impl Uploader {
         Ok(digests)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -473,3 +473,88 @@ async fn content_encoding_is_415_and_not_recorded() {
     let r = s.send(req("HEAD", &path)).await;
     assert_eq!(r.h("upload-complete"), "?0");
 }
+
+/// The `Repr-Digest` of a complete session holding `data` (every kept digest).
+fn repr_digest(data: &[u8]) -> String {
+    use ferry_proto::checksum::digest;
+    use ferry_proto::digest::{Digests, KEPT};
+    KEPT.into_iter()
+        .map(|a| (a, digest(a, data)))
+        .collect::<Digests>()
+        .to_field()
+        .unwrap()
+}
+
+/// Issue 15: a finished session is immutable. A PUT that began before another completed the
+/// session writes none of its bytes: the download, its strong ETag and its `Repr-Digest` stay
+/// as they were.
+#[tokio::test]
+async fn put_still_streaming_when_another_completes_the_session_changes_nothing() {
+    let s = Srv::new();
+    let path = s.session(Some(8)).await;
+    let (feed, body) = fed_body();
+    let slow = tokio::spawn(
+        s.start(
+            req("PUT", &path)
+                .h("content-range", "bytes 0-7/8")
+                .raw_body(body),
+        ),
+    );
+    // Taken means the server is reading the body: the slow write has begun.
+    feed.send(b"").await;
+    let r = s.send(chunk(&path, "bytes 0-7/8", b"ABCDEFGH")).await;
+    assert_eq!((r.status, r.h("upload-complete")), (200, "?1"), "{r:?}");
+    let before = s.send(req("GET", &path)).await;
+    assert_eq!(&before.body[..], b"ABCDEFGH");
+    assert_eq!(before.h("repr-digest"), repr_digest(b"ABCDEFGH"));
+    feed.send(b"abcd").await;
+    feed.send(b"efgh").await;
+    drop(feed);
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.h("upload-ranges"), "0-7");
+    assert_eq!(r.h("upload-complete"), "?1");
+    let after = s.send(req("GET", &path)).await;
+    assert_eq!(&after.body[..], b"ABCDEFGH", "the served bytes changed");
+    assert_eq!(after.h("etag"), before.h("etag"));
+    assert_eq!(after.h("repr-digest"), before.h("repr-digest"));
+}
+
+/// Bytes another PUT is writing are left to it: the answer leaves them out of
+/// `Upload-Ranges`, and they stay missing if that PUT fails.
+#[tokio::test]
+async fn put_overlapping_one_in_flight_leaves_its_bytes_to_it() {
+    let s = Srv::new();
+    for first_fails in [false, true] {
+        let path = s.session(Some(8)).await;
+        let (feed, body) = fed_body();
+        let first = tokio::spawn(
+            s.start(
+                req("PUT", &path)
+                    .h("content-range", "bytes 0-3/8")
+                    .raw_body(body),
+            ),
+        );
+        feed.send(b"ab").await;
+        let r = s.send(chunk(&path, "bytes 0-7/8", b"ABCDEFGH")).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.h("upload-ranges"), "2-7", "bytes 0-1 are the first PUT's");
+        assert_eq!(r.h("upload-complete"), "?0");
+        if first_fails {
+            feed.fail().await;
+            assert_eq!(first.await.unwrap().status, 400);
+            let r = s.send(req("HEAD", &path)).await;
+            assert_eq!(r.h("upload-ranges"), "2-7", "a gap to send again");
+            continue;
+        }
+        feed.send(b"cd").await;
+        drop(feed);
+        let r = first.await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.h("upload-ranges"), "0-7");
+        assert_eq!(r.h("upload-complete"), "?1");
+        let get = s.send(req("GET", &path)).await;
+        assert_eq!(&get.body[..], b"abCDEFGH");
+        assert_eq!(get.h("repr-digest"), repr_digest(b"abCDEFGH"));
+    }
+}

@@ -82,10 +82,20 @@ impl<'a> DoubleBuffer<'a> {
         self.settle().await
     }
 
-    /// Waits for the write in flight, if any.
+    /// The write in flight, if any, for a caller that must know when it has landed (the
+    /// writer is going away without waiting for it).
+    pub(crate) fn take_inflight(&mut self) -> Option<PendingWrite> {
+        self.inflight.take()
+    }
+
+    /// Waits for the write in flight, if any. It stays in `inflight` until it has landed, so
+    /// a caller abandoning the wait can still learn when it does
+    /// ([`take_inflight`](Self::take_inflight)).
     async fn settle(&mut self) -> Result<()> {
-        if let Some(w) = self.inflight.take() {
-            match w.await {
+        if let Some(w) = self.inflight.as_mut() {
+            let landed = w.await;
+            self.inflight = None;
+            match landed {
                 Ok(buf) => {
                     self.written += buf.len() as u64;
                     self.spare = Some(buf);

@@ -10,6 +10,7 @@
 //! - [`policy`]: the decisions (sync, expiry, buffer sizes, which digests), as pure functions;
 //! - [`buffers`]: the pool of write buffers; [`double_buffer`]: the filling/writing pair;
 //! - [`append`]: in-order appends and their commit;
+//! - [`claims`]: which bytes of a chunk session each request may write;
 //! - [`digests`]: running digests and read-back;
 //! - [`concat`](mod@concat): final uploads made of parts;
 //! - [`sweep`]: deletion and the expiry sweep;
@@ -17,6 +18,7 @@
 
 mod append;
 pub(crate) mod buffers;
+pub(crate) mod claims;
 mod concat;
 mod digests;
 pub(crate) mod double_buffer;
@@ -33,7 +35,7 @@ pub use buffers::BUFFER_SIZE;
 pub use concat::Pieces;
 pub use open::TAKEOVER_PATIENCE;
 pub use policy::{ConcatLimits, ExpiryPolicy, INLINE_DIGEST_MAX, SPACE_MARGIN, SyncPolicy};
-pub(crate) use sweep::{ChunkWriteActive, forget};
+pub(crate) use sweep::forget;
 
 use crate::data::{ByteStream, DataStore};
 use crate::error::{Result, StoreError};
@@ -80,9 +82,10 @@ pub struct Uploads {
     running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
     /// Uploads whose digest is being computed by reading back (so it runs once).
     digesting: Arc<Mutex<HashSet<UploadId>>>,
-    /// Chunk requests in flight per session. Chunk writes take no lease (several run at once),
-    /// so the sweeper asks here instead before deleting an expired session.
-    chunk_writers: Mutex<HashMap<UploadId, usize>>,
+    /// Chunk requests in flight per session and the bytes each may write. Chunk writes take no
+    /// lease (several run at once): they claim bytes here before writing them, and the sweeper
+    /// asks here before deleting an expired session.
+    pub(crate) chunk_claims: Arc<claims::Claims>,
     _dir_lock: Option<File>,
 }
 
@@ -112,7 +115,7 @@ impl Uploads {
             buffer_pool: BufferPool::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
-            chunk_writers: Mutex::new(HashMap::new()),
+            chunk_claims: Arc::default(),
             _dir_lock: None,
         }
     }

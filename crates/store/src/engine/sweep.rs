@@ -58,22 +58,7 @@ impl Uploads {
     /// Whether chunk requests are writing session `id` right now. Chunk writes take no lease
     /// (several run at once), so the sweeper asks here before deleting an expired session.
     pub(crate) fn chunk_writes_active(&self, id: UploadId) -> bool {
-        self.chunk_writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .is_some_and(|n| *n > 0)
-    }
-
-    /// Counts a chunk request as writing session `id` until the returned guard drops.
-    pub(crate) fn chunk_write_started(&self, id: UploadId) -> ChunkWriteActive<'_> {
-        *self
-            .chunk_writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_insert(0) += 1;
-        ChunkWriteActive { uploads: self, id }
+        self.chunk_claims.active(id)
     }
 
     /// Takes a lease only if nobody holds it (the sweeper never interrupts a writer).
@@ -149,28 +134,6 @@ pub(crate) fn forget(recs: &mut Records, id: UploadId) {
         }
         _ => {
             recs.insert(id, None);
-        }
-    }
-}
-
-/// Counts a chunk request as active on its session for as long as it lives.
-pub(crate) struct ChunkWriteActive<'a> {
-    uploads: &'a Uploads,
-    id: UploadId,
-}
-
-impl Drop for ChunkWriteActive<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .uploads
-            .chunk_writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.id);
-            }
         }
     }
 }
