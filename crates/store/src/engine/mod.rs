@@ -76,6 +76,8 @@ pub struct Uploads {
     running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
     /// Uploads whose digest is being computed by reading back (so it runs once).
     digesting: Arc<Mutex<HashSet<UploadId>>>,
+    /// Read-backs clients asked for, on a bounded pool (so their CPU is bounded too).
+    digest_jobs: Arc<digests::DigestJobs>,
     /// Chunk requests in flight per session. Chunk writes take no lease (several run at once),
     /// so the sweeper asks here instead before deleting an expired session.
     chunk_writers: Mutex<HashMap<UploadId, usize>>,
@@ -107,6 +109,7 @@ impl Uploads {
             buffer_pool: BufferPool::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
+            digest_jobs: Arc::default(),
             chunk_writers: Mutex::new(HashMap::new()),
             _dir_lock: None,
         }
