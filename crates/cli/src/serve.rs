@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Most final uploads one part may feed. [default: 1000]
     #[arg(long, env = "FERRY_MAX_FINALS_PER_PART", value_name = "N")]
     max_finals_per_part: Option<usize>,
+    /// How long a request with Want-Repr-Digest waits for a digest being computed before it is
+    /// answered with the digests already known ("0" answers at once). [default: 5s]
+    #[arg(long, env = "FERRY_DIGEST_WAIT", value_name = "DURATION")]
+    digest_wait: Option<String>,
     /// Browser origins allowed by CORS: "*", "none", or a comma-separated list such as
     /// https://app.example.com. [default: *]
     #[arg(long, env = "FERRY_CORS_ORIGINS", value_name = "ORIGINS")]
@@ -113,6 +117,7 @@ struct FileConfig {
     sweep_interval: Option<String>,
     max_final_parts: Option<usize>,
     max_finals_per_part: Option<usize>,
+    digest_wait: Option<String>,
     cors_origins: Option<String>,
     share: Option<PathBuf>,
     log: Option<String>,
@@ -249,6 +254,13 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if concat.max_parts == 0 || concat.max_finals_per_part == 0 {
         bail!("--max-final-parts and --max-finals-per-part must be at least 1");
     }
+    let digest_wait = duration(
+        "--digest-wait",
+        &args
+            .digest_wait
+            .or(file.digest_wait)
+            .unwrap_or_else(|| "5s".into()),
+    )?;
     let cors = Cors::parse(
         &args
             .cors_origins
@@ -272,6 +284,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             trust_proxy: args.trust_proxy.or(file.trust_proxy).unwrap_or(false),
             sweep_interval,
             cors,
+            digest_wait,
             ..ServerConfig::default()
         },
         sync,
@@ -416,5 +429,34 @@ async fn wait_for_signal(exit_on_stdin_close: bool) {
         _ = term.recv() => {},
         _ = int.recv() => {},
         () = stdin_closed => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_digest_wait_is_flag_then_file_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(&file, "digest_wait = \"2s\"\n").unwrap();
+        let wait = |flag: Option<&str>, config: Option<&PathBuf>| {
+            resolve(ServeArgs {
+                digest_wait: flag.map(Into::into),
+                config: config.cloned(),
+                ..Default::default()
+            })
+            .map(|s| s.server.digest_wait)
+        };
+        assert_eq!(wait(None, None).unwrap(), Duration::from_secs(5));
+        assert_eq!(wait(None, Some(&file)).unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            wait(Some("250ms"), Some(&file)).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(wait(Some("0"), None).unwrap(), Duration::ZERO, "at once");
+        let e = wait(Some("soon"), None).unwrap_err().to_string();
+        assert!(e.contains("--digest-wait"), "{e}");
     }
 }

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Which browser origins may call the API (CORS).
     pub cors: Cors,
+    /// Longest a request with `Want-Repr-Digest` waits for a digest being computed (a large
+    /// upload read back) before it is answered with the digests already known.
+    pub digest_wait: Duration,
 }
 
 /// Cross-origin policy for browsers.
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             local_addr: None,
             sweep_interval: Duration::from_secs(60),
             cors: Cors::Any,
+            digest_wait: Duration::from_secs(5),
         }
     }
 }

@@ -7,7 +7,6 @@ use ferry_proto::UploadId;
 use ferry_proto::digest::WantDigest;
 use ferry_store::UploadInfo;
 use http::StatusCode;
-use std::time::Duration;
 
 /// Loads a visible, unexpired upload: 404 if unknown, 410 once expired (until swept).
 pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, ApiError> {
@@ -22,14 +21,13 @@ pub(crate) async fn load(state: &AppState, id: UploadId) -> Result<UploadInfo, A
     Ok(info)
 }
 
-/// Longest a HEAD with `Want-Repr-Digest` waits for a digest still being computed.
-const DIGEST_WAIT: Duration = Duration::from_secs(60);
-
 /// A client that asks for the digest (RFC 9530 `Want-Repr-Digest`) of a finished upload gets
-/// it even if it is still being computed in the background: wait for it, bounded.
+/// it even if it is still being computed, when it can be ready within `--digest-wait`;
+/// otherwise it gets the digests already known (CRC-64/NVME, almost always) at once or at the
+/// bound.
 pub(crate) async fn wait_for_digest(
     state: &AppState,
-    mut info: UploadInfo,
+    info: UploadInfo,
     want: WantDigest,
 ) -> Result<UploadInfo, ApiError> {
     if !info.is_complete() || has_wanted_digest(&info, want) {
@@ -37,18 +35,12 @@ pub(crate) async fn wait_for_digest(
     }
     // CRC-64/NVME comes with completion (or shortly after, when read back); BLAKE3 or SHA-256
     // of a large upload is computed only now that somebody wants it (and accepts nothing
-    // cheaper).
-    state.uploads.ensure_digests(&info, want).await;
-    info = load(state, info.id).await?;
-    let deadline = tokio::time::Instant::now() + DIGEST_WAIT;
-    while !has_wanted_digest(&info, want) && tokio::time::Instant::now() < deadline {
-        tokio::select! {
-            () = state.shutdown.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-        info = load(state, info.id).await?;
+    // cheaper), once, on the store's bounded pool of read-backs.
+    tokio::select! {
+        () = state.shutdown.cancelled() => {}
+        () = state.uploads.wait_for_digests(&info, want, state.config.digest_wait) => {}
     }
-    Ok(info)
+    load(state, info.id).await
 }
 
 /// Whether `info` already carries a digest the client accepts.

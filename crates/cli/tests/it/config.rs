@@ -241,6 +241,7 @@ fn invalid_settings_exit_2_with_a_clear_message() {
     let bad_syntax = toml("syntax.toml", "max_size = \n");
     let bad_type = toml("type.toml", "trust_proxy = \"yes\"\n");
     let bad_size = toml("size.toml", "max_size = \"huge\"\n");
+    let bad_digest_wait = toml("wait.toml", "digest_wait = \"a while\"\n");
     let missing = tmp.path().join("missing.toml").display().to_string();
     let cases: Vec<Case<&str>> = vec![
         ("bad size flag", vec!["--max-size", "12Q"], &[], "12Q"),
@@ -276,6 +277,24 @@ fn invalid_settings_exit_2_with_a_clear_message() {
             vec![],
             &[("FERRY_BODY_IDLE_TIMEOUT", "-1s")],
             "body-idle-timeout",
+        ),
+        (
+            "bad digest wait",
+            vec!["--digest-wait", "soon"],
+            &[],
+            "digest-wait",
+        ),
+        (
+            "bad digest wait env",
+            vec![],
+            &[("FERRY_DIGEST_WAIT", "-1s")],
+            "digest-wait",
+        ),
+        (
+            "bad digest wait in file",
+            vec!["--config", &bad_digest_wait],
+            &[],
+            "digest-wait",
         ),
         (
             "unknown TOML key",

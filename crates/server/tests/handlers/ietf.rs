@@ -398,6 +398,34 @@ async fn head_is_204_with_state() {
 }
 
 #[tokio::test]
+async fn head_wanting_a_digest_not_ready_is_204_within_the_bound_with_the_crc() {
+    let bound = Duration::from_millis(300);
+    let s = Srv::config(|c| c.digest_wait = bound);
+    let r = s.send(create(true).body(vec![3u8; 12 << 20])).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let path = path_of(r.h("location"));
+    s.faults.stall_reads();
+    let started = std::time::Instant::now();
+    let r = s
+        .send(
+            req("HEAD", &path)
+                .ietf(V)
+                .h("want-repr-digest", "sha-256=10"),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("upload-complete"), "?1");
+    assert!(r.h("repr-digest").contains("crc64nvme=:"), "{r:?}");
+    assert!(!r.h("repr-digest").contains("sha-256"), "{r:?}");
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    s.faults.resume_reads();
+}
+
+#[tokio::test]
 async fn head_unknown_is_404() {
     let s = Srv::new();
     let r = s.send(req("HEAD", NO_SUCH).ietf(V)).await;

@@ -44,6 +44,8 @@ pub struct Faults {
     pub free: Mutex<Option<u64>>,
     /// Every metadata `update` fails (as a broken database would).
     pub meta_update: Mutex<bool>,
+    /// While set, `read` waits before it starts (as a slow disk would).
+    pub read_stalled: Mutex<bool>,
 }
 
 impl Faults {
@@ -71,6 +73,16 @@ impl Faults {
     /// Every metadata update fails.
     pub fn meta_broken(&self) {
         *self.meta_update.lock().unwrap() = true;
+    }
+
+    /// Reads wait until [`resume_reads`](Self::resume_reads).
+    pub fn stall_reads(&self) {
+        *self.read_stalled.lock().unwrap() = true;
+    }
+
+    /// Stalled reads go on.
+    pub fn resume_reads(&self) {
+        *self.read_stalled.lock().unwrap() = false;
     }
 }
 
@@ -166,6 +178,9 @@ impl DataStore for FaultyData {
     async fn read(&self, id: UploadId, start: u64, end: u64) -> ferry_store::Result<ByteStream> {
         if let Some(e) = Faults::error(&self.faults.read) {
             return Err(e);
+        }
+        while *self.faults.read_stalled.lock().unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.inner.read(id, start, end).await
     }

@@ -55,6 +55,39 @@ async fn head_is_200_with_offset_and_length() {
 }
 
 #[tokio::test]
+async fn head_wanting_a_digest_not_ready_is_200_within_the_bound_with_the_crc() {
+    let bound = Duration::from_millis(300);
+    let s = Srv::config(|c| c.digest_wait = bound);
+    let data = vec![7u8; 12 << 20];
+    let path = s.finished(&data).await;
+    // The read-back that computes SHA-256 cannot finish while reads stall.
+    s.faults.stall_reads();
+    let want = || req("HEAD", &path).tus().h("want-repr-digest", "sha-256=10");
+    let started = std::time::Instant::now();
+    let r = s.send(want()).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("upload-offset"), (12 << 20).to_string());
+    assert!(r.h("repr-digest").contains("crc64nvme=:"), "{r:?}");
+    assert!(!r.h("repr-digest").contains("sha-256"), "{r:?}");
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    // The job went on: once reads resume, the digest is kept and served.
+    s.faults.resume_reads();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = s.send(want()).await;
+        if r.h("repr-digest").contains("sha-256=:") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn head_unknown_is_404() {
     let s = Srv::new();
     let r = s.send(req("HEAD", NO_SUCH).tus()).await;

@@ -1,9 +1,14 @@
 //! Whole-upload digests: kept running while bytes are appended in order, or computed by reading
-//! an upload back when the chain from byte 0 is broken or a client asks for one.
+//! an upload back when the chain from byte 0 is broken or a client asks for one (a large
+//! upload's on the bounded pool of [`jobs`]).
+
+mod jobs;
+
+pub(crate) use jobs::DigestJobs;
 
 use super::Uploads;
 use super::concat::read_upload;
-use super::policy::{Wanted, digests_inline, runs_every_digest, wanted};
+use super::policy::{Wanted, digests_inline, runs_every_digest, still_missing, wanted};
 use crate::data::DataStore;
 use crate::error::{Result, StoreError};
 use crate::meta::MetaStore;
@@ -12,7 +17,9 @@ use ferry_proto::UploadId;
 use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
 use ferry_proto::digest::{Digests, KEPT, WantDigest};
 use futures_util::StreamExt;
+use jobs::Job;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,43 +108,20 @@ impl Uploads {
     }
 
     /// Computes missing digests by reading the data back (after a restart, a takeover that
-    /// broke the hash chain, for finals whose parts lack one, or a cryptographic digest on
-    /// request): inline when small (every digest), else in the background (CRC-64/NVME, and
-    /// the cheapest cryptographic digest `want` accepts if it accepts no CRC). Runs at most
-    /// once at a time per upload.
+    /// broke the hash chain, or for finals whose parts lack one): inline when small (every
+    /// digest), else in the background (CRC-64/NVME, and the cheapest cryptographic digest
+    /// `want` accepts if it accepts no CRC). Runs at most once at a time per upload.
     pub(crate) async fn digest_by_reading(&self, info: &UploadInfo, want: WantDigest) {
         let small = digests_inline(info.length.unwrap_or(0));
         if wanted(info, want, small).is_none() {
             return;
         }
-        let data = self.data.clone();
-        let meta = self.meta.clone();
-        let digesting = self.digesting.clone();
+        let reader = self.reader();
         let id = info.id;
         let job = async move {
-            // One read-back at a time per upload: a request for another digest that comes
-            // while one runs waits for it, then computes what the record still lacks.
-            while !digesting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id)
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            // Leaves the set however the job ends (a request running it inline may be
-            // cancelled mid-way; a stale entry would make every later request wait forever).
-            let _running = Digesting(&digesting, id);
-            let result = match meta.get(id).await {
-                Ok(Some(fresh)) => match wanted(&fresh, want, small) {
-                    Some(w) => compute_digest(&data, &meta, &fresh, w).await,
-                    None => Ok(()),
-                },
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::warn!(upload = %id, error = %e, "digest failed");
-            }
+            reader
+                .read_back(id, |fresh| wanted(fresh, want, small), None)
+                .await;
         };
         if small {
             job.await;
@@ -147,11 +131,105 @@ impl Uploads {
     }
 
     /// A client asked for a digest of a finished upload (`want`, from `Want-Repr-Digest`):
-    /// computes what is missing, in the background when large, once. The record shows the
-    /// digests when done.
-    pub async fn ensure_digests(&self, info: &UploadInfo, want: WantDigest) {
-        if info.is_complete() {
+    /// computes what is missing and waits for it at most `bound`. A small upload's are computed
+    /// at once; a large one's by a read-back job on the bounded pool, queued once per upload
+    /// (or not at all when the queue is full), and waited for only while it can be done within
+    /// `bound` at the measured hash rate. The record shows the digests when done; a caller that
+    /// stopped waiting answers with those it has.
+    pub async fn wait_for_digests(&self, info: &UploadInfo, want: WantDigest, bound: Duration) {
+        if !info.is_complete() {
+            return;
+        }
+        let length = info.length.unwrap_or(0);
+        if digests_inline(length) {
             self.digest_by_reading(info, want).await;
+            return;
+        }
+        let Some(algorithms) = wanted(info, want, false) else {
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let reader = self.reader();
+        let run = move |job: Job, hashed: Arc<AtomicU64>| {
+            let reader = reader.clone();
+            async move {
+                let pick = |fresh: &UploadInfo| still_missing(fresh, job.algorithms);
+                reader.read_back(job.id, pick, Some(&hashed)).await;
+            }
+        };
+        let job = Job {
+            id: info.id,
+            algorithms,
+            length,
+        };
+        if let Some(mut done) = self.digest_jobs.submit(job, want, bound, run) {
+            let left = bound.saturating_sub(started.elapsed());
+            // Ends when the job does (stored or failed), or at the bound.
+            let _ = tokio::time::timeout(left, done.changed()).await;
+        }
+    }
+
+    /// [`wait_for_digests`](Self::wait_for_digests) without waiting: the job starts or is
+    /// queued, and the record shows the digests when done.
+    pub async fn ensure_digests(&self, info: &UploadInfo, want: WantDigest) {
+        self.wait_for_digests(info, want, Duration::ZERO).await;
+    }
+
+    /// Read-backs of large uploads for clients on a pool of `workers` and a queue of `queue`.
+    #[cfg(test)]
+    pub(crate) fn with_digest_jobs(mut self, workers: usize, queue: usize) -> Self {
+        self.digest_jobs = Arc::new(DigestJobs::new(workers, queue));
+        self
+    }
+
+    fn reader(&self) -> Reader {
+        Reader {
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            digesting: self.digesting.clone(),
+        }
+    }
+}
+
+/// What a read-back needs of the engine, owned (it may run in a task of its own).
+#[derive(Clone)]
+struct Reader {
+    data: Arc<dyn DataStore>,
+    meta: Arc<dyn MetaStore>,
+    digesting: Arc<Mutex<HashSet<UploadId>>>,
+}
+
+impl Reader {
+    /// Reads `id` back and stores what `pick` says its fresh record still lacks, once no other
+    /// read-back of it runs (one that comes while another runs waits for it, then computes
+    /// what the record still lacks), counting the bytes hashed in `hashed`.
+    async fn read_back(
+        &self,
+        id: UploadId,
+        pick: impl FnOnce(&UploadInfo) -> Option<Wanted>,
+        hashed: Option<&AtomicU64>,
+    ) {
+        while !self
+            .digesting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Leaves the set however the job ends (a request running it inline may be cancelled
+        // mid-way; a stale entry would make every later request wait forever).
+        let _running = Digesting(&self.digesting, id);
+        let result = match self.meta.get(id).await {
+            Ok(Some(fresh)) => match pick(&fresh) {
+                Some(w) => compute_digest(&self.data, &self.meta, &fresh, w, hashed).await,
+                None => Ok(()),
+            },
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(upload = %id, error = %e, "digest failed");
         }
     }
 }
@@ -168,18 +246,23 @@ impl Drop for Digesting<'_> {
     }
 }
 
-/// Hashes the whole upload with the wanted algorithms (one read) and stores the digests.
+/// Hashes the whole upload with the wanted algorithms (one read), counting bytes in `hashed`,
+/// and stores the digests.
 async fn compute_digest(
     data: &Arc<dyn DataStore>,
     meta: &Arc<dyn MetaStore>,
     info: &UploadInfo,
     want: Wanted,
+    hashed: Option<&AtomicU64>,
 ) -> Result<()> {
     let length = info.length.unwrap_or(0);
     let mut stream = read_upload(data, meta, info, 0, length).await?;
     let mut hashers: Vec<Hasher> = want.algorithms().map(Hasher::new).collect();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        if let Some(h) = hashed {
+            h.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
         // Off the async threads: hashing a GiB takes a while.
         hashers = tokio::task::spawn_blocking(move || {
             for h in &mut hashers {
@@ -206,3 +289,6 @@ async fn compute_digest(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

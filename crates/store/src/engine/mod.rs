@@ -82,6 +82,8 @@ pub struct Uploads {
     running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
     /// Uploads whose digest is being computed by reading back (so it runs once).
     digesting: Arc<Mutex<HashSet<UploadId>>>,
+    /// Read-backs clients asked for, on a bounded pool (so their CPU is bounded too).
+    digest_jobs: Arc<digests::DigestJobs>,
     /// Chunk requests in flight per session and the bytes each may write. Chunk writes take no
     /// lease (several run at once): they claim bytes here before writing them, and the sweeper
     /// asks here before deleting an expired session.
@@ -115,6 +117,7 @@ impl Uploads {
             buffer_pool: BufferPool::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
+            digest_jobs: Arc::default(),
             chunk_claims: Arc::default(),
             _dir_lock: None,
         }

@@ -1,6 +1,7 @@
 //! The engine's decisions, as pure functions: when data is synced, when uploads expire, how
-//! large an append's buffers are, which digests run while bytes arrive and which are computed
-//! by reading an upload back. The I/O code calls these; none of them touches a store.
+//! large an append's buffers are, which digests run while bytes arrive, which are computed
+//! by reading an upload back, and whether such a read-back is queued and waited for. The I/O
+//! code calls these; none of them touches a store.
 
 use super::buffers::BUFFER_SIZE;
 use crate::error::StoreError;
@@ -198,6 +199,113 @@ pub(crate) fn wanted(info: &UploadInfo, want: WantDigest, small: bool) -> Option
         .into_iter()
         .filter(|a| !info.digests.has(*a))
         .filter(|a| *a == ChecksumAlgorithm::Crc64Nvme || small || Some(*a) == cheapest)
+        .fold(WantDigest::default(), WantDigest::with);
+    (!w.is_empty()).then_some(w)
+}
+
+/// Read-backs for a digest a client asked for run on this many workers: hashing costs about
+/// a second of CPU per GB, and finals (tus concatenation) cost nothing to create, so without a
+/// bound any client could keep every core hashing.
+pub(crate) const DIGEST_WORKERS: usize = 1;
+
+/// At most this many read-backs wait for a worker; a request beyond them is answered with the
+/// digests already known (and may ask again later).
+pub(crate) const DIGEST_QUEUE: usize = 64;
+
+/// Hash rate assumed (bytes/s) until a read-back has been measured: below SHA-256 on one core
+/// without SHA extensions, so a first estimate errs towards answering at once.
+pub(crate) const ASSUMED_HASH_RATE: u64 = 256 << 20;
+
+/// Read-backs shorter than this say little about the hash rate (startup, cache effects).
+pub(crate) const RATE_SAMPLE_MIN: u64 = 4 << 20;
+
+/// The read-back jobs of one upload, as a request sees them: whether one is running, whether
+/// one is queued (at which position), and for each whether it computes a digest the request
+/// accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct JobsOf {
+    /// A running job, and whether it covers the request.
+    pub running: Option<bool>,
+    /// A queued job's position, and whether it covers the request.
+    pub queued: Option<(usize, bool)>,
+}
+
+/// What becomes of a request for a digest that needs reading an upload back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// The running job computes it: wait for that one.
+    JoinRunning,
+    /// The job queued at this position computes it: wait for that one.
+    JoinQueued(usize),
+    /// Add the algorithms to the job queued at this position (one read computes both).
+    Merge(usize),
+    /// Queue a new job.
+    Queue,
+    /// The queue is full: queue nothing, answer with what is known.
+    Refuse,
+}
+
+/// Whether and how a read-back is queued, given the upload's jobs and the queue's length and
+/// bound: an upload never has two jobs for the same digests, and never more than one queued
+/// (a request for other digests than its running job's queues one job to follow it).
+pub(crate) fn admit(jobs: JobsOf, queue_len: usize, queue_max: usize) -> Admission {
+    match jobs {
+        JobsOf {
+            running: Some(true),
+            ..
+        } => Admission::JoinRunning,
+        JobsOf {
+            queued: Some((at, true)),
+            ..
+        } => Admission::JoinQueued(at),
+        JobsOf {
+            queued: Some((at, false)),
+            ..
+        } => Admission::Merge(at),
+        _ if queue_len < queue_max => Admission::Queue,
+        _ => Admission::Refuse,
+    }
+}
+
+/// Whether a job computing `job` gives a client that accepts `want` a digest it accepts.
+pub(crate) fn covers(job: WantDigest, want: WantDigest) -> bool {
+    job.algorithms().any(|a| want.accepts(a))
+}
+
+/// Whether a request waits for its job, `ahead` bytes of read-back away (the job's own bytes
+/// and those of the jobs before it, shared by `workers`), at `rate` bytes/s: only if they can
+/// be hashed within `bound`. Otherwise it is answered at once with the digests known.
+pub(crate) fn waits_for_digest(ahead: u64, rate: u64, workers: usize, bound: Duration) -> bool {
+    let per_second = u128::from(rate).saturating_mul(workers.max(1) as u128);
+    u128::from(ahead) * 1000 <= per_second.saturating_mul(bound.as_millis())
+}
+
+/// The hash rate to estimate with: the measured one, else [`ASSUMED_HASH_RATE`].
+pub(crate) fn hash_rate(measured: Option<u64>) -> u64 {
+    measured.filter(|r| *r > 0).unwrap_or(ASSUMED_HASH_RATE)
+}
+
+/// The measured hash rate after a read-back of `bytes` took `elapsed`: the mean of the previous
+/// measurement and this one (so one slow job moves it only half-way), unless the job was too
+/// short to tell.
+pub(crate) fn next_hash_rate(previous: Option<u64>, bytes: u64, elapsed: Duration) -> Option<u64> {
+    let micros = elapsed.as_micros();
+    if bytes < RATE_SAMPLE_MIN || micros == 0 {
+        return previous;
+    }
+    let sample = u64::try_from(u128::from(bytes) * 1_000_000 / micros).unwrap_or(u64::MAX);
+    Some(match previous {
+        Some(p) => p / 2 + sample / 2,
+        None => sample,
+    })
+}
+
+/// What a queued job asked to compute `algorithms` still has to compute of `info` when it
+/// runs: the record may have gained some meanwhile (the CRC, or a digest another job added).
+pub(crate) fn still_missing(info: &UploadInfo, algorithms: WantDigest) -> Option<Wanted> {
+    let w = algorithms
+        .algorithms()
+        .filter(|a| !info.digests.has(*a))
         .fold(WantDigest::default(), WantDigest::with);
     (!w.is_empty()).then_some(w)
 }
@@ -417,5 +525,116 @@ mod tests {
             limits.check_parts(&[id(1), id(2), id(3), id(4)]),
             Err(StoreError::TooManyParts { count: 4, max: 3 })
         ));
+    }
+
+    #[test]
+    fn a_read_back_is_joined_merged_queued_or_refused() {
+        let none = JobsOf::default();
+        assert_eq!(admit(none, 0, 2), Admission::Queue);
+        assert_eq!(admit(none, 1, 2), Admission::Queue);
+        assert_eq!(admit(none, 2, 2), Admission::Refuse, "queue full");
+        assert_eq!(admit(none, 0, 0), Admission::Refuse);
+        let running = |covers| JobsOf {
+            running: Some(covers),
+            queued: None,
+        };
+        assert_eq!(admit(running(true), 2, 2), Admission::JoinRunning);
+        assert_eq!(
+            admit(running(false), 0, 2),
+            Admission::Queue,
+            "other digests follow the running job"
+        );
+        assert_eq!(admit(running(false), 2, 2), Admission::Refuse);
+        let queued = |at, covers| JobsOf {
+            running: None,
+            queued: Some((at, covers)),
+        };
+        assert_eq!(admit(queued(3, true), 9, 9), Admission::JoinQueued(3));
+        assert_eq!(
+            admit(queued(3, false), 9, 9),
+            Admission::Merge(3),
+            "merging takes no place in the queue"
+        );
+        let both = |r, q| JobsOf {
+            running: Some(r),
+            queued: Some((0, q)),
+        };
+        assert_eq!(admit(both(true, false), 1, 1), Admission::JoinRunning);
+        assert_eq!(admit(both(false, true), 1, 1), Admission::JoinQueued(0));
+        assert_eq!(
+            admit(both(false, false), 1, 1),
+            Admission::Merge(0),
+            "never a second queued job for one upload"
+        );
+    }
+
+    #[test]
+    fn a_job_covers_a_request_that_accepts_one_of_its_digests() {
+        let p = WantDigest::parse;
+        assert!(covers(p("sha-256"), p("sha-256")));
+        assert!(covers(p("crc64nvme, sha-256"), p("sha-256")));
+        assert!(covers(p("sha-256"), p("blake3, sha-256")));
+        assert!(!covers(p("blake3"), p("sha-256")));
+        assert!(!covers(WantDigest::default(), p("sha-256")));
+    }
+
+    #[test]
+    fn a_request_waits_only_for_what_can_be_hashed_within_the_bound() {
+        let mib = 1u64 << 20;
+        let s = Duration::from_secs;
+        assert!(waits_for_digest(100 * mib, 100 * mib, 1, s(1)));
+        assert!(!waits_for_digest(100 * mib + 1, 100 * mib, 1, s(1)));
+        assert!(
+            waits_for_digest(200 * mib, 100 * mib, 2, s(1)),
+            "two workers"
+        );
+        assert!(waits_for_digest(0, 0, 1, Duration::ZERO), "nothing to hash");
+        assert!(!waits_for_digest(1, ASSUMED_HASH_RATE, 1, Duration::ZERO));
+        assert!(!waits_for_digest(u64::MAX, 1, 1, s(1)));
+        assert!(waits_for_digest(
+            u64::MAX,
+            u64::MAX,
+            usize::MAX,
+            s(u64::MAX)
+        ));
+    }
+
+    #[test]
+    fn the_hash_rate_is_measured_from_long_enough_jobs() {
+        assert_eq!(hash_rate(None), ASSUMED_HASH_RATE);
+        assert_eq!(hash_rate(Some(0)), ASSUMED_HASH_RATE);
+        assert_eq!(hash_rate(Some(5)), 5);
+        let s = Duration::from_secs;
+        let big = 100 * RATE_SAMPLE_MIN;
+        assert_eq!(next_hash_rate(None, big, s(2)), Some(big / 2));
+        assert_eq!(
+            next_hash_rate(Some(big), big, s(2)),
+            Some(big / 2 + big / 4),
+            "half-way"
+        );
+        assert_eq!(next_hash_rate(Some(7), RATE_SAMPLE_MIN - 1, s(1)), Some(7));
+        assert_eq!(next_hash_rate(None, big, Duration::ZERO), None);
+        assert_eq!(
+            next_hash_rate(None, u64::MAX, Duration::from_micros(1)),
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn a_queued_job_computes_only_what_is_still_missing() {
+        let both = WantDigest::parse("crc64nvme, sha-256");
+        assert_eq!(
+            still_missing(&info(false, false, false, None), both),
+            Some(both)
+        );
+        assert_eq!(
+            still_missing(&info(true, false, false, None), both),
+            Some(WantDigest::parse("sha-256"))
+        );
+        assert_eq!(still_missing(&info(true, false, true, None), both), None);
+        assert_eq!(
+            still_missing(&info(false, false, false, None), WantDigest::default()),
+            None
+        );
     }
 }
