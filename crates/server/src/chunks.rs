@@ -290,9 +290,13 @@ async fn receive(
         .await
         .map_err(|e| ApiError::from(e).closing())?;
     let idle = state.config.body_idle_timeout;
+    // A newer request for bytes this one claims (a client's retry, typically) takes over.
+    let taken_over = w.taken_over();
+    tokio::pin!(taken_over);
     loop {
         let frame = tokio::select! {
             biased;
+            () = &mut taken_over => return Err(cut(Ending::TakenOver)),
             () = state.shutdown.cancelled() => return Err(cut(Ending::Shutdown)),
             f = tokio::time::timeout(idle, body.frame()) => f,
         };

@@ -180,6 +180,10 @@ impl From<StoreError> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body goes past the upload length of {length} bytes"),
             ),
+            StoreError::TakenOver(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "a newer request took over the bytes this one was writing; they were not recorded",
+            ),
             StoreError::Conflict(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "upload changed underneath this request",

@@ -19,15 +19,17 @@
 //! chunk that eventually covers them.
 
 use crate::data::{DataWriter, WriteMode};
-use crate::engine::claims::{ClaimGuard, Step};
+use crate::engine::claims::{ClaimGuard, Next, Takeover};
 use crate::engine::double_buffer::DoubleBuffer;
 use crate::engine::policy::range_buffer_capacity;
-use crate::engine::{NewUpload, Uploads};
+use crate::engine::{NewUpload, TAKEOVER_PATIENCE, Uploads};
 use crate::error::{Result, StoreError};
 use crate::model::{Protocol, RangeSet, UploadInfo, now_ms};
 use ferry_proto::{Metadata, UploadId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Most separate ranges a session may hold. Each commit rewrites the record and each answer
 /// lists the ranges in a header, so a client sending scattered tiny chunks must not make
@@ -78,6 +80,7 @@ impl Uploads {
             buffers: DoubleBuffer::new(&self.buffer_pool, range_buffer_capacity(end - start)),
             recording: false,
             claim: Some(claim),
+            waiting: None,
         })
     }
 
@@ -205,6 +208,9 @@ pub struct RangeWrite<'a> {
     recording: bool,
     /// This request's claims (`None` once handed to the drop).
     claim: Option<ClaimGuard>,
+    /// Waiting for another request's claim at this byte: when to ask it to let go, and when
+    /// to give up.
+    waiting: Option<(u64, tokio::time::Instant, tokio::time::Instant)>,
 }
 
 impl std::fmt::Debug for RangeWrite<'_> {
@@ -238,18 +244,35 @@ impl RangeWrite<'_> {
         }
         while !data.is_empty() {
             let pos = self.pos;
-            let step = match &self.claim {
+            let next = match &self.claim {
                 Some(c) => c.next(pos, data.len() as u64),
-                None => Step::Skip(data.len() as u64),
+                None => Next::Skip(data.len() as u64),
             };
-            let n = match step {
-                // Recorded, another request's, or the session is complete.
-                Step::Skip(n) => {
+            let n = match next {
+                // Recorded, or the session is complete.
+                Next::Skip(n) => {
+                    self.waiting = None;
                     data = &data[n as usize..];
                     self.pos += n;
                     continue;
                 }
-                Step::Write(n) => n as usize,
+                Next::Write(n) => {
+                    self.waiting = None;
+                    n as usize
+                }
+                Next::Wait { released, owner } => {
+                    // Deadlines run from the first wait at this byte: releases of other claims
+                    // wake the loop without restarting them.
+                    let now = tokio::time::Instant::now();
+                    let deadlines = match self.waiting {
+                        Some((at, grace, patience)) if at == pos => (grace, patience),
+                        _ => (now + CLAIM_GRACE, now + TAKEOVER_PATIENCE),
+                    };
+                    self.waiting = Some((pos, deadlines.0, deadlines.1));
+                    wait_for_release(self.id, released, owner, deadlines, self.taken_over())
+                        .await?;
+                    continue;
+                }
             };
             let at = self
                 .writer
@@ -268,6 +291,18 @@ impl RangeWrite<'_> {
             self.pos += n as u64;
         }
         Ok(())
+    }
+
+    /// Resolves once a newer request asks this one to let go of bytes it claims: the caller
+    /// ends the request (what it wrote is not recorded) so the newer one can write them.
+    pub fn taken_over(&self) -> impl Future<Output = ()> + Send + 'static {
+        let takeover = self.claim.as_ref().map(|c| c.takeover());
+        async move {
+            match takeover {
+                Some(t) => t.asked().await,
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Finishes the current gap's writer and opens one at `pos`.
@@ -323,6 +358,42 @@ impl RangeWrite<'_> {
             .await;
         self.recording = false;
         recorded
+    }
+}
+
+/// How long a request waits for an older one holding bytes it needs before asking it to let
+/// go: long enough for a duplicate chunk sent at the same time to finish (both then succeed),
+/// short enough that a retry is not held up by a first attempt on a connection that died
+/// without the server seeing it.
+const CLAIM_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits until another request lets claimed bytes of upload `id` go, asking `owner` (an older
+/// holder) to let go once `grace` passes. Fails if this request is asked to let go itself
+/// meanwhile (`asked`: a newer request wants its bytes), or if the holder neither ends nor
+/// lets go within the takeover patience.
+async fn wait_for_release(
+    id: UploadId,
+    mut released: watch::Receiver<u64>,
+    owner: Option<Arc<Takeover>>,
+    (grace, patience): (tokio::time::Instant, tokio::time::Instant),
+    asked: impl Future<Output = ()>,
+) -> Result<()> {
+    tokio::pin!(asked);
+    let grace = tokio::time::sleep_until(grace);
+    let patience = tokio::time::sleep_until(patience);
+    tokio::pin!(grace, patience);
+    let mut owner = owner;
+    loop {
+        tokio::select! {
+            r = released.changed() => return r.map_err(|_| StoreError::Busy(id)),
+            () = &mut asked => return Err(StoreError::TakenOver(id)),
+            () = &mut grace, if owner.is_some() => {
+                if let Some(o) = owner.take() {
+                    o.ask();
+                }
+            }
+            () = &mut patience => return Err(StoreError::Busy(id)),
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub enum StoreError {
         /// The upload's length.
         length: u64,
     },
+    /// A newer request asked this one to let go of the bytes it was writing.
+    #[error("a newer request took over the bytes of upload {0} this request was writing")]
+    TakenOver(UploadId),
     /// The stored offset is not where the writer expected it (someone else committed).
     #[error("upload {0} changed underneath this request")]
     Conflict(UploadId),

@@ -373,6 +373,50 @@ fn final_created_while_the_last_part_finishes_always_completes() {
         stuck.is_empty(),
         "finals never completed in rounds {stuck:?}"
     );
+    let mut server = server;
+    assert!(server.terminate(Duration::from_secs(10)).is_some());
+    assert_fsck_clean(&server.data_dir);
+}
+
+/// A DELETE of a part racing the creation of a final that lists it, 100 times over HTTP: a
+/// final answered 201 serves its bytes, and once everything is deleted `ferry fsck` finds
+/// nothing (before concatenation became one transaction, finals answered 201 then 404 for
+/// ever, and parts' data stayed on disk).
+#[test]
+fn deleting_a_part_while_a_final_is_created_leaves_nothing_inconsistent() {
+    let mut server = Server::start(&[]);
+    let (mut created, mut refused) = (0, 0);
+    for i in 0..100u64 {
+        let data = random_bytes(1000, 700 + i);
+        let (a, b) = (partial_with(&server, &data), partial_with(&server, b"tail"));
+        let concat = format!("final;{} {}", path_of(&a), path_of(&b));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let (b2, gone) = (barrier.clone(), b.clone());
+        let t = std::thread::spawn(move || {
+            b2.wait();
+            delete(&gone)
+        });
+        barrier.wait();
+        let resp = post_final(&server, &concat);
+        assert_eq!(t.join().unwrap(), 204);
+        match resp.status().as_u16() {
+            201 => {
+                created += 1;
+                let fin = hdr(&resp, "location").unwrap();
+                let (status, _, body) = get(&fin);
+                assert_eq!(status, 200, "round {i}: a final answered 201");
+                assert!(body == [data.as_slice(), b"tail"].concat(), "round {i}");
+                assert_eq!(delete(&fin), 204);
+            }
+            404 => refused += 1,
+            other => panic!("round {i}: {other}"),
+        }
+        assert_eq!(delete(&a), 204);
+    }
+    eprintln!("{created} finals created, {refused} refused");
+    assert!(server.terminate(Duration::from_secs(10)).is_some());
+    assert_eq!(stored_files(&server.data_dir), 0, "no data left");
+    assert_fsck_clean(&server.data_dir);
 }
 
 #[test]

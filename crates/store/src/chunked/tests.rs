@@ -384,4 +384,6 @@ async fn a_finished_session_never_changes_under_slow_and_racing_writers() {
             "iteration {i}: the recorded digest is not the bytes'"
         );
     }
+    let report = u.fsck(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

@@ -633,3 +633,18 @@ pub fn run_ferry(args: &[&str], state: &Path, limit: Duration) -> Ran {
         elapsed: started.elapsed(),
     }
 }
+
+/// Runs `ferry fsck` on a data directory no server uses and fails unless it finds nothing.
+pub fn assert_fsck_clean(data_dir: &Path) {
+    let out = Command::new(ferry_bin())
+        .args(["fsck", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("ferry fsck runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no problems"),
+        "ferry fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
