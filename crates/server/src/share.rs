@@ -121,7 +121,7 @@ pub async fn serve(
             Ok((file, meta))
         })
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::internal(&e))?;
     let (file, meta) = match opened {
         Ok(x) => x,
         // ENOENT, EXDEV (escape attempt refused by the kernel), ELOOP, EACCES: all look the same.
@@ -219,7 +219,7 @@ async fn listing(
             Ok(out)
         })
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| ApiError::from(ferry_store::StoreError::from(e)))?;
     let title = html_escape(&String::from_utf8_lossy(
         &percent_decode_str(request_path).collect::<Vec<u8>>(),

@@ -305,3 +305,36 @@ async fn if_unmodified_since_before_the_change_is_412() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_ranged_get_of_a_final_reads_each_part_record_once() {
+    use std::sync::atomic::Ordering;
+    let s = Srv::new();
+    let parts = [
+        s.partial(b"abc").await,
+        s.partial(b"def").await,
+        s.partial(b"ghi").await,
+    ];
+    let r = s
+        .send(
+            req("POST", "/files/")
+                .tus()
+                .h("upload-concat", &format!("final;{}", parts.join(" "))),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let fin = path_of(r.h("location"));
+    s.faults.meta_gets.store(0, Ordering::SeqCst);
+    let r = s
+        .send(req("GET", &fin).h("range", "bytes=0-0,4-4,8-8"))
+        .await;
+    assert_eq!(r.status, 206, "{r:?}");
+    for piece in ["a", "e", "i"] {
+        assert!(r.text().contains(&format!("\r\n\r\n{piece}\r\n")), "{r:?}");
+    }
+    assert_eq!(
+        s.faults.meta_gets.load(Ordering::SeqCst),
+        1 + parts.len(),
+        "the final's record, then each part's once"
+    );
+}

@@ -46,6 +46,8 @@ pub struct Faults {
     pub meta_update: Mutex<bool>,
     /// While set, `read` waits before it starts (as a slow disk would).
     pub read_stalled: Mutex<bool>,
+    /// Records read through `get` so far.
+    pub meta_gets: std::sync::atomic::AtomicUsize,
 }
 
 impl Faults {
@@ -102,6 +104,9 @@ impl MetaStore for FaultyMeta {
     }
 
     async fn get(&self, id: UploadId) -> ferry_store::Result<Option<UploadInfo>> {
+        self.faults
+            .meta_gets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.get(id).await
     }
 
