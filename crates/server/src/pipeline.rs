@@ -273,9 +273,13 @@ pub(crate) fn ending_error(
             StatusCode::REQUEST_TIMEOUT,
             format!("request body stalled; {fate}"),
         ),
+        // A checkpoint may have committed part of the body before it overran.
         Ending::TooLong { length } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body goes past the length of {length} bytes; {fate}"),
+            format!(
+                "body goes past the length of {length} bytes; what it sent after the last \
+                 commit was discarded (Upload-Offset says what was kept)"
+            ),
         ),
         Ending::ChecksumMismatch => ApiError::new(
             mismatch.0,

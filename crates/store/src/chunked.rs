@@ -111,6 +111,8 @@ impl Uploads {
             .update(
                 id,
                 Box::new(move |info| {
+                    // A store may run this again: only the last run's outcome counts.
+                    flag.store(false, Ordering::SeqCst);
                     check_range(info, start, end, total)?;
                     let was_complete = info.is_complete();
                     if was_complete {

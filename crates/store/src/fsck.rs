@@ -23,7 +23,8 @@ pub enum Problem {
         bytes: u64,
     },
     /// A record whose data object is missing or shorter than the bytes it says were received.
-    /// Repair: remove the record (and, through the next problem, finals made of it).
+    /// Repair: an unfinished upload whose data is short resumes from what its data holds;
+    /// otherwise the record goes (and, through the next problem, finals made of it).
     MissingData {
         /// The upload.
         id: UploadId,
@@ -183,6 +184,24 @@ pub fn find_problems(records: &[UploadInfo], objects: &[(UploadId, u64)]) -> Vec
     problems.into_iter().collect()
 }
 
+/// Cuts an unfinished upload's record down to the `have` bytes its data holds.
+fn cut_to(info: &mut UploadInfo, have: u64) {
+    if let Some(received) = &info.received {
+        let mut kept = crate::model::RangeSet::new();
+        for &(a, b) in received.ranges() {
+            if a < have {
+                kept.insert(a, b.min(have));
+            }
+        }
+        info.offset = kept.contiguous_prefix();
+        info.received = Some(kept);
+    } else {
+        info.offset = info.offset.min(have);
+    }
+    // Whatever was known of the whole upload's digests no longer describes it.
+    info.digests = Default::default();
+}
+
 /// Most rounds of repair: a repair can uncover another problem (a record removed for missing
 /// data leaves its finals without a part), which the next round fixes.
 const REPAIR_ROUNDS: usize = 4;
@@ -235,7 +254,28 @@ impl Uploads {
     async fn repair(&self, problem: &Problem) -> Result<()> {
         match *problem {
             Problem::OrphanData { id, .. } => self.data.delete(id).await,
-            Problem::MissingData { id, .. } => self.meta.remove(id).await,
+            Problem::MissingData { id, have, .. } => {
+                let unfinished = self.meta.get(id).await?.is_some_and(|i| !i.is_complete());
+                match have {
+                    // Bytes lost past what the data holds (`--sync none` and a power loss):
+                    // an unfinished upload resumes from what is there.
+                    Some(have) if unfinished => {
+                        self.meta
+                            .transact(
+                                vec![id],
+                                Box::new(move |recs| {
+                                    if let Some(Some(info)) = recs.get_mut(&id) {
+                                        cut_to(info, have);
+                                    }
+                                    Ok(())
+                                }),
+                            )
+                            .await?;
+                        Ok(())
+                    }
+                    _ => self.meta.remove(id).await,
+                }
+            }
             Problem::MissingPart { final_id, .. } => {
                 let Some(fin) = self.meta.get(final_id).await? else {
                     return Ok(());
@@ -420,5 +460,22 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_short_unfinished_upload_is_cut_to_what_its_data_holds() {
+        let mut r = rec(1, UploadKind::Regular, 10, &[]);
+        r.length = Some(20);
+        cut_to(&mut r, 4);
+        assert_eq!(r.offset, 4);
+        let mut c = rec(2, UploadKind::Regular, 5, &[]);
+        let mut got = crate::model::RangeSet::new();
+        got.insert(0, 5);
+        got.insert(8, 12);
+        c.received = Some(got);
+        cut_to(&mut c, 10);
+        assert_eq!(c.received.as_ref().unwrap().ranges(), &[(0, 5), (8, 10)]);
+        assert_eq!(c.offset, 5);
+        assert_eq!(find_problems(&[c], &[(id(2), 10)]), vec![]);
     }
 }

@@ -19,9 +19,9 @@
 use crate::model::{RangeSet, UploadInfo};
 use ferry_proto::UploadId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// What to do with the next bytes of a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,27 +76,28 @@ pub(crate) fn step(
     Step::Write((next - pos).min(n))
 }
 
-/// A request's "let go" signal: a newer request wants bytes it claims.
-#[derive(Debug, Default)]
-pub(crate) struct Takeover {
-    asked: AtomicBool,
-    wake: Notify,
+/// A request's "let go" signal: a newer request wants bytes it claims. Every waiter sees it
+/// (the receive loop and a wait inside a write may both be waiting).
+#[derive(Debug)]
+pub(crate) struct Takeover(watch::Sender<bool>);
+
+impl Default for Takeover {
+    fn default() -> Self {
+        Self(watch::channel(false).0)
+    }
 }
 
 impl Takeover {
     /// Asks the request to let go.
     pub(crate) fn ask(&self) {
-        if !self.asked.swap(true, Ordering::SeqCst) {
-            // A stored permit: the owner sees it even if it is not waiting yet.
-            self.wake.notify_one();
-        }
+        self.0.send_replace(true);
     }
 
     /// Resolves once a newer request has asked this one to let go.
     pub(crate) async fn asked(&self) {
-        while !self.asked.load(Ordering::SeqCst) {
-            self.wake.notified().await;
-        }
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so this only ends when asked.
+        let _ = rx.wait_for(|asked| *asked).await;
     }
 }
 
@@ -225,9 +226,15 @@ impl ClaimGuard {
         match step(pos, n, s.complete, s.recorded.ranges(), &others) {
             Step::Skip(k) => Next::Skip(k),
             Step::Write(k) => {
-                match s.claims.last_mut() {
-                    Some(last) if last.0 == self.request && last.2 == pos => last.2 += k,
-                    _ => s.claims.push((self.request, pos, pos + k)),
+                // Extends this request's claim ending here: one entry per run it writes,
+                // however its frames interleave with other requests'.
+                match s
+                    .claims
+                    .iter_mut()
+                    .find(|c| c.0 == self.request && c.2 == pos)
+                {
+                    Some(own) => own.2 += k,
+                    None => s.claims.push((self.request, pos, pos + k)),
                 }
                 Next::Write(k)
             }

@@ -100,18 +100,7 @@ impl Uploads {
 
     /// The CRC-64/NVME of a final upload from its parts' (no byte read), if they all have one.
     pub(crate) async fn combined_crc(&self, info: &UploadInfo) -> Option<u64> {
-        let UploadKind::Final { parts } = &info.kind else {
-            return None;
-        };
-        let mut crc = crc64nvme_of(b"");
-        for p in parts {
-            let part = self.meta.get(*p).await.ok()??;
-            if !part.is_complete() {
-                return None;
-            }
-            crc = crc64nvme_combine(crc, part.digests.crc64nvme()?, part.offset);
-        }
-        Some(crc)
+        crc_from_parts(&self.meta, info).await
     }
 
     /// Progress on a part moves the expiry of its unfinished finals too (see
@@ -157,6 +146,14 @@ impl Uploads {
         };
         if info.is_complete() {
             return Ok(());
+        }
+        // Checked first with plain reads (which never wait for the metadata writer): a final
+        // with an unfinished part costs the writer nothing.
+        for p in parts {
+            match self.meta.get(*p).await? {
+                Some(part) if part.is_complete() => {}
+                _ => return Ok(()),
+            }
         }
         let expiry = self.expiry;
         let mut ids = vec![id];
@@ -307,6 +304,44 @@ impl Pieces {
             .flatten();
         Ok(Box::pin(first.chain(rest)))
     }
+}
+
+/// The CRC-64/NVME of final `info` from its parts' (no byte read), if they all have one.
+async fn crc_from_parts(meta: &Arc<dyn MetaStore>, info: &UploadInfo) -> Option<u64> {
+    let UploadKind::Final { parts } = &info.kind else {
+        return None;
+    };
+    let mut crc = crc64nvme_of(b"");
+    for p in parts {
+        let part = meta.get(*p).await.ok()??;
+        if !part.is_complete() {
+            return None;
+        }
+        crc = crc64nvme_combine(crc, part.digests.crc64nvme()?, part.offset);
+    }
+    Some(crc)
+}
+
+/// Stores the CRC of complete final `id` from its parts' if it has none yet and they all have
+/// theirs (a part's CRC may be read back after the final completed).
+pub(crate) async fn combine_final_crc(meta: &Arc<dyn MetaStore>, id: UploadId) -> Result<()> {
+    let Some(info) = meta.get(id).await? else {
+        return Ok(());
+    };
+    if !info.is_complete() || info.digests.crc64nvme().is_some() {
+        return Ok(());
+    }
+    if let Some(crc) = crc_from_parts(meta, &info).await {
+        meta.update(
+            id,
+            Box::new(move |i| {
+                i.digests.set_crc64nvme(crc);
+                Ok(())
+            }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Sum of the parts' lengths, if all are known.

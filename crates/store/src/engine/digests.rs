@@ -277,16 +277,25 @@ async fn compute_digest(
         .into_iter()
         .map(|h| (h.algorithm(), h.finalize()))
         .collect();
-    meta.update(
-        info.id,
-        Box::new(move |i| {
-            for (a, d) in found.iter() {
-                i.digests.set(a, d.to_vec());
+    let updated = meta
+        .update(
+            info.id,
+            Box::new(move |i| {
+                for (a, d) in found.iter() {
+                    i.digests.set(a, d.to_vec());
+                }
+                Ok(())
+            }),
+        )
+        .await?;
+    // A final that completed before this part had its CRC got none: combine it now.
+    if updated.digests.has(ChecksumAlgorithm::Crc64Nvme) {
+        for f in &updated.finals {
+            if let Err(e) = super::concat::combine_final_crc(meta, *f).await {
+                tracing::warn!(upload = %f, error = %e, "combining a final's CRC failed");
             }
-            Ok(())
-        }),
-    )
-    .await?;
+        }
+    }
     Ok(())
 }
 

@@ -184,7 +184,13 @@ impl Uploads {
             deleted: false,
         };
         self.data.create(id, self.sync.syncs_data()).await?;
-        self.meta.insert(&info).await?;
+        if let Err(e) = self.meta.insert(&info).await {
+            // Nobody can address the object without its record.
+            if let Err(d) = self.data.delete(id).await {
+                tracing::warn!(upload = %id, error = %d, "deleting data of a failed creation failed");
+            }
+            return Err(e);
+        }
         Ok(info)
     }
 

@@ -97,7 +97,11 @@ impl Uploads {
             .await?;
         let removed = !matches!(records.get(&id), Some(Some(i)) if !i.deleted);
         for gone in ids.iter().filter(|i| matches!(records.get(i), Some(None))) {
-            self.data.delete(*gone).await?;
+            // The records are gone either way: data left behind is an orphan, which the next
+            // start (or `ferry fsck --repair`) deletes.
+            if let Err(e) = self.data.delete(*gone).await {
+                tracing::warn!(upload = %gone, error = %e, "deleting data failed; left as an orphan");
+            }
         }
         Ok(removed)
     }
