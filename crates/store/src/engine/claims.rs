@@ -411,6 +411,27 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn every_waiter_sees_a_request_to_let_go() {
+        let t = Arc::new(Takeover::default());
+        // The receive loop and a wait inside a write both wait on the same request.
+        let (a, b) = (t.clone(), t.clone());
+        let first = tokio::spawn(async move { a.asked().await });
+        let second = tokio::spawn(async move { b.asked().await });
+        tokio::task::yield_now().await;
+        t.ask();
+        let both = async {
+            first.await.unwrap();
+            second.await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(1), both)
+            .await
+            .expect("both waiters woke");
+        tokio::time::timeout(std::time::Duration::from_secs(1), t.asked())
+            .await
+            .expect("a waiter that comes later sees it too");
+    }
+
     #[test]
     fn an_abandoned_commit_keeps_its_claims_as_recorded() {
         let claims = Arc::new(Claims::default());
