@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// How often expired uploads are deleted (SIGUSR1 sweeps at once). [default: 1m]
     #[arg(long, env = "FERRY_SWEEP_INTERVAL", value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// Largest Upload-Metadata accepted, e.g. 16K (curl-style suffixes). [default: 16K]
+    #[arg(long, env = "FERRY_MAX_METADATA_SIZE", value_name = "SIZE")]
+    max_metadata_size: Option<String>,
     /// Most parts one concatenated (final) upload may list. [default: 10000]
     #[arg(long, env = "FERRY_MAX_FINAL_PARTS", value_name = "N")]
     max_final_parts: Option<usize>,
@@ -115,6 +118,7 @@ struct FileConfig {
     expire_after: Option<String>,
     expire_finished_after: Option<String>,
     sweep_interval: Option<String>,
+    max_metadata_size: Option<SizeValue>,
     max_final_parts: Option<usize>,
     max_finals_per_part: Option<usize>,
     digest_wait: Option<String>,
@@ -240,6 +244,14 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if sweep_interval.is_zero() {
         bail!("--sweep-interval must be more than zero");
     }
+    let max_metadata = match (args.max_metadata_size, file.max_metadata_size) {
+        (Some(s), _) | (None, Some(SizeValue::Text(s))) => ferry_proto::size::parse_size(&s)
+            .with_context(|| format!("--max-metadata-size {s:?}"))?,
+        (None, Some(SizeValue::Bytes(n))) => n,
+        (None, None) => ferry_server::config::MAX_METADATA as u64,
+    };
+    let max_metadata = usize::try_from(max_metadata)
+        .map_err(|_| anyhow::anyhow!("--max-metadata-size {max_metadata} is too large"))?;
     let defaults = ConcatLimits::default();
     let concat = ConcatLimits {
         max_parts: args
@@ -285,6 +297,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             sweep_interval,
             cors,
             digest_wait,
+            max_metadata,
             ..ServerConfig::default()
         },
         sync,
@@ -458,5 +471,25 @@ mod tests {
         assert_eq!(wait(Some("0"), None).unwrap(), Duration::ZERO, "at once");
         let e = wait(Some("soon"), None).unwrap_err().to_string();
         assert!(e.contains("--digest-wait"), "{e}");
+    }
+
+    #[test]
+    fn config_max_metadata_size_is_flag_then_file_then_16k() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(&file, "max_metadata_size = 4096\n").unwrap();
+        let max = |flag: Option<&str>, config: Option<&PathBuf>| {
+            resolve(ServeArgs {
+                max_metadata_size: flag.map(Into::into),
+                config: config.cloned(),
+                ..Default::default()
+            })
+            .map(|s| s.server.max_metadata)
+        };
+        assert_eq!(max(None, None).unwrap(), 16 * 1024);
+        assert_eq!(max(None, Some(&file)).unwrap(), 4096);
+        assert_eq!(max(Some("64K"), Some(&file)).unwrap(), 64 * 1024);
+        let e = max(Some("lots"), None).unwrap_err().to_string();
+        assert!(e.contains("--max-metadata-size"), "{e}");
     }
 }

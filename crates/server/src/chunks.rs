@@ -8,7 +8,7 @@
 //! `Upload-Length` once known, `Upload-Complete: ?0/?1`, and (except HEAD) a small JSON body.
 
 use crate::error::ApiError;
-use crate::headers::{content_length, has_body, header_str, set_repr_digest};
+use crate::headers::{content_length, has_body, header_str, set_repr_digest, upload_metadata};
 use crate::lookup::load;
 use crate::pipeline::{self, Fate};
 use crate::receive::Ending;
@@ -17,7 +17,7 @@ use axum::body::Body;
 use ferry_proto::range::{
     ChunkRange, UPLOAD_RANGES, format_chunk_status, format_upload_ranges, parse_chunk_range,
 };
-use ferry_proto::{Metadata, UploadId, tus};
+use ferry_proto::{UploadId, tus};
 use ferry_store::{Protocol, StoreError, UploadInfo};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -111,10 +111,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     {
         return Err(too_large(l, max));
     }
-    let metadata = match header_str(headers, tus::UPLOAD_METADATA)? {
-        Some(m) => Metadata::parse(m)?,
-        None => Metadata::default(),
-    };
+    let metadata = upload_metadata(headers, state.config.max_metadata)?;
     let info = state.uploads.create_session(length, metadata).await?;
     tracing::info!(upload = %info.id, length = ?info.length, "chunk session created");
     let mut resp = status_response(StatusCode::CREATED, &info);

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     /// Longest a request with `Want-Repr-Digest` waits for a digest being computed (a large
     /// upload read back) before it is answered with the digests already known.
     pub digest_wait: Duration,
+    /// Largest `Upload-Metadata` value accepted, in bytes.
+    pub max_metadata: usize,
 }
 
 /// Cross-origin policy for browsers.
@@ -92,9 +94,15 @@ impl Default for ServerConfig {
             sweep_interval: Duration::from_secs(60),
             cors: Cors::Any,
             digest_wait: Duration::from_secs(5),
+            max_metadata: MAX_METADATA,
         }
     }
 }
+
+/// Default bound on `Upload-Metadata`: every record carries it and is rewritten at each commit,
+/// so its size is paid on every write and in memory per upload. 16 KiB holds a 10 KB file name
+/// (about 14 KB of base64) with room to spare.
+pub const MAX_METADATA: usize = 16 * 1024;
 
 /// Normalizes a base path: `""`, `"/"` → `""`; `"api/"` → `"/api"`. Rejects characters that
 /// need escaping in a URL path.

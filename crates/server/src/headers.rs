@@ -64,3 +64,19 @@ pub(crate) fn want_digest(headers: &HeaderMap) -> Option<WantDigest> {
         .collect();
     (!values.is_empty()).then(|| WantDigest::parse(&values.join(",")))
 }
+
+/// The request's `Upload-Metadata` (tus syntax, also accepted on IETF creations and chunk
+/// sessions), refused with 400 when larger than `max` bytes.
+pub(crate) fn upload_metadata(
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<ferry_proto::Metadata, ApiError> {
+    match header_str(headers, ferry_proto::tus::UPLOAD_METADATA)? {
+        Some(m) if m.len() > max => Err(ApiError::bad_request(format!(
+            "Upload-Metadata is {} bytes; this server accepts at most {max}",
+            m.len()
+        ))),
+        Some(m) => Ok(ferry_proto::Metadata::parse(m)?),
+        None => Ok(ferry_proto::Metadata::default()),
+    }
+}

@@ -13,16 +13,18 @@
 //! URL from the final `201`, which the draft allows (its "careful" creation).
 
 use crate::error::ApiError;
-use crate::headers::{content_length, h, has_body, header_str, set, set_repr_digest, want_digest};
+use crate::headers::{
+    content_length, h, has_body, header_str, set, set_repr_digest, upload_metadata, want_digest,
+};
 use crate::lookup::{load, wait_for_digest};
 use crate::pipeline::{self, Dialect, Plan};
 use crate::receive::Verify;
 use crate::{AppState, Ctx};
 use axum::body::Body;
+use ferry_proto::UploadId;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
 use ferry_proto::digest::parse_digest_field;
 use ferry_proto::ietf::{self, Draft, Problem, UploadLimit};
-use ferry_proto::{Metadata, UploadId};
 use ferry_store::{NewUpload, Protocol, UploadInfo, UploadKind};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
@@ -259,10 +261,7 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
     }
     let verify = content_digest(headers).map_err(fail)?;
     // tus-js-client sends its tus metadata in IETF mode too: keep it (file name for GET).
-    let metadata = match header_str(headers, ferry_proto::tus::UPLOAD_METADATA).map_err(fail)? {
-        Some(m) => Metadata::parse(m).map_err(|e| fail(e.into()))?,
-        None => Metadata::default(),
-    };
+    let metadata = upload_metadata(headers, state.config.max_metadata).map_err(fail)?;
     let info = state
         .uploads
         .create(NewUpload {

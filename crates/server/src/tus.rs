@@ -3,7 +3,9 @@
 //! concatenation-unfinished): a thin translation between HTTP and the upload engine.
 
 use crate::error::ApiError;
-use crate::headers::{content_length, h, has_body, header_str, set, set_repr_digest, want_digest};
+use crate::headers::{
+    content_length, h, has_body, header_str, set, set_repr_digest, upload_metadata, want_digest,
+};
 use crate::lookup::{has_wanted_digest, load, wait_for_digest};
 use crate::pipeline::{self, Dialect, Plan};
 use crate::receive::Verify;
@@ -146,10 +148,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
         Some(v) => Some(Concat::parse(v).map_err(|e| fail(e.into()))?),
         None => None,
     };
-    let metadata = match header_str(headers, tus::UPLOAD_METADATA).map_err(fail)? {
-        Some(m) => Metadata::parse(m).map_err(|e| fail(e.into()))?,
-        None => Metadata::default(),
-    };
+    let metadata = upload_metadata(headers, state.config.max_metadata).map_err(fail)?;
     if let Some(Concat::Final(urls)) = concat {
         if body_follows {
             return Err(fail(ApiError::new(

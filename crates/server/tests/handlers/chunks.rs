@@ -549,3 +549,17 @@ async fn put_overlapping_one_in_flight_takes_it_over() {
     assert_eq!(get.h("repr-digest"), repr_digest(b"ABCDEFGH"));
     drop(feed);
 }
+
+#[tokio::test]
+async fn create_with_metadata_over_the_limit_is_400() {
+    let s = Srv::config(|c| c.max_metadata = 100);
+    let meta = format!("filename {}", "A".repeat(100));
+    let r = s
+        .send(
+            req("POST", "/chunks/")
+                .h("upload-length", "3")
+                .h("upload-metadata", &meta),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+}

@@ -960,3 +960,13 @@ async fn metadata_failure_declaring_the_length_is_500_with_a_reference() {
     assert!(r.text().contains("reference"), "{r:?}");
     draft_answer(&r, V);
 }
+
+#[tokio::test]
+async fn create_with_metadata_over_the_limit_is_400() {
+    let s = Srv::config(|c| c.max_metadata = 100);
+    let meta = format!("filename {}", "A".repeat(100));
+    let r = s.send(create(false).h("upload-metadata", &meta)).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    draft_answer(&r, V);
+    assert_eq!(count(&s).await, 0);
+}

@@ -581,3 +581,40 @@ async fn shutdown_during_creation_with_upload_and_checksum_is_503() {
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.has("retry-after"), "{r:?}");
 }
+
+/// `Upload-Metadata` of `bytes` bytes (a multiple of 4): one key and valid base64.
+pub fn metadata_of(bytes: usize) -> String {
+    format!("abc {}", "A".repeat(bytes - 4))
+}
+
+#[tokio::test]
+async fn metadata_over_the_limit_is_400() {
+    let s = Srv::new();
+    let r = s
+        .send(
+            create()
+                .h("upload-length", "1")
+                .h("upload-metadata", &metadata_of(16 * 1024 + 4)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.text().contains("Upload-Metadata"), "{r:?}");
+    assert_eq!(count(&s).await, 0);
+    let r = s
+        .send(
+            create()
+                .h("upload-length", "1")
+                .h("upload-metadata", &metadata_of(16 * 1024)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "at the limit: {r:?}");
+    let small = Srv::config(|c| c.max_metadata = 100);
+    let r = small
+        .send(
+            create()
+                .h("upload-length", "1")
+                .h("upload-metadata", &metadata_of(104)),
+        )
+        .await;
+    assert_eq!(r.status, 400, "configurable: {r:?}");
+}
