@@ -11,7 +11,7 @@ use ferry_proto::range::{
     ETag, ETagList, IfRange, RangeRequest, format_content_range, format_unsatisfied, parse_range,
 };
 use ferry_store::StoreError;
-use ferry_store::data::ByteStream;
+use ferry_store::data::{ByteStream, failed_stream};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
@@ -210,12 +210,7 @@ fn multipart(rep: &Representation, ranges: Vec<(u64, u64)>, open: Opener) -> Res
         move |((s, e), head)| {
             let open = open.clone();
             let data = futures_util::stream::once(async move { open(s, e + 1).await })
-                .map(|r| match r {
-                    Ok(s) => s,
-                    Err(e) => Box::pin(futures_util::stream::once(async move {
-                        Err(std::io::Error::other(e.to_string()))
-                    })) as ByteStream,
-                })
+                .map(|r| r.unwrap_or_else(failed_stream))
                 .flatten();
             futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(head) }).chain(data)
         },

@@ -24,6 +24,13 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// A write in flight; resolves to the buffer, handed back for reuse.
 pub type PendingWrite = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>;
 
+/// A stream that fails at once with `e`: a read that could not be opened, where a stream is
+/// expected.
+pub fn failed_stream(e: impl std::fmt::Display) -> ByteStream {
+    let e = std::io::Error::other(e.to_string());
+    Box::pin(futures_util::stream::once(async move { Err(e) }))
+}
+
 /// How a writer treats bytes already stored past its start position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {

@@ -19,6 +19,9 @@ pub mod model;
 pub mod redb_meta;
 pub mod uploads;
 
+#[cfg(test)]
+mod test_support;
+
 #[cfg(feature = "crash-sim")]
 pub mod crash_sim;
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::engine::{ExpiryPolicy, SyncPolicy};
-use futures_util::StreamExt;
+use crate::test_support::{read_all, shm_tempdir};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,15 +24,6 @@ async fn put(
         w.push(piece).await?;
     }
     w.commit().await
-}
-
-async fn read_all(u: &Uploads, info: &UploadInfo) -> Vec<u8> {
-    let mut s = u.read(info, 0, info.offset).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(c) = s.next().await {
-        out.extend_from_slice(&c.unwrap());
-    }
-    out
 }
 
 fn data(len: usize) -> Vec<u8> {
@@ -230,14 +221,6 @@ async fn sweeper_skips_sessions_being_written_and_received_ranges_survive_reopen
 
 /// A temporary directory in memory when the system has one (the race test makes hundreds of
 /// sessions).
-fn shm_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("ferry-chunked-")
-        .tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap()
-}
-
 /// xorshift64: timings that differ from one iteration to the next, reproducibly.
 fn next(rng: &mut u64) -> u64 {
     *rng ^= *rng << 13;
@@ -294,7 +277,7 @@ async fn slow_put(
 async fn a_finished_session_never_changes_under_slow_and_racing_writers() {
     const N: usize = 8 * 1024;
     const ITERATIONS: u64 = 128;
-    let dir = shm_tempdir();
+    let dir = shm_tempdir("ferry-chunked-");
     let u = Arc::new(open(dir.path()));
     let fast = Arc::new(data(N));
     let slow: Arc<Vec<u8>> = Arc::new(fast.iter().map(|b| !b).collect());

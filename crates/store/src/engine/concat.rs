@@ -2,7 +2,7 @@
 //! of them does, and is read across them.
 
 use super::{Uploads, random_id};
-use crate::data::{ByteStream, DataStore};
+use crate::data::{ByteStream, DataStore, failed_stream};
 use crate::error::{Result, StoreError};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
@@ -295,12 +295,7 @@ impl Pieces {
                 let data = data.clone();
                 async move { data.read(id, s, e).await }
             })
-            .map(|r| match r {
-                Ok(s) => s,
-                Err(e) => Box::pin(futures_util::stream::once(async move {
-                    Err(std::io::Error::other(e.to_string()))
-                })) as ByteStream,
-            })
+            .map(|r| r.unwrap_or_else(failed_stream))
             .flatten();
         Ok(Box::pin(first.chain(rest)))
     }

@@ -2,18 +2,10 @@
 //! created stays readable, and once everything is deleted no record and no data is left.
 
 use super::*;
-use futures_util::StreamExt;
+use crate::test_support::{read_all, shm_tempdir};
 use std::path::Path;
 
 const ROUNDS: usize = 100;
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("ferry-race-")
-        .tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap()
-}
 
 /// A finished partial upload holding `data`.
 async fn partial(u: &Uploads, data: &[u8]) -> UploadInfo {
@@ -29,15 +21,6 @@ async fn partial(u: &Uploads, data: &[u8]) -> UploadInfo {
     let mut a = u.append(&lease, Some(data.len() as u64)).await.unwrap();
     a.push(data).await.unwrap();
     a.commit().await.unwrap()
-}
-
-async fn read_all(u: &Uploads, info: &UploadInfo) -> Vec<u8> {
-    let mut s = u.read(info, 0, info.offset).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(c) = s.next().await {
-        out.extend_from_slice(&c.unwrap());
-    }
-    out
 }
 
 /// Data files left under the store's directory.
@@ -71,7 +54,7 @@ async fn check_final(u: &Uploads, created: Result<UploadInfo>, data: &[u8]) -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_a_part_while_a_final_is_created_never_breaks_the_final_or_leaks_data() {
-    let dir = tempdir();
+    let dir = shm_tempdir("ferry-race-");
     let u = Arc::new(Uploads::open_local(dir.path(), SyncPolicy::None).unwrap());
     let data = b"some bytes of a part";
     let (mut made, mut refused) = (0, 0);
@@ -101,7 +84,7 @@ async fn deleting_a_part_while_a_final_is_created_never_breaks_the_final_or_leak
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expiring_a_part_while_a_final_is_created_never_breaks_the_final_or_leaks_data() {
-    let dir = tempdir();
+    let dir = shm_tempdir("ferry-race-");
     let u = Arc::new(Uploads::open_local(dir.path(), SyncPolicy::None).unwrap());
     let data = b"bytes of an expiring part";
     let (mut made, mut refused) = (0, 0);

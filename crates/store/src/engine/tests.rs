@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::local::LocalDataStore;
+use crate::test_support::read_all;
 use ferry_proto::checksum::crc64nvme_of;
 use ferry_proto::digest::WantDigest;
-use futures_util::StreamExt;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::time::Duration;
@@ -30,15 +30,6 @@ async fn write_all(u: &Uploads, id: UploadId, data: &[u8]) -> UploadInfo {
     let mut a = u.append(&lease, Some(data.len() as u64)).await.unwrap();
     a.push(data).await.unwrap();
     a.commit().await.unwrap()
-}
-
-async fn read_all(u: &Uploads, info: &UploadInfo) -> Vec<u8> {
-    let mut s = u.read(info, 0, info.offset).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(c) = s.next().await {
-        out.extend_from_slice(&c.unwrap());
-    }
-    out
 }
 
 fn sha(data: &[u8]) -> Vec<u8> {

@@ -57,6 +57,23 @@ struct State {
     most_queued: usize,
 }
 
+impl State {
+    /// Marks `job` as running; its progress counter, for the worker.
+    fn start(&mut self, job: &Job, done: Done) -> Arc<AtomicU64> {
+        let read = Arc::new(AtomicU64::new(0));
+        self.running.insert(
+            job.id,
+            Running {
+                algorithms: job.algorithms,
+                length: job.length,
+                read: read.clone(),
+                done,
+            },
+        );
+        read
+    }
+}
+
 /// Read-back jobs and their workers (one pool per [`Uploads`](super::super::Uploads)).
 pub(crate) struct DigestJobs {
     workers: usize,
@@ -142,16 +159,7 @@ impl DigestJobs {
             Admission::Queue if st.workers < self.workers && !st.running.contains_key(&job.id) => {
                 // A worker is free: the job starts now, never taking a place in the queue.
                 let (done, waiting) = watch::channel(());
-                let read = Arc::new(AtomicU64::new(0));
-                st.running.insert(
-                    job.id,
-                    Running {
-                        algorithms: job.algorithms,
-                        length: job.length,
-                        read: read.clone(),
-                        done,
-                    },
-                );
+                let read = st.start(&job, done);
                 st.workers += 1;
                 tokio::spawn(work(self.clone(), job, read, run));
                 (waiting, job.length)
@@ -191,16 +199,7 @@ impl DigestJobs {
             st.workers = st.workers.saturating_sub(1);
             return None;
         };
-        let read = Arc::new(AtomicU64::new(0));
-        st.running.insert(
-            job.id,
-            Running {
-                algorithms: job.algorithms,
-                length: job.length,
-                read: read.clone(),
-                done,
-            },
-        );
+        let read = st.start(&job, done);
         Some((job, read))
     }
 
