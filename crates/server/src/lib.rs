@@ -55,7 +55,8 @@ impl AppState {
     /// Binds the engine and settings.
     pub fn new(uploads: Uploads, config: ServerConfig, shutdown: CancellationToken) -> Self {
         Self {
-            uploads,
+            // The store enforces the size limit where bytes are counted, on every protocol.
+            uploads: uploads.with_max_size(config.max_size),
             config,
             shutdown,
             share: None,

@@ -180,8 +180,12 @@ async fn receive_inner(
                 });
             }
             Err(e) => {
+                let why = match e {
+                    StoreError::TooLarge { .. } => "the upload reached the size limit",
+                    _ => "storage write failed",
+                };
                 error = Some(e);
-                break Ending::ClientGone("storage write failed".into());
+                break Ending::ClientGone(why.into());
             }
         }
         if append.uncommitted() >= checkpoint

@@ -21,7 +21,7 @@
 use crate::data::{DataWriter, WriteMode};
 use crate::engine::claims::{ClaimGuard, Next, Takeover};
 use crate::engine::double_buffer::DoubleBuffer;
-use crate::engine::policy::range_buffer_capacity;
+use crate::engine::policy::{self, range_buffer_capacity};
 use crate::engine::{NewUpload, TAKEOVER_PATIENCE, Uploads};
 use crate::error::{Result, StoreError};
 use crate::model::{Protocol, RangeSet, UploadInfo, now_ms};
@@ -66,6 +66,13 @@ impl Uploads {
         let claim = self.chunk_claims.register(id);
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
         check_range(&info, start, end, total)?;
+        match (info.length, total) {
+            // The first total learned: checked as a length declared at creation would be.
+            (None, Some(total)) => {
+                self.check_room(total, info.received.as_ref().map_or(0, RangeSet::covered))?;
+            }
+            _ => policy::within_max_size(end, self.max_size)?,
+        }
         self.chunk_claims.learn(&info);
         Ok(RangeWrite {
             uploads: self,
@@ -89,6 +96,9 @@ impl Uploads {
     pub async fn declare_session_length(&self, id: UploadId, total: u64) -> Result<UploadInfo> {
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
         check_range(&info, 0, 0, Some(total))?;
+        if info.length.is_none() {
+            self.check_room(total, info.received.as_ref().map_or(0, RangeSet::covered))?;
+        }
         self.record_range(id, (0, 0), Vec::new(), Some(total)).await
     }
 

@@ -563,3 +563,17 @@ async fn create_with_metadata_over_the_limit_is_400() {
         .await;
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_total_learned_late_that_cannot_fit_is_507() {
+    let s = Srv::new();
+    let path = s.session(None).await;
+    let r = s
+        .send(chunk(&path, "bytes 0-1/9200000000000000000", b"ab"))
+        .await;
+    assert_eq!(r.status, 507, "{r:?}");
+    let r = s
+        .send(req("PUT", &path).h("content-range", "bytes */9200000000000000000"))
+        .await;
+    assert_eq!(r.status, 507, "{r:?}");
+}

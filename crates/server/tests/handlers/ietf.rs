@@ -970,3 +970,24 @@ async fn create_with_metadata_over_the_limit_is_400() {
     draft_answer(&r, V);
     assert_eq!(count(&s).await, 0);
 }
+
+#[tokio::test]
+async fn create_complete_chunked_past_the_max_size_is_413() {
+    let s = Srv::config(|c| c.max_size = Some(1024));
+    // No length anywhere: only the bytes counted can hit the limit.
+    let r = s.send(create(true).chunked(vec![7u8; 64 * 1024])).await;
+    assert_eq!(r.status, 413, "{r:?}");
+    let r = s.send(create(true).chunked(vec![7u8; 1024])).await;
+    assert_eq!(r.status, 201, "{r:?}");
+}
+
+#[tokio::test]
+async fn append_declaring_a_length_that_cannot_fit_is_507() {
+    let s = Srv::new();
+    let path = upload(&s, None).await;
+    let r = s
+        // The largest Structured Fields integer: about 1 PB.
+        .send(append(&path, 0, false, b"ab").h("upload-length", "999999999999999"))
+        .await;
+    assert_eq!(r.status, 507, "{r:?}");
+}

@@ -735,3 +735,40 @@ async fn eio_opening_the_data_before_the_body_is_500_and_closes() {
     assert!(r.closes(), "the body was not read");
     assert!(r.text().contains("reference"), "{r:?}");
 }
+
+#[tokio::test]
+async fn patch_past_the_max_size_with_a_deferred_length_is_413() {
+    let s = Srv::config(|c| c.max_size = Some(1024));
+    let path = s.tus_upload(None).await;
+    let r = s.send(patch(&path, 0, &[7u8; 1000])).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    // Still no length: the limit is the only bound, and the request's bytes past it are
+    // refused (the upload keeps what it had).
+    let r = s.send(patch(&path, 1000, &[7u8; 64 * 1024])).await;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(r.text().contains("maximum size of 1024"), "{}", r.text());
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(head.h("upload-offset"), "1000");
+    // Declaring a length past the limit later is refused too.
+    let r = s
+        .send(patch(&path, 1000, b"").h("upload-length", "2048"))
+        .await;
+    assert_eq!(r.status, 413, "{r:?}");
+    let r = s
+        .send(patch(&path, 1000, &[7u8; 24]).h("upload-length", "1024"))
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "1024");
+}
+
+#[tokio::test]
+async fn patch_declaring_a_length_that_cannot_fit_is_507() {
+    let s = Srv::new();
+    let path = s.tus_upload(None).await;
+    let r = s
+        .send(patch(&path, 0, b"").h("upload-length", "9200000000000000000"))
+        .await;
+    assert_eq!(r.status, 507, "{r:?}");
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert!(!head.has("upload-length"), "{head:?}");
+}

@@ -5,7 +5,7 @@ use super::Uploads;
 use super::buffers::AppendRunning;
 use super::digests::{RunningDigest, record_running};
 use super::double_buffer::DoubleBuffer;
-use super::policy::{append_buffer_capacity, kept_running};
+use super::policy::{self, append_buffer_capacity, kept_running};
 use crate::data::{DataWriter, WriteMode};
 use crate::error::{Result, StoreError};
 use crate::lock::Lease;
@@ -112,13 +112,16 @@ impl Append<'_> {
         }
     }
 
-    /// Accepts bytes. Refuses (without taking any) bytes that would go past the length.
+    /// Accepts bytes. Refuses (without taking any) bytes that would go past the length
+    /// (`ExceedsLength`), or, while the length is unknown, past the size limit (`TooLarge`).
     pub async fn push(&mut self, data: &[u8]) -> Result<()> {
         self.buffers.check_failed()?;
-        if let Some(length) = self.info.length
-            && self.received() + data.len() as u64 > length
-        {
-            return Err(StoreError::ExceedsLength { length });
+        let reach = self.received() + data.len() as u64;
+        match self.info.length {
+            Some(length) if reach > length => return Err(StoreError::ExceedsLength { length }),
+            // Length still unknown: the size limit is the only bound.
+            None => policy::within_max_size(reach, self.uploads.max_size)?,
+            Some(_) => {}
         }
         if let Some(h) = &mut self.hasher {
             h.update(data);

@@ -74,6 +74,8 @@ pub struct Uploads {
     pub(crate) sync: SyncPolicy,
     pub(crate) expiry: ExpiryPolicy,
     pub(crate) concat: ConcatLimits,
+    /// Largest size an upload may reach, if limited (`--max-size`).
+    pub(crate) max_size: Option<u64>,
     /// Write buffers shared by this engine's appends and chunk writes.
     pub(crate) buffer_pool: BufferPool,
     /// Digest state of uploads being appended in order, keyed by id, at their committed
@@ -114,6 +116,7 @@ impl Uploads {
             sync,
             expiry: ExpiryPolicy::default(),
             concat: ConcatLimits::default(),
+            max_size: None,
             buffer_pool: BufferPool::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
@@ -135,6 +138,18 @@ impl Uploads {
         self
     }
 
+    /// Sets the largest size an upload may reach, enforced wherever one grows or learns its
+    /// length.
+    pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
+        self.max_size = max_size;
+        self
+    }
+
+    /// The size limit in force.
+    pub fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
     /// The expiry policy in force.
     pub fn expiry(&self) -> ExpiryPolicy {
         self.expiry
@@ -154,10 +169,8 @@ impl Uploads {
     /// the record, so a record never points at missing data. For a final upload use
     /// [`create_final`](Self::create_final).
     pub async fn create(&self, new: NewUpload) -> Result<UploadInfo> {
-        if let (Some(length), Some(available)) = (new.length, self.data.free_space())
-            && !policy::room_for(length, available)
-        {
-            return Err(StoreError::NoSpaceFor { length, available });
+        if let Some(length) = new.length {
+            self.check_room(length, 0)?;
         }
         let id = random_id()?;
         let now = now_ms();
@@ -204,8 +217,28 @@ impl Uploads {
         self.locker.acquire(id).await
     }
 
+    /// Whether an upload of `length` bytes, `offset` of them already stored, is allowed and
+    /// fits: the same checks for a length declared at creation and one declared later.
+    pub(crate) fn check_room(&self, length: u64, offset: u64) -> Result<()> {
+        policy::within_max_size(length, self.max_size)?;
+        let missing = length.saturating_sub(offset);
+        if let Some(available) = self.data.free_space()
+            && !policy::room_for(missing, available)
+        {
+            return Err(StoreError::NoSpaceFor {
+                length: missing,
+                available,
+            });
+        }
+        Ok(())
+    }
+
     /// Sets the length of an upload whose length was deferred (once).
     pub async fn declare_length(&self, lease: &Lease, length: u64) -> Result<UploadInfo> {
+        let current = self.get(lease.id()).await?;
+        if let Some(info) = current.filter(|i| i.length.is_none()) {
+            self.check_room(length, info.offset)?;
+        }
         let info = self
             .meta
             .update(

@@ -121,6 +121,16 @@ pub(crate) fn room_for(length: u64, available: u64) -> bool {
     length.saturating_add(SPACE_MARGIN) <= available
 }
 
+/// Whether an upload may reach `length` bytes under the size limit `max`: checked wherever
+/// an upload's size is learned or grows (a length declared at creation or later, bytes of an
+/// upload whose length is still unknown, a chunk's end).
+pub(crate) fn within_max_size(length: u64, max: Option<u64>) -> Result<(), StoreError> {
+    match max {
+        Some(max) if length > max => Err(StoreError::TooLarge { length, max }),
+        _ => Ok(()),
+    }
+}
+
 /// Appends beyond this many at once get [`SMALL_BUFFER_SIZE`] buffers: memory stays bounded
 /// (about 64 MiB for 1,000 concurrent uploads) instead of growing by 1 MiB per upload, and the
 /// many-uploads case is bound by request handling, not by write size.
@@ -404,6 +414,19 @@ mod tests {
         assert!(!room_for(11, SPACE_MARGIN + 10));
         assert!(!room_for(u64::MAX, u64::MAX - 1));
         assert!(room_for(u64::MAX - SPACE_MARGIN, u64::MAX));
+    }
+
+    #[test]
+    fn the_size_limit_allows_exactly_the_maximum() {
+        assert!(within_max_size(u64::MAX, None).is_ok());
+        assert!(within_max_size(1024, Some(1024)).is_ok());
+        assert!(matches!(
+            within_max_size(1025, Some(1024)),
+            Err(StoreError::TooLarge {
+                length: 1025,
+                max: 1024
+            })
+        ));
     }
 
     #[test]
