@@ -2,12 +2,13 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ferry_server::config::{Cors, normalize_base_path, normalize_public_url};
+use ferry_server::config::{Cors, CreationRate, normalize_base_path, normalize_public_url};
 use ferry_server::{AppState, ServerConfig};
 use ferry_store::uploads::{ConcatLimits, ExpiryPolicy};
 use ferry_store::{SyncPolicy, Uploads};
 use serde::Deserialize;
 use std::io::Write;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -75,6 +76,17 @@ pub struct ServeArgs {
     /// Largest Upload-Metadata accepted, e.g. 16K (curl-style suffixes). [default: 16K]
     #[arg(long, env = "FERRY_MAX_METADATA_SIZE", value_name = "SIZE")]
     max_metadata_size: Option<String>,
+    /// Uploads one client address may create per second, sustained ("0": no limit); over it,
+    /// 429 with Retry-After. [default: 50]
+    #[arg(long, env = "FERRY_CREATION_RATE", value_name = "N")]
+    creation_rate: Option<u32>,
+    /// Uploads one client address may create at once after a quiet spell. [default: 200]
+    #[arg(long, env = "FERRY_CREATION_BURST", value_name = "N")]
+    creation_burst: Option<u32>,
+    /// Most unfinished uploads the server keeps ("0": no limit); past it, creations get 429
+    /// with Retry-After. [default: 100000]
+    #[arg(long, env = "FERRY_MAX_UNFINISHED_UPLOADS", value_name = "N")]
+    max_unfinished_uploads: Option<u64>,
     /// Most parts one concatenated (final) upload may list. [default: 10000]
     #[arg(long, env = "FERRY_MAX_FINAL_PARTS", value_name = "N")]
     max_final_parts: Option<usize>,
@@ -119,6 +131,9 @@ struct FileConfig {
     expire_finished_after: Option<String>,
     sweep_interval: Option<String>,
     max_metadata_size: Option<SizeValue>,
+    creation_rate: Option<u32>,
+    creation_burst: Option<u32>,
+    max_unfinished_uploads: Option<u64>,
     max_final_parts: Option<usize>,
     max_finals_per_part: Option<usize>,
     digest_wait: Option<String>,
@@ -252,6 +267,31 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     };
     let max_metadata = usize::try_from(max_metadata)
         .map_err(|_| anyhow::anyhow!("--max-metadata-size {max_metadata} is too large"))?;
+    let default_rate = CreationRate::DEFAULT;
+    let rate = args
+        .creation_rate
+        .or(file.creation_rate)
+        .unwrap_or(default_rate.per_second.get());
+    let burst = args
+        .creation_burst
+        .or(file.creation_burst)
+        .unwrap_or(default_rate.burst.get());
+    let creation_rate = match NonZeroU32::new(rate) {
+        None => None,
+        Some(per_second) => Some(CreationRate {
+            per_second,
+            burst: NonZeroU32::new(burst)
+                .ok_or_else(|| anyhow::anyhow!("--creation-burst must be at least 1"))?,
+        }),
+    };
+    let max_unfinished = match args
+        .max_unfinished_uploads
+        .or(file.max_unfinished_uploads)
+        .unwrap_or(ferry_server::config::MAX_UNFINISHED)
+    {
+        0 => None,
+        n => Some(n),
+    };
     let defaults = ConcatLimits::default();
     let concat = ConcatLimits {
         max_parts: args
@@ -298,6 +338,8 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             cors,
             digest_wait,
             max_metadata,
+            creation_rate,
+            max_unfinished,
             ..ServerConfig::default()
         },
         sync,
@@ -491,5 +533,43 @@ mod tests {
         assert_eq!(max(Some("64K"), Some(&file)).unwrap(), 64 * 1024);
         let e = max(Some("lots"), None).unwrap_err().to_string();
         assert!(e.contains("--max-metadata-size"), "{e}");
+    }
+
+    #[test]
+    fn config_creation_limits_are_flag_then_file_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(
+            &file,
+            "creation_rate = 5\ncreation_burst = 7\nmax_unfinished_uploads = 9\n",
+        )
+        .unwrap();
+        let resolved = |args: ServeArgs| resolve(args).map(|s| s.server);
+        let d = resolved(ServeArgs::default()).unwrap();
+        assert_eq!(d.creation_rate, Some(CreationRate::DEFAULT));
+        assert_eq!(d.max_unfinished, Some(100_000));
+        let f = resolved(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let rate = f.creation_rate.unwrap();
+        assert_eq!((rate.per_second.get(), rate.burst.get()), (5, 7));
+        assert_eq!(f.max_unfinished, Some(9));
+        let off = resolved(ServeArgs {
+            config: Some(file),
+            creation_rate: Some(0),
+            max_unfinished_uploads: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((off.creation_rate, off.max_unfinished), (None, None));
+        let e = resolved(ServeArgs {
+            creation_burst: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--creation-burst"), "{e}");
     }
 }

@@ -102,6 +102,31 @@ pub fn parse_x_forwarded<'a>(proto: Option<&str>, host: Option<&'a str>) -> Opti
     (out.proto.is_some() || out.host.is_some()).then_some(out)
 }
 
+/// The client address a trusted proxy recorded: the last `for=` of `Forwarded`, else the last
+/// member of `X-Forwarded-For`. The last one is the one the proxy nearest this server appended
+/// (earlier ones come from the client and may be forged). `None` if it is not an IP address
+/// (`unknown`, an obfuscated `_name`).
+pub fn forwarded_client(
+    forwarded: Option<&str>,
+    x_forwarded_for: Option<&str>,
+) -> Option<std::net::IpAddr> {
+    let node = match forwarded {
+        Some(f) => f.split(',').next_back()?.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            k.trim().eq_ignore_ascii_case("for").then_some(v)
+        })?,
+        None => x_forwarded_for?.split(',').next_back()?,
+    };
+    let node = node.trim().trim_matches('"');
+    // "[2001:db8::1]:4711", "192.0.2.43:47011", "2001:db8::1", "192.0.2.43".
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    node.parse()
+        .ok()
+        .or_else(|| node.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// The methods `X-HTTP-Method-Override` may name.
 pub const OVERRIDABLE_METHODS: [&str; 6] = ["PATCH", "DELETE", "HEAD", "GET", "OPTIONS", "POST"];
 
@@ -117,6 +142,31 @@ pub fn parse_method_override(value: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forwarded_client_is_the_last_address_a_proxy_appended() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(
+            forwarded_client(
+                Some("for=1.1.1.1, for=\"[2001:db8::1]:4711\";proto=https"),
+                None
+            ),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            forwarded_client(Some("for=9.9.9.9;by=x, for=192.0.2.43:47011"), None),
+            ip("192.0.2.43")
+        );
+        assert_eq!(forwarded_client(Some("for=unknown"), None), None);
+        assert_eq!(forwarded_client(Some("proto=https"), None), None);
+        assert_eq!(
+            forwarded_client(None, Some("6.6.6.6, 10.0.0.7 ")),
+            ip("10.0.0.7")
+        );
+        assert_eq!(forwarded_client(None, Some("::1")), ip("::1"));
+        assert_eq!(forwarded_client(None, Some("bogus")), None);
+        assert_eq!(forwarded_client(None, None), None);
+    }
 
     #[test]
     fn ows_is_spaces_and_tabs_only() {

@@ -96,6 +96,9 @@ fn too_large(needed: u64, max: u64) -> ApiError {
 /// chunk's total sets it) and `Upload-Metadata` (for the download's file name).
 pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Reply {
     let headers = req.headers();
+    state
+        .admit_creation(ctx, headers)
+        .map_err(|e| if has_body(&req) { e.closing() } else { e })?;
     if has_body(&req) {
         return Err(ApiError::bad_request(
             "a chunk session is created without a body: send chunks to the URL in Location",
@@ -113,6 +116,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     }
     let metadata = upload_metadata(headers, state.config.max_metadata)?;
     let info = state.uploads.create_session(length, metadata).await?;
+    state.created(ctx, headers, &info);
     tracing::info!(upload = %info.id, length = ?info.length, "chunk session created");
     let mut resp = status_response(StatusCode::CREATED, &info);
     if let Ok(v) = HeaderValue::from_str(&state.resource_url(ctx, headers, "chunks", info.id)) {
@@ -219,6 +223,7 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
                 (None, Some(t)) => state.uploads.declare_session_length(id, t).await?,
                 _ => info,
             };
+            state.finished(&info);
             return Ok(status_response(StatusCode::OK, &info));
         }
         ChunkRange::Bytes { start, end, total } => (start, end, total),
@@ -258,6 +263,7 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
             tracing::info!(upload = %id, start, end, status = %e.status, reason = %e.message, "chunk not recorded");
         })?;
     tracing::debug!(upload = %id, start, end, complete = info.is_complete(), "chunk recorded");
+    state.finished(&info);
     Ok(status_response(StatusCode::OK, &info))
 }
 

@@ -1,5 +1,6 @@
 //! Server settings, already validated (the CLI turns flags, env and file into this).
 
+pub use crate::admission::CreationRate;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct ServerConfig {
     pub digest_wait: Duration,
     /// Largest `Upload-Metadata` value accepted, in bytes.
     pub max_metadata: usize,
+    /// Creations allowed per client address, if limited.
+    pub creation_rate: Option<CreationRate>,
+    /// Most unfinished uploads kept, if limited.
+    pub max_unfinished: Option<u64>,
 }
 
 /// Cross-origin policy for browsers.
@@ -95,9 +100,16 @@ impl Default for ServerConfig {
             cors: Cors::Any,
             digest_wait: Duration::from_secs(5),
             max_metadata: MAX_METADATA,
+            creation_rate: Some(CreationRate::DEFAULT),
+            max_unfinished: Some(MAX_UNFINISHED),
         }
     }
 }
+
+/// Default bound on unfinished uploads: far above what a busy server keeps (each costs a record
+/// of a few hundred bytes and a file), far below what fills a disk with inodes or makes the
+/// sweep slow.
+pub const MAX_UNFINISHED: u64 = 100_000;
 
 /// Default bound on `Upload-Metadata`: every record carries it and is rewritten at each commit,
 /// so its size is paid on every write and in memory per upload. 16 KiB holds a 10 KB file name

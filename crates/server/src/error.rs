@@ -169,6 +169,13 @@ impl From<StoreError> for ApiError {
             {
                 storage_full()
             }
+            StoreError::TooManyUploads { max } => crate::admission::too_many(
+                &format!(
+                    "the server holds {max} unfinished uploads, the most it keeps; finish or \
+                     delete some, or retry later"
+                ),
+                UNFINISHED_RETRY_AFTER,
+            ),
             StoreError::NoSpaceFor { length, available } => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 format!(
@@ -227,6 +234,10 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+/// Seconds a client refused for the limit on unfinished uploads waits: uploads finish or
+/// expire on the scale of minutes.
+const UNFINISHED_RETRY_AFTER: u64 = 60;
 
 /// A random reference for one internal error (48 bits: unique enough to grep a log for).
 fn reference() -> String {

@@ -229,6 +229,7 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
     let headers = req.headers();
     let body_follows = has_body(&req);
     let fail = |e: ApiError| if body_follows { e.closing() } else { e };
+    state.admit_creation(ctx, headers).map_err(fail)?;
     let complete = complete_of(draft, headers).map_err(fail)?.ok_or_else(|| {
         fail(ApiError::bad_request(format!(
             "{} is required to create a resumable upload",
@@ -273,6 +274,7 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
         })
         .await
         .map_err(|e| fail(e.into()))?;
+    state.created(ctx, headers, &info);
     let location = state.upload_url(ctx, headers, info.id);
     tracing::info!(upload = %info.id, length = ?info.length, interop = draft.interop, "created (ietf)");
     let mut resp = response(draft, StatusCode::CREATED);

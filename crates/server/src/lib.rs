@@ -6,6 +6,7 @@
 //! (a request with `Upload-Draft-Interop-Version` goes to [`ietf`]). Protocol modules translate HTTP into
 //! calls on [`ferry_store::Uploads`], which owns storage and durability.
 
+pub mod admission;
 pub mod chunks;
 pub mod config;
 pub mod download;
@@ -49,14 +50,20 @@ pub struct AppState {
     /// Wakes the expiry sweeper at once (the CLI wires SIGUSR1 to it; tests use it instead
     /// of waiting for expiry in real time).
     pub sweep_now: tokio::sync::Notify,
+    /// Creations per client address, if limited.
+    pub creations: Option<admission::CreationLimiter>,
 }
 
 impl AppState {
     /// Binds the engine and settings.
     pub fn new(uploads: Uploads, config: ServerConfig, shutdown: CancellationToken) -> Self {
         Self {
-            // The store enforces the size limit where bytes are counted, on every protocol.
-            uploads: uploads.with_max_size(config.max_size),
+            // The store enforces the size limit where bytes are counted, on every protocol, and
+            // counts unfinished uploads.
+            uploads: uploads
+                .with_max_size(config.max_size)
+                .with_max_unfinished(config.max_unfinished),
+            creations: config.creation_rate.map(admission::CreationLimiter::new),
             config,
             shutdown,
             share: None,
@@ -85,6 +92,41 @@ pub async fn run_sweeper(state: Arc<AppState>) {
             Ok(_) => tracing::debug!("sweep: nothing expired"),
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
+        if let Some(c) = &state.creations {
+            c.forget_idle();
+        }
+    }
+}
+
+impl AppState {
+    /// Takes one creation from the client's budget (429 with `Retry-After` when spent).
+    pub(crate) fn admit_creation(&self, ctx: &Ctx, headers: &HeaderMap) -> Result<(), ApiError> {
+        match &self.creations {
+            Some(limiter) => limiter.check(self.client(ctx, headers)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records who created `info`, so that its token comes back if it finishes soon.
+    pub(crate) fn created(&self, ctx: &Ctx, headers: &HeaderMap, info: &ferry_store::UploadInfo) {
+        if let Some(limiter) = &self.creations {
+            limiter.created(self.client(ctx, headers), info.id);
+            self.finished(info);
+        }
+    }
+
+    /// Called with an upload's state after a request wrote it: a finished upload gives its
+    /// creation token back.
+    pub(crate) fn finished(&self, info: &ferry_store::UploadInfo) {
+        if let Some(limiter) = &self.creations
+            && info.is_complete()
+        {
+            limiter.finished(info.id);
+        }
+    }
+
+    fn client(&self, ctx: &Ctx, headers: &HeaderMap) -> std::net::IpAddr {
+        admission::client_of(ctx.peer.ip(), headers, self.config.trust_proxy)
     }
 }
 

@@ -173,6 +173,7 @@ async fn finish(
     written: Written,
 ) -> Result<Written, ApiError> {
     if !completes {
+        state.finished(&written.info);
         return Ok(written);
     }
     let Written { info, want } = written;
@@ -189,6 +190,7 @@ async fn finish(
             state.uploads.declare_length(&lease, info.offset).await?
         }
     };
+    state.finished(&info);
     Ok(Written { info, want })
 }
 

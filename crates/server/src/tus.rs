@@ -144,6 +144,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     let body_follows = has_body(&req);
     let fail = |e: ApiError| if body_follows { e.closing() } else { e };
     require_version(headers).map_err(fail)?;
+    state.admit_creation(ctx, headers).map_err(fail)?;
     let concat = match header_str(headers, tus::UPLOAD_CONCAT).map_err(fail)? {
         Some(v) => Some(Concat::parse(v).map_err(|e| fail(e.into()))?),
         None => None,
@@ -216,6 +217,7 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
         })
         .await
         .map_err(|e| fail(e.into()))?;
+    state.created(ctx, headers, &info);
     let location = state.upload_url(ctx, headers, info.id);
     tracing::info!(upload = %info.id, length = ?info.length, "created");
     let mut resp = base_response(StatusCode::CREATED);
@@ -271,10 +273,8 @@ async fn create_final(
     metadata: Metadata,
 ) -> Reply {
     let parts = part_ids(&state, ctx, headers, urls)?;
-    let info = state
-        .uploads
-        .create_final(parts, metadata, state.config.max_size)
-        .await?;
+    let info = state.uploads.create_final(parts, metadata).await?;
+    state.created(ctx, headers, &info);
     tracing::info!(upload = %info.id, parts = urls.len(), complete = info.is_complete(), "final created");
     let mut resp = base_response(StatusCode::CREATED);
     set(

@@ -199,6 +199,7 @@ fn sample(id: UploadId) -> UploadInfo {
 
 /// Runs every metadata-store check.
 pub async fn meta_store(store: Arc<dyn MetaStore>) {
+    count_unfinished(&store).await;
     let id = fresh_id(3);
     let info = sample(id);
     store.insert(&info).await.expect("insert");
@@ -297,4 +298,34 @@ pub async fn meta_store(store: Arc<dyn MetaStore>) {
         .remove(id)
         .await
         .expect("removing a missing record is fine");
+}
+
+/// Counting unfinished records: not deleted, and short of their length (or without one).
+async fn count_unfinished(store: &Arc<dyn MetaStore>) {
+    let before = store.count_unfinished().await.expect("count");
+    let record = |tag: u8, length: Option<u64>, offset: u64, deleted: bool| UploadInfo {
+        id: fresh_id(tag),
+        length,
+        offset,
+        deleted,
+        ..sample(fresh_id(tag))
+    };
+    let records = [
+        record(20, Some(10), 3, false),
+        record(21, None, 3, false),
+        record(22, Some(10), 10, false),
+        record(23, Some(10), 3, true),
+    ];
+    for r in &records {
+        store.insert(r).await.expect("insert");
+    }
+    assert_eq!(
+        store.count_unfinished().await.expect("count"),
+        before + 2,
+        "short of the length, or no length yet: unfinished"
+    );
+    for r in &records {
+        store.remove(r.id).await.expect("remove");
+    }
+    assert_eq!(store.count_unfinished().await.expect("count"), before);
 }

@@ -25,6 +25,12 @@ pub enum StoreError {
         /// Free bytes in the data store.
         available: u64,
     },
+    /// The server keeps as many unfinished uploads as allowed.
+    #[error("the server holds {max} unfinished uploads, the most allowed")]
+    TooManyUploads {
+        /// The limit.
+        max: u64,
+    },
     /// A final upload named an upload that is not a partial one.
     #[error("upload {0} is not a partial upload")]
     NotPartial(UploadId),

@@ -55,6 +55,11 @@ pub trait MetaStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<UploadInfo>>;
 
+    /// How many records are unfinished (not deleted, offset short of the length or length
+    /// unknown). Not on every request path: the engine keeps an estimate and counts again
+    /// only when the estimate reaches the limit on unfinished uploads.
+    async fn count_unfinished(&self) -> Result<u64>;
+
     /// Every record (for tools such as `ferry fsck`; not on a request path).
     async fn list(&self) -> Result<Vec<UploadInfo>>;
 }

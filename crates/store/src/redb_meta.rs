@@ -346,6 +346,17 @@ struct Expiry {
     deleted: bool,
 }
 
+/// What counting unfinished uploads needs to know of a record.
+#[derive(Deserialize)]
+struct Progress {
+    #[serde(default)]
+    length: Option<u64>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    deleted: bool,
+}
+
 async fn recv<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {
     rx.await
         .unwrap_or_else(|_| Err(StoreError::Metadata("metadata writer stopped".into())))
@@ -421,6 +432,26 @@ impl MetaStore for RedbMetaStore {
                 }
             }
             Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    async fn count_unfinished(&self) -> Result<u64> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(UPLOADS).map_err(db_err)?;
+            let mut count = 0;
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let p: Progress = serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Metadata(format!("record {}: {e}", k.value())))?;
+                if !p.deleted && p.length != Some(p.offset) {
+                    count += 1;
+                }
+            }
+            Ok(count)
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?

@@ -137,6 +137,10 @@ impl MetaStore for FaultyMeta {
         self.inner.expired(now, after, limit).await
     }
 
+    async fn count_unfinished(&self) -> ferry_store::Result<u64> {
+        self.inner.count_unfinished().await
+    }
+
     async fn list(&self) -> ferry_store::Result<Vec<UploadInfo>> {
         self.inner.list().await
     }

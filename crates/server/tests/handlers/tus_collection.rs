@@ -618,3 +618,61 @@ async fn metadata_over_the_limit_is_400() {
         .await;
     assert_eq!(r.status, 400, "configurable: {r:?}");
 }
+
+#[tokio::test]
+async fn creations_past_the_rate_of_one_address_are_429_on_every_protocol() {
+    use std::num::NonZeroU32;
+    let s = Srv::config(|c| {
+        c.creation_rate = Some(ferry_server::config::CreationRate {
+            per_second: NonZeroU32::new(1).unwrap(),
+            burst: NonZeroU32::new(3).unwrap(),
+        })
+    });
+    // Uploads that finish give their token back: a folder of small files is never slowed.
+    for _ in 0..10 {
+        s.finished(b"small file").await;
+        let r = s
+            .send(
+                req("POST", "/files/")
+                    .tus()
+                    .h("upload-length", "3")
+                    .h("content-type", "application/offset+octet-stream")
+                    .body(&b"abc"[..]),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    // Unfinished ones keep it. One budget for tus, the IETF draft and chunk sessions.
+    let path = s.tus_upload(Some(1)).await;
+    s.session(None).await;
+    let r = s
+        .send(req("POST", "/files/").ietf(8).h("upload-complete", "?0"))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    for r in [
+        req("POST", "/files/").tus().h("upload-length", "1"),
+        req("POST", "/chunks/"),
+        req("POST", "/files/").ietf(8).h("upload-complete", "?0"),
+    ] {
+        let r = s.send(r).await;
+        assert_eq!(r.status, 429, "{r:?}");
+        let retry: u64 = r.h("retry-after").parse().unwrap();
+        assert!((1..=2).contains(&retry), "{retry}");
+    }
+    // Uploads already made go on.
+    let r = s.send(patch(&path, 0, b"x")).await;
+    assert_eq!(r.status, 204, "{r:?}");
+}
+
+#[tokio::test]
+async fn creations_past_the_unfinished_limit_are_429() {
+    let s = Srv::config(|c| c.max_unfinished = Some(2));
+    s.tus_upload(Some(5)).await;
+    s.session(None).await;
+    let r = s
+        .send(req("POST", "/files/").tus().h("upload-length", "1"))
+        .await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.h("retry-after"), "60");
+    assert!(r.text().contains("unfinished"), "{}", r.text());
+}

@@ -22,9 +22,10 @@ impl Uploads {
         &self,
         parts: Vec<UploadId>,
         metadata: Metadata,
-        max_size: Option<u64>,
     ) -> Result<UploadInfo> {
         self.concat.check_parts(&parts)?;
+        self.admit_creation().await?;
+        let max_size = self.max_size;
         let id = random_id()?;
         let now = now_ms();
         let expiry = self.expiry;

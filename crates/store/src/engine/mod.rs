@@ -16,6 +16,7 @@
 //! - [`sweep`]: deletion and the expiry sweep;
 //! - [`open`]: opening the local store under its directory lock.
 
+mod admission;
 mod append;
 pub(crate) mod buffers;
 pub(crate) mod claims;
@@ -76,6 +77,9 @@ pub struct Uploads {
     pub(crate) concat: ConcatLimits,
     /// Largest size an upload may reach, if limited (`--max-size`).
     pub(crate) max_size: Option<u64>,
+    /// Most unfinished uploads kept, if limited (`--max-unfinished-uploads`).
+    pub(crate) max_unfinished: Option<u64>,
+    unfinished: admission::Unfinished,
     /// Write buffers shared by this engine's appends and chunk writes.
     pub(crate) buffer_pool: BufferPool,
     /// Digest state of uploads being appended in order, keyed by id, at their committed
@@ -117,6 +121,8 @@ impl Uploads {
             expiry: ExpiryPolicy::default(),
             concat: ConcatLimits::default(),
             max_size: None,
+            max_unfinished: None,
+            unfinished: Default::default(),
             buffer_pool: BufferPool::default(),
             running: Mutex::new(HashMap::new()),
             digesting: Arc::default(),
@@ -142,6 +148,12 @@ impl Uploads {
     /// length.
     pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
         self.max_size = max_size;
+        self
+    }
+
+    /// Sets the most unfinished uploads kept; creations past it are refused.
+    pub fn with_max_unfinished(mut self, max: Option<u64>) -> Self {
+        self.max_unfinished = max;
         self
     }
 
@@ -172,6 +184,7 @@ impl Uploads {
         if let Some(length) = new.length {
             self.check_room(length, 0)?;
         }
+        self.admit_creation().await?;
         let id = random_id()?;
         let now = now_ms();
         let complete = new.length == Some(0);

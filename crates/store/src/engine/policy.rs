@@ -131,6 +131,37 @@ pub(crate) fn within_max_size(length: u64, max: Option<u64>) -> Result<(), Store
     }
 }
 
+/// Least time between two counts of the unfinished uploads while creations are refused for
+/// being at the limit: a flood at the limit costs one scan of the records per interval.
+pub(crate) const RECOUNT_EVERY: Duration = Duration::from_secs(10);
+
+/// What to do with a creation under the limit on unfinished uploads.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Creation {
+    /// Below the limit: create (and count one more).
+    Admit,
+    /// The estimate is unknown or has reached the limit: count the records first.
+    Count,
+    /// Counted recently and still at the limit.
+    Refuse,
+}
+
+/// Decides a creation from the `estimate` of unfinished uploads (`None` before the first
+/// count). The estimate counts every creation and no completion, so it only errs high: reaching
+/// the limit triggers a real count, never a wrong refusal, and the count is repeated at most
+/// every [`RECOUNT_EVERY`] (`since_count`: time since the last one).
+pub(crate) fn admit_unfinished(
+    estimate: Option<u64>,
+    max: u64,
+    since_count: Option<Duration>,
+) -> Creation {
+    match estimate {
+        Some(n) if n < max => Creation::Admit,
+        _ if since_count.is_none_or(|t| t >= RECOUNT_EVERY) => Creation::Count,
+        _ => Creation::Refuse,
+    }
+}
+
 /// Appends beyond this many at once get [`SMALL_BUFFER_SIZE`] buffers: memory stays bounded
 /// (about 64 MiB for 1,000 concurrent uploads) instead of growing by 1 MiB per upload, and the
 /// many-uploads case is bound by request handling, not by write size.
@@ -414,6 +445,19 @@ mod tests {
         assert!(!room_for(11, SPACE_MARGIN + 10));
         assert!(!room_for(u64::MAX, u64::MAX - 1));
         assert!(room_for(u64::MAX - SPACE_MARGIN, u64::MAX));
+    }
+
+    #[test]
+    fn unfinished_uploads_are_counted_only_when_the_estimate_reaches_the_limit() {
+        use Creation::*;
+        let recent = Some(Duration::from_secs(1));
+        assert_eq!(admit_unfinished(None, 10, None), Count, "unknown at start");
+        assert_eq!(admit_unfinished(Some(9), 10, None), Admit);
+        assert_eq!(admit_unfinished(Some(9), 10, recent), Admit);
+        assert_eq!(admit_unfinished(Some(10), 10, None), Count);
+        assert_eq!(admit_unfinished(Some(10), 10, recent), Refuse);
+        assert_eq!(admit_unfinished(Some(10), 10, Some(RECOUNT_EVERY)), Count);
+        assert_eq!(admit_unfinished(Some(0), 0, recent), Refuse, "a limit of 0");
     }
 
     #[test]

@@ -62,10 +62,8 @@ async fn deleting_a_part_while_a_final_is_created_never_breaks_the_final_or_leak
         let part = partial(&u, data).await;
         let (d, f) = (u.clone(), u.clone());
         let delete = tokio::spawn(async move { d.delete(part.id).await });
-        let create = tokio::spawn(async move {
-            f.create_final(vec![part.id], Metadata::default(), None)
-                .await
-        });
+        let create =
+            tokio::spawn(async move { f.create_final(vec![part.id], Metadata::default()).await });
         delete.await.unwrap().unwrap();
         match check_final(&u, create.await.unwrap(), data).await {
             Some(fin) => {
@@ -102,10 +100,8 @@ async fn expiring_a_part_while_a_final_is_created_never_breaks_the_final_or_leak
             .unwrap();
         let (d, f) = (u.clone(), u.clone());
         let sweep = tokio::spawn(async move { d.sweep_expired(now_ms()).await });
-        let create = tokio::spawn(async move {
-            f.create_final(vec![part.id], Metadata::default(), None)
-                .await
-        });
+        let create =
+            tokio::spawn(async move { f.create_final(vec![part.id], Metadata::default()).await });
         sweep.await.unwrap().unwrap();
         match check_final(&u, create.await.unwrap(), data).await {
             Some(fin) => {

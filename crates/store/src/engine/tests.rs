@@ -266,10 +266,7 @@ async fn large_final_combines_its_parts_crcs_without_reading() {
         .unwrap()
         .write_all_at(&[data[0] ^ 0xff], 0)
         .unwrap();
-    let f = u
-        .create_final(parts, Metadata::default(), None)
-        .await
-        .unwrap();
+    let f = u.create_final(parts, Metadata::default()).await.unwrap();
     let f = u.get(f.id).await.unwrap().unwrap();
     assert!(f.is_complete());
     assert_eq!(
@@ -349,7 +346,7 @@ async fn final_reads_across_parts_and_survives_part_deletion() {
     write_all(&u, a.id, b"hello").await;
     // Final created before part b finishes (concatenation-unfinished).
     let f = u
-        .create_final(vec![a.id, b.id], Metadata::default(), None)
+        .create_final(vec![a.id, b.id], Metadata::default())
         .await
         .unwrap();
     assert_eq!(f.length, None);
@@ -383,16 +380,15 @@ async fn final_reads_across_parts_and_survives_part_deletion() {
 #[tokio::test]
 async fn final_rejects_non_partials_and_missing_parts() {
     let dir = tempfile::tempdir().unwrap();
-    let u = open(dir.path());
+    let u = open(dir.path()).with_max_size(Some(15));
     let r = regular(&u, Some(1)).await;
     assert!(matches!(
-        u.create_final(vec![r.id], Metadata::default(), None).await,
+        u.create_final(vec![r.id], Metadata::default()).await,
         Err(StoreError::NotPartial(_))
     ));
     let missing = UploadId::from_bytes([9; 16]);
     assert!(matches!(
-        u.create_final(vec![missing], Metadata::default(), None)
-            .await,
+        u.create_final(vec![missing], Metadata::default()).await,
         Err(StoreError::NotFound(_))
     ));
     let p = u
@@ -405,12 +401,11 @@ async fn final_rejects_non_partials_and_missing_parts() {
         .await
         .unwrap();
     assert!(matches!(
-        u.create_final(vec![p.id, q.id], Metadata::default(), Some(15))
-            .await,
+        u.create_final(vec![p.id, q.id], Metadata::default()).await,
         Err(StoreError::TooLarge { .. })
     ));
     assert!(matches!(
-        u.create_final(vec![p.id, q.id, p.id], Metadata::default(), None)
+        u.create_final(vec![p.id, q.id, p.id], Metadata::default())
             .await,
         Err(StoreError::DuplicatePart(id)) if id == p.id
     ));
@@ -419,17 +414,16 @@ async fn final_rejects_non_partials_and_missing_parts() {
         max_finals_per_part: 2,
     });
     assert!(matches!(
-        u.create_final(vec![p.id, q.id], Metadata::default(), None)
-            .await,
+        u.create_final(vec![p.id, q.id], Metadata::default()).await,
         Err(StoreError::TooManyParts { count: 2, max: 1 })
     ));
     for _ in 0..2 {
-        u.create_final(vec![p.id], Metadata::default(), None)
+        u.create_final(vec![p.id], Metadata::default())
             .await
             .unwrap();
     }
     assert!(matches!(
-        u.create_final(vec![p.id], Metadata::default(), None).await,
+        u.create_final(vec![p.id], Metadata::default()).await,
         Err(StoreError::TooManyFinals { part, max: 2 }) if part == p.id
     ));
     let r = u.get(p.id).await.unwrap().unwrap();
@@ -479,7 +473,7 @@ async fn expiring_a_partial_keeps_a_finished_final() {
         .unwrap();
     write_all(&u, p.id, b"abc").await;
     let f = u
-        .create_final(vec![p.id], Metadata::default(), None)
+        .create_final(vec![p.id], Metadata::default())
         .await
         .unwrap();
     assert!(f.is_complete());
@@ -514,7 +508,7 @@ async fn unfinished_final_and_parts_expire_together() {
         .unwrap();
     write_all(&u, p.id, b"abc").await;
     let f = u
-        .create_final(vec![p.id, q.id], Metadata::default(), None)
+        .create_final(vec![p.id, q.id], Metadata::default())
         .await
         .unwrap();
     // q never finishes and expires; p is finished and does not.
@@ -531,4 +525,47 @@ async fn unfinished_final_and_parts_expire_together() {
         "no final holds q any more"
     );
     assert!(u.get(p.id).await.unwrap().is_some(), "finished part kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn creations_past_the_unfinished_limit_are_refused_until_some_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path()).with_max_unfinished(Some(2));
+    let a = regular(&u, Some(2)).await;
+    regular(&u, None).await;
+    assert!(matches!(
+        u.create(new_upload(Some(1), UploadKind::Regular)).await,
+        Err(StoreError::TooManyUploads { max: 2 })
+    ));
+    // A final counts too.
+    assert!(matches!(
+        u.create_final(vec![a.id], Metadata::default()).await,
+        Err(StoreError::TooManyUploads { max: 2 })
+    ));
+    write_all(&u, a.id, b"ok").await;
+    // Counted again only after a while: a flood at the limit costs one scan per interval.
+    tokio::time::advance(policy::RECOUNT_EVERY).await;
+    regular(&u, Some(1)).await;
+    assert!(matches!(
+        u.create(new_upload(Some(1), UploadKind::Regular)).await,
+        Err(StoreError::TooManyUploads { max: 2 })
+    ));
+}
+
+#[tokio::test]
+async fn an_unfinished_count_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let u = open(dir.path());
+        regular(&u, Some(5)).await;
+        regular(&u, None).await;
+    }
+    let u = open(dir.path()).with_max_unfinished(Some(2));
+    assert!(
+        matches!(
+            u.create(new_upload(Some(1), UploadKind::Regular)).await,
+            Err(StoreError::TooManyUploads { max: 2 })
+        ),
+        "the first creation after opening counts what is stored"
+    );
 }
