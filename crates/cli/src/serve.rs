@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ferry_server::config::{Cors, CreationRate, normalize_base_path, normalize_public_url};
+use ferry_server::config::{
+    ConnLimits, Cors, CreationRate, normalize_base_path, normalize_public_url,
+};
 use ferry_server::{AppState, ServerConfig};
 use ferry_store::uploads::{ConcatLimits, ExpiryPolicy};
 use ferry_store::{SyncPolicy, Uploads};
@@ -87,6 +89,24 @@ pub struct ServeArgs {
     /// with Retry-After. [default: 100000]
     #[arg(long, env = "FERRY_MAX_UNFINISHED_UPLOADS", value_name = "N")]
     max_unfinished_uploads: Option<u64>,
+    /// Least bytes per second a request body must average over --body-rate-window, e.g. 1K
+    /// ("0": no minimum); slower bodies end with 408, keeping what arrived. [default: 1K]
+    #[arg(long, env = "FERRY_MIN_BODY_RATE", value_name = "SIZE")]
+    min_body_rate: Option<String>,
+    /// The window --min-body-rate is averaged over. [default: 60s]
+    #[arg(long, env = "FERRY_BODY_RATE_WINDOW", value_name = "DURATION")]
+    body_rate_window: Option<String>,
+    /// Connections served at once; past it a few more get 503 (and /healthz its answer), the
+    /// rest are closed. [default: from the open-files limit, at most 16384]
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// How long a connection closed with its request body unread keeps reading (and
+    /// discarding) it, so the client can read the answer. [default: 30s]
+    #[arg(long, env = "FERRY_LINGERING_TIME", value_name = "DURATION")]
+    lingering_time: Option<String>,
+    /// While lingering, how long to wait for more bytes before closing. [default: 5s]
+    #[arg(long, env = "FERRY_LINGERING_TIMEOUT", value_name = "DURATION")]
+    lingering_timeout: Option<String>,
     /// Most parts one concatenated (final) upload may list. [default: 10000]
     #[arg(long, env = "FERRY_MAX_FINAL_PARTS", value_name = "N")]
     max_final_parts: Option<usize>,
@@ -134,6 +154,11 @@ struct FileConfig {
     creation_rate: Option<u32>,
     creation_burst: Option<u32>,
     max_unfinished_uploads: Option<u64>,
+    min_body_rate: Option<SizeValue>,
+    body_rate_window: Option<String>,
+    max_connections: Option<usize>,
+    lingering_time: Option<String>,
+    lingering_timeout: Option<String>,
     max_final_parts: Option<usize>,
     max_finals_per_part: Option<usize>,
     digest_wait: Option<String>,
@@ -292,6 +317,41 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         0 => None,
         n => Some(n),
     };
+    let min_body_rate = match (args.min_body_rate, file.min_body_rate) {
+        (Some(s), _) | (None, Some(SizeValue::Text(s))) => {
+            ferry_proto::size::parse_size(&s).with_context(|| format!("--min-body-rate {s:?}"))?
+        }
+        (None, Some(SizeValue::Bytes(n))) => n,
+        (None, None) => ferry_server::config::MIN_BODY_RATE,
+    };
+    let body_rate_window = duration(
+        "--body-rate-window",
+        &args
+            .body_rate_window
+            .or(file.body_rate_window)
+            .unwrap_or_else(|| "60s".into()),
+    )?;
+    if body_rate_window.is_zero() {
+        bail!("--body-rate-window must be more than zero");
+    }
+    let conn_defaults = ConnLimits::default();
+    let connections = ConnLimits {
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(conn_defaults.max_connections),
+        lingering_time: match args.lingering_time.or(file.lingering_time) {
+            Some(v) => duration("--lingering-time", &v)?,
+            None => conn_defaults.lingering_time,
+        },
+        lingering_timeout: match args.lingering_timeout.or(file.lingering_timeout) {
+            Some(v) => duration("--lingering-timeout", &v)?,
+            None => conn_defaults.lingering_timeout,
+        },
+    };
+    if connections.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let defaults = ConcatLimits::default();
     let concat = ConcatLimits {
         max_parts: args
@@ -340,6 +400,9 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             max_metadata,
             creation_rate,
             max_unfinished,
+            connections,
+            min_body_rate: (min_body_rate > 0).then_some(min_body_rate),
+            body_rate_window,
             ..ServerConfig::default()
         },
         sync,
@@ -353,6 +416,8 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
 
 pub fn run(args: ServeArgs) -> ExitCode {
     let exit_on_stdin_close = args.exit_on_stdin_close;
+    // Before the settings: the default connection cap follows the limit in force.
+    let open_files = ferry_server::conn::raise_open_files_limit();
     let settings = match resolve(args) {
         Ok(s) => s,
         Err(e) => {
@@ -382,7 +447,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(serve(settings, exit_on_stdin_close));
+    let result = rt.block_on(serve(settings, exit_on_stdin_close, open_files));
     // A blocking stdin read (--exit-on-stdin-close) would hold a plain runtime drop forever.
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -394,7 +459,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
+async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -> Result<()> {
     let dir = settings.data_dir.clone();
     let sync = settings.sync;
     let (expiry, concat) = (settings.expiry, settings.concat);
@@ -431,7 +496,7 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool) -> Result<()> {
         writeln!(out, "ferry listening on http://{addr}{base}/files/")?;
         out.flush()?;
     }
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), sync = ?sync, "serving tus 1.0");
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), sync = ?sync, open_files, max_connections = state.config.connections.max_connections, "serving tus 1.0");
 
     let signals = shutdown.clone();
     tokio::spawn(async move {

@@ -20,7 +20,6 @@ use ferry_proto::range::{
 use ferry_proto::{UploadId, tus};
 use ferry_store::{Protocol, StoreError, UploadInfo};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use std::sync::Arc;
 
 /// Methods allowed on the collection.
@@ -292,7 +291,7 @@ async fn receive(
         .write_range(id, start, end, total)
         .await
         .map_err(|e| ApiError::from(e).closing())?;
-    let idle = state.config.body_idle_timeout;
+    let mut pace = crate::receive::Pace::new(&state.config);
     // A newer request for bytes this one claims (a client's retry, typically) takes over.
     let taken_over = w.taken_over();
     tokio::pin!(taken_over);
@@ -301,10 +300,10 @@ async fn receive(
             biased;
             () = &mut taken_over => return Err(cut(Ending::TakenOver)),
             () = state.shutdown.cancelled() => return Err(cut(Ending::Shutdown)),
-            f = tokio::time::timeout(idle, body.frame()) => f,
+            f = pace.frame(&mut body) => f,
         };
         let frame = match frame {
-            Err(_) => return Err(cut(Ending::IdleTimeout)),
+            Err(ending) => return Err(cut(ending)),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(cut(Ending::ClientGone(e.to_string()))),
             Ok(Some(Ok(frame))) => frame,

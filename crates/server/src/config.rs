@@ -1,6 +1,7 @@
 //! Server settings, already validated (the CLI turns flags, env and file into this).
 
 pub use crate::admission::CreationRate;
+pub use crate::conn::ConnLimits;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -37,6 +38,12 @@ pub struct ServerConfig {
     pub creation_rate: Option<CreationRate>,
     /// Most unfinished uploads kept, if limited.
     pub max_unfinished: Option<u64>,
+    /// Least bytes per second a request body must average over `body_rate_window`, if any.
+    pub min_body_rate: Option<u64>,
+    /// The window the minimum body rate is averaged over.
+    pub body_rate_window: Duration,
+    /// Connection cap and lingering close.
+    pub connections: ConnLimits,
 }
 
 /// Cross-origin policy for browsers.
@@ -102,9 +109,17 @@ impl Default for ServerConfig {
             max_metadata: MAX_METADATA,
             creation_rate: Some(CreationRate::DEFAULT),
             max_unfinished: Some(MAX_UNFINISHED),
+            min_body_rate: Some(MIN_BODY_RATE),
+            body_rate_window: Duration::from_secs(60),
+            connections: ConnLimits::default(),
         }
     }
 }
+
+/// Default minimum body rate, in bytes per second (averaged over a minute): far below what a
+/// real client sends, even `ferry upload --limit-rate 1M` spread over 32 files (about 32 KB/s
+/// each) or a phone on a 2G link, and far above a body dripping a byte at a time.
+pub const MIN_BODY_RATE: u64 = 1024;
 
 /// Default bound on unfinished uploads: far above what a busy server keeps (each costs a record
 /// of a few hundred bytes and a file), far below what fills a disk with inodes or makes the

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod chunks;
 pub mod config;
+pub mod conn;
 pub mod download;
 pub mod error;
 mod headers;
@@ -389,7 +390,7 @@ const READ_BUFFER_BYTES: usize = 128 * 1024;
 
 /// Accepts connections until `state.shutdown` is cancelled, then stops accepting and waits
 /// for open connections to finish (bodies in flight commit and answer as they see the same
-/// token). The caller bounds that wait.
+/// token). The caller bounds that wait. Connections past the cap are shed (see [`conn`]).
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -399,6 +400,17 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
         .max_header_size(MAX_HEADER_BYTES)
         .max_buf_size(READ_BUFFER_BYTES)
         .keep_alive(true);
+    let mut shed_http = hyper::server::conn::http1::Builder::new();
+    shed_http
+        .timer(TokioTimer::new())
+        .header_read_timeout(SHED_HEADER_TIMEOUT)
+        .max_headers(100)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(false);
+    let limits = state.config.connections;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let shed = Arc::new(conn::Shedder::default());
+    let mut failures = 0u32;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -406,30 +418,72 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
-            Ok(x) => x,
+            Ok(x) => {
+                failures = 0;
+                x
+            }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+                // EMFILE and friends: back off instead of spinning (and logging) in a loop.
+                let wait = conn::accept_backoff(failures);
+                if failures == 0 {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                }
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    () = state.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(wait) => continue,
+                }
             }
         };
         let _ = stream.set_nodelay(true);
-        let st = state.clone();
         let ctx = Ctx { peer };
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let st = st.clone();
-            async move { Ok::<_, Infallible>(dispatch(st, ctx, req.map(Body::new)).await) }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
-        });
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            let io = conn::Lingering::new(stream, limits, permit);
+            let st = state.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let st = st.clone();
+                async move { Ok::<_, Infallible>(dispatch(st, ctx, req.map(Body::new)).await) }
+            });
+            let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            });
+        } else {
+            let place = shed.take();
+            let base = state.config.base_path.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let healthz = req.uri().path().strip_prefix(base.as_str()) == Some("/healthz");
+                async move { Ok::<_, Infallible>(shed_response(healthz)) }
+            });
+            let conn = shed_http.serve_connection(TokioIo::new(stream), svc);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = conn => {}
+                    () = place.evicted() => {}
+                }
+            });
+        }
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// How long a shed connection may take to send its request line and headers.
+const SHED_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The answer on the shedding tier: alive for `/healthz`, "retry" for everything else.
+fn shed_response(healthz: bool) -> Response<Body> {
+    if healthz {
+        return Response::new(Body::from("ok\n"));
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is at its connection limit; retry",
+    )
+    .with_header(header::RETRY_AFTER, 1)
+    .closing()
+    .into_response()
 }

@@ -275,6 +275,13 @@ pub(crate) fn ending_error(
             StatusCode::REQUEST_TIMEOUT,
             format!("request body stalled; {fate}"),
         ),
+        Ending::TooSlow { min_rate, window } => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body arrived slower than {min_rate} bytes/s over {}s; {fate}",
+                window.as_secs()
+            ),
+        ),
         // A checkpoint may have committed part of the body before it overran.
         Ending::TooLong { length } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

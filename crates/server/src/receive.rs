@@ -39,6 +39,13 @@ pub enum Ending {
     Shutdown,
     /// No bytes arrived for the idle timeout.
     IdleTimeout,
+    /// Fewer bytes arrived in a window than the minimum body rate asks for.
+    TooSlow {
+        /// The minimum, in bytes per second.
+        min_rate: u64,
+        /// The window it is averaged over.
+        window: std::time::Duration,
+    },
     /// The body went past the upload's length; nothing from it was kept.
     TooLong {
         /// The upload's length.
@@ -49,6 +56,68 @@ pub enum Ending {
     /// The whole body arrived, but the announced checksum trailer was missing or malformed;
     /// nothing from it was kept.
     ChecksumIncomplete(String),
+}
+
+/// Reads a request body's frames under its pace rules: the idle timeout (no bytes at all for
+/// that long) and the minimum rate averaged over a window (bytes that trickle in just inside
+/// the idle timeout would otherwise hold a connection, a lease and buffers for ever).
+pub(crate) struct Pace {
+    idle: std::time::Duration,
+    min_rate: Option<(u64, std::time::Duration)>,
+    window_end: tokio::time::Instant,
+    window_bytes: u64,
+}
+
+impl Pace {
+    /// The rules of `config`, starting now.
+    pub(crate) fn new(config: &crate::ServerConfig) -> Self {
+        let window = config.body_rate_window;
+        Self {
+            idle: config.body_idle_timeout,
+            min_rate: config.min_body_rate.map(|r| (r, window)),
+            window_end: tokio::time::Instant::now() + window,
+            window_bytes: 0,
+        }
+    }
+
+    /// The next frame, `Ok(None)` at the end of the body, or how the body failed its pace.
+    pub(crate) async fn frame(
+        &mut self,
+        body: &mut Body,
+    ) -> Result<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>, Ending> {
+        loop {
+            let window = async {
+                match self.min_rate {
+                    Some(_) => tokio::time::sleep_until(self.window_end).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                f = tokio::time::timeout(self.idle, body.frame()) => {
+                    let f = f.map_err(|_| Ending::IdleTimeout)?;
+                    if let Some(Ok(frame)) = &f
+                        && let Some(data) = frame.data_ref()
+                    {
+                        self.window_bytes += data.len() as u64;
+                    }
+                    return Ok(f);
+                }
+                () = window => {
+                    let Some((min_rate, window)) = self.min_rate else { continue };
+                    if !pace_kept(self.window_bytes, min_rate, window) {
+                        return Err(Ending::TooSlow { min_rate, window });
+                    }
+                    self.window_bytes = 0;
+                    self.window_end += window;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `bytes` received in `window` keep a minimum rate of `min_rate` bytes per second.
+fn pace_kept(bytes: u64, min_rate: u64, window: std::time::Duration) -> bool {
+    u128::from(bytes) * 1000 >= u128::from(min_rate) * window.as_millis()
 }
 
 /// Result of receiving a body.
@@ -101,7 +170,7 @@ async fn receive_inner(
     if let Some(w) = want {
         append.keep_running(w);
     }
-    let idle = state.config.body_idle_timeout;
+    let mut pace = Pace::new(&state.config);
     // A chunk with a checksum is all or nothing: no checkpoint may commit part of it.
     let all_or_nothing = !matches!(verify, Verify::None);
     let checkpoint = if all_or_nothing {
@@ -128,10 +197,10 @@ async fn receive_inner(
             biased;
             () = lease.taken_over() => break Ending::TakenOver,
             () = state.shutdown.cancelled() => break Ending::Shutdown,
-            f = tokio::time::timeout(idle, body.frame()) => f,
+            f = pace.frame(&mut body) => f,
         };
         let frame = match frame {
-            Err(_) => break Ending::IdleTimeout,
+            Err(ending) => break ending,
             Ok(None) => break Ending::Complete,
             Ok(Some(Err(e))) => break Ending::ClientGone(e.to_string()),
             Ok(Some(Ok(frame))) => frame,
@@ -257,4 +326,20 @@ async fn receive_inner(
         error,
         discarded: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_minimum_rate_is_averaged_over_the_window() {
+        let w = Duration::from_secs(60);
+        assert!(pace_kept(60 * 1024, 1024, w));
+        assert!(!pace_kept(60 * 1024 - 1, 1024, w));
+        assert!(!pace_kept(1, 1024, w), "a byte a minute");
+        assert!(pace_kept(0, 0, w));
+        assert!(pace_kept(u64::MAX, u64::MAX, Duration::from_secs(1)));
+    }
 }

@@ -626,18 +626,7 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `FERRY_TEST_PYTHON`, or `<repo>/tests/interop/.venv/bin/python` (with `requests`).
-fn python() -> PathBuf {
-    let p = std::env::var_os("FERRY_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("tests/interop/.venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} not found: run `bash scripts/setup-test-deps.sh`",
-        p.display()
-    );
-    p
-}
+use crate::interop::python;
 
 /// A child process killed (and reaped) on drop.
 struct Kid(Child);

@@ -45,11 +45,17 @@ fn node_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("tests/interop"))
 }
 
-/// `FERRY_TEST_PYTHON`, or `<repo>/tests/interop/.venv/bin/python`.
-fn python() -> PathBuf {
-    std::env::var_os("FERRY_TEST_PYTHON")
+/// `FERRY_TEST_PYTHON`, or `<repo>/tests/interop/.venv/bin/python` (with `requests`).
+pub(crate) fn python() -> PathBuf {
+    let p = std::env::var_os("FERRY_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("tests/interop/.venv/bin/python"))
+        .unwrap_or_else(|| repo_root().join("tests/interop/.venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run `bash scripts/setup-test-deps.sh`",
+        p.display()
+    );
+    p
 }
 
 /// Which third-party client.

@@ -25,5 +25,6 @@ mod durability; // kill -9, fsync order under strace, half-open takeover, gracef
 mod faults; // network faults through the fault-injecting proxy, upload and download
 mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repaired, cleaned at start
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
+mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
 mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto` // `ferry serve` settings: flags, environment, TOML file, data-dir lock, SIGTERM

@@ -577,3 +577,33 @@ async fn a_total_learned_late_that_cannot_fit_is_507() {
         .await;
     assert_eq!(r.status, 507, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_chunk_dripping_below_the_minimum_rate_is_408() {
+    let mut setup = Setup::default();
+    setup.config.min_body_rate = Some(1000);
+    setup.config.body_rate_window = Duration::from_millis(300);
+    let s = Srv::with(setup);
+    let path = s.session(Some(1 << 20)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PUT", &path)
+                .h(
+                    "content-range",
+                    &format!("bytes 0-{}/{}", (1 << 20) - 1, 1 << 20),
+                )
+                .raw_body(body),
+        ),
+    );
+    let dripping = tokio::spawn(async move {
+        loop {
+            feed.send(b"x").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let r = answer.await.unwrap();
+    dripping.abort();
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(r.text().contains("slower than"), "{}", r.text());
+}

@@ -772,3 +772,66 @@ async fn patch_declaring_a_length_that_cannot_fit_is_507() {
     let head = s.send(req("HEAD", &path).tus()).await;
     assert!(!head.has("upload-length"), "{head:?}");
 }
+
+/// A PATCH whose body the test feeds: `piece` every `every`, `pieces` times (then the body
+/// ends), or until the answer comes.
+async fn dripped_patch(
+    s: &Srv,
+    path: &str,
+    piece: &'static [u8],
+    every: Duration,
+    pieces: usize,
+) -> Resp {
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PATCH", path)
+                .tus()
+                .h("content-type", "application/offset+octet-stream")
+                .h("upload-offset", "0")
+                .raw_body(body),
+        ),
+    );
+    let dripping = tokio::spawn(async move {
+        for _ in 0..pieces {
+            feed.send(piece).await;
+            tokio::time::sleep(every).await;
+        }
+    });
+    let r = answer.await.unwrap();
+    dripping.abort();
+    r
+}
+
+#[tokio::test]
+async fn patch_dripping_below_the_minimum_rate_is_408_with_the_offset_kept() {
+    let mut setup = Setup::default();
+    setup.config.min_body_rate = Some(1000);
+    setup.config.body_rate_window = Duration::from_millis(300);
+    let s = Srv::with(setup);
+    let path = s.tus_upload(Some(1 << 20)).await;
+    // A byte every 20 ms: well inside the idle timeout, far below 1,000 bytes/s.
+    let r = dripped_patch(&s, &path, b"x", Duration::from_millis(20), usize::MAX).await;
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(
+        r.text().contains("slower than 1000 bytes/s"),
+        "{}",
+        r.text()
+    );
+    let kept: u64 = r.h("upload-offset").parse().unwrap();
+    assert!((1..=20).contains(&kept), "{kept}");
+    assert!(r.closes());
+}
+
+#[tokio::test]
+async fn patch_above_the_minimum_rate_is_not_cut() {
+    let mut setup = Setup::default();
+    setup.config.min_body_rate = Some(1000);
+    setup.config.body_rate_window = Duration::from_millis(100);
+    let s = Srv::with(setup);
+    let path = s.tus_upload(Some(4000)).await;
+    // 100 bytes every 20 ms (about 5,000 bytes/s) across many windows.
+    let r = dripped_patch(&s, &path, &[7u8; 100], Duration::from_millis(20), 40).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "4000");
+}
