@@ -241,6 +241,24 @@ impl Hasher {
         })
     }
 
+    /// A CRC-64/NVME hasher that continues from `crc`, the CRC-64/NVME of the bytes before:
+    /// a whole-upload CRC resumes from the 8 bytes kept in the upload's record.
+    pub fn crc64nvme_continuing(crc: u64) -> Hasher {
+        // The algorithm's state is its final value before the final XOR with all ones.
+        Hasher(Inner::Crc64Nvme(crc_fast::Digest::new_with_init_state(
+            crc_fast::CrcAlgorithm::Crc64Nvme,
+            !crc,
+        )))
+    }
+
+    /// The CRC-64/NVME of the bytes so far, without finishing (`None` for other algorithms).
+    pub fn crc64nvme_so_far(&self) -> Option<u64> {
+        match &self.0 {
+            Inner::Crc64Nvme(h) => Some(h.finalize()),
+            _ => None,
+        }
+    }
+
     /// Which algorithm this is.
     pub fn algorithm(&self) -> ChecksumAlgorithm {
         match &self.0 {
@@ -308,6 +326,23 @@ pub fn digest(algorithm: ChecksumAlgorithm, data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crc64nvme_continues_from_the_crc_of_the_bytes_before() {
+        let mut h = Hasher::crc64nvme_continuing(crc64nvme_of(b"1234"));
+        h.update(b"56789");
+        assert_eq!(h.crc64nvme_so_far(), Some(crc64nvme_of(b"123456789")));
+        let mut h = Hasher::crc64nvme_continuing(crc64nvme_of(b""));
+        h.update(b"123456789");
+        assert_eq!(
+            h.finalize(),
+            crc64nvme_of(b"123456789").to_be_bytes().to_vec()
+        );
+        assert_eq!(
+            Hasher::new(ChecksumAlgorithm::Sha256).crc64nvme_so_far(),
+            None
+        );
+    }
     use proptest::prelude::*;
 
     fn hex(b: &[u8]) -> String {

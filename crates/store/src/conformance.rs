@@ -194,6 +194,7 @@ fn sample(id: UploadId) -> UploadInfo {
         .collect(),
         finals: vec![fresh_id(7)],
         deleted: true,
+        running_crc: Some(0x0123_4567_89ab_cdef),
     }
 }
 

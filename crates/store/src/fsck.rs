@@ -381,6 +381,7 @@ mod tests {
             digests: Digests::new(),
             finals: finals.iter().map(|f| id(*f)).collect(),
             deleted: false,
+            running_crc: None,
         }
     }
 

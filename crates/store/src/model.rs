@@ -90,6 +90,12 @@ pub struct UploadInfo {
     pub finals: Vec<UploadId>,
     /// Deleted or expired but kept for the finals that use it; invisible to clients.
     pub deleted: bool,
+    /// CRC-64/NVME of bytes `[0, offset)` of an unfinished upload appended in order, committed
+    /// with the offset: whoever appends next (after a restart, a takeover, on any instance)
+    /// continues the whole-upload CRC from it instead of reading the bytes back, and no
+    /// hash state waits in memory between requests. `None` once finished (the CRC is then in
+    /// `digests`) or when the chain from byte 0 is broken.
+    pub running_crc: Option<u64>,
 }
 
 impl UploadInfo {

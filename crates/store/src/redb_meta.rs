@@ -55,6 +55,8 @@ struct Record {
     finals: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    running_crc: Option<u64>,
 }
 
 fn encode(info: &UploadInfo) -> Vec<u8> {
@@ -71,6 +73,7 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         digests: info.digests.clone(),
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
+        running_crc: info.running_crc,
     };
     serde_json::to_vec(&rec).expect("record serializes")
 }
@@ -88,6 +91,7 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         id,
         finals,
         deleted: rec.deleted,
+        running_crc: rec.running_crc,
         length: rec.length,
         offset: rec.offset,
         metadata,
@@ -530,6 +534,7 @@ mod tests {
             digests: Digests::new(),
             finals: Vec::new(),
             deleted: false,
+            running_crc: None,
         };
         rt.block_on(async {
             let s = RedbMetaStore::open(&path).unwrap();
@@ -568,6 +573,7 @@ mod tests {
             .collect(),
             finals: Vec::new(),
             deleted: false,
+            running_crc: None,
         };
         let bytes = encode(&info);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

@@ -38,7 +38,7 @@ impl Uploads {
             .await?;
         let (running, before) = self.buffer_pool.start_append();
         let capacity = append_buffer_capacity(before, expected_bytes);
-        let hasher = self.resume_running(id, info.offset, info.length);
+        let hasher = self.resume_running(&info);
         Ok(Append {
             hasher,
             uploads: self,
@@ -182,6 +182,12 @@ impl Append<'_> {
             _ => None,
         };
         let finished = digests.is_some();
+        // Unfinished: the CRC so far is committed with the offset (finished: it is in the
+        // digests).
+        let running_crc = match &self.hasher {
+            Some(h) if !finished => h.crc(),
+            _ => None,
+        };
         let committed = self
             .uploads
             .meta
@@ -194,6 +200,7 @@ impl Append<'_> {
                     let now = now_ms();
                     info.offset = target;
                     info.updated_ms = now;
+                    info.running_crc = running_crc;
                     if let Some(running) = &digests {
                         record_running(info, running);
                     }
@@ -211,9 +218,10 @@ impl Append<'_> {
             self.uploads.save_running(id, target, h.clone());
         }
         if self.info.is_complete() {
-            let had_digest = self.info.digests.has(ChecksumAlgorithm::Crc64Nvme);
             self.uploads.completed(&self.info).await;
-            if !had_digest && let Some(fresh) = self.uploads.meta.get(id).await? {
+            // With the digests completion added (a CRC combined or read back, those of a
+            // small upload read back after its chain broke).
+            if let Some(fresh) = self.uploads.meta.get(id).await? {
                 self.info = fresh;
             }
         }

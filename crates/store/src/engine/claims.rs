@@ -363,6 +363,7 @@ mod tests {
             digests: Default::default(),
             finals: Vec::new(),
             deleted: false,
+            running_crc: None,
         }
     }
 

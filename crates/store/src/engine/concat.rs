@@ -76,6 +76,7 @@ impl Uploads {
                         digests: Digests::new(),
                         finals: Vec::new(),
                         deleted: false,
+                        running_crc: None,
                     };
                     for p in &listed {
                         if let Some(Some(part)) = recs.get_mut(p) {

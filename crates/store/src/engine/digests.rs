@@ -8,7 +8,9 @@ pub(crate) use jobs::DigestJobs;
 
 use super::Uploads;
 use super::concat::read_upload;
-use super::policy::{Wanted, digests_inline, runs_every_digest, still_missing, wanted};
+use super::policy::{
+    RUNNING_CACHE, Wanted, digests_inline, runs_every_digest, still_missing, wanted,
+};
 use crate::data::DataStore;
 use crate::error::{Result, StoreError};
 use crate::meta::MetaStore;
@@ -18,7 +20,7 @@ use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
 use ferry_proto::digest::{Digests, KEPT, WantDigest};
 use futures_util::StreamExt;
 use jobs::Job;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +42,24 @@ impl RunningDigest {
                 .map(Hasher::new)
                 .collect(),
         )
+    }
+
+    /// Continues the CRC-64/NVME of an upload whose first bytes' CRC is `crc` (from its
+    /// record); the cryptographic digests of those bytes are gone.
+    pub(crate) fn resumed(crc: u64) -> Self {
+        Self(vec![Hasher::crc64nvme_continuing(crc)])
+    }
+
+    /// The CRC-64/NVME of the bytes so far.
+    pub(crate) fn crc(&self) -> Option<u64> {
+        self.0.iter().find_map(Hasher::crc64nvme_so_far)
+    }
+
+    /// Whether anything but the CRC (which the record keeps) runs.
+    fn has_more_than_crc(&self) -> bool {
+        self.0
+            .iter()
+            .any(|h| h.algorithm() != ChecksumAlgorithm::Crc64Nvme)
     }
 
     /// Also runs `algorithm` (one of [`KEPT`]), if it is not running yet.
@@ -74,6 +94,49 @@ pub(crate) fn record_running(info: &mut UploadInfo, running: &Digests) {
     }
 }
 
+/// The cryptographic digest states of uploads between two requests, bounded: an upload
+/// evicted (or abandoned, or continued after a restart) keeps its CRC in its record and has the
+/// rest computed by reading back at completion if anyone wants them.
+#[derive(Default)]
+pub(crate) struct RunningCache {
+    entries: HashMap<UploadId, (u64, RunningDigest, u64)>,
+    /// Insertion counter: the oldest entry makes room.
+    next: u64,
+}
+
+impl RunningCache {
+    fn insert(&mut self, id: UploadId, offset: u64, digest: RunningDigest) {
+        if self.entries.len() >= RUNNING_CACHE
+            && !self.entries.contains_key(&id)
+            && let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, seq))| *seq)
+                .map(|(id, _)| *id)
+        {
+            self.entries.remove(&oldest);
+        }
+        self.next += 1;
+        self.entries.insert(id, (offset, digest, self.next));
+    }
+
+    fn remove(&mut self, id: &UploadId) -> Option<(u64, RunningDigest)> {
+        self.entries.remove(id).map(|(o, d, _)| (o, d))
+    }
+
+    /// How many uploads have states here.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Forgets every state (as a restart would).
+    #[cfg(test)]
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
 impl Uploads {
     /// Takes the running digests of `id` out, with the offset they reached.
     pub(crate) fn take_running(&self, id: UploadId) -> Option<(u64, RunningDigest)> {
@@ -83,28 +146,27 @@ impl Uploads {
             .remove(&id)
     }
 
-    /// The running digests to continue an append of `id` at the committed `offset` with:
-    /// those that reached exactly `offset`, fresh ones at 0, else none (the chain is broken and
-    /// completion reads the upload back).
-    pub(crate) fn resume_running(
-        &self,
-        id: UploadId,
-        offset: u64,
-        length: Option<u64>,
-    ) -> Option<RunningDigest> {
-        match self.take_running(id) {
-            Some((pos, h)) if pos == offset => Some(h),
-            _ if offset == 0 => Some(RunningDigest::new(length)),
-            _ => None,
+    /// The running digests to continue an append of `info` at its committed offset with:
+    /// those kept in memory that reached exactly that offset, fresh ones at 0, else the CRC
+    /// continued from the record (the cryptographic chain is broken; completion reads those
+    /// back if wanted), else none.
+    pub(crate) fn resume_running(&self, info: &UploadInfo) -> Option<RunningDigest> {
+        match self.take_running(info.id) {
+            Some((pos, h)) if pos == info.offset => Some(h),
+            _ if info.offset == 0 => Some(RunningDigest::new(info.length)),
+            _ => info.running_crc.map(RunningDigest::resumed),
         }
     }
 
-    /// Keeps `digest`, covering bytes up to `offset` of `id`, for the next append.
+    /// Keeps `digest`, covering bytes up to `offset` of `id`, for the next append, if it
+    /// holds more than the CRC that the record keeps anyway.
     pub(crate) fn save_running(&self, id: UploadId, offset: u64, digest: RunningDigest) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (offset, digest));
+        if digest.has_more_than_crc() {
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, offset, digest);
+        }
     }
 
     /// Computes missing digests by reading the data back (after a restart, a takeover that

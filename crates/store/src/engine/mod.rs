@@ -44,11 +44,11 @@ use crate::lock::{Lease, Locker};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind, now_ms};
 use buffers::BufferPool;
-use digests::{RunningDigest, record_running};
+use digests::record_running;
 use ferry_proto::checksum::{ChecksumAlgorithm, digest};
 use ferry_proto::digest::{Digests, KEPT};
 use ferry_proto::{Metadata, UploadId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
@@ -82,10 +82,10 @@ pub struct Uploads {
     unfinished: admission::Unfinished,
     /// Write buffers shared by this engine's appends and chunk writes.
     pub(crate) buffer_pool: BufferPool,
-    /// Digest state of uploads being appended in order, keyed by id, at their committed
-    /// offset: the whole-upload digest is then ready the moment the last byte commits, with no
-    /// second read. Lost on restart (the digest is then computed by reading the data back).
-    running: Mutex<HashMap<UploadId, (u64, RunningDigest)>>,
+    /// Cryptographic digest states of uploads being appended in order, at their committed
+    /// offset, bounded: the whole-upload digests are then ready the moment the last byte
+    /// commits, with no second read. The CRC-64/NVME needs none: it is in the record.
+    running: Mutex<digests::RunningCache>,
     /// Uploads whose digest is being computed by reading back (so it runs once).
     digesting: Arc<Mutex<HashSet<UploadId>>>,
     /// Read-backs clients asked for, on a bounded pool (so their CPU is bounded too).
@@ -124,7 +124,7 @@ impl Uploads {
             max_unfinished: None,
             unfinished: Default::default(),
             buffer_pool: BufferPool::default(),
-            running: Mutex::new(HashMap::new()),
+            running: Mutex::default(),
             digesting: Arc::default(),
             digest_jobs: Arc::default(),
             chunk_claims: Arc::default(),
@@ -208,6 +208,7 @@ impl Uploads {
             },
             finals: Vec::new(),
             deleted: false,
+            running_crc: None,
         };
         self.data.create(id, self.sync.syncs_data()).await?;
         if let Err(e) = self.meta.insert(&info).await {
@@ -289,7 +290,10 @@ impl Uploads {
                 Box::new(move |i| {
                     if let Some(running) = &digests {
                         record_running(i, running);
+                    } else if let Some(crc) = i.running_crc {
+                        i.digests.set_crc64nvme(crc);
                     }
+                    i.running_crc = None;
                     i.expires_ms = expiry.expires_at(true, now_ms());
                     Ok(())
                 }),

@@ -196,6 +196,11 @@ pub(crate) fn range_buffer_capacity(len: u64) -> usize {
 /// costs minutes of CPU nobody may need.
 pub const INLINE_DIGEST_MAX: u64 = 8 * 1024 * 1024;
 
+/// Uploads whose cryptographic digest states are kept in memory between requests (about
+/// 4.5 KB each); past that the oldest's are dropped, and their digests are read back at
+/// completion if wanted. The CRC needs no room here: it is in the record.
+pub(crate) const RUNNING_CACHE: usize = 256;
+
 /// Whether an upload of `length` bytes gets every digest inline.
 pub(crate) fn digests_inline(length: u64) -> bool {
     length <= INLINE_DIGEST_MAX
@@ -386,6 +391,7 @@ mod tests {
             .collect(),
             finals: Vec::new(),
             deleted: false,
+            running_crc: None,
         }
     }
 

@@ -195,7 +195,7 @@ async fn declaring_the_length_at_the_offset_completes_with_the_running_crc() {
         "from the running CRC, at once (a read-back of 9 MiB runs in the background)"
     );
     assert!(
-        u.running.lock().unwrap().is_empty(),
+        u.running.lock().unwrap().len() == 0,
         "no running entry left"
     );
 }
@@ -295,9 +295,12 @@ async fn broken_hash_chain_falls_back_to_reading() {
     u.running.lock().unwrap().clear();
     let lease = u.lease(info.id).await.unwrap();
     let mut a = u.append(&lease, None).await.unwrap();
-    assert!(
-        a.hasher.is_none(),
-        "no chain to continue after the cache is lost"
+    assert_eq!(
+        a.hasher.as_ref().map(|h| h.crc()),
+        Some(Some(crc64nvme_of(
+            &[&data[..1000], &[0u8; 600_000][..]].concat()
+        ))),
+        "the CRC continues from the record after the cache is lost; nothing else does"
     );
     let at = a.info().offset as usize;
     let mut expect = data[..1000].to_vec();
@@ -568,4 +571,51 @@ async fn an_unfinished_count_survives_a_restart() {
         ),
         "the first creation after opening counts what is stored"
     );
+}
+
+#[tokio::test]
+async fn the_crc_survives_a_restart_in_the_record_and_nothing_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(10, 3);
+    let half = data.len() / 2;
+    let id = {
+        let u = open(dir.path());
+        let info = regular(&u, Some(data.len() as u64)).await;
+        let done = write_all(&u, info.id, &data[..half]).await;
+        assert_eq!(done.running_crc, Some(crc64nvme_of(&data[..half])));
+        assert_eq!(
+            u.running.lock().unwrap().len(),
+            0,
+            "a large upload keeps no hash state in memory between requests"
+        );
+        info.id
+    };
+    // Change a committed byte behind the server's back: a read-back would see it.
+    let file = LocalDataStore::open(dir.path()).unwrap().path_of(id);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_at(&[data[0] ^ 1], 0)
+        .unwrap();
+    let u = open(dir.path());
+    let done = write_all(&u, id, &data[half..]).await;
+    assert!(done.is_complete());
+    assert_eq!(done.digests.crc64nvme(), Some(crc64nvme_of(&data)));
+    assert_eq!(
+        done.running_crc, None,
+        "finished: the CRC is in the digests"
+    );
+}
+
+#[tokio::test]
+async fn hash_states_kept_between_requests_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let u = open(dir.path());
+    // Small uploads run every digest; abandoned half-way, each would keep its states.
+    for _ in 0..policy::RUNNING_CACHE + 50 {
+        let info = regular(&u, Some(10)).await;
+        write_all(&u, info.id, b"abcde").await;
+    }
+    assert_eq!(u.running.lock().unwrap().len(), policy::RUNNING_CACHE);
 }
