@@ -82,7 +82,7 @@ pub struct ServeArgs {
     /// 429 with Retry-After. [default: 50]
     #[arg(long, env = "FERRY_CREATION_RATE", value_name = "N")]
     creation_rate: Option<u32>,
-    /// Uploads one client address may create at once after a quiet spell. [default: 200]
+    /// Uploads one client address may create at once after a quiet spell. [default: 1000]
     #[arg(long, env = "FERRY_CREATION_BURST", value_name = "N")]
     creation_burst: Option<u32>,
     /// Most unfinished uploads the server keeps ("0": no limit); past it, creations get 429

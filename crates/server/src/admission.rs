@@ -28,11 +28,12 @@ pub struct CreationRate {
 
 impl CreationRate {
     /// The default: generous for people and parallel clients (tus-js-client's
-    /// `parallelUploads` creates a handful at once), small enough that a loop leaving uploads
-    /// unfinished cannot create millions of records an hour.
+    /// `parallelUploads` creates a handful at once; `ferry upload --files-at-once 1000` a
+    /// thousand, each one's token coming back as it finishes), small enough that a loop leaving
+    /// uploads unfinished cannot create millions of records an hour.
     pub const DEFAULT: CreationRate = CreationRate {
         per_second: NonZeroU32::new(50).unwrap(),
-        burst: NonZeroU32::new(200).unwrap(),
+        burst: NonZeroU32::new(1000).unwrap(),
     };
 
     /// Time one token takes to come back.

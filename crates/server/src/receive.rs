@@ -60,22 +60,24 @@ pub enum Ending {
 
 /// Reads a request body's frames under its pace rules: the idle timeout (no bytes at all for
 /// that long) and the minimum rate averaged over a window (bytes that trickle in just inside
-/// the idle timeout would otherwise hold a connection, a lease and buffers for ever).
+/// the idle timeout would otherwise hold a connection, a lease and buffers for ever). Only
+/// time spent waiting for the client counts: while the server itself holds the body back
+/// (waiting for write buffers, a slow disk), the window stands still.
 pub(crate) struct Pace {
     idle: std::time::Duration,
     min_rate: Option<(u64, std::time::Duration)>,
-    window_end: tokio::time::Instant,
+    /// Time spent waiting for the client in the current window.
+    waited: std::time::Duration,
     window_bytes: u64,
 }
 
 impl Pace {
-    /// The rules of `config`, starting now.
+    /// The rules of `config`.
     pub(crate) fn new(config: &crate::ServerConfig) -> Self {
-        let window = config.body_rate_window;
         Self {
             idle: config.body_idle_timeout,
-            min_rate: config.min_body_rate.map(|r| (r, window)),
-            window_end: tokio::time::Instant::now() + window,
+            min_rate: config.min_body_rate.map(|r| (r, config.body_rate_window)),
+            waited: std::time::Duration::ZERO,
             window_bytes: 0,
         }
     }
@@ -85,31 +87,35 @@ impl Pace {
         &mut self,
         body: &mut Body,
     ) -> Result<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>, Ending> {
+        let Some((min_rate, window)) = self.min_rate else {
+            return tokio::time::timeout(self.idle, body.frame())
+                .await
+                .map_err(|_| Ending::IdleTimeout);
+        };
+        let idle_deadline = tokio::time::Instant::now() + self.idle;
         loop {
-            let window = async {
-                match self.min_rate {
-                    Some(_) => tokio::time::sleep_until(self.window_end).await,
-                    None => std::future::pending().await,
-                }
+            let entered = tokio::time::Instant::now();
+            let window_left = window.saturating_sub(self.waited);
+            let frame = tokio::select! {
+                f = tokio::time::timeout_at(idle_deadline, body.frame()) => Some(f),
+                () = tokio::time::sleep(window_left) => None,
             };
-            tokio::select! {
-                f = tokio::time::timeout(self.idle, body.frame()) => {
-                    let f = f.map_err(|_| Ending::IdleTimeout)?;
-                    if let Some(Ok(frame)) = &f
-                        && let Some(data) = frame.data_ref()
-                    {
-                        self.window_bytes += data.len() as u64;
-                    }
-                    return Ok(f);
+            self.waited += entered.elapsed();
+            if let Some(Ok(Some(Ok(f)))) = &frame
+                && let Some(data) = f.data_ref()
+            {
+                self.window_bytes += data.len() as u64;
+            }
+            if self.waited >= window {
+                if !pace_kept(self.window_bytes, min_rate, window) {
+                    return Err(Ending::TooSlow { min_rate, window });
                 }
-                () = window => {
-                    let Some((min_rate, window)) = self.min_rate else { continue };
-                    if !pace_kept(self.window_bytes, min_rate, window) {
-                        return Err(Ending::TooSlow { min_rate, window });
-                    }
-                    self.window_bytes = 0;
-                    self.window_end += window;
-                }
+                self.waited = std::time::Duration::ZERO;
+                self.window_bytes = 0;
+            }
+            // `None`: the window ended while waiting and was kept; wait on.
+            if let Some(f) = frame {
+                return f.map_err(|_| Ending::IdleTimeout);
             }
         }
     }

@@ -1,8 +1,13 @@
 //! The engine's pool of write buffers: full-size buffers are reused rather than allocated per
-//! request, and the number of appends running picks how large a new append's buffers are.
+//! request, the number of appends running picks how large a new append's buffers are, and
+//! every buffer in use counts against one budget. A writer whose buffers do not fit waits
+//! before it takes a byte of its body, which leaves the bytes in the socket: the client is
+//! slowed by TCP flow control, and the server's memory does not grow with the number of
+//! uploads.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Size of each of an append's two buffers.
 pub const BUFFER_SIZE: usize = 512 * 1024;
@@ -10,15 +15,53 @@ pub const BUFFER_SIZE: usize = 512 * 1024;
 /// At most this many idle buffers are kept for reuse.
 const POOL_LIMIT: usize = 64;
 
-/// Idle buffers of [`BUFFER_SIZE`], and the count of appends alive. One per
-/// [`Uploads`](super::Uploads).
-#[derive(Debug, Default)]
+/// Bytes of write buffers in use at once, across every writer: 64 writers at their full
+/// 2 × 512 KiB, or 1,000 at 2 × 32 KiB with room to spare.
+pub(crate) const BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// The budget is counted in units of this many bytes (a semaphore counts in `u32`).
+const UNIT: usize = 1024;
+
+/// Idle buffers of [`BUFFER_SIZE`], the count of appends alive, and the budget of buffer bytes
+/// in use. One per [`Uploads`](super::Uploads).
+#[derive(Debug)]
 pub(crate) struct BufferPool {
     idle: Mutex<Vec<Vec<u8>>>,
     appends: AtomicUsize,
+    budget: Semaphore,
+    budget_units: usize,
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        Self::with_budget(BUDGET_BYTES)
+    }
 }
 
 impl BufferPool {
+    /// A pool whose buffers in use may hold `bytes` at most.
+    pub(crate) fn with_budget(bytes: usize) -> Self {
+        let units = bytes.div_ceil(UNIT).max(1);
+        Self {
+            idle: Mutex::default(),
+            appends: AtomicUsize::new(0),
+            budget: Semaphore::new(units),
+            budget_units: units,
+        }
+    }
+
+    /// Waits until `bytes` of buffers fit in the budget and reserves them until the returned
+    /// permit drops. A reservation larger than the whole budget is cut to the budget (it
+    /// then waits for every other writer).
+    pub(crate) async fn reserve(&self, bytes: usize) -> SemaphorePermit<'_> {
+        let units = bytes.div_ceil(UNIT).clamp(1, self.budget_units);
+        // The semaphore is never closed, so acquiring cannot fail; u32 holds 4 TiB of units.
+        self.budget
+            .acquire_many(units as u32)
+            .await
+            .expect("the buffer budget is never closed")
+    }
+
     /// An empty buffer of `capacity`: a pooled one when a full-size buffer is asked for and
     /// one is idle.
     pub(crate) fn take(&self, capacity: usize) -> Vec<u8> {
@@ -79,6 +122,27 @@ mod tests {
             pool.give(Vec::with_capacity(BUFFER_SIZE));
         }
         assert_eq!(pool.idle.lock().unwrap().len(), POOL_LIMIT);
+    }
+
+    #[tokio::test]
+    async fn buffers_past_the_budget_wait_for_others_to_finish() {
+        let pool = BufferPool::with_budget(100 * UNIT);
+        let a = pool.reserve(60 * UNIT).await;
+        let waiting = pool.reserve(60 * UNIT);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "does not fit while the first holds its buffers"
+        );
+        drop(a);
+        let _b = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("fits once they are given back");
+        // Larger than the whole budget: waits for everyone, never for ever.
+        drop(_b);
+        let _all = pool.reserve(1000 * UNIT).await;
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! Two buffers per writer: one fills while the other is being written, so receiving bytes and
-//! writing them overlap. Shared by appends and chunk writes.
+//! writing them overlap. Shared by appends and chunk writes. Both count against the pool's
+//! budget from the first byte pushed until the writer is dropped.
 
 use super::buffers::BufferPool;
 use crate::data::{DataWriter, PendingWrite};
 use crate::error::{Result, StoreError};
+use tokio::sync::SemaphorePermit;
 
 /// A filling buffer, the spare back from its write, and the write in flight.
 pub(crate) struct DoubleBuffer<'a> {
     pool: &'a BufferPool,
+    /// Size of each buffer.
+    capacity: usize,
+    /// Both buffers' share of the budget, taken at the first push.
+    reserved: Option<SemaphorePermit<'a>>,
     /// The buffer being filled.
     buf: Vec<u8>,
     /// The other buffer, back from its write.
@@ -20,11 +26,13 @@ pub(crate) struct DoubleBuffer<'a> {
 }
 
 impl<'a> DoubleBuffer<'a> {
-    /// Buffers of `capacity` bytes, taken from (and given back to) `pool`.
+    /// Buffers of `capacity` bytes, taken from (and given back to) `pool` once bytes arrive.
     pub(crate) fn new(pool: &'a BufferPool, capacity: usize) -> Self {
         Self {
             pool,
-            buf: pool.take(capacity),
+            capacity,
+            reserved: None,
+            buf: Vec::new(),
             spare: None,
             inflight: None,
             written: 0,
@@ -64,6 +72,11 @@ impl<'a> DoubleBuffer<'a> {
         mut data: &[u8],
         writer: &mut dyn DataWriter,
     ) -> Result<()> {
+        if self.reserved.is_none() && !data.is_empty() {
+            // Waits while the budget is spent: this writer's body stays in its socket.
+            self.reserved = Some(self.pool.reserve(2 * self.capacity).await);
+            self.buf = self.pool.take(self.capacity);
+        }
         while !data.is_empty() {
             let room = self.buf.capacity() - self.buf.len();
             let n = room.min(data.len());
