@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// The window --min-body-rate is averaged over. [default: 60s]
     #[arg(long, env = "FERRY_BODY_RATE_WINDOW", value_name = "DURATION")]
     body_rate_window: Option<String>,
+    /// Memory for request bodies in flight (write buffers and connection read buffers), in
+    /// all; past it bodies wait in their sockets (TCP slows their clients). [default: 16M]
+    #[arg(long, env = "FERRY_BUFFER_MEMORY", value_name = "SIZE")]
+    buffer_memory: Option<String>,
     /// Connections served at once; past it a few more get 503 (and /healthz its answer), the
     /// rest are closed. [default: from the open-files limit, at most 16384]
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", value_name = "N")]
@@ -156,6 +160,7 @@ struct FileConfig {
     max_unfinished_uploads: Option<u64>,
     min_body_rate: Option<SizeValue>,
     body_rate_window: Option<String>,
+    buffer_memory: Option<SizeValue>,
     max_connections: Option<usize>,
     lingering_time: Option<String>,
     lingering_timeout: Option<String>,
@@ -334,6 +339,18 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if body_rate_window.is_zero() {
         bail!("--body-rate-window must be more than zero");
     }
+    let buffer_memory = match (args.buffer_memory, file.buffer_memory) {
+        (Some(s), _) | (None, Some(SizeValue::Text(s))) => {
+            ferry_proto::size::parse_size(&s).with_context(|| format!("--buffer-memory {s:?}"))?
+        }
+        (None, Some(SizeValue::Bytes(n))) => n,
+        (None, None) => ferry_server::config::ServerConfig::default().buffer_memory as u64,
+    };
+    if buffer_memory < 1024 * 1024 {
+        bail!("--buffer-memory must be at least 1M");
+    }
+    let buffer_memory = usize::try_from(buffer_memory)
+        .map_err(|_| anyhow::anyhow!("--buffer-memory {buffer_memory} is too large"))?;
     let conn_defaults = ConnLimits::default();
     let connections = ConnLimits {
         max_connections: args
@@ -402,6 +419,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             max_unfinished,
             connections,
             min_body_rate: (min_body_rate > 0).then_some(min_body_rate),
+            buffer_memory,
             body_rate_window,
             ..ServerConfig::default()
         },

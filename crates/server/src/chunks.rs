@@ -250,11 +250,15 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
              (END - START + 1)"
         ))));
     }
+    let read_buffer = crate::read_buffer_of(&req);
     let body = req.into_body();
     // In its own task: a dropped connection or handler future cannot leave a half-done commit
     // behind (a commit either records the whole range or nothing).
     let st = state.clone();
-    let task = tokio::spawn(async move { receive(&st, id, start, end + 1, total, body).await });
+    let task =
+        tokio::spawn(
+            async move { receive(&st, id, start, end + 1, total, body, read_buffer).await },
+        );
     let info = task
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(&format!("chunk task failed: {e}"))))
@@ -276,6 +280,7 @@ async fn receive(
     end: u64,
     total: Option<u64>,
     mut body: Body,
+    read_buffer: usize,
 ) -> Result<UploadInfo, ApiError> {
     let len = end - start;
     let cut = |ending: Ending| {
@@ -295,6 +300,13 @@ async fn receive(
     // A newer request for bytes this one claims (a client's retry, typically) takes over.
     let taken_over = w.taken_over();
     tokio::pin!(taken_over);
+    // As for appends (see `receive`): no byte is read until the buffers fit in the budget.
+    tokio::select! {
+        biased;
+        () = &mut taken_over => return Err(cut(Ending::TakenOver)),
+        () = state.shutdown.cancelled() => return Err(cut(Ending::Shutdown)),
+        () = w.reserve(read_buffer) => {}
+    }
     loop {
         let frame = tokio::select! {
             biased;

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     pub min_body_rate: Option<u64>,
     /// The window the minimum body rate is averaged over.
     pub body_rate_window: Duration,
+    /// Bytes of body buffers (write buffers and the connection's read buffer) in use at once
+    /// across every request; past it bodies wait in their sockets.
+    pub buffer_memory: usize,
     /// Connection cap and lingering close.
     pub connections: ConnLimits,
 }
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
             max_unfinished: Some(MAX_UNFINISHED),
             min_body_rate: Some(MIN_BODY_RATE),
             body_rate_window: Duration::from_secs(60),
+            buffer_memory: ferry_store::uploads::BUDGET_BYTES,
             connections: ConnLimits::default(),
         }
     }

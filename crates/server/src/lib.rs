@@ -63,7 +63,8 @@ impl AppState {
             // counts unfinished uploads.
             uploads: uploads
                 .with_max_size(config.max_size)
-                .with_max_unfinished(config.max_unfinished),
+                .with_max_unfinished(config.max_unfinished)
+                .with_buffer_budget(config.buffer_memory),
             creations: config.creation_rate.map(admission::CreationLimiter::new),
             config,
             shutdown,
@@ -376,37 +377,62 @@ async fn route(
     }
 }
 
-/// Largest request head (request line and headers) accepted; larger ones get 431 and the
-/// connection is closed. Without it hyper only stops at its ~400 KB read buffer, so one request
-/// could make the server buffer and parse hundreds of KB of headers. 64 KiB leaves ample room
-/// for tus `Upload-Metadata` (a 10 KB file name is ~14 KB of base64).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest request head (request line and headers) accepted when `Upload-Metadata` may be up
+/// to `max_metadata` bytes; larger heads get 431 and the connection is closed. Without a bound
+/// hyper stops only at its read buffer, so one request could make the server buffer and parse
+/// hundreds of KB of headers. The metadata plus 16 KiB for every other header, and at least
+/// 32 KiB: with the default 16 KiB of metadata (a 10 KB file name is ~14 KB of base64), 32 KiB.
+pub fn max_head_bytes(max_metadata: usize) -> usize {
+    (max_metadata + 16 * 1024).max(32 * 1024)
+}
 
-/// Most a connection's read buffer grows to (hyper's default is ~400 KiB). Each connection
-/// streaming a body keeps a buffer this big: 1,000 concurrent uploads cost ~128 MiB instead of
-/// ~400 MiB, and one upload's throughput does not change measurably (server CPU for 1 GiB:
-/// 1.13–1.23 s at 128 KiB, 1.14–1.16 s at 400 KiB).
-const READ_BUFFER_BYTES: usize = 128 * 1024;
+/// Most a connection's read buffer grows to while few connections are open (hyper's default is
+/// ~400 KiB): one upload's throughput is the same as at 400 KiB (server CPU for 1 GiB:
+/// 1.13–1.23 s at 128 KiB, 1.14–1.16 s at 400 KiB), and 32 KiB costs it about 15 % more
+/// server CPU (`scripts/bench-ab.sh`, 6 rounds: 1.36–1.66 s against 1.16–1.40 s).
+pub(crate) const READ_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Read buffer of connections accepted while [`FULL_READ_BUFFERS_AT_ONCE`] or more are open:
+/// hyper reads a little of each body before the handler asks for it, growing the buffer up
+/// to its limit, so at 1,000 uploads at once 128 KiB each is ~125 MiB alone; 32 KiB keeps
+/// the whole server under 100 MiB.
+const SMALL_READ_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Open connections from which new ones get the small read buffer.
+const FULL_READ_BUFFERS_AT_ONCE: usize = 16;
+
+/// The read buffer of a request's connection, as a request extension: a body's reader counts
+/// it against the server's buffer budget.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBuffer(pub usize);
+
+/// The read buffer of `req`'s connection ([`READ_BUFFER_BYTES`] if unknown).
+pub(crate) fn read_buffer_of<B>(req: &Request<B>) -> usize {
+    req.extensions()
+        .get::<ReadBuffer>()
+        .map_or(READ_BUFFER_BYTES, |r| r.0)
+}
 
 /// Accepts connections until `state.shutdown` is cancelled, then stops accepting and waits
 /// for open connections to finish (bodies in flight commit and answer as they see the same
 /// token). The caller bounds that wait. Connections past the cap are shed (see [`conn`]).
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .max_headers(100)
-        .max_header_size(MAX_HEADER_BYTES)
-        .max_buf_size(READ_BUFFER_BYTES)
-        .keep_alive(true);
-    let mut shed_http = hyper::server::conn::http1::Builder::new();
-    shed_http
-        .timer(TokioTimer::new())
-        .header_read_timeout(SHED_HEADER_TIMEOUT)
-        .max_headers(100)
-        .max_header_size(MAX_HEADER_BYTES)
-        .keep_alive(false);
+    let head = max_head_bytes(state.config.max_metadata);
+    let builder = |read_buffer: usize, timeout: std::time::Duration, keep_alive: bool| {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .max_headers(100)
+            .max_header_size(head)
+            .max_buf_size(read_buffer.max(head))
+            .keep_alive(keep_alive);
+        (b, read_buffer.max(head))
+    };
+    let timeout = state.config.header_read_timeout;
+    let full = builder(READ_BUFFER_BYTES, timeout, true);
+    let small = builder(SMALL_READ_BUFFER_BYTES, timeout, true);
+    let (shed_http, _) = builder(SMALL_READ_BUFFER_BYTES, SHED_HEADER_TIMEOUT, false);
     let limits = state.config.connections;
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let shed = Arc::new(conn::Shedder::default());
@@ -437,11 +463,19 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
         };
         let _ = stream.set_nodelay(true);
         let ctx = Ctx { peer };
+        let open = limits.max_connections - permits.available_permits();
         if let Ok(permit) = permits.clone().try_acquire_owned() {
             let io = conn::Lingering::new(stream, limits, permit);
             let st = state.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (http, read_buffer) = if open < FULL_READ_BUFFERS_AT_ONCE {
+                &full
+            } else {
+                &small
+            };
+            let read_buffer = ReadBuffer(*read_buffer);
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let st = st.clone();
+                req.extensions_mut().insert(read_buffer);
                 async move { Ok::<_, Infallible>(dispatch(st, ctx, req.map(Body::new)).await) }
             });
             let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));

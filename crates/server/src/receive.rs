@@ -95,13 +95,12 @@ impl Pace {
         let idle_deadline = tokio::time::Instant::now() + self.idle;
         loop {
             let entered = tokio::time::Instant::now();
-            let window_left = window.saturating_sub(self.waited);
-            let frame = tokio::select! {
-                f = tokio::time::timeout_at(idle_deadline, body.frame()) => Some(f),
-                () = tokio::time::sleep(window_left) => None,
-            };
-            self.waited += entered.elapsed();
-            if let Some(Ok(Some(Ok(f)))) = &frame
+            let window_end = entered + window.saturating_sub(self.waited);
+            // One timer per frame: whichever of the two deadlines comes first.
+            let frame = tokio::time::timeout_at(idle_deadline.min(window_end), body.frame()).await;
+            let now = tokio::time::Instant::now();
+            self.waited += now - entered;
+            if let Ok(Some(Ok(f))) = &frame
                 && let Some(data) = f.data_ref()
             {
                 self.window_bytes += data.len() as u64;
@@ -113,9 +112,11 @@ impl Pace {
                 self.waited = std::time::Duration::ZERO;
                 self.window_bytes = 0;
             }
-            // `None`: the window ended while waiting and was kept; wait on.
-            if let Some(f) = frame {
-                return f.map_err(|_| Ending::IdleTimeout);
+            match frame {
+                Ok(f) => return Ok(f),
+                Err(_) if now >= idle_deadline => return Err(Ending::IdleTimeout),
+                // The window ended while waiting and was kept: wait on.
+                Err(_) => {}
             }
         }
     }
@@ -154,9 +155,10 @@ pub async fn receive(
     verify: Verify,
 ) -> Result<Received, StoreError> {
     let want = want_digest(req.headers());
+    let read_buffer = crate::read_buffer_of(&req);
     let body = req.into_body();
     let task = tokio::spawn(async move {
-        let result = receive_inner(&state, &lease, body, expected, verify, want).await;
+        let result = receive_inner(&state, &lease, body, expected, verify, want, read_buffer).await;
         drop(lease);
         result
     });
@@ -171,6 +173,7 @@ async fn receive_inner(
     expected: Option<u64>,
     verify: Verify,
     want: Option<WantDigest>,
+    read_buffer: usize,
 ) -> Result<Received, StoreError> {
     let mut append = state.uploads.append(lease, expected).await?;
     if let Some(w) = want {
@@ -198,76 +201,89 @@ async fn receive_inner(
     };
     let mut trailer_error = None;
     let mut error = None;
-    let mut ending = loop {
-        let frame = tokio::select! {
-            biased;
-            () = lease.taken_over() => break Ending::TakenOver,
-            () = state.shutdown.cancelled() => break Ending::Shutdown,
-            f = pace.frame(&mut body) => f,
-        };
-        let frame = match frame {
-            Err(ending) => break ending,
-            Ok(None) => break Ending::Complete,
-            Ok(Some(Err(e))) => break Ending::ClientGone(e.to_string()),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                // checksum-trailer: the checksum follows the body.
-                if let Ok(trailers) = frame.into_trailers()
-                    && let Some(v) = trailers.get(tus::UPLOAD_CHECKSUM)
-                {
-                    match v
-                        .to_str()
-                        .map_err(|_| {
-                            ProtoError::InvalidChecksum(
-                                "Upload-Checksum trailer is not ASCII".into(),
-                            )
-                        })
-                        .and_then(Checksum::parse)
+    // Nothing of the body is read until its buffers (and the connection's read buffer, which
+    // grows only while the body is read) fit in the server's budget: past it, bodies wait in
+    // their sockets and memory does not grow with the number of uploads.
+    let waited = tokio::select! {
+        biased;
+        () = lease.taken_over() => Some(Ending::TakenOver),
+        () = state.shutdown.cancelled() => Some(Ending::Shutdown),
+        () = append.reserve(read_buffer) => None,
+    };
+    let mut ending = if let Some(ending) = waited {
+        ending
+    } else {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = lease.taken_over() => break Ending::TakenOver,
+                () = state.shutdown.cancelled() => break Ending::Shutdown,
+                f = pace.frame(&mut body) => f,
+            };
+            let frame = match frame {
+                Err(ending) => break ending,
+                Ok(None) => break Ending::Complete,
+                Ok(Some(Err(e))) => break Ending::ClientGone(e.to_string()),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // checksum-trailer: the checksum follows the body.
+                    if let Ok(trailers) = frame.into_trailers()
+                        && let Some(v) = trailers.get(tus::UPLOAD_CHECKSUM)
                     {
-                        Ok(c) if claimed.is_none() => claimed = Some(c),
-                        Ok(_) => {
-                            trailer_error =
-                                Some("Upload-Checksum sent both as header and trailer".into())
+                        match v
+                            .to_str()
+                            .map_err(|_| {
+                                ProtoError::InvalidChecksum(
+                                    "Upload-Checksum trailer is not ASCII".into(),
+                                )
+                            })
+                            .and_then(Checksum::parse)
+                        {
+                            Ok(c) if claimed.is_none() => claimed = Some(c),
+                            Ok(_) => {
+                                trailer_error =
+                                    Some("Upload-Checksum sent both as header and trailer".into())
+                            }
+                            Err(e) => trailer_error = Some(e.to_string()),
                         }
-                        Err(e) => trailer_error = Some(e.to_string()),
                     }
+                    continue;
                 }
-                continue;
+            };
+            if let Some(h) = &mut hasher {
+                h.update(&data);
             }
-        };
-        if let Some(h) = &mut hasher {
-            h.update(&data);
-        }
-        match append.push(&data).await {
-            Ok(()) => {}
-            Err(StoreError::ExceedsLength { length }) => {
-                // Discard the whole body: dropping the append leaves the offset untouched.
-                let info = append.info().clone();
-                return Ok(Received {
-                    want,
-                    ending: Ending::TooLong { length },
-                    info,
-                    error: None,
-                    discarded: true,
-                });
+            match append.push(&data).await {
+                Ok(()) => {}
+                Err(StoreError::ExceedsLength { length }) => {
+                    // Discard the whole body: dropping the append leaves the offset untouched.
+                    let info = append.info().clone();
+                    return Ok(Received {
+                        want,
+                        ending: Ending::TooLong { length },
+                        info,
+                        error: None,
+                        discarded: true,
+                    });
+                }
+                Err(e) => {
+                    let why = match e {
+                        StoreError::TooLarge { .. } => "the upload reached the size limit",
+                        _ => "storage write failed",
+                    };
+                    error = Some(e);
+                    break Ending::ClientGone(why.into());
+                }
             }
-            Err(e) => {
-                let why = match e {
-                    StoreError::TooLarge { .. } => "the upload reached the size limit",
-                    _ => "storage write failed",
-                };
+            if append.uncommitted() >= checkpoint
+                && let Err(e) = append.commit().await
+            {
                 error = Some(e);
-                break Ending::ClientGone(why.into());
+                break Ending::ClientGone("storage write failed".into());
             }
-        }
-        if append.uncommitted() >= checkpoint
-            && let Err(e) = append.commit().await
-        {
-            error = Some(e);
-            break Ending::ClientGone("storage write failed".into());
         }
     };
     if all_or_nothing {

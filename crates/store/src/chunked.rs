@@ -236,6 +236,12 @@ impl std::fmt::Debug for RangeWrite<'_> {
 }
 
 impl RangeWrite<'_> {
+    /// As [`Append::reserve`](crate::engine::Append::reserve): waits until the write's buffers
+    /// and `extra` bytes fit in the engine's budget of buffer memory.
+    pub async fn reserve(&mut self, extra: usize) {
+        self.buffers.reserve(extra).await;
+    }
+
     /// Bytes of the chunk received so far.
     pub fn received(&self) -> u64 {
         self.pos - self.start

@@ -3,6 +3,6 @@
 //! one job per module under the crate's `engine` directory.
 
 pub use crate::engine::{
-    Append, BUFFER_SIZE, ConcatLimits, ExpiryPolicy, INLINE_DIGEST_MAX, NewUpload, Pieces,
-    SPACE_MARGIN, SyncPolicy, TAKEOVER_PATIENCE, Uploads,
+    Append, BUDGET_BYTES, BUFFER_SIZE, ConcatLimits, ExpiryPolicy, INLINE_DIGEST_MAX, NewUpload,
+    Pieces, SPACE_MARGIN, SyncPolicy, TAKEOVER_PATIENCE, Uploads,
 };

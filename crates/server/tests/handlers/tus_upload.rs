@@ -835,3 +835,45 @@ async fn patch_above_the_minimum_rate_is_not_cut() {
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(r.h("upload-offset"), "4000");
 }
+
+#[tokio::test]
+async fn a_body_waits_in_its_socket_while_the_buffer_memory_is_spent() {
+    let mut setup = Setup::default();
+    // Room for one body at a time: its two write buffers and its read buffer.
+    setup.config.buffer_memory = 700 * 1024;
+    let s = Srv::with(setup);
+    let first = s.tus_upload(Some(4)).await;
+    let second = s.tus_upload(Some(4)).await;
+    let fed_patch = |path: &str| {
+        let (feed, body) = fed_body();
+        let answer = tokio::spawn(
+            s.start(
+                req("PATCH", path)
+                    .tus()
+                    .h("content-type", "application/offset+octet-stream")
+                    .h("upload-offset", "0")
+                    .raw_body(body),
+            ),
+        );
+        (feed, answer)
+    };
+    let (feed_a, answer_a) = fed_patch(&first);
+    feed_a.send(b"ab").await;
+    let (feed_b, answer_b) = fed_patch(&second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), feed_b.send(b"cd"))
+            .await
+            .is_err(),
+        "the second body is not read while the first holds the memory"
+    );
+    feed_a.send(b"cd").await;
+    drop(feed_a);
+    assert_eq!(answer_a.await.unwrap().status, 204);
+    tokio::time::timeout(Duration::from_secs(5), feed_b.send(b"ef"))
+        .await
+        .expect("read once the first is done");
+    drop(feed_b);
+    let r = answer_b.await.unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.h("upload-offset"), "4");
+}

@@ -112,6 +112,15 @@ impl Append<'_> {
         }
     }
 
+    /// Waits until this append's buffers, and `extra` bytes the caller will hold while it
+    /// feeds them (say, the connection's read buffer), fit in the engine's budget of buffer
+    /// memory, and reserves them until the append is dropped. A caller that reserves before
+    /// reading its body leaves the body in the socket while the server is at its budget.
+    /// Without it, the first [`push`](Self::push) reserves the buffers alone.
+    pub async fn reserve(&mut self, extra: usize) {
+        self.buffers.reserve(extra).await;
+    }
+
     /// Accepts bytes. Refuses (without taking any) bytes that would go past the length
     /// (`ExceedsLength`), or, while the length is unknown, past the size limit (`TooLarge`).
     pub async fn push(&mut self, data: &[u8]) -> Result<()> {

@@ -40,6 +40,16 @@ impl<'a> DoubleBuffer<'a> {
         }
     }
 
+    /// Reserves both buffers' share of the budget, plus `extra` bytes the caller holds while it
+    /// writes (the connection's read buffer), unless already reserved. Waits while the budget
+    /// is spent.
+    pub(crate) async fn reserve(&mut self, extra: usize) {
+        if self.reserved.is_none() {
+            self.reserved = Some(self.pool.reserve(2 * self.capacity + extra).await);
+            self.buf = self.pool.take(self.capacity);
+        }
+    }
+
     /// Bytes waiting in the filling buffer (not yet handed to a writer).
     pub(crate) fn buffered(&self) -> u64 {
         self.buf.len() as u64
@@ -72,10 +82,8 @@ impl<'a> DoubleBuffer<'a> {
         mut data: &[u8],
         writer: &mut dyn DataWriter,
     ) -> Result<()> {
-        if self.reserved.is_none() && !data.is_empty() {
-            // Waits while the budget is spent: this writer's body stays in its socket.
-            self.reserved = Some(self.pool.reserve(2 * self.capacity).await);
-            self.buf = self.pool.take(self.capacity);
+        if !data.is_empty() {
+            self.reserve(0).await;
         }
         while !data.is_empty() {
             let room = self.buf.capacity() - self.buf.len();

@@ -32,7 +32,7 @@ mod sweep;
 mod tests;
 
 pub use append::Append;
-pub use buffers::BUFFER_SIZE;
+pub use buffers::{BUDGET_BYTES, BUFFER_SIZE};
 pub use concat::Pieces;
 pub use open::TAKEOVER_PATIENCE;
 pub use policy::{ConcatLimits, ExpiryPolicy, INLINE_DIGEST_MAX, SPACE_MARGIN, SyncPolicy};
@@ -148,6 +148,13 @@ impl Uploads {
     /// length.
     pub fn with_max_size(mut self, max_size: Option<u64>) -> Self {
         self.max_size = max_size;
+        self
+    }
+
+    /// Sets the bytes of write buffers in use at once across every writer (see
+    /// [`BUDGET_BYTES`]): past it, a writer waits before it takes a byte of its body.
+    pub fn with_buffer_budget(mut self, bytes: usize) -> Self {
+        self.buffer_pool = BufferPool::with_budget(bytes);
         self
     }
 
