@@ -10,7 +10,7 @@
 
 use crate::error::ApiError;
 use ferry_proto::UploadId;
-use http::{HeaderMap, StatusCode, header};
+use http::HeaderMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -98,7 +98,7 @@ impl CreationLimiter {
                 b.full_at.insert(key, next);
                 Ok(())
             }
-            Err(wait) => Err(too_many(
+            Err(wait) => Err(ApiError::too_many(
                 "too many unfinished uploads created from this address; slow down",
                 wait.as_secs() + 1,
             )),
@@ -141,12 +141,6 @@ impl Buckets {
         self.full_at.shrink_to_fit();
         self.recent.shrink_to_fit();
     }
-}
-
-/// A 429 with `Retry-After`.
-pub fn too_many(message: &str, retry_after_secs: u64) -> ApiError {
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
-        .with_header(header::RETRY_AFTER, retry_after_secs)
 }
 
 /// The bucket an address draws from: an IPv6 client is given a /64 (one host can use all of

@@ -90,6 +90,12 @@ impl ApiError {
         self
     }
 
+    /// A 429 with `Retry-After`.
+    pub fn too_many(message: &str, retry_after_secs: u64) -> Self {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+            .with_header(header::RETRY_AFTER, retry_after_secs)
+    }
+
     /// Marks the connection for closing (used when a request body is left unread, so the
     /// client does not keep sending into a connection nobody reads).
     pub fn closing(mut self) -> Self {
@@ -169,7 +175,7 @@ impl From<StoreError> for ApiError {
             {
                 storage_full()
             }
-            StoreError::TooManyUploads { max } => crate::admission::too_many(
+            StoreError::TooManyUploads { max } => ApiError::too_many(
                 &format!(
                     "the server holds {max} unfinished uploads, the most it keeps; finish or \
                      delete some, or retry later"
