@@ -619,3 +619,85 @@ async fn hash_states_kept_between_requests_are_bounded() {
     }
     assert_eq!(u.running.lock().unwrap().len(), policy::RUNNING_CACHE);
 }
+
+/// A metadata store that counts how the sweeper reads it.
+struct Counting {
+    inner: crate::redb_meta::RedbMetaStore,
+    pages: std::sync::Mutex<Vec<usize>>,
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl MetaStore for Counting {
+    async fn insert(&self, info: &UploadInfo) -> Result<()> {
+        self.inner.insert(info).await
+    }
+    async fn get(&self, id: UploadId) -> Result<Option<UploadInfo>> {
+        self.inner.get(id).await
+    }
+    async fn update(&self, id: UploadId, update: crate::meta::Update) -> Result<UploadInfo> {
+        self.inner.update(id, update).await
+    }
+    async fn remove(&self, id: UploadId) -> Result<()> {
+        self.inner.remove(id).await
+    }
+    async fn transact(
+        &self,
+        ids: Vec<UploadId>,
+        tx: crate::meta::Transaction,
+    ) -> Result<crate::meta::Records> {
+        self.inner.transact(ids, tx).await
+    }
+    async fn expired(
+        &self,
+        now: u64,
+        after: Option<UploadId>,
+        limit: usize,
+    ) -> Result<Vec<UploadInfo>> {
+        let page = self.inner.expired(now, after, limit).await?;
+        self.pages.lock().unwrap().push(page.len());
+        Ok(page)
+    }
+    async fn count_unfinished(&self) -> Result<u64> {
+        self.inner.count_unfinished().await
+    }
+    async fn list(&self) -> Result<Vec<UploadInfo>> {
+        self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.list().await
+    }
+}
+
+#[tokio::test]
+async fn the_sweeper_reads_records_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(Counting {
+        inner: crate::redb_meta::RedbMetaStore::open(&dir.path().join("ferry.redb")).unwrap(),
+        pages: Default::default(),
+        lists: Default::default(),
+    });
+    let u = Uploads::new(
+        Arc::new(LocalDataStore::open(dir.path()).unwrap()),
+        meta.clone(),
+        Arc::new(crate::lock::LocalLocker::new(Duration::from_secs(1))),
+        SyncPolicy::None,
+    )
+    .with_expiry(ExpiryPolicy {
+        unfinished: Some(Duration::from_secs(60)),
+        finished: None,
+    });
+    for _ in 0..600 {
+        regular(&u, Some(10)).await;
+    }
+    let gone = u.sweep_expired(now_ms() + 61_000).await.unwrap();
+    assert_eq!(gone.len(), 600);
+    let pages = meta.pages.lock().unwrap().clone();
+    assert!(
+        pages.iter().all(|&n| n <= 256) && pages.len() >= 3,
+        "memory follows the page, not the records: {pages:?}"
+    );
+    assert_eq!(
+        meta.lists.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "never every record at once"
+    );
+}
