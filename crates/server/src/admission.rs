@@ -64,6 +64,8 @@ struct Buckets {
     full_at: HashMap<IpAddr, Instant>,
     /// Uploads created lately, by whom and when: they give the token back when they finish.
     recent: HashMap<UploadId, (IpAddr, Instant)>,
+    /// When idle entries were last dropped because the maps were full.
+    cleaned_at: Option<Instant>,
 }
 
 /// The outcome of taking a token: `Err` with the time until one is free.
@@ -90,8 +92,14 @@ impl CreationLimiter {
         let key = bucket_of(client);
         let now = Instant::now();
         let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if b.full_at.len() > MAX_TRACKED || b.recent.len() > MAX_TRACKED {
+        if (b.full_at.len() > MAX_TRACKED || b.recent.len() > MAX_TRACKED)
+            && b.cleaned_at
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            // At most once a second: with that many active addresses a scan per creation
+            // would cost more than the buckets save.
             b.forget_idle(now, self.rate);
+            b.cleaned_at = Some(now);
         }
         match take(b.full_at.get(&key).copied(), now, self.rate) {
             Ok(next) => {
@@ -130,6 +138,8 @@ impl CreationLimiter {
     pub fn forget_idle(&self) {
         let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
         b.forget_idle(Instant::now(), self.rate);
+        b.full_at.shrink_to_fit();
+        b.recent.shrink_to_fit();
     }
 }
 
@@ -138,8 +148,6 @@ impl Buckets {
         self.full_at.retain(|_, t| *t > now);
         self.recent
             .retain(|_, (_, at)| now.duration_since(*at) < rate.refill());
-        self.full_at.shrink_to_fit();
-        self.recent.shrink_to_fit();
     }
 }
 

@@ -306,6 +306,9 @@ async fn receive(
         () = &mut taken_over => return Err(cut(Ending::TakenOver)),
         () = state.shutdown.cancelled() => return Err(cut(Ending::Shutdown)),
         () = w.reserve(read_buffer) => {}
+        () = tokio::time::sleep_until(crate::conn::far(state.config.body_idle_timeout)) => {
+            return Err(cut(Ending::NoMemory));
+        }
     }
     loop {
         let frame = tokio::select! {

@@ -90,6 +90,13 @@ pub fn raise_open_files_limit() -> u64 {
     open_files_limit()
 }
 
+/// `now + d`, or a day from now when that overflows (a huge configured duration).
+pub(crate) fn far(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
+}
+
 /// Delay after the `failures`-th accept error in a row: 5 ms doubling to 1 s.
 pub fn accept_backoff(failures: u32) -> Duration {
     let ms = 5u64.saturating_mul(1 << failures.min(8));
@@ -158,22 +165,49 @@ impl Drop for ShedPlace {
     }
 }
 
-/// A TCP stream that lingers when the server closes it: see the module docs.
+/// Set when an answer was sent with its request body unread (`Connection: close` from a
+/// handler): only then does the connection linger when it closes.
+#[derive(Debug, Clone, Default)]
+pub struct LingerFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl LingerFlag {
+    /// The connection is to linger when it closes.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A TCP stream that lingers when the server closes it after an early answer: see the module
+/// docs. Any other close (the client's, an idle keep-alive connection, a head hyper refused) is
+/// immediate.
 #[derive(Debug)]
 pub struct Lingering {
     stream: Option<TcpStream>,
     limits: ConnLimits,
     permit: Option<OwnedSemaphorePermit>,
+    flag: LingerFlag,
 }
 
 impl Lingering {
-    /// Wraps `stream`; `permit` is held until the connection is fully closed.
-    pub fn new(stream: TcpStream, limits: ConnLimits, permit: OwnedSemaphorePermit) -> Self {
-        Self {
+    /// Wraps `stream`; `permit` is held until the connection is fully closed. The flag
+    /// returned asks for a lingering close.
+    pub fn new(
+        stream: TcpStream,
+        limits: ConnLimits,
+        permit: OwnedSemaphorePermit,
+    ) -> (Self, LingerFlag) {
+        let flag = LingerFlag::default();
+        let me = Self {
             stream: Some(stream),
             limits,
             permit: Some(permit),
-        }
+            flag: flag.clone(),
+        };
+        (me, flag)
     }
 
     fn stream(&mut self) -> io::Result<&mut TcpStream> {
@@ -244,6 +278,9 @@ impl Drop for Lingering {
         let (Some(stream), Some(permit)) = (self.stream.take(), self.permit.take()) else {
             return;
         };
+        if !self.flag.is_set() {
+            return;
+        }
         let limits = self.limits;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(linger(stream, limits, permit));
@@ -258,10 +295,10 @@ async fn linger(mut stream: TcpStream, limits: ConnLimits, _permit: OwnedSemapho
     // The answer must be on its way before the wait: a FIN after it tells the client no more
     // is coming (a connection hyper dropped without shutting down gets it here).
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-    let deadline = tokio::time::Instant::now() + limits.lingering_time;
+    let deadline = far(limits.lingering_time);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let next = (tokio::time::Instant::now() + limits.lingering_timeout).min(deadline);
+        let next = far(limits.lingering_timeout).min(deadline);
         match tokio::time::timeout_at(next, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(_)) => {}

@@ -241,9 +241,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Seconds a client refused for the limit on unfinished uploads waits: uploads finish or
-/// expire on the scale of minutes.
-const UNFINISHED_RETRY_AFTER: u64 = 60;
+/// Seconds a client refused for the limit on unfinished uploads waits: the store counts them
+/// again at most this often while at the limit.
+const UNFINISHED_RETRY_AFTER: u64 = 10;
 
 /// A random reference for one internal error (48 bits: unique enough to grep a log for).
 fn reference() -> String {

@@ -117,11 +117,12 @@ impl AppState {
         }
     }
 
-    /// Called with an upload's state after a request wrote it: a finished upload gives its
-    /// creation token back.
+    /// Called with an upload's state after a request wrote it: a finished upload that holds
+    /// bytes gives its creation token back (an empty one is a free record: it does not).
     pub(crate) fn finished(&self, info: &ferry_store::UploadInfo) {
         if let Some(limiter) = &self.creations
             && info.is_complete()
+            && info.offset > 0
         {
             limiter.finished(info.id);
         }
@@ -465,7 +466,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
         let ctx = Ctx { peer };
         let open = limits.max_connections - permits.available_permits();
         if let Ok(permit) = permits.clone().try_acquire_owned() {
-            let io = conn::Lingering::new(stream, limits, permit);
+            let (io, linger) = conn::Lingering::new(stream, limits, permit);
             let st = state.clone();
             let (http, read_buffer) = if open < FULL_READ_BUFFERS_AT_ONCE {
                 &full
@@ -475,8 +476,20 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
             let read_buffer = ReadBuffer(*read_buffer);
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let st = st.clone();
+                let linger = linger.clone();
                 req.extensions_mut().insert(read_buffer);
-                async move { Ok::<_, Infallible>(dispatch(st, ctx, req.map(Body::new)).await) }
+                async move {
+                    let resp = dispatch(st, ctx, req.map(Body::new)).await;
+                    // An answer that closes the connection may leave the body unread.
+                    if resp
+                        .headers()
+                        .get(header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+                    {
+                        linger.set();
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));
             tokio::spawn(async move {

@@ -271,6 +271,12 @@ pub(crate) fn ending_error(
             format!("server is shutting down; {fate}; resume later"),
         )
         .with_header(header::RETRY_AFTER, SHUTDOWN_RETRY_AFTER),
+        Ending::NoMemory => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server's memory for request bodies stayed in use; nothing of this body was \
+             read, send it again",
+        )
+        .with_header(header::RETRY_AFTER, 1),
         Ending::IdleTimeout => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!("request body stalled; {fate}"),

@@ -39,6 +39,9 @@ pub enum Ending {
     Shutdown,
     /// No bytes arrived for the idle timeout.
     IdleTimeout,
+    /// The server's buffer memory stayed spent for the idle timeout: nothing of the body was
+    /// read.
+    NoMemory,
     /// Fewer bytes arrived in a window than the minimum body rate asks for.
     TooSlow {
         /// The minimum, in bytes per second.
@@ -92,10 +95,12 @@ impl Pace {
                 .await
                 .map_err(|_| Ending::IdleTimeout);
         };
-        let idle_deadline = tokio::time::Instant::now() + self.idle;
+        let idle_deadline = crate::conn::far(self.idle);
         loop {
             let entered = tokio::time::Instant::now();
-            let window_end = entered + window.saturating_sub(self.waited);
+            let window_end = entered
+                .checked_add(window.saturating_sub(self.waited))
+                .unwrap_or(idle_deadline);
             // One timer per frame: whichever of the two deadlines comes first.
             let frame = tokio::time::timeout_at(idle_deadline.min(window_end), body.frame()).await;
             let now = tokio::time::Instant::now();
@@ -209,6 +214,9 @@ async fn receive_inner(
         () = lease.taken_over() => Some(Ending::TakenOver),
         () = state.shutdown.cancelled() => Some(Ending::Shutdown),
         () = append.reserve(read_buffer) => None,
+        () = tokio::time::sleep_until(crate::conn::far(state.config.body_idle_timeout)) => {
+            Some(Ending::NoMemory)
+        }
     };
     let mut ending = if let Some(ending) = waited {
         ending

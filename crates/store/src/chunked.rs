@@ -66,6 +66,7 @@ impl Uploads {
         let claim = self.chunk_claims.register(id);
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
         check_range(&info, start, end, total)?;
+        let (running, before) = self.buffer_pool.start_append();
         match (info.length, total) {
             // The first total learned: checked as a length declared at creation would be.
             (None, Some(total)) => {
@@ -84,7 +85,11 @@ impl Uploads {
             wrote: RangeSet::new(),
             writer: None,
             done: Vec::new(),
-            buffers: DoubleBuffer::new(&self.buffer_pool, range_buffer_capacity(end - start)),
+            buffers: DoubleBuffer::new(
+                &self.buffer_pool,
+                range_buffer_capacity(end - start, before),
+            ),
+            _running: running,
             recording: false,
             claim: Some(claim),
             waiting: None,
@@ -223,6 +228,8 @@ pub struct RangeWrite<'a> {
     /// Waiting for another request's claim at this byte: when to ask it to let go, and when
     /// to give up.
     waiting: Option<(u64, tokio::time::Instant, tokio::time::Instant)>,
+    /// Counted with the appends: buffer sizes shrink when many writers run.
+    _running: crate::engine::buffers::AppendRunning<'a>,
 }
 
 impl std::fmt::Debug for RangeWrite<'_> {

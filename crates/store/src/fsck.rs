@@ -198,8 +198,10 @@ fn cut_to(info: &mut UploadInfo, have: u64) {
     } else {
         info.offset = info.offset.min(have);
     }
-    // Whatever was known of the whole upload's digests no longer describes it.
+    // Whatever was known of the whole upload's digests (and the running CRC of the longer
+    // prefix) no longer describes it.
     info.digests = Default::default();
+    info.running_crc = None;
 }
 
 /// Most rounds of repair: a repair can uncover another problem (a record removed for missing
@@ -467,8 +469,10 @@ mod tests {
     fn a_short_unfinished_upload_is_cut_to_what_its_data_holds() {
         let mut r = rec(1, UploadKind::Regular, 10, &[]);
         r.length = Some(20);
+        r.running_crc = Some(77);
         cut_to(&mut r, 4);
         assert_eq!(r.offset, 4);
+        assert_eq!(r.running_crc, None, "the CRC of the longer prefix is gone");
         let mut c = rec(2, UploadKind::Regular, 5, &[]);
         let mut got = crate::model::RangeSet::new();
         got.insert(0, 5);

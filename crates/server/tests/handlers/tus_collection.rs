@@ -673,6 +673,6 @@ async fn creations_past_the_unfinished_limit_are_429() {
         .send(req("POST", "/files/").tus().h("upload-length", "1"))
         .await;
     assert_eq!(r.status, 429, "{r:?}");
-    assert_eq!(r.h("retry-after"), "60");
+    assert_eq!(r.h("retry-after"), "10");
     assert!(r.text().contains("unfinished"), "{}", r.text());
 }

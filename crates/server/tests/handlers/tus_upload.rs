@@ -773,15 +773,8 @@ async fn patch_declaring_a_length_that_cannot_fit_is_507() {
     assert!(!head.has("upload-length"), "{head:?}");
 }
 
-/// A PATCH whose body the test feeds: `piece` every `every`, `pieces` times (then the body
-/// ends), or until the answer comes.
-async fn dripped_patch(
-    s: &Srv,
-    path: &str,
-    piece: &'static [u8],
-    every: Duration,
-    pieces: usize,
-) -> Resp {
+/// A PATCH at offset 0 of `path` whose body the test feeds; the answer arrives on the handle.
+fn fed_patch(s: &Srv, path: &str) -> (Feed, tokio::task::JoinHandle<Resp>) {
     let (feed, body) = fed_body();
     let answer = tokio::spawn(
         s.start(
@@ -792,6 +785,19 @@ async fn dripped_patch(
                 .raw_body(body),
         ),
     );
+    (feed, answer)
+}
+
+/// A PATCH whose body the test feeds: `piece` every `every`, `pieces` times (then the body
+/// ends), or until the answer comes.
+async fn dripped_patch(
+    s: &Srv,
+    path: &str,
+    piece: &'static [u8],
+    every: Duration,
+    pieces: usize,
+) -> Resp {
+    let (feed, answer) = fed_patch(s, path);
     let dripping = tokio::spawn(async move {
         for _ in 0..pieces {
             feed.send(piece).await;
@@ -844,22 +850,9 @@ async fn a_body_waits_in_its_socket_while_the_buffer_memory_is_spent() {
     let s = Srv::with(setup);
     let first = s.tus_upload(Some(4)).await;
     let second = s.tus_upload(Some(4)).await;
-    let fed_patch = |path: &str| {
-        let (feed, body) = fed_body();
-        let answer = tokio::spawn(
-            s.start(
-                req("PATCH", path)
-                    .tus()
-                    .h("content-type", "application/offset+octet-stream")
-                    .h("upload-offset", "0")
-                    .raw_body(body),
-            ),
-        );
-        (feed, answer)
-    };
-    let (feed_a, answer_a) = fed_patch(&first);
+    let (feed_a, answer_a) = fed_patch(&s, &first);
     feed_a.send(b"ab").await;
-    let (feed_b, answer_b) = fed_patch(&second);
+    let (feed_b, answer_b) = fed_patch(&s, &second);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), feed_b.send(b"cd"))
             .await
@@ -876,4 +869,31 @@ async fn a_body_waits_in_its_socket_while_the_buffer_memory_is_spent() {
     let r = answer_b.await.unwrap();
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(r.h("upload-offset"), "4");
+}
+
+#[tokio::test]
+async fn a_body_that_waits_for_buffer_memory_past_the_idle_timeout_is_503() {
+    let mut setup = Setup::default();
+    setup.config.buffer_memory = 700 * 1024;
+    setup.config.body_idle_timeout = Duration::from_millis(200);
+    let s = Srv::with(setup);
+    let first = s.tus_upload(Some(4)).await;
+    let second = s.tus_upload(Some(4)).await;
+    let (feed, holder) = fed_patch(&s, &first);
+    feed.send(b"ab").await;
+    // The holder keeps sending, so it is never idle; the waiter never gets memory.
+    let keep = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            feed.send(b"").await;
+        }
+        feed.send(b"cd").await;
+    });
+    let r = s.send(patch(&second, 0, b"wxyz")).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.h("retry-after"), "1");
+    assert_eq!(r.h("upload-offset"), "0");
+    assert!(r.closes());
+    keep.await.unwrap();
+    assert_eq!(holder.await.unwrap().status, 204);
 }

@@ -24,7 +24,7 @@ impl Uploads {
         metadata: Metadata,
     ) -> Result<UploadInfo> {
         self.concat.check_parts(&parts)?;
-        self.admit_creation().await?;
+        let _admitted = self.admit_creation().await?;
         let max_size = self.max_size;
         let id = random_id()?;
         let now = now_ms();

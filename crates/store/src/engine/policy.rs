@@ -183,9 +183,10 @@ pub(crate) fn append_buffer_capacity(running: usize, expected_bytes: Option<u64>
         .max(1)
 }
 
-/// Capacity of each of a chunk write's two buffers, for a chunk of `len` bytes.
-pub(crate) fn range_buffer_capacity(len: u64) -> usize {
-    (len.min(BUFFER_SIZE as u64) as usize).max(1)
+/// Capacity of each of a chunk write's two buffers, for a chunk of `len` bytes while `running`
+/// other writers run: as for appends.
+pub(crate) fn range_buffer_capacity(len: u64, running: usize) -> usize {
+    append_buffer_capacity(running, Some(len))
 }
 
 /// Uploads at most this large get every digest (CRC-64/NVME, BLAKE3 and SHA-256) before the
@@ -494,9 +495,13 @@ mod tests {
         assert_eq!(append_buffer_capacity(0, Some(0)), 1);
         assert_eq!(append_buffer_capacity(0, Some(u64::MAX)), BUFFER_SIZE);
         assert_eq!(append_buffer_capacity(99, Some(1 << 20)), SMALL_BUFFER_SIZE);
-        assert_eq!(range_buffer_capacity(0), 1);
-        assert_eq!(range_buffer_capacity(10), 10);
-        assert_eq!(range_buffer_capacity(u64::MAX), BUFFER_SIZE);
+        assert_eq!(range_buffer_capacity(0, 0), 1);
+        assert_eq!(range_buffer_capacity(10, 0), 10);
+        assert_eq!(range_buffer_capacity(u64::MAX, 0), BUFFER_SIZE);
+        assert_eq!(
+            range_buffer_capacity(u64::MAX, FULL_BUFFERS_AT_ONCE),
+            SMALL_BUFFER_SIZE
+        );
     }
 
     #[test]
