@@ -443,7 +443,7 @@ fn hostile_concatenation_requests() {
     const E400: &[u16] = &[400];
     // Paths that cannot name an upload: refused as foreign (400) or unknown (404).
     const E400_404: &[u16] = &[400, 404];
-    // Larger than the 64 KiB request head limit: 431 from the HTTP layer.
+    // Larger than the request head limit (32 KiB by default): 431 from the HTTP layer.
     const E400_431: &[u16] = &[400, 431];
     let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
         ("empty", b"".to_vec(), E400),
