@@ -154,3 +154,38 @@ fn a_client_that_keeps_sending_past_the_lingering_time_is_cut_off() {
         "cut off after {cut:?}"
     );
 }
+
+#[test]
+fn the_minimum_body_rate_never_cuts_ferry_upload_at_1m_over_32_files() {
+    // The default minimum (1 KiB/s) judged every second instead of every minute: ferry's own
+    // rate limit spread over 32 files (about 32 KB/s each) must stay far above it.
+    let server = Server::start(&["--body-rate-window", "1s"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("files");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..32 {
+        random_file(&dir, &format!("f{i:02}.bin"), 64 * 1024, 900 + i);
+    }
+    let ran = run_ferry(
+        &[
+            "upload",
+            dir.to_str().unwrap(),
+            &server.files_url,
+            "--limit-rate",
+            "1M",
+            "--files-at-once",
+            "32",
+            "--json",
+        ],
+        &tmp.path().join("state"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let done = ran.stdout.lines().filter(|l| l.contains("\"url\"")).count();
+    assert_eq!(done, 32, "{}", ran.stdout);
+    assert!(
+        !server.log().contains("TooSlow"),
+        "a body was cut: {}",
+        server.log()
+    );
+}
