@@ -493,7 +493,8 @@ mod tus {
         let t = target(&[]);
         let chunk = &t.data[10..30];
         let good = Algo::Sha1.header(chunk);
-        let long_value = format!("sha1 {}", "A".repeat(60_000));
+        // Under the 32 KiB request head limit (past it hyper answers 431 before any handler).
+        let long_value = format!("sha1 {}", "A".repeat(24_000));
         let base: Vec<(&str, &[u8])> = vec![
             (TUS.0, TUS.1.as_bytes()),
             (OCTET.0, OCTET.1.as_bytes()),
@@ -538,7 +539,7 @@ mod tus {
                 400,
             ),
             (
-                "60 KB digest",
+                "24 KB digest",
                 with(&[("Upload-Checksum", leak(long_value))]),
                 chunk.to_vec(),
                 400,
