@@ -205,6 +205,17 @@ fn optional_duration(name: &str, v: &str) -> Result<Option<Duration>> {
     }
 }
 
+/// A size from its flag (or environment) else the file; `None` when neither sets it.
+fn size_setting(name: &str, flag: Option<String>, file: Option<SizeValue>) -> Result<Option<u64>> {
+    match (flag, file) {
+        (Some(s), _) | (None, Some(SizeValue::Text(s))) => ferry_proto::size::parse_size(&s)
+            .with_context(|| format!("{name} {s:?}"))
+            .map(Some),
+        (None, Some(SizeValue::Bytes(n))) => Ok(Some(n)),
+        (None, None) => Ok(None),
+    }
+}
+
 fn resolve(args: ServeArgs) -> Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(path) => {
@@ -225,13 +236,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         .unwrap_or_else(|| "ferry-data".into());
     let base_path = normalize_base_path(&args.base_path.or(file.base_path).unwrap_or_default())
         .map_err(anyhow::Error::msg)?;
-    let max_size = match (args.max_size, file.max_size) {
-        (Some(s), _) | (None, Some(SizeValue::Text(s))) => {
-            Some(ferry_proto::size::parse_size(&s).with_context(|| format!("--max-size {s:?}"))?)
-        }
-        (None, Some(SizeValue::Bytes(n))) => Some(n),
-        (None, None) => None,
-    };
+    let max_size = size_setting("--max-size", args.max_size, file.max_size)?;
     let public_url = match args.public_url.or(file.public_url) {
         Some(u) => Some(normalize_public_url(&u).map_err(anyhow::Error::msg)?),
         None => None,
@@ -289,12 +294,12 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if sweep_interval.is_zero() {
         bail!("--sweep-interval must be more than zero");
     }
-    let max_metadata = match (args.max_metadata_size, file.max_metadata_size) {
-        (Some(s), _) | (None, Some(SizeValue::Text(s))) => ferry_proto::size::parse_size(&s)
-            .with_context(|| format!("--max-metadata-size {s:?}"))?,
-        (None, Some(SizeValue::Bytes(n))) => n,
-        (None, None) => ferry_server::config::MAX_METADATA as u64,
-    };
+    let max_metadata = size_setting(
+        "--max-metadata-size",
+        args.max_metadata_size,
+        file.max_metadata_size,
+    )?
+    .unwrap_or(ferry_server::config::MAX_METADATA as u64);
     let max_metadata = usize::try_from(max_metadata)
         .map_err(|_| anyhow::anyhow!("--max-metadata-size {max_metadata} is too large"))?;
     let default_rate = CreationRate::DEFAULT;
@@ -322,13 +327,8 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         0 => None,
         n => Some(n),
     };
-    let min_body_rate = match (args.min_body_rate, file.min_body_rate) {
-        (Some(s), _) | (None, Some(SizeValue::Text(s))) => {
-            ferry_proto::size::parse_size(&s).with_context(|| format!("--min-body-rate {s:?}"))?
-        }
-        (None, Some(SizeValue::Bytes(n))) => n,
-        (None, None) => ferry_server::config::MIN_BODY_RATE,
-    };
+    let min_body_rate = size_setting("--min-body-rate", args.min_body_rate, file.min_body_rate)?
+        .unwrap_or(ferry_server::config::MIN_BODY_RATE);
     let body_rate_window = duration(
         "--body-rate-window",
         &args
@@ -339,13 +339,8 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if body_rate_window.is_zero() {
         bail!("--body-rate-window must be more than zero");
     }
-    let buffer_memory = match (args.buffer_memory, file.buffer_memory) {
-        (Some(s), _) | (None, Some(SizeValue::Text(s))) => {
-            ferry_proto::size::parse_size(&s).with_context(|| format!("--buffer-memory {s:?}"))?
-        }
-        (None, Some(SizeValue::Bytes(n))) => n,
-        (None, None) => ferry_server::config::ServerConfig::default().buffer_memory as u64,
-    };
+    let buffer_memory = size_setting("--buffer-memory", args.buffer_memory, file.buffer_memory)?
+        .unwrap_or(ferry_server::config::ServerConfig::default().buffer_memory as u64);
     if buffer_memory < 1024 * 1024 {
         bail!("--buffer-memory must be at least 1M");
     }

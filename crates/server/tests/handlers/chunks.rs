@@ -596,12 +596,7 @@ async fn a_chunk_dripping_below_the_minimum_rate_is_408() {
                 .raw_body(body),
         ),
     );
-    let dripping = tokio::spawn(async move {
-        loop {
-            feed.send(b"x").await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let dripping = feed.drip(b"x", Duration::from_millis(20), usize::MAX);
     let r = answer.await.unwrap();
     dripping.abort();
     assert_eq!(r.status, 408, "{r:?}");

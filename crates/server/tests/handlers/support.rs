@@ -527,6 +527,21 @@ impl Feed {
         drop(self.tx.reserve().await.expect("body dropped"));
     }
 
+    /// Sends `piece` every `every`, `pieces` times, then ends the body (drops the feed).
+    pub fn drip(
+        self,
+        piece: &'static [u8],
+        every: Duration,
+        pieces: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            for _ in 0..pieces {
+                self.send(piece).await;
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
     /// Breaks the body (as a connection reset would).
     pub async fn fail(&self) {
         let _ = self

@@ -798,12 +798,7 @@ async fn dripped_patch(
     pieces: usize,
 ) -> Resp {
     let (feed, answer) = fed_patch(s, path);
-    let dripping = tokio::spawn(async move {
-        for _ in 0..pieces {
-            feed.send(piece).await;
-            tokio::time::sleep(every).await;
-        }
-    });
+    let dripping = feed.drip(piece, every, pieces);
     let r = answer.await.unwrap();
     dripping.abort();
     r
