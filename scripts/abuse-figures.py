@@ -55,7 +55,8 @@ class Server:
                                               "Upload-Length": str(length)})
         r = c.getresponse()
         r.read()
-        return r.getheader("Location").split(str(self.port), 1)[1]
+        loc = r.getheader("Location")  # a path unless --public-url
+        return loc if loc.startswith("/") else loc.split(str(self.port), 1)[1]
 
     def stop(self):
         self.p.terminate()

@@ -2,7 +2,8 @@
 # Install everything ferry's test suite needs that is not a Rust crate:
 #   * Debian packages (strace, curl, iproute2, nftables, procps, psmisc, ...)
 #   * a Python venv with tuspy      -> tests/interop/.venv
-#   * npm packages (tus-js-client, @tus/server, @tus/file-store)
+#   * npm packages (tus-js-client, @tus/server, @tus/file-store, uppy,
+#     playwright-core)
 #                                   -> tests/interop/node_modules
 #   * rustus (a tus server, from crates.io) -> tests/interop/.rustus/bin/rustus
 #
@@ -29,6 +30,9 @@ APT_PACKAGES=(
   aria2
   wget
   nginx-light
+  # browser interop (crates/cli/tests/it/browser.rs): headless Chromium driven by
+  # playwright-core from tests/interop/browser.mjs (no browser download).
+  chromium
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

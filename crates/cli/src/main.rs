@@ -2,6 +2,7 @@
 //! the transfer engine (upload, download, resume state) in `ferry-client`.
 
 mod fsck;
+mod logs;
 mod progress;
 mod serve;
 mod transfer;

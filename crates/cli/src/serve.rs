@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use ferry_server::config::{
-    ConnLimits, Cors, CreationRate, normalize_base_path, normalize_public_url,
+    ConnLimits, Cors, CreationRate, HostPolicy, normalize_base_path, normalize_public_url,
 };
 use ferry_server::{AppState, ServerConfig};
 use ferry_store::uploads::{ConcatLimits, ExpiryPolicy};
@@ -121,13 +121,22 @@ pub struct ServeArgs {
     /// answered with the digests already known ("0" answers at once). [default: 5s]
     #[arg(long, env = "FERRY_DIGEST_WAIT", value_name = "DURATION")]
     digest_wait: Option<String>,
-    /// Browser origins allowed by CORS: "*", "none", or a comma-separated list such as
-    /// https://app.example.com. [default: *]
+    /// Web pages of other origins allowed to use this server (CORS): a comma-separated list
+    /// such as https://app.example.com, or "*" for any page on the web. [default: none]
     #[arg(long, env = "FERRY_CORS_ORIGINS", value_name = "ORIGINS")]
     cors_origins: Option<String>,
-    /// Publish this directory read-only under /share/ (listings, ranges, validators).
+    /// Host names this server answers to besides localhost, loopback addresses and the
+    /// --public-url host, comma-separated, or "*" for any; other Hosts get 421. [default:
+    /// those only when listening on a loopback address (DNS-rebinding guard), any otherwise]
+    #[arg(long, env = "FERRY_ALLOWED_HOSTS", value_name = "HOSTS")]
+    allowed_hosts: Option<String>,
+    /// Publish this directory read-only under /share/ (listings, ranges, validators). It may
+    /// not contain the data directory or lie inside it.
     #[arg(long, env = "FERRY_SHARE", value_name = "DIR")]
     share: Option<PathBuf>,
+    /// Serve and list names starting with a dot (.git, .env) under /share/. [default: false]
+    #[arg(long, env = "FERRY_SHARE_DOTFILES", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    share_dotfiles: Option<bool>,
     /// Log filter (tracing syntax), e.g. info or ferry_server=debug. [default: info]
     #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
     log: Option<String>,
@@ -168,7 +177,9 @@ struct FileConfig {
     max_finals_per_part: Option<usize>,
     digest_wait: Option<String>,
     cors_origins: Option<String>,
+    allowed_hosts: Option<String>,
     share: Option<PathBuf>,
+    share_dotfiles: Option<bool>,
     log: Option<String>,
 }
 
@@ -389,9 +400,17 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         &args
             .cors_origins
             .or(file.cors_origins)
-            .unwrap_or_else(|| "*".into()),
+            .unwrap_or_else(|| "none".into()),
     )
     .map_err(|e| anyhow::anyhow!("--cors-origins: {e}"))?;
+    let allowed_hosts = match args.allowed_hosts.or(file.allowed_hosts) {
+        Some(h) => HostPolicy::parse(&h).map_err(|e| anyhow::anyhow!("--allowed-hosts: {e}"))?,
+        None => HostPolicy::Auto,
+    };
+    let share = args.share.or(file.share);
+    if let Some(dir) = &share {
+        check_share(dir, &data_dir)?;
+    }
     let sync = match args.sync.or(file.sync).unwrap_or(SyncArg::Always) {
         SyncArg::Always => SyncPolicy::Always,
         SyncArg::None => SyncPolicy::None,
@@ -416,15 +435,67 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             min_body_rate: (min_body_rate > 0).then_some(min_body_rate),
             buffer_memory,
             body_rate_window,
+            allowed_hosts,
+            share_dotfiles: args.share_dotfiles.or(file.share_dotfiles).unwrap_or(false),
             ..ServerConfig::default()
         },
         sync,
         expiry,
         concat,
-        share: args.share.or(file.share),
+        share,
         shutdown_timeout,
         log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
     })
+}
+
+/// Refuses a share that would publish the data directory (the metadata database and every
+/// upload id, which are capabilities) or live inside it (where the server deletes files).
+fn check_share(share: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
+    let shared = share
+        .canonicalize()
+        .with_context(|| format!("--share {}", share.display()))?;
+    if !shared.is_dir() {
+        bail!("--share {}: not a directory", share.display());
+    }
+    let data =
+        canonical_beyond(data_dir).with_context(|| format!("--data-dir {}", data_dir.display()))?;
+    if data.starts_with(&shared) {
+        bail!(
+            "--share {} contains the data directory {}: it would publish every upload; share \
+             another directory or move the data directory out of it",
+            share.display(),
+            data_dir.display()
+        );
+    }
+    if shared.starts_with(&data) {
+        bail!(
+            "--share {} lies inside the data directory {}: share a directory outside it",
+            share.display(),
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The canonical form of a path that may not exist yet: its nearest existing ancestor
+/// resolved, the rest appended.
+fn canonical_beyond(path: &std::path::Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(c) => return Ok(rest.iter().rev().fold(c, |p: PathBuf, r| p.join(r))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Err(e);
+                };
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -442,7 +513,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logs::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()

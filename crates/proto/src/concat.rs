@@ -74,16 +74,99 @@ pub fn split_url(url: &str) -> Option<(Option<&str>, &str)> {
         .or_else(|| url.strip_prefix("https://"))?;
     let slash = rest.find('/')?;
     let (authority, path) = rest.split_at(slash);
-    if authority.is_empty() {
+    // Userinfo never names an upload of a server (RFC 9110 §4.2.4 deprecates it in http URLs).
+    if authority.is_empty() || authority.contains('@') {
         return None;
     }
     Some((Some(authority), path.split(['?', '#']).next()?))
+}
+
+/// How the server that resolves part URLs is reached.
+#[derive(Debug, Clone, Copy)]
+pub struct PartUrls<'a> {
+    /// The path of the upload collection, `{base}/files/`.
+    pub files: &'a str,
+    /// `--public-url`, if configured (`scheme://host[:port][/prefix]`).
+    pub public_url: Option<&'a str>,
+    /// Authorities (`host[:port]`) the request itself names: its `Host`, and what a trusted
+    /// proxy forwarded.
+    pub own: &'a [String],
+}
+
+/// What a part URL of `Upload-Concat: final` names, or `None` if not an upload of this server.
+/// Accepted: a path `{files}{id}`; `{public_url}{files}{id}`; an absolute URL with the
+/// request's own authority and that path; and, when no public URL is configured, that path
+/// under any authority: behind a proxy the server cannot know the name clients use, and
+/// naming an upload requires its 128-bit id, which is what entitles a client to it.
+/// The id itself is not checked here.
+pub fn part_path<'u>(url: &'u str, at: PartUrls<'_>) -> Option<&'u str> {
+    if let Some(public) = at.public_url {
+        let prefix_len = public.len() + at.files.len();
+        if url.len() > prefix_len
+            && url.is_char_boundary(public.len())
+            && url[..public.len()].eq_ignore_ascii_case(public)
+            && url[public.len()..].starts_with(at.files)
+        {
+            return Some(&url[prefix_len..]).filter(|id| !id.contains(['?', '#']));
+        }
+    }
+    let (authority, path) = split_url(url)?;
+    let ours = match authority {
+        None => true,
+        Some(a) => at.public_url.is_none() || at.own.iter().any(|o| o.eq_ignore_ascii_case(a)),
+    };
+    ours.then(|| path.strip_prefix(at.files)).flatten()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn part_urls_behind_proxies() {
+        let own = ["127.0.0.1:1080".to_string()];
+        let direct = PartUrls {
+            files: "/files/",
+            public_url: None,
+            own: &own,
+        };
+        let public = PartUrls {
+            public_url: Some("https://up.example/u"),
+            ..direct
+        };
+        // A path, the request's own authority, and (without a public URL) any authority.
+        for url in [
+            "/files/x",
+            "http://127.0.0.1:1080/files/x",
+            "https://proxy.example/files/x",
+        ] {
+            assert_eq!(part_path(url, direct), Some("x"), "{url}");
+        }
+        assert_eq!(part_path("https://UP.example/u/files/x", public), Some("x"));
+        assert_eq!(
+            part_path("http://127.0.0.1:1080/files/x", public),
+            Some("x")
+        );
+        assert_eq!(part_path("/files/x", public), Some("x"));
+        for url in [
+            "https://other.example/files/x",
+            "https://up.example/files/x",
+            "https://up.example/u/files/",
+            "https://up.example/u/files/x?y",
+        ] {
+            assert_eq!(part_path(url, public), None, "{url}");
+        }
+        for url in [
+            "/other/x",
+            "x",
+            "ftp://h/files/x",
+            "https:///files/x",
+            "http://u@h/files/x",
+        ] {
+            assert_eq!(part_path(url, direct), None, "{url}");
+        }
+    }
 
     #[test]
     fn parses() {

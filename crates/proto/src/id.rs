@@ -45,6 +45,75 @@ impl UploadId {
     }
 }
 
+/// A short, one-way name for an upload, for logs: the first 5 bytes of the SHA-256 of the id's
+/// text, as 10 hex digits. An id is a capability (whoever knows it may write and delete the
+/// upload), so logs kept at info level name uploads by tag; an operator given an id finds its
+/// lines with `printf %s ID | sha256sum | cut -c1-10`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdTag([u8; 5]);
+
+impl UploadId {
+    /// This id's [`IdTag`].
+    pub fn tag(&self) -> IdTag {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(self.to_string().as_bytes());
+        let mut t = [0u8; 5];
+        t.copy_from_slice(&d[..5]);
+        IdTag(t)
+    }
+}
+
+impl fmt::Display for IdTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IdTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `text` with every upload id in it (a run of exactly 32 lowercase hex digits) replaced by its
+/// [`IdTag`]: for log lines whose text comes from elsewhere (error messages, paths, URLs).
+pub fn redact_ids(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let is_hex = |c: u8| c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+    let mut out = String::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if !is_hex(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && is_hex(b[i]) {
+            i += 1;
+        }
+        // Only a whole run: a longer one is a digest, not an id.
+        let bounded = |j: usize| j >= b.len() || !b[j].is_ascii_alphanumeric();
+        let before_ok = start == 0 || !b[start - 1].is_ascii_alphanumeric();
+        if i - start == HEX_LEN
+            && before_ok
+            && bounded(i)
+            && let Ok(id) = UploadId::parse(&text[start..i])
+        {
+            out.push_str(&text[copied..start]);
+            out.push_str(&id.tag().to_string());
+            copied = i;
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 fn nibble(c: u8) -> Result<u8, ProtoError> {
     match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -101,6 +170,35 @@ mod tests {
         assert_eq!(SAMPLE.parse::<UploadId>(), Ok(id));
         assert_eq!(UploadId::from_bytes([0; 16]).to_string(), "0".repeat(32));
         assert_eq!(UploadId::from_bytes([0xff; 16]).to_string(), "f".repeat(32));
+    }
+
+    #[test]
+    fn tags_are_short_one_way_names() {
+        let id = UploadId::parse(SAMPLE).unwrap();
+        // printf %s 00112233445566778899aabbccddeeff | sha256sum | cut -c1-10
+        assert_eq!(id.tag().to_string(), "5947d7c33d");
+        assert_ne!(UploadId::from_bytes([0; 16]).tag(), id.tag());
+    }
+
+    #[test]
+    fn redaction_replaces_whole_ids_only() {
+        let tag = UploadId::parse(SAMPLE).unwrap().tag().to_string();
+        assert_eq!(
+            redact_ids(&format!("upload {SAMPLE} at /files/{SAMPLE}?x")),
+            format!("upload {tag} at /files/{tag}?x")
+        );
+        for kept in [
+            "no ids here".to_string(),
+            format!("{SAMPLE}0"),
+            format!("x{SAMPLE}"),
+            SAMPLE.to_uppercase(),
+            format!("sha256 {SAMPLE}{SAMPLE}"),
+        ] {
+            assert!(
+                matches!(redact_ids(&kept), std::borrow::Cow::Borrowed(_)),
+                "{kept}"
+            );
+        }
     }
 
     #[test]

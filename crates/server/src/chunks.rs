@@ -116,9 +116,9 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     let metadata = upload_metadata(headers, state.config.max_metadata)?;
     let info = state.uploads.create_session(length, metadata).await?;
     state.created(ctx, headers, &info);
-    tracing::info!(upload = %info.id, length = ?info.length, "chunk session created");
+    tracing::info!(upload = %info.id.tag(), length = ?info.length, "chunk session created");
     let mut resp = status_response(StatusCode::CREATED, &info);
-    if let Ok(v) = HeaderValue::from_str(&state.resource_url(ctx, headers, "chunks", info.id)) {
+    if let Ok(v) = HeaderValue::from_str(&state.resource_url(headers, "chunks", info.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
@@ -263,9 +263,9 @@ async fn put(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> Reply {
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(&format!("chunk task failed: {e}"))))
         .inspect_err(|e| {
-            tracing::info!(upload = %id, start, end, status = %e.status, reason = %e.message, "chunk not recorded");
+            tracing::info!(upload = %id.tag(), start, end, status = %e.status, reason = %e.message, "chunk not recorded");
         })?;
-    tracing::debug!(upload = %id, start, end, complete = info.is_complete(), "chunk recorded");
+    tracing::debug!(upload = %id.tag(), start, end, complete = info.is_complete(), "chunk recorded");
     state.finished(&info);
     Ok(status_response(StatusCode::OK, &info))
 }

@@ -47,17 +47,56 @@ pub struct ServerConfig {
     pub buffer_memory: usize,
     /// Connection cap and lingering close.
     pub connections: ConnLimits,
+    /// Which `Host` values are answered (the DNS-rebinding guard).
+    pub allowed_hosts: HostPolicy,
+    /// Whether `/share/` serves and lists names starting with a dot.
+    pub share_dotfiles: bool,
+}
+
+/// Which `Host` values a server answers to, besides loopback names and its public URL's host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostPolicy {
+    /// Bound to a loopback address: no others. Bound elsewhere: any.
+    #[default]
+    Auto,
+    /// These host names (lowercase, no port), on any address.
+    Only(Vec<String>),
+    /// Any (`*`).
+    Any,
+}
+
+impl HostPolicy {
+    /// Parses `*` or a comma-separated list of host names (ports are ignored: a host is
+    /// allowed with any port).
+    pub fn parse(s: &str) -> Result<HostPolicy, String> {
+        if s.trim() == "*" {
+            return Ok(HostPolicy::Any);
+        }
+        let mut hosts = Vec::new();
+        for h in s.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            hosts.push(
+                ferry_proto::http::host_name(h)
+                    .ok_or_else(|| format!("{h:?} is not a host name"))?,
+            );
+        }
+        Ok(if hosts.is_empty() {
+            HostPolicy::Auto
+        } else {
+            HostPolicy::Only(hosts)
+        })
+    }
 }
 
 /// Cross-origin policy for browsers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Cors {
     /// Any origin (no credentials are ever allowed).
-    #[default]
     Any,
     /// Only these origins (`scheme://host[:port]`, compared exactly).
     Origins(Vec<String>),
-    /// No CORS headers at all.
+    /// No cross-origin access (the default): no CORS headers, and state-changing requests
+    /// from other origins' pages refused.
+    #[default]
     Off,
 }
 
@@ -107,7 +146,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             local_addr: None,
             sweep_interval: Duration::from_secs(60),
-            cors: Cors::Any,
+            cors: Cors::Off,
             digest_wait: Duration::from_secs(5),
             max_metadata: MAX_METADATA,
             creation_rate: Some(CreationRate::DEFAULT),
@@ -116,6 +155,8 @@ impl Default for ServerConfig {
             body_rate_window: Duration::from_secs(60),
             buffer_memory: ferry_store::uploads::BUDGET_BYTES,
             connections: ConnLimits::default(),
+            allowed_hosts: HostPolicy::Auto,
+            share_dotfiles: false,
         }
     }
 }
@@ -216,6 +257,18 @@ mod tests {
         assert!(Cors::parse("a.example").is_err());
         assert_eq!(Cors::Any.allow("null").as_deref(), Some("*"));
         assert_eq!(Cors::Off.allow("https://a.example"), None);
+    }
+
+    #[test]
+    fn host_policies() {
+        assert_eq!(HostPolicy::parse("*").unwrap(), HostPolicy::Any);
+        assert_eq!(HostPolicy::parse(" ").unwrap(), HostPolicy::Auto);
+        assert_eq!(
+            HostPolicy::parse("Files.Example:443, [::1]").unwrap(),
+            HostPolicy::Only(vec!["files.example".into(), "::1".into()])
+        );
+        assert!(HostPolicy::parse("a b").is_err());
+        assert!(HostPolicy::parse("https://a.example").is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl ApiError {
     /// only the reference (for the operator to find it).
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         let reference = reference();
-        tracing::error!(%reference, error = %cause, "internal error");
+        tracing::error!(%reference, error = %ferry_proto::id::redact_ids(&cause.to_string()), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("internal error; reference {reference} in the server's log"),
@@ -182,13 +182,14 @@ impl From<StoreError> for ApiError {
                 ),
                 UNFINISHED_RETRY_AFTER,
             ),
-            StoreError::NoSpaceFor { length, available } => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!(
-                    "an upload of {length} bytes does not fit: the server has {available} bytes \
-                     free"
-                ),
-            ),
+            // How much is free is the operator's business, not every client's.
+            StoreError::NoSpaceFor { length, available } => {
+                tracing::warn!(length, available, "refused an upload that does not fit");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!("an upload of {length} bytes does not fit in the server's storage"),
+                )
+            }
             StoreError::ExceedsLength { length } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body goes past the upload length of {length} bytes"),

@@ -275,8 +275,8 @@ async fn create(state: Arc<AppState>, ctx: &Ctx, draft: Draft, req: Request<Body
         .await
         .map_err(|e| fail(e.into()))?;
     state.created(ctx, headers, &info);
-    let location = state.upload_url(ctx, headers, info.id);
-    tracing::info!(upload = %info.id, length = ?info.length, interop = draft.interop, "created (ietf)");
+    let location = state.upload_url(headers, info.id);
+    tracing::info!(upload = %info.id.tag(), length = ?info.length, interop = draft.interop, "created (ietf)");
     let mut resp = response(draft, StatusCode::CREATED);
     set(&mut resp, "location", &location);
     if !body_follows {
@@ -511,6 +511,6 @@ impl Dialect for Ietf {
 async fn delete(state: &AppState, draft: Draft, id: UploadId) -> Reply {
     load(state, id).await?;
     state.uploads.delete(id).await?;
-    tracing::info!(upload = %id, "cancelled (ietf)");
+    tracing::info!(upload = %id.tag(), "cancelled (ietf)");
     Ok(response(draft, StatusCode::NO_CONTENT))
 }

@@ -11,6 +11,7 @@ pub mod chunks;
 pub mod config;
 pub mod conn;
 pub mod download;
+pub mod edge;
 pub mod error;
 mod headers;
 pub mod ietf;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub sweep_now: tokio::sync::Notify,
     /// Creations per client address, if limited.
     pub creations: Option<admission::CreationLimiter>,
+    /// The host of `--public-url` (lowercase), which the host check always allows.
+    public_host: Option<String>,
 }
 
 impl AppState {
@@ -66,6 +69,14 @@ impl AppState {
                 .with_max_unfinished(config.max_unfinished)
                 .with_buffer_budget(config.buffer_memory),
             creations: config.creation_rate.map(admission::CreationLimiter::new),
+            public_host: config
+                .public_url
+                .as_deref()
+                .and_then(|u| u.parse::<http::Uri>().ok())
+                .and_then(|u| {
+                    u.authority()
+                        .and_then(|a| http_grammar::host_name(a.as_str()))
+                }),
             config,
             shutdown,
             share: None,
@@ -111,6 +122,8 @@ impl AppState {
 
     /// Records who created `info`, so that its token comes back if it finishes soon.
     pub(crate) fn created(&self, ctx: &Ctx, headers: &HeaderMap, info: &ferry_store::UploadInfo) {
+        // The one line that ties a tag to its id: info-level lines show only the tag.
+        tracing::debug!(upload = %info.id.tag(), id = %info.id, "upload created");
         if let Some(limiter) = &self.creations {
             limiter.created(self.client(ctx, headers), info.id);
             self.finished(info);
@@ -141,43 +154,45 @@ pub struct Ctx {
 }
 
 impl AppState {
-    /// Absolute URL of an upload for `Location`: `--public-url` if set; else the forwarded
-    /// host/proto when `--trust-proxy`; else the request's Host; else the bound address.
-    pub fn upload_url(&self, ctx: &Ctx, headers: &HeaderMap, id: UploadId) -> String {
-        self.resource_url(ctx, headers, "files", id)
+    /// The URL of an upload for `Location`: see [`resource_url`](Self::resource_url).
+    pub fn upload_url(&self, headers: &HeaderMap, id: UploadId) -> String {
+        self.resource_url(headers, "files", id)
     }
 
-    /// Absolute URL of `{base}/{collection}/{id}`, found as for [`upload_url`](Self::upload_url).
-    pub fn resource_url(
-        &self,
-        _ctx: &Ctx,
-        headers: &HeaderMap,
-        collection: &str,
-        id: UploadId,
-    ) -> String {
-        let base = &self.config.base_path;
+    /// The URL of `{base}/{collection}/{id}` for `Location`: absolute under `--public-url`, or
+    /// from the host and scheme the trusted proxy appended under `--trust-proxy`; else a path,
+    /// which clients resolve against the URL they asked (RFC 9110 §10.2.2). Never built from
+    /// `Host`: a client chooses that, and a URL naming its choice would send the bytes of
+    /// whoever follows the URL there.
+    pub fn resource_url(&self, headers: &HeaderMap, collection: &str, id: UploadId) -> String {
+        let path = format!("{}/{collection}/{id}", self.config.base_path);
         if let Some(origin) = &self.config.public_url {
-            return format!("{origin}{base}/{collection}/{id}");
+            return format!("{origin}{path}");
         }
-        let (mut scheme, mut host) = ("http".to_string(), None);
         if self.config.trust_proxy
-            && let Some((p, h)) = forwarded(headers)
+            && let Some((proto, Some(host))) = forwarded(headers)
         {
-            if let Some(p) = p {
-                scheme = p;
-            }
-            host = h;
+            let scheme = proto.as_deref().unwrap_or("http");
+            return format!("{scheme}://{host}{path}");
         }
-        let host = host
-            .or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(valid_authority)
-            })
-            .or_else(|| self.config.local_addr.map(|a| a.to_string()))
-            .unwrap_or_else(|| "localhost".into());
-        format!("{scheme}://{host}{base}/{collection}/{id}")
+        path
+    }
+
+    /// The origins (`host[:port]`) an absolute URL of this server may name besides
+    /// `--public-url`: the request's own `Host`, and what the trusted proxy forwarded.
+    pub(crate) fn own_authorities(&self, headers: &HeaderMap) -> Vec<String> {
+        let mut out: Vec<String> = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(valid_authority)
+            .into_iter()
+            .collect();
+        if self.config.trust_proxy
+            && let Some((_, Some(host))) = forwarded(headers)
+        {
+            out.push(host);
+        }
+        out
     }
 }
 
@@ -190,7 +205,8 @@ fn valid_authority(s: &str) -> Option<String> {
     Some(a.as_str().to_string())
 }
 
-/// Proto and host from `Forwarded` (RFC 7239, first element) or `X-Forwarded-Proto/Host`.
+/// Proto and host from `Forwarded` (RFC 7239) or `X-Forwarded-Proto/Host`: what the proxy
+/// nearest this server appended (the last element).
 fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let f = match text("forwarded") {
@@ -240,6 +256,19 @@ pub async fn dispatch(state: Arc<AppState>, ctx: Ctx, req: Request<Body>) -> Res
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let rules = edge::HostRules {
+        bound: state.config.local_addr.map(|a| a.ip()),
+        public_host: state.public_host.as_deref(),
+        policy: &state.config.allowed_hosts,
+    };
+    if let Err(e) = edge::check(&req, rules, &state.config.cors) {
+        let mut r = e.into_response();
+        r.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        return r;
+    }
     let mut resp = if preflight {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NO_CONTENT;
@@ -254,11 +283,14 @@ pub async fn dispatch(state: Arc<AppState>, ctx: Ctx, req: Request<Body>) -> Res
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // The answer depends on Origin under a list: caches must know.
+    if matches!(state.config.cors, config::Cors::Origins(_)) {
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
     if let Some(allowed) = origin.and_then(|o| state.config.cors.allow(&o))
         && let Ok(v) = HeaderValue::from_str(&allowed)
     {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
         if preflight {
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,

@@ -196,7 +196,7 @@ async fn finish(
 
 async fn delete_quietly(state: &AppState, id: UploadId) {
     if let Err(e) = state.uploads.delete(id).await {
-        tracing::warn!(upload = %id, error = %e, "deleting a failed upload failed");
+        tracing::warn!(upload = %id.tag(), error = %e, "deleting a failed upload failed");
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Representation {
 pub type Opener =
     Box<dyn Fn(u64, u64) -> BoxFuture<'static, Result<ByteStream, StoreError>> + Send + Sync>;
 
+/// Caches may keep a copy for one user only, and must ask again before every use: the strong
+/// `ETag` makes that a 304, and a deleted upload or a changed file shows at once.
+pub const CACHE_CONTROL: &str = "private, no-cache";
+
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -47,6 +51,10 @@ fn base(rep: &Representation, status: StatusCode) -> Response<Body> {
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
     if let Ok(v) = HeaderValue::from_str(&rep.etag.to_string()) {
         h.insert(header::ETAG, v);
     }

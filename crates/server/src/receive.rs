@@ -322,7 +322,7 @@ async fn receive_inner(
             Err(ending) => {
                 // Dropping the append discards every byte of this request.
                 let info = append.info().clone();
-                tracing::info!(upload = %info.id, ending = ?ending, error = ?error, "chunk discarded");
+                tracing::info!(upload = %info.id.tag(), ending = ?ending, error = ?error, "chunk discarded");
                 return Ok(Received {
                     want,
                     ending,
@@ -338,7 +338,7 @@ async fn receive_inner(
             None => error = Some(e),
             // The first error is what the client hears; this one says why less was committed.
             Some(first) => {
-                tracing::warn!(upload = %append.info().id, error = %e, first = %first, "commit after a failed write failed too")
+                tracing::warn!(upload = %append.info().id.tag(), error = %e, first = %first, "commit after a failed write failed too")
             }
         }
     }
@@ -346,7 +346,7 @@ async fn receive_inner(
     match (&ending, &error) {
         (Ending::Complete, None) => {}
         _ => {
-            tracing::info!(upload = %info.id, offset = info.offset, ending = ?ending, error = ?error, "body ended early")
+            tracing::info!(upload = %info.id.tag(), offset = info.offset, ending = ?ending, error = ?error, "body ended early")
         }
     }
     Ok(Received {

@@ -6,6 +6,10 @@
 //! `openat2(RESOLVE_BENEATH)`, so the kernel itself refuses any path — through `..` or a
 //! symlink — that would leave it.
 //!
+//! Names starting with a dot (`.git`, `.env`, `.ssh`) are neither served nor listed unless
+//! `--share-dotfiles`: a directory shared as is often holds them, and they are rarely meant
+//! for the world. A listing leaves out symbolic links that could not be served.
+//!
 //! The strong `ETag` is a version id: a hash of device, inode, size and the nanosecond
 //! modification and change times. Replacing a file (rename) changes the inode; rewriting it
 //! changes the change time; so a same-size replacement within the same second — which
@@ -68,8 +72,9 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not found")
 }
 
-/// Turns the raw path after `/share/` into a relative path, or refuses it.
-fn relative(raw: &str) -> Result<(Vec<u8>, bool), ApiError> {
+/// Turns the raw path after `/share/` into a relative path, or refuses it (a dotfile is
+/// "not found" unless `dotfiles`).
+fn relative(raw: &str, dotfiles: bool) -> Result<(Vec<u8>, bool), ApiError> {
     let decoded: Vec<u8> = percent_decode_str(raw).collect();
     if decoded.contains(&0) {
         return Err(ApiError::bad_request("NUL in path"));
@@ -80,7 +85,7 @@ fn relative(raw: &str) -> Result<(Vec<u8>, bool), ApiError> {
         return Ok((b".".to_vec(), true));
     }
     for seg in trimmed.split(|b| *b == b'/') {
-        if seg.is_empty() || seg == b"." || seg == b".." {
+        if seg.is_empty() || seg == b"." || seg == b".." || (!dotfiles && seg.starts_with(b".")) {
             return Err(not_found());
         }
     }
@@ -102,26 +107,18 @@ pub async fn serve(
         return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "read-only")
             .with_header(header::ALLOW, "GET, HEAD"));
     }
-    let (rel, wants_dir) = relative(raw)?;
+    let dotfiles = state.config.share_dotfiles;
+    let (rel, wants_dir) = relative(raw, dotfiles)?;
     let root = share
         .root
         .try_clone()
         .map_err(|e| ApiError::from(ferry_store::StoreError::from(e)))?;
-    let opened =
-        tokio::task::spawn_blocking(move || -> std::io::Result<(File, std::fs::Metadata)> {
-            let fd = rustix::fs::openat2(
-                &root,
-                std::ffi::OsStr::from_bytes(&rel),
-                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            )?;
-            let file = File::from(fd);
-            let meta = file.metadata()?;
-            Ok((file, meta))
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let opened = {
+        let (root, rel) = (root.try_clone(), rel.clone());
+        tokio::task::spawn_blocking(move || open_beneath(&root?, &rel))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+    };
     let (file, meta) = match opened {
         Ok(x) => x,
         // ENOENT, EXDEV (escape attempt refused by the kernel), ELOOP, EACCES: all look the same.
@@ -136,7 +133,17 @@ pub async fn serve(
             }
             return Ok(r);
         }
-        return listing(file, request_path, method).await;
+        return listing(
+            Listed {
+                root,
+                rel,
+                dir: file,
+                dotfiles,
+            },
+            request_path,
+            method,
+        )
+        .await;
     }
     if !meta.is_file() || wants_dir {
         return Err(not_found());
@@ -178,6 +185,58 @@ pub async fn serve(
     respond(headers, method, rep, opener).await
 }
 
+/// Opens `rel` under `root`, refusing (in the kernel) any path that leaves it.
+fn open_beneath(root: &File, rel: &[u8]) -> std::io::Result<(File, std::fs::Metadata)> {
+    let fd = rustix::fs::openat2(
+        root,
+        std::ffi::OsStr::from_bytes(rel),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    Ok((file, meta))
+}
+
+/// A directory to list, and where it is in the share.
+struct Listed {
+    root: File,
+    rel: Vec<u8>,
+    dir: File,
+    dotfiles: bool,
+}
+
+impl Listed {
+    /// Name, is-directory and size of each entry a visitor could open; `None` for one it
+    /// could not (a dotfile, a link leading out of the share or nowhere).
+    fn entry(&self, name: &[u8]) -> Option<(bool, u64)> {
+        if !self.dotfiles && name.starts_with(b".") {
+            return None;
+        }
+        let st = rustix::fs::statat(
+            &self.dir,
+            std::ffi::OsStr::from_bytes(name),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ok()?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        if kind != rustix::fs::FileType::Symlink {
+            return Some((kind == rustix::fs::FileType::Directory, st.st_size as u64));
+        }
+        // A link is listed as what it leads to, if a request for it would be served.
+        let mut path = self.rel.clone();
+        if path != b"." {
+            path.push(b'/');
+        } else {
+            path.clear();
+        }
+        path.extend_from_slice(name);
+        let (_, meta) = open_beneath(&self.root, &path).ok()?;
+        (meta.is_dir() || meta.is_file()).then(|| (meta.is_dir(), meta.len()))
+    }
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -187,33 +246,22 @@ fn html_escape(s: &str) -> String {
 }
 
 async fn listing(
-    dir: File,
+    listed: Listed,
     request_path: &str,
     method: &Method,
 ) -> Result<Response<Body>, ApiError> {
     let entries =
         tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(Vec<u8>, bool, u64)>> {
             let mut out = Vec::new();
-            for entry in rustix::fs::Dir::read_from(&dir)? {
+            for entry in rustix::fs::Dir::read_from(&listed.dir)? {
                 let entry = entry?;
                 let name = entry.file_name().to_bytes().to_vec();
                 if name == b"." || name == b".." {
                     continue;
                 }
-                let st = rustix::fs::statat(
-                    &dir,
-                    entry.file_name(),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                );
-                let (is_dir, size) = match st {
-                    Ok(st) => (
-                        rustix::fs::FileType::from_raw_mode(st.st_mode)
-                            == rustix::fs::FileType::Directory,
-                        st.st_size as u64,
-                    ),
-                    Err(_) => (false, 0),
-                };
-                out.push((name, is_dir, size));
+                if let Some((is_dir, size)) = listed.entry(&name) {
+                    out.push((name, is_dir, size));
+                }
             }
             out.sort();
             Ok(out)
@@ -256,7 +304,10 @@ async fn listing(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(crate::ranged::CACHE_CONTROL),
+    );
     Ok(r)
 }
 
@@ -266,10 +317,20 @@ mod tests {
 
     #[test]
     fn path_rules() {
-        assert_eq!(relative("").unwrap(), (b".".to_vec(), true));
-        assert_eq!(relative("a/b.txt").unwrap(), (b"a/b.txt".to_vec(), false));
-        assert_eq!(relative("a/").unwrap(), (b"a".to_vec(), true));
-        assert_eq!(relative("a%20b").unwrap().0, b"a b".to_vec());
+        assert_eq!(relative("", false).unwrap(), (b".".to_vec(), true));
+        assert_eq!(
+            relative("a/b.txt", false).unwrap(),
+            (b"a/b.txt".to_vec(), false)
+        );
+        assert_eq!(relative("a/", false).unwrap(), (b"a".to_vec(), true));
+        assert_eq!(relative("a%20b", false).unwrap().0, b"a b".to_vec());
+        assert_eq!(
+            relative("a/.git/config", true).unwrap().0,
+            b"a/.git/config".to_vec()
+        );
+        for hidden in [".git/config", "a/.env", "%2Essh/id", "a/.b/"] {
+            assert!(relative(hidden, false).is_err(), "{hidden:?}");
+        }
         for bad in [
             "..",
             "a/../b",
@@ -280,7 +341,7 @@ mod tests {
             "%00",
             "a%2f..%2fb",
         ] {
-            assert!(relative(bad).is_err(), "{bad:?}");
+            assert!(relative(bad, true).is_err(), "{bad:?}");
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::receive::Verify;
 use crate::{AppState, Ctx};
 use axum::body::Body;
 use ferry_proto::checksum::{self, Checksum};
-use ferry_proto::concat::{Concat, split_url};
+use ferry_proto::concat::{Concat, PartUrls, part_path};
 use ferry_proto::digest::WantDigest;
 use ferry_proto::http as http_grammar;
 use ferry_proto::{Metadata, UploadId, tus};
@@ -218,8 +218,8 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
         .await
         .map_err(|e| fail(e.into()))?;
     state.created(ctx, headers, &info);
-    let location = state.upload_url(ctx, headers, info.id);
-    tracing::info!(upload = %info.id, length = ?info.length, "created");
+    let location = state.upload_url(headers, info.id);
+    tracing::info!(upload = %info.id.tag(), length = ?info.length, "created");
     let mut resp = base_response(StatusCode::CREATED);
     set(&mut resp, "location", &location);
     set_expires(&mut resp, &info);
@@ -242,23 +242,21 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
 /// Resolves the URLs of `Upload-Concat: final;...` to ids of this server's uploads.
 fn part_ids(
     state: &AppState,
-    ctx: &Ctx,
     headers: &HeaderMap,
     urls: &[String],
 ) -> Result<Vec<UploadId>, ApiError> {
-    // What an absolute URL of ours looks like: our own Location for a dummy id.
-    let ours = state.upload_url(ctx, headers, UploadId::from_bytes([0; 16]));
-    let our_authority = split_url(&ours).and_then(|(a, _)| a).unwrap_or("");
-    let prefix = format!("{}/files/", state.config.base_path);
+    let files = format!("{}/files/", state.config.base_path);
+    let own = state.own_authorities(headers);
+    let at = PartUrls {
+        files: &files,
+        public_url: state.config.public_url.as_deref(),
+        own: &own,
+    };
     urls.iter()
         .map(|u| {
-            let foreign =
-                || ApiError::bad_request(format!("{u:?} is not an upload of this server"));
-            let (authority, path) = split_url(u).ok_or_else(foreign)?;
-            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(our_authority)) {
-                return Err(foreign());
-            }
-            let id = path.strip_prefix(&prefix).ok_or_else(foreign)?;
+            let id = part_path(u, at).ok_or_else(|| {
+                ApiError::bad_request(format!("{u:?} is not an upload of this server"))
+            })?;
             UploadId::parse(id)
                 .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no such upload {u:?}")))
         })
@@ -272,16 +270,12 @@ async fn create_final(
     urls: &[String],
     metadata: Metadata,
 ) -> Reply {
-    let parts = part_ids(&state, ctx, headers, urls)?;
+    let parts = part_ids(&state, headers, urls)?;
     let info = state.uploads.create_final(parts, metadata).await?;
     state.created(ctx, headers, &info);
-    tracing::info!(upload = %info.id, parts = urls.len(), complete = info.is_complete(), "final created");
+    tracing::info!(upload = %info.id.tag(), parts = urls.len(), complete = info.is_complete(), "final created");
     let mut resp = base_response(StatusCode::CREATED);
-    set(
-        &mut resp,
-        "location",
-        state.upload_url(ctx, headers, info.id),
-    );
+    set(&mut resp, "location", state.upload_url(headers, info.id));
     set_expires(&mut resp, &info);
     Ok(resp)
 }
@@ -493,7 +487,7 @@ pub async fn delete(state: Arc<AppState>, id: UploadId, req: Request<Body>) -> R
     // agrees instead of pretending to terminate it. The sweeper frees it.
     load(&state, id).await?;
     state.uploads.delete(id).await?;
-    tracing::info!(upload = %id, "terminated");
+    tracing::info!(upload = %id.tag(), "terminated");
     Ok(base_response(StatusCode::NO_CONTENT))
 }
 

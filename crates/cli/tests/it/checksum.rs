@@ -243,7 +243,7 @@ mod tus {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
         assert_eq!(hdr(&resp, "upload-offset").as_deref(), Some("3000"));
-        let url = hdr(&resp, "location").expect("Location");
+        let url = location(&resp).expect("Location");
         assert_eq!(head_offset(&url), Some(3000));
         assert_eq!(
             patch_checked(&url, 3000, &data[3000..], &Algo::Md5.header(&data[3000..])),
@@ -261,7 +261,7 @@ mod tus {
             .send()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 460);
-        if let Some(loc) = hdr(&resp, "location") {
+        if let Some(loc) = location(&resp) {
             // If the server does keep the upload, the client must be able to find it and it
             // must be empty.
             assert_eq!(head_offset(&loc), Some(0), "upload behind a 460");
@@ -283,7 +283,7 @@ mod tus {
                 .send()
                 .unwrap();
             assert_eq!(resp.status().as_u16(), 400, "{value:?}");
-            assert_eq!(hdr(&resp, "location"), None, "{value:?}");
+            assert_eq!(location(&resp), None, "{value:?}");
         }
         assert_eq!(stored_files(&server.data_dir), files);
     }

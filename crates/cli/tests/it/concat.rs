@@ -29,7 +29,7 @@ fn partial_creation_is_marked_partial() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     assert_eq!(hdr(&resp, "upload-offset").as_deref(), Some("3"));
-    let loc = hdr(&resp, "location").unwrap();
+    let loc = location(&resp).unwrap();
     assert_eq!(
         hdr(&head(&loc), "upload-concat").as_deref(),
         Some("partial")
@@ -56,7 +56,7 @@ fn final_from_relative_urls_is_byte_exact_and_read_only() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text());
-    let fin = hdr(&resp, "location").expect("Location");
+    let fin = location(&resp).expect("Location");
     assert!(fin.starts_with(&server.files_url), "{fin}");
 
     let resp = head(&fin);
@@ -114,13 +114,13 @@ fn final_from_absolute_urls_and_repeated_parts() {
     assert!(ua.starts_with("http://"), "{ua}");
     let resp = post_final(&server, &format!("final;{ua} {ub}"));
     assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text());
-    let fin = hdr(&resp, "location").unwrap();
+    let fin = location(&resp).unwrap();
     assert_eq!(get(&fin).2, [a.clone(), b.clone()].concat());
 
     // Mixed absolute and relative, extra spaces.
     let resp = post_final(&server, &format!("final; {}  {ua}", path_of(&ub)));
     assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text());
-    let fin2 = hdr(&resp, "location").unwrap();
+    let fin2 = location(&resp).unwrap();
     assert_eq!(get(&fin2).2, [b.clone(), a.clone()].concat());
 
     // tus lets the same partial appear several times in one final; ferry refuses it (each
@@ -160,7 +160,7 @@ fn final_created_before_its_parts_finish_completes_with_the_last_one() {
     assert_eq!(patch(&ua, 0, a[..60_000].to_vec()), (204, Some(60_000)));
     let resp = post_final(&server, &format!("final;{ua} {ub}"));
     assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text());
-    let fin = hdr(&resp, "location").unwrap();
+    let fin = location(&resp).unwrap();
     let total = (a.len() + b.len()).to_string();
 
     let check_unfinished = |when: &str| {
@@ -224,21 +224,6 @@ fn final_naming_unknown_foreign_or_non_partial_uploads_is_refused() {
             404,
             "unknown id, absolute",
         ),
-        (
-            format!("final;http://other.example/files/{id}"),
-            400,
-            "other host",
-        ),
-        (
-            format!("final;http://127.0.0.2:{}/files/{id}", addr.port()),
-            400,
-            "other address",
-        ),
-        (
-            format!("final;http://{}:1/files/{id}", addr.ip()),
-            400,
-            "other port",
-        ),
         (format!("final;/uploads/{id}"), 400, "path outside /files/"),
         (format!("final;/{id}"), 400, "bare id path"),
         (format!("final;files/{id}"), 400, "not a URL"),
@@ -261,7 +246,41 @@ fn final_naming_unknown_foreign_or_non_partial_uploads_is_refused() {
     for (value, want, case) in &cases {
         let resp = post_final(&server, value);
         assert_eq!(resp.status().as_u16(), *want, "{case}: {value}");
-        assert_eq!(hdr(&resp, "location"), None, "{case}");
+        assert_eq!(location(&resp), None, "{case}");
+    }
+    // Under another authority: refused by a server that knows its public URL. (Without one,
+    // behind a proxy, any authority may name this server: a part is found by its id, which
+    // is what entitles a client to it; see `edge::absolute_part_urls_name_this_server`.)
+    let public = Server::start(&["--public-url", "https://files.example"]);
+    let id = id_of(&partial_with(&public, b"abc"));
+    let addr = public.addr;
+    for (value, case) in [
+        (
+            format!("final;http://other.example/files/{id}"),
+            "other host",
+        ),
+        (
+            format!("final;http://127.0.0.2:{}/files/{id}", addr.port()),
+            "other address",
+        ),
+        (
+            format!("final;http://{}:1/files/{id}", addr.ip()),
+            "other port",
+        ),
+        (
+            format!("final;https://files.example:444/files/{id}"),
+            "public host, other port",
+        ),
+    ] {
+        let resp = post_final(&public, &value);
+        assert_eq!(resp.status().as_u16(), 400, "{case}: {value}");
+    }
+    for value in [
+        format!("final;https://files.example/files/{id}"),
+        format!("final;http://{addr}/files/{id}"),
+    ] {
+        let resp = post_final(&public, &value);
+        assert_eq!(resp.status().as_u16(), 201, "{value}");
     }
 
     // Upload-Length (or a deferred length) with a final: 400; a body: 403.
@@ -285,7 +304,7 @@ fn final_naming_unknown_foreign_or_non_partial_uploads_is_refused() {
     // A final of a final.
     let resp = post_final(&server, &concat);
     assert_eq!(resp.status().as_u16(), 201);
-    let fin = hdr(&resp, "location").unwrap();
+    let fin = location(&resp).unwrap();
     let resp = post_final(&server, &format!("final;{}", path_of(&fin)));
     assert_eq!(resp.status().as_u16(), 400, "final of a final");
     assert_eq!(
@@ -306,7 +325,7 @@ fn deleting_a_used_partial_keeps_the_final_and_deleting_the_final_purges_it() {
     let ub = partial_with(&server, &b);
     let resp = post_final(&server, &format!("final;{ua} {ub}"));
     assert_eq!(resp.status().as_u16(), 201);
-    let fin = hdr(&resp, "location").unwrap();
+    let fin = location(&resp).unwrap();
     let whole = [a.clone(), b.clone()].concat();
     let (fa, fb) = (data_file(&server, &ua), data_file(&server, &ub));
 
@@ -360,7 +379,7 @@ fn final_created_while_the_last_part_finishes_always_completes() {
         barrier.wait();
         let resp = post_final(&server, &concat);
         assert_eq!(resp.status().as_u16(), 201);
-        let fin = hdr(&resp, "location").unwrap();
+        let fin = location(&resp).unwrap();
         assert_eq!(t.join().unwrap(), (204, Some(64 * 1024)));
         let done = eventually(Duration::from_secs(3), || {
             hdr(&head(&fin), "upload-offset").is_some()
@@ -402,7 +421,7 @@ fn deleting_a_part_while_a_final_is_created_leaves_nothing_inconsistent() {
         match resp.status().as_u16() {
             201 => {
                 created += 1;
-                let fin = hdr(&resp, "location").unwrap();
+                let fin = location(&resp).unwrap();
                 let (status, _, body) = get(&fin);
                 assert_eq!(status, 200, "round {i}: a final answered 201");
                 assert!(body == [data.as_slice(), b"tail"].concat(), "round {i}");
@@ -430,7 +449,7 @@ fn hostile_concatenation_requests() {
     assert_eq!(patch(&regular, 0, b"reg!".to_vec()), (204, Some(4)));
     let resp = post_final(&server, &format!("final;{}", path_of(&ua)));
     assert_eq!(resp.status().as_u16(), 201);
-    let fin = hdr(&resp, "location").unwrap();
+    let fin = location(&resp).unwrap();
     let watched = [ua.clone(), ub.clone(), regular.clone(), fin.clone()];
     let before: Vec<State> = watched.iter().map(|u| state(u)).collect();
     let files = stored_files(&server.data_dir);

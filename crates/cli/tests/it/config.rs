@@ -167,7 +167,7 @@ fn trust_proxy_precedence_and_boolean_forms() {
     ];
     for (case, args, envs, trusted) in cases {
         let server = Server::start_with_env(&args, envs);
-        let req = "POST /files/ HTTP/1.1\r\nHost: direct.example\r\nTus-Resumable: 1.0.0\r\n\
+        let req = "POST /files/ HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\n\
              Upload-Length: 1\r\nX-Forwarded-Host: proxy.example\r\nConnection: close\r\n\
              Content-Length: 0\r\n\r\n";
         let resp = raw(server.addr, req.as_bytes(), Duration::from_secs(10));
@@ -176,7 +176,7 @@ fn trust_proxy_precedence_and_boolean_forms() {
         let want = if trusted {
             "http://proxy.example/files/"
         } else {
-            "http://direct.example/files/"
+            "/files/"
         };
         assert!(location.starts_with(want), "{case}: Location {location}");
     }
@@ -436,4 +436,45 @@ fn sigterm_on_an_idle_server_exits_0_quickly() {
     let again = Server::start_in(&dir, &[]);
     let url = again.rebase(&url);
     assert_eq!(get_sha256(&url), sha256(b"xyz"));
+}
+
+#[test]
+fn a_share_holding_or_inside_the_data_dir_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ferry-data");
+    std::fs::create_dir_all(data.join("uploads")).unwrap();
+    // A link to a directory that holds the data directory is the same directory.
+    std::os::unix::fs::symlink(tmp.path(), tmp.path().join("link")).unwrap();
+    let d = data.display().to_string();
+    for (share, needle) in [
+        (tmp.path().to_path_buf(), "contains the data directory"),
+        (tmp.path().join("link"), "contains the data directory"),
+        (data.clone(), "contains the data directory"),
+        (data.join("uploads"), "inside the data directory"),
+    ] {
+        let s = share.display().to_string();
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d,
+            "--share",
+            &s,
+        ];
+        let (status, stderr) = run_to_exit(&args, &[], Duration::from_secs(10));
+        let status = status.unwrap_or_else(|| panic!("{s}: still running after 10 s"));
+        assert_eq!(status.code(), Some(2), "{s}: stderr:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{s}: stderr lacks {needle:?}:\n{stderr}"
+        );
+    }
+    // A directory beside the data directory is fine.
+    let public = tmp.path().join("public");
+    std::fs::create_dir(&public).unwrap();
+    std::fs::write(public.join("a.txt"), b"a").unwrap();
+    let server = Server::start_in(&data, &["--share", public.to_str().unwrap()]);
+    let url = server.files_url.replace("/files/", "/share/a.txt");
+    assert_eq!(tus::get(&url).2, b"a");
 }

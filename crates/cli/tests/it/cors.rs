@@ -1,4 +1,5 @@
-//! CORS: preflights and exposed headers, an allow list of origins, and `--cors none`.
+//! CORS: closed by default; preflights and exposed headers under `--cors-origins '*'`, and an
+//! allow list of origins.
 
 use crate::support::tus::*;
 use crate::support::*;
@@ -31,7 +32,7 @@ fn cors_headers(resp: &reqwest::blocking::Response) -> Vec<String> {
 
 #[test]
 fn cors_preflight_and_exposed_headers() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--cors-origins", "*"]);
     let origin = "https://app.example";
     let url = create(&server, 10, None);
     for target in [server.files_url.as_str(), url.as_str()] {
@@ -92,7 +93,7 @@ fn cors_preflight_and_exposed_headers() {
             "Expose-Headers {exposed:?} lacks {h}"
         );
     }
-    let loc = hdr(&resp, "location").unwrap();
+    let loc = location(&resp).unwrap();
     let resp = client()
         .patch(&loc)
         .header(TUS.0, TUS.1)
@@ -155,12 +156,13 @@ fn cors_allow_list_answers_only_listed_origins() {
             "preflight from {other}: {:?}",
             cors_headers(&resp)
         );
+        // A page of another origin changes nothing (browsers send some requests unasked).
         let resp = tus_post(&server)
             .header("Origin", other)
             .header("Upload-Length", "1")
             .send()
             .unwrap();
-        assert_eq!(resp.status().as_u16(), 201);
+        assert_eq!(resp.status().as_u16(), 403);
         assert!(
             cors_headers(&resp).is_empty(),
             "POST from {other}: {:?}",
@@ -183,15 +185,53 @@ fn cors_allow_list_answers_only_listed_origins() {
 }
 
 #[test]
-fn cors_none_sends_no_cors_headers() {
-    let server = Server::start(&["--cors-origins", "none"]);
-    let resp = preflight(&server.files_url, "https://a.example");
-    assert!(cors_headers(&resp).is_empty(), "{:?}", cors_headers(&resp));
-    let resp = tus_post(&server)
-        .header("Origin", "https://a.example")
-        .header("Upload-Length", "1")
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    assert!(cors_headers(&resp).is_empty(), "{:?}", cors_headers(&resp));
+fn cors_is_closed_by_default() {
+    for flags in [&[][..], &["--cors-origins", "none"][..]] {
+        let server = Server::start(flags);
+        let url = create(&server, 1, None);
+        let resp = preflight(&server.files_url, "https://a.example");
+        assert_eq!(resp.status().as_u16(), 204);
+        assert!(
+            cors_headers(&resp).is_empty(),
+            "{flags:?}: {:?}",
+            cors_headers(&resp)
+        );
+        let resp = client()
+            .get(server.files_url.replace("/files/", "/healthz"))
+            .header("Origin", "https://a.example")
+            .send()
+            .unwrap();
+        assert!(
+            cors_headers(&resp).is_empty(),
+            "{flags:?}: {:?}",
+            cors_headers(&resp)
+        );
+        // A page's form or fetch without preflight: refused, nothing changes.
+        for (method, target) in [
+            ("POST", server.files_url.as_str()),
+            ("DELETE", url.as_str()),
+        ] {
+            let resp = client()
+                .request(method.parse().unwrap(), target)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Length", "1")
+                .header("Origin", "https://a.example")
+                .header("Sec-Fetch-Site", "cross-site")
+                .send()
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 403, "{flags:?} {method}");
+            assert!(cors_headers(&resp).is_empty());
+        }
+        assert_eq!(head(&url).status().as_u16(), 200);
+        // Clients that are not browsers send no Origin: unaffected.
+        assert_eq!(
+            tus_post(&server)
+                .header("Upload-Length", "1")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+            201
+        );
+    }
 }

@@ -20,7 +20,7 @@ mod tus {
             None,
             "no body, no Upload-Offset"
         );
-        let location = hdr(&resp, "location").expect("Location");
+        let location = location(&resp).expect("Location");
         assert_upload_url(&location, &server.files_url);
         let h = head(&location);
         assert_eq!(h.status().as_u16(), 200);
@@ -58,7 +58,7 @@ mod tus {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
         assert_eq!(hdr(&resp, "upload-offset").as_deref(), Some("1200"));
-        let url = hdr(&resp, "location").unwrap();
+        let url = location(&resp).unwrap();
         assert_upload_url(&url, &server.files_url);
         assert_eq!(head_offset(&url), Some(1200));
         assert_eq!(patch(&url, 1200, data[1200..].to_vec()), (204, Some(5000)));
@@ -73,7 +73,7 @@ mod tus {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
         assert_eq!(hdr(&resp, "upload-offset").as_deref(), Some("5000"));
-        assert_eq!(get_sha256(&hdr(&resp, "location").unwrap()), sha256(&data));
+        assert_eq!(get_sha256(&location(&resp).unwrap()), sha256(&data));
     }
 
     #[test]
@@ -86,7 +86,7 @@ mod tus {
             .send()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 415);
-        assert_eq!(hdr(&resp, "location"), None);
+        assert_eq!(location(&resp), None);
     }
 
     #[test]
@@ -98,7 +98,7 @@ mod tus {
             .send()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
-        let url = hdr(&resp, "location").unwrap();
+        let url = location(&resp).unwrap();
 
         let h = head(&url);
         assert_eq!(h.status().as_u16(), 200);
@@ -153,7 +153,7 @@ mod tus {
             .header("Upload-Defer-Length", "1")
             .send()
             .unwrap();
-        let url = hdr(&resp, "location").unwrap();
+        let url = location(&resp).unwrap();
         let resp = tus_patch(&url, 0)
             .header("Upload-Length", "4")
             .body(Vec::new())
@@ -179,7 +179,7 @@ mod tus {
                 b"",
             );
             assert_eq!(status_of(&resp), 201, "Upload-Metadata {value:?}: {resp}");
-            let url = header_of(&resp, "Location").unwrap();
+            let url = url_at(server.addr, &header_of(&resp, "Location").unwrap());
             let h = head(&url);
             assert_eq!(h.status().as_u16(), 200);
             assert_eq!(hdr(&h, "upload-metadata"), None);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Server, body_of, header_of, random_bytes, send, sha256, status_of};
+use crate::support::{Server, body_of, header_of, random_bytes, send, sha256, status_of, url_at};
 
 /// A tmpfs mounted on a temp dir, unmounted on drop (declare servers after it, so they stop
 /// first).
@@ -128,7 +128,10 @@ fn enospc_answers_507_keeps_the_committed_offset_and_resumes_when_space_is_freed
         b"",
     );
     assert_eq!(status_of(&created), 201, "{created}");
-    let url = header_of(&created, "location").expect("Location");
+    let url = url_at(
+        server.addr,
+        &header_of(&created, "location").expect("Location"),
+    );
     let path = path_of(&url);
     let filler = fs.path().join("filler");
     let fill = fs.free().saturating_sub(6 << 20);

@@ -1093,7 +1093,7 @@ mod tus {
             .header("Upload-Defer-Length", "1")
             .send()
             .unwrap();
-        let url = hdr(&resp, "location").unwrap();
+        let url = location(&resp).unwrap();
         let resp = client().get(&url).send().unwrap();
         assert_eq!(resp.status().as_u16(), 409);
         assert_eq!(hdr(&resp, "upload-offset").as_deref(), Some("0"));

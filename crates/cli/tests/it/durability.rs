@@ -123,7 +123,7 @@ fn body_in_flight_at_kill9_is_cut_back_and_upload_completes() {
     let path = url.split_once(&server.addr.to_string()).unwrap().1;
     write!(
         conn,
-        "PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 1048576\r\n\
+        "PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 1048576\r\n\
          Content-Type: application/offset+octet-stream\r\nContent-Length: 3145728\r\n\r\n"
     )
     .unwrap();
@@ -242,7 +242,7 @@ fn new_request_takes_over_from_a_half_open_connection() {
     let mut old = TcpStream::connect(server.addr).unwrap();
     write!(
         old,
-        "PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
+        "PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
          Content-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
         data.len()
     )
@@ -299,7 +299,7 @@ fn sigterm_commits_the_body_in_flight_and_exits_cleanly() {
     let mut conn = TcpStream::connect(server.addr).unwrap();
     write!(
         conn,
-        "PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
+        "PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n\
          Content-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
         data.len()
     )

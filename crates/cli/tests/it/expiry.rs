@@ -22,7 +22,7 @@ fn post_patch_and_head_carry_upload_expires_about_expire_after_ahead() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     near(hdr(&resp, "upload-expires"), 3600.0, "POST");
-    let url = hdr(&resp, "location").unwrap();
+    let url = location(&resp).unwrap();
 
     // creation-with-upload too.
     let resp = tus_post(&server)
@@ -70,7 +70,7 @@ fn expired_upload_is_gone_then_swept_on_sigusr1() {
             .send()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 201);
-        hdr(&resp, "location").unwrap()
+        location(&resp).unwrap()
     };
     let stale = make(b"abc", 10);
     let done = make(b"finished", 8);
@@ -160,7 +160,7 @@ fn an_unfinished_final_lives_as_long_as_its_parts_are_active() {
     let part = create_partial(&server, 20);
     let resp = post_final(&server, &format!("final;{}", path_of(&part)));
     assert_eq!(resp.status().as_u16(), 201);
-    let fin = hdr(&resp, "location").unwrap();
+    let fin = location(&resp).unwrap();
     let started = Instant::now();
     let mut offset = 0;
     while started.elapsed() < Duration::from_millis(4500) {
@@ -203,7 +203,7 @@ fn hostile_requests_on_expired_uploads() {
         .body(vec![7u8; 10])
         .send()
         .unwrap();
-    let expired = hdr(&resp, "location").unwrap();
+    let expired = location(&resp).unwrap();
     let kept_before = state(&keep);
     assert!(
         eventually(Duration::from_secs(6), || head(&expired).status().as_u16()

@@ -500,6 +500,56 @@ fn tus_js_parallel_4_concatenates_200_mib() {
     );
 }
 
+/// Behind nginx (which sends the upstream's address as `Host`), tus-js-client's parallel
+/// upload goes through the proxy from start to end: every `Location` resolves against the
+/// proxy's URL, and the final names its parts by the proxy's URLs. Without `--public-url` the
+/// server cannot know that name; with one, the parts' URLs match it.
+#[test]
+fn tus_js_parallel_through_a_host_rewriting_proxy() {
+    const SIZE: usize = 8 * MIB;
+    let client = Client::TusJs;
+    client.command();
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, sha) = random_file(tmp.path(), "source.bin", SIZE, 0x3002);
+    for with_public_url in [false, true] {
+        // The proxy's port is only known once it runs: start the server behind it after.
+        let mut server = Server::start(&[]);
+        let proxy = crate::support::download::Nginx::proxy_to(server.addr);
+        let public = format!("http://{}", proxy.addr);
+        if with_public_url {
+            let addr = server.addr.to_string();
+            drop(server);
+            server = Server::start(&["--listen", &addr, "--public-url", &public]);
+        }
+        let endpoint = format!("http://{}/files/", proxy.addr);
+        let out = Driver::spawn(client, &endpoint, &file, &["--parallel", "4"])
+            .finish(Instant::now() + RUN_LIMIT);
+        assert!(
+            out.status.success(),
+            "public URL {with_public_url}: upload failed ({}); driver stderr:\n{}\n--- server log:\n{}",
+            out.status,
+            out.stderr.join("\n"),
+            server.log()
+        );
+        let url = out.stdout.trim().to_string();
+        assert!(
+            url.starts_with(&endpoint),
+            "public URL {with_public_url}: upload URL {url:?}"
+        );
+        assert_eq!(
+            get_sha256(&server.rebase(&url)),
+            sha,
+            "public URL {with_public_url}"
+        );
+        let resp = client_head(&url);
+        let concat = resp.headers()["upload-concat"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(concat.split(' ').count(), 4, "{concat}");
+    }
+}
+
 fn client_head(url: &str) -> reqwest::blocking::Response {
     client()
         .head(url)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn healthz(server: &Server, limit: Duration) -> String {
     raw(
         server.addr,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         limit,
     )
 }
@@ -40,7 +40,7 @@ fn healthz_answers_while_idle_sockets_hold_every_file_descriptor() {
     // Work past the cap is told to come back, not left hanging.
     let resp = raw(
         server.addr,
-        b"POST /files/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 1\r\nConnection: close\r\n\r\n",
+        b"POST /files/ HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 1\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
     assert_eq!(status_of(&resp), 503, "{resp}");
@@ -61,7 +61,7 @@ fn healthz_answers_while_idle_sockets_hold_every_file_descriptor() {
     loop {
         let resp = raw(
             server.addr,
-            b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"OPTIONS /files/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             Duration::from_secs(5),
         );
         if status_of(&resp) == 204 {
@@ -127,7 +127,7 @@ fn a_client_that_keeps_sending_past_the_lingering_time_is_cut_off() {
     let mut s = TcpStream::connect(server.addr).unwrap();
     write!(
         s,
-        "PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 7\r\n\
+        "PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 7\r\n\
          Content-Type: application/offset+octet-stream\r\nContent-Length: 10000000000\r\n\r\n"
     )
     .unwrap();

@@ -4,6 +4,7 @@ mod support;
 
 // Server protocol, by feature (tus and IETF draft variations inside):
 mod append; // HEAD and PATCH: offsets, content types, chunked bodies, the draft's bad requests
+mod browser; // Chromium: Uppy from a page of another origin (CORS), a DNS-rebinding page
 mod checksum; // tus checksum and checksum-trailer, Repr-Digest, the draft's Content-Digest
 mod chunks; // Content-Range chunk sessions: server rules, `--protocol chunks`, Python and curl clients
 mod concat; // tus concatenation: partial and final uploads, refusals, deletion, races
@@ -11,6 +12,7 @@ mod cors; // CORS preflights, exposed headers, allow lists
 mod create; // creating uploads: tus creation and defer-length, the IETF draft's creation
 mod download; // ranged GETs from `ferry serve`, third-party download clients, `ferry download`
 mod download_resume; // `ferry download` across SIGKILL, cut connections and files that change
+mod edge; // the edges as a process: the host check on a loopback listener, ids in logs
 mod expiry; // tus expiration: Upload-Expires, pushed forward by PATCHes, swept on SIGUSR1
 mod hostile;
 mod resume; // cut-off bodies, takeover of a busy upload, a server SIGKILLed mid-upload

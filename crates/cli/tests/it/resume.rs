@@ -109,17 +109,18 @@ mod ietf {
         assert_eq!(get_body_sha(a, &path), sha256(&data));
     }
 
-    /// The upload id of the newest IETF creation, from the server log (without a 104 the client of
-    /// a cut creation never saw its Location; the log is the server's own record).
+    /// The upload id of the newest creation, from the server's debug log (without a 104 the
+    /// client of a cut creation never saw its Location; the log is the server's own record, and
+    /// only its debug lines show ids).
     fn created_path_from_log(server: &Server) -> String {
         let log = server.log();
         let line = log
             .lines()
             .rev()
-            .find(|l| l.contains("created (ietf)"))
+            .find(|l| l.contains("upload created"))
             .unwrap_or_else(|| panic!("no creation in the log:\n{log}"));
         let id = line
-            .split("upload=")
+            .split(" id=")
             .nth(1)
             .and_then(|r| r.get(..32))
             .unwrap_or_else(|| panic!("no id in {line:?}"));
@@ -128,7 +129,7 @@ mod ietf {
 
     #[test]
     fn creation_cut_half_way_keeps_what_arrived_and_resumes() {
-        let server = Server::start(&[]);
+        let server = Server::start(&["--log", "info,ferry_server=debug"]);
         let a = server.addr;
         let data = random_bytes(2 * MIB, 4);
         let half = MIB;
@@ -147,7 +148,7 @@ mod ietf {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         let path = loop {
-            if server.log().contains("created (ietf)") {
+            if server.log().contains("upload created") {
                 break created_path_from_log(&server);
             }
             assert!(Instant::now() < deadline, "no creation logged");

@@ -277,7 +277,7 @@ mod tus {
                 "https://x.example:8443/up/files/",
             ),
         ] {
-            let mut args = vec!["--public-url", public];
+            let mut args = vec!["--public-url", public, "--allowed-hosts", "other.example"];
             if let Some(b) = base {
                 args.extend(["--base-path", b]);
             }
@@ -305,8 +305,8 @@ mod tus {
     }
 
     #[test]
-    fn location_follows_the_host_header() {
-        let server = Server::start(&[]);
+    fn location_is_a_path_whatever_the_host() {
+        let server = Server::start(&["--allowed-hosts", "*"]);
         for host in ["uploads.example:8443", "uploads.example", "[::1]:1234"] {
             let resp = send_with_host(
                 server.addr,
@@ -317,7 +317,7 @@ mod tus {
             );
             assert_eq!(status_of(&resp), 201, "Host {host}: {resp}");
             let location = header_of(&resp, "Location").unwrap();
-            assert_upload_url(&location, &format!("http://{host}/files/"));
+            assert_upload_url(&location, "/files/");
         }
     }
 
@@ -338,7 +338,7 @@ mod tus {
             ),
             ("X-Forwarded-Host", "ignored.example"),
         ];
-        let untrusting = Server::start(&[]);
+        let untrusting = Server::start(&["--allowed-hosts", "direct.example"]);
         for (what, headers) in [("X-Forwarded", xfwd), ("Forwarded", fwd)] {
             let resp = send_with_host(
                 untrusting.addr,
@@ -348,12 +348,9 @@ mod tus {
                 headers,
             );
             assert_eq!(status_of(&resp), 201, "{what}: {resp}");
-            assert_upload_url(
-                &header_of(&resp, "Location").unwrap(),
-                "http://direct.example/files/",
-            );
+            assert_upload_url(&header_of(&resp, "Location").unwrap(), "/files/");
         }
-        let trusting = Server::start(&["--trust-proxy"]);
+        let trusting = Server::start(&["--trust-proxy", "--allowed-hosts", "direct.example"]);
         for (what, headers, expect) in [
             ("X-Forwarded", xfwd, "https://proxy.example/files/"),
             ("Forwarded", fwd, "https://fwd.example:8443/files/"),
@@ -362,7 +359,7 @@ mod tus {
             assert_eq!(status_of(&resp), 201, "{what}: {resp}");
             assert_upload_url(&header_of(&resp, "Location").unwrap(), expect);
         }
-        // Only the proto forwarded: the Host header supplies the host.
+        // Only the proto forwarded: no host to build a URL with, and never from Host.
         let resp = send_with_host(
             trusting.addr,
             "direct.example",
@@ -370,9 +367,23 @@ mod tus {
             "/files/",
             &[TUS, ("Upload-Length", "1"), ("X-Forwarded-Proto", "https")],
         );
+        assert_upload_url(&header_of(&resp, "Location").unwrap(), "/files/");
+        // The proxy appends to what the client sent: the last value is the proxy's.
+        let resp = send_with_host(
+            trusting.addr,
+            "direct.example",
+            "POST",
+            "/files/",
+            &[
+                TUS,
+                ("Upload-Length", "1"),
+                ("X-Forwarded-Host", "evil.example, proxy.example"),
+                ("X-Forwarded-Proto", "http, https"),
+            ],
+        );
         assert_upload_url(
             &header_of(&resp, "Location").unwrap(),
-            "https://direct.example/files/",
+            "https://proxy.example/files/",
         );
     }
 }

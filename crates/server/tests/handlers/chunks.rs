@@ -20,10 +20,7 @@ async fn create_is_201_with_location_and_state() {
         .send(req("POST", "/chunks/").h("upload-length", "10"))
         .await;
     assert_eq!(r.status, 201);
-    assert!(
-        r.h("location").starts_with("http://localhost/chunks/"),
-        "{r:?}"
-    );
+    assert!(r.h("location").starts_with("/chunks/"), "{r:?}");
     assert_eq!(r.h("upload-ranges"), "");
     assert_eq!(r.h("upload-length"), "10");
     assert_eq!(r.h("upload-complete"), "?0");

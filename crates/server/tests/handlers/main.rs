@@ -8,6 +8,8 @@ mod support;
 mod chunks;
 /// Downloads: GET and plain HEAD of `/files/{id}` (ranges, validators).
 mod download;
+/// The edges: Location, the host check, cross-origin access, what errors reveal.
+mod edge;
 /// The IETF resumable-uploads draft on `/files/`.
 mod ietf;
 /// Routing, CORS, method override, `/healthz`.

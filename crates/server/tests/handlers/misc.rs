@@ -3,7 +3,7 @@ use ferry_server::config::Cors;
 
 #[tokio::test]
 async fn preflight_is_204_with_cors_headers() {
-    let s = Srv::new();
+    let s = Srv::config(|c| c.cors = Cors::Any);
     let r = s
         .send(
             req("OPTIONS", "/files/")
@@ -37,7 +37,7 @@ async fn preflight_from_an_unlisted_origin_is_204_without_cors_headers() {
 
 #[tokio::test]
 async fn simple_request_exposes_headers() {
-    let s = Srv::new();
+    let s = Srv::config(|c| c.cors = Cors::Any);
     let r = s
         .send(
             req("OPTIONS", "/files/")

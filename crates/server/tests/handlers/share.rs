@@ -170,3 +170,88 @@ async fn writes_to_share_without_slash_are_405() {
         assert_eq!(r.h("allow"), "GET, HEAD");
     }
 }
+
+fn shared_with(dotfiles: bool) -> Srv {
+    let s = Srv::with(Setup {
+        share: true,
+        config: ferry_server::config::ServerConfig {
+            share_dotfiles: dotfiles,
+            ..Default::default()
+        },
+        ..Setup::default()
+    });
+    let dir = s.share_dir();
+    std::fs::write(dir.join("a.txt"), b"a").unwrap();
+    std::fs::create_dir(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/config"), b"[remote]").unwrap();
+    std::fs::write(dir.join(".env"), b"SECRET=1").unwrap();
+    s
+}
+
+#[tokio::test]
+async fn dotfiles_are_404_and_unlisted() {
+    let s = shared_with(false);
+    for p in [
+        "/share/.git/config",
+        "/share/.env",
+        "/share/.git/",
+        "/share/.git",
+        "/share/%2Eenv",
+    ] {
+        assert_eq!(s.send(req("GET", p)).await.status, 404, "{p}");
+    }
+    let t = s.send(req("GET", "/share/")).await.text();
+    assert!(
+        t.contains("a.txt") && !t.contains(".git") && !t.contains(".env"),
+        "{t}"
+    );
+}
+
+#[tokio::test]
+async fn share_dotfiles_serves_and_lists_them() {
+    let s = shared_with(true);
+    let r = s.send(req("GET", "/share/.git/config")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"[remote]");
+    let t = s.send(req("GET", "/share/")).await.text();
+    assert!(t.contains(".git/") && t.contains(".env"), "{t}");
+}
+
+#[tokio::test]
+async fn symlinks_that_cannot_be_served_are_not_listed() {
+    let s = shared();
+    let dir = s.share_dir();
+    let outside = dir.parent().unwrap().join("outside.txt");
+    std::fs::write(&outside, b"secret").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("escape")).unwrap();
+    std::os::unix::fs::symlink("missing", dir.join("broken")).unwrap();
+    std::os::unix::fs::symlink("a.txt", dir.join("alias")).unwrap();
+    std::os::unix::fs::symlink("sub", dir.join("subalias")).unwrap();
+    let t = s.send(req("GET", "/share/")).await.text();
+    assert!(!t.contains("escape") && !t.contains("broken"), "{t}");
+    assert!(
+        t.contains("\"alias\"") && t.contains("\"subalias/\""),
+        "{t}"
+    );
+    assert_eq!(s.send(req("GET", "/share/escape")).await.status, 404);
+    assert_eq!(s.send(req("GET", "/share/broken")).await.status, 404);
+    assert_eq!(
+        &s.send(req("GET", "/share/alias")).await.body[..],
+        b"0123456789"
+    );
+}
+
+#[tokio::test]
+async fn shared_files_and_listings_are_cached_privately_and_revalidated() {
+    let s = shared();
+    for p in ["/share/a.txt", "/share/", "/share/sub/"] {
+        let r = s.send(req("GET", p)).await;
+        assert_eq!(r.status, 200, "{p}");
+        assert_eq!(r.h("cache-control"), "private, no-cache", "{p}");
+    }
+    let r = s.send(req("GET", "/share/a.txt")).await;
+    let again = s
+        .send(req("GET", "/share/a.txt").h("if-none-match", &etag_of(&r)))
+        .await;
+    assert_eq!(again.status, 304);
+}

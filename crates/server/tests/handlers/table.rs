@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const MODULES: [&str; 7] = [
+const MODULES: [&str; 8] = [
     "chunks",
     "download",
+    "edge",
     "ietf",
     "misc",
     "share",

@@ -131,7 +131,7 @@ impl Uploads {
             match extended {
                 Ok(_) | Err(StoreError::NotFound(_)) => {}
                 Err(e) => {
-                    tracing::warn!(upload = %f, error = %e, "extending final's expiry failed")
+                    tracing::warn!(upload = %f.tag(), error = %e, "extending final's expiry failed")
                 }
             }
         }

@@ -291,7 +291,7 @@ impl Reader {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            tracing::warn!(upload = %id, error = %e, "digest failed");
+            tracing::warn!(upload = %id.tag(), error = %e, "digest failed");
         }
     }
 }
@@ -354,7 +354,7 @@ async fn compute_digest(
     if updated.digests.has(ChecksumAlgorithm::Crc64Nvme) {
         for f in &updated.finals {
             if let Err(e) = super::concat::combine_final_crc(meta, *f).await {
-                tracing::warn!(upload = %f, error = %e, "combining a final's CRC failed");
+                tracing::warn!(upload = %f.tag(), error = %e, "combining a final's CRC failed");
             }
         }
     }

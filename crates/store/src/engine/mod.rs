@@ -225,7 +225,7 @@ impl Uploads {
         if let Err(e) = self.meta.insert(&info).await {
             // Nobody can address the object without its record.
             if let Err(d) = self.data.delete(id).await {
-                tracing::warn!(upload = %id, error = %d, "deleting data of a failed creation failed");
+                tracing::warn!(upload = %id.tag(), error = %d, "deleting data of a failed creation failed");
             }
             return Err(e);
         }
@@ -335,7 +335,9 @@ impl Uploads {
                 .await
             {
                 Ok(i) => info = std::borrow::Cow::Owned(i),
-                Err(e) => tracing::warn!(upload = %info.id, error = %e, "storing digest failed"),
+                Err(e) => {
+                    tracing::warn!(upload = %info.id.tag(), error = %e, "storing digest failed")
+                }
             }
         }
         if policy::needs_read_back(&info) {
@@ -343,7 +345,7 @@ impl Uploads {
         }
         for f in &info.finals {
             if let Err(e) = self.refresh_final(*f).await {
-                tracing::warn!(upload = %f, error = %e, "completing final failed");
+                tracing::warn!(upload = %f.tag(), error = %e, "completing final failed");
             }
         }
     }

@@ -100,7 +100,7 @@ impl Uploads {
             // The records are gone either way: data left behind is an orphan, which the next
             // start (or `ferry fsck --repair`) deletes.
             if let Err(e) = self.data.delete(*gone).await {
-                tracing::warn!(upload = %gone, error = %e, "deleting data failed; left as an orphan");
+                tracing::warn!(upload = %gone.tag(), error = %e, "deleting data failed; left as an orphan");
             }
         }
         Ok(removed)

@@ -255,7 +255,7 @@ pub fn share_url(addr: SocketAddr, name: &str) -> String {
     format!("http://{addr}/share/{name}")
 }
 
-/// nginx serving `root` on a free loopback port, from a config in a tempdir; killed on drop.
+/// nginx on a free loopback port, from a config in a tempdir; killed on drop.
 pub struct Nginx {
     pub addr: SocketAddr,
     pub _kid: Kid,
@@ -263,7 +263,22 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// Serving the files under `root`.
     pub fn start(root: &Path) -> Nginx {
+        Self::serving(&format!("root {};", root.display()))
+    }
+
+    /// A reverse proxy to `upstream` as deployments set one up: nginx's default `Host` (the
+    /// upstream's address, not the name clients use), bodies streamed, no size limit.
+    pub fn proxy_to(upstream: SocketAddr) -> Nginx {
+        Self::serving(&format!(
+            "location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1; \
+             proxy_request_buffering off; proxy_buffering off; client_max_body_size 0; }}"
+        ))
+    }
+
+    /// With `directives` in its one `server` block.
+    fn serving(directives: &str) -> Nginx {
         let bin = require("nginx");
         let mut last = String::new();
         // The port is picked free and handed to nginx; a rare race with another binder is
@@ -283,8 +298,7 @@ impl Nginx {
                  http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n\
                  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
                  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
-                 sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
-                root = root.display()
+                 sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    {directives}\n  }}\n}}\n"
             );
             std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
             let kid = Kid(Some(

@@ -265,6 +265,15 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// A `Location` value from a raw answer of the server at `addr`, as an absolute URL.
+pub fn url_at(addr: SocketAddr, location: &str) -> String {
+    if location.starts_with('/') {
+        format!("http://{addr}{location}")
+    } else {
+        location.to_string()
+    }
+}
+
 /// Creates a tus upload, returns its URL.
 pub fn create(server: &Server, length: u64, metadata: Option<&str>) -> String {
     let mut req = client()
@@ -276,7 +285,7 @@ pub fn create(server: &Server, length: u64, metadata: Option<&str>) -> String {
     }
     let resp = req.send().expect("POST");
     assert_eq!(resp.status().as_u16(), 201, "create: {:?}", resp.text());
-    resp.headers()["location"].to_str().unwrap().to_string()
+    tus::location(&resp).unwrap()
 }
 
 /// PATCH `body` at `offset`; returns (status, Upload-Offset header if any).

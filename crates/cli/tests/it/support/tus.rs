@@ -86,6 +86,18 @@ pub fn hdr(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().expect("ASCII header").to_string())
 }
 
+/// `Location`, resolved against the URL asked (the server sends a path unless it knows its
+/// public URL), as a client resolves it.
+pub fn location(resp: &reqwest::blocking::Response) -> Option<String> {
+    let value = hdr(resp, "location")?;
+    Some(
+        resp.url()
+            .join(&value)
+            .expect("Location is a URL reference")
+            .to_string(),
+    )
+}
+
 pub fn head(url: &str) -> reqwest::blocking::Response {
     client()
         .head(url)
@@ -143,12 +155,13 @@ pub fn create_partial(server: &Server, len: usize) -> String {
         .send()
         .expect("POST partial");
     assert_eq!(resp.status().as_u16(), 201, "partial: {:?}", resp.text());
-    hdr(&resp, "location").expect("Location")
+    location(&resp).expect("Location")
 }
 
 /// Creates a partial upload and uploads all of `data` into it.
+/// Returns its URL on the server's own address (whatever `--public-url` says).
 pub fn partial_with(server: &Server, data: &[u8]) -> String {
-    let url = create_partial(server, data.len());
+    let url = server.rebase(&create_partial(server, data.len()));
     if !data.is_empty() {
         assert_eq!(
             patch(&url, 0, data.to_vec()),
