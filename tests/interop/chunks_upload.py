@@ -28,6 +28,7 @@ import os
 import queue
 import sys
 import threading
+from urllib.parse import urljoin
 
 import requests
 
@@ -107,7 +108,8 @@ def upload_file_multithread(path, endpoint, state_file, chunk_size, threads):
         r = requests.post(endpoint, headers={"Upload-Length": str(size)}, timeout=TIMEOUT)
         if r.status_code != 201:
             raise RuntimeError(f"create: {r.status_code} {r.text.strip()}")
-        url = r.headers["Location"]
+        # A path unless the server knows its public URL.
+        url = urljoin(endpoint, r.headers["Location"])
         save_state(url, state_file)
     log("session", url)
 

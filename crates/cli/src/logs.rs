@@ -31,18 +31,72 @@ impl<'a> MakeWriter<'a> for Stderr {
     }
 }
 
+/// What a line at or above info level shows of `buf`: its ids replaced by their tags.
+fn redacted(buf: &[u8]) -> Vec<u8> {
+    // The formatter writes text; should a byte not be UTF-8, it is shown replaced rather than
+    // letting the line through unredacted.
+    redact_ids(&String::from_utf8_lossy(buf))
+        .into_owned()
+        .into_bytes()
+}
+
 impl Write for Line {
     // The formatter hands over a whole event at once, so no id is split between two calls.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut err = std::io::stderr().lock();
-        match std::str::from_utf8(buf) {
-            Ok(text) if self.redact => err.write_all(redact_ids(text).as_bytes())?,
-            _ => err.write_all(buf)?,
+        if self.redact {
+            err.write_all(&redacted(buf))?;
+        } else {
+            err.write_all(buf)?;
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn info_lines_show_tags_and_debug_lines_ids() {
+        let line = format!("WARN ferry_server: read failed error=\"open uploads/00/{ID}\"\n");
+        let shown = String::from_utf8(redacted(line.as_bytes())).unwrap();
+        assert!(
+            !shown.contains(ID) && shown.contains("uploads/00/5947d7c33d"),
+            "{shown}"
+        );
+        let mut bad = line.into_bytes();
+        bad.push(0xff);
+        assert!(!String::from_utf8_lossy(&redacted(&bad)).contains(ID));
+        let at = |level| Stderr.make_writer_for(&meta(level)).redact;
+        assert!(at(Level::ERROR) && at(Level::WARN) && at(Level::INFO));
+        assert!(!at(Level::DEBUG) && !at(Level::TRACE));
+    }
+
+    fn meta(level: Level) -> Metadata<'static> {
+        struct Cs;
+        impl tracing::callsite::Callsite for Cs {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &Metadata<'_> {
+                unreachable!()
+            }
+        }
+        static CS: Cs = Cs;
+        Metadata::new(
+            "test",
+            "ferry",
+            level,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CS)),
+            tracing::metadata::Kind::EVENT,
+        )
     }
 }

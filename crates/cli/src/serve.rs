@@ -126,8 +126,9 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_CORS_ORIGINS", value_name = "ORIGINS")]
     cors_origins: Option<String>,
     /// Host names this server answers to besides localhost, loopback addresses and the
-    /// --public-url host, comma-separated, or "*" for any; other Hosts get 421. [default:
-    /// those only when listening on a loopback address (DNS-rebinding guard), any otherwise]
+    /// --public-url host (and, off loopback, IP literals), comma-separated, or "*" for any;
+    /// other Hosts get 421 (DNS-rebinding guard). [default: those only on a loopback address;
+    /// any otherwise]
     #[arg(long, env = "FERRY_ALLOWED_HOSTS", value_name = "HOSTS")]
     allowed_hosts: Option<String>,
     /// Publish this directory read-only under /share/ (listings, ranges, validators). It may

@@ -69,9 +69,11 @@ pub fn split_url(url: &str) -> Option<(Option<&str>, &str)> {
     if url.starts_with('/') {
         return Some((None, url.split(['?', '#']).next()?));
     }
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?;
+    // Schemes are case-insensitive (RFC 3986 §3.1).
+    let (scheme, rest) = url.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
     let slash = rest.find('/')?;
     let (authority, path) = rest.split_at(slash);
     // Userinfo never names an upload of a server (RFC 9110 §4.2.4 deprecates it in http URLs).
@@ -144,6 +146,10 @@ mod tests {
             assert_eq!(part_path(url, direct), Some("x"), "{url}");
         }
         assert_eq!(part_path("https://UP.example/u/files/x", public), Some("x"));
+        assert_eq!(
+            part_path("HTTP://127.0.0.1:1080/files/x", public),
+            Some("x")
+        );
         assert_eq!(
             part_path("http://127.0.0.1:1080/files/x", public),
             Some("x")

@@ -94,9 +94,10 @@ pub fn redact_ids(text: &str) -> std::borrow::Cow<'_, str> {
         while i < b.len() && is_hex(b[i]) {
             i += 1;
         }
-        // Only a whole run: a longer one is a digest, not an id.
-        let bounded = |j: usize| j >= b.len() || !b[j].is_ascii_alphanumeric();
-        let before_ok = start == 0 || !b[start - 1].is_ascii_alphanumeric();
+        // Only a whole run: a longer one (with uppercase hex too) is a digest, not an id. Any
+        // other neighbour may touch it: `id=`, a path, a terminal's colour code (`\x1b[0m`).
+        let bounded = |j: usize| j >= b.len() || !b[j].is_ascii_hexdigit();
+        let before_ok = start == 0 || !b[start - 1].is_ascii_hexdigit();
         if i - start == HEX_LEN
             && before_ok
             && bounded(i)
@@ -187,10 +188,17 @@ mod tests {
             redact_ids(&format!("upload {SAMPLE} at /files/{SAMPLE}?x")),
             format!("upload {tag} at /files/{tag}?x")
         );
+        // A terminal's colour codes around a field's value, a name run into it.
+        assert_eq!(
+            redact_ids(&format!(
+                "\x1b[3mid\x1b[0m\x1b[2m=\x1b[0m{SAMPLE} up{SAMPLE}x"
+            )),
+            format!("\x1b[3mid\x1b[0m\x1b[2m=\x1b[0m{tag} up{tag}x")
+        );
         for kept in [
             "no ids here".to_string(),
             format!("{SAMPLE}0"),
-            format!("x{SAMPLE}"),
+            format!("A{SAMPLE}"),
             SAMPLE.to_uppercase(),
             format!("sha256 {SAMPLE}{SAMPLE}"),
         ] {

@@ -173,7 +173,7 @@ pub fn client_of(peer: IpAddr, headers: &HeaderMap, trust_proxy: bool) -> IpAddr
     if !trust_proxy {
         return peer;
     }
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let text = |name: &str| crate::last_field(headers, name);
     ferry_proto::http::forwarded_client(text("forwarded"), text("x-forwarded-for")).unwrap_or(peer)
 }
 

@@ -20,24 +20,24 @@ pub struct HostRules<'a> {
 }
 
 /// Whether a server bound as `rules` says may answer a request naming `host` (lowercase, as
-/// [`host_name`] returns it). A page on a rebinding domain reaches a loopback server with its
-/// own name in `Host`, so by default a loopback-bound server answers only to names that cannot
-/// be rebound and to its public URL's host. A server bound elsewhere is meant to be reached by
-/// names it cannot know, so by default it answers to any. `--allowed-hosts` names the hosts
-/// (besides loopback and the public URL's) on every address, or lifts the check (`*`).
+/// [`host_name`] returns it). DNS rebinding reaches a server through a name the attacker's DNS
+/// points at it, so names that cannot be rebound are always answered: loopback names, the
+/// public URL's host and, off loopback, IP literals (what health checks use). A loopback-bound
+/// server answers no other name by default. A server bound elsewhere is reached by names it
+/// cannot know (a proxy's upstream name such as `ferry:1080`, which nginx sends as `Host` by
+/// default), so it answers any unless `--allowed-hosts` lists them. `--allowed-hosts *` lifts
+/// the check.
 pub fn host_allowed(host: &str, rules: HostRules<'_>) -> bool {
-    let listed = |list: &[String]| list.iter().any(|h| h.eq_ignore_ascii_case(host));
-    match rules.policy {
-        HostPolicy::Any => true,
-        HostPolicy::Only(list) => {
-            is_loopback_host(host) || rules.public_host == Some(host) || listed(list)
-        }
-        HostPolicy::Auto => {
-            !rules.bound.is_some_and(|ip| ip.is_loopback())
-                || is_loopback_host(host)
-                || rules.public_host == Some(host)
-        }
-    }
+    let on_loopback = rules.bound.is_some_and(|ip| ip.is_loopback());
+    let listed = match rules.policy {
+        HostPolicy::Any => return true,
+        HostPolicy::Only(list) => list.iter().any(|h| h.eq_ignore_ascii_case(host)),
+        HostPolicy::Auto => !on_loopback,
+    };
+    listed
+        || is_loopback_host(host)
+        || rules.public_host == Some(host)
+        || (!on_loopback && host.parse::<IpAddr>().is_ok())
 }
 
 /// Refuses a request before routing: 400 for two `Host` fields or a malformed one (RFC 9112
@@ -135,7 +135,7 @@ mod tests {
             "rebind.example",
             rules("::1", None, &DEFAULT)
         ));
-        // Bound to every address or a public one: reached by names it cannot know.
+        // Bound to every address or a public one: reached by names it cannot know...
         assert!(host_allowed(
             "rebind.example",
             rules("0.0.0.0", None, &DEFAULT)
@@ -143,6 +143,11 @@ mod tests {
         assert!(host_allowed(
             "files.example",
             rules("192.0.2.1", None, &DEFAULT)
+        ));
+        // ...a proxy's upstream name among them, whatever the public URL says.
+        assert!(host_allowed(
+            "ferry",
+            rules("0.0.0.0", Some("up.example"), &DEFAULT)
         ));
     }
 
@@ -154,6 +159,8 @@ mod tests {
             assert!(host_allowed("localhost", rules(bound, None, only)));
             assert!(!host_allowed("rebind.example", rules(bound, None, only)));
         }
+        assert!(host_allowed("10.1.2.3", rules("0.0.0.0", None, only)));
+        assert!(!host_allowed("10.1.2.3", rules("127.0.0.1", None, only)));
         static ANY: HostPolicy = HostPolicy::Any;
         assert!(host_allowed(
             "rebind.example",

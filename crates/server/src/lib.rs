@@ -205,10 +205,20 @@ fn valid_authority(s: &str) -> Option<String> {
     Some(a.as_str().to_string())
 }
 
+/// The last field line of `name`: a proxy that adds a line rather than appending to the
+/// client's puts its own last (RFC 9110 §5.3: the lines form one list, in order).
+pub(crate) fn last_field<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(name)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Proto and host from `Forwarded` (RFC 7239) or `X-Forwarded-Proto/Host`: what the proxy
 /// nearest this server appended (the last element).
 fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let text = |name: &str| last_field(headers, name);
     let f = match text("forwarded") {
         Some(v) => http_grammar::parse_forwarded(v),
         None => {
@@ -267,6 +277,10 @@ pub async fn dispatch(state: Arc<AppState>, ctx: Ctx, req: Request<Body>) -> Res
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        if matches!(state.config.cors, config::Cors::Origins(_)) {
+            r.headers_mut()
+                .append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         return r;
     }
     let mut resp = if preflight {

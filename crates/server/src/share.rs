@@ -115,7 +115,7 @@ pub async fn serve(
         .map_err(|e| ApiError::from(ferry_store::StoreError::from(e)))?;
     let opened = {
         let (root, rel) = (root.try_clone(), rel.clone());
-        tokio::task::spawn_blocking(move || open_beneath(&root?, &rel))
+        tokio::task::spawn_blocking(move || open_beneath(&root?, &rel, dotfiles))
             .await
             .map_err(|e| ApiError::internal(&e))?
     };
@@ -185,8 +185,13 @@ pub async fn serve(
     respond(headers, method, rep, opener).await
 }
 
-/// Opens `rel` under `root`, refusing (in the kernel) any path that leaves it.
-fn open_beneath(root: &File, rel: &[u8]) -> std::io::Result<(File, std::fs::Metadata)> {
+/// Opens `rel` under `root`, refusing (in the kernel) any path that leaves it, and (unless
+/// `dotfiles`) a file that a link leads to through a dot name (`cfg -> .git/config`).
+fn open_beneath(
+    root: &File,
+    rel: &[u8],
+    dotfiles: bool,
+) -> std::io::Result<(File, std::fs::Metadata)> {
     let fd = rustix::fs::openat2(
         root,
         std::ffi::OsStr::from_bytes(rel),
@@ -195,8 +200,25 @@ fn open_beneath(root: &File, rel: &[u8]) -> std::io::Result<(File, std::fs::Meta
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
     )?;
     let file = File::from(fd);
+    if !dotfiles && reached_through_a_dot_name(root, &file) {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
     let meta = file.metadata()?;
     Ok((file, meta))
+}
+
+/// Whether the path the kernel resolved for `file`, below `root`, has a segment starting with
+/// a dot. Fails closed: a path that cannot be read counts as one.
+fn reached_through_a_dot_name(root: &File, file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    let path = |f: &File| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    let (Ok(root), Ok(file)) = (path(root), path(file)) else {
+        return true;
+    };
+    file.strip_prefix(&root).map_or(true, |rel| {
+        rel.components()
+            .any(|c| c.as_os_str().as_bytes().starts_with(b"."))
+    })
 }
 
 /// A directory to list, and where it is in the share.
@@ -221,8 +243,12 @@ impl Listed {
         )
         .ok()?;
         let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-        if kind != rustix::fs::FileType::Symlink {
-            return Some((kind == rustix::fs::FileType::Directory, st.st_size as u64));
+        match kind {
+            rustix::fs::FileType::Directory => return Some((true, st.st_size as u64)),
+            rustix::fs::FileType::RegularFile => return Some((false, st.st_size as u64)),
+            rustix::fs::FileType::Symlink => {}
+            // FIFOs, sockets, devices: never served.
+            _ => return None,
         }
         // A link is listed as what it leads to, if a request for it would be served.
         let mut path = self.rel.clone();
@@ -232,7 +258,7 @@ impl Listed {
             path.clear();
         }
         path.extend_from_slice(name);
-        let (_, meta) = open_beneath(&self.root, &path).ok()?;
+        let (_, meta) = open_beneath(&self.root, &path, self.dotfiles).ok()?;
         (meta.is_dir() || meta.is_file()).then(|| (meta.is_dir(), meta.len()))
     }
 }

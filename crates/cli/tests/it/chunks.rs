@@ -981,6 +981,7 @@ mod client {
         let mut run = env.upload(&[&f], &endpoint, &args);
         wait_forwarded(&proxy, LEN / 2, &mut run);
         run.kill9();
+        wait_proxy_quiet(&proxy);
         let recs = env.records();
         assert_eq!(recs.len(), 1, "{recs:?}");
         assert_eq!(recs[0]["protocol"], "chunks", "{recs:?}");

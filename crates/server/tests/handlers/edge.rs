@@ -78,6 +78,18 @@ async fn location_behind_a_trusted_proxy_is_what_it_appended() {
         r.h("location").starts_with("https://files.example/files/"),
         "{r:?}"
     );
+    // A proxy that adds a line of its own instead of appending: the last line is its.
+    let r = s
+        .send(
+            tus_create()
+                .h("forwarded", "host=evil.example;proto=http")
+                .h("forwarded", "host=files.example;proto=https"),
+        )
+        .await;
+    assert!(
+        r.h("location").starts_with("https://files.example/files/"),
+        "{r:?}"
+    );
     // Without --trust-proxy, forwarded headers are the client's word: ignored.
     let s = Srv::new();
     let r = s.send(tus_create().h("x-forwarded-host", EVIL)).await;
@@ -161,7 +173,7 @@ async fn a_loopback_server_answers_its_public_url_and_allowed_hosts() {
 }
 
 #[tokio::test]
-async fn a_server_bound_to_every_address_answers_any_host() {
+async fn a_server_bound_to_every_address_answers_any_host_unless_listed() {
     let s = Srv::config(|c| c.local_addr = Some("0.0.0.0:1080".parse().unwrap()));
     assert_eq!(s.send(tus_create().h("host", EVIL)).await.status, 201);
     let s = Srv::config(|c| {
@@ -171,6 +183,11 @@ async fn a_server_bound_to_every_address_answers_any_host() {
     assert_eq!(s.send(tus_create().h("host", EVIL)).await.status, 421);
     assert_eq!(
         s.send(tus_create().h("host", "files.example")).await.status,
+        201
+    );
+    // Listed hosts say which names it has: others are refused, IP literals (health checks) not.
+    assert_eq!(
+        s.send(tus_create().h("host", "10.0.0.5:1080")).await.status,
         201
     );
 }
@@ -254,7 +271,9 @@ async fn an_allowed_origin_may_change_state() {
     assert_eq!(r.status, 201, "{r:?}");
     assert_eq!(r.h("access-control-allow-origin"), "https://app.example");
     assert!(r.h("access-control-expose-headers").contains("Location"));
-    assert_eq!(s.send(from("https://evil.example")).await.status, 403);
+    let refused = s.send(from("https://evil.example")).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.h("vary"), "Origin");
     let s = Srv::config(|c| c.cors = Cors::Any);
     let r = s.send(from("https://evil.example")).await;
     assert_eq!(r.status, 201, "{r:?}");

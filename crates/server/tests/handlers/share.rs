@@ -208,6 +208,26 @@ async fn dotfiles_are_404_and_unlisted() {
 }
 
 #[tokio::test]
+async fn links_to_dotfiles_are_404_and_unlisted() {
+    for dotfiles in [false, true] {
+        let s = shared_with(dotfiles);
+        let dir = s.share_dir();
+        std::os::unix::fs::symlink(".git/config", dir.join("cfg")).unwrap();
+        std::os::unix::fs::symlink(".git", dir.join("repo")).unwrap();
+        let want = if dotfiles { 200 } else { 404 };
+        for p in ["/share/cfg", "/share/repo/config", "/share/repo/"] {
+            assert_eq!(s.send(req("GET", p)).await.status, want, "{p} {dotfiles}");
+        }
+        let t = s.send(req("GET", "/share/")).await.text();
+        assert_eq!(
+            t.contains("\"cfg\"") && t.contains("\"repo/\""),
+            dotfiles,
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn share_dotfiles_serves_and_lists_them() {
     let s = shared_with(true);
     let r = s.send(req("GET", "/share/.git/config")).await;
@@ -218,7 +238,7 @@ async fn share_dotfiles_serves_and_lists_them() {
 }
 
 #[tokio::test]
-async fn symlinks_that_cannot_be_served_are_not_listed() {
+async fn symlinks_and_special_files_that_cannot_be_served_are_not_listed() {
     let s = shared();
     let dir = s.share_dir();
     let outside = dir.parent().unwrap().join("outside.txt");
@@ -227,8 +247,21 @@ async fn symlinks_that_cannot_be_served_are_not_listed() {
     std::os::unix::fs::symlink("missing", dir.join("broken")).unwrap();
     std::os::unix::fs::symlink("a.txt", dir.join("alias")).unwrap();
     std::os::unix::fs::symlink("sub", dir.join("subalias")).unwrap();
+    // A FIFO is never served: not listed either.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    assert_eq!(s.send(req("GET", "/share/pipe")).await.status, 404);
     let t = s.send(req("GET", "/share/")).await.text();
-    assert!(!t.contains("escape") && !t.contains("broken"), "{t}");
+    assert!(
+        !t.contains("escape") && !t.contains("broken") && !t.contains("pipe"),
+        "{t}"
+    );
     assert!(
         t.contains("\"alias\"") && t.contains("\"subalias/\""),
         "{t}"

@@ -319,6 +319,22 @@ pub(crate) fn wait_forwarded(proxy: &Proxy, at_least: u64, run: &mut Run) {
     }
 }
 
+/// Waits (bounded) until the proxy has forwarded nothing for 200 ms: after a client is killed
+/// it may still pass on what it had read, which would count towards the next run.
+pub(crate) fn wait_proxy_quiet(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = proxy.forwarded.load(Ordering::Relaxed);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = proxy.forwarded.load(Ordering::Relaxed);
+        if now == last {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the proxy kept forwarding");
+        last = now;
+    }
+}
+
 /// Waits until the server has committed `at_least` bytes of the saved transfer, while `run`
 /// keeps running.
 pub(crate) fn wait_committed(env: &Env, at_least: u64, run: &mut Run) {
