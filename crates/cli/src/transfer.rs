@@ -188,9 +188,15 @@ pub struct DownloadArgs {
     /// URLs to download (any HTTP/1.1 server; ranges make it parallel and resumable).
     #[arg(required = true, value_name = "URL")]
     urls: Vec<String>,
-    /// Write to this file (one URL only).
+    /// Write to this file (one URL only): an existing file is kept unless it is the server's
+    /// (then "already complete") or --force; "-", a device or a FIFO is written in order (no
+    /// resume); a directory gets the file under the server's name.
     #[arg(short = 'o', long, value_name = "FILE", conflicts_with = "dir")]
     output: Option<PathBuf>,
+    /// Replace an existing file that differs from the server's, and write through a symbolic
+    /// link.
+    #[arg(long)]
+    force: bool,
     /// Write into this directory, named by Content-Disposition or the URL. [default: .]
     #[arg(short = 'd', long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -571,6 +577,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         stall_timeout: net.stall_timeout,
         limiter: net.limiter.clone(),
         sha256,
+        force: args.force,
     };
     let bars = Bars::new();
     init_logs(&bars, &args.common);
@@ -602,6 +609,8 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                             done.path.display()
                         ));
                     }
+                    // Standard output carries the file itself: nothing else goes there.
+                    let to_stdout = done.path.as_os_str() == "-";
                     if json {
                         let v = serde_json::json!({
                             "url": url.as_str(),
@@ -611,8 +620,12 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                             "verified": done.verification == Verification::Verified,
                             "resumed_from": done.resumed_from,
                         });
-                        bars.println_stdout(&v.to_string());
-                    } else {
+                        if to_stdout {
+                            bars.println(&v.to_string());
+                        } else {
+                            bars.println_stdout(&v.to_string());
+                        }
+                    } else if !to_stdout {
                         bars.println_stdout(&done.path.display().to_string());
                     }
                 }

@@ -83,6 +83,16 @@ pub enum AttemptError {
 }
 
 impl AttemptError {
+    /// What went wrong, in a few words.
+    pub fn message(&self) -> String {
+        match self {
+            AttemptError::Retry { why, .. } => why.clone(),
+            AttemptError::TooLarge { size } => format!("a body of {size} bytes was too large"),
+            AttemptError::Gone => "gone from the server".into(),
+            AttemptError::Fatal(e) => e.message.clone(),
+        }
+    }
+
     /// A retryable failure.
     pub fn retry(why: impl Into<String>) -> Self {
         AttemptError::Retry {

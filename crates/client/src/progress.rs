@@ -15,6 +15,21 @@ pub trait ProgressSink: Send + Sync {
     fn finish(&self);
 }
 
+/// `n` bytes for people: `512 B`, `1.5 KiB`, `3.1 GiB` (binary units, as the size flags).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// A sink that ignores everything.
 #[derive(Debug, Default)]
 pub struct NoProgress;
@@ -74,6 +89,15 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3_328_599_654), "3.1 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
 
     #[test]
     fn limiter_paces_to_the_rate() {

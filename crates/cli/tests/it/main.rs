@@ -15,6 +15,7 @@ mod download_resume; // `ferry download` across SIGKILL, cut connections and fil
 mod edge; // the edges as a process: the host check on a loopback listener, ids in logs
 mod expiry; // tus expiration: Upload-Expires, pushed forward by PATCHes, swept on SIGUSR1
 mod hostile;
+mod outputs; // `ferry download -o`: streams, directories, links, existing files, no clobbering
 mod resume; // cut-off bodies, takeover of a busy upload, a server SIGKILLed mid-upload
 mod routes; // OPTIONS, protocol versions, method override, /healthz, base path, public URL, Host
 mod terminate; // tus DELETE and the IETF draft's cancellation // hostile input on every route family: right 4xx, no panic, stored data untouched

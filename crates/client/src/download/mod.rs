@@ -21,9 +21,12 @@
 mod fetch;
 mod probe;
 mod resume;
+mod stream;
+pub mod target;
 
 use self::fetch::{Fetch, Plan};
 use self::resume::{ResumeDecision, Seen, gaps, merge, resume_decision};
+use self::target::{Compared, Existing, Found, Target};
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::options::{Parallel, Verification};
 use crate::progress::{ProgressSink, RateLimiter};
@@ -34,7 +37,7 @@ use ferry_proto::digest::Digests;
 use reqwest::Url;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +61,8 @@ pub struct DownloadOptions {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Expected SHA-256 (from `--checksum sha256=HEX`).
     pub sha256: Option<[u8; 32]>,
+    /// Replace an existing file, and write through a symbolic link (`--force`).
+    pub force: bool,
 }
 
 impl Default for DownloadOptions {
@@ -69,6 +74,7 @@ impl Default for DownloadOptions {
             stall_timeout: Duration::from_secs(30),
             limiter: None,
             sha256: None,
+            force: false,
         }
     }
 }
@@ -91,7 +97,8 @@ pub struct DownloadOutcome {
 /// Where a download goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// Exactly this file.
+    /// What `-o` names: a file, `-` (standard output), a device or FIFO, or a directory (see
+    /// [`target::plan`]).
     File(PathBuf),
     /// Into this directory, named by the server's Content-Disposition or the URL.
     Dir(PathBuf),
@@ -115,6 +122,10 @@ impl std::fmt::Debug for Downloader {
 
 fn local(what: &str) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     move |e| ClientError::local(what, e)
+}
+
+fn refused(r: target::Refusal) -> ClientError {
+    ClientError::new(ErrorKind::Usage, r.0)
 }
 
 impl Downloader {
@@ -188,6 +199,14 @@ impl Downloader {
         dest: &Destination,
     ) -> Result<DownloadOutcome, ClientError> {
         let started = Instant::now();
+        // Where the bytes go is decided before any is transferred.
+        let first = match dest {
+            Destination::File(p) => {
+                let found = target::inspect(p).map_err(local(&p.display().to_string()))?;
+                target::plan(p, found, self.opts.force).map_err(refused)?
+            }
+            Destination::Dir(d) => Target::IntoDir(d.clone()),
+        };
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
         let probe = self.probe(url, &mut retry).await?;
         let Some(size) = probe.size else {
@@ -196,26 +215,35 @@ impl Downloader {
                 format!("{url}: the server does not say how large the file is"),
             ));
         };
-        let dest = match dest {
-            Destination::File(p) => p.clone(),
-            Destination::Dir(d) => {
-                let from_url = url
-                    .path_segments()
-                    .and_then(|mut s| s.next_back())
-                    .map(|n| {
-                        String::from_utf8_lossy(
-                            &percent_encoding::percent_decode_str(n).collect::<Vec<u8>>(),
-                        )
-                        .into_owned()
-                    })
-                    .and_then(|n| safe_name(&n));
-                d.join(
-                    probe
-                        .filename
-                        .clone()
-                        .or(from_url)
-                        .unwrap_or_else(|| "download".into()),
-                )
+        let expected = self
+            .opts
+            .sha256
+            .map(|d| (ChecksumAlgorithm::Sha256, d.to_vec()))
+            .or_else(|| probe.digest.clone());
+        let (dest, replace) = match first {
+            Target::File { path, replace } => (path, replace),
+            Target::IntoDir(d) => {
+                let path = d.join(name_for(url, &probe));
+                let found = target::inspect(&path).map_err(local(&path.display().to_string()))?;
+                match target::plan(&path, found, self.opts.force).map_err(refused)? {
+                    Target::File { path, replace } => (path, replace),
+                    Target::IntoDir(_) => {
+                        return Err(ClientError::new(
+                            ErrorKind::Usage,
+                            format!("{} is a directory: not replaced", path.display()),
+                        ));
+                    }
+                    to => {
+                        return self
+                            .download_stream(url, &probe, size, to, expected, &mut retry)
+                            .await;
+                    }
+                }
+            }
+            to => {
+                return self
+                    .download_stream(url, &probe, size, to, expected, &mut retry)
+                    .await;
             }
         };
         let dest = if dest.is_absolute() {
@@ -223,14 +251,32 @@ impl Downloader {
         } else {
             std::env::current_dir().map_err(local("cwd"))?.join(dest)
         };
+        // A file already there is the server's (nothing to do) or is replaced only if forced.
+        if let Found::File(len) =
+            target::inspect(&dest).map_err(local(&dest.display().to_string()))?
+        {
+            let compared = compare(&dest, len, size, expected.as_ref())
+                .await
+                .map_err(local(&dest.display().to_string()))?;
+            if target::existing_file(&dest, compared, self.opts.force).map_err(refused)?
+                == Existing::AlreadyComplete
+            {
+                let key = transfer_key("download", url.as_str(), &dest);
+                let _ = forget_download(&self.state, &key);
+                self.progress
+                    .note(&format!("{}: already complete", dest.display()));
+                return Ok(DownloadOutcome {
+                    path: dest,
+                    bytes: size,
+                    seconds: started.elapsed().as_secs_f64(),
+                    verification: Verification::Verified,
+                    resumed_from: size,
+                });
+            }
+        }
         let partial = PathBuf::from(format!("{}.ferry-part", dest.display()));
         let key = transfer_key("download", url.as_str(), &dest);
         let display = dest.display().to_string();
-        let expected = self
-            .opts
-            .sha256
-            .map(|d| (ChecksumAlgorithm::Sha256, d.to_vec()))
-            .or_else(|| probe.digest.clone());
         let expected_digests: Digests = expected.iter().cloned().collect();
 
         // Resume only what provably belongs to the same version of the file.
@@ -353,7 +399,7 @@ impl Downloader {
             ),
         };
         file.sync_data().map_err(local("syncing"))?;
-        std::fs::rename(&partial, &dest).map_err(local("renaming into place"))?;
+        rename_into_place(&partial, &dest, replace)?;
         if let Some(parent) = dest.parent()
             && let Ok(d) = File::open(parent)
         {
@@ -377,6 +423,71 @@ impl Downloader {
             .save(&Transfer::Download(rec.clone()))
             .map_err(local("writing the state"))
     }
+}
+
+/// The name a download saved into a directory gets: the server's (Content-Disposition), else
+/// the URL's last segment, else `download`.
+fn name_for(url: &Url, probe: &probe::Probe) -> String {
+    let from_url = url
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .map(|n| {
+            String::from_utf8_lossy(&percent_encoding::percent_decode_str(n).collect::<Vec<u8>>())
+                .into_owned()
+        })
+        .and_then(|n| safe_name(&n));
+    probe
+        .filename
+        .clone()
+        .or(from_url)
+        .unwrap_or_else(|| "download".into())
+}
+
+/// Moves the verified partial file to `dest`, never over a file that appeared meanwhile unless
+/// `replace` (`renameat2(RENAME_NOREPLACE)`).
+fn rename_into_place(partial: &Path, dest: &Path, replace: bool) -> Result<(), ClientError> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let flags = if replace {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::NOREPLACE
+    };
+    match renameat_with(CWD, partial, CWD, dest, flags) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(ClientError::new(
+            ErrorKind::Usage,
+            format!(
+                "{} appeared during the download: not replaced; the download is kept as {} \
+                 (run again with --force to replace it)",
+                dest.display(),
+                partial.display()
+            ),
+        )),
+        Err(e) => Err(ClientError::local("renaming into place", e.into())),
+    }
+}
+
+/// How the file at `path` (`len` bytes) compares with the server's (`size` bytes, `expected`
+/// digest).
+async fn compare(
+    path: &Path,
+    len: u64,
+    size: u64,
+    expected: Option<&(ChecksumAlgorithm, Vec<u8>)>,
+) -> std::io::Result<Compared> {
+    if len != size {
+        return Ok(Compared::Different);
+    }
+    let Some((algorithm, want)) = expected else {
+        return Ok(Compared::Unknown);
+    };
+    let file = Arc::new(File::open(path)?);
+    let got = digest_file(&file, size, *algorithm).await?;
+    Ok(if got == *want {
+        Compared::Same
+    } else {
+        Compared::Different
+    })
 }
 
 async fn digest_file(
