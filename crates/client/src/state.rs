@@ -15,13 +15,18 @@ use std::path::{Path, PathBuf};
 /// reported); older ones are read if compatible.
 pub const STATE_VERSION: u32 = 1;
 
-/// Where state lives: `$XDG_STATE_HOME/ferry`, else `~/.local/state/ferry`.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("ferry");
+/// Where state lives: `$XDG_STATE_HOME/ferry`, else `~/.local/state/ferry` (the home directory
+/// from `HOME`, else the user's entry in the password database). `None` when neither gives an
+/// absolute path: state under the current directory would be lost by the next run from
+/// elsewhere.
+pub fn default_state_dir() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    // The XDG spec: a relative value is invalid and ignored.
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").and_then(absolute) {
+        return Some(x.join("ferry"));
     }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".local").join("state").join("ferry")
+    let home = std::env::home_dir().filter(|p| p.is_absolute())?;
+    Some(home.join(".local").join("state").join("ferry"))
 }
 
 /// One server-side upload that is part of a transfer.

@@ -30,4 +30,5 @@ mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repair
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
 mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
-mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto` // `ferry serve` settings: flags, environment, TOML file, data-dir lock, SIGTERM
+mod upload;
+mod values; // client settings: impossible values refused, --limit-rate 0, no relative state dir // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto` // `ferry serve` settings: flags, environment, TOML file, data-dir lock, SIGTERM

@@ -1,0 +1,343 @@
+//! `ferry upload`, `ferry download`, `ferry status`, `ferry forget`: argument handling and
+//! output; the work is in `ferry-client`.
+
+mod download;
+mod records;
+mod upload;
+
+pub use download::download;
+pub use records::{forget_cmd, status};
+pub use upload::upload;
+
+use crate::progress::Bars;
+use clap::{Args, ValueEnum};
+use ferry_client::adapter::Protocol;
+use ferry_client::chunk::ChunkBounds;
+use ferry_client::download::{Destination, DownloadOptions, Downloader, forget_download};
+use ferry_client::error::{ClientError, ErrorKind};
+use ferry_client::progress::RateLimiter;
+use ferry_client::retry::RetryPolicy;
+use ferry_client::state::{Loaded, StateDir, Transfer, default_state_dir};
+use ferry_client::upload::{
+    ChecksumChoice, Parallel, UploadOptions, Uploader, Verification, forget, http_client,
+};
+use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::size::parse_size;
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Per-request checksum setting.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ChecksumArg {
+    /// The fastest algorithm the server offers.
+    Auto,
+    /// None.
+    None,
+    /// SHA-1.
+    Sha1,
+    /// SHA-256.
+    Sha256,
+    /// SHA-512.
+    Sha512,
+    /// MD5.
+    Md5,
+    /// CRC-32 (IEEE).
+    Crc32,
+    /// CRC-64/NVME.
+    Crc64nvme,
+    /// BLAKE3.
+    Blake3,
+}
+
+/// Whole-file digest compared with the server's at the end (`--digest`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DigestArg {
+    /// CRC-64/NVME with ferry servers (catches any accident, at a tenth of BLAKE3's CPU),
+    /// SHA-256 with others.
+    Auto,
+    /// CRC-64/NVME.
+    Crc64nvme,
+    /// BLAKE3 (cryptographic; ferry servers compute it on request).
+    Blake3,
+    /// SHA-256 (cryptographic; what every RFC 9530 server knows).
+    Sha256,
+}
+
+/// Upload protocol (`--protocol`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProtocolArg {
+    /// tus if the server's OPTIONS shows tus, else the IETF draft if it shows that.
+    Auto,
+    /// tus 1.0 (parallel streams, per-request checksums).
+    Tus,
+    /// The IETF Resumable Uploads draft (interop version 8; one stream).
+    Ietf,
+    /// Content-Range chunk sessions at a `{base}/chunks/` URL (parallel streams too).
+    Chunks,
+}
+
+/// Settings shared by transfer commands.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Where resume state lives. [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry]
+    #[arg(long, env = "FERRY_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print one JSON object per file on stdout instead of the URL.
+    #[arg(long)]
+    json: bool,
+    /// Log filter for stderr (tracing syntax). [default: warn]
+    #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
+    log: Option<String>,
+}
+
+/// Retry, timeout and bandwidth settings shared by uploads and downloads.
+#[derive(Args, Debug)]
+pub struct NetworkArgs {
+    /// Consecutive failed attempts without progress before giving up.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    retries: u32,
+    /// Time without progress before giving up.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    retry_time: String,
+    /// A request with no progress for this long is abandoned and retried.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    stall_timeout: String,
+    /// Time allowed to connect.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    connect_timeout: String,
+    /// Bandwidth cap, e.g. 10M (bytes per second).
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
+}
+
+/// Resolved [`NetworkArgs`].
+struct Network {
+    retry: RetryPolicy,
+    stall_timeout: Duration,
+    connect_timeout: Duration,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+impl NetworkArgs {
+    fn resolve(&self) -> Result<Network, ClientError> {
+        Ok(Network {
+            retry: RetryPolicy {
+                max_retries: self.retries,
+                max_time: duration("--retry-time", &self.retry_time)?,
+                ..RetryPolicy::default()
+            },
+            stall_timeout: positive("--stall-timeout", &self.stall_timeout)?,
+            connect_timeout: positive("--connect-timeout", &self.connect_timeout)?,
+            // 0 is no cap, as with curl.
+            limiter: match &self.limit_rate {
+                Some(r) => match size("--limit-rate", r)? {
+                    0 => None,
+                    rate => Some(Arc::new(RateLimiter::new(rate))),
+                },
+                None => None,
+            },
+        })
+    }
+}
+
+/// `ferry upload`.
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// Files to upload, then the endpoint URL (tus or IETF draft, e.g.
+    /// http://127.0.0.1:1080/files/; chunk sessions: .../chunks/ with --protocol chunks).
+    #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
+    args: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// First request size (adapts between --min-chunk and --max-chunk).
+    #[arg(long, default_value = "8M", value_name = "SIZE")]
+    chunk_size: String,
+    /// Smallest request size.
+    #[arg(long, default_value = "64K", value_name = "SIZE")]
+    min_chunk: String,
+    /// Largest request size.
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    max_chunk: String,
+    /// Upload protocol: auto picks tus when the server speaks it, else the IETF draft.
+    #[arg(long, value_enum, default_value = "auto")]
+    protocol: ProtocolArg,
+    /// Per-request checksum (tus Upload-Checksum; with the IETF draft, Content-Digest, sent
+    /// only for sha256 or sha512).
+    #[arg(long, value_enum, default_value = "auto")]
+    checksum: ChecksumArg,
+    /// Skip comparing the server's Repr-Digest with the file's digest.
+    #[arg(long)]
+    no_verify: bool,
+    /// Whole-file digest to compare with the server's Repr-Digest at the end.
+    #[arg(long, value_enum, default_value = "auto")]
+    digest: DigestArg,
+    #[command(flatten)]
+    net: NetworkArgs,
+    /// Extra metadata, KEY=VALUE (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    metadata: Vec<String>,
+    /// Streams per file: a number, or "auto" to choose by measurement. Several streams need
+    /// a server with the concatenation extension, or chunk sessions (--protocol chunks).
+    #[arg(short = 'j', long, default_value = "auto", value_name = "N|auto")]
+    parallel: String,
+    /// Most streams per file the automatic choice may use.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    max_parallel: usize,
+    /// Files uploaded at the same time (directories and several FILE arguments); of those,
+    /// at most 8 larger than 2 MiB (small files go in one request each, so many at once keep
+    /// the link busy; large ones fill it alone).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    files_at_once: usize,
+}
+
+/// `ferry download`.
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// URLs to download (any HTTP/1.1 server; ranges make it parallel and resumable).
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
+    /// Write to this file (one URL only): an existing file is kept unless it is the server's
+    /// (then "already complete") or --force; "-", a device or a FIFO is written in order (no
+    /// resume); a directory gets the file under the server's name.
+    #[arg(short = 'o', long, value_name = "FILE", conflicts_with = "dir")]
+    output: Option<PathBuf>,
+    /// Replace an existing file that differs from the server's, and write through a symbolic
+    /// link.
+    #[arg(long)]
+    force: bool,
+    /// Write into this directory, named by Content-Disposition or the URL. [default: .]
+    #[arg(short = 'd', long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Streams per file: a number, or "auto" to choose by measurement (no cap of 16).
+    #[arg(short = 'j', long, default_value = "auto", value_name = "N|auto")]
+    parallel: String,
+    /// Most streams the automatic choice may use.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_parallel: usize,
+    /// Expected digest, sha256=HEX (besides the server's Repr-Digest).
+    #[arg(long, value_name = "sha256=HEX")]
+    checksum: Option<String>,
+    #[command(flatten)]
+    net: NetworkArgs,
+}
+
+/// `ferry status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `ferry forget`.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Transfer key (from `ferry status`) or the local file's path.
+    #[arg(required = true)]
+    which: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn usage(msg: impl Into<String>) -> ClientError {
+    ClientError::new(ErrorKind::Usage, msg)
+}
+
+fn duration(name: &str, v: &str) -> Result<Duration, ClientError> {
+    crate::units::parse_duration(name, v).map_err(usage)
+}
+
+/// A duration that must be more than zero (a zero timeout would give up, or retry, at once
+/// and for ever).
+fn positive(name: &str, v: &str) -> Result<Duration, ClientError> {
+    let d = duration(name, v)?;
+    if d.is_zero() {
+        return Err(usage(format!("{name} must be more than 0")));
+    }
+    Ok(d)
+}
+
+/// A count that must be at least 1.
+fn at_least_one(name: &str, n: usize) -> Result<usize, ClientError> {
+    if n == 0 {
+        return Err(usage(format!("{name} must be at least 1")));
+    }
+    Ok(n)
+}
+
+fn size(name: &str, v: &str) -> Result<u64, ClientError> {
+    parse_size(v).map_err(|e| usage(format!("{name}: {e}")))
+}
+
+fn state_dir(common: &CommonArgs) -> Result<StateDir, ClientError> {
+    let root = match common.state_dir.clone().or_else(default_state_dir) {
+        Some(r) => r,
+        None => {
+            return Err(usage(
+                "no home directory to keep resume state in (HOME is unset or relative): set \
+                 HOME or XDG_STATE_HOME, or pass --state-dir DIR",
+            ));
+        }
+    };
+    let root = if root.is_absolute() {
+        root
+    } else {
+        std::env::current_dir()
+            .map_err(|e| ClientError::local("the current directory", e))?
+            .join(root)
+    };
+    StateDir::open(&root)
+        .map_err(|e| ClientError::local(&format!("state dir {}", root.display()), e))
+}
+
+fn init_logs(bars: &Bars, common: &CommonArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(common.log.as_deref().unwrap_or("warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(bars.clone())
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::local("starting the runtime", e))
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("ferry: {}", e.message);
+    ExitCode::from(e.kind.exit_code())
+}
+
+/// Ctrl-C: the first one stops cleanly (state stays resumable); a second one exits at once.
+fn on_ctrl_c(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+fn parse_parallel(v: &str) -> Result<Parallel, ClientError> {
+    match v.trim() {
+        "auto" => Ok(Parallel::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Parallel::Fixed(n)),
+            _ => Err(usage(format!(
+                "-j/--parallel {n:?}: expected a number ≥ 1 or auto"
+            ))),
+        },
+    }
+}
