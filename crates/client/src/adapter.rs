@@ -222,7 +222,7 @@ impl Adapter {
                     c.endpoint,
                     len,
                     c.metadata,
-                    Some((c.data.into(), len)),
+                    Some((crate::progress::paced_body(c.data, c.limiter), len)),
                     digest.as_deref(),
                     c.want_digest,
                 )

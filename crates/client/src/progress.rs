@@ -1,6 +1,6 @@
 //! Progress reporting and rate limiting, shared by every stream of a transfer.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Receives progress; the CLI draws bars with it, a library user may log or ignore it.
@@ -84,6 +84,24 @@ impl RateLimiter {
             tokio::time::sleep(d).await;
         }
     }
+}
+
+/// `data` as a request body, paced by `limiter` a block at a time (a body built from bytes in
+/// memory would otherwise leave at once, whatever the limit).
+pub fn paced_body(data: bytes::Bytes, limiter: Option<Arc<RateLimiter>>) -> reqwest::Body {
+    const BLOCK: usize = 64 << 10;
+    let Some(limiter) = limiter else {
+        return data.into();
+    };
+    let blocks = futures_util::stream::unfold((data, limiter), |(mut rest, limiter)| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        let block = rest.split_to(rest.len().min(BLOCK));
+        limiter.acquire(block.len() as u64).await;
+        Some((Ok::<_, std::io::Error>(block), (rest, limiter)))
+    });
+    reqwest::Body::wrap_stream(blocks)
 }
 
 #[cfg(test)]

@@ -175,6 +175,8 @@ pub struct CreateWithBody<'a> {
     pub metadata: &'a Metadata,
     /// The whole file.
     pub data: bytes::Bytes,
+    /// The run's rate limit, which paces the body.
+    pub limiter: Option<std::sync::Arc<crate::progress::RateLimiter>>,
     /// The body's checksum, if any.
     pub checksum: Option<&'a Checksum>,
     /// `Want-Repr-Digest`.
@@ -191,6 +193,7 @@ pub async fn create_with_body(
         endpoint,
         metadata,
         data,
+        limiter,
         checksum,
         want_digest,
     } = c;
@@ -201,7 +204,7 @@ pub async fn create_with_body(
         .header(tus::UPLOAD_LENGTH, len)
         .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
         .header(reqwest::header::CONTENT_LENGTH, len)
-        .body(data);
+        .body(crate::progress::paced_body(data, limiter));
     if !metadata.is_empty() {
         req = req.header(tus::UPLOAD_METADATA, metadata.format());
     }

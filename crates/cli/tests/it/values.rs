@@ -94,3 +94,112 @@ fn without_a_home_the_state_is_never_under_the_current_directory() {
     let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "created {left:?}");
 }
+
+/// Bytes sent, over the time they took, must stay under the cap plus the burst a token bucket
+/// allows (a tenth of a second's worth) for the whole run, whatever the files and streams.
+fn assert_capped(bytes: u64, rate: u64, took: Duration, what: &str) {
+    let least = Duration::from_secs_f64((bytes as f64 - rate as f64 / 10.0) / rate as f64);
+    assert!(
+        took >= least,
+        "{what}: {bytes} bytes at {rate} B/s took {took:?} (at least {least:?})"
+    );
+}
+
+#[test]
+fn limit_rate_is_one_budget_for_the_whole_run() {
+    let server = Server::start(&[]);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    // Small files go in their creation request, one request each: that path ignored the
+    // limit, as five 2 MiB files at 1M finished in 0.15 s.
+    for i in 0..5 {
+        random_file(&dir, &format!("f{i}"), 256 << 10, i);
+    }
+    let rate = 512u64 << 10;
+    let r = run_ferry(
+        &[
+            "upload",
+            "--limit-rate",
+            "512K",
+            "--files-at-once",
+            "5",
+            dir.to_str().unwrap(),
+            &server.files_url,
+        ],
+        &t.path().join("state"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_capped(5 * (256 << 10), rate, r.elapsed, "5 small files");
+
+    // Two larger files, four streams each.
+    let (a, _) = random_file(t.path(), "big1", 3 << 20, 9);
+    let (b, _) = random_file(t.path(), "big2", 3 << 20, 10);
+    let r = run_ferry(
+        &[
+            "upload",
+            "--limit-rate",
+            "2M",
+            "-j",
+            "4",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            &server.files_url,
+        ],
+        &t.path().join("state"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_capped(6 << 20, 2 << 20, r.elapsed, "2 files, 4 streams each");
+
+    // Downloading them back, four streams each.
+    let out_dir = t.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut args = vec![
+        "--limit-rate",
+        "2M",
+        "-j",
+        "4",
+        "-d",
+        out_dir.to_str().unwrap(),
+    ];
+    args.extend(r.stdout.lines());
+    assert_eq!(args.len(), 8, "{}", r.stdout);
+    let start = std::time::Instant::now();
+    let out = crate::support::download::ferry_download(&t.path().join("dstate"), &args);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_capped(6 << 20, 2 << 20, took, "2 downloads");
+}
+
+#[test]
+fn parallel_streams_refused_by_size_are_explained_once() {
+    let server = Server::start(&[]);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..3 {
+        random_file(&dir, &format!("f{i}"), 3 << 20, i);
+    }
+    let r = run_ferry(
+        &[
+            "upload",
+            "-j",
+            "8",
+            dir.to_str().unwrap(),
+            &server.files_url,
+        ],
+        &t.path().join("state"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        r.stderr
+            .matches("-j 8: files under 32.0 MiB go over one stream")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+}

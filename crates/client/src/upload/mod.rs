@@ -14,7 +14,8 @@ mod single;
 mod verify;
 
 use self::policy::{
-    Streams, choose_digest, choose_streams, in_creation_request, recorded_layout, want_digest_for,
+    Streams, choose_digest, choose_streams, in_creation_request, one_stream_note, recorded_layout,
+    want_digest_for,
 };
 use self::pump::Shared;
 use crate::adapter::{Adapter, Protocol};
@@ -176,6 +177,8 @@ pub struct Uploader {
     http: reqwest::Client,
     /// What each endpoint offers and its round trip, asked once per run (OPTIONS).
     caps: Arc<Mutex<std::collections::HashMap<String, (ServerCaps, Duration)>>>,
+    /// Notes said once per run (not once per file).
+    noted: Arc<Mutex<std::collections::HashSet<String>>>,
     state: StateDir,
     opts: UploadOptions,
     progress: Arc<dyn ProgressSink>,
@@ -213,6 +216,7 @@ impl Uploader {
         Self {
             http,
             caps: Arc::default(),
+            noted: Arc::default(),
             state,
             opts,
             progress,
@@ -303,11 +307,19 @@ impl Uploader {
             self.drop_record(&job, &r).await?;
         }
         let algorithm = job.adapter.request_checksum(self.opts.checksum, &caps)?;
-        if job.adapter == Adapter::Ietf && matches!(self.opts.parallel, Parallel::Fixed(n) if n > 1)
+        if let Some(note) = one_stream_note(
+            self.opts.parallel,
+            record.is_some(),
+            job.adapter,
+            job.adapter.parallel(&caps),
+            len,
+        ) && self
+            .noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(note.clone())
         {
-            self.progress.note(
-                "the IETF resumable-upload draft allows one stream per upload; using one stream",
-            );
+            self.progress.note(&note);
         }
         let streams = choose_streams(
             record.as_ref().map(recorded_layout),

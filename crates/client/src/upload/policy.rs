@@ -53,6 +53,37 @@ pub(crate) fn choose_streams(
     }
 }
 
+/// Why `-j N` (N > 1) gets one stream for a new upload, if it does: the run says so once per
+/// reason rather than silently ignoring the flag.
+pub(crate) fn one_stream_note(
+    parallel: Parallel,
+    resumed: bool,
+    adapter: Adapter,
+    can_parallel: bool,
+    len: u64,
+) -> Option<String> {
+    let n = match parallel {
+        Parallel::Fixed(n) if n > 1 && !resumed => n,
+        _ => return None,
+    };
+    if adapter == Adapter::Ietf {
+        return Some(
+            "the IETF resumable-upload draft allows one stream per upload; using one stream".into(),
+        );
+    }
+    if !can_parallel {
+        return Some(format!(
+            "-j {n}: the server does not offer tus concatenation; using one stream"
+        ));
+    }
+    (len < MIN_PARALLEL_SIZE).then(|| {
+        format!(
+            "-j {n}: files under {} go over one stream (more would only add requests)",
+            crate::progress::human_bytes(MIN_PARALLEL_SIZE)
+        )
+    })
+}
+
 /// Whether a new file goes in its creation request (one request instead of two, no resume
 /// state): a single-stream upload of 1 to [`SMALL_FILE_MAX`] bytes, where the protocol can.
 pub(crate) fn in_creation_request(
@@ -163,6 +194,33 @@ mod tests {
         assert_eq!(c(Parallel::Fixed(1), true, BIG, FAR), Single);
         assert_eq!(c(Parallel::Auto, true, BIG, FAR), Segmented(None));
         assert_eq!(c(Parallel::Auto, true, BIG, NEAR), Single);
+    }
+
+    #[test]
+    fn one_stream_is_explained_when_more_were_asked_for() {
+        let note = |parallel, resumed, adapter, can, len| {
+            one_stream_note(parallel, resumed, adapter, can, len)
+        };
+        let four = Parallel::Fixed(4);
+        assert!(
+            note(four, false, Adapter::Ietf, false, BIG)
+                .unwrap()
+                .contains("IETF")
+        );
+        assert!(
+            note(four, false, Adapter::Tus, false, BIG)
+                .unwrap()
+                .contains("concatenation")
+        );
+        assert!(
+            note(four, false, Adapter::Tus, true, BIG - 1)
+                .unwrap()
+                .contains("32.0 MiB")
+        );
+        assert_eq!(note(four, false, Adapter::Tus, true, BIG), None);
+        assert_eq!(note(four, true, Adapter::Tus, true, 1), None, "resumed");
+        assert_eq!(note(Parallel::Fixed(1), false, Adapter::Tus, true, 1), None);
+        assert_eq!(note(Parallel::Auto, false, Adapter::Tus, true, 1), None);
     }
 
     #[test]

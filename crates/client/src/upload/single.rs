@@ -126,6 +126,7 @@ impl Uploader {
                 endpoint,
                 metadata: &job.metadata,
                 data: data.clone(),
+                limiter: self.opts.limiter.clone(),
                 checksum: checksum.as_ref(),
                 want_digest: shared.want_digest,
             };
