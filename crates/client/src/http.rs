@@ -3,7 +3,31 @@
 //! time limits that differ between uploads and downloads.
 
 use crate::error::{ClientError, ErrorKind};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
+
+/// What the user sets for every request of a run.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// A request with no progress for this long is abandoned (see the client functions).
+    pub stall_timeout: Duration,
+    /// Sent with every request (`-H`), e.g. a token. Values are marked sensitive: they never
+    /// appear in debug output. reqwest drops `Authorization` and `Cookie` on a redirect to
+    /// another host; other names follow redirects, as with curl.
+    pub headers: HeaderMap,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            headers: HeaderMap::new(),
+        }
+    }
+}
 
 /// The HTTP client for uploads: `stall_timeout` is the limit on the small requests (OPTIONS,
 /// HEAD, POST, DELETE: no body, a short answer). Requests with a body lift that limit
@@ -11,11 +35,8 @@ use std::time::Duration;
 /// only when no bytes move for the stall timeout. (reqwest's `read_timeout` is not used: it
 /// runs from the start of a request until the response headers, so it would cut off every
 /// PATCH whose body takes longer to send.)
-pub fn upload_client(
-    connect_timeout: Duration,
-    stall_timeout: Duration,
-) -> Result<reqwest::Client, ClientError> {
-    build_client(client_builder(connect_timeout).timeout(stall_timeout))
+pub fn upload_client(o: &HttpOptions) -> Result<reqwest::Client, ClientError> {
+    build_client(client_builder(o).timeout(o.stall_timeout))
 }
 
 /// The HTTP client for downloads.
@@ -25,11 +46,49 @@ pub fn upload_client(
 /// `--stall-timeout` (any large segment, or any segment under `--limit-rate`) would be cut and
 /// retried although data kept flowing. Stalls are detected per request from the last byte
 /// received; the read timeout, a little longer, is only a backstop.
-pub fn download_client(
-    connect_timeout: Duration,
-    stall_timeout: Duration,
-) -> Result<reqwest::Client, ClientError> {
-    build_client(client_builder(connect_timeout).read_timeout(stall_timeout.saturating_mul(2)))
+pub fn download_client(o: &HttpOptions) -> Result<reqwest::Client, ClientError> {
+    build_client(client_builder(o).read_timeout(o.stall_timeout.saturating_mul(2)))
+}
+
+/// Header names a user may not set: they frame the message, or carry the protocol state that
+/// ferry itself sends per request.
+const NOT_SETTABLE: [&str; 19] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "tus-resumable",
+    "content-range",
+    "content-type",
+    "content-digest",
+    "range",
+    "if-range",
+    "repr-digest",
+    "want-repr-digest",
+    "upload-draft-interop-version",
+];
+
+/// A header as given on the command line (`Name: value`), checked: a token for a name, no
+/// control characters in the value, and nothing ferry must set itself.
+pub fn parse_header(line: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let Some((name, value)) = line.split_once(':') else {
+        return Err(format!("{line:?} is not \"Name: value\""));
+    };
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("{:?} is not a header name", name.trim()))?;
+    if NOT_SETTABLE.contains(&name.as_str()) || name.as_str().starts_with("upload-") {
+        return Err(format!("{name} is set by ferry itself"));
+    }
+    let mut value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of {name} has characters a header cannot carry"))?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 /// Overrides the client's per-request time limit for requests with a body (about 136 years,
@@ -38,14 +97,15 @@ pub fn download_client(
 pub(crate) const PATCH_TIME_LIMIT: Duration = Duration::from_secs(u32::MAX as u64);
 
 /// What every ferry HTTP client has.
-fn client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
+fn client_builder(o: &HttpOptions) -> reqwest::ClientBuilder {
     // The TLS stack needs a process-wide crypto provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .http1_only()
-        .connect_timeout(connect_timeout)
+        .connect_timeout(o.connect_timeout)
         .tcp_nodelay(true)
         .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .default_headers(o.headers.clone())
 }
 
 /// Builds a client, mapping failure to a local error.
@@ -53,4 +113,32 @@ fn build_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Clie
     builder
         .build()
         .map_err(|e| ClientError::new(ErrorKind::Local, format!("cannot build HTTP client: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lines() {
+        let (n, v) = parse_header("Authorization:  Bearer abc ").unwrap();
+        assert_eq!(n.as_str(), "authorization");
+        assert_eq!(v.to_str().unwrap(), "Bearer abc");
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("abc"));
+        let (_, v) = parse_header("X-Empty:").unwrap();
+        assert!(v.is_empty());
+        for bad in ["NoColon", ": value", "Bad Name: v", "X: a\u{7}b"] {
+            assert!(parse_header(bad).is_err(), "{bad}");
+        }
+        for ours in [
+            "Host: h",
+            "content-length: 1",
+            "Upload-Offset: 0",
+            "Tus-Resumable: 1",
+        ] {
+            let e = parse_header(ours).unwrap_err();
+            assert!(e.contains("set by ferry itself"), "{ours}: {e}");
+        }
+    }
 }

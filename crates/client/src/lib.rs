@@ -16,7 +16,7 @@
 //! # async fn demo() -> Result<(), ferry_client::error::ClientError> {
 //! use ferry_client::{progress::NoProgress, state::StateDir, upload::*};
 //! use std::{sync::Arc, time::Duration};
-//! let http = http_client(Duration::from_secs(10), Duration::from_secs(30))?;
+//! let http = http_client(&ferry_client::http::HttpOptions::default())?;
 //! let state = StateDir::open(&ferry_client::state::default_state_dir().unwrap()).unwrap();
 //! let up = Uploader::new(http, state, UploadOptions::default(), Arc::new(NoProgress), Default::default());
 //! let endpoint = "http://127.0.0.1:1080/files/".parse().unwrap();

@@ -65,7 +65,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
         // Downloads have their own client: no whole-request deadline (see its doc).
-        let http = ferry_client::download::http_client(net.connect_timeout, net.stall_timeout)?;
+        let http = ferry_client::download::http_client(&net.http)?;
         let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
         let mut worst: Option<ClientError> = None;
         for url in &urls {

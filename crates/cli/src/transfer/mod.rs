@@ -15,6 +15,7 @@ use ferry_client::adapter::Protocol;
 use ferry_client::chunk::ChunkBounds;
 use ferry_client::download::{Destination, DownloadOptions, Downloader, forget_download};
 use ferry_client::error::{ClientError, ErrorKind};
+use ferry_client::http::HttpOptions;
 use ferry_client::progress::RateLimiter;
 use ferry_client::retry::RetryPolicy;
 use ferry_client::state::{Loaded, StateDir, Transfer, default_state_dir};
@@ -109,29 +110,68 @@ pub struct NetworkArgs {
     /// Time allowed to connect.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     connect_timeout: String,
-    /// Bandwidth cap, e.g. 10M (bytes per second).
+    /// Bandwidth cap for the whole run, e.g. 10M (bytes per second; 0: none).
     #[arg(long, value_name = "RATE")]
     limit_rate: Option<String>,
+    #[command(flatten)]
+    headers: HeaderArgs,
+}
+
+/// `-H`, shared by every command that talks to a server.
+#[derive(Args, Debug, Clone)]
+pub struct HeaderArgs {
+    /// A header for every request, e.g. 'Authorization: Bearer …' (repeatable). Never saved
+    /// in the resume state or logged.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = header_arg)]
+    headers: Vec<Header>,
+}
+
+impl HeaderArgs {
+    fn map(&self) -> reqwest::header::HeaderMap {
+        self.headers
+            .iter()
+            .map(|Header(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// One `-H` value; its Debug output names the header, never the value.
+#[derive(Clone)]
+struct Header(reqwest::header::HeaderName, reqwest::header::HeaderValue);
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: <hidden>", self.0)
+    }
+}
+
+fn header_arg(v: &str) -> Result<Header, String> {
+    ferry_client::http::parse_header(v).map(|(n, v)| Header(n, v))
 }
 
 /// Resolved [`NetworkArgs`].
 struct Network {
     retry: RetryPolicy,
     stall_timeout: Duration,
-    connect_timeout: Duration,
+    http: HttpOptions,
     limiter: Option<Arc<RateLimiter>>,
 }
 
 impl NetworkArgs {
     fn resolve(&self) -> Result<Network, ClientError> {
+        let stall_timeout = positive("--stall-timeout", &self.stall_timeout)?;
         Ok(Network {
             retry: RetryPolicy {
                 max_retries: self.retries,
                 max_time: duration("--retry-time", &self.retry_time)?,
                 ..RetryPolicy::default()
             },
-            stall_timeout: positive("--stall-timeout", &self.stall_timeout)?,
-            connect_timeout: positive("--connect-timeout", &self.connect_timeout)?,
+            stall_timeout,
+            http: HttpOptions {
+                connect_timeout: positive("--connect-timeout", &self.connect_timeout)?,
+                stall_timeout,
+                headers: self.headers.map(),
+            },
             // 0 is no cap, as with curl.
             limiter: match &self.limit_rate {
                 Some(r) => match size("--limit-rate", r)? {
@@ -240,6 +280,8 @@ pub struct ForgetArgs {
     /// Transfer key (from `ferry status`) or the local file's path.
     #[arg(required = true)]
     which: Vec<String>,
+    #[command(flatten)]
+    headers: HeaderArgs,
     #[command(flatten)]
     common: CommonArgs,
 }

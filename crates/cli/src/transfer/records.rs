@@ -106,7 +106,10 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
             forget_download(&state, &key).map(|()| Vec::new())
         } else {
             rt.block_on(async {
-                let http = http_client(Duration::from_secs(10), Duration::from_secs(30))?;
+                let http = http_client(&HttpOptions {
+                    headers: args.headers.map(),
+                    ..HttpOptions::default()
+                })?;
                 forget(&http, &state, &key).await
             })
         };

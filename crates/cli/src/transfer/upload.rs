@@ -88,7 +88,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
     let code = rt.block_on(async move {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
-        let http = http_client(net.connect_timeout, net.stall_timeout)?;
+        let http = http_client(&net.http)?;
         let total: u64 = files.iter().map(|f| f.size).sum();
         // One file: its own bar. Several: one bar for the total.
         let overall = (files.len() > 1).then(|| bars.total(total, files.len()));

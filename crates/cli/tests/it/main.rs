@@ -14,21 +14,22 @@ mod download; // ranged GETs from `ferry serve`, third-party download clients, `
 mod download_resume; // `ferry download` across SIGKILL, cut connections and files that change
 mod edge; // the edges as a process: the host check on a loopback listener, ids in logs
 mod expiry; // tus expiration: Upload-Expires, pushed forward by PATCHes, swept on SIGUSR1
-mod hostile;
+mod hostile; // hostile input on every route family: right 4xx, no panic, stored data untouched
 mod outputs; // `ferry download -o`: streams, directories, links, existing files, no clobbering
 mod resume; // cut-off bodies, takeover of a busy upload, a server SIGKILLed mid-upload
 mod routes; // OPTIONS, protocol versions, method override, /healthz, base path, public URL, Host
-mod terminate; // tus DELETE and the IETF draft's cancellation // hostile input on every route family: right 4xx, no panic, stored data untouched
+mod terminate; // tus DELETE and the IETF draft's cancellation
 
 // Clients and the server as a process:
-mod config;
+mod config; // `ferry serve` settings: flags, environment, TOML file, data-dir lock, SIGTERM
 mod crash; // simulated power loss through scripts/crash_driver.py
 mod diskfull; // a full disk: 507 with the committed offset, completion once space is freed
 mod durability; // kill -9, fsync order under strace, half-open takeover, graceful shutdown
 mod faults; // network faults through the fault-injecting proxy, upload and download
 mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repaired, cleaned at start
+mod headers; // -H on every request of upload, download and forget; never saved or logged
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
 mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
-mod upload;
-mod values; // client settings: impossible values refused, --limit-rate 0, no relative state dir // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto` // `ferry serve` settings: flags, environment, TOML file, data-dir lock, SIGTERM
+mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto`
+mod values; // client settings: impossible values refused, one --limit-rate budget, -j notes

@@ -32,6 +32,7 @@ use ferry_proto::Metadata;
 use ferry_proto::checksum::ChecksumAlgorithm;
 use reqwest::Url;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -179,6 +180,8 @@ pub struct Uploader {
     caps: Arc<Mutex<std::collections::HashMap<String, (ServerCaps, Duration)>>>,
     /// Notes said once per run (not once per file).
     noted: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Checksum trailers do not reach the server (see `Shared::trailers_lost`).
+    trailers_lost: Arc<AtomicBool>,
     state: StateDir,
     opts: UploadOptions,
     progress: Arc<dyn ProgressSink>,
@@ -190,6 +193,20 @@ impl std::fmt::Debug for Uploader {
         f.debug_struct("Uploader")
             .field("state", &self.state)
             .finish_non_exhaustive()
+    }
+}
+
+impl Uploader {
+    /// A note said once per run, however many files or streams meet its cause.
+    fn note_once(&self, note: &str) {
+        if self
+            .noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(note.to_owned())
+        {
+            self.progress.note(note);
+        }
     }
 }
 
@@ -217,6 +234,7 @@ impl Uploader {
             http,
             caps: Arc::default(),
             noted: Arc::default(),
+            trailers_lost: Arc::default(),
             state,
             opts,
             progress,
@@ -313,13 +331,8 @@ impl Uploader {
             job.adapter,
             job.adapter.parallel(&caps),
             len,
-        ) && self
-            .noted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(note.clone())
-        {
-            self.progress.note(&note);
+        ) {
+            self.note_once(&note);
         }
         let streams = choose_streams(
             record.as_ref().map(recorded_layout),
@@ -344,6 +357,7 @@ impl Uploader {
             source: job.source.clone(),
             algorithm,
             trailer,
+            trailers_lost: self.trailers_lost.clone(),
             want_digest,
             sequential: sequential.clone(),
             on_position,

@@ -14,8 +14,9 @@ use crate::tus::RequestChecksum;
 use ferry_proto::Metadata;
 use ferry_proto::checksum::{Checksum, ChecksumAlgorithm};
 use reqwest::Url;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A server-side upload and the file bytes it carries: `[base, base + len)`.
 #[derive(Debug)]
@@ -44,8 +45,11 @@ pub(crate) struct Shared {
     pub(crate) identity: FileIdentity,
     pub(crate) source: FileSource,
     pub(crate) algorithm: Option<ChecksumAlgorithm>,
-    /// Send the request checksum as a trailer (the server offers checksum-trailer).
+    /// Send the request checksum as a trailer (the server offers checksum-trailer)...
     pub(crate) trailer: bool,
+    /// ...unless a refusal showed that trailers do not arrive (a proxy such as nginx drops
+    /// them): then, for the rest of the run, the checksum goes in a header.
+    pub(crate) trailers_lost: Arc<AtomicBool>,
     /// `Want-Repr-Digest` for the request that completes the file (`None`: not verifying).
     pub(crate) want_digest: Option<&'static str>,
     pub(crate) sequential: Arc<Mutex<SequentialHash>>,
@@ -54,6 +58,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn use_trailer(&self) -> bool {
+        self.trailer && !self.trailers_lost.load(Ordering::Relaxed)
+    }
+
     /// Fails with [`ErrorKind::FileChanged`] if the open file's size or mtime moved.
     pub(crate) fn ensure_unchanged(&self) -> Result<(), ClientError> {
         if self.identity.matches_file(self.source.file()) {
@@ -265,8 +273,9 @@ impl Uploader {
         while offset < len {
             let size = controller.next_size().min(len - offset);
             let (start, end) = (target.base + offset, target.base + offset + size);
+            let use_trailer = shared.use_trailer();
             let checksum = match shared.algorithm {
-                Some(_) if shared.trailer => None,
+                Some(_) if use_trailer => None,
                 Some(a) => Some(Checksum {
                     algorithm: a,
                     digest: shared.source.checksum(start, end, a).await.map_err(|e| {
@@ -283,7 +292,7 @@ impl Uploader {
                 on_position: shared.on_position.clone(),
                 limiter: self.opts.limiter.clone(),
             };
-            let trailer = shared.algorithm.filter(|_| shared.trailer);
+            let trailer = shared.algorithm.filter(|_| use_trailer);
             let body = reqwest::Body::wrap(shared.source.body(start, end, hooks, trailer));
             let request_checksum = match (&checksum, trailer) {
                 (Some(c), _) => RequestChecksum::Header(c),
@@ -318,7 +327,22 @@ impl Uploader {
                 ))),
                 () = self.cancel.cancelled() => Err(AttemptError::Fatal(interrupted())),
             };
-            let sent = sent?;
+            let sent = match sent {
+                // Sent again once with the checksum in a header: if trailers were not the
+                // cause, the same refusal comes back and ends the upload.
+                Err(AttemptError::Fatal(e)) if trailer.is_some() => {
+                    shared.trailers_lost.store(true, Ordering::Relaxed);
+                    self.note_once(
+                        "the server did not receive a checksum trailer (a proxy may drop \
+                         trailers); sending checksums in a header",
+                    );
+                    return Err(AttemptError::Retry {
+                        why: e.message,
+                        retry_after: Some(Duration::ZERO),
+                    });
+                }
+                other => other?,
+            };
             let new = sent.offset;
             digests = sent.digests;
             if new <= offset {

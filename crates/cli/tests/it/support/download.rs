@@ -277,6 +277,17 @@ impl Nginx {
         ))
     }
 
+    /// [`Nginx::proxy_to`] behind a gate, as deployments authenticate tus: 401 unless the
+    /// request carries `header: value`.
+    pub fn gate(upstream: SocketAddr, header: &str, value: &str) -> Nginx {
+        let var = header.to_ascii_lowercase().replace('-', "_");
+        Self::serving(&format!(
+            "location / {{ if ($http_{var} != \"{value}\") {{ return 401; }} \
+             proxy_pass http://{upstream}; proxy_http_version 1.1; \
+             proxy_request_buffering off; proxy_buffering off; client_max_body_size 0; }}"
+        ))
+    }
+
     /// With `directives` in its one `server` block.
     fn serving(directives: &str) -> Nginx {
         let bin = require("nginx");

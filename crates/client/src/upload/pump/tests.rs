@@ -134,7 +134,12 @@ async fn bytes_an_answer_leaves_out_are_sent_again() {
         },
         ..UploadOptions::default()
     };
-    let http = crate::http::upload_client(Duration::from_secs(5), Duration::from_secs(10)).unwrap();
+    let http = crate::http::upload_client(&crate::http::HttpOptions {
+        connect_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap();
     let up = Uploader::new(
         http,
         StateDir::open(&dir.path().join("state")).unwrap(),
