@@ -6,7 +6,9 @@
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::http::PATCH_TIME_LIMIT;
-use crate::response::{Digests, Sent, classify, digests_of, header, network, resolve};
+use crate::response::{
+    Digests, Sent, classify, creation_failed, digests_of, header, network, resolve,
+};
 use ferry_proto::Metadata;
 use ferry_proto::range::{UPLOAD_RANGES, format_content_range, parse_upload_ranges};
 use reqwest::{Response, StatusCode, Url};
@@ -83,13 +85,9 @@ pub async fn create(
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
     if resp.status() != StatusCode::CREATED {
-        return Err(match classify(resp, "creating the chunk session").await {
-            AttemptError::Gone => AttemptError::Fatal(ClientError::new(
-                ErrorKind::Refused,
-                format!("{endpoint} does not accept chunk sessions (404)"),
-            )),
-            other => other,
-        });
+        return Err(
+            creation_failed(endpoint, resp, "does not accept chunk sessions", length).await,
+        );
     }
     let location = header(&resp, "location").ok_or_else(|| {
         AttemptError::Fatal(ClientError::new(

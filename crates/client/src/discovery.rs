@@ -1,7 +1,7 @@
 //! OPTIONS discovery: what an endpoint offers, whichever protocol it speaks (tus headers, or
 //! the IETF draft's `Upload-Limit` and `Accept-Patch`).
 
-use crate::error::AttemptError;
+use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::response::{ServerCaps, classify, header, network};
 use ferry_proto::checksum::ChecksumAlgorithm;
 use ferry_proto::tus;
@@ -14,6 +14,14 @@ pub async fn options(http: &reqwest::Client, endpoint: &Url) -> Result<ServerCap
         .send()
         .await
         .map_err(|e| network("OPTIONS", e))?;
+    if matches!(resp.status().as_u16(), 405 | 501) {
+        // OPTIONS not implemented: not a tus server, or one that answers OPTIONS poorly. The
+        // creation will tell.
+        return Err(AttemptError::Fatal(ClientError::new(
+            ErrorKind::Refused,
+            format!("OPTIONS: {}", resp.status()),
+        )));
+    }
     if !resp.status().is_success() {
         return Err(classify(resp, "OPTIONS").await);
     }

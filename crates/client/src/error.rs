@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Interrupted,
     /// A local failure (reading the file, writing the state).
     Local,
+    /// The server could not be reached before anything was transferred (nothing listens, no
+    /// such host, a TLS handshake with a server that speaks plain HTTP).
+    Unreachable,
 }
 
 impl ErrorKind {
@@ -31,6 +34,7 @@ impl ErrorKind {
             ErrorKind::Exhausted => 4,
             ErrorKind::Verification => 5,
             ErrorKind::FileChanged => 6,
+            ErrorKind::Unreachable => 7,
             ErrorKind::Interrupted => 130,
         }
     }
@@ -78,6 +82,10 @@ pub enum AttemptError {
     },
     /// The upload is gone on the server (404/410).
     Gone,
+    /// The server could not be reached in a way that no wait fixes while nothing has been
+    /// transferred (a wrong port, host or scheme): fatal then; once the transfer has begun, a
+    /// server restarting looks the same, and it is retried.
+    Unreachable(String),
     /// Not worth retrying.
     Fatal(ClientError),
 }
@@ -89,6 +97,7 @@ impl AttemptError {
             AttemptError::Retry { why, .. } => why.clone(),
             AttemptError::TooLarge { size } => format!("a body of {size} bytes was too large"),
             AttemptError::Gone => "gone from the server".into(),
+            AttemptError::Unreachable(why) => why.clone(),
             AttemptError::Fatal(e) => e.message.clone(),
         }
     }

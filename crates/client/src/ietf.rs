@@ -133,7 +133,8 @@ pub async fn create(
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    let (url, resp) = created_url(endpoint, resp, "does not accept IETF draft uploads").await?;
+    let (url, resp) =
+        created_url(endpoint, resp, "does not accept IETF draft uploads", length).await?;
     let offset = state_of(&resp, "POST")?.offset;
     Ok((
         url,

@@ -71,17 +71,18 @@ pub(crate) fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The first line of an error body, bounded, for messages.
+/// The status and the first line of an error body, bounded, for messages. An HTML page (a web
+/// server's error page, a proxy's) says nothing a person can use in one line: only the status.
 async fn reason(resp: Response) -> String {
     let status = resp.status();
+    let html = header(&resp, "content-type").is_some_and(|t| t.contains("html"));
     let text = resp.text().await.unwrap_or_default();
     let line = text.lines().next().unwrap_or("").trim();
-    let line: String = line.chars().take(200).collect();
-    if line.is_empty() {
-        status.to_string()
-    } else {
-        format!("{status}: {line}")
+    if html || line.starts_with('<') || line.is_empty() {
+        return status.to_string();
     }
+    let line: String = line.chars().take(200).collect();
+    format!("{status}: {line}")
 }
 
 /// Classifies a non-success answer: retry (5xx, 408, 409, 423, 429, 460), resize (413), gone
@@ -102,15 +103,123 @@ pub async fn classify(resp: Response, what: &str) -> AttemptError {
     }
 }
 
-/// Network-level failures are always worth retrying.
-pub fn network(what: &str, e: reqwest::Error) -> AttemptError {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg = format!("{msg}: {s}");
-        src = s.source();
+/// How a request failed below HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NetFailure {
+    /// Connection refused: nothing listens there.
+    Refused,
+    /// The name does not resolve.
+    NoSuchHost,
+    /// The TLS handshake failed (often: https:// to a plain HTTP server).
+    Tls,
+    /// No connection within the connect timeout.
+    ConnectTimeout,
+    /// Anything else (a cut connection, a reset, a timeout while sending).
+    Other,
+}
+
+/// What kind of failure `e` is, from its chain of causes, and the innermost cause's text
+/// (the one line worth showing; the outer ones repeat the URL and the layers).
+fn net_failure(e: &reqwest::Error) -> (NetFailure, String) {
+    let mut kind = if e.is_connect() && e.is_timeout() {
+        NetFailure::ConnectTimeout
+    } else {
+        NetFailure::Other
+    };
+    let mut innermost = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(s) = next {
+        innermost = s.to_string();
+        if innermost.starts_with("dns error") {
+            kind = NetFailure::NoSuchHost;
+        }
+        if s.is::<rustls::Error>() {
+            kind = NetFailure::Tls;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                kind = NetFailure::Refused;
+            }
+            // An io::Error's source() skips the error it wraps: step into it.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = s.source();
     }
-    AttemptError::retry(format!("{what}: {msg}"))
+    (kind, innermost)
+}
+
+/// One line for a failure below HTTP, and whether it is [`AttemptError::Unreachable`] (final
+/// before the transfer has begun) or retried.
+pub(crate) fn describe_net_failure(
+    what: &str,
+    url: Option<&Url>,
+    kind: NetFailure,
+    innermost: &str,
+) -> AttemptError {
+    let host = url.and_then(Url::host_str).unwrap_or("the server");
+    let at = match url.and_then(Url::port_or_known_default) {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    match kind {
+        NetFailure::Refused => AttemptError::Unreachable(format!("nothing listens on {at}")),
+        NetFailure::NoSuchHost => AttemptError::Unreachable(format!("no such host: {host}")),
+        NetFailure::Tls if url.is_some_and(|u| u.scheme() == "https") => {
+            AttemptError::Unreachable(format!(
+                "the TLS handshake with {at} failed ({innermost}); if it serves plain HTTP, \
+                 use an http:// URL"
+            ))
+        }
+        NetFailure::Tls => {
+            AttemptError::Unreachable(format!("the TLS handshake with {at} failed: {innermost}"))
+        }
+        NetFailure::ConnectTimeout => AttemptError::retry(format!(
+            "{what}: no connection to {at} within the connect timeout"
+        )),
+        NetFailure::Other => AttemptError::retry(format!("{what} to {at}: {innermost}")),
+    }
+}
+
+/// A request that failed below HTTP: unreachable (see [`AttemptError::Unreachable`]) or worth
+/// retrying.
+pub fn network(what: &str, e: reqwest::Error) -> AttemptError {
+    let (kind, innermost) = net_failure(&e);
+    describe_net_failure(what, e.url(), kind, &innermost)
+}
+
+/// Why a creation (POST) answered by `status` cannot succeed by trying again, if it cannot:
+/// the URL is not an upload endpoint, or the upload does not fit.
+pub(crate) fn creation_refusal(
+    status: u16,
+    endpoint: &Url,
+    not_here: &str,
+    length: u64,
+) -> Option<ClientError> {
+    let hint = if endpoint.path() == "/" {
+        format!(
+            "; ferry serves uploads at /files/ (try {})",
+            endpoint
+                .join("/files/")
+                .map_or_else(|_| "/files/".into(), String::from)
+        )
+    } else {
+        "; is the URL right (…/files/)?".to_owned()
+    };
+    let message = match status {
+        404 => format!("{endpoint} answered 404: it {not_here}{hint}"),
+        405 | 501 => {
+            format!("{endpoint} answered {status}: it speaks neither tus nor the IETF draft{hint}")
+        }
+        507 => format!(
+            "the server has no room for {}",
+            crate::progress::human_bytes(length)
+        ),
+        _ => return None,
+    };
+    Some(ClientError::new(ErrorKind::Refused, message))
 }
 
 /// Resolves a `Location` against the request URL (relative locations are allowed).
@@ -123,21 +232,30 @@ pub fn resolve(base: &Url, location: &str) -> Result<Url, AttemptError> {
     })
 }
 
+/// A creation (POST) that did not create: final where [`creation_refusal`] says so, else
+/// classified as any answer.
+pub(crate) async fn creation_failed(
+    endpoint: &Url,
+    resp: Response,
+    not_here: &str,
+    length: u64,
+) -> AttemptError {
+    match creation_refusal(resp.status().as_u16(), endpoint, not_here, length) {
+        Some(e) => AttemptError::Fatal(e),
+        None => classify(resp, "creating the upload").await,
+    }
+}
+
 /// The URL of the upload a POST created (201 with `Location`), or why not; `not_here` ends the
 /// message for a 404 ("is not a tus endpoint").
 pub(crate) async fn created_url(
     endpoint: &Url,
     resp: Response,
     not_here: &str,
+    length: u64,
 ) -> Result<(Url, Response), AttemptError> {
     if resp.status() != StatusCode::CREATED {
-        return Err(match classify(resp, "creating the upload").await {
-            AttemptError::Gone => AttemptError::Fatal(ClientError::new(
-                ErrorKind::Refused,
-                format!("{endpoint} {not_here} (404)"),
-            )),
-            other => other,
-        });
+        return Err(creation_failed(endpoint, resp, not_here, length).await);
     }
     let location = header(&resp, "location").ok_or_else(|| {
         AttemptError::Fatal(ClientError::new(

@@ -39,6 +39,7 @@ pub struct RetryState {
     failures: u32,
     since: Instant,
     rng: u64,
+    begun: bool,
 }
 
 impl RetryState {
@@ -56,6 +57,7 @@ impl RetryState {
             failures: 0,
             since: now,
             rng: seed | 1,
+            begun: false,
         }
     }
 
@@ -63,6 +65,18 @@ impl RetryState {
     pub fn progress(&mut self, now: Instant) {
         self.failures = 0;
         self.since = now;
+        self.begun = true;
+    }
+
+    /// The transfer has begun: the server answered, or an earlier run left a record. From
+    /// here on, an unreachable server is one restarting, and is waited for.
+    pub fn begin(&mut self) {
+        self.begun = true;
+    }
+
+    /// Whether [`RetryState::begin`] (or progress) happened.
+    pub fn has_begun(&self) -> bool {
+        self.begun
     }
 
     /// Consecutive failures without progress.
@@ -115,6 +129,10 @@ pub async fn wait_or_give_up(
     let (why, retry_after) = match err {
         AttemptError::Retry { why, retry_after } => (why, retry_after),
         AttemptError::Fatal(e) => return Err(e),
+        AttemptError::Unreachable(why) if !retry.has_begun() => {
+            return Err(ClientError::new(ErrorKind::Unreachable, why));
+        }
+        AttemptError::Unreachable(why) => (why, None),
         AttemptError::Gone => {
             return Err(ClientError::new(
                 ErrorKind::Refused,
@@ -159,6 +177,30 @@ mod tests {
             max_retries: 5,
             max_time: Duration::from_secs(60),
         }
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_final_only_before_the_transfer_begins() {
+        use crate::error::{AttemptError, ErrorKind};
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let progress = crate::progress::NoProgress;
+        let unreachable = || AttemptError::Unreachable("nothing listens on h:1".into());
+        let mut r = RetryState::with_seed(policy(), Instant::now(), 7);
+        let e = wait_or_give_up(&mut r, unreachable(), &progress, &cancel)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unreachable);
+        assert_eq!(e.message, "nothing listens on h:1");
+        r.begin();
+        assert!(
+            wait_or_give_up(&mut r, unreachable(), &progress, &cancel)
+                .await
+                .is_ok(),
+            "retried once begun"
+        );
+        let mut r = RetryState::with_seed(policy(), Instant::now(), 7);
+        r.progress(Instant::now());
+        assert!(r.has_begun(), "progress means begun");
     }
 
     #[test]

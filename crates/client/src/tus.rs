@@ -45,7 +45,7 @@ pub async fn create(
         req = req.header(tus::UPLOAD_CONCAT, c);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    Ok(created_url(endpoint, resp, TUS_404).await?.0)
+    Ok(created_url(endpoint, resp, TUS_404, length).await?.0)
 }
 
 const TUS_404: &str = "is not a tus endpoint";
@@ -215,7 +215,7 @@ pub async fn create_with_body(
         req = req.header("want-repr-digest", w);
     }
     let resp = req.send().await.map_err(|e| network("POST", e))?;
-    let (url, resp) = created_url(endpoint, resp, TUS_404).await?;
+    let (url, resp) = created_url(endpoint, resp, TUS_404, len).await?;
     // A server without creation-with-upload semantics may ignore the body: no offset means
     // nothing was taken.
     let done = if header(&resp, tus::UPLOAD_OFFSET).is_some() {

@@ -231,6 +231,26 @@ fn a_declared_length_that_cannot_fit_is_refused_at_creation() {
     assert_eq!(status_of(&ietf), 507, "{ietf}");
     assert!(header_of(&ietf, "location").is_none());
 
+    // ferry upload ends at once, in human units, without the server's free bytes.
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let r = crate::support::run_ferry(
+        &["upload", big.to_str().unwrap(), &server.files_url],
+        &t.path().join("state"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the server has no room for 100.0 MiB"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+
     // Nothing was created by the refusals.
     let entries = std::fs::read_dir(fs.path().join("data/uploads"))
         .unwrap()

@@ -25,6 +25,7 @@ mod config; // `ferry serve` settings: flags, environment, TOML file, data-dir l
 mod crash; // simulated power loss through scripts/crash_driver.py
 mod diskfull; // a full disk: 507 with the committed offset, completion once space is freed
 mod durability; // kill -9, fsync order under strace, half-open takeover, graceful shutdown
+mod fail_fast; // unreachable or not tus before anything was sent: at once; once begun: waited for
 mod faults; // network faults through the fault-injecting proxy, upload and download
 mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repaired, cleaned at start
 mod headers; // -H on every request of upload, download and forget; never saved or logged

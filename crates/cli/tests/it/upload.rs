@@ -186,23 +186,6 @@ fn refused_by_the_server_exits_3() {
 }
 
 #[test]
-fn unreachable_server_exhausts_retries_with_exit_4() {
-    let env = Env::new();
-    let (f, _) = env.file("f", 1000, 5);
-    let url = format!("http://127.0.0.1:{}/files/", free_port());
-    let done = env
-        .upload(&[&f], &url, &["--retries", "2", "--retry-time", "3s"])
-        .wait(RUN_LIMIT)
-        .code(4);
-    assert!(
-        done.stderr.contains("run the same command again to resume"),
-        "{}",
-        done.stderr
-    );
-    assert!(done.elapsed < Duration::from_secs(20), "{done:#?}");
-}
-
-#[test]
 fn server_killed_exhausts_then_a_rerun_resumes() {
     let mut server = Server::start(&[]);
     let proxy = Proxy::start(

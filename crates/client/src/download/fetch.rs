@@ -288,6 +288,7 @@ impl Downloader {
     ) -> Result<(), ClientError> {
         let plan = f.plan;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        retry.begin();
         loop {
             let before = slot.pos.load(Ordering::Acquire);
             let result = self.stream_into(f, &slot, true).await;

@@ -183,7 +183,7 @@ impl Downloader {
                     return Err(ClientError::new(
                         ErrorKind::FileChanged,
                         format!(
-                            "{url}: the file kept changing on the server while downloading \
+                            "the file kept changing on the server while downloading \
                              ({restarts} restarts); try again later"
                         ),
                     ));
@@ -208,11 +208,25 @@ impl Downloader {
             Destination::Dir(d) => Target::IntoDir(d.clone()),
         };
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        // An earlier run's record: the transfer began then, so an unreachable server is one
+        // restarting.
+        if let Target::File { path, .. } = &first
+            && let Ok(cwd) = std::env::current_dir()
+            && let abs = cwd.join(path)
+            && matches!(
+                self.state
+                    .load(&transfer_key("download", url.as_str(), &abs)),
+                Ok(Loaded::Found(_))
+            )
+        {
+            retry.begin();
+        }
         let probe = self.probe(url, &mut retry).await?;
+        retry.begin();
         let Some(size) = probe.size else {
             return Err(ClientError::new(
                 ErrorKind::Refused,
-                format!("{url}: the server does not say how large the file is"),
+                "the server does not say how large the file is",
             ));
         };
         let expected = self

@@ -61,7 +61,7 @@ impl Downloader {
                     AttemptError::Gone => {
                         return Err(ClientError::new(
                             ErrorKind::Refused,
-                            format!("{url}: not found (404)"),
+                            "not found (404)".to_owned(),
                         ));
                     }
                     e => {

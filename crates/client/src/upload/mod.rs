@@ -289,6 +289,11 @@ impl Uploader {
         let mut job = self.prepare(path, endpoint, relative).await?;
         let len = job.len;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        // An earlier run's record: the transfer began then, so an unreachable server is one
+        // restarting.
+        if matches!(self.state.load(&job.key), Ok(Loaded::Found(_))) {
+            retry.begin();
+        }
         if let Some(done) = self.finished_before(&job, &mut retry).await? {
             return Ok(UploadOutcome {
                 seconds: started.elapsed().as_secs_f64(),
@@ -297,6 +302,8 @@ impl Uploader {
         }
 
         let (caps, rtt) = self.server_caps(endpoint, &mut retry).await?;
+        // The server answered (now or earlier in this run).
+        retry.begin();
         if let Some(max) = caps.max_size
             && len > max
         {

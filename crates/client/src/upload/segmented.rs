@@ -451,6 +451,7 @@ impl Uploader {
             shared_for,
         } = *run;
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
+        retry.begin();
         let mut chunks = ChunkSizeController::new(self.opts.chunk);
         loop {
             // Streams above the target retire between segments.
