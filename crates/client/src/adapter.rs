@@ -110,17 +110,25 @@ impl Adapter {
         recorded: Option<Adapter>,
     ) -> Result<Adapter, ClientError> {
         match protocol {
+            // A chunk-session endpoint would take the POST and then refuse every PATCH.
+            Protocol::Tus | Protocol::Ietf if caps.chunks => Err(ClientError::new(
+                ErrorKind::Usage,
+                "this URL is a Content-Range chunk-session endpoint ({base}/chunks/): use \
+                 --protocol chunks or auto, or the {base}/files/ URL for tus and the IETF draft",
+            )),
             Protocol::Tus => Ok(Adapter::Tus),
             Protocol::Ietf => Ok(Adapter::Ietf),
             // A tus or IETF endpoint would take the POST as one of its own uploads.
-            Protocol::Chunks if caps.tus || caps.ietf => Err(ClientError::new(
+            Protocol::Chunks if (caps.tus || caps.ietf) && !caps.chunks => Err(ClientError::new(
                 ErrorKind::Usage,
-                "--protocol chunks needs a Content-Range chunk-session URL ({base}/chunks/); \
-                 this endpoint speaks tus or the IETF draft (use --protocol auto)",
+                "--protocol chunks needs a Content-Range chunk-session URL \
+                     ({base}/chunks/); this endpoint speaks tus or the IETF draft (use \
+                     --protocol auto)",
             )),
             Protocol::Chunks => Ok(Adapter::Chunks),
             Protocol::Auto => match recorded {
                 Some(a) => Ok(a),
+                None if caps.chunks => Ok(Adapter::Chunks),
                 None if caps.tus || !caps.answered => Ok(Adapter::Tus),
                 None if caps.ietf => Ok(Adapter::Ietf),
                 None => Err(ClientError::new(ErrorKind::Refused, NEITHER)),
@@ -409,7 +417,7 @@ mod tests {
         let e = Adapter::choose(Protocol::Chunks, &c, None).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Usage);
         assert!(e.message.contains("/chunks/"), "{e}");
-        // /chunks/ answers no OPTIONS; auto never picks chunks by itself.
+        // A server that does not announce chunk sessions: auto picks tus.
         let none = ServerCaps::default();
         assert_eq!(
             Adapter::choose(Protocol::Chunks, &none, None).unwrap(),
@@ -423,6 +431,33 @@ mod tests {
         assert_eq!(Adapter::from_name("tus"), Some(Adapter::Tus));
         assert_eq!(Adapter::from_name("chunks"), Some(Adapter::Chunks));
         assert_eq!(Adapter::from_name("gopher"), None);
+    }
+
+    #[test]
+    fn an_announced_chunk_session_endpoint_is_used_by_auto_and_refused_to_tus() {
+        // ferry's /chunks/ (its answers also carry Tus-Resumable).
+        let c = ServerCaps {
+            chunks: true,
+            ..caps(true, false)
+        };
+        assert_eq!(
+            Adapter::choose(Protocol::Auto, &c, None).unwrap(),
+            Adapter::Chunks
+        );
+        assert_eq!(
+            Adapter::choose(Protocol::Chunks, &c, None).unwrap(),
+            Adapter::Chunks
+        );
+        for p in [Protocol::Tus, Protocol::Ietf] {
+            let e = Adapter::choose(p, &c, None).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Usage);
+            assert!(e.message.contains("--protocol chunks"), "{e}");
+        }
+        // A record keeps its protocol.
+        assert_eq!(
+            Adapter::choose(Protocol::Auto, &c, Some(Adapter::Chunks)).unwrap(),
+            Adapter::Chunks
+        );
     }
 
     #[test]

@@ -53,5 +53,8 @@ pub async fn options(http: &reqwest::Client, endpoint: &Url) -> Result<ServerCap
         tus: resp.headers().contains_key(tus::TUS_VERSION_HEADER)
             || resp.headers().contains_key(tus::TUS_RESUMABLE),
         ietf: crate::ietf::speaks_draft(resp.headers()),
+        chunks: resp
+            .headers()
+            .contains_key(ferry_proto::range::CHUNK_SESSIONS_HEADER),
     })
 }

@@ -26,6 +26,8 @@ pub struct ServerCaps {
     /// The answer shows the IETF resumable-upload draft (`Accept-Patch` listing
     /// `application/partial-upload`, an `Upload-Limit`, or an interop version).
     pub ietf: bool,
+    /// The answer shows a Content-Range chunk-session endpoint (ferry's `/chunks/`).
+    pub chunks: bool,
 }
 
 impl ServerCaps {

@@ -4,6 +4,11 @@
 use crate::error::{ProtoError, echo};
 use crate::http::trim_ows;
 
+/// Sent by `OPTIONS {base}/chunks/`: the endpoint takes Content-Range chunk sessions (ferry's
+/// own route family, which neither tus nor the IETF draft announce), so a client told only a
+/// URL can pick the protocol before creating anything.
+pub const CHUNK_SESSIONS_HEADER: &str = "ferry-chunk-sessions";
+
 /// Most ranges served in one multipart answer; more is treated as no `Range` at all (a full
 /// 200), which RFC 9110 allows and which defeats range-amplification abuse.
 pub const MAX_RANGES: usize = 64;

@@ -23,7 +23,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, heade
 use std::sync::Arc;
 
 /// Methods allowed on the collection.
-pub const COLLECTION_METHODS: &str = "POST";
+pub const COLLECTION_METHODS: &str = "OPTIONS, POST";
 /// Methods allowed on a session.
 pub const SESSION_METHODS: &str = "GET, HEAD, PUT, POST";
 
@@ -89,6 +89,23 @@ fn too_large(needed: u64, max: u64) -> ApiError {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("{needed} bytes exceed the maximum size of {max} bytes"),
     )
+}
+
+/// `OPTIONS {base}/chunks/`: says that this is a chunk-session endpoint, and how large a
+/// session may be.
+pub fn options(state: &AppState) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(COLLECTION_METHODS));
+    h.insert(
+        ferry_proto::range::CHUNK_SESSIONS_HEADER,
+        HeaderValue::from_static("content-range"),
+    );
+    if let Some(max) = state.config.max_size {
+        h.insert(tus::TUS_MAX_SIZE, HeaderValue::from(max));
+    }
+    r
 }
 
 /// `POST {base}/chunks/`: creates a session, optionally with `Upload-Length` (else the first

@@ -385,6 +385,7 @@ async fn route(
         }
         // Content-Range chunk sessions: their own route family, announced nowhere in tus.
         "/chunks" | "/chunks/" => match method {
+            Method::OPTIONS => Ok(chunks::options(&state)),
             Method::POST => chunks::create(state, &ctx, req).await,
             _ => Err(method_not_allowed(chunks::COLLECTION_METHODS)),
         },

@@ -98,12 +98,18 @@ fn create_issues_unguessable_session_urls() {
         let r = put(server.addr, path, "bytes 0-0/10", b"x");
         assert_eq!(status_of(&r), 404, "{path}: {r}");
     }
-    // tus does not announce chunk sessions, and chunk sessions do not answer OPTIONS.
+    // tus does not announce chunk sessions; their own OPTIONS does.
     let opts = send(server.addr, "OPTIONS", "/files/", &[], b"");
     assert!(!opts.to_ascii_lowercase().contains("chunk"), "{opts}");
+    let opts = send(server.addr, "OPTIONS", "/chunks/", &[], b"");
+    assert_eq!(
+        header_of(&opts, "ferry-chunk-sessions").as_deref(),
+        Some("content-range"),
+        "{opts}"
+    );
     let r = send(server.addr, "GET", "/chunks/", &[], b"");
     assert_eq!(status_of(&r), 405, "{r}");
-    assert_eq!(header_of(&r, "allow").as_deref(), Some("POST"));
+    assert_eq!(header_of(&r, "allow").as_deref(), Some("OPTIONS, POST"));
     let r = send(server.addr, "POST", "/chunks/", &[], b"abc");
     assert_eq!(status_of(&r), 400, "a body on creation: {r}");
     let r = send(
@@ -903,6 +909,36 @@ mod client {
         assert!(done.stderr.contains("/chunks/"), "{}", done.stderr);
         assert_eq!(created_by(&server), (0, 0));
         assert_eq!(sessions_created(&server), 0);
+    }
+
+    /// A `/chunks/` URL without `--protocol`: the endpoint's OPTIONS says what it is, so auto
+    /// speaks chunk sessions (it created a session and then got 405 for every PATCH), and a
+    /// forced tus or IETF upload is refused before anything is created.
+    #[test]
+    fn a_chunks_url_is_recognised_by_auto() {
+        let server = Server::start(&[]);
+        let env = Env::new();
+        let chunks_url = format!("http://{}/chunks/", server.addr);
+        for (name, len) in [("big", 5 * MIB), ("small", 1000u64)] {
+            let (f, sha) = env.file(name, len, 77);
+            let done = env
+                .upload(&[&f], &chunks_url, &["--json"])
+                .wait(RUN_LIMIT)
+                .ok();
+            let o = one(&done);
+            assert_eq!(o["protocol"], "chunks", "{done:#?}");
+            assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
+        }
+        assert_eq!(sessions_created(&server), 2, "{}", server.log());
+        for protocol in ["tus", "ietf"] {
+            let (f, _) = env.file("f", 1000, 78);
+            let done = env
+                .upload(&[&f], &chunks_url, &["--protocol", protocol])
+                .wait(RUN_LIMIT)
+                .code(2);
+            assert!(done.stderr.contains("--protocol chunks"), "{}", done.stderr);
+        }
+        assert_eq!(sessions_created(&server), 2, "{}", server.log());
     }
 
     /// `-j 4`: four streams write ranges of one session; `FERRY_IT_BIG` bytes (default 64M).

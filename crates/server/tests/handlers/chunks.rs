@@ -83,7 +83,26 @@ async fn collection_other_methods_are_405() {
     for m in ["GET", "PUT", "DELETE"] {
         let r = s.send(req(m, "/chunks/")).await;
         assert_eq!(r.status, 405, "{m}");
-        assert_eq!(r.h("allow"), "POST");
+        assert_eq!(r.h("allow"), "OPTIONS, POST");
+    }
+}
+
+#[tokio::test]
+async fn options_is_204_announcing_chunk_sessions() {
+    let s = Srv::config(|c| c.max_size = Some(1 << 30));
+    let r = s.send(req("OPTIONS", "/chunks/")).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.h("ferry-chunk-sessions"), "content-range");
+    assert_eq!(r.h("allow"), "OPTIONS, POST");
+    assert_eq!(r.h("tus-max-size"), (1u64 << 30).to_string());
+    // Not a tus or IETF endpoint: nothing that would make a client pick those.
+    for h in [
+        "tus-version",
+        "tus-extension",
+        "accept-patch",
+        "upload-limit",
+    ] {
+        assert!(r.headers.get(h).is_none(), "{h}");
     }
 }
 
