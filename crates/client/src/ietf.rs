@@ -252,7 +252,8 @@ pub async fn delete(http: &reqwest::Client, url: &Url) -> Result<(), AttemptErro
         .await
         .map_err(|e| network("DELETE", e))?;
     match resp.status().as_u16() {
-        200..=299 | 404 | 410 => Ok(()),
+        200..=299 => Ok(()),
+        404 | 410 => Err(AttemptError::Gone),
         _ => Err(classify(resp, "DELETE").await),
     }
 }

@@ -229,7 +229,7 @@ pub async fn create_with_body(
     Ok((url, done))
 }
 
-/// DELETE (termination). Missing uploads count as deleted.
+/// DELETE (termination). An upload the server no longer has is [`AttemptError::Gone`].
 pub async fn delete(http: &reqwest::Client, url: &Url) -> Result<(), AttemptError> {
     let resp = http
         .delete(url.clone())
@@ -238,7 +238,8 @@ pub async fn delete(http: &reqwest::Client, url: &Url) -> Result<(), AttemptErro
         .await
         .map_err(|e| network("DELETE", e))?;
     match resp.status().as_u16() {
-        200..=299 | 404 | 410 => Ok(()),
+        200..=299 => Ok(()),
+        404 | 410 => Err(AttemptError::Gone),
         _ => Err(classify(resp, "DELETE").await),
     }
 }

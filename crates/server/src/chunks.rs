@@ -25,7 +25,7 @@ use std::sync::Arc;
 /// Methods allowed on the collection.
 pub const COLLECTION_METHODS: &str = "OPTIONS, POST";
 /// Methods allowed on a session.
-pub const SESSION_METHODS: &str = "GET, HEAD, PUT, POST";
+pub const SESSION_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
 
 type Reply = Result<Response<Body>, ApiError>;
 
@@ -184,6 +184,14 @@ pub async fn session(
             crate::download::get(state, id, &method, req.headers()).await
         }
         Method::PUT | Method::POST => put(state, id, req).await,
+        Method::DELETE => {
+            load_session(&state, id).await?;
+            state.uploads.delete_session(id).await?;
+            tracing::info!(upload = %id.tag(), "chunk session deleted");
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
         _ => Err(
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
                 .with_header(header::ALLOW, SESSION_METHODS),

@@ -280,6 +280,9 @@ pub struct ForgetArgs {
     /// Transfer key (from `ferry status`) or the local file's path.
     #[arg(required = true)]
     which: Vec<String>,
+    /// Drop only the local record; leave the server's unfinished uploads (they expire).
+    #[arg(long)]
+    local: bool,
     #[command(flatten)]
     headers: HeaderArgs,
     #[command(flatten)]

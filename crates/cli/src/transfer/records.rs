@@ -102,23 +102,42 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
         let is_download = list
             .iter()
             .any(|(k, l)| k == &key && matches!(l, Loaded::Found(Transfer::Download(_))));
-        let result = if is_download {
-            forget_download(&state, &key).map(|()| Vec::new())
-        } else {
-            rt.block_on(async {
-                let http = http_client(&HttpOptions {
-                    headers: args.headers.map(),
-                    ..HttpOptions::default()
-                })?;
-                forget(&http, &state, &key).await
-            })
-        };
+        if is_download {
+            match forget_download(&state, &key) {
+                Ok(()) => eprintln!("forgot {key}"),
+                Err(e) => code = fail(&e),
+            }
+            continue;
+        }
+        let result = rt.block_on(async {
+            let http = http_client(&HttpOptions {
+                headers: args.headers.map(),
+                ..HttpOptions::default()
+            })?;
+            forget(&http, &state, &key, !args.local).await
+        });
         match result {
-            Ok(deleted) => {
-                for u in deleted {
+            Ok(report) => {
+                for u in &report.deleted {
                     eprintln!("deleted {u}");
                 }
-                eprintln!("forgot {key}");
+                for u in &report.already_gone {
+                    eprintln!("already gone from the server: {u}");
+                }
+                for (u, e) in &report.failed {
+                    eprintln!("ferry: could not delete {u}: {}", e.message);
+                }
+                if report.forgotten {
+                    eprintln!("forgot {key}");
+                } else {
+                    eprintln!(
+                        "ferry: kept the record of {which}: run `ferry forget` again once the \
+                         server answers, or `ferry forget --local` to drop only the record"
+                    );
+                }
+                if let Some((_, e)) = report.failed.first() {
+                    code = ExitCode::from(e.kind.exit_code());
+                }
             }
             Err(e) => code = fail(&e),
         }

@@ -142,28 +142,8 @@ fn once_begun_an_unreachable_server_is_waited_for() {
     let (file, sha) = random_file(t.path(), "f.bin", 6 << 20, 3);
     let f = file.to_str().unwrap();
     let state = t.path().join("state");
-    // A first run that leaves a record (paced, then killed).
-    let mut first = Kid(Some(
-        Command::new(ferry_bin())
-            .args(["upload", "--limit-rate", "1M", "--state-dir"])
-            .arg(&state)
-            .args([f, &server.files_url])
-            .env_remove("FERRY_STATE_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(state.join("transfers"))
-        .map(|d| d.count() == 0)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "no record");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.kill9();
+    // A first run that leaves a record.
+    upload_then_kill(&[f, &server.files_url], &state);
     server.kill9();
     // The next run finds the server down: it waits, and finishes once it is back.
     let err = t.path().join("second.err");

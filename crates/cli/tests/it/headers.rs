@@ -5,7 +5,7 @@ use crate::support::download::{Kid, Nginx, ferry_download, text, wait_saved};
 use crate::support::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SECRET: &str = "s3cret-9f2c41d7";
 
@@ -49,14 +49,6 @@ fn spawn(args: &[&str], err: &Path) -> Kid {
     ))
 }
 
-fn wait_for_record(state: &Path, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while walk(&state.join("transfers")).is_empty() {
-        assert!(Instant::now() < deadline, "no record within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn headers_reach_every_request_and_are_never_saved_or_logged() {
     let server = Server::start(&[]);
@@ -76,29 +68,10 @@ fn headers_reach_every_request_and_are_never_saved_or_logged() {
     );
     assert_ne!(r.code, Some(0), "{}", r.stderr);
 
-    // Interrupted with the record on disk (paced so that it cannot finish first), at trace.
-    let err = t.path().join("up.err");
-    let mut up = spawn(
-        &[
-            "upload",
-            "-H",
-            &header,
-            "--log",
-            "trace",
-            "--limit-rate",
-            "1M",
-            "--state-dir",
-            state.to_str().unwrap(),
-            f,
-            &endpoint,
-        ],
-        &err,
-    );
-    wait_for_record(&state, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_millis(500));
-    up.kill9();
+    // Interrupted with the record on disk, at trace.
+    upload_then_kill(&["-H", &header, "--log", "trace", f, &endpoint], &state);
     assert_not_in_files(&state);
-    let logged = std::fs::read_to_string(&err).unwrap();
+    let logged = std::fs::read_to_string(state.with_extension("killed.err")).unwrap();
     assert!(logged.contains("TRACE"), "traced: {logged}");
     assert!(!logged.contains(SECRET), "{logged}");
 
@@ -153,22 +126,7 @@ fn headers_reach_every_request_and_are_never_saved_or_logged() {
     let (other, _) = random_file(t.path(), "g.bin", 6 << 20, 4);
     let o = other.to_str().unwrap();
     let fstate = t.path().join("fstate");
-    let mut up = spawn(
-        &[
-            "upload",
-            "-H",
-            &header,
-            "--limit-rate",
-            "1M",
-            "--state-dir",
-            fstate.to_str().unwrap(),
-            o,
-            &endpoint,
-        ],
-        &t.path().join("up2.err"),
-    );
-    wait_for_record(&fstate, Duration::from_secs(20));
-    up.kill9();
+    upload_then_kill(&["-H", &header, o, &endpoint], &fstate);
     let r = run_ferry(
         &["forget", "-H", &header, o],
         &fstate,

@@ -27,6 +27,7 @@ mod diskfull; // a full disk: 507 with the committed offset, completion once spa
 mod durability; // kill -9, fsync order under strace, half-open takeover, graceful shutdown
 mod fail_fast; // unreachable or not tus before anything was sent: at once; once begun: waited for
 mod faults; // network faults through the fault-injecting proxy, upload and download
+mod forget; // `ferry forget` claims only deletions that happened; the record stays when it cannot
 mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repaired, cleaned at start
 mod headers; // -H on every request of upload, download and forget; never saved or logged
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)

@@ -561,28 +561,55 @@ impl Uploader {
     }
 }
 
-/// Drops a saved transfer and deletes its server-side uploads (best effort).
+/// What [`forget`] did, URL by URL: nothing is claimed that did not happen.
+#[derive(Debug, Default)]
+pub struct ForgetReport {
+    /// Server-side uploads deleted now.
+    pub deleted: Vec<String>,
+    /// Server-side uploads the server no longer had (404, 410).
+    pub already_gone: Vec<String>,
+    /// Server-side uploads that could not be deleted, and why.
+    pub failed: Vec<(String, ClientError)>,
+    /// Whether the record was dropped: only when nothing failed, or with `remote` off.
+    pub forgotten: bool,
+}
+
+/// Drops a saved upload's record after deleting its unfinished server-side uploads (with
+/// `remote`; a finished one stays). If a deletion fails the record is kept, so that running
+/// `forget` again can finish the job; without `remote` only the record goes.
 pub async fn forget(
     http: &reqwest::Client,
     state: &StateDir,
     key: &str,
-) -> Result<Vec<String>, ClientError> {
-    let mut deleted = Vec::new();
-    // A finished upload (kept until its run is done) stays on the server.
+    remote: bool,
+) -> Result<ForgetReport, ClientError> {
+    let mut report = ForgetReport::default();
     if let Loaded::Found(Transfer::Upload(rec)) =
         state.load(key).map_err(local("reading the state"))?
         && rec.completed.is_none()
+        && remote
     {
         let adapter = Adapter::from_name(&rec.protocol).unwrap_or(Adapter::Tus);
         for u in rec.urls().map(str::to_string).collect::<Vec<_>>() {
-            if let Ok(parsed) = Url::parse(&u) {
-                match adapter.delete(http, &parsed).await {
-                    Ok(()) => deleted.push(u),
-                    Err(e) => tracing::warn!(url = %u, error = ?e, "could not delete"),
-                }
+            let Ok(parsed) = Url::parse(&u) else {
+                continue;
+            };
+            match adapter.delete(http, &parsed).await {
+                Ok(()) => report.deleted.push(u),
+                Err(AttemptError::Gone) => report.already_gone.push(u),
+                Err(AttemptError::Fatal(e)) => report.failed.push((u, e)),
+                Err(AttemptError::Unreachable(why)) => report
+                    .failed
+                    .push((u, ClientError::new(ErrorKind::Unreachable, why))),
+                Err(e) => report
+                    .failed
+                    .push((u, ClientError::new(ErrorKind::Exhausted, e.message()))),
             }
         }
     }
-    state.remove(key).map_err(local("writing the state"))?;
-    Ok(deleted)
+    if report.failed.is_empty() {
+        state.remove(key).map_err(local("writing the state"))?;
+        report.forgotten = true;
+    }
+    Ok(report)
 }

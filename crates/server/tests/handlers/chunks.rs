@@ -119,10 +119,10 @@ async fn malformed_session_id_is_404() {
 async fn session_other_methods_are_405() {
     let s = Srv::new();
     let path = s.session(Some(3)).await;
-    for m in ["DELETE", "PATCH", "OPTIONS"] {
+    for m in ["PATCH", "OPTIONS"] {
         let r = s.send(req(m, &path)).await;
         assert_eq!(r.status, 405, "{m}");
-        assert_eq!(r.h("allow"), "GET, HEAD, PUT, POST");
+        assert_eq!(r.h("allow"), "GET, HEAD, PUT, POST, DELETE");
     }
 }
 
@@ -617,4 +617,42 @@ async fn a_chunk_dripping_below_the_minimum_rate_is_408() {
     dripping.abort();
     assert_eq!(r.status, 408, "{r:?}");
     assert!(r.text().contains("slower than"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn delete_is_204_and_the_session_is_gone() {
+    let s = Srv::new();
+    let path = s.session(Some(10)).await;
+    let r = s.send(chunk(&path, "bytes 0-4/10", b"hello")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = s.send(req("DELETE", &path)).await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(s.send(req("HEAD", &path)).await.status, 404);
+    assert_eq!(s.send(req("DELETE", &path)).await.status, 404);
+}
+
+#[tokio::test]
+async fn delete_while_a_chunk_is_being_written_is_423_and_changes_nothing() {
+    let s = Srv::new();
+    let path = s.session(Some(1 << 20)).await;
+    let (feed, body) = fed_body();
+    let answer = tokio::spawn(
+        s.start(
+            req("PUT", &path)
+                .h(
+                    "content-range",
+                    &format!("bytes 0-{}/{}", (1 << 20) - 1, 1 << 20),
+                )
+                .raw_body(body),
+        ),
+    );
+    // The channel holds one piece: the second is taken only once the handler read the first.
+    feed.send(b"x").await;
+    feed.send(b"y").await;
+    let r = s.send(req("DELETE", &path)).await;
+    assert_eq!(r.status, 423, "{r:?}");
+    assert_eq!(r.h("retry-after"), "1");
+    assert_eq!(s.send(req("HEAD", &path)).await.status, 200);
+    drop(feed);
+    let _ = answer.await;
 }

@@ -27,6 +27,15 @@ impl Uploads {
         self.forget(id, None).await.map(|_| ())
     }
 
+    /// Deletes a chunk session, unless chunk requests are writing it right now (they take no
+    /// lease to be taken over from): [`StoreError::Busy`] then, and the client tries again.
+    pub async fn delete_session(&self, id: UploadId) -> Result<()> {
+        if self.chunk_writes_active(id) {
+            return Err(StoreError::Busy(id));
+        }
+        self.delete(id).await
+    }
+
     /// Deletes every upload that expired before `now` (ms since the epoch), skipping uploads
     /// a request is writing right now. Returns the ids deleted.
     pub async fn sweep_expired(&self, now: u64) -> Result<Vec<UploadId>> {

@@ -657,3 +657,33 @@ pub fn assert_fsck_clean(data_dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `ferry upload --limit-rate 1M --state-dir STATE ARGS` (paced, so that it cannot finish
+/// first) until its record is on disk, then SIGKILLs it: an unfinished upload for a later run.
+/// Its stderr goes to `STATE.killed.err`.
+pub fn upload_then_kill(args: &[&str], state: &Path) {
+    std::fs::create_dir_all(state).unwrap();
+    let err = std::fs::File::create(state.with_extension("killed.err")).unwrap();
+    let mut child = KillOnDrop(
+        Command::new(ferry_bin())
+            .args(["upload", "--limit-rate", "1M", "--state-dir"])
+            .arg(state)
+            .args(args)
+            .env_remove("FERRY_STATE_DIR")
+            .env_remove("FERRY_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn ferry upload"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(state.join("transfers")).map_or(true, |d| d.count() == 0) {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "ferry upload ended before saving a record"
+        );
+        assert!(Instant::now() < deadline, "no record within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
