@@ -61,7 +61,22 @@ impl ClientError {
 
     /// A local I/O failure.
     pub fn local(what: &str, e: std::io::Error) -> Self {
-        Self::new(ErrorKind::Local, format!("{what}: {e}"))
+        Self::new(ErrorKind::Local, format!("{what}: {}", io_reason(&e)))
+    }
+}
+
+/// An I/O error in words, without the `(os error N)` that the standard library appends.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
+        _ => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        // "No such file or directory" reads as part of a sentence after a name.
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -114,5 +129,24 @@ impl AttemptError {
 impl From<ClientError> for AttemptError {
     fn from(e: ClientError) -> Self {
         AttemptError::Fatal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_in_words() {
+        let e = std::io::Error::from_raw_os_error(2);
+        assert_eq!(io_reason(&e), "no such file or directory");
+        let e = std::io::Error::from_raw_os_error(13);
+        assert_eq!(io_reason(&e), "permission denied");
+        let e = std::io::Error::other("Disk on fire");
+        assert_eq!(io_reason(&e), "disk on fire");
+        assert_eq!(
+            ClientError::local("a.bin", std::io::Error::from_raw_os_error(21)).message,
+            "a.bin: is a directory"
+        );
     }
 }

@@ -68,6 +68,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         let http = ferry_client::download::http_client(&net.http)?;
         let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
         let mut worst: Option<ClientError> = None;
+        let (mut done_count, mut failed) = (0usize, 0usize);
         for url in &urls {
             match dl
                 .with_progress(bars.sink())
@@ -75,6 +76,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                 .await
             {
                 Ok(done) => {
+                    done_count += 1;
                     if let Verification::NotVerified(why) = &done.verification {
                         bars.println(&format!(
                             "ferry: {}: not verified: {why}",
@@ -103,6 +105,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                 }
                 Err(e) => {
                     bars.println(&format!("ferry: {url}: {}", e.message));
+                    failed += 1;
                     let stop = e.kind == ErrorKind::Interrupted;
                     if worst.is_none() || stop {
                         worst = Some(e);
@@ -112,6 +115,12 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                     }
                 }
             }
+        }
+        if failed > 0 && urls.len() > 1 {
+            bars.println(&format!(
+                "ferry: {done_count} downloaded, {failed} failed; run the same command again \
+                 to retry what did not finish"
+            ));
         }
         Ok::<_, ClientError>(
             worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),

@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use ferry_client::adapter::Protocol;
 use ferry_client::chunk::ChunkBounds;
 use ferry_client::download::{Destination, DownloadOptions, Downloader, forget_download};
-use ferry_client::error::{ClientError, ErrorKind};
+use ferry_client::error::{ClientError, ErrorKind, io_reason};
 use ferry_client::http::HttpOptions;
 use ferry_client::progress::RateLimiter;
 use ferry_client::retry::RetryPolicy;

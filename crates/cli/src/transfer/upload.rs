@@ -83,8 +83,17 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
     let state = state_dir(&args.common)?;
     let rt = runtime()?;
     let json = args.common.json;
-    let files = expand(files)?;
     let files_at_once = at_least_one("--files-at-once", args.files_at_once)?;
+    // What cannot be read is reported and skipped; everything else is sent (as rsync does).
+    let (files, skipped) = expand(files);
+    for e in &skipped {
+        bars.println(&format!("ferry: {}; skipped", e.message));
+    }
+    if files.is_empty()
+        && let Some(e) = skipped.first()
+    {
+        return Ok(ExitCode::from(e.kind.exit_code()));
+    }
     let code = rt.block_on(async move {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
@@ -116,8 +125,8 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         });
         // Results come back in argument order while several files are in flight.
         let mut results = futures_util::stream::iter(jobs).buffered(files_at_once);
-        let mut worst: Option<ClientError> = None;
-        let mut finished = Vec::new();
+        let mut worst: Option<ClientError> = skipped.first().cloned();
+        let (mut failed, mut finished) = (0usize, Vec::new());
         while let Some((f, result)) = results.next().await {
             let shown = f
                 .relative
@@ -151,6 +160,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                 }
                 Err(e) => {
                     bars.println(&format!("ferry: {shown}: {}", e.message));
+                    failed += 1;
                     let interrupted = e.kind == ErrorKind::Interrupted;
                     if worst.is_none() || interrupted {
                         worst = Some(e);
@@ -164,6 +174,14 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         drop(results);
         if let Some(t) = &overall {
             t.finish();
+        }
+        if (failed > 0 || !skipped.is_empty()) && files.len() + skipped.len() > 1 {
+            bars.println(&format!(
+                "ferry: {} uploaded, {failed} failed, {} skipped; run the same command again \
+                 to retry what did not finish",
+                finished.len(),
+                skipped.len()
+            ));
         }
         // Every file is done: the run leaves no state behind.
         if worst.is_none()
@@ -190,12 +208,19 @@ struct FileArg {
 
 /// Expands directory arguments into the regular files below them (sorted, symlinks not
 /// followed, so a link cannot loop or escape), keeping each one's path relative to the
-/// directory's parent (e.g. `photos/2024/a.jpg`).
-fn expand(args: &[String]) -> Result<Vec<FileArg>, ClientError> {
-    let mut out = Vec::new();
+/// directory's parent (e.g. `photos/2024/a.jpg`). What cannot be read (a missing argument, a
+/// directory without permission) is returned beside the files, each with its reason.
+fn expand(args: &[String]) -> (Vec<FileArg>, Vec<ClientError>) {
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
     for a in args {
         let path = PathBuf::from(a);
-        let meta = std::fs::metadata(&path).map_err(|e| usage(format!("{a}: {e}")))?;
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                skipped.push(usage(format!("{a}: {}", io_reason(&e))));
+                continue;
+            }
+        };
         if !meta.is_dir() {
             out.push(FileArg {
                 path,
@@ -204,36 +229,54 @@ fn expand(args: &[String]) -> Result<Vec<FileArg>, ClientError> {
             });
             continue;
         }
-        let top = std::fs::canonicalize(&path).map_err(|e| usage(format!("{a}: {e}")))?;
+        let top = match std::fs::canonicalize(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                skipped.push(ClientError::local(a, e));
+                continue;
+            }
+        };
         let name = top
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut stack = vec![(top, name)];
+        let shown = |rel: &str| format!("{}{}", a.trim_end_matches('/'), &rel[name.len()..]);
+        let mut stack = vec![(top, name.clone())];
         let mut found = Vec::new();
         while let Some((dir, rel)) = stack.pop() {
-            let entries = std::fs::read_dir(&dir)
-                .map_err(|e| ClientError::local(&dir.display().to_string(), e))?;
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    skipped.push(ClientError::local(&shown(&rel), e));
+                    continue;
+                }
+            };
             for entry in entries {
-                let entry = entry.map_err(|e| ClientError::local(&dir.display().to_string(), e))?;
-                let ft = entry
-                    .file_type()
-                    .map_err(|e| ClientError::local("stat", e))?;
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        skipped.push(ClientError::local(&shown(&rel), e));
+                        continue;
+                    }
+                };
                 let child = format!("{rel}/{}", entry.file_name().to_string_lossy());
-                if ft.is_dir() {
-                    stack.push((entry.path(), child));
-                } else if ft.is_file() {
-                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                    found.push(FileArg {
-                        path: entry.path(),
-                        relative: Some(child),
-                        size,
-                    });
+                match entry.file_type() {
+                    Ok(ft) if ft.is_dir() => stack.push((entry.path(), child)),
+                    Ok(ft) if ft.is_file() => {
+                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                        found.push(FileArg {
+                            path: entry.path(),
+                            relative: Some(child),
+                            size,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => skipped.push(ClientError::local(&shown(&child), e)),
                 }
             }
         }
         found.sort_by(|a, b| a.relative.cmp(&b.relative));
         out.extend(found);
     }
-    Ok(out)
+    (out, skipped)
 }

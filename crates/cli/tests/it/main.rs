@@ -31,6 +31,7 @@ mod forget; // `ferry forget` claims only deletions that happened; the record st
 mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repaired, cleaned at start
 mod headers; // -H on every request of upload, download and forget; never saved or logged
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
+mod keep_going; // unreadable and missing files are skipped, the rest is sent, a summary
 mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
 mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto`

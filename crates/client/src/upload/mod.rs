@@ -472,14 +472,11 @@ impl Uploader {
         endpoint: &Url,
         relative: Option<&str>,
     ) -> Result<Job, ClientError> {
-        let abs: PathBuf =
-            std::fs::canonicalize(path).map_err(local(&path.display().to_string()))?;
-        let file = std::fs::File::open(&abs).map_err(local(&path.display().to_string()))?;
+        // Messages leave the file's name to the caller, who shows it once.
+        let abs: PathBuf = std::fs::canonicalize(path).map_err(local("finding the file"))?;
+        let file = std::fs::File::open(&abs).map_err(local("opening the file"))?;
         if !file.metadata().map_err(local("stat"))?.is_file() {
-            return Err(ClientError::new(
-                ErrorKind::Usage,
-                format!("{} is not a regular file", path.display()),
-            ));
+            return Err(ClientError::new(ErrorKind::Usage, "not a regular file"));
         }
         let (file, identity) = tokio::task::spawn_blocking(move || {
             let id = FileIdentity::of_file(&file);
