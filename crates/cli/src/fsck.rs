@@ -25,7 +25,7 @@ pub struct FsckArgs {
 /// 2 when the directory cannot be opened.
 pub fn run(args: FsckArgs) -> ExitCode {
     if !args.data_dir.join("ferry.redb").exists() {
-        eprintln!(
+        errln!(
             "ferry fsck: {} holds no ferry data (no ferry.redb)",
             args.data_dir.display()
         );
@@ -34,26 +34,26 @@ pub fn run(args: FsckArgs) -> ExitCode {
     let uploads = match Uploads::open_local(&args.data_dir, SyncPolicy::Always) {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("ferry fsck: cannot open {}: {e}", args.data_dir.display());
+            errln!("ferry fsck: cannot open {}: {e}", args.data_dir.display());
             return ExitCode::from(2);
         }
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry fsck: cannot start the runtime: {e}");
+            errln!("ferry fsck: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
     let report = match rt.block_on(uploads.fsck(args.repair)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ferry fsck: {e}");
+            errln!("ferry fsck: {e}");
             return ExitCode::from(2);
         }
     };
     for p in &report.problems {
-        println!("{p}");
+        outln!("{p}");
     }
     let verdict = if report.problems.is_empty() {
         "no problems".to_string()
@@ -69,9 +69,10 @@ pub fn run(args: FsckArgs) -> ExitCode {
             report.problems.len()
         )
     };
-    println!(
+    outln!(
         "{} records, {} data objects: {verdict}",
-        report.records, report.objects
+        report.records,
+        report.objects
     );
     let clean = report.problems.is_empty() || (args.repair && report.remaining.is_empty());
     if clean {

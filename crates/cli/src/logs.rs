@@ -43,17 +43,20 @@ fn redacted(buf: &[u8]) -> Vec<u8> {
 impl Write for Line {
     // The formatter hands over a whole event at once, so no id is split between two calls.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A failed write is dropped: reported, tracing-subscriber would `eprintln!` it, which
+        // panics on a closed stderr and takes the logging task down with it.
         let mut err = std::io::stderr().lock();
-        if self.redact {
-            err.write_all(&redacted(buf))?;
+        let _ = if self.redact {
+            err.write_all(&redacted(buf))
         } else {
-            err.write_all(buf)?;
-        }
+            err.write_all(buf)
+        };
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -46,7 +46,7 @@ impl Bars {
 
     /// Prints a result line on stdout without tearing the bars.
     pub fn println_stdout(&self, line: &str) {
-        self.multi.suspend(|| println!("{line}"));
+        self.multi.suspend(|| outln!("{line}"));
     }
 
     /// One bar for the total of several files.

@@ -9,7 +9,6 @@ use ferry_server::{AppState, ServerConfig};
 use ferry_store::uploads::{ConcatLimits, ExpiryPolicy};
 use ferry_store::{SyncPolicy, Uploads};
 use serde::Deserialize;
-use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,7 +59,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_SYNC", value_enum)]
     sync: Option<SyncArg>,
     /// Build URLs from Forwarded / X-Forwarded-* headers (only behind a proxy you trust).
-    #[arg(long, env = "FERRY_TRUST_PROXY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, env = "FERRY_TRUST_PROXY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     trust_proxy: Option<bool>,
     /// On SIGINT/SIGTERM, how long to let requests in flight commit and finish. [default: 10s]
     #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
@@ -136,7 +135,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FERRY_SHARE", value_name = "DIR")]
     share: Option<PathBuf>,
     /// Serve and list names starting with a dot (.git, .env) under /share/. [default: false]
-    #[arg(long, env = "FERRY_SHARE_DOTFILES", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, env = "FERRY_SHARE_DOTFILES", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     share_dotfiles: Option<bool>,
     /// Log filter (tracing syntax), e.g. info or ferry_server=debug. [default: info]
     #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
@@ -452,9 +451,13 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
 /// Refuses a share that would publish the data directory (the metadata database and every
 /// upload id, which are capabilities) or live inside it (where the server deletes files).
 fn check_share(share: &std::path::Path, data_dir: &std::path::Path) -> Result<()> {
-    let shared = share
-        .canonicalize()
-        .with_context(|| format!("--share {}", share.display()))?;
+    let shared = share.canonicalize().map_err(|e| {
+        anyhow::anyhow!(
+            "--share {}: {}",
+            share.display(),
+            ferry_client::error::io_reason(&e)
+        )
+    })?;
     if !shared.is_dir() {
         bail!("--share {}: not a directory", share.display());
     }
@@ -506,7 +509,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     let settings = match resolve(args) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ferry serve: {e:#}");
+            errln!("ferry serve: {e:#}");
             return ExitCode::from(2);
         }
     };
@@ -528,7 +531,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry serve: cannot start the runtime: {e}");
+            errln!("ferry serve: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -538,7 +541,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry serve: {e:#}");
+            errln!("ferry serve: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -576,10 +579,13 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         );
     }
     let state = Arc::new(state);
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "ferry listening on http://{addr}{base}/files/")?;
-        out.flush()?;
+    // Nobody reading standard output is no reason not to serve.
+    outln!("ferry listening on http://{addr}{base}/files/");
+    if let Some(dir) = &settings.share {
+        outln!(
+            "ferry sharing {} read-only at http://{addr}{base}/share/",
+            dir.display()
+        );
     }
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), sync = ?sync, open_files, max_connections = state.config.connections.max_connections, "serving tus 1.0");
 

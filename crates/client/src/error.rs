@@ -110,7 +110,10 @@ impl AttemptError {
     pub fn message(&self) -> String {
         match self {
             AttemptError::Retry { why, .. } => why.clone(),
-            AttemptError::TooLarge { size } => format!("a body of {size} bytes was too large"),
+            AttemptError::TooLarge { size } => format!(
+                "a body of {} was too large",
+                crate::progress::human_bytes(*size)
+            ),
             AttemptError::Gone => "gone from the server".into(),
             AttemptError::Unreachable(why) => why.clone(),
             AttemptError::Fatal(e) => e.message.clone(),

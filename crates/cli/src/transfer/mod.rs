@@ -359,7 +359,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
 }
 
 fn fail(e: &ClientError) -> ExitCode {
-    eprintln!("ferry: {}", e.message);
+    errln!("ferry: {}", e.message);
     ExitCode::from(e.kind.exit_code())
 }
 

@@ -13,7 +13,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
         Err(e) => return fail(&ClientError::local("reading the state", e)),
     };
     if list.is_empty() && !args.common.json {
-        eprintln!("no unfinished transfers in {}", state.root().display());
+        errln!("no unfinished transfers in {}", state.root().display());
     }
     for (key, loaded) in list {
         match loaded {
@@ -24,9 +24,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         "bytes": u.identity.size, "urls": u.urls().collect::<Vec<_>>(),
                         "completed": u.completed.as_ref().map(|c| &c.url),
                     });
-                    println!("{v}");
+                    outln!("{v}");
                 } else if let Some(c) = &u.completed {
-                    println!(
+                    outln!(
                         "{key}  upload  {}  {} bytes  done -> {}  (kept until the rest of its run \
                          is done)",
                         u.source.display(),
@@ -34,7 +34,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         c.url
                     );
                 } else {
-                    println!(
+                    outln!(
                         "{key}  upload  {}  {} bytes  -> {}",
                         u.source.display(),
                         u.identity.size,
@@ -52,9 +52,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         "key": key, "kind": "download", "url": d.url, "dest": d.dest,
                         "bytes": d.size, "done": have,
                     });
-                    println!("{v}");
+                    outln!("{v}");
                 } else {
-                    println!(
+                    outln!(
                         "{key}  download  {}  {have}/{} bytes  <- {}",
                         d.dest.display(),
                         d.size,
@@ -62,7 +62,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     );
                 }
             }
-            Loaded::Unusable(why) => println!("{key}  (unusable: {why})"),
+            Loaded::Unusable(why) => outln!("{key}  (unusable: {why})"),
             Loaded::Missing => {}
         }
     }
@@ -95,7 +95,7 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
             (by_key || by_path).then(|| k.clone())
         });
         let Some(key) = key else {
-            eprintln!("ferry: no saved transfer matches {which:?} (see `ferry status`)");
+            errln!("ferry: no saved transfer matches {which:?} (see `ferry status`)");
             code = ExitCode::from(2);
             continue;
         };
@@ -104,7 +104,7 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
             .any(|(k, l)| k == &key && matches!(l, Loaded::Found(Transfer::Download(_))));
         if is_download {
             match forget_download(&state, &key) {
-                Ok(()) => eprintln!("forgot {key}"),
+                Ok(()) => errln!("forgot {key}"),
                 Err(e) => code = fail(&e),
             }
             continue;
@@ -119,18 +119,18 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
         match result {
             Ok(report) => {
                 for u in &report.deleted {
-                    eprintln!("deleted {u}");
+                    errln!("deleted {u}");
                 }
                 for u in &report.already_gone {
-                    eprintln!("already gone from the server: {u}");
+                    errln!("already gone from the server: {u}");
                 }
                 for (u, e) in &report.failed {
-                    eprintln!("ferry: could not delete {u}: {}", e.message);
+                    errln!("ferry: could not delete {u}: {}", e.message);
                 }
                 if report.forgotten {
-                    eprintln!("forgot {key}");
+                    errln!("forgot {key}");
                 } else {
-                    eprintln!(
+                    errln!(
                         "ferry: kept the record of {which}: run `ferry forget` again once the \
                          server answers, or `ferry forget --local` to drop only the record"
                     );

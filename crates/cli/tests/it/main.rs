@@ -33,6 +33,8 @@ mod headers; // -H on every request of upload, download and forget; never saved 
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
 mod keep_going; // unreadable and missing files are skipped, the rest is sent, a summary
 mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
+mod messages; // one line, human sizes, each name once; invalid settings exit 2 naming the variable
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
+mod pipes; // closed stdout or stderr: no panic; the server still stops on SIGTERM
 mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto`
 mod values; // client settings: impossible values refused, one --limit-rate budget, -j notes

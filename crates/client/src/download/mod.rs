@@ -29,7 +29,7 @@ use self::resume::{ResumeDecision, Seen, gaps, merge, resume_decision};
 use self::target::{Compared, Existing, Found, Target};
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::options::{Parallel, Verification};
-use crate::progress::{ProgressSink, RateLimiter};
+use crate::progress::{ProgressSink, RateLimiter, human_bytes};
 use crate::retry::{self, RetryPolicy, RetryState};
 use crate::state::{Loaded, STATE_VERSION, StateDir, Transfer, now_ms, transfer_key};
 use ferry_proto::checksum::ChecksumAlgorithm;
@@ -358,7 +358,9 @@ impl Downloader {
         self.progress.start(&display, size, resumed_from);
         if resumed_from > 0 {
             self.progress.note(&format!(
-                "resuming {display} at {resumed_from} of {size} bytes"
+                "resuming {display} at {} of {}",
+                human_bytes(resumed_from),
+                human_bytes(size)
             ));
         }
 
@@ -399,7 +401,8 @@ impl Downloader {
                     return Err(ClientError::new(
                         ErrorKind::Verification,
                         format!(
-                            "{display}: the download does not match the expected {} {} (got {}); nothing was kept",
+                            "the download does not match the expected {} {} (got {}); nothing \
+                             was kept",
                             algorithm.name(),
                             hex::encode(want),
                             hex::encode(&got)

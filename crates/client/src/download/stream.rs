@@ -88,7 +88,7 @@ impl Downloader {
                     return Err(ClientError::new(
                         ErrorKind::Verification,
                         format!(
-                            "{shown}: what was written does not match the expected {} {} (got {})",
+                            "what was written does not match the expected {} {} (got {})",
                             algorithm.name(),
                             hex::encode(&want),
                             hex::encode(&got)

@@ -23,7 +23,7 @@ use crate::chunk::ChunkBounds;
 use crate::discovery;
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::identity::FileIdentity;
-use crate::progress::{ProgressSink, RateLimiter};
+use crate::progress::{ProgressSink, RateLimiter, human_bytes};
 use crate::response::{Digests, ServerCaps};
 use crate::retry::{self, RetryPolicy, RetryState};
 use crate::source::{FileSource, SequentialHash};
@@ -310,8 +310,9 @@ impl Uploader {
             return Err(ClientError::new(
                 ErrorKind::Refused,
                 format!(
-                    "{} is {len} bytes; the server accepts at most {max}",
-                    job.display
+                    "{} is more than the server accepts ({})",
+                    human_bytes(len),
+                    human_bytes(max)
                 ),
             ));
         }
@@ -395,10 +396,8 @@ impl Uploader {
         if !now.same_size_and_mtime(&job.identity) {
             return Err(ClientError::new(
                 ErrorKind::FileChanged,
-                format!(
-                    "{} changed during the upload, so the server's copy may mix old and new bytes; run again to upload it afresh",
-                    job.display
-                ),
+                "the file changed during the upload, so the server's copy may mix old and new \
+                 bytes; run again to upload it afresh",
             ));
         }
         let (caught_up, hashing) = {

@@ -13,6 +13,7 @@ use crate::adapter::{Adapter, Placement};
 use crate::chunk::ChunkSizeController;
 use crate::error::{ClientError, ErrorKind};
 use crate::parallel::{ParallelBounds, ParallelismController};
+use crate::progress::human_bytes;
 use crate::response::{Digests, RemoteUpload};
 use crate::retry::RetryState;
 use crate::state::{PartRecord, UploadRecord};
@@ -291,8 +292,9 @@ impl Uploader {
         self.progress.start(&job.display, len, resumed_from);
         if resumed_from > 0 {
             self.progress.note(&format!(
-                "resuming {}: {resumed_from} bytes already uploaded",
-                job.display
+                "resuming {}: {} already uploaded",
+                job.display,
+                human_bytes(resumed_from)
             ));
         }
         if let Some(f) = &record.final_url {

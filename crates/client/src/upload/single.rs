@@ -6,6 +6,7 @@ use super::{Run, Uploader, interrupted};
 use crate::adapter::Placement;
 use crate::chunk::ChunkSizeController;
 use crate::error::{ClientError, ErrorKind};
+use crate::progress::human_bytes;
 use crate::response::{Digests, RemoteUpload};
 use crate::retry::RetryState;
 use crate::state::UploadRecord;
@@ -60,8 +61,11 @@ impl Uploader {
         let resumed_from = remote.as_ref().map_or(0, |r| r.offset);
         self.progress.start(&job.display, len, resumed_from);
         if resumed_from > 0 {
-            self.progress
-                .note(&format!("resuming {} at byte {resumed_from}", job.display));
+            self.progress.note(&format!(
+                "resuming {} at {}",
+                job.display,
+                human_bytes(resumed_from)
+            ));
         }
         let progress = self.progress.clone();
         let shared = shared_for(Arc::new(move |p| progress.position(p)));
