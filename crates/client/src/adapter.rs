@@ -230,7 +230,7 @@ impl Adapter {
                     c.endpoint,
                     len,
                     c.metadata,
-                    Some((crate::progress::paced_body(c.data, c.limiter), len)),
+                    Some((tus::Pace::body(c.pace, c.data), len)),
                     digest.as_deref(),
                     c.want_digest,
                 )

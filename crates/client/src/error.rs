@@ -48,6 +48,8 @@ pub struct ClientError {
     pub kind: ErrorKind,
     /// One or two lines for the user.
     pub message: String,
+    /// The HTTP status of the answer that ended it, if an answer did.
+    pub status: Option<u16>,
 }
 
 impl ClientError {
@@ -56,7 +58,14 @@ impl ClientError {
         Self {
             kind,
             message: message.into(),
+            status: None,
         }
+    }
+
+    /// The same error, saying which HTTP status caused it.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// A local I/O failure.
@@ -89,6 +98,8 @@ pub enum AttemptError {
         why: String,
         /// The server's Retry-After, if any.
         retry_after: Option<Duration>,
+        /// An HTTP answer came (the server is there: the transfer has begun).
+        answered: bool,
     },
     /// The server refused a request body this large (413): send smaller chunks.
     TooLarge {
@@ -125,6 +136,7 @@ impl AttemptError {
         AttemptError::Retry {
             why: why.into(),
             retry_after: None,
+            answered: false,
         }
     }
 }

@@ -118,9 +118,11 @@ pub async fn create(
         // Explicit, or a streamed body would go chunked.
         .header(reqwest::header::CONTENT_LENGTH, body_len);
     if let Some((b, _)) = body {
+        // A body may be paced: the caller watches for stalls instead of a whole deadline.
         req = req
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(b);
+            .body(b)
+            .timeout(PATCH_TIME_LIMIT);
     }
     // Not part of the draft, but harmless and kept by ferry (and tus-js-client sends it).
     if !metadata.is_empty() {

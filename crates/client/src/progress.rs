@@ -87,22 +87,29 @@ impl RateLimiter {
 }
 
 /// `data` as a request body, paced by `limiter` a block at a time (a body built from bytes in
-/// memory would otherwise leave at once, whatever the limit). Small blocks (slices of `data`,
-/// no copies) let many bodies share the budget in turn: 32 files at 1M each move every half
+/// memory would otherwise leave at once, whatever the limit), calling `each_block` as each
+/// block is handed over (the caller's stall detector). Small blocks (slices of `data`, no
+/// copies) let many bodies share the budget in turn: 32 files at 1M each move every half
 /// second, where whole 64 KiB bodies would leave the last one silent for two seconds, long
 /// enough for a server's minimum body rate to cut it.
-pub fn paced_body(data: bytes::Bytes, limiter: Option<Arc<RateLimiter>>) -> reqwest::Body {
+pub fn paced_body(
+    data: bytes::Bytes,
+    limiter: Arc<RateLimiter>,
+    each_block: impl Fn() + Send + Sync + 'static,
+) -> reqwest::Body {
     const BLOCK: usize = 16 << 10;
-    let Some(limiter) = limiter else {
-        return data.into();
-    };
-    let blocks = futures_util::stream::unfold((data, limiter), |(mut rest, limiter)| async move {
-        if rest.is_empty() {
-            return None;
+    let each_block = Arc::new(each_block);
+    let blocks = futures_util::stream::unfold((data, limiter), move |(mut rest, limiter)| {
+        let each_block = each_block.clone();
+        async move {
+            if rest.is_empty() {
+                return None;
+            }
+            let block = rest.split_to(rest.len().min(BLOCK));
+            limiter.acquire(block.len() as u64).await;
+            each_block();
+            Some((Ok::<_, std::io::Error>(block), (rest, limiter)))
         }
-        let block = rest.split_to(rest.len().min(BLOCK));
-        limiter.acquire(block.len() as u64).await;
-        Some((Ok::<_, std::io::Error>(block), (rest, limiter)))
     });
     reqwest::Body::wrap_stream(blocks)
 }

@@ -97,11 +97,15 @@ pub async fn classify(resp: Response, what: &str) -> AttemptError {
         408 | 409 | 423 | 429 | 460 | 500..=599 => AttemptError::Retry {
             why: format!("{what}: {}", reason(resp).await),
             retry_after,
+            answered: true,
         },
-        _ => AttemptError::Fatal(ClientError::new(
-            ErrorKind::Refused,
-            format!("{what} refused by the server: {}", reason(resp).await),
-        )),
+        code => AttemptError::Fatal(
+            ClientError::new(
+                ErrorKind::Refused,
+                format!("{what} refused by the server: {}", reason(resp).await),
+            )
+            .with_status(code),
+        ),
     }
 }
 
@@ -168,8 +172,16 @@ pub(crate) fn describe_net_failure(
     };
     match kind {
         NetFailure::Refused => AttemptError::Unreachable(format!("nothing listens on {at}")),
+        // EAI_AGAIN: the resolver could not answer now, which a wait may fix.
+        NetFailure::NoSuchHost if innermost.contains("Temporary failure") => AttemptError::retry(
+            format!("{what}: looking up {host} failed for now: {innermost}"),
+        ),
         NetFailure::NoSuchHost => AttemptError::Unreachable(format!("no such host: {host}")),
-        NetFailure::Tls if url.is_some_and(|u| u.scheme() == "https") => {
+        // A plain-HTTP answer to a TLS hello reads as a corrupt record.
+        NetFailure::Tls
+            if url.is_some_and(|u| u.scheme() == "https")
+                && (innermost.contains("InvalidContentType") || innermost.contains("corrupt")) =>
+        {
             AttemptError::Unreachable(format!(
                 "the TLS handshake with {at} failed ({innermost}); if it serves plain HTTP, \
                  use an http:// URL"
@@ -266,4 +278,85 @@ pub(crate) async fn created_url(
         ))
     })?;
     Ok((resolve(endpoint, location)?, resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(kind: NetFailure, url: &str, inner: &str) -> (bool, String) {
+        let url = Url::parse(url).unwrap();
+        match describe_net_failure("GET", Some(&url), kind, inner) {
+            AttemptError::Unreachable(why) => (true, why),
+            e => (false, e.message()),
+        }
+    }
+
+    #[test]
+    fn failures_below_http_in_one_line_and_final_only_where_no_wait_helps() {
+        let u = "http://127.0.0.1:1081/files/";
+        assert_eq!(
+            said(NetFailure::Refused, u, "Connection refused (os error 111)"),
+            (true, "nothing listens on 127.0.0.1:1081".into())
+        );
+        let h = "https://h.example/files/";
+        assert_eq!(
+            said(
+                NetFailure::NoSuchHost,
+                h,
+                "dns error: Name or service not known"
+            ),
+            (true, "no such host: h.example".into())
+        );
+        let (fin, why) = said(
+            NetFailure::NoSuchHost,
+            h,
+            "dns error: Temporary failure in name resolution",
+        );
+        assert!(!fin, "{why}");
+        let (fin, why) = said(
+            NetFailure::Tls,
+            h,
+            "received corrupt message of type InvalidContentType",
+        );
+        assert!(fin && why.contains("use an http:// URL"), "{why}");
+        let (fin, why) = said(
+            NetFailure::Tls,
+            h,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert!(
+            fin && !why.contains("http://") && why.contains("UnknownIssuer"),
+            "{why}"
+        );
+        let (fin, why) = said(NetFailure::ConnectTimeout, h, "timed out");
+        assert!(!fin && why.contains("h.example:443"), "{why}");
+        let (fin, why) = said(NetFailure::Other, h, "connection reset by peer");
+        assert!(
+            !fin && why == "GET to h.example:443: connection reset by peer",
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn creations_that_cannot_succeed_name_the_fix() {
+        let root = Url::parse("http://h:1080/").unwrap();
+        let e = creation_refusal(501, &root, "is not a tus endpoint", 0).unwrap();
+        assert!(
+            e.message.contains("try http://h:1080/files/"),
+            "{}",
+            e.message
+        );
+        let files = Url::parse("http://h:1080/files/").unwrap();
+        let e = creation_refusal(404, &files, "is not a tus endpoint", 0).unwrap();
+        assert!(e.message.contains("is the URL right"), "{}", e.message);
+        let e = creation_refusal(507, &files, "", 3_328_599_654).unwrap();
+        assert_eq!(e.message, "the server has no room for 3.1 GiB");
+        for retried in [500, 503, 409, 423] {
+            assert!(
+                creation_refusal(retried, &files, "", 1).is_none(),
+                "{retried}"
+            );
+        }
+    }
 }

@@ -127,7 +127,16 @@ pub async fn wait_or_give_up(
 ) -> Result<(), crate::error::ClientError> {
     use crate::error::{AttemptError, ClientError, ErrorKind};
     let (why, retry_after) = match err {
-        AttemptError::Retry { why, retry_after } => (why, retry_after),
+        AttemptError::Retry {
+            why,
+            retry_after,
+            answered,
+        } => {
+            if answered {
+                retry.begin();
+            }
+            (why, retry_after)
+        }
         AttemptError::Fatal(e) => return Err(e),
         AttemptError::Unreachable(why) if !retry.has_begun() => {
             return Err(ClientError::new(ErrorKind::Unreachable, why));

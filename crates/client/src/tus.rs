@@ -175,12 +175,35 @@ pub struct CreateWithBody<'a> {
     pub metadata: &'a Metadata,
     /// The whole file.
     pub data: bytes::Bytes,
-    /// The run's rate limit, which paces the body.
-    pub limiter: Option<std::sync::Arc<crate::progress::RateLimiter>>,
+    /// The run's rate limit, if any: the body is paced, and the request has no deadline (the
+    /// caller watches `Pace::activity` for stalls instead).
+    pub pace: Option<Pace>,
     /// The body's checksum, if any.
     pub checksum: Option<&'a Checksum>,
     /// `Want-Repr-Digest`.
     pub want_digest: Option<&'a str>,
+}
+
+/// A paced body and the activity it reports.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// The run's rate limit.
+    pub limiter: std::sync::Arc<crate::progress::RateLimiter>,
+    /// Touched as each block leaves.
+    pub activity: std::sync::Arc<crate::source::Activity>,
+}
+
+impl Pace {
+    /// `data` as a body: paced when there is a pace, else all at once.
+    pub(crate) fn body(pace: Option<Pace>, data: bytes::Bytes) -> reqwest::Body {
+        match pace {
+            Some(p) => {
+                let activity = p.activity;
+                crate::progress::paced_body(data, p.limiter, move || activity.touch())
+            }
+            None => data.into(),
+        }
+    }
 }
 
 /// POST with the whole file as body (creation-with-upload), for small files: one request
@@ -193,18 +216,22 @@ pub async fn create_with_body(
         endpoint,
         metadata,
         data,
-        limiter,
+        pace,
         checksum,
         want_digest,
     } = c;
     let len = data.len() as u64;
+    let paced = pace.is_some();
     let mut req = http
         .post(endpoint.clone())
         .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
         .header(tus::UPLOAD_LENGTH, len)
         .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
         .header(reqwest::header::CONTENT_LENGTH, len)
-        .body(crate::progress::paced_body(data, limiter));
+        .body(Pace::body(pace, data));
+    if paced {
+        req = req.timeout(PATCH_TIME_LIMIT);
+    }
     if !metadata.is_empty() {
         req = req.header(tus::UPLOAD_METADATA, metadata.format());
     }

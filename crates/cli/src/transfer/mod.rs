@@ -122,31 +122,36 @@ pub struct NetworkArgs {
 pub struct HeaderArgs {
     /// A header for every request, e.g. 'Authorization: Bearer …' (repeatable). Never saved
     /// in the resume state or logged.
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = header_arg)]
-    headers: Vec<Header>,
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = raw_header)]
+    headers: Vec<RawHeader>,
 }
 
 impl HeaderArgs {
-    fn map(&self) -> reqwest::header::HeaderMap {
+    /// The headers, checked: a refusal names the header, never its value (clap's own error
+    /// would echo the value, a token, to the terminal and to any log of it).
+    fn map(&self) -> Result<reqwest::header::HeaderMap, ClientError> {
         self.headers
             .iter()
-            .map(|Header(n, v)| (n.clone(), v.clone()))
+            .map(|RawHeader(line)| {
+                ferry_client::http::parse_header(line).map_err(|e| usage(format!("-H: {e}")))
+            })
             .collect()
     }
 }
 
-/// One `-H` value; its Debug output names the header, never the value.
+/// One `-H` value as given; its Debug output names the header, never the value.
 #[derive(Clone)]
-struct Header(reqwest::header::HeaderName, reqwest::header::HeaderValue);
+struct RawHeader(String);
 
-impl std::fmt::Debug for Header {
+impl std::fmt::Debug for RawHeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: <hidden>", self.0)
+        let name = self.0.split_once(':').map_or("?", |(n, _)| n.trim());
+        write!(f, "{name}: <hidden>")
     }
 }
 
-fn header_arg(v: &str) -> Result<Header, String> {
-    ferry_client::http::parse_header(v).map(|(n, v)| Header(n, v))
+fn raw_header(v: &str) -> Result<RawHeader, String> {
+    Ok(RawHeader(v.to_owned()))
 }
 
 /// Resolved [`NetworkArgs`].
@@ -170,7 +175,7 @@ impl NetworkArgs {
             http: HttpOptions {
                 connect_timeout: positive("--connect-timeout", &self.connect_timeout)?,
                 stall_timeout,
-                headers: self.headers.map(),
+                headers: self.headers.map()?,
             },
             // 0 is no cap, as with curl.
             limiter: match &self.limit_rate {
@@ -187,9 +192,10 @@ impl NetworkArgs {
 /// `ferry upload`.
 #[derive(Args, Debug)]
 pub struct UploadArgs {
-    /// Files to upload, then the endpoint URL (tus or IETF draft, e.g.
-    /// http://127.0.0.1:1080/files/; chunk sessions: .../chunks/ with --protocol chunks).
-    #[arg(required = true, num_args = 2.., value_name = "FILE... URL")]
+    /// Files or directories to upload, then the endpoint URL (tus or the IETF draft, e.g.
+    /// http://127.0.0.1:1080/files/; Content-Range chunk sessions: .../chunks/). Options may
+    /// come between them.
+    #[arg(required = true, value_name = "FILE... URL")]
     args: Vec<String>,
     #[command(flatten)]
     common: CommonArgs,

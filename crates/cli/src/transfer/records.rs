@@ -111,7 +111,7 @@ pub fn forget_cmd(args: ForgetArgs) -> ExitCode {
         }
         let result = rt.block_on(async {
             let http = http_client(&HttpOptions {
-                headers: args.headers.map(),
+                headers: args.headers.map()?,
                 ..HttpOptions::default()
             })?;
             forget(&http, &state, &key, !args.local).await

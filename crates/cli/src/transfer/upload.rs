@@ -11,7 +11,15 @@ pub fn upload(args: UploadArgs) -> ExitCode {
 }
 
 fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
-    let (url, files) = args.args.split_last().expect("clap requires two values");
+    let Some((url, files)) = args
+        .args
+        .split_last()
+        .filter(|(_, files)| !files.is_empty())
+    else {
+        return Err(usage(
+            "expected at least one FILE and then the URL: ferry upload FILE... URL",
+        ));
+    };
     let endpoint: reqwest::Url = url
         .parse()
         .map_err(|e| usage(format!("{url:?} is not a URL: {e}")))?;
@@ -161,11 +169,13 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                 Err(e) => {
                     bars.println(&format!("ferry: {shown}: {}", e.message));
                     failed += 1;
-                    let interrupted = e.kind == ErrorKind::Interrupted;
-                    if worst.is_none() || interrupted {
+                    // Interrupted, or a server that cannot be reached: the other files would
+                    // only say the same.
+                    let stop = matches!(e.kind, ErrorKind::Interrupted | ErrorKind::Unreachable);
+                    if worst.is_none() || e.kind == ErrorKind::Interrupted {
                         worst = Some(e);
                     }
-                    if interrupted {
+                    if stop {
                         break;
                     }
                 }

@@ -323,7 +323,6 @@ fn each_fault_has_its_status_and_message() {
             409,
             "differs from the session's length of 3000000",
         ),
-        ("DELETE", vec![], vec![], 405, "method not allowed"),
         (
             "PATCH",
             vec![("Content-Range", "bytes 0-9/3000000")],

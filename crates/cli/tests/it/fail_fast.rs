@@ -175,3 +175,42 @@ fn once_begun_an_unreachable_server_is_waited_for() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(sha256_file(&back), sha);
 }
+
+#[test]
+fn a_download_resumed_into_a_directory_waits_for_its_server() {
+    let mut server = Server::start(&[]);
+    let t = tempfile::tempdir().unwrap();
+    let (file, sha) = random_file(t.path(), "f.bin", 6 << 20, 4);
+    let r = run_ferry(
+        &["upload", file.to_str().unwrap(), &server.files_url],
+        &t.path().join("ustate"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let url = r.stdout.trim().to_owned();
+    let (state, out) = (t.path().join("dstate"), t.path().join("out"));
+    std::fs::create_dir(&out).unwrap();
+    let o = out.to_str().unwrap();
+    let mut first = crate::support::download::spawn_download(
+        &state,
+        &["--limit-rate", "1M", "-d", o, &url],
+        &t.path().join("first.log"),
+    );
+    crate::support::download::wait_saved(&state, 1, Duration::from_secs(20));
+    first.kill9();
+    server.kill9();
+    let mut second = crate::support::download::spawn_download(
+        &state,
+        &["-d", o, &url],
+        &t.path().join("second.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(second.wait_for(Duration::ZERO).is_none(), "gave up at once");
+    server.restart_same_port_after_kill();
+    let status = second.wait_for(Duration::from_secs(60)).expect("finishes");
+    let said = std::fs::read_to_string(t.path().join("second.err")).unwrap_or_default();
+    assert!(status.success(), "{said}");
+    let got: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+    assert_eq!(got.len(), 1, "{said}");
+    assert_eq!(sha256_file(&got[0].path()), sha);
+}

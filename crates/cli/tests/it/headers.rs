@@ -139,14 +139,26 @@ fn headers_reach_every_request_and_are_never_saved_or_logged() {
 }
 
 #[test]
-fn a_header_ferry_sets_itself_is_refused() {
+fn a_header_ferry_sets_itself_is_refused_and_a_bad_one_is_not_echoed() {
     let t = tempfile::tempdir().unwrap();
-    for h in ["Upload-Offset: 0", "Content-Length: 1", "no colon"] {
-        let r = run_ferry(
-            &["download", "-H", h, "http://127.0.0.1:9/x"],
-            &t.path().join("state"),
-            Duration::from_secs(20),
-        );
-        assert_eq!(r.code, Some(2), "{h}: {}", r.stderr);
+    for h in [
+        "Upload-Offset: 0",
+        "Content-Length: 1",
+        "Accept-Encoding: gzip",
+        "Authorization Bearer s3cret-typo",
+    ] {
+        for cmd in [
+            &["download", "-H", h][..],
+            &["upload", "-H", h, "/dev/null"],
+        ] {
+            let r = run_ferry(
+                &[cmd, &["http://127.0.0.1:9/x"]].concat(),
+                &t.path().join("state"),
+                Duration::from_secs(20),
+            );
+            assert_eq!(r.code, Some(2), "{cmd:?} {h}: {}", r.stderr);
+            assert!(r.stderr.contains("-H"), "{cmd:?} {h}: {}", r.stderr);
+            assert!(!r.stderr.contains("s3cret"), "{cmd:?} {h}: {}", r.stderr);
+        }
     }
 }

@@ -218,13 +218,14 @@ fn a_file_that_appears_during_the_download_is_not_clobbered() {
     let t = tempfile::tempdir().unwrap();
     let (state, dest) = (t.path().join("state"), t.path().join("out.bin"));
     let log = t.path().join("log");
-    // 3 MiB at 1 MiB/s: the file appears a second in.
+    // 3 MiB at 1 MiB/s: the file appears once the download has saved progress (so it decided
+    // on its target before), well before it ends.
     let mut kid = spawn_download(
         &state,
         &["--limit-rate", "1M", "-o", dest.to_str().unwrap(), &url],
         &log,
     );
-    std::thread::sleep(Duration::from_secs(1));
+    crate::support::download::wait_saved(&state, 1, Duration::from_secs(20));
     std::fs::write(&dest, b"someone else's").unwrap();
     let status = kid
         .wait_for(Duration::from_secs(30))

@@ -63,9 +63,12 @@ fn clients_with_a_closed_stdout_do_not_panic() {
         random_file(&dir, &format!("f{i}"), 1000, i);
     }
     let state = t.path().join("state");
+    // A record for `status` to print.
+    let (big, _) = random_file(t.path(), "big", 6 << 20, 9);
+    upload_then_kill(&[big.to_str().unwrap(), &server.files_url], &state);
     for args in [
-        vec!["upload", dir.to_str().unwrap(), server.files_url.as_str()],
         vec!["status"],
+        vec!["upload", dir.to_str().unwrap(), server.files_url.as_str()],
     ] {
         let mut child = Command::new(ferry_bin())
             .args(&args)

@@ -58,11 +58,12 @@ fn limit_rate_0_is_no_cap() {
     let t = tempfile::tempdir().unwrap();
     let (file, _) = random_file(t.path(), "f.bin", 2 << 20, 7);
     let r = run_ferry(
+        // An option between the file and the URL is fine (clap refused it: "2 values required").
         &[
             "upload",
+            file.to_str().unwrap(),
             "--limit-rate",
             "0",
-            file.to_str().unwrap(),
             &server.files_url,
         ],
         &t.path().join("state"),
@@ -202,4 +203,39 @@ fn parallel_streams_refused_by_size_are_explained_once() {
         "{}",
         r.stderr
     );
+}
+
+/// A small file goes in its creation request; paced, that request outlasts the stall timeout,
+/// which must then bound only the time without progress (it was a whole-request deadline, and
+/// every attempt was cut off).
+#[test]
+fn a_paced_creation_outlasting_the_stall_timeout_finishes() {
+    let server = Server::start(&[]);
+    let t = tempfile::tempdir().unwrap();
+    let (file, sha) = random_file(t.path(), "f.bin", 200 << 10, 11);
+    for protocol in ["tus", "ietf"] {
+        let r = run_ferry(
+            &[
+                "upload",
+                "--protocol",
+                protocol,
+                "--limit-rate",
+                "32K",
+                "--stall-timeout",
+                "2s",
+                file.to_str().unwrap(),
+                &server.files_url,
+            ],
+            &t.path().join(format!("state-{protocol}")),
+            Duration::from_secs(60),
+        );
+        assert_eq!(r.code, Some(0), "{protocol}: {}", r.stderr);
+        assert!(!r.stderr.contains("retrying"), "{protocol}: {}", r.stderr);
+        assert!(
+            r.elapsed > Duration::from_secs(5),
+            "{protocol}: {:?}",
+            r.elapsed
+        );
+        assert_eq!(get_sha256(r.stdout.trim()), sha);
+    }
 }

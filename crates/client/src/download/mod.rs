@@ -193,6 +193,30 @@ impl Downloader {
         }
     }
 
+    /// Whether an earlier run left a record of downloading `url` to `first`: into a file, that
+    /// file's record; into a directory (the name comes from the server), any record of `url`
+    /// there.
+    fn earlier_run_of(&self, url: &Url, first: &Target) -> bool {
+        let Ok(cwd) = std::env::current_dir() else {
+            return false;
+        };
+        match first {
+            Target::File { path, .. } => matches!(
+                self.state
+                    .load(&transfer_key("download", url.as_str(), &cwd.join(path))),
+                Ok(Loaded::Found(_))
+            ),
+            Target::IntoDir(dir) => {
+                let dir = cwd.join(dir);
+                self.state.list().unwrap_or_default().iter().any(|(_, l)| {
+                    matches!(l, Loaded::Found(Transfer::Download(d))
+                        if d.url == url.as_str() && d.dest.parent() == Some(dir.as_path()))
+                })
+            }
+            _ => false,
+        }
+    }
+
     async fn download_once(
         &self,
         url: &Url,
@@ -210,15 +234,7 @@ impl Downloader {
         let mut retry = RetryState::new(self.opts.retry, Instant::now());
         // An earlier run's record: the transfer began then, so an unreachable server is one
         // restarting.
-        if let Target::File { path, .. } = &first
-            && let Ok(cwd) = std::env::current_dir()
-            && let abs = cwd.join(path)
-            && matches!(
-                self.state
-                    .load(&transfer_key("download", url.as_str(), &abs)),
-                Ok(Loaded::Found(_))
-            )
-        {
+        if self.earlier_run_of(url, &first) {
             retry.begin();
         }
         let probe = self.probe(url, &mut retry).await?;
@@ -469,7 +485,15 @@ fn rename_into_place(partial: &Path, dest: &Path, replace: bool) -> Result<(), C
     } else {
         RenameFlags::NOREPLACE
     };
-    match renameat_with(CWD, partial, CWD, dest, flags) {
+    let moved = match renameat_with(CWD, partial, CWD, dest, flags) {
+        // Filesystems without RENAME_NOREPLACE (NFS, some FUSE): link() also fails with
+        // EEXIST rather than replace, and then the partial name goes.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !replace => {
+            rustix::fs::link(partial, dest).and_then(|()| rustix::fs::unlink(partial))
+        }
+        other => other,
+    };
+    match moved {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::EXIST) => Err(ClientError::new(
             ErrorKind::Usage,

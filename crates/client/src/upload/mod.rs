@@ -590,7 +590,19 @@ pub async fn forget(
             let Ok(parsed) = Url::parse(&u) else {
                 continue;
             };
-            match adapter.delete(http, &parsed).await {
+            // A busy upload (423) or a passing 5xx: a few tries, as the server asks.
+            let mut tries = 0;
+            let deleted = loop {
+                match adapter.delete(http, &parsed).await {
+                    Err(AttemptError::Retry { retry_after, .. }) if tries < 3 => {
+                        tries += 1;
+                        let wait = retry_after.unwrap_or(Duration::from_millis(500));
+                        tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                    }
+                    other => break other,
+                }
+            };
+            match deleted {
                 Ok(()) => report.deleted.push(u),
                 Err(AttemptError::Gone) => report.already_gone.push(u),
                 Err(AttemptError::Fatal(e)) => report.failed.push((u, e)),

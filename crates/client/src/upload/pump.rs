@@ -330,7 +330,9 @@ impl Uploader {
             let sent = match sent {
                 // Sent again once with the checksum in a header: if trailers were not the
                 // cause, the same refusal comes back and ends the upload.
-                Err(AttemptError::Fatal(e)) if trailer.is_some() => {
+                // 400 is how a server answers a trailer it never got; nothing else is taken
+                // for that.
+                Err(AttemptError::Fatal(e)) if trailer.is_some() && e.status == Some(400) => {
                     shared.trailers_lost.store(true, Ordering::Relaxed);
                     self.note_once(
                         "the server did not receive a checksum trailer (a proxy may drop \
@@ -339,6 +341,7 @@ impl Uploader {
                     return Err(AttemptError::Retry {
                         why: e.message,
                         retry_after: Some(Duration::ZERO),
+                        answered: true,
                     });
                 }
                 other => other?,

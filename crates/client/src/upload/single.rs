@@ -5,12 +5,13 @@ use super::pump::{Shared, Target};
 use super::{Run, Uploader, interrupted};
 use crate::adapter::Placement;
 use crate::chunk::ChunkSizeController;
-use crate::error::{ClientError, ErrorKind};
+use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::progress::human_bytes;
 use crate::response::{Digests, RemoteUpload};
 use crate::retry::RetryState;
+use crate::source::{Activity, stalled};
 use crate::state::UploadRecord;
-use crate::tus::CreateWithBody;
+use crate::tus::{CreateWithBody, Pace};
 use ferry_proto::checksum::Checksum;
 use reqwest::Url;
 use std::sync::Arc;
@@ -126,15 +127,28 @@ impl Uploader {
             if self.cancel.is_cancelled() {
                 return Err(interrupted());
             }
+            // A paced body may take longer than any fixed deadline: it is given up on only
+            // when no block moved for the stall timeout.
+            let activity = Arc::new(Activity::default());
+            activity.touch();
             let request = CreateWithBody {
                 endpoint,
                 metadata: &job.metadata,
                 data: data.clone(),
-                limiter: self.opts.limiter.clone(),
+                pace: self.opts.limiter.clone().map(|limiter| Pace {
+                    limiter,
+                    activity: activity.clone(),
+                }),
                 checksum: checksum.as_ref(),
                 want_digest: shared.want_digest,
             };
-            let sent = job.adapter.create_with_body(&self.http, request).await;
+            let stall = self.opts.stall_timeout;
+            let sent = tokio::select! {
+                r = job.adapter.create_with_body(&self.http, request) => r,
+                () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
+                    "no progress for {}s (stalled connection)", stall.as_secs()
+                ))),
+            };
             match sent {
                 Ok((url, sent)) if sent.offset >= len => {
                     (shared.on_position)(len);

@@ -678,7 +678,14 @@ pub fn upload_then_kill(args: &[&str], state: &Path) {
             .expect("spawn ferry upload"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(state.join("transfers")).map_or(true, |d| d.count() == 0) {
+    // A record is a `.json` file; the temporary file written before it is not one yet.
+    let saved = || {
+        std::fs::read_dir(state.join("transfers")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        })
+    };
+    while !saved() {
         assert!(
             child.0.try_wait().unwrap().is_none(),
             "ferry upload ended before saving a record"
