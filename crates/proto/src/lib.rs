@@ -34,6 +34,7 @@ pub mod error;
 pub mod http;
 pub mod id;
 pub mod ietf;
+pub mod listing;
 pub mod metadata;
 pub mod range;
 pub mod range_set;

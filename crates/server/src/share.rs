@@ -133,6 +133,9 @@ pub async fn serve(
             }
             return Ok(r);
         }
+        let json = ferry_proto::listing::wants_json(
+            headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+        );
         return listing(
             Listed {
                 root,
@@ -142,6 +145,7 @@ pub async fn serve(
             },
             request_path,
             method,
+            json,
         )
         .await;
     }
@@ -275,6 +279,7 @@ async fn listing(
     listed: Listed,
     request_path: &str,
     method: &Method,
+    json: bool,
 ) -> Result<Response<Body>, ApiError> {
     let entries =
         tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(Vec<u8>, bool, u64)>> {
@@ -295,6 +300,67 @@ async fn listing(
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| ApiError::from(ferry_store::StoreError::from(e)))?;
+    let (body, content_type) = if json {
+        (listing_json(entries), ferry_proto::listing::LISTING_TYPE)
+    } else {
+        (
+            listing_html(entries, request_path),
+            "text/html; charset=utf-8",
+        )
+    };
+    let len = body.len();
+    let mut r = Response::new(if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    });
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // One URL, two representations: caches must tell them apart.
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(crate::ranged::CACHE_CONTROL),
+    );
+    Ok(r)
+}
+
+/// The listing for programs (`ferry_proto::listing::Listing`).
+fn listing_json(entries: Vec<(Vec<u8>, bool, u64)>) -> String {
+    use ferry_proto::listing::{Entry, EntryKind, LISTING_VERSION, Listing};
+    let entries = entries
+        .into_iter()
+        .map(|(name, is_dir, size)| {
+            let mut href: String = percent_encoding::percent_encode(&name, LINK).to_string();
+            if is_dir {
+                href.push('/');
+            }
+            Entry {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                kind: if is_dir {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
+                size: (!is_dir).then_some(size),
+                href,
+            }
+        })
+        .collect();
+    let listing = Listing {
+        version: LISTING_VERSION,
+        entries,
+    };
+    serde_json::to_string(&listing).unwrap_or_default()
+}
+
+/// The listing for people.
+fn listing_html(entries: Vec<(Vec<u8>, bool, u64)>, request_path: &str) -> String {
     let title = html_escape(&String::from_utf8_lossy(
         &percent_decode_str(request_path).collect::<Vec<u8>>(),
     ));
@@ -314,27 +380,7 @@ async fn listing(
         }
     }
     html.push_str("</ul>\n");
-    let len = html.len();
-    let mut r = Response::new(if method == Method::HEAD {
-        Body::empty()
-    } else {
-        Body::from(html)
-    });
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(crate::ranged::CACHE_CONTROL),
-    );
-    Ok(r)
+    html
 }
 
 #[cfg(test)]

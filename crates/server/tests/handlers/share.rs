@@ -60,6 +60,38 @@ async fn listing_is_200_html() {
 }
 
 #[tokio::test]
+async fn listing_for_programs_is_200_json() {
+    let s = shared();
+    std::fs::write(s.share_dir().join(".hidden"), b"x").unwrap();
+    let r = s
+        .send(req("GET", "/share/").h("accept", "application/json"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("content-type"), "application/json");
+    assert_eq!(r.h("vary"), "Accept");
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"version": 1, "entries": [
+            {"name": "a.txt", "type": "file", "size": 10, "href": "a.txt"},
+            {"name": "sub", "type": "dir", "href": "sub/"},
+        ]})
+    );
+    let r = s
+        .send(req("GET", "/share/sub/").h("accept", "application/json"))
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(v["entries"][0]["href"], "b%20%3Cx%3E.bin");
+    assert_eq!(v["entries"][0]["name"], "b <x>.bin");
+    // A browser's Accept gets the page.
+    let r = s
+        .send(req("GET", "/share/").h("accept", "text/html,application/xhtml+xml,*/*;q=0.8"))
+        .await;
+    assert_eq!(r.h("content-type"), "text/html; charset=utf-8");
+    assert_eq!(r.h("vary"), "Accept");
+}
+
+#[tokio::test]
 async fn file_is_200() {
     let s = shared();
     let r = s.send(req("GET", "/share/a.txt")).await;
