@@ -33,6 +33,9 @@ APT_PACKAGES=(
   # browser interop (crates/cli/tests/it/browser.rs): headless Chromium driven by
   # playwright-core from tests/interop/browser.mjs (no browser download).
   chromium
+  # keep_going.rs runs the client as nobody (setpriv); generated.rs renders man pages.
+  util-linux
+  groff-base
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

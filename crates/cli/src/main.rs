@@ -19,6 +19,7 @@ macro_rules! errln {
     }};
 }
 
+mod docs;
 mod fsck;
 mod logs;
 mod progress;
@@ -51,6 +52,10 @@ enum Command {
     Forget(transfer::ForgetArgs),
     /// Check that a data directory's records and data agree (and repair with --repair).
     Fsck(fsck::FsckArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (or write every page with --dir).
+    Man(docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,8 @@ fn main() -> ExitCode {
         Command::Status(args) => transfer::status(args),
         Command::Forget(args) => transfer::forget_cmd(args),
         Command::Fsck(args) => fsck::run(args),
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
     }
 }
 

@@ -29,6 +29,7 @@ mod fail_fast; // unreachable or not tus before anything was sent: at once; once
 mod faults; // network faults through the fault-injecting proxy, upload and download
 mod forget; // `ferry forget` claims only deletions that happened; the record stays when it cannot
 mod fsck; // `ferry fsck`: clean after serving, planted orphans found and repaired, cleaned at start
+mod generated; // `ferry completions SHELL` and `ferry man` from the clap definitions
 mod headers; // -H on every request of upload, download and forget; never saved or logged
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
 mod keep_going; // unreadable and missing files are skipped, the rest is sent, a summary
