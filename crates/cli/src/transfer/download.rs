@@ -66,22 +66,42 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         on_ctrl_c(cancel.clone());
         // Downloads have their own client: no whole-request deadline (see its doc).
         let http = ferry_client::download::http_client(&net.http)?;
+        // With -r, each URL stands for the files below it.
+        let jobs: Vec<(reqwest::Url, Destination)> = if args.recursive {
+            let base = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            let mut jobs = Vec::new();
+            for url in &urls {
+                for f in ferry_client::download::tree::walk(&http, url).await? {
+                    let path = base.join(&f.path);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| ClientError::local(&parent.display().to_string(), e))?;
+                    }
+                    jobs.push((f.url, Destination::File(path)));
+                }
+            }
+            jobs
+        } else {
+            urls.iter().map(|u| (u.clone(), dest_for(u))).collect()
+        };
         let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
         let mut worst: Option<ClientError> = None;
         let (mut done_count, mut failed) = (0usize, 0usize);
-        for url in &urls {
-            match dl
-                .with_progress(bars.sink())
-                .download(url, &dest_for(url))
-                .await
-            {
+        let mut unverified: Option<(usize, String)> = None;
+        for (url, dest) in &jobs {
+            match dl.with_progress(bars.sink()).download(url, dest).await {
                 Ok(done) => {
                     done_count += 1;
                     if let Verification::NotVerified(why) = &done.verification {
-                        bars.println(&format!(
-                            "ferry: {}: not verified: {why}",
-                            done.path.display()
-                        ));
+                        // A tree's files share the reason: said once, at the end.
+                        if args.recursive {
+                            unverified.get_or_insert_with(|| (0, why.clone())).0 += 1;
+                        } else {
+                            bars.println(&format!(
+                                "ferry: {}: not verified: {why}",
+                                done.path.display()
+                            ));
+                        }
                     }
                     // Standard output carries the file itself: nothing else goes there.
                     let to_stdout = done.path.as_os_str() == "-";
@@ -116,7 +136,12 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                 }
             }
         }
-        if failed > 0 && urls.len() > 1 {
+        if let Some((n, why)) = &unverified {
+            bars.println(&format!(
+                "ferry: {n} files checked by size and validator only (not verified: {why})"
+            ));
+        }
+        if failed > 0 && jobs.len() > 1 {
             bars.println(&format!(
                 "ferry: {done_count} downloaded, {failed} failed; run the same command again \
                  to retry what did not finish"

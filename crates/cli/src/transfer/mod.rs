@@ -258,6 +258,10 @@ pub struct DownloadArgs {
     /// Write into this directory, named by Content-Disposition or the URL. [default: .]
     #[arg(short = 'd', long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Each URL is a shared directory (`ferry serve --share`, ending in /): fetch every file
+    /// below it into DIR/NAME/..., each resumed and checked on its own.
+    #[arg(short = 'r', long, conflicts_with = "output")]
+    recursive: bool,
     #[command(flatten)]
     common: CommonArgs,
     /// Streams per file: a number, or "auto" to choose by measurement (no cap of 16).

@@ -12,6 +12,7 @@ mod cors; // CORS preflights, exposed headers, allow lists
 mod create; // creating uploads: tus creation and defer-length, the IETF draft's creation
 mod download; // ranged GETs from `ferry serve`, third-party download clients, `ferry download`
 mod download_resume; // `ferry download` across SIGKILL, cut connections and files that change
+mod download_tree; // `ferry download -r`: a shared tree restored, resumed per file
 mod edge; // the edges as a process: the host check on a loopback listener, ids in logs
 mod expiry; // tus expiration: Upload-Expires, pushed forward by PATCHes, swept on SIGUSR1
 mod hostile; // hostile input on every route family: right 4xx, no panic, stored data untouched

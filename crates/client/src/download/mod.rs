@@ -23,6 +23,7 @@ mod probe;
 mod resume;
 mod stream;
 pub mod target;
+pub mod tree;
 
 use self::fetch::{Fetch, Plan};
 use self::resume::{ResumeDecision, Seen, gaps, merge, resume_decision};
