@@ -20,15 +20,7 @@ struct Tmpfs {
 impl Tmpfs {
     /// None (with a loud message) when not root: mounting needs it.
     fn mount(size: &str) -> Option<Tmpfs> {
-        let root = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-            })
-            .unwrap_or(false);
-        if !root {
+        if !crate::support::is_root() {
             eprintln!("!!! SKIPPED: disk-full tests need root to mount a tmpfs !!!");
             return None;
         }

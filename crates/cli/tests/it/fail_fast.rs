@@ -5,20 +5,11 @@
 //! waited for.
 
 use crate::support::download::{Kid, ferry_download, text};
+use crate::support::upload::free_port;
 use crate::support::*;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A loopback port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn upload(file: &Path, url: &str, state: &Path) -> Ran {
     run_ferry(
@@ -45,7 +36,7 @@ struct PlainHttp {
 
 impl PlainHttp {
     fn start(dir: &Path) -> PlainHttp {
-        let port = closed_port();
+        let port = free_port();
         let kid = Kid(Some(
             Command::new("python3")
                 .args([
@@ -79,7 +70,7 @@ fn unreachable_before_anything_was_transferred_ends_at_once() {
     let t = tempfile::tempdir().unwrap();
     let (file, _) = random_file(t.path(), "f.bin", 3 << 20, 1);
     let state = t.path().join("state");
-    let port = closed_port();
+    let port = free_port();
 
     let r = upload(&file, &format!("http://127.0.0.1:{port}/files/"), &state);
     assert_fast(&r, 7, &format!("nothing listens on 127.0.0.1:{port}"));

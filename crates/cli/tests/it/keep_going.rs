@@ -34,14 +34,14 @@ fn unreadable_and_missing_files_are_skipped_and_the_rest_is_sent() {
     }
     let state = t.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    if nix_is_root() {
+    if is_root() {
         std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
     }
     let missing = t.path().join("missing.bin");
 
     let mut cmd = Command::new("setpriv");
     // Not root when the tests are not: then the permissions bind anyway.
-    if nix_is_root() {
+    if is_root() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
     } else {
         cmd.arg("--");
@@ -104,13 +104,4 @@ fn unreadable_and_missing_files_are_skipped_and_the_rest_is_sent() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("1 downloaded, 1 failed"), "{err}");
     assert_eq!(std::fs::read_dir(&back).unwrap().count(), 1, "{err}");
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        .unwrap_or(false)
 }

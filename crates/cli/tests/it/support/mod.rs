@@ -694,3 +694,15 @@ pub fn upload_then_kill(args: &[&str], state: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether the tests run as root (mounting a tmpfs, running a command as another user).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
