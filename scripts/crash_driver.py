@@ -432,7 +432,8 @@ class Harness:
                 continue
             break
         os.remove(path)
-        url = json.loads(out.decode().strip().splitlines()[-1])["url"]
+        url = next(e["url"] for e in map(json.loads, out.decode().splitlines())
+                   if e.get("event") == "file_done")
         uid = url.rstrip("/").rsplit("/", 1)[-1]
         self.verify_complete(uid, data)
 

@@ -54,9 +54,9 @@ for proto in tus ietf chunks; do
   sleep 2
   start_server
   wait "$cpid"
-  got_url="$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["url"])' "$WORK/out.json")"
-  resumed="$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["resumed_from"])' "$WORK/out.json")"
-  verified="$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["verified"])' "$WORK/out.json")"
+  got_url="$(python3 -c 'import json,sys; print([e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "file_done"][-1]["url"])' "$WORK/out.json")"
+  resumed="$(python3 -c 'import json,sys; print([e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "file_done"][-1]["resumed_from"])' "$WORK/out.json")"
+  verified="$(python3 -c 'import json,sys; print([e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "file_done"][-1]["verified"])' "$WORK/out.json")"
   got="$(curl -sf "$got_url" | sha256sum | cut -d' ' -f1)"
   if [[ "$got" == "$WANT" ]]; then verdict="byte-exact"; else verdict="DIFFERENT"; fi
   echo "$proto: $SIZE, client killed at ~50% and re-run (resumed_from $resumed), server killed and restarted: $verdict, verified $verified"

@@ -69,7 +69,8 @@ def upload_dir(tree, endpoint, at_once, state, extra=()):
                         "--json", "--files-at-once", str(at_once), "--retries", "0", *extra],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     dt = time.perf_counter() - t0
-    lines = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+    lines = [e for e in map(json.loads, r.stdout.decode().splitlines())
+             if e.get("event") == "file_done"]
     return dt, r.returncode, lines, r.stderr.decode()
 
 

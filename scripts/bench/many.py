@@ -66,7 +66,7 @@ def main():
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                     dt = time.perf_counter() - t0
                     done = sum(1 for line in out.stdout.decode().splitlines()
-                               if line.strip() and "url" in json.loads(line))
+                               if json.loads(line).get("event") == "file_done")
                     rss = vm_hwm_kib(pid) / 1024
                 finally:
                     for p in procs:

@@ -49,7 +49,8 @@ def main():
                 shutil.rmtree(state, ignore_errors=True)
                 dt, out = timed([str(FERRY), "upload", str(tree), servers[sync],
                                  "--state-dir", str(state), "--json"])
-                lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+                lines = [e for e in map(json.loads, out.splitlines())
+                         if e.get("event") == "file_done"]
                 assert len(lines) == FILES and all(x["verified"] for x in lines), out[-500:]
                 return dt
             return run

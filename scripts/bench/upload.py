@@ -87,7 +87,8 @@ http {{
             def run():
                 dt, out = timed([str(FERRY), "upload", str(src), servers[server][0],
                                  "--state-dir", str(state), "--json", *flags])
-                delete(json.loads(out.splitlines()[-1])["url"])
+                delete(next(e["url"] for e in map(json.loads, out.splitlines())
+                            if e.get("event") == "file_done"))
                 return dt
             return run
 

@@ -22,7 +22,7 @@ macro_rules! errln {
 mod docs;
 mod fsck;
 mod logs;
-mod progress;
+mod report;
 mod serve;
 mod transfer;
 mod units;

@@ -13,6 +13,8 @@ pub trait ProgressSink: Send + Sync {
     fn note(&self, message: &str);
     /// The transfer ended.
     fn finish(&self);
+    /// How many streams carry the transfer now (1 unless it runs in parallel).
+    fn streams(&self, _n: usize) {}
 }
 
 /// `n` bytes for people: `512 B`, `1.5 KiB`, `3.1 GiB` (binary units, as the size flags).

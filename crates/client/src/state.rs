@@ -193,6 +193,8 @@ pub enum Loaded {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// `transfers` (unfinished ones) or `finished` (the index of finished uploads).
+    sub: &'static str,
 }
 
 impl StateDir {
@@ -201,6 +203,18 @@ impl StateDir {
         fs::create_dir_all(root.join("transfers"))?;
         Ok(StateDir {
             root: root.to_path_buf(),
+            sub: "transfers",
+        })
+    }
+
+    /// The index of finished uploads, under the same keys: each a record with its
+    /// [`Completed`] mark, kept after its run so that uploading the same file again can say
+    /// where it already is. Entries are hints (see [`StateDir::save_hint`]).
+    pub fn finished(&self) -> io::Result<StateDir> {
+        fs::create_dir_all(self.root.join("finished"))?;
+        Ok(StateDir {
+            root: self.root.clone(),
+            sub: "finished",
         })
     }
 
@@ -210,7 +224,7 @@ impl StateDir {
     }
 
     fn dir(&self) -> PathBuf {
-        self.root.join("transfers")
+        self.root.join(self.sub)
     }
 
     fn path(&self, key: &str) -> PathBuf {

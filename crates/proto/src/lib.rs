@@ -35,6 +35,7 @@ pub mod http;
 pub mod id;
 pub mod ietf;
 pub mod listing;
+pub mod manifest;
 pub mod metadata;
 pub mod range;
 pub mod range_set;

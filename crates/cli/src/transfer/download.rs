@@ -4,9 +4,10 @@ use super::*;
 
 /// Runs `ferry download`.
 pub fn download(args: DownloadArgs) -> ExitCode {
+    let json = args.common.json;
     match download_inner(args) {
         Ok(code) => code,
-        Err(e) => fail(&e),
+        Err(e) => fail_run("download", json, &e),
     }
 }
 
@@ -51,11 +52,26 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         sha256,
         force: args.force,
     };
-    let bars = Bars::new();
-    init_logs(&bars, &args.common);
+    let mut settings = args.common.report()?;
+    // The file itself on standard output (`-o -`, `-o /dev/stdout`): the events go to stderr.
+    settings.json_to_stderr = args.output.as_ref().is_some_and(|o| {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let stdout = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .and_then(|fd| std::fs::File::from(fd).metadata().ok());
+        o.as_os_str() == "-"
+            || std::fs::metadata(o)
+                .ok()
+                .zip(stdout)
+                .is_some_and(|(a, b)| a.dev() == b.dev() && a.ino() == b.ino())
+    });
+    let reporter = Reporter::new("download", settings);
+    init_logs(&reporter, &args.common);
     let state = state_dir(&args.common)?;
     let rt = runtime()?;
-    let json = args.common.json;
     let dest_for = |_: &reqwest::Url| match (&args.output, &args.dir) {
         (Some(o), _) => Destination::File(o.clone()),
         (None, Some(d)) => Destination::Dir(d.clone()),
@@ -70,61 +86,96 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         let jobs: Vec<(reqwest::Url, Destination)> = if args.recursive {
             let base = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
             let mut jobs = Vec::new();
+            let mut sizes = Some(0u64);
             for url in &urls {
-                for f in ferry_client::download::tree::walk(&http, url).await? {
+                // A URL ending in / is a shared directory; another, a manifest.
+                let files = if url.path().ends_with('/') {
+                    ferry_client::download::tree::walk(&http, url).await?
+                } else {
+                    ferry_client::download::tree::manifest(&http, url).await?
+                };
+                for f in files {
                     let path = base.join(&f.path);
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent)
                             .map_err(|e| ClientError::local(&parent.display().to_string(), e))?;
                     }
+                    sizes = sizes.zip(f.size).map(|(a, b)| a + b);
                     jobs.push((f.url, Destination::File(path)));
                 }
             }
+            reporter.plan(jobs.len(), sizes);
             jobs
         } else {
+            reporter.plan(urls.len(), None);
             urls.iter().map(|u| (u.clone(), dest_for(u))).collect()
         };
-        let dl = Downloader::new(http, state, opts, bars.sink(), cancel.clone());
+        let several = jobs.len() > 1;
+        let dl = Downloader::new(
+            http,
+            state,
+            opts,
+            Arc::new(ferry_client::progress::NoProgress),
+            cancel.clone(),
+        );
         let mut worst: Option<ClientError> = None;
         let (mut done_count, mut failed) = (0usize, 0usize);
         let mut unverified: Option<(usize, String)> = None;
         for (url, dest) in &jobs {
-            match dl.with_progress(bars.sink()).download(url, dest).await {
+            let sink = reporter.sink(Some(url.as_str()));
+            match dl.with_progress(sink.clone()).download(url, dest).await {
                 Ok(done) => {
                     done_count += 1;
+                    let verified = done.verification == Verification::Verified;
+                    let file = done.path.display().to_string();
                     if let Verification::NotVerified(why) = &done.verification {
                         // A tree's files share the reason: said once, at the end.
                         if args.recursive {
                             unverified.get_or_insert_with(|| (0, why.clone())).0 += 1;
                         } else {
-                            bars.println(&format!(
-                                "ferry: {}: not verified: {why}",
-                                done.path.display()
-                            ));
+                            reporter.note(&format!("ferry: {file}: not verified: {why}"));
                         }
                     }
-                    // Standard output carries the file itself: nothing else goes there.
-                    let to_stdout = done.path.as_os_str() == "-";
-                    if json {
-                        let v = serde_json::json!({
+                    reporter.detail(&format!(
+                        "ferry: {file}: {} in {:.1}s{}{}",
+                        ferry_client::progress::human_bytes(done.bytes),
+                        done.seconds,
+                        if verified {
+                            ", verified"
+                        } else {
+                            ", not verified"
+                        },
+                        if done.resumed_from > 0 {
+                            format!(
+                                ", resumed at {}",
+                                ferry_client::progress::human_bytes(done.resumed_from)
+                            )
+                        } else {
+                            String::new()
+                        },
+                    ));
+                    reporter.file_done(
+                        &sink,
+                        serde_json::json!({
                             "url": url.as_str(),
-                            "file": done.path.display().to_string(),
+                            "file": file,
                             "bytes": done.bytes,
                             "seconds": done.seconds,
-                            "verified": done.verification == Verification::Verified,
+                            "verified": verified,
                             "resumed_from": done.resumed_from,
-                        });
-                        if to_stdout {
-                            bars.println(&v.to_string());
+                        }),
+                    );
+                    // Standard output carries the file itself: nothing else goes there.
+                    if done.path.as_os_str() != "-" {
+                        if several {
+                            reporter.result(&format!("{file}\t{url}"));
                         } else {
-                            bars.println_stdout(&v.to_string());
+                            reporter.result(&file);
                         }
-                    } else if !to_stdout {
-                        bars.println_stdout(&done.path.display().to_string());
                     }
                 }
                 Err(e) => {
-                    bars.println(&format!("ferry: {url}: {}", e.message));
+                    reporter.file_failed(Some(&sink), url.as_str(), Some(url.as_str()), &e);
                     failed += 1;
                     let stop = e.kind == ErrorKind::Interrupted;
                     if worst.is_none() || stop {
@@ -137,19 +188,19 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
             }
         }
         if let Some((n, why)) = &unverified {
-            bars.println(&format!(
+            reporter.note(&format!(
                 "ferry: {n} files checked by size and validator only (not verified: {why})"
             ));
         }
-        if failed > 0 && jobs.len() > 1 {
-            bars.println(&format!(
+        if failed > 0 && several {
+            reporter.warn(&format!(
                 "ferry: {done_count} downloaded, {failed} failed; run the same command again \
                  to retry what did not finish"
             ));
         }
-        Ok::<_, ClientError>(
-            worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),
-        )
+        let code = worst.map_or(0, |e| e.kind.exit_code());
+        reporter.finish(code, serde_json::json!({}));
+        Ok::<_, ClientError>(ExitCode::from(code))
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code

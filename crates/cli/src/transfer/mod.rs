@@ -9,7 +9,7 @@ pub use download::download;
 pub use records::{forget_cmd, status};
 pub use upload::upload;
 
-use crate::progress::Bars;
+use crate::report::{self, Reporter};
 use clap::{Args, ValueEnum};
 use ferry_client::adapter::Protocol;
 use ferry_client::chunk::ChunkBounds;
@@ -87,12 +87,41 @@ pub struct CommonArgs {
     /// Where resume state lives. [default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry]
     #[arg(long, env = "FERRY_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Print one JSON object per file on stdout instead of the URL.
+    /// Print JSON Lines events on stdout (started, progress, file_done, error, summary)
+    /// instead of the results for people.
     #[arg(long)]
     json: bool,
-    /// Log filter for stderr (tracing syntax). [default: warn]
+    /// Print only the results and errors: no progress, no notices.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More detail: each file's protocol, streams, rate and verification; -vv adds the
+    /// client's debug log.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Time between progress lines when stderr is not a terminal (and between --json
+    /// progress events). [default: 5s; 1s with --json]
+    #[arg(long, value_name = "DURATION")]
+    progress_interval: Option<String>,
+    /// Log filter for stderr (tracing syntax). [default: warn; info with -v]
     #[arg(long, env = "FERRY_LOG", value_name = "FILTER")]
     log: Option<String>,
+}
+
+impl CommonArgs {
+    /// The output settings these flags ask for.
+    fn report(&self) -> Result<report::Settings, ClientError> {
+        Ok(report::Settings {
+            json: self.json,
+            quiet: self.quiet,
+            verbose: self.verbose,
+            interval: self
+                .progress_interval
+                .as_deref()
+                .map(|v| positive("--progress-interval", v))
+                .transpose()?,
+            json_to_stderr: false,
+        })
+    }
 }
 
 /// Retry, timeout and bandwidth settings shared by uploads and downloads.
@@ -233,6 +262,10 @@ pub struct UploadArgs {
     /// Most streams per file the automatic choice may use.
     #[arg(long, default_value_t = 32, value_name = "N")]
     max_parallel: usize,
+    /// Upload even files that this state dir's index says are already on the server
+    /// (unchanged since, and the server still has them whole).
+    #[arg(long)]
+    again: bool,
     /// Files uploaded at the same time (directories and several FILE arguments); of those,
     /// at most 8 larger than 2 MiB (small files go in one request each, so many at once keep
     /// the link busy; large ones fill it alone).
@@ -280,6 +313,14 @@ pub struct DownloadArgs {
 /// `ferry status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// Do not ask the servers how much of each upload they hold (bytes_done unknown).
+    #[arg(long)]
+    offline: bool,
+    /// List the index of finished uploads instead (file, URL, digest).
+    #[arg(long)]
+    finished: bool,
+    #[command(flatten)]
+    headers: HeaderArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -287,7 +328,8 @@ pub struct StatusArgs {
 /// `ferry forget`.
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
-    /// Transfer key (from `ferry status`) or the local file's path.
+    /// Transfer key (from `ferry status`, or `ferry status --finished`) or the local file's
+    /// path. A finished upload is only dropped from the index: it stays on the server.
     #[arg(required = true)]
     which: Vec<String>,
     /// Drop only the local record; leave the server's unfinished uploads (they expire).
@@ -350,12 +392,17 @@ fn state_dir(common: &CommonArgs) -> Result<StateDir, ClientError> {
         .map_err(|e| ClientError::local(&format!("state dir {}", root.display()), e))
 }
 
-fn init_logs(bars: &Bars, common: &CommonArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(common.log.as_deref().unwrap_or("warn"))
+fn init_logs(reporter: &Reporter, common: &CommonArgs) {
+    let default = match common.verbose {
+        0 => "warn",
+        1 => "warn,ferry_client=info",
+        _ => "warn,ferry_client=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(common.log.as_deref().unwrap_or(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(bars.clone())
+        .with_writer(reporter.clone())
         .with_ansi(false)
         .without_time()
         .try_init();
@@ -371,6 +418,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
 fn fail(e: &ClientError) -> ExitCode {
     errln!("ferry: {}", e.message);
     ExitCode::from(e.kind.exit_code())
+}
+
+/// A run that could not start: said on stderr and, with `--json`, as an `error` event and a
+/// `summary`, so that a program reading the events always learns the outcome.
+fn fail_run(op: &str, json: bool, e: &ClientError) -> ExitCode {
+    if json {
+        let mut err = report::error_fields(None, None, e);
+        err["version"] = report::EVENTS_VERSION.into();
+        err["event"] = "error".into();
+        err["op"] = op.into();
+        outln!("{}", report::event_line(&err));
+        let summary = serde_json::json!({
+            "version": report::EVENTS_VERSION, "event": "summary", "op": op,
+            "files_done": 0, "files_failed": 0, "files_total": 0, "bytes_done": 0,
+            "bytes_moved": 0, "seconds": 0.0, "exit_code": e.kind.exit_code(),
+        });
+        outln!("{}", report::event_line(&summary));
+    }
+    fail(e)
 }
 
 /// Ctrl-C: the first one stops cleanly (state stays resumable); a second one exits at once.

@@ -1,12 +1,15 @@
 //! `ferry upload`: files and directories to a tus, IETF or chunk-session endpoint.
 
 use super::*;
+use ferry_client::upload::UploadOutcome;
+use ferry_proto::manifest::{MANIFEST_VERSION, Manifest, ManifestFile};
 
 /// Runs `ferry upload`.
 pub fn upload(args: UploadArgs) -> ExitCode {
+    let json = args.common.json;
     match upload_inner(args) {
         Ok(code) => code,
-        Err(e) => fail(&e),
+        Err(e) => fail_run("upload", json, &e),
     }
 }
 
@@ -85,39 +88,50 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         // A file finished while others are not keeps its record until the whole run is done,
         // so that the same command run again after an interruption skips it.
         keep_completed: true,
+        again: args.again,
     };
-    let bars = Bars::new();
-    init_logs(&bars, &args.common);
+    let reporter = Reporter::new("upload", args.common.report()?);
+    init_logs(&reporter, &args.common);
     let state = state_dir(&args.common)?;
     let rt = runtime()?;
-    let json = args.common.json;
     let files_at_once = at_least_one("--files-at-once", args.files_at_once)?;
     // What cannot be read is reported and skipped; everything else is sent (as rsync does).
-    let (files, skipped) = expand(files);
-    for e in &skipped {
-        bars.println(&format!("ferry: {}; skipped", e.message));
+    let Expanded {
+        files,
+        dirs,
+        skipped,
+    } = expand(files);
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    reporter.plan(files.len(), Some(total));
+    for (what, e) in &skipped {
+        reporter.warn(&format!("ferry: {}; skipped", e.message));
+        reporter.event("error", report::error_fields(Some(what), None, e));
     }
     if files.is_empty()
-        && let Some(e) = skipped.first()
+        && let Some((_, e)) = skipped.first()
     {
-        return Ok(ExitCode::from(e.kind.exit_code()));
+        let code = e.kind.exit_code();
+        reporter.finish(code, serde_json::json!({ "files_skipped": skipped.len() }));
+        return Ok(ExitCode::from(code));
     }
+    let several = files.len() + skipped.len() > 1;
     let code = rt.block_on(async move {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
         let http = http_client(&net.http)?;
-        let total: u64 = files.iter().map(|f| f.size).sum();
-        // One file: its own bar. Several: one bar for the total.
-        let overall = (files.len() > 1).then(|| bars.total(total, files.len()));
         let finished_state = state.clone();
-        let uploader = Uploader::new(http, state, opts, bars.sink(), cancel.clone());
+        let uploader = Uploader::new(
+            http,
+            state,
+            opts,
+            Arc::new(ferry_client::progress::NoProgress),
+            cancel.clone(),
+        );
         let large_at_once = Arc::new(tokio::sync::Semaphore::new(files_at_once.min(8)));
         let jobs = files.iter().map(|f| {
             let large_at_once = large_at_once.clone();
-            let up = match &overall {
-                Some(t) => uploader.with_progress(t.file_sink()),
-                None => uploader.with_progress(bars.sink()),
-            };
+            let sink = reporter.sink(None);
+            let up = uploader.with_progress(sink.clone());
             let endpoint = endpoint.clone();
             async move {
                 let _permit = if f.size > ferry_client::upload::SMALL_FILE_MAX {
@@ -125,17 +139,17 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                 } else {
                     None
                 };
-                (
-                    f,
-                    up.upload(&f.path, &endpoint, f.relative.as_deref()).await,
-                )
+                let result = up.upload(&f.path, &endpoint, f.relative.as_deref()).await;
+                (f, sink, result)
             }
         });
         // Results come back in argument order while several files are in flight.
         let mut results = futures_util::stream::iter(jobs).buffered(files_at_once);
-        let mut worst: Option<ClientError> = skipped.first().cloned();
+        let mut worst: Option<ClientError> = skipped.first().map(|(_, e)| e.clone());
         let (mut failed, mut finished) = (0usize, Vec::new());
-        while let Some((f, result)) = results.next().await {
+        let mut listed: Vec<Vec<ManifestFile>> = dirs.iter().map(|_| Vec::new()).collect();
+        let mut already = Vec::new();
+        while let Some((f, sink, result)) = results.next().await {
             let shown = f
                 .relative
                 .clone()
@@ -143,31 +157,61 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
             match result {
                 Ok(done) => {
                     finished.push(done.key.clone());
-                    if let Verification::NotVerified(why) = &done.verification {
-                        bars.println(&format!("ferry: {shown}: {why}"));
+                    if done.already_uploaded {
+                        already.push((shown.clone(), done.url.clone()));
                     }
-                    if json {
-                        let mut v = serde_json::json!({
-                            "file": shown,
-                            "url": done.url,
-                            "bytes": done.bytes,
-                            "seconds": done.seconds,
-                            "verified": done.verification == Verification::Verified,
-                            "resumed_from": done.resumed_from,
-                            "protocol": done.protocol.name(),
-                        });
-                        // "crc64nvme" against ferry servers, "sha256" against others (or the
-                        // --digest asked for).
-                        if let Some(d) = &done.digest {
-                            v[d.algorithm.name()] = d.hex().into();
-                        }
-                        bars.println_stdout(&v.to_string());
+                    if let Some(i) = f.dir {
+                        listed[i].push(manifest_entry(f, &done));
+                    }
+                    let verified = done.verification == Verification::Verified;
+                    if let Verification::NotVerified(why) = &done.verification {
+                        reporter.note(&format!("ferry: {shown}: {why}"));
+                    }
+                    reporter.detail(&format!(
+                        "ferry: {shown}: {} in {:.1}s over {}{}{}",
+                        ferry_client::progress::human_bytes(done.bytes),
+                        done.seconds,
+                        done.protocol.name(),
+                        match &done.digest {
+                            Some(d) if verified => format!(", verified ({})", d.algorithm.name()),
+                            _ if verified => ", verified".to_string(),
+                            _ => ", not verified".to_string(),
+                        },
+                        if done.resumed_from > 0 {
+                            format!(
+                                ", resumed at {}",
+                                ferry_client::progress::human_bytes(done.resumed_from)
+                            )
+                        } else {
+                            String::new()
+                        },
+                    ));
+                    let mut v = serde_json::json!({
+                        "file": shown,
+                        "url": done.url,
+                        "bytes": done.bytes,
+                        "seconds": done.seconds,
+                        "verified": verified,
+                        "resumed_from": done.resumed_from,
+                        "protocol": done.protocol.name(),
+                        "already_uploaded": done.already_uploaded,
+                    });
+                    // "crc64nvme" against ferry servers, "sha256" against others (or the
+                    // --digest asked for).
+                    if let Some(d) = &done.digest {
+                        v[d.algorithm.name()] = d.hex().into();
+                    }
+                    reporter.file_done(&sink, v);
+                    // One file: its URL alone (URL=$(ferry upload f URL)); several: each
+                    // file beside its URL.
+                    if several {
+                        reporter.result(&format!("{shown}\t{}", done.url));
                     } else {
-                        bars.println_stdout(&done.url);
+                        reporter.result(&done.url);
                     }
                 }
                 Err(e) => {
-                    bars.println(&format!("ferry: {shown}: {}", e.message));
+                    reporter.file_failed(Some(&sink), &shown, None, &e);
                     failed += 1;
                     // Interrupted, or a server that cannot be reached: the other files would
                     // only say the same.
@@ -182,11 +226,66 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
             }
         }
         drop(results);
-        if let Some(t) = &overall {
-            t.finish();
+        match already.as_slice() {
+            [] => {}
+            [(file, url)] => reporter.note(&format!(
+                "ferry: {file}: already uploaded, unchanged since: {url} (--again uploads it \
+                 anew)"
+            )),
+            many => reporter.note(&format!(
+                "ferry: {} files were already uploaded, unchanged since (--again uploads them \
+                 anew)",
+                many.len()
+            )),
         }
-        if (failed > 0 || !skipped.is_empty()) && files.len() + skipped.len() > 1 {
-            bars.println(&format!(
+        // Each directory whose files all went up gets its manifest.
+        let root = finished_state.root().to_path_buf();
+        for (i, (dir, entries)) in dirs.iter().zip(listed).enumerate() {
+            let count = entries.len();
+            if dir.incomplete
+                || failed > 0
+                || count < files.iter().filter(|f| f.dir == Some(i)).count()
+            {
+                reporter.note(&format!(
+                    "ferry: {}/: no manifest until every file below it is uploaded",
+                    dir.name
+                ));
+                continue;
+            }
+            let manifest = match write_manifest(&root, &endpoint, dir, entries) {
+                Ok(p) => p,
+                Err(e) => {
+                    reporter.file_failed(None, &format!("{}/", dir.name), None, &e);
+                    worst.get_or_insert(e);
+                    continue;
+                }
+            };
+            let name = ferry_proto::manifest::file_name(&dir.name);
+            let up = uploader.with_progress(Arc::new(ferry_client::progress::NoProgress));
+            match up.upload(&manifest, &endpoint, Some(&name)).await {
+                Ok(done) => {
+                    finished.push(done.key.clone());
+                    reporter.event(
+                        "manifest",
+                        serde_json::json!({
+                            "dir": dir.name, "url": done.url, "files": count,
+                        }),
+                    );
+                    reporter.result(&format!("{}/\t{}", dir.name, done.url));
+                    reporter.note(&format!(
+                        "ferry: {}/: manifest at {} (ferry download -r URL -d DIR restores \
+                         the tree)",
+                        dir.name, done.url
+                    ));
+                }
+                Err(e) => {
+                    reporter.file_failed(None, &format!("{}/ (manifest)", dir.name), None, &e);
+                    worst.get_or_insert(e);
+                }
+            }
+        }
+        if (failed > 0 || !skipped.is_empty()) && several {
+            reporter.warn(&format!(
                 "ferry: {} uploaded, {failed} failed, {} skipped; run the same command again \
                  to retry what did not finish",
                 finished.len(),
@@ -197,13 +296,13 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         if worst.is_none()
             && let Err(e) = finished_state.remove_many(finished.iter().map(String::as_str))
         {
-            bars.println(&format!(
+            reporter.warn(&format!(
                 "ferry: could not clear the finished transfers from the state: {e}"
             ));
         }
-        Ok::<_, ClientError>(
-            worst.map_or(ExitCode::SUCCESS, |e| ExitCode::from(e.kind.exit_code())),
-        )
+        let code = worst.map_or(0, |e| e.kind.exit_code());
+        reporter.finish(code, serde_json::json!({ "files_skipped": skipped.len() }));
+        Ok::<_, ClientError>(ExitCode::from(code))
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code
@@ -214,20 +313,39 @@ struct FileArg {
     path: PathBuf,
     relative: Option<String>,
     size: u64,
+    /// The directory argument it was found in (an index into [`Expanded::dirs`]).
+    dir: Option<usize>,
+}
+
+/// A directory argument: its files get a manifest once all of them are uploaded.
+struct DirArg {
+    /// Its own name, the first segment of its files' relative paths.
+    name: String,
+    /// Its canonical path (what the manifest's record is keyed by).
+    path: PathBuf,
+    /// Something below it could not be read: no manifest, which would leave it out.
+    incomplete: bool,
+}
+
+/// The arguments, expanded.
+struct Expanded {
+    files: Vec<FileArg>,
+    dirs: Vec<DirArg>,
+    skipped: Vec<(String, ClientError)>,
 }
 
 /// Expands directory arguments into the regular files below them (sorted, symlinks not
 /// followed, so a link cannot loop or escape), keeping each one's path relative to the
 /// directory's parent (e.g. `photos/2024/a.jpg`). What cannot be read (a missing argument, a
 /// directory without permission) is returned beside the files, each with its reason.
-fn expand(args: &[String]) -> (Vec<FileArg>, Vec<ClientError>) {
-    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+fn expand(args: &[String]) -> Expanded {
+    let (mut out, mut skipped, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
     for a in args {
         let path = PathBuf::from(a);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) => {
-                skipped.push(usage(format!("{a}: {}", io_reason(&e))));
+                skipped.push((a.clone(), usage(format!("{a}: {}", io_reason(&e)))));
                 continue;
             }
         };
@@ -236,13 +354,14 @@ fn expand(args: &[String]) -> (Vec<FileArg>, Vec<ClientError>) {
                 path,
                 relative: None,
                 size: meta.len(),
+                dir: None,
             });
             continue;
         }
         let top = match std::fs::canonicalize(&path) {
             Ok(t) => t,
             Err(e) => {
-                skipped.push(ClientError::local(a, e));
+                skipped.push((a.clone(), ClientError::local(a, e)));
                 continue;
             }
         };
@@ -251,13 +370,20 @@ fn expand(args: &[String]) -> (Vec<FileArg>, Vec<ClientError>) {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let shown = |rel: &str| format!("{}{}", a.trim_end_matches('/'), &rel[name.len()..]);
+        let skipped_before = skipped.len();
+        let index = dirs.len();
+        dirs.push(DirArg {
+            name: name.clone(),
+            path: top.clone(),
+            incomplete: false,
+        });
         let mut stack = vec![(top, name.clone())];
         let mut found = Vec::new();
         while let Some((dir, rel)) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) => {
-                    skipped.push(ClientError::local(&shown(&rel), e));
+                    skipped.push((shown(&rel), ClientError::local(&shown(&rel), e)));
                     continue;
                 }
             };
@@ -265,7 +391,7 @@ fn expand(args: &[String]) -> (Vec<FileArg>, Vec<ClientError>) {
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
-                        skipped.push(ClientError::local(&shown(&rel), e));
+                        skipped.push((shown(&rel), ClientError::local(&shown(&rel), e)));
                         continue;
                     }
                 };
@@ -278,15 +404,73 @@ fn expand(args: &[String]) -> (Vec<FileArg>, Vec<ClientError>) {
                             path: entry.path(),
                             relative: Some(child),
                             size,
+                            dir: Some(index),
                         });
                     }
                     Ok(_) => {}
-                    Err(e) => skipped.push(ClientError::local(&shown(&child), e)),
+                    Err(e) => skipped.push((shown(&child), ClientError::local(&shown(&child), e))),
                 }
             }
         }
         found.sort_by(|a, b| a.relative.cmp(&b.relative));
         out.extend(found);
+        dirs[index].incomplete = skipped.len() > skipped_before;
     }
-    (out, skipped)
+    Expanded {
+        files: out,
+        dirs,
+        skipped,
+    }
+}
+
+/// What a manifest lists of one uploaded file.
+fn manifest_entry(f: &FileArg, done: &UploadOutcome) -> ManifestFile {
+    let mut entry = ManifestFile {
+        path: f.relative.clone().unwrap_or_default(),
+        size: done.bytes,
+        url: done.url.clone(),
+        crc64nvme: None,
+        sha256: None,
+        blake3: None,
+    };
+    if let Some(d) = &done.digest {
+        let hex = Some(d.hex());
+        match d.algorithm {
+            ChecksumAlgorithm::Crc64Nvme => entry.crc64nvme = hex,
+            ChecksumAlgorithm::Sha256 => entry.sha256 = hex,
+            ChecksumAlgorithm::Blake3 => entry.blake3 = hex,
+            _ => {}
+        }
+    }
+    entry
+}
+
+/// Writes the manifest of `dir` into the state dir, where its upload is resumed and indexed
+/// like any file's. Rewritten only when it changed: the same tree uploaded again finds the
+/// same manifest, already uploaded.
+fn write_manifest(
+    root: &std::path::Path,
+    endpoint: &reqwest::Url,
+    dir: &DirArg,
+    mut files: Vec<ManifestFile>,
+) -> Result<PathBuf, ClientError> {
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let m = Manifest {
+        ferry_manifest: MANIFEST_VERSION,
+        name: dir.name.clone(),
+        files,
+    };
+    let key = ferry_client::state::transfer_key("manifest", endpoint.as_str(), &dir.path);
+    let folder = root.join("manifests").join(key);
+    let path = folder.join(ferry_proto::manifest::file_name(&dir.name));
+    let text = serde_json::to_vec_pretty(&m)
+        .map_err(|e| ClientError::local("the manifest", std::io::Error::other(e)))?;
+    if std::fs::read(&path).ok().as_ref() != Some(&text) {
+        let local = |e| ClientError::local(&path.display().to_string(), e);
+        std::fs::create_dir_all(&folder).map_err(local)?;
+        let tmp = folder.join(".manifest.tmp");
+        std::fs::write(&tmp, &text).map_err(local)?;
+        std::fs::rename(&tmp, &path).map_err(local)?;
+    }
+    Ok(path)
 }

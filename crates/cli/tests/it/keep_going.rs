@@ -59,10 +59,7 @@ fn unreadable_and_missing_files_are_skipped_and_the_rest_is_sent() {
     let out = run(&mut cmd, Duration::from_secs(60));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let sent: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let sent = files_done(&stdout);
     // In argument order.
     let by_file: Vec<(String, String)> = sent
         .iter()

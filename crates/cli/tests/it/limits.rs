@@ -181,7 +181,7 @@ fn the_minimum_body_rate_never_cuts_ferry_upload_at_1m_over_32_files() {
         Duration::from_secs(60),
     );
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    let done = ran.stdout.lines().filter(|l| l.contains("\"url\"")).count();
+    let done = files_done(&ran.stdout).len();
     assert_eq!(done, 32, "{}", ran.stdout);
     assert!(
         !server.log().contains("TooSlow"),

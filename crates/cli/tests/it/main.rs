@@ -38,5 +38,7 @@ mod limits; // bounds under abuse: connection cap and shedding, accept backoff, 
 mod messages; // one line, human sizes, each name once; invalid settings exit 2 naming the variable
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
 mod pipes; // closed stdout or stderr: no panic; the server still stops on SIGTERM
+mod progress; // --json events, plain lines on a log, 80-column terminal lines, --quiet, -v
+mod remember; // the index of finished uploads, --again, status progress, directory manifests
 mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto`
 mod values; // client settings: impossible values refused, one --limit-rate budget, -j notes

@@ -76,10 +76,7 @@ impl Done {
 }
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    files_done(stdout)
 }
 
 fn tail(s: &str) -> &str {

@@ -617,7 +617,7 @@ fn status_lists_and_forget_deletes() {
         );
     }
     let status = env.run(["status", "--json"]).ok();
-    let objs = status.json();
+    let objs = status.json_lines();
     assert_eq!(objs.len(), 2, "{status:#?}");
     for o in &objs {
         assert_eq!(o["kind"], "upload");

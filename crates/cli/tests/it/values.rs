@@ -165,7 +165,12 @@ fn limit_rate_is_one_budget_for_the_whole_run() {
         "-d",
         out_dir.to_str().unwrap(),
     ];
-    args.extend(r.stdout.lines());
+    // Several files: each beside its URL.
+    args.extend(
+        r.stdout
+            .lines()
+            .filter_map(|l| l.split_once('\t').map(|(_, u)| u)),
+    );
     assert_eq!(args.len(), 8, "{}", r.stdout);
     let start = std::time::Instant::now();
     let out = crate::support::download::ferry_download(&t.path().join("dstate"), &args);

@@ -236,6 +236,7 @@ impl Downloader {
                     let goodput = now.1.saturating_sub(last.1) as f64 / secs;
                     last = now;
                     self.progress.position(now.1);
+                    self.progress.streams(workers.len());
                     if fixed.is_none() {
                         let n = controller.record(goodput);
                         tracing::debug!(streams = n, goodput_mb_s = goodput / 1e6, "download window");

@@ -1,11 +1,13 @@
 //! `ferry download -r`: the files below a shared directory (`ferry serve --share`), from its
-//! JSON listings (`ferry_proto::listing`), each with the local path it goes to. What the server
+//! JSON listings (`ferry_proto::listing`), or those of an uploaded directory's manifest
+//! (`ferry_proto::manifest`), each with the local path it goes to. What the server
 //! names is checked before it becomes a path: one plain segment per entry, never `..`, `/` or
 //! a NUL, so a hostile listing cannot write outside the target directory.
 
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::response::{classify, network};
 use ferry_proto::listing::{EntryKind, LISTING_TYPE, LISTING_VERSION, Listing};
+use ferry_proto::manifest::{MANIFEST_VERSION, Manifest, relative_path};
 use reqwest::Url;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -66,7 +68,7 @@ pub async fn walk(http: &reqwest::Client, url: &Url) -> Result<Vec<TreeFile>, Cl
     if !url.path().ends_with('/') {
         return Err(ClientError::new(
             ErrorKind::Usage,
-            "-r takes the URL of a directory, ending in /",
+            "-r takes the URL of a shared directory, ending in /, or of a manifest",
         ));
     }
     let root = top_name(url).map(PathBuf::from).unwrap_or_default();
@@ -121,14 +123,70 @@ pub async fn walk(http: &reqwest::Client, url: &Url) -> Result<Vec<TreeFile>, Cl
     Ok(out)
 }
 
-/// One directory's listing.
-async fn list(http: &reqwest::Client, dir: &Url) -> Result<Listing, ClientError> {
-    let fatal = |e: AttemptError| match e {
+/// The files of the uploaded directory whose manifest (`ferry upload DIR`) is at `url`, each
+/// with the path it goes to (checked: relative, below the target).
+pub async fn manifest(http: &reqwest::Client, url: &Url) -> Result<Vec<TreeFile>, ClientError> {
+    let refused = |why: String| ClientError::new(ErrorKind::Refused, format!("{url}: {why}"));
+    let resp = http
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| fatal(network("GET", e)))?;
+    if !resp.status().is_success() {
+        return Err(fatal(classify(resp, "manifest").await));
+    }
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_LISTING as u64)
+    {
+        return Err(refused("too large for a manifest".into()));
+    }
+    let body = resp.bytes().await.map_err(|e| fatal(network("GET", e)))?;
+    let m: Manifest =
+        serde_json::from_slice(&body[..body.len().min(MAX_LISTING)]).map_err(|e| {
+            refused(format!(
+                "not a manifest of `ferry upload DIR` ({e}); -r takes one, or a shared directory's \
+             URL ending in /"
+            ))
+        })?;
+    if m.ferry_manifest > MANIFEST_VERSION {
+        return Err(refused(format!(
+            "manifest version {} is newer than this ferry knows",
+            m.ferry_manifest
+        )));
+    }
+    if m.files.len() > MAX_FILES {
+        return Err(refused(format!("more than {MAX_FILES} files")));
+    }
+    m.files
+        .iter()
+        .map(|f| {
+            let path: PathBuf = relative_path(&f.path).map_err(refused)?.iter().collect();
+            let file_url = url
+                .join(&f.url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| refused(format!("{:?} is not an http(s) URL", f.url)))?;
+            Ok(TreeFile {
+                url: file_url,
+                path,
+                size: Some(f.size),
+            })
+        })
+        .collect()
+}
+
+fn fatal(e: AttemptError) -> ClientError {
+    match e {
         AttemptError::Fatal(e) => e,
         AttemptError::Unreachable(why) => ClientError::new(ErrorKind::Unreachable, why),
         AttemptError::Gone => ClientError::new(ErrorKind::Refused, "not found (404)"),
         e => ClientError::new(ErrorKind::Exhausted, e.message()),
-    };
+    }
+}
+
+/// One directory's listing.
+async fn list(http: &reqwest::Client, dir: &Url) -> Result<Listing, ClientError> {
     let resp = http
         .get(dir.clone())
         .header(reqwest::header::ACCEPT, LISTING_TYPE)

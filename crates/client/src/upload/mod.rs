@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::http::upload_client as http_client;
 pub use crate::options::{ChecksumChoice, Parallel, Verification};
+pub use record::uploaded_bytes;
 
 /// How uploads behave.
 #[derive(Debug, Clone)]
@@ -73,6 +74,9 @@ pub struct UploadOptions {
     pub keep_completed: bool,
     /// Which protocol to speak.
     pub protocol: Protocol,
+    /// Upload anew even a file that the state's index of finished uploads (or an unfinished
+    /// run's [`Completed`] mark) says is already there.
+    pub again: bool,
 }
 
 impl Default for UploadOptions {
@@ -90,6 +94,7 @@ impl Default for UploadOptions {
             max_parallel: 32,
             keep_completed: false,
             protocol: Protocol::Auto,
+            again: false,
         }
     }
 }
@@ -160,6 +165,9 @@ pub struct UploadOutcome {
     pub key: String,
     /// The protocol it spoke.
     pub protocol: Adapter,
+    /// Nothing was sent: the state's index of finished uploads had this file there already
+    /// (unchanged since, and the server still has it whole).
+    pub already_uploaded: bool,
 }
 
 /// One file's transfer, as the stream runners see it.
@@ -451,6 +459,9 @@ impl Uploader {
                 .remove(&job.key)
                 .map_err(local("writing the state"))?;
         }
+        if let Some(d) = &digest {
+            self.remember_finished(&job, endpoint, url.as_str(), d);
+        }
         self.progress.finish();
         Ok(UploadOutcome {
             url: url.to_string(),
@@ -461,6 +472,7 @@ impl Uploader {
             resumed_from,
             key: job.key.clone(),
             protocol: job.adapter,
+            already_uploaded: false,
         })
     }
 

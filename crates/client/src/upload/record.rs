@@ -7,7 +7,7 @@ use super::{FileDigest, Job, UploadOutcome, Uploader, local};
 use crate::adapter::Adapter;
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::retry::RetryState;
-use crate::state::{Loaded, PartRecord, STATE_VERSION, Transfer, UploadRecord, now_ms};
+use crate::state::{Completed, Loaded, PartRecord, STATE_VERSION, Transfer, UploadRecord, now_ms};
 use reqwest::Url;
 
 impl Uploader {
@@ -20,10 +20,30 @@ impl Uploader {
         job: &Job,
         retry: &mut RetryState,
     ) -> Result<Option<UploadOutcome>, ClientError> {
-        let Ok(Loaded::Found(Transfer::Upload(rec))) = self.state.load(&job.key) else {
+        if self.opts.again {
             return Ok(None);
+        }
+        // This run's own mark first (an interrupted run of several files), then the index of
+        // finished uploads.
+        let index = self.state.finished().ok();
+        let (rec, indexed) = match self.state.load(&job.key) {
+            Ok(Loaded::Found(Transfer::Upload(rec))) => (rec, false),
+            _ => match index.as_ref().map(|i| i.load(&job.key)) {
+                Some(Ok(Loaded::Found(Transfer::Upload(rec)))) => (rec, true),
+                _ => return Ok(None),
+            },
         };
-        let Some(done) = rec.completed.filter(|_| rec.identity == job.identity) else {
+        let forget_indexed = || {
+            if let Some(i) = index.as_ref().filter(|_| indexed) {
+                let _ = i.remove(&job.key);
+            }
+        };
+        if rec.identity != job.identity {
+            // The file changed since: its earlier upload is another file's now.
+            forget_indexed();
+            return Ok(None);
+        }
+        let Some(done) = rec.completed else {
             return Ok(None);
         };
         let url =
@@ -49,9 +69,13 @@ impl Uploader {
                  it again",
                 job.display
             ));
-            self.state
-                .remove(&job.key)
-                .map_err(local("writing the state"))?;
+            if indexed {
+                forget_indexed();
+            } else {
+                self.state
+                    .remove(&job.key)
+                    .map_err(local("writing the state"))?;
+            }
             return Ok(None);
         };
         self.progress.start(&job.display, job.len, job.len);
@@ -65,7 +89,28 @@ impl Uploader {
             resumed_from: job.len,
             key: job.key.clone(),
             protocol: adapter,
+            already_uploaded: indexed,
         }))
+    }
+
+    /// Notes a finished upload in the index of finished uploads. A hint: failing to write it
+    /// costs a second upload of the file some day, never a wrong answer, so it is only logged.
+    pub(super) fn remember_finished(&self, job: &Job, endpoint: &Url, url: &str, d: &FileDigest) {
+        let mut rec = self.new_record(job, endpoint, Vec::new());
+        rec.completed = Some(Box::new(Completed::new(
+            url.to_owned(),
+            Some((d.algorithm, d.bytes.clone())),
+        )));
+        if let Err(e) = self
+            .state
+            .finished()
+            .and_then(|i| i.save_hint(&Transfer::Upload(rec)))
+        {
+            tracing::warn!(
+                "could not note {} in the index of finished uploads: {e}",
+                job.display
+            );
+        }
     }
 
     /// The saved record for this transfer, if it is still good: the same file (a changed
@@ -168,4 +213,49 @@ impl Uploader {
             completed: None,
         }
     }
+}
+
+/// How much of the recorded upload the server holds, asked of the server (a HEAD per unfinished
+/// part; parts the record marks done count whole). For `ferry status`.
+pub async fn uploaded_bytes(
+    http: &reqwest::Client,
+    rec: &UploadRecord,
+) -> Result<u64, ClientError> {
+    if rec.completed.is_some() {
+        return Ok(rec.identity.size);
+    }
+    let adapter = Adapter::from_name(&rec.protocol).unwrap_or(Adapter::Tus);
+    let parse = |u: &str| {
+        Url::parse(u).map_err(|e| ClientError::new(ErrorKind::Local, format!("{u}: {e}")))
+    };
+    let ask = |url: Url| async move {
+        adapter
+            .received(http, &url)
+            .await
+            .or_else(|e| match e {
+                AttemptError::Gone => Ok(0),
+                e => Err(e),
+            })
+            .map_err(|e| match e {
+                AttemptError::Fatal(e) => e,
+                e => ClientError::new(ErrorKind::Unreachable, format!("{url}: {}", e.message())),
+            })
+    };
+    // Chunk sessions: one session holds every segment, and it counts what it has itself.
+    if adapter == Adapter::Chunks {
+        return match rec.parts.iter().find_map(|p| p.url.as_deref()) {
+            Some(u) => Ok(ask(parse(u)?).await?.min(rec.identity.size)),
+            None => Ok(0),
+        };
+    }
+    let mut total = 0;
+    for p in &rec.parts {
+        let len = p.end - p.start;
+        total += match (&p.url, p.done) {
+            (_, true) => len,
+            (Some(u), false) => ask(parse(u)?).await?.min(len),
+            (None, false) => 0,
+        };
+    }
+    Ok(total)
 }

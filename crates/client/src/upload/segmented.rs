@@ -385,6 +385,7 @@ impl Uploader {
                         settling = n != target.swap(n, Ordering::Relaxed);
                     }
                     self.progress.position(now.1);
+                    self.progress.streams(workers.len());
                 }
             }
         };

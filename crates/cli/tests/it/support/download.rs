@@ -170,8 +170,9 @@ pub fn ok(out: &Output, what: &str) {
 /// The JSON line `ferry download --json` printed.
 pub fn json_line(out: &Output) -> serde_json::Value {
     let s = text(&out.stdout);
-    let line = s.lines().last().unwrap_or_else(|| panic!("no JSON: {s}"));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    super::files_done(&s)
+        .pop()
+        .unwrap_or_else(|| panic!("no file_done event: {s}"))
 }
 
 /// The saved download records: (done bytes, size) per record.

@@ -252,6 +252,24 @@ impl Drop for Server {
 }
 
 /// A blocking HTTP client without a whole-request timeout but bounded connects.
+/// The `--json` events of a run's stdout (whole lines only: a killed run may leave half a
+/// line).
+pub fn events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["version"] == 1 && v["event"].is_string())
+        .collect()
+}
+
+/// The `file_done` events of a run's stdout, one per finished file.
+pub fn files_done(stdout: &str) -> Vec<serde_json::Value> {
+    events(stdout)
+        .into_iter()
+        .filter(|v| v["event"] == "file_done")
+        .collect()
+}
+
 pub fn client() -> reqwest::blocking::Client {
     // reqwest is built with `rustls-no-provider` (for ferry-client): a process-wide crypto
     // provider must exist before any client is built, even for plain http. Installing it
@@ -592,7 +610,7 @@ pub struct Ran {
 }
 
 /// A child process SIGKILLed and reaped on drop (a panicking test leaves nothing behind).
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

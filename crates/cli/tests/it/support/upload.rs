@@ -283,8 +283,13 @@ impl Done {
         lines[0].to_string()
     }
 
-    /// One JSON object per stdout line.
+    /// The `file_done` events on stdout.
     pub(crate) fn json(&self) -> Vec<serde_json::Value> {
+        super::files_done(&self.stdout)
+    }
+
+    /// Every stdout line as JSON (`ferry status --json`).
+    pub(crate) fn json_lines(&self) -> Vec<serde_json::Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
