@@ -15,6 +15,10 @@ pub trait ProgressSink: Send + Sync {
     fn finish(&self);
     /// How many streams carry the transfer now (1 unless it runs in parallel).
     fn streams(&self, _n: usize) {}
+    /// A transfer of a length not known until its end (standard input) starts.
+    fn start_unknown(&self, name: &str) {
+        self.start(name, 0, 0);
+    }
 }
 
 /// `n` bytes for people: `512 B`, `1.5 KiB`, `3.1 GiB` (binary units, as the size flags).

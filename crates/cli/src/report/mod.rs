@@ -107,7 +107,8 @@ struct Board {
 struct Active {
     id: u64,
     name: String,
-    total: u64,
+    /// None: known only at the end (standard input).
+    total: Option<u64>,
     position: u64,
     streams: usize,
 }
@@ -137,7 +138,7 @@ impl Board {
         let mut l = Line {
             label: a.name.clone(),
             done: a.position,
-            total: Some(a.total),
+            total: a.total,
             streams: Some(a.streams),
             ..Line::default()
         };
@@ -146,7 +147,7 @@ impl Board {
             l.stalled = self.meter.stalled(now);
             l.rate = Some(rate);
             l.eta = Some(view::eta(
-                Some(a.total.saturating_sub(a.position)),
+                a.total.map(|t| t.saturating_sub(a.position)),
                 rate,
                 l.stalled,
             ));
@@ -201,7 +202,7 @@ impl Board {
                 "file": a.name,
                 "bytes_done": a.position,
                 "bytes_total": a.total,
-                "percent": percent(a.position, Some(a.total)),
+                "percent": percent(a.position, a.total),
                 "streams": a.streams,
             })).collect::<Vec<_>>(),
         })
@@ -538,8 +539,8 @@ pub struct FileSink {
     last: AtomicU64,
 }
 
-impl ProgressSink for FileSink {
-    fn start(&self, name: &str, total: u64, position: u64) {
+impl FileSink {
+    fn begin(&self, name: &str, total: Option<u64>, position: u64) {
         let inner = &self.reporter.inner;
         self.last.store(position, Ordering::Relaxed);
         {
@@ -559,7 +560,7 @@ impl ProgressSink for FileSink {
                     });
                     // A file whose size was not known before it started widens the total.
                     if b.files_total <= 1 {
-                        b.bytes_total = Some(total);
+                        b.bytes_total = total;
                     }
                 }
             }
@@ -575,6 +576,16 @@ impl ProgressSink for FileSink {
                 }),
             );
         }
+    }
+}
+
+impl ProgressSink for FileSink {
+    fn start(&self, name: &str, total: u64, position: u64) {
+        self.begin(name, Some(total), position);
+    }
+
+    fn start_unknown(&self, name: &str) {
+        self.begin(name, None, 0);
     }
 
     fn position(&self, position: u64) {

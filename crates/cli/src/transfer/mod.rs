@@ -223,7 +223,8 @@ impl NetworkArgs {
 pub struct UploadArgs {
     /// Files or directories to upload, then the endpoint URL (tus or the IETF draft, e.g.
     /// http://127.0.0.1:1080/files/; Content-Range chunk sessions: .../chunks/). Options may
-    /// come between them.
+    /// come between them. `-` alone is standard input, sent as it is read (tus with
+    /// creation-defer-length; not resumable by a later run).
     #[arg(required = true, value_name = "FILE... URL")]
     args: Vec<String>,
     #[command(flatten)]
@@ -262,6 +263,9 @@ pub struct UploadArgs {
     /// Most streams per file the automatic choice may use.
     #[arg(long, default_value_t = 32, value_name = "N")]
     max_parallel: usize,
+    /// The file name sent for standard input (`ferry upload - URL`). [default: stdin]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Upload even files that this state dir's index says are already on the server
     /// (unchanged since, and the server still has them whole).
     #[arg(long)]

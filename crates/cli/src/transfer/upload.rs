@@ -95,6 +95,20 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
     let state = state_dir(&args.common)?;
     let rt = runtime()?;
     let files_at_once = at_least_one("--files-at-once", args.files_at_once)?;
+    if files.iter().any(|f| f == "-") {
+        if files.len() > 1 {
+            return Err(usage(
+                "standard input (-) is uploaded on its own: ferry upload - URL (a file named - \
+                 is ./-)",
+            ));
+        }
+        let name = args.name.clone().unwrap_or_else(|| "stdin".into());
+        return upload_stdin(rt, reporter, state, opts, &net, &endpoint, &name);
+    } else if args.name.is_some() {
+        return Err(usage(
+            "--name names standard input (-); files keep their own names",
+        ));
+    }
     // What cannot be read is reported and skipped; everything else is sent (as rsync does).
     let Expanded {
         files,
@@ -303,6 +317,54 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         let code = worst.map_or(0, |e| e.kind.exit_code());
         reporter.finish(code, serde_json::json!({ "files_skipped": skipped.len() }));
         Ok::<_, ClientError>(ExitCode::from(code))
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// `ferry upload - URL`: standard input, its length deferred until its end.
+fn upload_stdin(
+    rt: tokio::runtime::Runtime,
+    reporter: Reporter,
+    state: StateDir,
+    opts: UploadOptions,
+    net: &Network,
+    endpoint: &reqwest::Url,
+    name: &str,
+) -> Result<ExitCode, ClientError> {
+    reporter.plan(1, None);
+    let code = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        on_ctrl_c(cancel.clone());
+        let http = http_client(&net.http)?;
+        let sink = reporter.sink(None);
+        let up = Uploader::new(http, state, opts, sink.clone(), cancel);
+        match up.upload_stream(tokio::io::stdin(), endpoint, name).await {
+            Ok(done) => {
+                let verified = done.verification == Verification::Verified;
+                if let Verification::NotVerified(why) = &done.verification {
+                    reporter.note(&format!("ferry: -: {why}"));
+                }
+                let mut v = serde_json::json!({
+                    "file": "-", "url": done.url, "bytes": done.bytes, "seconds": done.seconds,
+                    "verified": verified, "resumed_from": 0, "protocol": "tus",
+                    "already_uploaded": false,
+                });
+                if let Some(d) = &done.digest {
+                    v[d.algorithm.name()] = d.hex().into();
+                }
+                reporter.file_done(&sink, v);
+                reporter.result(&done.url);
+                reporter.finish(0, serde_json::json!({ "files_skipped": 0 }));
+                Ok::<_, ClientError>(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                reporter.file_failed(Some(&sink), "-", None, &e);
+                let code = e.kind.exit_code();
+                reporter.finish(code, serde_json::json!({ "files_skipped": 0 }));
+                Ok(ExitCode::from(code))
+            }
+        }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     code

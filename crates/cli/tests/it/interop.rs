@@ -798,6 +798,36 @@ mod servers {
         (server, format!("{base}/files"))
     }
 
+    /// Standard input, its length deferred, to @tus/server (creation-defer-length).
+    #[test]
+    fn standard_input_to_tus_node_server() {
+        let env = Env::new();
+        let dir = env.path("tus-node-data");
+        let (server, endpoint) = start_tus_node_server(&dir, env.path("tus-node.log"));
+        let (f, sha) = env.file("f", 9 * MIB + 3, 18);
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; cat '{}' | '{}' upload --state-dir '{}' --chunk-size 2M - '{}'",
+                f.display(),
+                ferry_bin().display(),
+                env.path("state").display(),
+                endpoint
+            ))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}; server: {}", server.log());
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let id = url.rsplit('/').next().unwrap();
+        assert_eq!(
+            sha256_file(&dir.join(id)),
+            sha,
+            "server log: {}",
+            server.log()
+        );
+    }
+
     #[test]
     fn interop_tus_node_server() {
         let env = Env::new();

@@ -11,6 +11,7 @@ mod pump;
 mod record;
 pub mod segmented;
 mod single;
+mod stream;
 mod verify;
 
 use self::policy::{
