@@ -92,6 +92,8 @@ pub struct Activity {
     started: Instant,
     /// Milliseconds since `started` of the last byte handed to the network.
     last_ms: AtomicU64,
+    /// Bytes handed to the network (by bodies that count them: paced ones).
+    bytes: AtomicU64,
 }
 
 impl Default for Activity {
@@ -99,11 +101,23 @@ impl Default for Activity {
         Self {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 }
 
 impl Activity {
+    /// Counts `n` more bytes handed to the network, and marks progress now.
+    pub fn moved(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Bytes counted by [`Activity::moved`].
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Marks progress now.
     pub fn touch(&self) {
         self.last_ms

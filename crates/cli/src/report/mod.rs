@@ -292,6 +292,7 @@ impl Reporter {
         Arc::new(FileSink {
             reporter: self.clone(),
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            name: Mutex::new(None),
             url: url.map(str::to_owned),
             started: AtomicBool::new(false),
             last: AtomicU64::new(0),
@@ -342,20 +343,24 @@ impl Reporter {
         self.event("file_done", fields);
     }
 
-    /// A file failed: counted, said on stderr, and an `error` event with its exit code.
+    /// A file failed: counted, said on stderr (named by `file`, else `url`), and an `error`
+    /// event with its exit code. A download's file is the one it started writing, if any.
     pub fn file_failed(
         &self,
         sink: Option<&FileSink>,
-        file: &str,
+        file: Option<&str>,
         url: Option<&str>,
         e: &ClientError,
     ) {
-        if let Some(s) = sink {
+        let started = sink.and_then(|s| {
             s.finish();
-        }
+            lock(&s.name).clone()
+        });
+        let file = file.map(str::to_owned).or(started);
         lock(&self.inner.board).files_failed += 1;
-        self.warn(&format!("ferry: {file}: {}", e.message));
-        self.event("error", error_fields(Some(file), url, e));
+        let shown = file.as_deref().or(url).unwrap_or("-");
+        self.warn(&format!("ferry: {shown}: {}", e.message));
+        self.event("error", error_fields(file.as_deref(), url, e));
     }
 
     /// The run ended with `code`: the bars go, and `--json` gets its `summary`.
@@ -534,6 +539,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct FileSink {
     reporter: Reporter,
     id: u64,
+    /// The name it started under.
+    name: Mutex<Option<String>>,
     url: Option<String>,
     started: AtomicBool,
     last: AtomicU64,
@@ -542,6 +549,7 @@ pub struct FileSink {
 impl FileSink {
     fn begin(&self, name: &str, total: Option<u64>, position: u64) {
         let inner = &self.reporter.inner;
+        *lock(&self.name) = Some(name.to_owned());
         self.last.store(position, Ordering::Relaxed);
         {
             let mut b = lock(&inner.board);

@@ -175,7 +175,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                     }
                 }
                 Err(e) => {
-                    reporter.file_failed(Some(&sink), url.as_str(), Some(url.as_str()), &e);
+                    reporter.file_failed(Some(&sink), None, Some(url.as_str()), &e);
                     failed += 1;
                     let stop = e.kind == ErrorKind::Interrupted;
                     if worst.is_none() || stop {

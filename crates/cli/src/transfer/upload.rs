@@ -225,7 +225,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                     }
                 }
                 Err(e) => {
-                    reporter.file_failed(Some(&sink), &shown, None, &e);
+                    reporter.file_failed(Some(&sink), Some(&shown), None, &e);
                     failed += 1;
                     // Interrupted, or a server that cannot be reached: the other files would
                     // only say the same.
@@ -269,7 +269,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
             let manifest = match write_manifest(&root, &endpoint, dir, entries) {
                 Ok(p) => p,
                 Err(e) => {
-                    reporter.file_failed(None, &format!("{}/", dir.name), None, &e);
+                    reporter.file_failed(None, Some(&format!("{}/", dir.name)), None, &e);
                     worst.get_or_insert(e);
                     continue;
                 }
@@ -293,7 +293,12 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                     ));
                 }
                 Err(e) => {
-                    reporter.file_failed(None, &format!("{}/ (manifest)", dir.name), None, &e);
+                    reporter.file_failed(
+                        None,
+                        Some(&format!("{}/ (manifest)", dir.name)),
+                        None,
+                        &e,
+                    );
                     worst.get_or_insert(e);
                 }
             }
@@ -359,7 +364,7 @@ fn upload_stdin(
                 Ok::<_, ClientError>(ExitCode::SUCCESS)
             }
             Err(e) => {
-                reporter.file_failed(Some(&sink), "-", None, &e);
+                reporter.file_failed(Some(&sink), Some("-"), None, &e);
                 let code = e.kind.exit_code();
                 reporter.finish(code, serde_json::json!({ "files_skipped": 0 }));
                 Ok(ExitCode::from(code))

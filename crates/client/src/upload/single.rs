@@ -143,11 +143,19 @@ impl Uploader {
                 want_digest: shared.want_digest,
             };
             let stall = self.opts.stall_timeout;
-            let sent = tokio::select! {
-                r = job.adapter.create_with_body(&self.http, request) => r,
-                () = stalled(&activity, stall) => Err(AttemptError::retry(format!(
-                    "no progress for {}s (stalled connection)", stall.as_secs()
-                ))),
+            let creation = job.adapter.create_with_body(&self.http, request);
+            let stall_seen = stalled(&activity, stall);
+            tokio::pin!(creation, stall_seen);
+            // A paced body counts its blocks: shown as they go, not all at the end.
+            let mut shown = tokio::time::interval(std::time::Duration::from_millis(200));
+            let sent = loop {
+                tokio::select! {
+                    r = &mut creation => break r,
+                    () = &mut stall_seen => break Err(AttemptError::retry(format!(
+                        "no progress for {}s (stalled connection)", stall.as_secs()
+                    ))),
+                    _ = shown.tick() => (shared.on_position)(activity.bytes().min(len)),
+                }
             };
             match sent {
                 Ok((url, sent)) if sent.offset >= len => {
