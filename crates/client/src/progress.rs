@@ -92,15 +92,15 @@ impl RateLimiter {
     }
 }
 
-/// `data` as a request body, paced by `limiter` a block at a time (a body built from bytes in
-/// memory would otherwise leave at once, whatever the limit), calling `each_block` with each
-/// block's length as it is handed over (the caller's stall detector and progress). Small blocks (slices of `data`, no
-/// copies) let many bodies share the budget in turn: 32 files at 1M each move every half
+/// `data` as a request body, paced by `limiter` (if any) a block at a time (a body built from
+/// bytes in memory would otherwise leave at once, whatever the limit), calling `each_block`
+/// with each block's length as it is handed over (the caller's stall detector and progress).
+/// Small blocks (slices of `data`, no copies) let many bodies share the budget in turn: 32 files at 1M each move every half
 /// second, where whole 64 KiB bodies would leave the last one silent for two seconds, long
 /// enough for a server's minimum body rate to cut it.
 pub fn paced_body(
     data: bytes::Bytes,
-    limiter: Arc<RateLimiter>,
+    limiter: Option<Arc<RateLimiter>>,
     each_block: impl Fn(u64) + Send + Sync + 'static,
 ) -> reqwest::Body {
     const BLOCK: usize = 16 << 10;
@@ -112,7 +112,9 @@ pub fn paced_body(
                 return None;
             }
             let block = rest.split_to(rest.len().min(BLOCK));
-            limiter.acquire(block.len() as u64).await;
+            if let Some(l) = &limiter {
+                l.acquire(block.len() as u64).await;
+            }
             each_block(block.len() as u64);
             Some((Ok::<_, std::io::Error>(block), (rest, limiter)))
         }

@@ -199,7 +199,7 @@ impl Pace {
         match pace {
             Some(p) => {
                 let activity = p.activity;
-                crate::progress::paced_body(data, p.limiter, move |n| activity.moved(n))
+                crate::progress::paced_body(data, Some(p.limiter), move |n| activity.moved(n))
             }
             None => data.into(),
         }

@@ -45,17 +45,22 @@ pub struct ManifestFile {
 }
 
 /// The segments of a manifest's `path`, or why it cannot be a path below the target
-/// directory: relative, `/`-separated, no empty, `.` or `..` segment, no NUL or backslash.
+/// directory: relative, `/`-separated, no empty, `.` or `..` segment, no backslash and no
+/// control character (NUL, or an escape sequence a terminal would act on when the name is
+/// shown).
 pub fn relative_path(path: &str) -> Result<Vec<&str>, String> {
     let bad = || format!("the manifest names {path:?}, which is not a plain relative path");
     if path.is_empty() || path.starts_with('/') {
         return Err(bad());
     }
     let segments: Vec<&str> = path.split('/').collect();
-    if segments
-        .iter()
-        .any(|s| s.is_empty() || *s == "." || *s == ".." || s.contains(['\0', '\\']))
-    {
+    if segments.iter().any(|s| {
+        s.is_empty()
+            || *s == "."
+            || *s == ".."
+            || s.contains('\\')
+            || s.chars().any(char::is_control)
+    }) {
         return Err(bad());
     }
     Ok(segments)
@@ -81,6 +86,9 @@ mod tests {
             "photos/x/",
             "a\\..\\b",
             "a\0b",
+            "a\x1b[2Jb",
+            "a\nb",
+            "a\u{9b}b",
         ] {
             assert!(relative_path(bad).is_err(), "{bad:?}");
         }

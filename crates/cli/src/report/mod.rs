@@ -95,6 +95,11 @@ struct Board {
     files_done: usize,
     files_failed: usize,
     bytes_total: Option<u64>,
+    /// Files whose size is learnt only when they start (several downloads): the total is
+    /// known once none is left.
+    sizes_unknown: usize,
+    /// The sizes learnt so far.
+    sized_sum: u64,
     /// Bytes of the files no longer in `active`.
     finished_bytes: u64,
     active: Vec<Active>,
@@ -114,6 +119,25 @@ struct Active {
 }
 
 impl Board {
+    /// A file of `size` (None: known only at its end) started, or one that never will
+    /// failed (`Some(0)`).
+    fn learn_size(&mut self, size: Option<u64>) {
+        if self.sizes_unknown == 0 {
+            return;
+        }
+        self.sizes_unknown -= 1;
+        match size {
+            Some(s) => {
+                self.sized_sum = self.sized_sum.saturating_add(s);
+                if self.sizes_unknown == 0 {
+                    self.bytes_total = Some(self.sized_sum);
+                }
+            }
+            // Standard input: no total until the end.
+            None => self.sizes_unknown = 0,
+        }
+    }
+
     fn bytes_done(&self) -> u64 {
         self.finished_bytes + self.active.iter().map(|a| a.position).sum::<u64>()
     }
@@ -232,6 +256,8 @@ impl Reporter {
                 files_done: 0,
                 files_failed: 0,
                 bytes_total: Some(0),
+                sizes_unknown: 0,
+                sized_sum: 0,
                 finished_bytes: 0,
                 active: Vec::new(),
                 moved: 0,
@@ -280,6 +306,8 @@ impl Reporter {
         let mut b = lock(&self.inner.board);
         b.files_total = files;
         b.bytes_total = bytes;
+        b.sizes_unknown = if bytes.is_none() { files } else { 0 };
+        b.sized_sum = 0;
     }
 
     /// Whether `-v` was given.
@@ -356,8 +384,14 @@ impl Reporter {
             s.finish();
             lock(&s.name).clone()
         });
+        let mut b = lock(&self.inner.board);
+        b.files_failed += 1;
+        if started.is_none() {
+            // It will not start: the total is what the others make.
+            b.learn_size(Some(0));
+        }
+        drop(b);
         let file = file.map(str::to_owned).or(started);
-        lock(&self.inner.board).files_failed += 1;
         let shown = file.as_deref().or(url).unwrap_or("-");
         self.warn(&format!("ferry: {shown}: {}", e.message));
         self.event("error", error_fields(file.as_deref(), url, e));
@@ -566,10 +600,7 @@ impl FileSink {
                         position,
                         streams: 1,
                     });
-                    // A file whose size was not known before it started widens the total.
-                    if b.files_total <= 1 {
-                        b.bytes_total = total;
-                    }
+                    b.learn_size(total);
                 }
             }
         }

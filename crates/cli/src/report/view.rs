@@ -27,10 +27,14 @@ impl Meter {
     /// Records that `moved` bytes (counted since the run began, never decreasing) had moved
     /// by `now`.
     pub fn record(&mut self, now: Instant, moved: u64) {
-        let first = *self.first.get_or_insert(now);
-        if self.samples.back().is_none_or(|&(_, m)| moved > m) {
+        let grew = self.samples.back().map_or(moved > 0, |&(_, m)| moved > m);
+        if grew {
             self.last_move = Some(now);
+            // Measured from the first bytes on: what they took (buffers filling) is not rate.
+            self.first.get_or_insert(now);
         }
+        // Nothing moving from the start counts toward "stalled" too.
+        self.last_move.get_or_insert(now);
         self.samples.push_back((now, moved));
         while self
             .samples
@@ -40,17 +44,16 @@ impl Meter {
         {
             self.samples.pop_front();
         }
-        if self.last_move.is_none() {
-            self.last_move = Some(first);
-        }
     }
 
-    /// Bytes per second over the window; none in the first second.
+    /// Bytes per second over the window; none in the first second after the first bytes.
     pub fn rate(&self) -> Option<f64> {
-        let (&(t0, m0), &(t1, m1)) = (self.samples.front()?, self.samples.back()?);
-        if t1.duration_since(self.first?) < WARMUP {
+        let first = self.first?;
+        let &(t1, m1) = self.samples.back()?;
+        if t1.duration_since(first) < WARMUP {
             return None;
         }
+        let &(t0, m0) = self.samples.iter().find(|&&(t, _)| t >= first)?;
         let secs = t1.duration_since(t0).as_secs_f64();
         (secs > 0.0).then(|| m1.saturating_sub(m0) as f64 / secs)
     }
@@ -278,15 +281,21 @@ mod tests {
     fn no_rate_in_the_first_second_then_the_window() {
         let t = Instant::now();
         let mut m = Meter::default();
-        // A burst into socket buffers: 40 MB in the first 100 ms.
+        // Setting up (no byte for half a second), then a burst into socket buffers: 40 MB in
+        // the first 100 ms.
         m.record(at(t, 0), 0);
-        m.record(at(t, 100), 40_000_000);
+        m.record(at(t, 500), 0);
+        m.record(at(t, 600), 40_000_000);
         assert_eq!(m.rate(), None);
-        m.record(at(t, 900), 40_000_000);
-        assert_eq!(m.rate(), None);
-        // Then 10 MB/s for 10 s: after the window, the burst is forgotten.
+        m.record(at(t, 1500), 40_000_000);
+        assert_eq!(m.rate(), None, "the first second after the first bytes");
+        // Then 1 MB in a second: the burst never counts.
+        m.record(at(t, 1600), 41_000_000);
+        let r = m.rate().unwrap();
+        assert!((r - 1e6).abs() < 0.1e6, "{r}");
+        // Then 10 MB/s for 10 s: the window follows.
         for s in 1..=10u64 {
-            m.record(at(t, 1000 * s), 40_000_000 + 10_000_000 * s);
+            m.record(at(t, 1600 + 1000 * s), 41_000_000 + 10_000_000 * s);
         }
         let r = m.rate().unwrap();
         assert!((r - 10e6).abs() < 0.3e6, "{r}");

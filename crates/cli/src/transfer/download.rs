@@ -5,10 +5,31 @@ use super::*;
 /// Runs `ferry download`.
 pub fn download(args: DownloadArgs) -> ExitCode {
     let json = args.common.json;
+    let to_stderr = writes_to_stdout(args.output.as_deref());
     match download_inner(args) {
         Ok(code) => code,
-        Err(e) => fail_run("download", json, &e),
+        Err(e) => fail_run("download", json, to_stderr, &e),
     }
+}
+
+/// Whether `-o` is standard output (`-`, `/dev/stdout`, the file stdout is open on): then the
+/// file goes there, and the events to stderr.
+fn writes_to_stdout(output: Option<&std::path::Path>) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(o) = output else {
+        return false;
+    };
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| std::fs::File::from(fd).metadata().ok());
+    o.as_os_str() == "-"
+        || std::fs::metadata(o)
+            .ok()
+            .zip(stdout)
+            .is_some_and(|(a, b)| a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
@@ -53,21 +74,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
         force: args.force,
     };
     let mut settings = args.common.report()?;
-    // The file itself on standard output (`-o -`, `-o /dev/stdout`): the events go to stderr.
-    settings.json_to_stderr = args.output.as_ref().is_some_and(|o| {
-        use std::os::fd::AsFd;
-        use std::os::unix::fs::MetadataExt;
-        let stdout = std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .and_then(|fd| std::fs::File::from(fd).metadata().ok());
-        o.as_os_str() == "-"
-            || std::fs::metadata(o)
-                .ok()
-                .zip(stdout)
-                .is_some_and(|(a, b)| a.dev() == b.dev() && a.ino() == b.ino())
-    });
+    settings.json_to_stderr = writes_to_stdout(args.output.as_deref());
     let reporter = Reporter::new("download", settings);
     init_logs(&reporter, &args.common);
     let state = state_dir(&args.common)?;
@@ -100,7 +107,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                         std::fs::create_dir_all(parent)
                             .map_err(|e| ClientError::local(&parent.display().to_string(), e))?;
                     }
-                    sizes = sizes.zip(f.size).map(|(a, b)| a + b);
+                    sizes = sizes.zip(f.size).and_then(|(a, b)| a.checked_add(b));
                     jobs.push((f.url, Destination::File(path)));
                 }
             }

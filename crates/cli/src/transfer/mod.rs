@@ -426,19 +426,26 @@ fn fail(e: &ClientError) -> ExitCode {
 
 /// A run that could not start: said on stderr and, with `--json`, as an `error` event and a
 /// `summary`, so that a program reading the events always learns the outcome.
-fn fail_run(op: &str, json: bool, e: &ClientError) -> ExitCode {
+fn fail_run(op: &str, json: bool, to_stderr: bool, e: &ClientError) -> ExitCode {
     if json {
         let mut err = report::error_fields(None, None, e);
         err["version"] = report::EVENTS_VERSION.into();
         err["event"] = "error".into();
         err["op"] = op.into();
-        outln!("{}", report::event_line(&err));
+        let say = |line: String| {
+            if to_stderr {
+                errln!("{line}");
+            } else {
+                outln!("{line}");
+            }
+        };
+        say(report::event_line(&err));
         let summary = serde_json::json!({
             "version": report::EVENTS_VERSION, "event": "summary", "op": op,
             "files_done": 0, "files_failed": 0, "files_total": 0, "bytes_done": 0,
             "bytes_moved": 0, "seconds": 0.0, "exit_code": e.kind.exit_code(),
         });
-        outln!("{}", report::event_line(&summary));
+        say(report::event_line(&summary));
     }
     fail(e)
 }

@@ -186,7 +186,21 @@ fn uploads_held(
         futures_util::stream::iter(uploads)
             .map(|(k, u)| {
                 let http = http.clone();
-                async move { (k, ferry_client::upload::uploaded_bytes(&http, u).await) }
+                async move {
+                    // However many parts and however slow the server: five seconds each.
+                    let asked = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        ferry_client::upload::uploaded_bytes(&http, u),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::new(
+                            ErrorKind::Unreachable,
+                            "no answer within 5 s",
+                        ))
+                    });
+                    (k, asked)
+                }
             })
             .buffer_unordered(8)
             .collect(),

@@ -9,7 +9,7 @@ pub fn upload(args: UploadArgs) -> ExitCode {
     let json = args.common.json;
     match upload_inner(args) {
         Ok(code) => code,
-        Err(e) => fail_run("upload", json, &e),
+        Err(e) => fail_run("upload", json, false, &e),
     }
 }
 
@@ -128,7 +128,8 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         reporter.finish(code, serde_json::json!({ "files_skipped": skipped.len() }));
         return Ok(ExitCode::from(code));
     }
-    let several = files.len() + skipped.len() > 1;
+    // A directory's files are named even when it holds one.
+    let several = files.len() + skipped.len() > 1 || !dirs.is_empty();
     let code = rt.block_on(async move {
         let cancel = CancellationToken::new();
         on_ctrl_c(cancel.clone());
@@ -162,6 +163,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         let mut worst: Option<ClientError> = skipped.first().map(|(_, e)| e.clone());
         let (mut failed, mut finished) = (0usize, Vec::new());
         let mut listed: Vec<Vec<ManifestFile>> = dirs.iter().map(|_| Vec::new()).collect();
+        let mut dir_failed = vec![false; dirs.len()];
         let mut already = Vec::new();
         while let Some((f, sink, result)) = results.next().await {
             let shown = f
@@ -227,6 +229,9 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                 Err(e) => {
                     reporter.file_failed(Some(&sink), Some(&shown), None, &e);
                     failed += 1;
+                    if let Some(i) = f.dir {
+                        dir_failed[i] = true;
+                    }
                     // Interrupted, or a server that cannot be reached: the other files would
                     // only say the same.
                     let stop = matches!(e.kind, ErrorKind::Interrupted | ErrorKind::Unreachable);
@@ -257,7 +262,7 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
         for (i, (dir, entries)) in dirs.iter().zip(listed).enumerate() {
             let count = entries.len();
             if dir.incomplete
-                || failed > 0
+                || dir_failed[i]
                 || count < files.iter().filter(|f| f.dir == Some(i)).count()
             {
                 reporter.note(&format!(

@@ -43,7 +43,12 @@ fn a_shared_tree_is_restored_and_resumed_per_file() {
     // No digest from a share: said once for the tree, not per file.
     assert!(err.matches("not verified").count() <= 1, "{err}");
 
-    // -r needs a directory URL.
+    // -r takes a directory URL, or a manifest: a plain file is neither.
     let file = ferry_download(&state, &["-r", "-d", o, &format!("{url}a.bin")]);
-    assert_eq!(file.status.code(), Some(2), "{}", text(&file.stderr));
+    assert_eq!(file.status.code(), Some(3), "{}", text(&file.stderr));
+    assert!(
+        text(&file.stderr).contains("not a manifest"),
+        "{}",
+        text(&file.stderr)
+    );
 }

@@ -804,20 +804,36 @@ mod servers {
         let env = Env::new();
         let dir = env.path("tus-node-data");
         let (server, endpoint) = start_tus_node_server(&dir, env.path("tus-node.log"));
-        let (f, sha) = env.file("f", 9 * MIB + 3, 18);
+        let (f, sha) = env.file("f", 5 * MIB + 3, 18);
+        // The connection is cut in the last request, the one that carries Upload-Length:
+        // what the server then holds decides whether the length goes again.
+        let proxy = Proxy::start(
+            endpoint
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap(),
+            Faults {
+                cut_schedule: vec![4 * MIB + MIB / 2],
+                ..Faults::default()
+            },
+        );
         let out = Command::new("bash")
             .arg("-c")
             .arg(format!(
-                "set -o pipefail; cat '{}' | '{}' upload --state-dir '{}' --chunk-size 2M - '{}'",
+                "set -o pipefail; cat '{}' | '{}' upload --state-dir '{}' --chunk-size 4M - '{}'",
                 f.display(),
                 ferry_bin().display(),
                 env.path("state").display(),
-                endpoint
+                proxy.url("/files")
             ))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}; server: {}", server.log());
+        assert!(stderr.contains("retrying"), "{stderr}");
         let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let id = url.rsplit('/').next().unwrap();
         assert_eq!(

@@ -348,13 +348,23 @@ fn a_manifest_cannot_write_outside_the_target() {
     .stdout
     .trim()
     .to_owned();
-    for path in ["../escaped", "/tmp/escaped", "x/../../escaped", "x//y"] {
+    let elsewhere = "http://192.0.2.1/files/x".to_owned();
+    for (path, file_url, why) in [
+        ("../escaped", &url, "not a plain relative path"),
+        ("/tmp/escaped", &url, "not a plain relative path"),
+        ("x/../../escaped", &url, "not a plain relative path"),
+        ("x//y", &url, "not a plain relative path"),
+        ("x/\u{1b}[2Jy", &url, "not a plain relative path"),
+        ("other/y", &url, "not below the manifest's directory"),
+        // Another server would get the run's -H headers.
+        ("x/y", &elsewhere, "not on the manifest's server"),
+    ] {
         let evil = t.path().join("evil.json");
         std::fs::write(
             &evil,
             serde_json::json!({
                 "ferry_manifest": 1, "name": "x",
-                "files": [{"path": path, "size": 1000, "url": url}],
+                "files": [{"path": path, "size": 1000, "url": file_url}],
             })
             .to_string(),
         )
@@ -378,11 +388,7 @@ fn a_manifest_cannot_write_outside_the_target() {
             &t.path().join("dstate"),
         );
         assert_eq!(r.code, Some(3), "{path}: {}", r.stderr);
-        assert!(
-            r.stderr.contains("not a plain relative path"),
-            "{}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(why), "{path}: {}", r.stderr);
         assert!(!t.path().join("escaped").exists());
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
     }

@@ -66,6 +66,28 @@ fn standard_input_survives_cut_connections_byte_exact() {
         text(&out.stderr)
     );
 
+    // Cut in the last request, the one that carries Upload-Length.
+    let proxy = Proxy::start(
+        server.addr,
+        Faults {
+            cut_schedule: vec![4 * MIB as u64 + MIB as u64 / 2],
+            ..Faults::default()
+        },
+    );
+    let (g, g_sha) = random_file(t.path(), "g", 5 * MIB + 3, 3);
+    let out = piped(
+        &g,
+        &["--chunk-size", "4M", "-", &proxy.url("/files/")],
+        &t.path().join("state"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("retrying"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(get_sha256(text(&out.stdout).trim()), g_sha);
+
     // Empty input is an empty upload.
     let empty = t.path().join("empty");
     std::fs::write(&empty, b"").unwrap();

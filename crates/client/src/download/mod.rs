@@ -296,6 +296,8 @@ impl Downloader {
                 let _ = forget_download(&self.state, &key);
                 self.progress
                     .note(&format!("{}: already complete", dest.display()));
+                self.progress.start(&dest.display().to_string(), size, size);
+                self.progress.finish();
                 return Ok(DownloadOutcome {
                     path: dest,
                     bytes: size,

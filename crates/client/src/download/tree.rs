@@ -41,11 +41,14 @@ pub fn segment(href: &str, kind: EntryKind) -> Result<OsString, String> {
         EntryKind::File => href,
     };
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    // No control character either: a name is shown on terminals.
     if bytes.is_empty()
         || bytes == b"."
         || bytes == b".."
         || bytes.contains(&b'/')
-        || bytes.contains(&0)
+        || String::from_utf8_lossy(&bytes)
+            .chars()
+            .any(char::is_control)
         || raw.contains('?')
         || raw.contains('#')
     {
@@ -141,14 +144,15 @@ pub async fn manifest(http: &reqwest::Client, url: &Url) -> Result<Vec<TreeFile>
     {
         return Err(refused("too large for a manifest".into()));
     }
-    let body = resp.bytes().await.map_err(|e| fatal(network("GET", e)))?;
-    let m: Manifest =
-        serde_json::from_slice(&body[..body.len().min(MAX_LISTING)]).map_err(|e| {
-            refused(format!(
-                "not a manifest of `ferry upload DIR` ({e}); -r takes one, or a shared directory's \
+    let body = read_at_most(resp, MAX_LISTING)
+        .await?
+        .ok_or_else(|| refused("too large for a manifest".into()))?;
+    let m: Manifest = serde_json::from_slice(&body).map_err(|e| {
+        refused(format!(
+            "not a manifest of `ferry upload DIR` ({e}); -r takes one, or a shared directory's \
              URL ending in /"
-            ))
-        })?;
+        ))
+    })?;
     if m.ferry_manifest > MANIFEST_VERSION {
         return Err(refused(format!(
             "manifest version {} is newer than this ferry knows",
@@ -158,15 +162,30 @@ pub async fn manifest(http: &reqwest::Client, url: &Url) -> Result<Vec<TreeFile>
     if m.files.len() > MAX_FILES {
         return Err(refused(format!("more than {MAX_FILES} files")));
     }
+    if relative_path(&m.name).map_err(refused)?.len() != 1 {
+        return Err(refused(format!(
+            "the directory name {:?} is not one plain name",
+            m.name
+        )));
+    }
     m.files
         .iter()
         .map(|f| {
-            let path: PathBuf = relative_path(&f.path).map_err(refused)?.iter().collect();
+            let segments = relative_path(&f.path).map_err(refused)?;
+            if segments.len() < 2 || segments[0] != m.name {
+                return Err(refused(format!(
+                    "{:?} is not below the manifest's directory {:?}",
+                    f.path, m.name
+                )));
+            }
+            let path: PathBuf = segments.iter().collect();
+            // Only where the manifest itself is: a manifest must not send the run's -H
+            // headers (a token) to another host, or make the run fetch from one.
             let file_url = url
                 .join(&f.url)
                 .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| refused(format!("{:?} is not an http(s) URL", f.url)))?;
+                .filter(|u| u.origin() == url.origin())
+                .ok_or_else(|| refused(format!("{:?} is not on the manifest's server", f.url)))?;
             Ok(TreeFile {
                 url: file_url,
                 path,
@@ -174,6 +193,21 @@ pub async fn manifest(http: &reqwest::Client, url: &Url) -> Result<Vec<TreeFile>
             })
         })
         .collect()
+}
+
+/// The body, unless it is longer than `max` (then `None`, having read no more than that).
+async fn read_at_most(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fatal(network("GET", e)))? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn fatal(e: AttemptError) -> ClientError {
@@ -216,8 +250,10 @@ async fn list(http: &reqwest::Client, dir: &Url) -> Result<Listing, ClientError>
             format!("{dir}: listing too large"),
         ));
     }
-    let body = resp.bytes().await.map_err(|e| fatal(network("GET", e)))?;
-    let listing: Listing = serde_json::from_slice(&body[..body.len().min(MAX_LISTING)])
+    let body = read_at_most(resp, MAX_LISTING)
+        .await?
+        .ok_or_else(|| ClientError::new(ErrorKind::Refused, format!("{dir}: listing too large")))?;
+    let listing: Listing = serde_json::from_slice(&body)
         .map_err(|e| ClientError::new(ErrorKind::Refused, format!("{dir}: bad listing: {e}")))?;
     if listing.version > LISTING_VERSION {
         return Err(ClientError::new(
@@ -251,6 +287,9 @@ mod tests {
             "a%2Fb",
             "a/b",
             "%00",
+            "a%1B%5B2Jb",
+            "a%0Ab",
+            "a%C2%9Bb",
             "x?y",
             "/etc/passwd",
         ] {

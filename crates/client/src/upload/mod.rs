@@ -303,13 +303,6 @@ impl Uploader {
         if matches!(self.state.load(&job.key), Ok(Loaded::Found(_))) {
             retry.begin();
         }
-        if let Some(done) = self.finished_before(&job, &mut retry).await? {
-            return Ok(UploadOutcome {
-                seconds: started.elapsed().as_secs_f64(),
-                ..done
-            });
-        }
-
         let (caps, rtt) = self.server_caps(endpoint, &mut retry).await?;
         // The server answered (now or earlier in this run).
         retry.begin();
@@ -324,6 +317,18 @@ impl Uploader {
                     human_bytes(max)
                 ),
             ));
+        }
+        // Settings that cannot work with this server are refused before anything, even for a
+        // file found already uploaded.
+        if self.opts.protocol != Protocol::Auto {
+            Adapter::choose(self.opts.protocol, &caps, None)?
+                .request_checksum(self.opts.checksum, &caps)?;
+        }
+        if let Some(done) = self.finished_before(&job, &mut retry).await? {
+            return Ok(UploadOutcome {
+                seconds: started.elapsed().as_secs_f64(),
+                ..done
+            });
         }
         let mut record = self.saved_record(&job).await?;
         let recorded = record

@@ -46,6 +46,12 @@ impl Uploader {
         let Some(done) = rec.completed else {
             return Ok(None);
         };
+        // Another digest asked for than the one recorded: uploaded again, to report it.
+        if let Some(asked) = self.opts.digest
+            && done.digest().is_some_and(|(a, _)| a != asked)
+        {
+            return Ok(None);
+        }
         let url =
             Url::parse(&done.url).map_err(|e| ClientError::new(ErrorKind::Local, e.to_string()))?;
         let recorded = done.digest();

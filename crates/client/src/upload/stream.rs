@@ -9,12 +9,15 @@ use super::{FileDigest, UploadOutcome, Uploader};
 use crate::adapter::Adapter;
 use crate::error::{AttemptError, ClientError, ErrorKind};
 use crate::options::Verification;
+use crate::response::Digests;
 use crate::response::{classify, created_url, digests_of, header, network};
 use crate::retry::RetryState;
-use bytes::{Buf, BytesMut};
+use crate::source::{Activity, stalled};
+use bytes::{Bytes, BytesMut};
 use ferry_proto::checksum::Hasher;
 use ferry_proto::{Metadata, tus};
 use reqwest::Url;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -24,9 +27,11 @@ const MAX_STREAM_CHUNK: u64 = 64 << 20;
 /// Where the stream stands: bytes before `offset` are on the server; `pending` follows them.
 struct Cursor {
     offset: u64,
-    pending: BytesMut,
+    pending: Bytes,
     /// The input has ended: the length is `offset + pending.len()`.
     ended: bool,
+    /// The server has the length (sent with the request that ended the input).
+    length_known: bool,
 }
 
 impl Uploader {
@@ -71,57 +76,92 @@ impl Uploader {
         let mut hasher = Hasher::new(algorithm);
         let mut at = Cursor {
             offset: 0,
-            pending: BytesMut::new(),
+            pending: Bytes::new(),
             ended: false,
+            length_known: false,
         };
         let want = want_digest_for(algorithm);
-        let mut digests;
-        loop {
-            // Fill the chunk (or reach the end); what is read is hashed once, as it comes.
-            while at.pending.len() < chunk && !at.ended {
-                let before = at.pending.len();
-                at.pending.reserve(chunk - before);
-                let n = tokio::select! {
-                    r = input.read_buf(&mut at.pending) => r.map_err(|e| ClientError::local("reading standard input", e))?,
-                    _ = self.cancel.cancelled() => return Err(interrupted()),
-                };
-                if n == 0 {
-                    at.ended = true;
+        let mut digests = Digests::default();
+        let stall = self.opts.stall_timeout;
+        while !(at.ended && at.pending.is_empty() && at.length_known) {
+            // Fill the chunk (or reach the end): one chunk in memory, each byte hashed once.
+            if at.pending.len() < chunk && !at.ended {
+                let mut buf = BytesMut::with_capacity(chunk);
+                buf.extend_from_slice(&at.pending);
+                while buf.len() < chunk && !at.ended {
+                    let before = buf.len();
+                    let mut limited = (&mut input).take((chunk - before) as u64);
+                    let n = tokio::select! {
+                        r = limited.read_buf(&mut buf) => r.map_err(|e| ClientError::local("reading standard input", e))?,
+                        _ = self.cancel.cancelled() => return Err(interrupted()),
+                    };
+                    at.ended = n == 0;
+                    hasher.update(&buf[before..]);
                 }
-                hasher.update(&at.pending[before..]);
+                at.pending = buf.freeze();
             }
-            let length = at.ended.then(|| at.offset + at.pending.len() as u64);
-            let body = at.pending.clone().freeze();
-            if let Some(l) = &self.opts.limiter {
-                l.acquire(body.len() as u64).await;
-            }
-            let sent = tokio::select! {
-                r = patch(&self.http, &url, at.offset, body, length, length.map(|_| want)) => r,
-                _ = self.cancel.cancelled() => return Err(interrupted()),
+            // The length goes once, with the request that ends the input (tusd refuses it
+            // on a second request).
+            let length =
+                (at.ended && !at.length_known).then(|| at.offset + at.pending.len() as u64);
+            let activity = Arc::new(Activity::default());
+            activity.touch();
+            let counted = activity.clone();
+            let body = crate::progress::paced_body(
+                at.pending.clone(),
+                self.opts.limiter.clone(),
+                move |n| counted.moved(n),
+            );
+            let request = patch(
+                &self.http,
+                &url,
+                at.offset,
+                at.pending.len(),
+                body,
+                length,
+                length.map(|_| want),
+            );
+            let stall_seen = stalled(&activity, stall);
+            tokio::pin!(request, stall_seen);
+            let mut shown = tokio::time::interval(std::time::Duration::from_millis(200));
+            let sent = loop {
+                tokio::select! {
+                    r = &mut request => break r,
+                    () = &mut stall_seen => break Err(AttemptError::retry(format!(
+                        "no progress for {}s (stalled connection)", stall.as_secs()
+                    ))),
+                    _ = shown.tick() => self.progress.position(at.offset + activity.bytes().min(at.pending.len() as u64)),
+                    () = self.cancel.cancelled() => return Err(interrupted()),
+                }
+            };
+            let sent = match sent {
+                Ok((offset, _)) if offset <= at.offset && !at.pending.is_empty() => Err(
+                    AttemptError::retry("the server took none of the request's body"),
+                ),
+                other => other,
             };
             match sent {
                 Ok((offset, d)) => {
                     self.advance(&mut at, offset)?;
+                    at.length_known |= length.is_some();
                     retry.progress(Instant::now());
                     digests = d;
                 }
                 Err(e) => {
                     self.wait_or_give_up(&mut retry, e).await?;
-                    // The server may have kept part of the body: go on from what it has.
+                    // The server may have kept part of the body, and the length: go on from
+                    // what it says it has.
                     loop {
                         match crate::tus::head(&self.http, &url, None).await {
                             Ok(r) => {
                                 self.advance(&mut at, r.offset)?;
+                                at.length_known = r.length.is_some();
                                 break;
                             }
                             Err(e) => self.wait_or_give_up(&mut retry, e).await?,
                         }
                     }
-                    continue;
                 }
-            }
-            if at.ended && at.pending.is_empty() {
-                break;
             }
         }
         let len = at.offset;
@@ -181,7 +221,7 @@ impl Uploader {
                 ),
             ));
         }
-        at.pending.advance((offset - at.offset) as usize);
+        at.pending = at.pending.slice((offset - at.offset) as usize..);
         at.offset = offset;
         self.progress.position(offset);
         Ok(())
@@ -214,7 +254,8 @@ async fn patch(
     http: &reqwest::Client,
     url: &Url,
     offset: u64,
-    body: bytes::Bytes,
+    len: usize,
+    body: reqwest::Body,
     length: Option<u64>,
     want_digest: Option<&str>,
 ) -> Result<(u64, ferry_proto::digest::Digests), AttemptError> {
@@ -223,7 +264,7 @@ async fn patch(
         .header(tus::TUS_RESUMABLE, tus::TUS_VERSION)
         .header(tus::UPLOAD_OFFSET, offset)
         .header(reqwest::header::CONTENT_TYPE, tus::OFFSET_OCTET_STREAM)
-        .header(reqwest::header::CONTENT_LENGTH, body.len())
+        .header(reqwest::header::CONTENT_LENGTH, len)
         .timeout(crate::http::PATCH_TIME_LIMIT)
         .body(body);
     if let Some(l) = length {
