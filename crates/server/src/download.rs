@@ -39,6 +39,7 @@ pub async fn get(
         // Never a type taken from the uploader: that would let an upload become stored XSS.
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(info.metadata.filename())).ok(),
+        ranges: state.uploads.capabilities().ranged_reads,
     };
     // Where the bytes are, found at the first read and kept for the others: a multipart
     // answer costs one record read per part of a final, and a HEAD or a 304 none.

@@ -194,7 +194,7 @@ impl From<StoreError> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body goes past the upload length of {length} bytes"),
             ),
-            StoreError::TakenOver(_) => ApiError::new(
+            StoreError::TakenOver(_) | StoreError::Fenced { .. } => ApiError::new(
                 StatusCode::CONFLICT,
                 "a newer request took over the bytes this one was writing; they were not recorded",
             ),

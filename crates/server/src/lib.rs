@@ -383,6 +383,16 @@ async fn route(
         "/files" | "/files/" if ietf::is_ietf(req.headers()) => {
             ietf::collection(state, &ctx, &method, req).await
         }
+        // Chunk sessions write anywhere in an upload: only on a store that can.
+        s if (s == "/chunks" || s.starts_with("/chunks/"))
+            && !state.uploads.capabilities().random_access =>
+        {
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "this server's storage cannot write at arbitrary positions, so Content-Range \
+                 chunk sessions are off: upload with tus or the IETF draft at /files/",
+            ))
+        }
         // Content-Range chunk sessions: their own route family, announced nowhere in tus.
         "/chunks" | "/chunks/" => match method {
             Method::OPTIONS => Ok(chunks::options(&state)),

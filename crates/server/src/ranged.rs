@@ -32,6 +32,9 @@ pub struct Representation {
     pub content_type: HeaderValue,
     /// `Content-Disposition`, if any.
     pub disposition: Option<HeaderValue>,
+    /// Byte ranges can be served (the store reads any range); else `Range` is ignored and
+    /// `Accept-Ranges: none` says so (RFC 9110 §14.3).
+    pub ranges: bool,
 }
 
 /// Opens `[start, end)` of the representation as a stream.
@@ -50,7 +53,10 @@ fn base(rep: &Representation, status: StatusCode) -> Response<Body> {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::ACCEPT_RANGES,
+        HeaderValue::from_static(if rep.ranges { "bytes" } else { "none" }),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(CACHE_CONTROL),
@@ -137,7 +143,7 @@ pub async fn respond(
     }
 
     let mut ranges = match header_str(headers, header::RANGE) {
-        Some(v) if method == Method::GET => parse_range(v, rep.len),
+        Some(v) if method == Method::GET && rep.ranges => parse_range(v, rep.len),
         _ => RangeRequest::Full,
     };
     // If-Range: ranges only if the client's validator still matches, else the whole thing.

@@ -180,6 +180,8 @@ pub async fn serve(
         digests: Digests::new(),
         content_type: HeaderValue::from_static("application/octet-stream"),
         disposition: HeaderValue::from_str(&disposition::attachment(name.as_deref())).ok(),
+        // A shared file is read from the disk itself.
+        ranges: true,
     };
     let file = Arc::new(file);
     let opener = Box::new(move |s: u64, e: u64| {

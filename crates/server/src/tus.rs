@@ -16,14 +16,29 @@ use ferry_proto::concat::{Concat, PartUrls, part_path};
 use ferry_proto::digest::WantDigest;
 use ferry_proto::http as http_grammar;
 use ferry_proto::{Metadata, UploadId, tus};
+use ferry_store::data::DataCapabilities;
 use ferry_store::{NewUpload, Protocol, UploadInfo, UploadKind};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Extensions this server implements, in the order announced by OPTIONS.
-pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,expiration,\
-checksum,checksum-trailer,termination,concatenation,concatenation-unfinished";
+/// The extensions announced by OPTIONS, in that order, for a data store that can do `caps`:
+/// concatenation only where the store serves finals from their parts.
+pub fn extensions(caps: DataCapabilities) -> String {
+    let mut list = vec![
+        "creation",
+        "creation-with-upload",
+        "creation-defer-length",
+        "expiration",
+        "checksum",
+        "checksum-trailer",
+        "termination",
+    ];
+    if caps.concatenation {
+        list.extend(["concatenation", "concatenation-unfinished"]);
+    }
+    list.join(",")
+}
 
 /// tus's status for a checksum mismatch.
 pub fn checksum_mismatch() -> StatusCode {
@@ -76,7 +91,11 @@ async fn answer_digest(
 pub fn options(state: &AppState) -> Response<Body> {
     let mut r = base_response(StatusCode::NO_CONTENT);
     set(&mut r, tus::TUS_VERSION_HEADER, tus::SUPPORTED_VERSIONS);
-    set(&mut r, tus::TUS_EXTENSION, EXTENSIONS);
+    set(
+        &mut r,
+        tus::TUS_EXTENSION,
+        extensions(state.uploads.capabilities()),
+    );
     set(
         &mut r,
         tus::TUS_CHECKSUM_ALGORITHM,
@@ -146,6 +165,14 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     require_version(headers).map_err(fail)?;
     state.admit_creation(ctx, headers).map_err(fail)?;
     let concat = match header_str(headers, tus::UPLOAD_CONCAT).map_err(fail)? {
+        // Not announced, and refused rather than ignored: a part taken for a regular upload
+        // would never become a final.
+        Some(_) if !state.uploads.capabilities().concatenation => {
+            return Err(fail(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "this server's storage cannot concatenate uploads (no concatenation extension)",
+            )));
+        }
         Some(v) => Some(Concat::parse(v).map_err(|e| fail(e.into()))?),
         None => None,
     };
@@ -518,5 +545,26 @@ pub fn effective_method(req: &Request<Body>) -> Result<Method, ApiError> {
         _ => Err(ApiError::bad_request(
             "X-HTTP-Method-Override must be one of PATCH, DELETE, HEAD, GET, OPTIONS, POST",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_follow_what_the_store_can_do() {
+        let all = extensions(DataCapabilities::ALL);
+        assert_eq!(
+            all,
+            "creation,creation-with-upload,creation-defer-length,expiration,checksum,\
+             checksum-trailer,termination,concatenation,concatenation-unfinished"
+        );
+        let none = extensions(DataCapabilities {
+            concatenation: false,
+            ..DataCapabilities::ALL
+        });
+        assert!(!none.contains("concatenation"), "{none}");
+        assert!(none.ends_with("termination"), "{none}");
     }
 }

@@ -18,7 +18,7 @@
 //! bytes it left in unrecorded areas of the file are never read and are overwritten by the
 //! chunk that eventually covers them.
 
-use crate::data::{DataWriter, WriteMode};
+use crate::data::{DataWriter, Fence, WriteMode};
 use crate::engine::claims::{ClaimGuard, Next, Takeover};
 use crate::engine::double_buffer::DoubleBuffer;
 use crate::engine::policy::{self, range_buffer_capacity};
@@ -339,7 +339,7 @@ impl RangeWrite<'_> {
         let w = self
             .uploads
             .data
-            .open_writer(self.id, WriteMode::At { offset: pos })
+            .open_writer(self.id, WriteMode::At { offset: pos }, Fence::Claim)
             .await?;
         self.writer = Some(w);
         Ok(())

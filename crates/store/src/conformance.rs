@@ -2,7 +2,7 @@
 //! implementation calls these from its tests (enable the `conformance` feature from other
 //! crates). Each check panics with a message naming the broken rule.
 
-use crate::data::{DataStore, WriteMode};
+use crate::data::{DataStore, Fence, WriteMode};
 use crate::error::StoreError;
 use crate::meta::MetaStore;
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
@@ -39,7 +39,7 @@ pub async fn data_store(store: &dyn DataStore) {
     let id = fresh_id(1);
     store.create(id, true).await.expect("create");
     let mut w = store
-        .open_writer(id, WriteMode::Append { offset: 0 })
+        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(1))
         .await
         .expect("open writer");
     let a = pattern(300_000, 1);
@@ -70,7 +70,7 @@ pub async fn data_store(store: &dyn DataStore) {
 
     // Append mode cuts away bytes past the committed offset.
     let mut w = store
-        .open_writer(id, WriteMode::Append { offset: 50 })
+        .open_writer(id, WriteMode::Append { offset: 50 }, Fence::Epoch(1))
         .await
         .expect("reopen at 50");
     w.write(vec![9u8; 10]).await.expect("write");
@@ -100,7 +100,7 @@ pub async fn data_store(store: &dyn DataStore) {
 
     // Append from an offset beyond the stored bytes is inconsistent, not silently zero-filled.
     match store
-        .open_writer(id, WriteMode::Append { offset: 1_000_000 })
+        .open_writer(id, WriteMode::Append { offset: 1_000_000 }, Fence::Epoch(1))
         .await
     {
         Err(StoreError::Inconsistent(_)) => {}
@@ -114,12 +114,12 @@ pub async fn data_store(store: &dyn DataStore) {
         store.create(id, false).await.expect("create");
         let data = pattern(4096, 7);
         let mut w = store
-            .open_writer(id, WriteMode::At { offset: 2048 })
+            .open_writer(id, WriteMode::At { offset: 2048 }, Fence::Claim)
             .await
             .expect("open at");
         w.write(data[2048..].to_vec()).await.expect("write tail");
         let mut w = store
-            .open_writer(id, WriteMode::At { offset: 0 })
+            .open_writer(id, WriteMode::At { offset: 0 }, Fence::Claim)
             .await
             .expect("open at 0");
         w.write(data[..2048].to_vec()).await.expect("write head");
@@ -127,6 +127,8 @@ pub async fn data_store(store: &dyn DataStore) {
         assert_eq!(read_all(store, id, 0, 4096).await, data, "random access");
         store.delete(id).await.expect("delete");
     }
+
+    fencing(store).await;
 
     // Double create, missing objects, idempotent delete.
     assert!(
@@ -143,7 +145,9 @@ pub async fn data_store(store: &dyn DataStore) {
         .expect("delete of a missing object is fine");
     assert!(
         matches!(
-            store.open_writer(id, WriteMode::Append { offset: 0 }).await,
+            store
+                .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(1))
+                .await,
             Err(StoreError::NotFound(_))
         ),
         "writer on a deleted object: NotFound"
@@ -152,6 +156,67 @@ pub async fn data_store(store: &dyn DataStore) {
         matches!(store.read(id, 0, 1).await, Err(StoreError::NotFound(_))),
         "read of a deleted object: NotFound"
     );
+}
+
+/// Writes carry their lease's epoch: once a writer of a later epoch has opened the upload, an
+/// earlier one can neither write nor open again, so a holder that lost its upload cannot change
+/// what its successor writes and commits.
+async fn fencing(store: &dyn DataStore) {
+    let id = fresh_id(3);
+    store.create(id, true).await.expect("create");
+    let first = pattern(10_000, 3);
+    let mut old = store
+        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(5))
+        .await
+        .expect("open at epoch 5");
+    old.write(first.clone()).await.expect("write at epoch 5");
+    old.sync().await.expect("sync");
+    // The successor continues from what was committed (all of it, here).
+    let mut new = store
+        .open_writer(
+            id,
+            WriteMode::Append {
+                offset: first.len() as u64,
+            },
+            Fence::Epoch(6),
+        )
+        .await
+        .expect("open at epoch 6");
+    let second = pattern(5_000, 4);
+    new.write(second.clone()).await.expect("write at epoch 6");
+    new.sync().await.expect("sync");
+    // The superseded writer is still positioned at 10 000: its write would land on the
+    // successor's bytes.
+    match old.write(pattern(5_000, 9)).await {
+        Err(StoreError::Fenced {
+            epoch: 5,
+            current: 6,
+            ..
+        }) => {}
+        Err(e) => panic!("a write of a superseded epoch: want Fenced, got {e}"),
+        Ok(_) => panic!("a write of a superseded epoch must fail"),
+    }
+    match store
+        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(5))
+        .await
+    {
+        Err(StoreError::Fenced { .. }) => {}
+        Err(e) => panic!("opening at a superseded epoch: want Fenced, got {e}"),
+        Ok(_) => panic!("opening at a superseded epoch must fail (it would cut the data)"),
+    }
+    let mut both = first;
+    both.extend_from_slice(&second);
+    assert_eq!(
+        read_all(store, id, 0, both.len() as u64).await,
+        both,
+        "the successor's bytes are intact"
+    );
+    // The successor writes on.
+    new.write(pattern(100, 5))
+        .await
+        .expect("write on at epoch 6");
+    drop((old, new));
+    store.delete(id).await.expect("delete");
 }
 
 fn sample(id: UploadId) -> UploadInfo {

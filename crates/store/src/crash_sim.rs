@@ -18,7 +18,9 @@
 //! Files that exist when the store opens count as durable at their current length (the
 //! previous run's crash already cut them).
 
-use crate::data::{ByteStream, DataCapabilities, DataStore, DataWriter, PendingWrite, WriteMode};
+use crate::data::{
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, PendingWrite, WriteMode,
+};
 use crate::error::Result;
 use crate::local::LocalDataStore;
 use async_trait::async_trait;
@@ -152,10 +154,15 @@ impl DataStore for CrashSimDataStore {
         Ok(())
     }
 
-    async fn open_writer(&self, id: UploadId, mode: WriteMode) -> Result<Box<dyn DataWriter>> {
+    async fn open_writer(
+        &self,
+        id: UploadId,
+        mode: WriteMode,
+        fence: Fence,
+    ) -> Result<Box<dyn DataWriter>> {
         let _g = self.sim.gate.read().await;
         let before = self.sim.known(id);
-        let writer = self.sim.inner.open_writer(id, mode).await?;
+        let writer = self.sim.inner.open_writer(id, mode, fence).await?;
         if let WriteMode::Append { offset } = mode
             && before.len > offset
         {

@@ -46,11 +46,39 @@ pub enum WriteMode {
     },
 }
 
-/// What a data store can do; the server enables features from this.
+/// Who writes: a store refuses a writer whose lease has been superseded, so that a request that
+/// lost its upload (taken over, its lease expired) cannot change bytes its successor wrote and
+/// committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The holder of the upload's lease at this epoch ([`crate::lock::Lease::epoch`]). Once a
+    /// writer of a later epoch has opened the upload, every write of an earlier one fails with
+    /// [`StoreError::Fenced`](crate::StoreError::Fenced), and so does opening one.
+    Epoch(u64),
+    /// A chunk-session writer: many write disjoint ranges at once, each range claimed in the
+    /// metadata (a takeover there ends the older claim's request); no epoch applies.
+    Claim,
+}
+
+/// What a data store can do. The server derives what it offers from this (docs/architecture.md,
+/// "Capabilities"): what a store cannot do is not announced, and its routes say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataCapabilities {
-    /// Writes at arbitrary positions (needed by Content-Range chunk sessions).
+    /// Writes at arbitrary positions: Content-Range chunk sessions.
     pub random_access: bool,
+    /// Final uploads served from their parts' bytes in order: tus concatenation.
+    pub concatenation: bool,
+    /// Reads of any byte range: `Range` on downloads (else whole representations only).
+    pub ranged_reads: bool,
+}
+
+impl DataCapabilities {
+    /// Everything (the local store).
+    pub const ALL: DataCapabilities = DataCapabilities {
+        random_access: true,
+        concatenation: true,
+        ranged_reads: true,
+    };
 }
 
 /// Stores the bytes of uploads.
@@ -70,8 +98,13 @@ pub trait DataStore: Send + Sync + 'static {
     /// returns.
     async fn create(&self, id: UploadId, durable: bool) -> Result<()>;
 
-    /// Opens a writer positioned per `mode`.
-    async fn open_writer(&self, id: UploadId, mode: WriteMode) -> Result<Box<dyn DataWriter>>;
+    /// Opens a writer positioned per `mode`, writing under `fence`.
+    async fn open_writer(
+        &self,
+        id: UploadId,
+        mode: WriteMode,
+        fence: Fence,
+    ) -> Result<Box<dyn DataWriter>>;
 
     /// Streams bytes `[start, end)` of the object. The caller guarantees the range was committed.
     async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream>;

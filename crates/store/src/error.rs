@@ -79,6 +79,16 @@ pub enum StoreError {
     /// A newer request asked this one to let go of the bytes it was writing.
     #[error("a newer request took over the bytes of upload {0} this request was writing")]
     TakenOver(UploadId),
+    /// A writer of a later lease epoch has opened the upload: this one may write no more.
+    #[error("upload {id} is written under a later lease (epoch {current}, this writer's {epoch})")]
+    Fenced {
+        /// The upload.
+        id: UploadId,
+        /// This writer's epoch.
+        epoch: u64,
+        /// The latest epoch the store has seen.
+        current: u64,
+    },
     /// The stored offset is not where the writer expected it (someone else committed).
     #[error("upload {0} changed underneath this request")]
     Conflict(UploadId),

@@ -4,16 +4,19 @@
 //! `spawn_blocking`, with the caller's buffer moved in and handed back (no copy, no per-write
 //! allocation); `sync` is `fdatasync`. New files are made durable by fsyncing their directory.
 
-use crate::data::{ByteStream, DataCapabilities, DataStore, DataWriter, PendingWrite, WriteMode};
+use crate::data::{
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, PendingWrite, WriteMode,
+};
 use crate::error::{Result, StoreError};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use ferry_proto::UploadId;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// Size of each read when streaming a file out.
 const READ_CHUNK: usize = 256 * 1024;
@@ -42,6 +45,96 @@ fn is_full(e: &io::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct LocalDataStore {
     root: PathBuf,
+    fences: Arc<Fences>,
+}
+
+/// The latest lease epoch of each upload being written. A writer checks it under a read lock
+/// around each `pwrite` and an opener raises it under the write lock, so a write of a
+/// superseded epoch either lands before the new writer starts (and is past the committed
+/// offset it starts from) or not at all. Kept only while some writer holds the upload: with
+/// none, there is no one to fence out, and the next opener starts the record afresh (epochs
+/// are per process, as the in-process leases are).
+#[derive(Debug, Default)]
+struct Fences {
+    map: Mutex<HashMap<UploadId, Weak<RwLock<u64>>>>,
+}
+
+impl Fences {
+    /// The upload's cell, raised to `epoch`; `Fenced` if a later epoch has opened it.
+    fn enter(&self, id: UploadId, epoch: u64) -> Result<Arc<RwLock<u64>>> {
+        let cell = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= 1024 && map.len().is_power_of_two() {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            match map.get(&id).and_then(Weak::upgrade) {
+                Some(c) => c,
+                None => {
+                    let c = Arc::new(RwLock::new(epoch));
+                    map.insert(id, Arc::downgrade(&c));
+                    c
+                }
+            }
+        };
+        {
+            let mut current = cell.write().unwrap_or_else(|p| p.into_inner());
+            if *current > epoch {
+                return Err(StoreError::Fenced {
+                    id,
+                    epoch,
+                    current: *current,
+                });
+            }
+            *current = epoch;
+        }
+        Ok(cell)
+    }
+}
+
+/// A writer's place in [`Fences`].
+#[derive(Debug, Clone)]
+struct Fenced {
+    id: UploadId,
+    epoch: u64,
+    cell: Arc<RwLock<u64>>,
+}
+
+impl Fenced {
+    /// Runs `f` (a write) unless a later epoch has opened the upload, holding that off meanwhile.
+    fn run<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let current = self.cell.read().unwrap_or_else(|p| p.into_inner());
+        if *current != self.epoch {
+            return Err(io::Error::other(FencedOut(StoreError::Fenced {
+                id: self.id,
+                epoch: self.epoch,
+                current: *current,
+            })));
+        }
+        f()
+    }
+}
+
+/// A fenced-out write, carried through `io::Error` out of the blocking task.
+#[derive(Debug)]
+struct FencedOut(StoreError);
+
+impl std::fmt::Display for FencedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for FencedOut {}
+
+/// `e`, or the fencing error it carries.
+fn unfence(e: io::Error) -> StoreError {
+    if !e.get_ref().is_some_and(|inner| inner.is::<FencedOut>()) {
+        return StoreError::from(e);
+    }
+    match e.into_inner().map(|b| b.downcast::<FencedOut>()) {
+        Some(Ok(f)) => f.0,
+        _ => StoreError::Inconsistent("a fenced-out write lost its cause".into()),
+    }
 }
 
 impl LocalDataStore {
@@ -49,7 +142,10 @@ impl LocalDataStore {
     pub fn open(dir: &Path) -> Result<Self> {
         let root = dir.join("uploads");
         std::fs::create_dir_all(&root)?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            fences: Arc::default(),
+        })
     }
 
     /// Path of an upload's file. `UploadId` only ever renders as 32 hex chars, so no path trick
@@ -77,9 +173,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[async_trait]
 impl DataStore for LocalDataStore {
     fn capabilities(&self) -> DataCapabilities {
-        DataCapabilities {
-            random_access: true,
-        }
+        DataCapabilities::ALL
     }
 
     fn free_space(&self) -> Option<u64> {
@@ -120,8 +214,22 @@ impl DataStore for LocalDataStore {
         })
     }
 
-    async fn open_writer(&self, id: UploadId, mode: WriteMode) -> Result<Box<dyn DataWriter>> {
+    async fn open_writer(
+        &self,
+        id: UploadId,
+        mode: WriteMode,
+        fence: Fence,
+    ) -> Result<Box<dyn DataWriter>> {
         let path = self.path_of(id);
+        // Raised before the file is touched: a superseded opener cuts nothing.
+        let fenced = match fence {
+            Fence::Epoch(epoch) => Some(Fenced {
+                id,
+                epoch,
+                cell: self.fences.enter(id, epoch)?,
+            }),
+            Fence::Claim => None,
+        };
         let file = blocking(move || {
             let file = match OpenOptions::new().read(true).write(true).open(&path) {
                 Ok(f) => f,
@@ -160,6 +268,7 @@ impl DataStore for LocalDataStore {
             file: Arc::new(file),
             position,
             append: matches!(mode, WriteMode::Append { .. }),
+            fenced,
         }))
     }
 
@@ -284,6 +393,8 @@ struct LocalWriter {
     position: u64,
     /// Nothing past the write position is kept (append mode).
     append: bool,
+    /// Its lease epoch, for writers under a lease.
+    fenced: Option<Fenced>,
 }
 
 #[async_trait]
@@ -298,16 +409,20 @@ impl DataWriter for LocalWriter {
         self.position += buf.len() as u64;
         let append = self.append;
         let root = self.root.clone();
+        let fenced = self.fenced.clone();
         let task = tokio::task::spawn_blocking(move || {
             if free_bytes(&root).is_some_and(|n| n < buf.len() as u64 + METADATA_RESERVE) {
                 // Full as far as data goes: the rest is kept for metadata commits.
                 return Err(io::Error::from(io::ErrorKind::StorageFull));
             }
-            write_at(&file, buf, at, append)
+            match &fenced {
+                Some(f) => f.run(|| write_at(&file, buf, at, append)),
+                None => write_at(&file, buf, at, append),
+            }
         });
         Box::pin(async move {
             match task.await {
-                Ok(r) => r.map_err(StoreError::from),
+                Ok(r) => r.map_err(unfence),
                 Err(e) => Err(StoreError::Io(io::Error::other(e))),
             }
         })

@@ -11,13 +11,15 @@ use async_trait::async_trait;
 use ferry_proto::UploadId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Exclusive right to write one upload. Dropping it releases the upload.
 pub struct Lease {
     id: UploadId,
+    epoch: u64,
+    expires: Option<SystemTime>,
     takeover: CancellationToken,
     _release: Box<dyn Send + Sync>,
 }
@@ -26,16 +28,27 @@ impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
             .field("id", &self.id)
+            .field("epoch", &self.epoch)
             .field("taken_over", &self.is_taken_over())
             .finish()
     }
 }
 
 impl Lease {
-    /// Builds a lease; `release` runs its `Drop` when the lease is dropped.
-    pub fn new(id: UploadId, takeover: CancellationToken, release: Box<dyn Send + Sync>) -> Self {
+    /// Builds a lease at `epoch` (greater than any earlier lease of the same upload), valid
+    /// until `expires` (`None`: until released); `release` runs its `Drop` when the lease is
+    /// dropped.
+    pub fn new(
+        id: UploadId,
+        epoch: u64,
+        expires: Option<SystemTime>,
+        takeover: CancellationToken,
+        release: Box<dyn Send + Sync>,
+    ) -> Self {
         Self {
             id,
+            epoch,
+            expires,
             takeover,
             _release: release,
         }
@@ -44,6 +57,18 @@ impl Lease {
     /// The upload this lease is for.
     pub fn id(&self) -> UploadId {
         self.id
+    }
+
+    /// Grows with every lease of the upload: the fence its writes carry
+    /// ([`crate::data::Fence::Epoch`]), so a store refuses a superseded holder.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// When the lease lapses unless renewed (`None`: held until released, as in-process
+    /// leases are; a shared locker's expire by the database clock).
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.expires
     }
 
     /// Resolves when another request wants this upload: commit and let go promptly.
@@ -145,7 +170,9 @@ impl LocalLocker {
             id,
             generation,
         };
-        Lease::new(id, takeover, Box::new(release))
+        // The generation only grows (per process, and data stores keep epochs no longer than
+        // the process): a later lease of the same upload always has a later epoch.
+        Lease::new(id, generation, None, takeover, Box::new(release))
     }
 }
 
@@ -200,9 +227,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), first.taken_over())
             .await
             .expect("holder signalled");
+        let first_epoch = first.epoch();
         drop(first);
         let second = second.await.unwrap().unwrap();
         assert!(!second.is_taken_over());
+        // The fence its writes carry: the successor's is later.
+        assert!(second.epoch() > first_epoch);
+        assert_eq!(
+            second.expires(),
+            None,
+            "in-process leases last until released"
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 
 mod support;
 
+/// What the data store can do decides the extensions, routes and ranges offered.
+mod capabilities;
 /// Chunk sessions: `/chunks/` and `/chunks/{id}`.
 mod chunks;
 /// Downloads: GET and plain HEAD of `/files/{id}` (ranges, validators).

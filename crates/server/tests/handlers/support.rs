@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ferry_proto::UploadId;
 use ferry_server::{AppState, Ctx, ServerConfig, dispatch};
 use ferry_store::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, PendingWrite, WriteMode,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, PendingWrite, WriteMode,
 };
 use ferry_store::local::LocalDataStore;
 use ferry_store::lock::LocalLocker;
@@ -48,6 +48,8 @@ pub struct Faults {
     pub read_stalled: Mutex<bool>,
     /// Records read through `get` so far.
     pub meta_gets: std::sync::atomic::AtomicUsize,
+    /// What the data store declares it can do (else the local store's: everything).
+    pub caps: Mutex<Option<DataCapabilities>>,
 }
 
 impl Faults {
@@ -155,7 +157,7 @@ struct FaultyData {
 #[async_trait]
 impl DataStore for FaultyData {
     fn capabilities(&self) -> DataCapabilities {
-        self.inner.capabilities()
+        (*self.faults.caps.lock().unwrap()).unwrap_or_else(|| self.inner.capabilities())
     }
 
     fn free_space(&self) -> Option<u64> {
@@ -173,11 +175,12 @@ impl DataStore for FaultyData {
         &self,
         id: UploadId,
         mode: WriteMode,
+        fence: Fence,
     ) -> ferry_store::Result<Box<dyn DataWriter>> {
         if let Some(e) = Faults::error(&self.faults.open) {
             return Err(e);
         }
-        let inner = self.inner.open_writer(id, mode).await?;
+        let inner = self.inner.open_writer(id, mode, fence).await?;
         Ok(Box::new(FaultyWriter {
             inner,
             faults: self.faults.clone(),

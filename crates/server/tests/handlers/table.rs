@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const MODULES: [&str; 8] = [
+const MODULES: [&str; 9] = [
+    "capabilities",
     "chunks",
     "download",
     "edge",

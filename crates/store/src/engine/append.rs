@@ -6,7 +6,7 @@ use super::buffers::AppendRunning;
 use super::digests::{RunningDigest, record_running};
 use super::double_buffer::DoubleBuffer;
 use super::policy::{self, append_buffer_capacity, kept_running};
-use crate::data::{DataWriter, WriteMode};
+use crate::data::{DataWriter, Fence, WriteMode};
 use crate::error::{Result, StoreError};
 use crate::lock::Lease;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
@@ -34,6 +34,7 @@ impl Uploads {
                 WriteMode::Append {
                     offset: info.offset,
                 },
+                Fence::Epoch(lease.epoch()),
             )
             .await?;
         let (running, before) = self.buffer_pool.start_append();

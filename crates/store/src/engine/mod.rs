@@ -106,6 +106,11 @@ impl std::fmt::Debug for Uploads {
 }
 
 impl Uploads {
+    /// What the data store can do (the server offers no more).
+    pub fn capabilities(&self) -> crate::data::DataCapabilities {
+        self.data.capabilities()
+    }
+
     /// Binds the three stores.
     pub fn new(
         data: Arc<dyn DataStore>,

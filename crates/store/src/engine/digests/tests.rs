@@ -1,7 +1,7 @@
 //! Read-backs for digests clients ask for: once per upload, on a bounded pool.
 
 use super::super::*;
-use crate::data::{DataCapabilities, DataWriter, WriteMode};
+use crate::data::{DataCapabilities, DataWriter, Fence, WriteMode};
 use crate::local::LocalDataStore;
 use crate::lock::LocalLocker;
 use crate::redb_meta::RedbMetaStore;
@@ -51,8 +51,13 @@ impl DataStore for Counting {
         self.inner.create(id, durable).await
     }
 
-    async fn open_writer(&self, id: UploadId, mode: WriteMode) -> Result<Box<dyn DataWriter>> {
-        self.inner.open_writer(id, mode).await
+    async fn open_writer(
+        &self,
+        id: UploadId,
+        mode: WriteMode,
+        fence: Fence,
+    ) -> Result<Box<dyn DataWriter>> {
+        self.inner.open_writer(id, mode, fence).await
     }
 
     async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream> {
