@@ -57,17 +57,7 @@ async fn without_concatenation_none_is_announced_and_parts_are_501() {
 #[tokio::test]
 async fn without_ranged_reads_a_download_is_200_whole() {
     let s = store_without(|c| c.ranged_reads = false);
-    let r = s
-        .send(
-            req("POST", "/files/")
-                .tus()
-                .h("upload-length", "10")
-                .h("content-type", "application/offset+octet-stream")
-                .body(&b"0123456789"[..]),
-        )
-        .await;
-    assert_eq!(r.status, 201);
-    let path = path_of(r.h("location"));
+    let path = s.finished(b"0123456789").await;
     let r = s.send(req("GET", &path).h("range", "bytes=2-4")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.h("accept-ranges"), "none");
