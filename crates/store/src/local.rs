@@ -223,11 +223,14 @@ impl DataStore for LocalDataStore {
         let path = self.path_of(id);
         // Raised before the file is touched: a superseded opener cuts nothing.
         let fenced = match fence {
-            Fence::Epoch(epoch) => Some(Fenced {
-                id,
-                epoch,
-                cell: self.fences.enter(id, epoch)?,
-            }),
+            Fence::Epoch(epoch) => {
+                // Off the async threads: raising the epoch waits for a write in progress.
+                let fences = self.fences.clone();
+                let cell = tokio::task::spawn_blocking(move || fences.enter(id, epoch))
+                    .await
+                    .map_err(|e| StoreError::Io(io::Error::other(e)))??;
+                Some(Fenced { id, epoch, cell })
+            }
             Fence::Claim => None,
         };
         let file = blocking(move || {
