@@ -387,11 +387,17 @@ async fn route(
         s if (s == "/chunks" || s.starts_with("/chunks/"))
             && !state.uploads.capabilities().random_access =>
         {
-            Err(ApiError::new(
+            let e = ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "this server's storage cannot write at arbitrary positions, so Content-Range \
                  chunk sessions are off: upload with tus or the IETF draft at /files/",
-            ))
+            );
+            // Its body is never read: the connection cannot carry another request.
+            Err(if headers::has_body(&req) {
+                e.closing()
+            } else {
+                e
+            })
         }
         // Content-Range chunk sessions: their own route family, announced nowhere in tus.
         "/chunks" | "/chunks/" => match method {

@@ -333,7 +333,10 @@ async fn receive_inner(
             }
         }
     }
-    if let Err(e) = append.commit().await {
+    // A fenced-out writer's successor owns the upload: committing here would record an offset
+    // over bytes the successor cut or rewrote.
+    let fenced = matches!(error, Some(StoreError::Fenced { .. }));
+    if !fenced && let Err(e) = append.commit().await {
         match &error {
             None => error = Some(e),
             // The first error is what the client hears; this one says why less was committed.

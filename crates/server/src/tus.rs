@@ -163,16 +163,16 @@ pub async fn create(state: Arc<AppState>, ctx: &Ctx, req: Request<Body>) -> Repl
     let body_follows = has_body(&req);
     let fail = |e: ApiError| if body_follows { e.closing() } else { e };
     require_version(headers).map_err(fail)?;
+    // Not announced, and refused rather than ignored (a part taken for a regular upload would
+    // never become a final), before it counts against the client's creation rate.
+    if headers.contains_key(tus::UPLOAD_CONCAT) && !state.uploads.capabilities().concatenation {
+        return Err(fail(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server's storage cannot concatenate uploads (no concatenation extension)",
+        )));
+    }
     state.admit_creation(ctx, headers).map_err(fail)?;
     let concat = match header_str(headers, tus::UPLOAD_CONCAT).map_err(fail)? {
-        // Not announced, and refused rather than ignored: a part taken for a regular upload
-        // would never become a final.
-        Some(_) if !state.uploads.capabilities().concatenation => {
-            return Err(fail(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "this server's storage cannot concatenate uploads (no concatenation extension)",
-            )));
-        }
         Some(v) => Some(Concat::parse(v).map_err(|e| fail(e.into()))?),
         None => None,
     };

@@ -215,7 +215,17 @@ async fn fencing(store: &dyn DataStore) {
     new.write(pattern(100, 5))
         .await
         .expect("write on at epoch 6");
+    // Once every writer is gone, the superseded holder (its lease lapsed while it stalled)
+    // still cannot come back and cut what its successor committed.
     drop((old, new));
+    match store
+        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(5))
+        .await
+    {
+        Err(StoreError::Fenced { .. }) => {}
+        Err(e) => panic!("reopening at a superseded epoch later: want Fenced, got {e}"),
+        Ok(_) => panic!("reopening at a superseded epoch later must fail"),
+    }
     store.delete(id).await.expect("delete");
 }
 

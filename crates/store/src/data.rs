@@ -51,9 +51,10 @@ pub enum WriteMode {
 /// committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
-    /// The holder of the upload's lease at this epoch ([`crate::lock::Lease::epoch`]). Once a
-    /// writer of a later epoch has opened the upload, every write of an earlier one fails with
-    /// [`StoreError::Fenced`](crate::StoreError::Fenced), and so does opening one.
+    /// The holder of the upload's lease at this epoch ([`crate::lock::Lease::epoch`]), with one
+    /// writer open per lease. Once a writer of a later epoch has opened the upload, every write
+    /// of an earlier one fails with [`StoreError::Fenced`](crate::StoreError::Fenced), and so
+    /// does opening one, then or later.
     Epoch(u64),
     /// A chunk-session writer: many write disjoint ranges at once, each range claimed in the
     /// metadata (a takeover there ends the older claim's request); no epoch applies.

@@ -48,15 +48,24 @@ pub struct LocalDataStore {
     fences: Arc<Fences>,
 }
 
-/// The latest lease epoch of each upload being written. A writer checks it under a read lock
-/// around each `pwrite` and an opener raises it under the write lock, so a write of a
-/// superseded epoch either lands before the new writer starts (and is past the committed
-/// offset it starts from) or not at all. Kept only while some writer holds the upload: with
-/// none, there is no one to fence out, and the next opener starts the record afresh (epochs
-/// are per process, as the in-process leases are).
+/// The latest lease epoch of each upload written. A writer checks it under a read lock around
+/// each `pwrite` and an opener raises it under the write lock, so a write of a superseded epoch
+/// either lands before the new writer starts (and is past the committed offset it starts from)
+/// or not at all. The epoch is remembered after the writers are gone (a holder whose lease
+/// lapsed may come back after its successor finished) until the upload is deleted: a few
+/// dozen bytes per upload written since the process started, since epochs are per process as
+/// the in-process leases are. (A store shared by instances keeps it in the upload's record.)
 #[derive(Debug, Default)]
 struct Fences {
-    map: Mutex<HashMap<UploadId, Weak<RwLock<u64>>>>,
+    map: Mutex<HashMap<UploadId, FenceEntry>>,
+}
+
+#[derive(Debug, Default)]
+struct FenceEntry {
+    /// The latest epoch that opened the upload.
+    epoch: u64,
+    /// The lock writers share while any is open.
+    cell: Weak<RwLock<u64>>,
 }
 
 impl Fences {
@@ -64,14 +73,12 @@ impl Fences {
     fn enter(&self, id: UploadId, epoch: u64) -> Result<Arc<RwLock<u64>>> {
         let cell = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            if map.len() >= 1024 && map.len().is_power_of_two() {
-                map.retain(|_, w| w.strong_count() > 0);
-            }
-            match map.get(&id).and_then(Weak::upgrade) {
+            let entry = map.entry(id).or_default();
+            match entry.cell.upgrade() {
                 Some(c) => c,
                 None => {
-                    let c = Arc::new(RwLock::new(epoch));
-                    map.insert(id, Arc::downgrade(&c));
+                    let c = Arc::new(RwLock::new(entry.epoch));
+                    entry.cell = Arc::downgrade(&c);
                     c
                 }
             }
@@ -87,7 +94,18 @@ impl Fences {
             }
             *current = epoch;
         }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(id).or_default();
+        entry.epoch = entry.epoch.max(epoch);
         Ok(cell)
+    }
+
+    /// The upload is gone: nothing of it is left to fence.
+    fn forget(&self, id: UploadId) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 }
 
@@ -294,7 +312,9 @@ impl DataStore for LocalDataStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         })
-        .await
+        .await?;
+        self.fences.forget(id);
+        Ok(())
     }
 
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {

@@ -25,6 +25,16 @@ async fn without_random_access_chunk_sessions_are_501() {
         assert!(!r.has("ferry-chunk-sessions"));
         assert!(r.text().contains("tus or the IETF draft"), "{}", r.text());
     }
+    // A refused body is never read: the connection closes.
+    let r = s
+        .send(
+            req("PUT", "/chunks/0123456789abcdef0123456789abcdef")
+                .h("content-range", "bytes 0-9/10")
+                .body(&b"0123456789"[..]),
+        )
+        .await;
+    assert_eq!(r.status, 501);
+    assert!(r.closes(), "{r:?}");
     // tus goes on.
     let r = s
         .send(req("POST", "/files/").tus().h("upload-length", "10"))
