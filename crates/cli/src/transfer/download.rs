@@ -152,14 +152,7 @@ fn download_inner(args: DownloadArgs) -> Result<ExitCode, ClientError> {
                         } else {
                             ", not verified"
                         },
-                        if done.resumed_from > 0 {
-                            format!(
-                                ", resumed at {}",
-                                ferry_client::progress::human_bytes(done.resumed_from)
-                            )
-                        } else {
-                            String::new()
-                        },
+                        resumed_at(done.resumed_from),
                     ));
                     reporter.file_done(
                         &sink,

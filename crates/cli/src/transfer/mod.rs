@@ -353,6 +353,18 @@ fn duration(name: &str, v: &str) -> Result<Duration, ClientError> {
     crate::units::parse_duration(name, v).map_err(usage)
 }
 
+/// `, resumed at 1.0 MiB` for a `-v` line, or nothing for a transfer from the start.
+fn resumed_at(bytes: u64) -> String {
+    if bytes > 0 {
+        format!(
+            ", resumed at {}",
+            ferry_client::progress::human_bytes(bytes)
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// A duration that must be more than zero (a zero timeout would give up, or retry, at once
 /// and for ever).
 fn positive(name: &str, v: &str) -> Result<Duration, ClientError> {

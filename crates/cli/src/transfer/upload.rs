@@ -179,45 +179,11 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
                     if let Some(i) = f.dir {
                         listed[i].push(manifest_entry(f, &done));
                     }
-                    let verified = done.verification == Verification::Verified;
                     if let Verification::NotVerified(why) = &done.verification {
                         reporter.note(&format!("ferry: {shown}: {why}"));
                     }
-                    reporter.detail(&format!(
-                        "ferry: {shown}: {} in {:.1}s over {}{}{}",
-                        ferry_client::progress::human_bytes(done.bytes),
-                        done.seconds,
-                        done.protocol.name(),
-                        match &done.digest {
-                            Some(d) if verified => format!(", verified ({})", d.algorithm.name()),
-                            _ if verified => ", verified".to_string(),
-                            _ => ", not verified".to_string(),
-                        },
-                        if done.resumed_from > 0 {
-                            format!(
-                                ", resumed at {}",
-                                ferry_client::progress::human_bytes(done.resumed_from)
-                            )
-                        } else {
-                            String::new()
-                        },
-                    ));
-                    let mut v = serde_json::json!({
-                        "file": shown,
-                        "url": done.url,
-                        "bytes": done.bytes,
-                        "seconds": done.seconds,
-                        "verified": verified,
-                        "resumed_from": done.resumed_from,
-                        "protocol": done.protocol.name(),
-                        "already_uploaded": done.already_uploaded,
-                    });
-                    // "crc64nvme" against ferry servers, "sha256" against others (or the
-                    // --digest asked for).
-                    if let Some(d) = &done.digest {
-                        v[d.algorithm.name()] = d.hex().into();
-                    }
-                    reporter.file_done(&sink, v);
+                    reporter.detail(&detail(&shown, &done));
+                    reporter.file_done(&sink, done_fields(&shown, &done));
                     // One file: its URL alone (URL=$(ferry upload f URL)); several: each
                     // file beside its URL.
                     if several {
@@ -332,6 +298,43 @@ fn upload_inner(args: UploadArgs) -> Result<ExitCode, ClientError> {
     code
 }
 
+/// The `-v` line of a finished upload.
+fn detail(shown: &str, done: &UploadOutcome) -> String {
+    let verified = match &done.digest {
+        Some(d) if done.verification == Verification::Verified => {
+            format!(", verified ({})", d.algorithm.name())
+        }
+        _ if done.verification == Verification::Verified => ", verified".into(),
+        _ => ", not verified".into(),
+    };
+    format!(
+        "ferry: {shown}: {} in {:.1}s over {}{verified}{}",
+        ferry_client::progress::human_bytes(done.bytes),
+        done.seconds,
+        done.protocol.name(),
+        resumed_at(done.resumed_from),
+    )
+}
+
+/// The `file_done` event of an upload.
+fn done_fields(shown: &str, done: &UploadOutcome) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "file": shown,
+        "url": done.url,
+        "bytes": done.bytes,
+        "seconds": done.seconds,
+        "verified": done.verification == Verification::Verified,
+        "resumed_from": done.resumed_from,
+        "protocol": done.protocol.name(),
+        "already_uploaded": done.already_uploaded,
+    });
+    // "crc64nvme" against ferry servers, "sha256" against others (or the --digest asked for).
+    if let Some(d) = &done.digest {
+        v[d.algorithm.name()] = d.hex().into();
+    }
+    v
+}
+
 /// `ferry upload - URL`: standard input, its length deferred until its end.
 fn upload_stdin(
     rt: tokio::runtime::Runtime,
@@ -351,19 +354,11 @@ fn upload_stdin(
         let up = Uploader::new(http, state, opts, sink.clone(), cancel);
         match up.upload_stream(tokio::io::stdin(), endpoint, name).await {
             Ok(done) => {
-                let verified = done.verification == Verification::Verified;
                 if let Verification::NotVerified(why) = &done.verification {
                     reporter.note(&format!("ferry: -: {why}"));
                 }
-                let mut v = serde_json::json!({
-                    "file": "-", "url": done.url, "bytes": done.bytes, "seconds": done.seconds,
-                    "verified": verified, "resumed_from": 0, "protocol": "tus",
-                    "already_uploaded": false,
-                });
-                if let Some(d) = &done.digest {
-                    v[d.algorithm.name()] = d.hex().into();
-                }
-                reporter.file_done(&sink, v);
+                reporter.detail(&detail("-", &done));
+                reporter.file_done(&sink, done_fields("-", &done));
                 reporter.result(&done.url);
                 reporter.finish(0, serde_json::json!({ "files_skipped": 0 }));
                 Ok::<_, ClientError>(ExitCode::SUCCESS)
