@@ -46,6 +46,18 @@ impl ChecksumAlgorithm {
         ChecksumAlgorithm::Sha512,
     ];
 
+    /// What an `Upload-Checksum` trailer may name (tus checksum-trailer). The algorithm of a
+    /// trailer is known only after the body, and a server does not read a request's bytes back
+    /// from its store, so it hashes the body on the way with each of these: the two CRCs, which
+    /// cost next to nothing. Every other algorithm goes in a header.
+    pub const IN_TRAILERS: [ChecksumAlgorithm; 2] =
+        [ChecksumAlgorithm::Crc32, ChecksumAlgorithm::Crc64Nvme];
+
+    /// Whether an `Upload-Checksum` trailer may name this algorithm ([`Self::IN_TRAILERS`]).
+    pub fn fits_trailer(self) -> bool {
+        Self::IN_TRAILERS.contains(&self)
+    }
+
     fn entry(self) -> &'static Entry {
         TABLE
             .iter()

@@ -196,13 +196,17 @@ async fn receive_inner(
         Verify::Header(c) => Some(c.clone()),
         _ => None,
     };
-    // With a trailer the algorithm is known only at the end. Hash with CRC-32 on the way (what
-    // ferry's client sends, and nearly free); any other algorithm is hashed at the end by
-    // reading the bytes back (see `digest_uncommitted`).
-    let mut hasher = match &verify {
-        Verify::Header(c) => Some(Hasher::new(c.algorithm)),
-        Verify::Trailer => Some(Hasher::new(ChecksumAlgorithm::Crc32)),
-        Verify::None => None,
+    // With a trailer the algorithm is known only at the end, and the bytes are never read
+    // back (a store need not keep uncommitted bytes readable): every algorithm a trailer may
+    // name is hashed on the way. Those are the two CRCs, nearly free; the others go in a
+    // header (docs/protocol.md).
+    let mut hashers: Vec<Hasher> = match &verify {
+        Verify::Header(c) => vec![Hasher::new(c.algorithm)],
+        Verify::Trailer => ChecksumAlgorithm::IN_TRAILERS
+            .into_iter()
+            .map(Hasher::new)
+            .collect(),
+        Verify::None => Vec::new(),
     };
     let mut trailer_error = None;
     let mut error = None;
@@ -261,7 +265,7 @@ async fn receive_inner(
                     continue;
                 }
             };
-            if let Some(h) = &mut hasher {
+            for h in &mut hashers {
                 h.update(&data);
             }
             match append.push(&data).await {
@@ -304,14 +308,16 @@ async fn receive_inner(
                     "Upload-Checksum trailer was announced but not sent".into(),
                 )),
                 (None, Some(claim)) => {
-                    let actual = match hasher.take() {
-                        Some(h) if h.algorithm() == claim.algorithm => h.finalize(),
-                        _ => append.digest_uncommitted(claim.algorithm).await?,
-                    };
-                    if actual == claim.digest {
-                        Ok(Ending::Complete)
-                    } else {
-                        Err(Ending::ChecksumMismatch)
+                    let hasher = hashers
+                        .into_iter()
+                        .find(|h| h.algorithm() == claim.algorithm);
+                    match hasher.map(Hasher::finalize) {
+                        Some(actual) if actual == claim.digest => Ok(Ending::Complete),
+                        Some(_) => Err(Ending::ChecksumMismatch),
+                        None => Err(Ending::ChecksumIncomplete(format!(
+                            "an Upload-Checksum trailer may use crc32 or crc64nvme; send {} in a header",
+                            claim.algorithm.name()
+                        ))),
                     }
                 }
             },

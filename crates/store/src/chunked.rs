@@ -18,7 +18,7 @@
 //! bytes it left in unrecorded areas of the file are never read and are overwritten by the
 //! chunk that eventually covers them.
 
-use crate::data::{DataWriter, Fence, WriteMode};
+use crate::data::{DataWriter, Fence, Locator, WriteMode};
 use crate::engine::claims::{ClaimGuard, Next, Takeover};
 use crate::engine::double_buffer::DoubleBuffer;
 use crate::engine::policy::{self, range_buffer_capacity};
@@ -78,6 +78,7 @@ impl Uploads {
         Ok(RangeWrite {
             uploads: self,
             id,
+            locator: info.locator,
             start,
             end,
             total,
@@ -104,7 +105,8 @@ impl Uploads {
         if info.length.is_none() {
             self.check_room(total, info.received.as_ref().map_or(0, RangeSet::covered))?;
         }
-        self.record_range(id, (0, 0), Vec::new(), Some(total)).await
+        self.record_range(id, (0, 0), Vec::new(), Vec::new(), Some(total))
+            .await
     }
 
     /// Records the ranges `wrote` of chunk `span` as received (atomically, re-checking the
@@ -115,10 +117,12 @@ impl Uploads {
         id: UploadId,
         span: (u64, u64),
         wrote: Vec<(u64, u64)>,
+        written: Vec<Locator>,
         total: Option<u64>,
     ) -> Result<UploadInfo> {
         let (start, end) = span;
         let expiry = self.expiry;
+        let data = self.data.clone();
         let completed_now = Arc::new(AtomicBool::new(false));
         let flag = completed_now.clone();
         let info = self
@@ -147,11 +151,18 @@ impl Uploads {
                             limit: MAX_SESSION_RANGES,
                         });
                     }
+                    // The store's handle on the bytes, with this chunk's, in the same commit.
+                    for at in &written {
+                        info.locator = data.merge_locators(&info.locator, at)?;
+                    }
                     let prefix = received.contiguous_prefix();
                     info.offset = info.length.map_or(prefix, |l| prefix.min(l));
                     let now = now_ms();
                     info.updated_ms = now;
                     info.expires_ms = expiry.expires_at(info.is_complete(), now);
+                    // Whole now: recorded first, then the store finishes (recovered by `get`
+                    // if this process dies in between).
+                    info.finish_pending = info.is_complete();
                     flag.store(info.is_complete(), Ordering::SeqCst);
                     Ok(())
                 }),
@@ -161,10 +172,9 @@ impl Uploads {
         // in between.
         self.chunk_claims.learn(&info);
         if completed_now.load(Ordering::SeqCst) {
+            let info = self.finish_recorded(info).await?;
             self.completed(&info).await;
-            if let Some(fresh) = self.meta.get(id).await? {
-                return Ok(fresh);
-            }
+            return Ok(self.meta.get(id).await?.unwrap_or(info));
         }
         Ok(info)
     }
@@ -209,6 +219,8 @@ fn check_range(info: &UploadInfo, start: u64, end: u64, total: Option<u64>) -> R
 pub struct RangeWrite<'a> {
     uploads: &'a Uploads,
     id: UploadId,
+    /// The session's locator as read when the request began (writers open on it).
+    locator: Locator,
     start: u64,
     end: u64,
     total: Option<u64>,
@@ -218,7 +230,7 @@ pub struct RangeWrite<'a> {
     wrote: RangeSet,
     /// Writer for the gap being filled.
     writer: Option<Box<dyn DataWriter>>,
-    /// Writers of earlier gaps, their writes settled, waiting for the sync.
+    /// Writers of earlier gaps, their writes settled, waiting for the checkpoint.
     done: Vec<Box<dyn DataWriter>>,
     buffers: DoubleBuffer<'a>,
     /// The commit is recording: if it is abandoned now, its record may still land.
@@ -339,7 +351,12 @@ impl RangeWrite<'_> {
         let w = self
             .uploads
             .data
-            .open_writer(self.id, WriteMode::At { offset: pos }, Fence::Claim)
+            .open_writer(
+                self.id,
+                &self.locator,
+                WriteMode::At { offset: pos },
+                Fence::Claim,
+            )
             .await?;
         self.writer = Some(w);
         Ok(())
@@ -370,16 +387,16 @@ impl RangeWrite<'_> {
         if let Some(w) = self.writer.take() {
             self.done.push(w);
         }
-        if self.uploads.sync.syncs_data() {
-            for w in &mut self.done {
-                w.sync().await?;
-            }
+        let durable = self.uploads.sync.syncs_data();
+        let mut written = Vec::with_capacity(self.done.len());
+        for w in &mut self.done {
+            written.push(w.checkpoint(durable).await?);
         }
         let wrote = self.wrote.ranges().to_vec();
         self.recording = true;
         let recorded = self
             .uploads
-            .record_range(self.id, (self.start, self.end), wrote, self.total)
+            .record_range(self.id, (self.start, self.end), wrote, written, self.total)
             .await;
         self.recording = false;
         recorded

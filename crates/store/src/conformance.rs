@@ -2,7 +2,7 @@
 //! implementation calls these from its tests (enable the `conformance` feature from other
 //! crates). Each check panics with a message naming the broken rule.
 
-use crate::data::{DataStore, Fence, WriteMode};
+use crate::data::{DataStore, Fence, Locator, WriteMode};
 use crate::error::StoreError;
 use crate::meta::MetaStore;
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
@@ -17,9 +17,15 @@ fn fresh_id(tag: u8) -> UploadId {
     UploadId::from_bytes(b)
 }
 
-async fn read_all(store: &dyn DataStore, id: UploadId, start: u64, end: u64) -> Vec<u8> {
+async fn read_all(
+    store: &dyn DataStore,
+    id: UploadId,
+    at: &Locator,
+    start: u64,
+    end: u64,
+) -> Vec<u8> {
     use futures_util::StreamExt;
-    let mut s = store.read(id, start, end).await.expect("read");
+    let mut s = store.read(id, at, start, end).await.expect("read");
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
         out.extend_from_slice(&chunk.expect("read chunk"));
@@ -33,13 +39,64 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Runs every data-store check.
+fn joined(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// Runs every data-store check: the rules of docs/architecture.md ("The data-store
+/// contract").
 pub async fn data_store(store: &dyn DataStore) {
-    // Write, sync, read back; pipelined writes land in order.
+    let (id, at) = appends(store).await;
+    fencing(store).await;
+    if store.capabilities().random_access {
+        random_access(store).await;
+    }
+
+    // Double create, missing objects, idempotent delete.
+    assert!(
+        matches!(
+            store.create(id, false).await,
+            Err(StoreError::AlreadyExists(_))
+        ),
+        "double create must fail with AlreadyExists"
+    );
+    store.delete(id, &at).await.expect("delete");
+    store
+        .delete(id, &at)
+        .await
+        .expect("delete of a missing object is fine");
+    assert!(
+        matches!(
+            store
+                .open_writer(id, &at, WriteMode::Append { offset: 0 }, Fence::Epoch(9))
+                .await,
+            Err(StoreError::NotFound(_))
+        ),
+        "writer on a deleted object: NotFound"
+    );
+    assert!(
+        matches!(
+            store.read(id, &at, 0, 1).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "read of a deleted object: NotFound"
+    );
+}
+
+/// Appends, as the engine makes them: each checkpoint's locator is what gets committed with the
+/// offset, writers continue from a committed (offset, locator) alone, bytes past the committed
+/// offset are never read, and the finish step can run again. Returns the finished object.
+async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
     let id = fresh_id(1);
-    store.create(id, true).await.expect("create");
+    let created = store.create(id, true).await.expect("create");
+    assert!(!created.is_none(), "create returns the object's locator");
     let mut w = store
-        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(1))
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(1),
+        )
         .await
         .expect("open writer");
     let a = pattern(300_000, 1);
@@ -53,54 +110,60 @@ pub async fn data_store(store: &dyn DataStore) {
     );
     assert_eq!(pa.await.expect("write a"), a, "buffer handed back");
     assert_eq!(pb.await.expect("write b"), b, "buffer handed back");
-    w.sync().await.expect("sync");
-    let mut both = a.clone();
-    both.extend_from_slice(&b);
+    let at_ab = w.checkpoint(true).await.expect("checkpoint");
+    let ab = joined(&[&a, &b]);
+    let end = ab.len() as u64;
+    assert_eq!(read_all(store, id, &at_ab, 0, end).await, ab, "read back");
     assert_eq!(
-        read_all(store, id, 0, both.len() as u64).await,
-        both,
-        "read back"
-    );
-    assert_eq!(
-        read_all(store, id, 1000, 1010).await,
-        both[1000..1010],
+        read_all(store, id, &at_ab, 1000, 1010).await,
+        ab[1000..1010],
         "ranged read"
     );
-    assert!(read_all(store, id, 5, 5).await.is_empty(), "empty range");
-
-    // Append mode cuts away bytes past the committed offset.
-    let mut w = store
-        .open_writer(id, WriteMode::Append { offset: 50 }, Fence::Epoch(1))
-        .await
-        .expect("reopen at 50");
-    w.write(vec![9u8; 10]).await.expect("write");
-    w.sync().await.expect("sync");
-    let mut expect = both[..50].to_vec();
-    expect.extend_from_slice(&[9u8; 10]);
-    assert_eq!(
-        read_all(store, id, 0, 60).await,
-        expect,
-        "append continues at offset"
-    );
     assert!(
-        store.read(id, 0, 61).await.is_err() || {
-            // A store may fail lazily, on the stream; either way no bytes past 60 exist.
-            use futures_util::StreamExt;
-            let mut s = store.read(id, 0, 61).await.expect("stream");
-            let mut ok = true;
-            while let Some(c) = s.next().await {
-                if c.is_err() {
-                    ok = false;
-                }
-            }
-            !ok
-        },
-        "bytes past the committed offset were cut away"
+        read_all(store, id, &at_ab, 5, 5).await.is_empty(),
+        "empty range"
     );
 
-    // Append from an offset beyond the stored bytes is inconsistent, not silently zero-filled.
+    // Bytes written (even checkpointed) but never committed are past the committed offset:
+    // the next writer continues from the committed offset and locator alone, and reads of
+    // what is committed never see them.
+    let stray = pattern(70_000, 3);
+    w.write(stray).await.expect("write never committed");
+    w.checkpoint(true)
+        .await
+        .expect("checkpoint never committed");
+    drop(w);
+    let mut w = store
+        .open_writer(
+            id,
+            &at_ab,
+            WriteMode::Append { offset: end },
+            Fence::Epoch(2),
+        )
+        .await
+        .expect("reopen at the committed offset");
+    let c = pattern(40_000, 4);
+    w.write(c.clone()).await.expect("write c");
+    let at_abc = w.checkpoint(true).await.expect("checkpoint");
+    drop(w);
+    let abc = joined(&[&ab, &c]);
+    let len = abc.len() as u64;
+    assert_eq!(
+        read_all(store, id, &at_abc, 0, len).await,
+        abc,
+        "an append continues at the committed offset; bytes past it are never read"
+    );
+
+    // An offset beyond what the locator holds is inconsistent, not silently zero-filled.
     match store
-        .open_writer(id, WriteMode::Append { offset: 1_000_000 }, Fence::Epoch(1))
+        .open_writer(
+            id,
+            &at_abc,
+            WriteMode::Append {
+                offset: len + 1_000_000,
+            },
+            Fence::Epoch(3),
+        )
         .await
     {
         Err(StoreError::Inconsistent(_)) => {}
@@ -108,54 +171,97 @@ pub async fn data_store(store: &dyn DataStore) {
         Ok(_) => panic!("append past the end must fail"),
     }
 
-    // Random access, if offered: out-of-order writes land where they belong.
-    if store.capabilities().random_access {
-        let id = fresh_id(2);
-        store.create(id, false).await.expect("create");
-        let data = pattern(4096, 7);
-        let mut w = store
-            .open_writer(id, WriteMode::At { offset: 2048 }, Fence::Claim)
-            .await
-            .expect("open at");
-        w.write(data[2048..].to_vec()).await.expect("write tail");
-        let mut w = store
-            .open_writer(id, WriteMode::At { offset: 0 }, Fence::Claim)
-            .await
-            .expect("open at 0");
-        w.write(data[..2048].to_vec()).await.expect("write head");
-        w.sync().await.expect("sync");
-        assert_eq!(read_all(store, id, 0, 4096).await, data, "random access");
-        store.delete(id).await.expect("delete");
-    }
-
-    fencing(store).await;
-
-    // Double create, missing objects, idempotent delete.
-    assert!(
-        matches!(
-            store.create(id, false).await,
-            Err(StoreError::AlreadyExists(_))
-        ),
-        "double create must fail with AlreadyExists"
+    // Finish: the whole object reads back; running it again (a crash came before its result
+    // was recorded) and on its own result both work.
+    let finished = store.finish(id, &at_abc, len).await.expect("finish");
+    assert_eq!(
+        read_all(store, id, &finished, 0, len).await,
+        abc,
+        "finished"
     );
-    store.delete(id).await.expect("delete");
-    store
-        .delete(id)
+    let again = store.finish(id, &at_abc, len).await.expect("finish again");
+    assert_eq!(
+        read_all(store, id, &again, 0, len).await,
+        abc,
+        "finished twice"
+    );
+    let twice = store
+        .finish(id, &finished, len)
         .await
-        .expect("delete of a missing object is fine");
-    assert!(
-        matches!(
-            store
-                .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(1))
-                .await,
-            Err(StoreError::NotFound(_))
-        ),
-        "writer on a deleted object: NotFound"
+        .expect("finish a finished object");
+    assert_eq!(
+        read_all(store, id, &twice, 0, len).await,
+        abc,
+        "finish on its result"
     );
+    // An empty object finishes too (an empty upload is complete at creation).
+    let empty = fresh_id(4);
+    let at = store.create(empty, true).await.expect("create empty");
+    let at = store.finish(empty, &at, 0).await.expect("finish empty");
     assert!(
-        matches!(store.read(id, 0, 1).await, Err(StoreError::NotFound(_))),
-        "read of a deleted object: NotFound"
+        read_all(store, empty, &at, 0, 0).await.is_empty(),
+        "empty object"
     );
+    store.delete(empty, &at).await.expect("delete empty");
+    (id, twice)
+}
+
+/// Random-access writers (chunk sessions): each checkpoint covers its own writes, merged into
+/// the recorded locator in any order.
+async fn random_access(store: &dyn DataStore) {
+    let id = fresh_id(2);
+    let created = store.create(id, false).await.expect("create");
+    let data = pattern(4096, 7);
+    let mut tail = store
+        .open_writer(id, &created, WriteMode::At { offset: 2048 }, Fence::Claim)
+        .await
+        .expect("open at");
+    let mut head = store
+        .open_writer(id, &created, WriteMode::At { offset: 0 }, Fence::Claim)
+        .await
+        .expect("open at 0");
+    tail.write(data[2048..].to_vec()).await.expect("write tail");
+    head.write(data[..2048].to_vec()).await.expect("write head");
+    // The head commits first, then the tail: each merges into what is recorded by then.
+    let at_head = head.checkpoint(true).await.expect("checkpoint head");
+    let at_tail = tail.checkpoint(true).await.expect("checkpoint tail");
+    let recorded = store
+        .merge_locators(&created, &at_head)
+        .expect("merge head");
+    let recorded = store
+        .merge_locators(&recorded, &at_tail)
+        .expect("merge tail");
+    assert_eq!(
+        store
+            .merge_locators(&recorded, &at_tail)
+            .expect("merge again"),
+        recorded,
+        "merging a checkpoint again changes nothing (a metadata store may rerun an update)"
+    );
+    assert_eq!(
+        read_all(store, id, &recorded, 0, 4096).await,
+        data,
+        "random access"
+    );
+    // Committed the other way round, the same bytes.
+    let other = store
+        .merge_locators(&created, &at_tail)
+        .expect("merge tail first");
+    let other = store
+        .merge_locators(&other, &at_head)
+        .expect("merge head second");
+    assert_eq!(
+        read_all(store, id, &other, 0, 4096).await,
+        data,
+        "checkpoints merge in any order"
+    );
+    let finished = store.finish(id, &recorded, 4096).await.expect("finish");
+    assert_eq!(
+        read_all(store, id, &finished, 0, 4096).await,
+        data,
+        "finished"
+    );
+    store.delete(id, &finished).await.expect("delete");
 }
 
 /// Writes carry their lease's epoch: once a writer of a later epoch has opened the upload, an
@@ -163,18 +269,24 @@ pub async fn data_store(store: &dyn DataStore) {
 /// what its successor writes and commits.
 async fn fencing(store: &dyn DataStore) {
     let id = fresh_id(3);
-    store.create(id, true).await.expect("create");
+    let created = store.create(id, true).await.expect("create");
     let first = pattern(10_000, 3);
     let mut old = store
-        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(5))
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(5),
+        )
         .await
         .expect("open at epoch 5");
     old.write(first.clone()).await.expect("write at epoch 5");
-    old.sync().await.expect("sync");
+    let committed = old.checkpoint(true).await.expect("checkpoint");
     // The successor continues from what was committed (all of it, here).
     let mut new = store
         .open_writer(
             id,
+            &committed,
             WriteMode::Append {
                 offset: first.len() as u64,
             },
@@ -184,7 +296,7 @@ async fn fencing(store: &dyn DataStore) {
         .expect("open at epoch 6");
     let second = pattern(5_000, 4);
     new.write(second.clone()).await.expect("write at epoch 6");
-    new.sync().await.expect("sync");
+    let at = new.checkpoint(true).await.expect("checkpoint");
     // The superseded writer is still positioned at 10 000: its write would land on the
     // successor's bytes.
     match old.write(pattern(5_000, 9)).await {
@@ -197,17 +309,21 @@ async fn fencing(store: &dyn DataStore) {
         Ok(_) => panic!("a write of a superseded epoch must fail"),
     }
     match store
-        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(5))
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(5),
+        )
         .await
     {
         Err(StoreError::Fenced { .. }) => {}
         Err(e) => panic!("opening at a superseded epoch: want Fenced, got {e}"),
         Ok(_) => panic!("opening at a superseded epoch must fail (it would cut the data)"),
     }
-    let mut both = first;
-    both.extend_from_slice(&second);
+    let both = joined(&[&first, &second]);
     assert_eq!(
-        read_all(store, id, 0, both.len() as u64).await,
+        read_all(store, id, &at, 0, both.len() as u64).await,
         both,
         "the successor's bytes are intact"
     );
@@ -219,14 +335,19 @@ async fn fencing(store: &dyn DataStore) {
     // still cannot come back and cut what its successor committed.
     drop((old, new));
     match store
-        .open_writer(id, WriteMode::Append { offset: 0 }, Fence::Epoch(5))
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(5),
+        )
         .await
     {
         Err(StoreError::Fenced { .. }) => {}
         Err(e) => panic!("reopening at a superseded epoch later: want Fenced, got {e}"),
         Ok(_) => panic!("reopening at a superseded epoch later must fail"),
     }
-    store.delete(id).await.expect("delete");
+    store.delete(id, &at).await.expect("delete");
 }
 
 fn sample(id: UploadId) -> UploadInfo {
@@ -270,6 +391,13 @@ fn sample(id: UploadId) -> UploadInfo {
         finals: vec![fresh_id(7)],
         deleted: true,
         running_crc: Some(0x0123_4567_89ab_cdef),
+        // A store-owned locator as an object store's would be, kept exactly.
+        locator: Locator(serde_json::json!({
+            "key": "uploads/ré\"x",
+            "upload_id": "abc",
+            "parts": [{ "n": 1, "etag": "\"e1\"", "size": 5_242_880 }],
+        })),
+        finish_pending: true,
     }
 }
 

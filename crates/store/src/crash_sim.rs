@@ -19,7 +19,7 @@
 //! previous run's crash already cut them).
 
 use crate::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, PendingWrite, WriteMode,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
 };
 use crate::error::Result;
 use crate::local::LocalDataStore;
@@ -141,9 +141,9 @@ impl DataStore for CrashSimDataStore {
         self.sim.inner.free_space()
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> Result<()> {
+    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator> {
         let _g = self.sim.gate.read().await;
-        self.sim.inner.create(id, durable).await?;
+        let at = self.sim.inner.create(id, durable).await?;
         self.sim.files().insert(
             id,
             Durable {
@@ -151,18 +151,19 @@ impl DataStore for CrashSimDataStore {
                 len: 0,
             },
         );
-        Ok(())
+        Ok(at)
     }
 
     async fn open_writer(
         &self,
         id: UploadId,
+        at: &Locator,
         mode: WriteMode,
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>> {
         let _g = self.sim.gate.read().await;
         let before = self.sim.known(id);
-        let writer = self.sim.inner.open_writer(id, mode, fence).await?;
+        let writer = self.sim.inner.open_writer(id, at, mode, fence).await?;
         if let WriteMode::Append { offset } = mode
             && before.len > offset
         {
@@ -183,17 +184,30 @@ impl DataStore for CrashSimDataStore {
         }))
     }
 
-    async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream> {
-        self.sim.inner.read(id, start, end).await
+    async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator> {
+        let _g = self.sim.gate.read().await;
+        self.sim.inner.finish(id, at, length).await
+    }
+
+    fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
+        self.sim.inner.merge_locators(recorded, written)
+    }
+
+    async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream> {
+        self.sim.inner.read(id, at, start, end).await
     }
 
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
         self.sim.inner.inventory().await
     }
 
-    async fn delete(&self, id: UploadId) -> Result<()> {
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        self.sim.inner.derived_locator(id)
+    }
+
+    async fn delete(&self, id: UploadId, at: &Locator) -> Result<()> {
         let _g = self.sim.gate.read().await;
-        self.sim.inner.delete(id).await?;
+        self.sim.inner.delete(id, at).await?;
         self.sim.files().remove(&id);
         Ok(())
     }
@@ -226,9 +240,12 @@ impl DataWriter for CrashSimWriter {
         }
     }
 
-    async fn sync(&mut self) -> Result<()> {
+    async fn checkpoint(&mut self, durable: bool) -> Result<Locator> {
         let _g = self.sim.gate.read().await;
-        self.inner.sync().await?;
+        let at = self.inner.checkpoint(durable).await?;
+        if !durable {
+            return Ok(at);
+        }
         let path = self.sim.inner.path_of(self.id);
         let len = std::fs::metadata(path)
             .map_err(crate::StoreError::from)?
@@ -236,6 +253,6 @@ impl DataWriter for CrashSimWriter {
         let mut files = self.sim.files();
         let entry = files.get(&self.id).is_none_or(|d| d.entry);
         files.insert(self.id, Durable { entry, len });
-        Ok(())
+        Ok(at)
     }
 }

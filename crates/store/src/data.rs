@@ -1,20 +1,27 @@
 //! The data-store seam: where an upload's bytes live.
 //!
 //! The contract is small so that a local directory, an S3 multipart upload or anything else can
-//! sit behind it without the server changing:
-//! - `create` makes an empty object, durably when the store is asked to sync;
+//! sit behind it without the server changing (docs/architecture.md, "The data-store contract"):
+//! - `create` makes an empty object, durably when the store is asked to sync, and returns its
+//!   [`Locator`]: the store's own handle, kept in the upload's record;
 //! - a [`DataWriter`] writes at a position (appends for tus/IETF, any position for chunk
-//!   sessions) and makes everything written so far durable on `sync`;
-//! - `read` streams a byte range of one object;
+//!   sessions) under a [`Fence`]; `checkpoint` makes everything written so far durable and
+//!   returns the locator to commit with the new offset (an object store's parts, say);
+//! - `finish` runs once every byte is recorded, before the upload counts as complete;
+//! - `read` streams a committed byte range of one object; bytes past the committed offset are
+//!   never read, so a store may keep, overwrite or drop them;
 //! - `delete` removes an object (idempotent).
 //!
-//! Final (concatenated) uploads have no object of their own: the engine reads across parts.
+//! Every call names the object by its id and its committed locator, so any instance can carry
+//! on from the record alone. Final (concatenated) uploads have no object of their own: the
+//! engine reads across parts.
 
 use crate::error::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_proto::UploadId;
 use futures_core::Stream;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -31,10 +38,32 @@ pub fn failed_stream(e: impl std::fmt::Display) -> ByteStream {
     Box::pin(futures_util::stream::once(async move { Err(e) }))
 }
 
+/// Where a store keeps one upload's bytes, in the store's own terms: the file for the local
+/// store; the key, multipart upload id, recorded parts and staged pieces for an object store.
+/// Opaque to everything but the store that made it. It lives in the upload's record and is
+/// committed together with the offset it covers, so whoever continues the upload (after a
+/// restart, on another instance) finds the bytes from the record alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Locator(pub serde_json::Value);
+
+impl Locator {
+    /// No object: a final upload (read across its parts) or a record not yet placed.
+    pub fn none() -> Self {
+        Self(serde_json::Value::Null)
+    }
+
+    /// Whether this names no object.
+    pub fn is_none(&self) -> bool {
+        self.0.is_null()
+    }
+}
+
 /// How a writer treats bytes already stored past its start position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
-    /// Append-only: bytes stored past `offset` were never committed and are cut away.
+    /// Append-only from the committed `offset`. Bytes stored past it were never committed:
+    /// the store may overwrite, ignore or drop them, and they are never read.
     Append {
         /// The committed offset to continue from.
         offset: u64,
@@ -95,26 +124,51 @@ pub trait DataStore: Send + Sync + 'static {
         None
     }
 
-    /// Creates an empty object for `id`. With `durable`, the object survives a crash once this
-    /// returns.
-    async fn create(&self, id: UploadId, durable: bool) -> Result<()>;
+    /// Creates an empty object for `id` and returns its locator, to be stored in the upload's
+    /// record. With `durable`, the object survives a crash once this returns.
+    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator>;
 
-    /// Opens a writer positioned per `mode`, writing under `fence`.
+    /// Opens a writer on the object `at` (the committed locator), positioned per `mode`,
+    /// writing under `fence`.
     async fn open_writer(
         &self,
         id: UploadId,
+        at: &Locator,
         mode: WriteMode,
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>>;
 
-    /// Streams bytes `[start, end)` of the object. The caller guarantees the range was committed.
-    async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream>;
+    /// Makes a fully written object whole (an object store completes its multipart upload from
+    /// the recorded parts) and returns the locator to record. The engine calls it once all
+    /// `length` bytes are committed with `at`, and records the result before the upload counts
+    /// as complete. It must be safe to run again with the same `at` (a crash may come between
+    /// it and that record) and on its own result.
+    async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator>;
+
+    /// The locator to record when a random-access writer ([`Fence::Claim`]) commits: its
+    /// checkpoint covers only its own writes, and other writers commit theirs into the same
+    /// record meanwhile, so the engine merges `written` into the `recorded` locator inside the
+    /// record's atomic update (possibly more than once). The local store's locator never
+    /// changes; an object store adds the staged pieces.
+    fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator>;
+
+    /// Streams bytes `[start, end)` of the object. The caller guarantees the range was committed
+    /// with `at`.
+    async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream>;
 
     /// Removes the object. Removing a missing object is not an error.
-    async fn delete(&self, id: UploadId) -> Result<()>;
+    async fn delete(&self, id: UploadId, at: &Locator) -> Result<()>;
 
     /// Every stored object with its size in bytes (for `ferry fsck`; not on a request path).
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>>;
+
+    /// The locator of an object this store holds for `id` without one recorded: data written
+    /// before locators were recorded (metadata layout 1), and stray objects `ferry fsck`
+    /// removes. `None` if the store cannot derive it.
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        let _ = id;
+        None
+    }
 }
 
 /// Writes one object. Obtained under the upload's lease, so there is one writer per upload.
@@ -126,9 +180,11 @@ pub trait DataWriter: Send {
     /// Starts writing `buf` at [`position`](Self::position) and advances the position at once.
     /// The write proceeds in the background: the returned future may be awaited later (the
     /// caller fills its next buffer meanwhile) and yields `buf` back for reuse. Writes must be
-    /// awaited in order before [`sync`](Self::sync).
+    /// awaited in order before [`checkpoint`](Self::checkpoint).
     fn write(&mut self, buf: Vec<u8>) -> PendingWrite;
 
-    /// Makes every completed write durable (fdatasync for files).
-    async fn sync(&mut self) -> Result<()>;
+    /// Makes every completed write durable (with `durable`; fdatasync for files; an object
+    /// store has its bytes in the bucket either way) and returns the locator that covers them,
+    /// to be committed with the new offset.
+    async fn checkpoint(&mut self, durable: bool) -> Result<Locator>;
 }

@@ -4,12 +4,13 @@
 //! Run it on a store nobody is serving (`Uploads::open_local` takes the directory lock): the
 //! check reads every record and the data store's inventory as one picture.
 
-use crate::engine::Uploads;
-use crate::error::Result;
+use crate::engine::{Uploads, gone_objects, locators};
+use crate::error::{Result, StoreError};
 use crate::meta::Records;
 use crate::model::{UploadInfo, UploadKind};
 use ferry_proto::UploadId;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 /// One disagreement between records and data.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -255,7 +256,12 @@ impl Uploads {
 
     async fn repair(&self, problem: &Problem) -> Result<()> {
         match *problem {
-            Problem::OrphanData { id, .. } => self.data.delete(id).await,
+            Problem::OrphanData { id, .. } => match self.data.derived_locator(id) {
+                Some(at) => self.data.delete(id, &at).await,
+                None => Err(StoreError::Inconsistent(format!(
+                    "the data store cannot name stray object {id}"
+                ))),
+            },
             Problem::MissingData { id, have, .. } => {
                 let unfinished = self.meta.get(id).await?.is_some_and(|i| !i.is_complete());
                 match have {
@@ -340,18 +346,22 @@ impl Uploads {
         ids: Vec<UploadId>,
         change: impl Fn(&mut Records) + Send + Sync + 'static,
     ) -> Result<()> {
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let saw = seen.clone();
         let records = self
             .meta
             .transact(
-                ids.clone(),
+                ids,
                 Box::new(move |recs| {
+                    *saw.lock().unwrap_or_else(|p| p.into_inner()) = locators(recs);
                     change(recs);
                     Ok(())
                 }),
             )
             .await?;
-        for id in ids.iter().filter(|i| matches!(records.get(i), Some(None))) {
-            self.data.delete(*id).await?;
+        let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, at) in gone_objects(&records, seen) {
+            self.data.delete(id, &at).await?;
         }
         Ok(())
     }
@@ -384,6 +394,8 @@ mod tests {
             finals: finals.iter().map(|f| id(*f)).collect(),
             deleted: false,
             running_crc: None,
+            locator: crate::data::Locator::none(),
+            finish_pending: false,
         }
     }
 

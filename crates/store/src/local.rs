@@ -1,11 +1,15 @@
 //! Local-disk data store: one file per upload under `<root>/uploads/<2 hex>/<id>`.
 //!
+//! The locator is that file, relative to `uploads/` (`{"file":"6f/6f18…"}`): derived from the
+//! id, and checked against it, so a record can only ever name its own upload's file.
+//!
 //! This is where bytes hit the disk. Writes are positional (`pwrite`) on a std `File` inside
 //! `spawn_blocking`, with the caller's buffer moved in and handed back (no copy, no per-write
-//! allocation); `sync` is `fdatasync`. New files are made durable by fsyncing their directory.
+//! allocation); a durable `checkpoint` is `fdatasync`. New files are made durable by fsyncing
+//! their directory.
 
 use crate::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, PendingWrite, WriteMode,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
 };
 use crate::error::{Result, StoreError};
 use async_trait::async_trait;
@@ -172,6 +176,23 @@ impl LocalDataStore {
         let hex = id.to_string();
         self.root.join(&hex[..2]).join(hex)
     }
+
+    /// The locator of an upload's file.
+    pub fn locator_of(id: UploadId) -> Locator {
+        let hex = id.to_string();
+        Locator(serde_json::json!({ "file": format!("{}/{hex}", &hex[..2]) }))
+    }
+
+    /// The file `at` names, which must be `id`'s own.
+    fn path_at(&self, id: UploadId, at: &Locator) -> Result<PathBuf> {
+        if *at != Self::locator_of(id) {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {id}: its recorded locator {} is not its file",
+                at.0
+            )));
+        }
+        Ok(self.path_of(id))
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -198,7 +219,7 @@ impl DataStore for LocalDataStore {
         free_bytes(&self.root).map(|n| n.saturating_sub(METADATA_RESERVE))
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> Result<()> {
+    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator> {
         let path = self.path_of(id);
         let root = self.root.clone();
         blocking(move || {
@@ -229,16 +250,18 @@ impl DataStore for LocalDataStore {
                 StoreError::AlreadyExists(id)
             }
             other => other,
-        })
+        })?;
+        Ok(Self::locator_of(id))
     }
 
     async fn open_writer(
         &self,
         id: UploadId,
+        at: &Locator,
         mode: WriteMode,
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>> {
-        let path = self.path_of(id);
+        let path = self.path_at(id, at)?;
         // Raised before the file is touched: a superseded opener cuts nothing.
         let fenced = match fence {
             Fence::Epoch(epoch) => {
@@ -262,7 +285,8 @@ impl DataStore for LocalDataStore {
             if let WriteMode::Append { offset } = mode {
                 let len = file.metadata()?.len();
                 if len > offset {
-                    // Bytes past the committed offset were never acknowledged: cut them away.
+                    // Bytes past the committed offset were never acknowledged: dropped here
+                    // (the space comes back, and a full disk gave back nothing it needs).
                     file.set_len(offset)?;
                 } else if len < offset {
                     return Err(io::Error::new(
@@ -287,14 +311,46 @@ impl DataStore for LocalDataStore {
         Ok(Box::new(LocalWriter {
             root: Arc::from(self.root.as_path()),
             file: Arc::new(file),
+            locator: at.clone(),
             position,
             append: matches!(mode, WriteMode::Append { .. }),
             fenced,
         }))
     }
 
-    async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream> {
-        let path = self.path_of(id);
+    async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator> {
+        // The bytes are in place and synced per the policy as they were committed: nothing to
+        // assemble. Only check that they are all there.
+        let path = self.path_at(id, at)?;
+        let len = blocking(move || Ok(std::fs::metadata(path)?.len()))
+            .await
+            .map_err(|e| match e {
+                StoreError::Io(io) if io.kind() == io::ErrorKind::NotFound => {
+                    StoreError::NotFound(id)
+                }
+                other => other,
+            })?;
+        if len < length {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {id}: its file has {len} of its {length} bytes"
+            )));
+        }
+        Ok(at.clone())
+    }
+
+    fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
+        // One file per upload: both name it, or one of them is not this upload's.
+        if recorded != written {
+            return Err(StoreError::Inconsistent(format!(
+                "a chunk written to {} cannot be recorded for {}",
+                written.0, recorded.0
+            )));
+        }
+        Ok(recorded.clone())
+    }
+
+    async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream> {
+        let path = self.path_at(id, at)?;
         let file = blocking(move || File::open(path))
             .await
             .map_err(|e| match e {
@@ -306,8 +362,8 @@ impl DataStore for LocalDataStore {
         Ok(read_stream(Arc::new(file), start, end))
     }
 
-    async fn delete(&self, id: UploadId) -> Result<()> {
-        let path = self.path_of(id);
+    async fn delete(&self, id: UploadId, at: &Locator) -> Result<()> {
+        let path = self.path_at(id, at)?;
         blocking(move || match std::fs::remove_file(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
@@ -341,6 +397,10 @@ impl DataStore for LocalDataStore {
             Ok(out)
         })
         .await
+    }
+
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        Some(Self::locator_of(id))
     }
 }
 
@@ -413,6 +473,8 @@ struct LocalWriter {
     /// The store's root, for the free-space check before each write.
     root: Arc<Path>,
     file: Arc<File>,
+    /// The file's locator (it never changes as the file grows).
+    locator: Locator,
     position: u64,
     /// Nothing past the write position is kept (append mode).
     append: bool,
@@ -451,9 +513,12 @@ impl DataWriter for LocalWriter {
         })
     }
 
-    async fn sync(&mut self) -> Result<()> {
-        let file = self.file.clone();
-        blocking(move || file.sync_data()).await
+    async fn checkpoint(&mut self, durable: bool) -> Result<Locator> {
+        if durable {
+            let file = self.file.clone();
+            blocking(move || file.sync_data()).await?;
+        }
+        Ok(self.locator.clone())
     }
 }
 

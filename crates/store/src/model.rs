@@ -1,5 +1,6 @@
 //! The facts kept about an upload, independent of any protocol or backend.
 
+use crate::data::Locator;
 use ferry_proto::digest::Digests;
 use ferry_proto::{Metadata, UploadId};
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ mod id_list {
 pub use ferry_proto::range_set::RangeSet;
 
 /// Everything ferry knows about one upload. The committed `offset` is the truth: bytes past it
-/// in the data store are ignored and cut back when the upload is written again.
+/// in the data store are never read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadInfo {
     /// Its id.
@@ -96,6 +97,13 @@ pub struct UploadInfo {
     /// hash state waits in memory between requests. `None` once finished (the CRC is then in
     /// `digests`) or when the chain from byte 0 is broken.
     pub running_crc: Option<u64>,
+    /// Where the data store keeps the bytes, committed with the offset it covers (none for a
+    /// final upload, which reads its parts'). Opaque here: only the store reads it.
+    pub locator: Locator,
+    /// Every byte is recorded but the data store's finish step has not been recorded yet (a
+    /// crash came in between). The engine finishes it before the upload is read
+    /// ([`crate::Uploads::get`]).
+    pub finish_pending: bool,
 }
 
 impl UploadInfo {

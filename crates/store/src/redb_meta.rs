@@ -5,6 +5,7 @@
 //! commits once with fsync (group commit): many concurrent uploads share one fsync instead of
 //! queueing behind each other's. A caller's change is acknowledged only after that commit.
 
+use crate::data::Locator;
 use crate::error::{Result, StoreError};
 use crate::meta::{MetaStore, Records, Transaction, Update};
 use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
@@ -19,7 +20,16 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The on-disk layout this build writes. Bump it (and add a migration) when `Record` or the
 /// tables change incompatibly; a newer layout is refused rather than misread.
-pub const LAYOUT_VERSION: u64 = 1;
+///
+/// - 1: the first.
+/// - 2: each record carries its data store's locator, and `finish_pending`; a build that
+///   knew neither would read an upload whose finish step is pending as complete. Layout 1
+///   migrates when opened with its data store ([`RedbMetaStore::open_migrating`]).
+pub const LAYOUT_VERSION: u64 = 2;
+
+/// Records read at a time by the migration, so that it never holds every record decoded at
+/// once (the write transaction itself keeps its dirty pages until it commits).
+const MIGRATION_PAGE: usize = 1024;
 
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 const INFO: TableDefinition<&str, u64> = TableDefinition::new("ferry");
@@ -57,6 +67,10 @@ struct Record {
     deleted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     running_crc: Option<u64>,
+    #[serde(default, skip_serializing_if = "Locator::is_none")]
+    locator: Locator,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    finish_pending: bool,
 }
 
 fn encode(info: &UploadInfo) -> Vec<u8> {
@@ -74,6 +88,8 @@ fn encode(info: &UploadInfo) -> Vec<u8> {
         finals: info.finals.iter().map(ToString::to_string).collect(),
         deleted: info.deleted,
         running_crc: info.running_crc,
+        locator: info.locator.clone(),
+        finish_pending: info.finish_pending,
     };
     serde_json::to_vec(&rec).expect("record serializes")
 }
@@ -92,6 +108,8 @@ fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
         finals,
         deleted: rec.deleted,
         running_crc: rec.running_crc,
+        locator: rec.locator,
+        finish_pending: rec.finish_pending,
         length: rec.length,
         offset: rec.offset,
         metadata,
@@ -147,9 +165,20 @@ impl std::fmt::Debug for RedbMetaStore {
 }
 
 impl RedbMetaStore {
-    /// Opens (or creates) the database at `path`. Fails clearly if another process has it open
-    /// or if it was written by a newer ferry.
+    /// Opens (or creates) the database at `path`. Fails clearly if another process has it open,
+    /// if it was written by a newer ferry, or if it has an older layout (which needs
+    /// [`open_migrating`](Self::open_migrating)).
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_migrating(path, &|_| None)
+    }
+
+    /// Opens the database at `path` as [`open`](Self::open) does, first migrating an older
+    /// layout in one transaction (all or nothing). `locate` gives the data store's locator of
+    /// an upload recorded before locators were (layout 1).
+    pub fn open_migrating(
+        path: &Path,
+        locate: &dyn Fn(UploadId) -> Option<Locator>,
+    ) -> Result<Self> {
         let db = Database::builder()
             // redb's default cache is 1 GiB; upload records are tiny.
             .set_cache_size(16 * 1024 * 1024)
@@ -161,7 +190,7 @@ impl RedbMetaStore {
                 )),
                 other => db_err(other),
             })?;
-        check_layout(&db)?;
+        check_layout(&db, locate)?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::unbounded_channel();
         let writer_db = db.clone();
@@ -185,7 +214,7 @@ impl RedbMetaStore {
     }
 }
 
-fn check_layout(db: &Database) -> Result<()> {
+fn check_layout(db: &Database, locate: &dyn Fn(UploadId) -> Option<Locator>) -> Result<()> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut info = txn.open_table(INFO).map_err(db_err)?;
@@ -195,6 +224,11 @@ fn check_layout(db: &Database) -> Result<()> {
                 info.insert(LAYOUT_KEY, LAYOUT_VERSION).map_err(db_err)?;
             }
             Some(v) if v == LAYOUT_VERSION => {}
+            Some(1) => {
+                let n = migrate_1_to_2(&txn, locate)?;
+                info.insert(LAYOUT_KEY, LAYOUT_VERSION).map_err(db_err)?;
+                tracing::info!(records = n, "metadata layout 1 migrated to layout 2");
+            }
             Some(v) if v > LAYOUT_VERSION => {
                 return Err(StoreError::Metadata(format!(
                     "metadata layout {v} was written by a newer ferry; this build reads up to {LAYOUT_VERSION}"
@@ -209,6 +243,55 @@ fn check_layout(db: &Database) -> Result<()> {
         txn.open_table(UPLOADS).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)
+}
+
+/// Layout 1 → 2: every record with data gets its locator from the data store. Runs inside the
+/// transaction that records the new layout, a page of records at a time.
+fn migrate_1_to_2(
+    txn: &redb::WriteTransaction,
+    locate: &dyn Fn(UploadId) -> Option<Locator>,
+) -> Result<u64> {
+    let mut table = txn.open_table(UPLOADS).map_err(db_err)?;
+    let mut after: Option<String> = None;
+    let mut migrated = 0;
+    loop {
+        let mut page = Vec::with_capacity(MIGRATION_PAGE);
+        {
+            let rows = match &after {
+                Some(a) => table.range::<&str>((
+                    std::ops::Bound::Excluded(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&str>(..),
+            }
+            .map_err(db_err)?;
+            for row in rows.take(MIGRATION_PAGE) {
+                let (k, v) = row.map_err(db_err)?;
+                page.push((k.value().to_owned(), v.value().to_vec()));
+            }
+        }
+        let Some((last, _)) = page.last() else {
+            return Ok(migrated);
+        };
+        after = Some(last.clone());
+        for (key, bytes) in page {
+            let id = UploadId::parse(&key)
+                .map_err(|e| StoreError::Metadata(format!("record key {key:?}: {e}")))?;
+            let mut info = decode(id, &bytes)?;
+            if info.locator.is_none() && !matches!(info.kind, UploadKind::Final { .. }) {
+                info.locator = locate(id).ok_or_else(|| {
+                    StoreError::Metadata(format!(
+                        "metadata layout 1 needs its data store to migrate (upload {id}): \
+                         open it through `ferry serve` on its data directory"
+                    ))
+                })?;
+            }
+            table
+                .insert(key.as_str(), encode(&info).as_slice())
+                .map_err(db_err)?;
+            migrated += 1;
+        }
+    }
 }
 
 enum Reply {
@@ -535,6 +618,8 @@ mod tests {
             finals: Vec::new(),
             deleted: false,
             running_crc: None,
+            locator: crate::data::Locator::none(),
+            finish_pending: false,
         };
         rt.block_on(async {
             let s = RedbMetaStore::open(&path).unwrap();
@@ -574,6 +659,8 @@ mod tests {
             finals: Vec::new(),
             deleted: false,
             running_crc: None,
+            locator: crate::data::Locator::none(),
+            finish_pending: false,
         };
         let bytes = encode(&info);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -600,6 +687,62 @@ mod tests {
             let broken = serde_json::to_vec(&broken).unwrap();
             assert!(decode(info.id, &broken).is_err(), "{bad}");
         }
+    }
+
+    /// A layout-1 database with a regular upload and a final: opened without its data store
+    /// it is refused (and left as it was); opened with it, the regular upload gets its
+    /// locator, the final (no data of its own) none, and the layout becomes 2 at once.
+    #[test]
+    fn layout_1_migrates_only_with_its_data_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        let (regular, fin) = (UploadId::from_bytes([1; 16]), UploadId::from_bytes([2; 16]));
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(INFO).unwrap().insert(LAYOUT_KEY, 1).unwrap();
+            let mut t = txn.open_table(UPLOADS).unwrap();
+            let r = br#"{"length":5,"offset":2,"created_ms":1,"updated_ms":2}"#;
+            t.insert(regular.to_string().as_str(), &r[..]).unwrap();
+            let f = format!(
+                r#"{{"length":null,"offset":0,"created_ms":1,"updated_ms":2,"kind":{{"type":"final","parts":["{regular}"]}}}}"#
+            );
+            t.insert(fin.to_string().as_str(), f.as_bytes()).unwrap();
+            // More than two pages of others, so the migration pages past its first read.
+            for n in 0..(2 * MIGRATION_PAGE as u32 + 7) {
+                let mut b = [9u8; 16];
+                b[..4].copy_from_slice(&n.to_be_bytes());
+                t.insert(UploadId::from_bytes(b).to_string().as_str(), &r[..])
+                    .unwrap();
+            }
+            drop(t);
+            txn.commit().unwrap();
+        }
+        let err = RedbMetaStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("needs its data store"), "{err}");
+        let here = Locator(serde_json::json!({ "file": "here" }));
+        let elsewhere = Locator(serde_json::json!({ "file": "elsewhere" }));
+        let locate = |id: UploadId| match id {
+            id if id == regular => Some(here.clone()),
+            id if id == fin => None,
+            _ => Some(elsewhere.clone()),
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        {
+            let store = RedbMetaStore::open_migrating(&path, &locate).unwrap();
+            let got = rt.block_on(store.get(regular)).unwrap().unwrap();
+            assert_eq!((got.offset, &got.locator), (2, &here));
+            let got = rt.block_on(store.get(fin)).unwrap().unwrap();
+            assert!(got.locator.is_none(), "a final has no object");
+            let all = rt.block_on(store.list()).unwrap();
+            assert_eq!(all.len(), 2 * MIGRATION_PAGE + 9, "every record kept");
+            let placed = all.iter().filter(|i| i.locator == elsewhere).count();
+            assert_eq!(placed, 2 * MIGRATION_PAGE + 7, "every page migrated");
+        }
+        // Layout 2 now: the plain open takes it as it is.
+        let store = RedbMetaStore::open(&path).unwrap();
+        let got = rt.block_on(store.get(regular)).unwrap().unwrap();
+        assert_eq!(got.locator, here);
     }
 
     /// A record exactly as the first release wrote it (layout 1, `sha256` always present,

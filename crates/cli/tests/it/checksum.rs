@@ -1,6 +1,6 @@
-//! Integrity on the server: tus checksum and checksum-trailer (every algorithm, computed with
-//! the reference crates sha1, sha2, md-5, crc32fast, blake3, never with ferry's own code),
-//! `Repr-Digest`, the IETF draft's `Content-Digest`, and a hostile-input sweep.
+//! Integrity on the server: tus checksum (every algorithm) and checksum-trailer (the two CRCs),
+//! computed with the reference crates sha1, sha2, md-5, crc32fast, blake3, never with ferry's
+//! own code; `Repr-Digest`, the IETF draft's `Content-Digest`, and a hostile-input sweep.
 
 /// tus 1.0.
 mod tus {
@@ -309,7 +309,7 @@ mod tus {
             &path,
             &announced("0"),
             &[&a[..40], &a[40..]],
-            &[("Upload-Checksum", &Algo::Sha1.header(a))],
+            &[("Upload-Checksum", &Algo::Crc32.header(a))],
         );
         assert_eq!(status_of(&resp), 204, "correct trailer: {resp}");
         assert_eq!(header_of(&resp, "upload-offset").as_deref(), Some("100"));
@@ -321,7 +321,7 @@ mod tus {
             &path,
             &announced("100"),
             &[b],
-            &[("Upload-Checksum", &Algo::Sha1.header(a))],
+            &[("Upload-Checksum", &Algo::Crc32.header(a))],
         );
         assert_error(&resp, 460, "wrong trailer");
         assert_eq!(header_of(&resp, "upload-offset").as_deref(), Some("100"));
@@ -339,7 +339,7 @@ mod tus {
 
         // Header and trailer both (both correct): ambiguous, 400, nothing kept.
         let mut both = announced("100");
-        let header_value = Algo::Sha1.header(b);
+        let header_value = Algo::Crc32.header(b);
         both.push(("Upload-Checksum", &header_value));
         let resp = send_chunked(
             server.addr,
@@ -347,21 +347,37 @@ mod tus {
             &path,
             &both,
             &[b],
-            &[("Upload-Checksum", &Algo::Sha1.header(b))],
+            &[("Upload-Checksum", &Algo::Crc32.header(b))],
         );
         assert_error(&resp, 400, "header and trailer");
         assert_eq!(head_offset(&url), Some(100));
 
-        // Other algorithms work as trailers too.
+        // An algorithm the server did not hash on the way (it never reads a request back):
+        // 400 naming what fits, nothing kept.
+        for algo in [Algo::Sha1, Algo::Blake3, Algo::Sha256] {
+            let resp = send_chunked(
+                server.addr,
+                "PATCH",
+                &path,
+                &announced("100"),
+                &[b],
+                &[("Upload-Checksum", &algo.header(b))],
+            );
+            assert_error(&resp, 400, "a trailer the server cannot check");
+            assert!(resp.contains("crc32 or crc64nvme"), "{resp}");
+            assert_eq!(head_offset(&url), Some(100));
+        }
+
+        // CRC-64/NVME works as a trailer too.
         let resp = send_chunked(
             server.addr,
             "PATCH",
             &path,
             &announced("100"),
             &[&b[..1], &b[1..]],
-            &[("Upload-Checksum", &Algo::Blake3.header(b))],
+            &[("Upload-Checksum", &Algo::Crc64nvme.header(b))],
         );
-        assert_eq!(status_of(&resp), 204, "blake3 trailer: {resp}");
+        assert_eq!(status_of(&resp), 204, "crc64nvme trailer: {resp}");
         assert_eq!(header_of(&resp, "upload-offset").as_deref(), Some("200"));
         let c = &data[200..];
         let resp = send_chunked(
@@ -653,8 +669,14 @@ mod tus {
             (
                 "trailer: digest of other bytes",
                 &hdrs,
-                vec![("Upload-Checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=")],
+                vec![("Upload-Checksum", "crc32 AAAAAA==")],
                 460,
+            ),
+            (
+                "trailer: an algorithm not hashed on the way",
+                &hdrs,
+                vec![("Upload-Checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=")],
+                400,
             ),
             (
                 "trailer: only another trailer",

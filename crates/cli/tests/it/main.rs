@@ -34,6 +34,7 @@ mod generated; // `ferry completions SHELL` and `ferry man` from the clap defini
 mod headers; // -H on every request of upload, download and forget; never saved or logged
 mod interop; // third-party tus clients and servers (tus-js-client, tuspy, @tus/server, rustus)
 mod keep_going; // unreadable and missing files are skipped, the rest is sent, a summary
+mod layout; // a data directory of the previous release (metadata layout 1) migrates and serves
 mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
 mod messages; // one line, human sizes, each name once; invalid settings exit 2 naming the variable
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test

@@ -121,6 +121,32 @@ fn digest_flag_asks_for_a_cryptographic_digest() {
 
 // ------------------------------------------------------------- exit codes ----
 
+/// A checksum a trailer cannot carry (the server hashes only the CRCs on the way) goes in a
+/// header, hashed in a first pass: every algorithm uploads whole, in several requests.
+#[test]
+fn every_checksum_algorithm_uploads() {
+    let server = Server::start(&["--sync", "none"]);
+    let env = Env::new();
+    for (i, checksum) in ["crc32", "crc64nvme", "sha1", "sha256", "blake3"]
+        .into_iter()
+        .enumerate()
+    {
+        let (f, sha) = env.file(&format!("c{i}"), 3 * MIB + 5, 40 + i as u64);
+        let args = ["--checksum", checksum, "--chunk-size", "1M", "-j", "1"];
+        let done = env
+            .upload(&[&f], &server.files_url, &args)
+            .wait(RUN_LIMIT)
+            .ok();
+        assert_uploaded(&env, &done.url(), &sha);
+        // Sent in headers from the start, not as a trailer the server refused.
+        assert!(
+            !done.stderr.contains("checksum trailer"),
+            "--checksum {checksum}: {}",
+            done.stderr
+        );
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let env = Env::new();

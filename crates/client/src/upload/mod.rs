@@ -371,7 +371,10 @@ impl Uploader {
             SequentialHash::disabled()
         }));
         let want_digest = self.opts.verify.then(|| want_digest_for(digest_algorithm));
-        let trailer = algorithm.is_some() && job.adapter.trailer(&caps);
+        // Other algorithms are hashed in a first pass and sent in a header (a server does not
+        // read a request back to check a trailer it could not hash on the way).
+        let trailer =
+            algorithm.is_some_and(ChecksumAlgorithm::fits_trailer) && job.adapter.trailer(&caps);
         let adapter = job.adapter;
         let shared_for = |on_position: Arc<dyn Fn(u64) + Send + Sync>| Shared {
             adapter,

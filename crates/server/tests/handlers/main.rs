@@ -12,6 +12,8 @@ mod chunks;
 mod download;
 /// The edges: Location, the host check, cross-origin access, what errors reveal.
 mod edge;
+/// The data store's finish step: recorded first, finished after, recovered by the next request.
+mod finish;
 /// The IETF resumable-uploads draft on `/files/`.
 mod ietf;
 /// Routing, CORS, method override, `/healthz`.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ferry_proto::UploadId;
 use ferry_server::{AppState, Ctx, ServerConfig, dispatch};
 use ferry_store::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, PendingWrite, WriteMode,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
 };
 use ferry_store::local::LocalDataStore;
 use ferry_store::lock::LocalLocker;
@@ -50,6 +50,8 @@ pub struct Faults {
     pub meta_gets: std::sync::atomic::AtomicUsize,
     /// What the data store declares it can do (else the local store's: everything).
     pub caps: Mutex<Option<DataCapabilities>>,
+    /// `finish` fails with this (as an object store that is down would).
+    pub finish: Mutex<Option<io::ErrorKind>>,
 }
 
 impl Faults {
@@ -164,7 +166,7 @@ impl DataStore for FaultyData {
         (*self.faults.free.lock().unwrap()).or_else(|| self.inner.free_space())
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> ferry_store::Result<()> {
+    async fn create(&self, id: UploadId, durable: bool) -> ferry_store::Result<Locator> {
         if let Some(e) = Faults::error(&self.faults.create) {
             return Err(e);
         }
@@ -174,31 +176,62 @@ impl DataStore for FaultyData {
     async fn open_writer(
         &self,
         id: UploadId,
+        at: &Locator,
         mode: WriteMode,
         fence: Fence,
     ) -> ferry_store::Result<Box<dyn DataWriter>> {
         if let Some(e) = Faults::error(&self.faults.open) {
             return Err(e);
         }
-        let inner = self.inner.open_writer(id, mode, fence).await?;
+        let inner = self.inner.open_writer(id, at, mode, fence).await?;
         Ok(Box::new(FaultyWriter {
             inner,
             faults: self.faults.clone(),
         }))
     }
 
-    async fn read(&self, id: UploadId, start: u64, end: u64) -> ferry_store::Result<ByteStream> {
+    async fn finish(
+        &self,
+        id: UploadId,
+        at: &Locator,
+        length: u64,
+    ) -> ferry_store::Result<Locator> {
+        if let Some(e) = Faults::error(&self.faults.finish) {
+            return Err(e);
+        }
+        self.inner.finish(id, at, length).await
+    }
+
+    fn merge_locators(
+        &self,
+        recorded: &Locator,
+        written: &Locator,
+    ) -> ferry_store::Result<Locator> {
+        self.inner.merge_locators(recorded, written)
+    }
+
+    async fn read(
+        &self,
+        id: UploadId,
+        at: &Locator,
+        start: u64,
+        end: u64,
+    ) -> ferry_store::Result<ByteStream> {
         if let Some(e) = Faults::error(&self.faults.read) {
             return Err(e);
         }
         while *self.faults.read_stalled.lock().unwrap() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.inner.read(id, start, end).await
+        self.inner.read(id, at, start, end).await
     }
 
-    async fn delete(&self, id: UploadId) -> ferry_store::Result<()> {
-        self.inner.delete(id).await
+    async fn delete(&self, id: UploadId, at: &Locator) -> ferry_store::Result<()> {
+        self.inner.delete(id, at).await
+    }
+
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        self.inner.derived_locator(id)
     }
 
     async fn inventory(&self) -> ferry_store::Result<Vec<(UploadId, u64)>> {
@@ -224,8 +257,8 @@ impl DataWriter for FaultyWriter {
         }
     }
 
-    async fn sync(&mut self) -> ferry_store::Result<()> {
-        self.inner.sync().await
+    async fn checkpoint(&mut self, durable: bool) -> ferry_store::Result<Locator> {
+        self.inner.checkpoint(durable).await
     }
 }
 

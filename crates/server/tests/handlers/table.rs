@@ -4,10 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const MODULES: [&str; 9] = [
+const MODULES: [&str; 10] = [
     "capabilities",
     "chunks",
     "download",
+    "finish",
     "edge",
     "ietf",
     "misc",

@@ -168,33 +168,75 @@ async fn patch_declaring_a_deferred_length_is_204() {
     assert_eq!(head.h("upload-length"), "3");
 }
 
-#[tokio::test]
-async fn patch_with_checksum_trailer_is_204() {
+/// A PATCH of `abc` whose `Upload-Checksum` follows the body as a trailer.
+async fn patch_with_trailer(s: &Srv, path: &str, checksum: &str) -> Resp {
     use http_body::Frame;
-    let s = Srv::new();
-    let path = s.tus_upload(Some(3)).await;
     let mut trailers = http::HeaderMap::new();
-    trailers.insert(
-        "upload-checksum",
-        "sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0=".parse().unwrap(),
-    );
+    trailers.insert("upload-checksum", checksum.parse().unwrap());
     let frames = futures_util::stream::iter(vec![
         Ok::<_, std::io::Error>(Frame::data(bytes::Bytes::from_static(b"abc"))),
         Ok(Frame::trailers(trailers)),
     ]);
     let body = axum::body::Body::new(http_body_util::StreamBody::new(frames));
+    s.send(
+        req("PATCH", path)
+            .tus()
+            .h("content-type", "application/offset+octet-stream")
+            .h("upload-offset", "0")
+            .h("trailer", "Upload-Checksum")
+            .raw_body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn patch_with_checksum_trailer_is_204() {
+    use ferry_proto::checksum::{Checksum, ChecksumAlgorithm, digest};
+    // Both algorithms a trailer may name are hashed on the way.
+    for algorithm in ChecksumAlgorithm::IN_TRAILERS {
+        let s = Srv::new();
+        let path = s.tus_upload(Some(3)).await;
+        let claim = Checksum {
+            algorithm,
+            digest: digest(algorithm, b"abc"),
+        };
+        let r = patch_with_trailer(&s, &path, &claim.format()).await;
+        assert_eq!(r.status, 204, "{algorithm:?}: {r:?}");
+        assert_eq!(r.h("upload-offset"), "3");
+    }
+}
+
+#[tokio::test]
+async fn patch_with_wrong_checksum_trailer_is_460() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    // CRC-32 of "abd".
+    let r = patch_with_trailer(&s, &path, "crc32 q0DUYQ==").await;
+    assert_eq!(r.status, 460, "{r:?}");
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(head.h("upload-offset"), "0", "nothing of the body counts");
+}
+
+/// The algorithm of a trailer is known only after the body, and the server never reads a
+/// request back from its store: algorithms it did not hash on the way go in a header.
+#[tokio::test]
+async fn patch_with_a_sha1_trailer_is_400_and_names_what_fits() {
+    let s = Srv::new();
+    let path = s.tus_upload(Some(3)).await;
+    let r = patch_with_trailer(&s, &path, "sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0=").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let text = r.text();
+    assert!(
+        text.contains("crc32 or crc64nvme") && text.contains("sha1 in a header"),
+        "{text}"
+    );
+    let head = s.send(req("HEAD", &path).tus()).await;
+    assert_eq!(head.h("upload-offset"), "0", "nothing of the body counts");
+    // The same checksum in a header is fine.
     let r = s
-        .send(
-            req("PATCH", &path)
-                .tus()
-                .h("content-type", "application/offset+octet-stream")
-                .h("upload-offset", "0")
-                .h("trailer", "Upload-Checksum")
-                .raw_body(body),
-        )
+        .send(patch(&path, 0, b"abc").h("upload-checksum", "sha1 qZk+NkcGgWq6PiVxeFDCbJzQ2J0="))
         .await;
     assert_eq!(r.status, 204, "{r:?}");
-    assert_eq!(r.h("upload-offset"), "3");
 }
 
 #[tokio::test]

@@ -171,9 +171,15 @@ async fn fragments_are_bounded_and_tus_appends_refused() {
         .await
         .unwrap();
     for i in 0..MAX_SESSION_RANGES as u64 {
-        u.record_range(s.id, (i * 2, i * 2 + 1), vec![(i * 2, i * 2 + 1)], Some(n))
-            .await
-            .unwrap();
+        u.record_range(
+            s.id,
+            (i * 2, i * 2 + 1),
+            vec![(i * 2, i * 2 + 1)],
+            vec![],
+            Some(n),
+        )
+        .await
+        .unwrap();
     }
     assert!(matches!(
         put(&u, s.id, n - 1, &[0], Some(n)).await,

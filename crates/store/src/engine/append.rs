@@ -10,9 +10,7 @@ use crate::data::{DataWriter, Fence, WriteMode};
 use crate::error::{Result, StoreError};
 use crate::lock::Lease;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
-use ferry_proto::checksum::{ChecksumAlgorithm, Hasher};
 use ferry_proto::digest::WantDigest;
-use futures_util::StreamExt;
 
 impl Uploads {
     /// Starts appending at the committed offset. `expected_bytes` sizes the buffers.
@@ -31,6 +29,7 @@ impl Uploads {
             .data
             .open_writer(
                 id,
+                &info.locator,
                 WriteMode::Append {
                     offset: info.offset,
                 },
@@ -155,22 +154,6 @@ impl Append<'_> {
         }
     }
 
-    /// Digest of the bytes received since the last commit (written out and read back), for
-    /// checksums whose algorithm is known only after the body (checksum trailers).
-    pub async fn digest_uncommitted(&mut self, algorithm: ChecksumAlgorithm) -> Result<Vec<u8>> {
-        self.flush().await?;
-        let mut stream = self
-            .uploads
-            .data
-            .read(self.info.id, self.info.offset, self.written())
-            .await?;
-        let mut hasher = Hasher::new(algorithm);
-        while let Some(chunk) = stream.next().await {
-            hasher.update(&chunk?);
-        }
-        Ok(hasher.finalize())
-    }
-
     /// Makes every byte received so far durable (per the sync policy) and commits the new
     /// offset. If a write failed, commits what was written before the failure and returns the
     /// error; [`info`](Self::info) then shows the committed state.
@@ -180,9 +163,10 @@ impl Append<'_> {
         if target == self.info.offset {
             return flushed.map(|()| self.info.clone());
         }
-        if self.uploads.sync.syncs_data() {
-            self.writer.sync().await?;
-        }
+        let at = self
+            .writer
+            .checkpoint(self.uploads.sync.syncs_data())
+            .await?;
         let previous = self.info.offset;
         let id = self.info.id;
         let expiry = self.uploads.expiry;
@@ -209,6 +193,10 @@ impl Append<'_> {
                     }
                     let now = now_ms();
                     info.offset = target;
+                    info.locator = at.clone();
+                    // Every byte in: recorded first, then the store finishes (recovered by
+                    // `Uploads::get` if this process dies in between).
+                    info.finish_pending = info.is_complete();
                     info.updated_ms = now;
                     info.running_crc = running_crc;
                     if let Some(running) = &digests {
@@ -228,6 +216,7 @@ impl Append<'_> {
             self.uploads.save_running(id, target, h.clone());
         }
         if self.info.is_complete() {
+            self.info = self.uploads.finish_recorded(self.info.clone()).await?;
             self.uploads.completed(&self.info).await;
             // With the digests completion added (a CRC combined or read back, those of a
             // small upload read back after its chain broke).

@@ -2,7 +2,7 @@
 //! of them does, and is read across them.
 
 use super::{Uploads, random_id};
-use crate::data::{ByteStream, DataStore, failed_stream};
+use crate::data::{ByteStream, DataStore, Locator, failed_stream};
 use crate::error::{Result, StoreError};
 use crate::meta::MetaStore;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
@@ -77,6 +77,8 @@ impl Uploads {
                         finals: Vec::new(),
                         deleted: false,
                         running_crc: None,
+                        locator: Locator::none(),
+                        finish_pending: false,
                     };
                     for p in &listed {
                         if let Some(Some(part)) = recs.get_mut(p) {
@@ -216,16 +218,30 @@ async fn pieces_of(
     info: &UploadInfo,
 ) -> Result<Pieces> {
     let UploadKind::Final { parts } = &info.kind else {
+        // Finished before it is read, if its finish step was cut short (a read-back may hold a
+        // record from before).
+        let at = match info.finish_pending {
+            true => {
+                super::finish_recorded(data, meta, info.clone())
+                    .await?
+                    .0
+                    .locator
+            }
+            false => info.locator.clone(),
+        };
         return Ok(Pieces {
             data: data.clone(),
             committed: info.offset,
-            map: vec![(info.id, info.offset)],
+            map: vec![(info.id, at, info.offset)],
         });
     };
     let mut map = Vec::with_capacity(parts.len());
     for p in parts {
         let part = meta.get(*p).await?.ok_or(StoreError::NotFound(*p))?;
-        map.push((part.id, part.length.unwrap_or(part.offset).min(part.offset)));
+        // A part whose finish step was cut short is finished before it is read.
+        let (part, _) = super::finish_recorded(data, meta, part).await?;
+        let len = part.length.unwrap_or(part.offset).min(part.offset);
+        map.push((part.id, part.locator, len));
     }
     Ok(Pieces {
         data: data.clone(),
@@ -250,7 +266,8 @@ pub(crate) async fn read_upload(
 pub struct Pieces {
     data: Arc<dyn DataStore>,
     committed: u64,
-    map: Vec<(UploadId, u64)>,
+    /// Each object with its locator and the length read from it.
+    map: Vec<(UploadId, Locator, u64)>,
 }
 
 impl std::fmt::Debug for Pieces {
@@ -276,10 +293,11 @@ impl Pieces {
         // Map [start, end) onto the pieces; streams are opened lazily, one after the other.
         let mut pieces = Vec::new();
         let mut base = 0u64;
-        for &(id, len) in &self.map {
+        for (id, at, len) in &self.map {
+            let (id, len) = (*id, *len);
             let (s, e) = (start.max(base), end.min(base + len));
             if s < e {
-                pieces.push((id, s - base, e - base));
+                pieces.push((id, at.clone(), s - base, e - base));
             }
             base += len;
             if base >= end {
@@ -288,14 +306,14 @@ impl Pieces {
         }
         let mut pieces = pieces.into_iter();
         let first = match pieces.next() {
-            Some((id, s, e)) => self.data.read(id, s, e).await?,
+            Some((id, at, s, e)) => self.data.read(id, &at, s, e).await?,
             None => return Ok(Box::pin(futures_util::stream::empty())),
         };
         let data = self.data.clone();
         let rest = futures_util::stream::iter(pieces)
-            .then(move |(id, s, e)| {
+            .then(move |(id, at, s, e)| {
                 let data = data.clone();
-                async move { data.read(id, s, e).await }
+                async move { data.read(id, &at, s, e).await }
             })
             .map(|r| r.unwrap_or_else(failed_stream))
             .flatten();

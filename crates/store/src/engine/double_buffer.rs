@@ -192,8 +192,8 @@ mod tests {
             })
         }
 
-        async fn sync(&mut self) -> Result<()> {
-            Ok(())
+        async fn checkpoint(&mut self, _durable: bool) -> Result<crate::data::Locator> {
+            Ok(crate::data::Locator::none())
         }
     }
 

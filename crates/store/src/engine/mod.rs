@@ -36,9 +36,9 @@ pub use buffers::{BUDGET_BYTES, BUFFER_SIZE};
 pub use concat::Pieces;
 pub use open::TAKEOVER_PATIENCE;
 pub use policy::{ConcatLimits, ExpiryPolicy, INLINE_DIGEST_MAX, SPACE_MARGIN, SyncPolicy};
-pub(crate) use sweep::forget;
+pub(crate) use sweep::{forget, gone_objects, locators};
 
-use crate::data::{ByteStream, DataStore};
+use crate::data::{ByteStream, DataStore, Locator};
 use crate::error::{Result, StoreError};
 use crate::lock::{Lease, Locker};
 use crate::meta::MetaStore;
@@ -50,6 +50,7 @@ use ferry_proto::digest::{Digests, KEPT};
 use ferry_proto::{Metadata, UploadId};
 use std::collections::HashSet;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What a new upload starts with.
@@ -204,7 +205,7 @@ impl Uploads {
         let id = random_id()?;
         let now = now_ms();
         let complete = new.length == Some(0);
-        let info = UploadInfo {
+        let mut info = UploadInfo {
             id,
             length: new.length,
             offset: 0,
@@ -225,11 +226,25 @@ impl Uploads {
             finals: Vec::new(),
             deleted: false,
             running_crc: None,
+            locator: Locator::none(),
+            finish_pending: false,
         };
-        self.data.create(id, self.sync.syncs_data()).await?;
-        if let Err(e) = self.meta.insert(&info).await {
+        info.locator = self.data.create(id, self.sync.syncs_data()).await?;
+        let placed = match complete {
+            // Empty: finished before anyone can see it.
+            true => self.data.finish(id, &info.locator, 0).await,
+            false => Ok(info.locator.clone()),
+        };
+        let inserted = match placed {
+            Ok(at) => {
+                info.locator = at;
+                self.meta.insert(&info).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = inserted {
             // Nobody can address the object without its record.
-            if let Err(d) = self.data.delete(id).await {
+            if let Err(d) = self.data.delete(id, &info.locator).await {
                 tracing::warn!(upload = %id.tag(), error = %d, "deleting data of a failed creation failed");
             }
             return Err(e);
@@ -237,9 +252,32 @@ impl Uploads {
         Ok(info)
     }
 
-    /// The committed record. Never waits for a writer.
+    /// The committed record. Never waits for a writer. An upload whose every byte is recorded
+    /// but whose finish step was cut short (a crash between the two) is finished first.
     pub async fn get(&self, id: UploadId) -> Result<Option<UploadInfo>> {
-        Ok(self.meta.get(id).await?.filter(|i| !i.deleted))
+        match self.meta.get(id).await?.filter(|i| !i.deleted) {
+            Some(info) if info.finish_pending => self.finish_late(info).await.map(Some),
+            other => Ok(other),
+        }
+    }
+
+    /// Runs the data store's finish step on an upload whose every byte is recorded
+    /// (`finish_pending`), records its result, and returns the record.
+    pub(crate) async fn finish_recorded(&self, info: UploadInfo) -> Result<UploadInfo> {
+        Ok(finish_recorded(&self.data, &self.meta, info).await?.0)
+    }
+
+    /// Finishes an upload whose finish step was cut short, then runs the completion work that
+    /// waited for it (digests, finals that use it as a part), once: by whoever recorded the
+    /// finish.
+    async fn finish_late(&self, info: UploadInfo) -> Result<UploadInfo> {
+        let id = info.id;
+        let (info, finished_here) = finish_recorded(&self.data, &self.meta, info).await?;
+        if !finished_here {
+            return Ok(info);
+        }
+        Box::pin(self.completed(&info)).await;
+        Ok(self.meta.get(id).await?.unwrap_or(info))
     }
 
     /// Takes the upload's lease (asking a current writer to commit and let go).
@@ -265,14 +303,26 @@ impl Uploads {
 
     /// Sets the length of an upload whose length was deferred (once).
     pub async fn declare_length(&self, lease: &Lease, length: u64) -> Result<UploadInfo> {
-        let current = self.get(lease.id()).await?;
-        if let Some(info) = current.filter(|i| i.length.is_none()) {
+        let id = lease.id();
+        let mut completes = false;
+        if let Some(info) = self.get(id).await?.filter(|i| i.length.is_none()) {
             self.check_room(length, info.offset)?;
+            completes = info.offset == length;
         }
+        // Declared at the offset reached: complete now, with no byte to commit. The running
+        // digests (if the chain is whole) are final and go into the same commit.
+        let digests = match completes {
+            true => self
+                .take_running(id)
+                .filter(|(pos, _)| *pos == length)
+                .map(|(_, h)| h.finish()),
+            false => None,
+        };
+        let expiry = self.expiry;
         let info = self
             .meta
             .update(
-                lease.id(),
+                id,
                 Box::new(move |info| {
                     if let Some(l) = info.length {
                         if l != length {
@@ -284,37 +334,29 @@ impl Uploads {
                             info.offset
                         )));
                     }
+                    let declared_now = info.length.is_none();
+                    let now = now_ms();
                     info.length = Some(length);
-                    info.updated_ms = now_ms();
+                    info.updated_ms = now;
+                    if declared_now && info.is_complete() {
+                        if let Some(running) = &digests {
+                            record_running(info, running);
+                        } else if let Some(crc) = info.running_crc {
+                            info.digests.set_crc64nvme(crc);
+                        }
+                        info.running_crc = None;
+                        info.expires_ms = expiry.expires_at(true, now);
+                        // Every byte is in: the store finishes next.
+                        info.finish_pending = true;
+                    }
                     Ok(())
                 }),
             )
             .await?;
-        if !info.is_complete() {
+        if !info.finish_pending {
             return Ok(info);
         }
-        // Declared at the offset reached: complete now, with no byte to commit. The running
-        // digests (if the chain is whole) are final, and the completion work follows.
-        let id = info.id;
-        let running = self.take_running(id).filter(|(pos, _)| *pos == info.offset);
-        let expiry = self.expiry;
-        let digests = running.map(|(_, h)| h.finish());
-        let info = self
-            .meta
-            .update(
-                id,
-                Box::new(move |i| {
-                    if let Some(running) = &digests {
-                        record_running(i, running);
-                    } else if let Some(crc) = i.running_crc {
-                        i.digests.set_crc64nvme(crc);
-                    }
-                    i.running_crc = None;
-                    i.expires_ms = expiry.expires_at(true, now_ms());
-                    Ok(())
-                }),
-            )
-            .await?;
+        let info = self.finish_recorded(info).await?;
         self.completed(&info).await;
         Ok(self.meta.get(id).await?.unwrap_or(info))
     }
@@ -360,6 +402,41 @@ impl Uploads {
     pub async fn read(&self, info: &UploadInfo, start: u64, end: u64) -> Result<ByteStream> {
         concat::read_upload(&self.data, &self.meta, info, start, end).await
     }
+}
+
+/// Runs the data store's finish step on an upload whose every byte is recorded
+/// (`finish_pending`), records its result, and returns the record (as it is, if nothing is
+/// pending) and whether this call recorded the finish. Safe to run twice at once: the step is
+/// re-runnable, and only the first record of its result counts.
+pub(crate) async fn finish_recorded(
+    data: &Arc<dyn DataStore>,
+    meta: &Arc<dyn MetaStore>,
+    info: UploadInfo,
+) -> Result<(UploadInfo, bool)> {
+    if !info.finish_pending {
+        return Ok((info, false));
+    }
+    let (id, before) = (info.id, info.locator.clone());
+    let length = info.length.unwrap_or(info.offset);
+    let at = data.finish(id, &before, length).await?;
+    let recorded = Arc::new(AtomicBool::new(false));
+    let flag = recorded.clone();
+    let info = meta
+        .update(
+            id,
+            Box::new(move |i| {
+                // A store may run this again: only the last run's outcome counts.
+                let pending = i.finish_pending && i.locator == before;
+                flag.store(pending, Ordering::SeqCst);
+                if pending {
+                    i.locator = at.clone();
+                    i.finish_pending = false;
+                }
+                Ok(())
+            }),
+        )
+        .await?;
+    Ok((info, recorded.load(Ordering::SeqCst)))
 }
 
 /// A fresh unguessable upload id (128 random bits).

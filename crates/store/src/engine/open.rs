@@ -62,7 +62,10 @@ impl Uploads {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
         let data = LocalDataStore::open(dir)?;
-        let meta = RedbMetaStore::open(&dir.join("ferry.redb"))?;
+        // A layout-1 directory (before locators were recorded) migrates here, where both
+        // stores are known: its files are where the local store derives them.
+        let meta =
+            RedbMetaStore::open_migrating(&dir.join("ferry.redb"), &|id| data.derived_locator(id))?;
         if sync.syncs_data() {
             crate::local::sync_dir(dir)?;
         }

@@ -393,6 +393,8 @@ mod tests {
             finals: Vec::new(),
             deleted: false,
             running_crc: None,
+            locator: crate::data::Locator::none(),
+            finish_pending: false,
         }
     }
 

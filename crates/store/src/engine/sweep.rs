@@ -8,11 +8,14 @@
 //! `ferry fsck` finds, never a record without its bytes.
 
 use super::Uploads;
+use crate::data::Locator;
 use crate::error::{Result, StoreError};
 use crate::lock::Lease;
 use crate::meta::Records;
 use crate::model::UploadKind;
 use ferry_proto::UploadId;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// Records read per page by the expiry sweep: memory stays bounded however many uploads exist.
 const SWEEP_PAGE: usize = 256;
@@ -23,7 +26,12 @@ impl Uploads {
     /// final releases its parts.
     pub async fn delete(&self, id: UploadId) -> Result<()> {
         let _lease = self.lease(id).await?;
-        self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        // The record as it is: an upload whose finish step is pending goes without it.
+        self.meta
+            .get(id)
+            .await?
+            .filter(|i| !i.deleted)
+            .ok_or(StoreError::NotFound(id))?;
         self.forget(id, None).await.map(|_| ())
     }
 
@@ -87,11 +95,15 @@ impl Uploads {
         {
             ids.extend(parts);
         }
+        // Each record's locator as the committing run saw it: how to delete what it removes.
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let saw = seen.clone();
         let records = self
             .meta
             .transact(
                 ids.clone(),
                 Box::new(move |recs| {
+                    *saw.lock().unwrap_or_else(|p| p.into_inner()) = locators(recs);
                     let info = match recs.get(&id) {
                         Some(Some(i)) if !i.deleted => i,
                         _ => return Err(StoreError::NotFound(id)),
@@ -105,15 +117,37 @@ impl Uploads {
             )
             .await?;
         let removed = !matches!(records.get(&id), Some(Some(i)) if !i.deleted);
-        for gone in ids.iter().filter(|i| matches!(records.get(i), Some(None))) {
+        let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        for (gone, at) in gone_objects(&records, seen) {
             // The records are gone either way: data left behind is an orphan, which the next
             // start (or `ferry fsck --repair`) deletes.
-            if let Err(e) = self.data.delete(*gone).await {
+            if let Err(e) = self.data.delete(gone, &at).await {
                 tracing::warn!(upload = %gone.tag(), error = %e, "deleting data failed; left as an orphan");
             }
         }
         Ok(removed)
     }
+}
+
+/// The locator of every record in `recs` that has an object (a final has none).
+pub(crate) fn locators(recs: &Records) -> BTreeMap<UploadId, Locator> {
+    recs.iter()
+        .filter_map(|(id, r)| r.as_ref().map(|i| (*id, i.locator.clone())))
+        .filter(|(_, at)| !at.is_none())
+        .collect()
+}
+
+/// The objects of the records a transaction removed (`None` in `after`), from the locators
+/// its committing run saw.
+pub(crate) fn gone_objects(
+    after: &Records,
+    mut seen: BTreeMap<UploadId, Locator>,
+) -> Vec<(UploadId, Locator)> {
+    after
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .filter_map(|(id, _)| seen.remove(id).map(|at| (*id, at)))
+        .collect()
 }
 
 /// Removes upload `id` from `recs` (which holds it and, for a final, its parts): a final goes

@@ -1,7 +1,7 @@
 //! Read-backs for digests clients ask for: once per upload, on a bounded pool.
 
 use super::super::*;
-use crate::data::{DataCapabilities, DataWriter, Fence, WriteMode};
+use crate::data::{DataCapabilities, DataWriter, Fence, Locator, WriteMode};
 use crate::local::LocalDataStore;
 use crate::lock::LocalLocker;
 use crate::redb_meta::RedbMetaStore;
@@ -47,20 +47,29 @@ impl DataStore for Counting {
         self.inner.capabilities()
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> Result<()> {
+    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator> {
         self.inner.create(id, durable).await
     }
 
     async fn open_writer(
         &self,
         id: UploadId,
+        at: &Locator,
         mode: WriteMode,
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>> {
-        self.inner.open_writer(id, mode, fence).await
+        self.inner.open_writer(id, at, mode, fence).await
     }
 
-    async fn read(&self, id: UploadId, start: u64, end: u64) -> Result<ByteStream> {
+    async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator> {
+        self.inner.finish(id, at, length).await
+    }
+
+    fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
+        self.inner.merge_locators(recorded, written)
+    }
+
+    async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream> {
         let reads = self.reads.clone();
         let now = reads.open.fetch_add(1, Ordering::SeqCst) + 1;
         reads.peak.fetch_max(now, Ordering::SeqCst);
@@ -68,7 +77,7 @@ impl DataStore for Counting {
         while reads.stalled.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let stream = self.inner.read(id, start, end).await?;
+        let stream = self.inner.read(id, at, start, end).await?;
         Ok(Box::pin(stream.map(move |chunk| {
             if let Ok(c) = &chunk {
                 open.0.bytes.fetch_add(c.len() as u64, Ordering::SeqCst);
@@ -77,8 +86,12 @@ impl DataStore for Counting {
         })))
     }
 
-    async fn delete(&self, id: UploadId) -> Result<()> {
-        self.inner.delete(id).await
+    async fn delete(&self, id: UploadId, at: &Locator) -> Result<()> {
+        self.inner.delete(id, at).await
+    }
+
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        self.inner.derived_locator(id)
     }
 
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
