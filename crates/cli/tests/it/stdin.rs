@@ -66,11 +66,12 @@ fn standard_input_survives_cut_connections_byte_exact() {
         text(&out.stderr)
     );
 
-    // Cut in the last request, the one that carries Upload-Length.
+    // Cut in the last request, the one that carries Upload-Length (counted over the whole
+    // stream: the client may send it on a connection of its own).
     let proxy = Proxy::start(
         server.addr,
         Faults {
-            cut_schedule: vec![4 * MIB as u64 + MIB as u64 / 2],
+            cut_at_total: Some(4 * MIB as u64 + MIB as u64 / 2),
             ..Faults::default()
         },
     );

@@ -29,6 +29,10 @@ pub struct Faults {
     /// Flip one byte of upload traffic, once per proxy: the byte at this position of the whole
     /// upload stream (all connections, counted like [`Proxy::forwarded`]).
     pub corrupt_at: Option<u64>,
+    /// Close, once per proxy, the connection that carries this byte of the whole upload stream
+    /// (all connections, counted like [`Proxy::forwarded`]): the cut lands at that point
+    /// whichever connection the client happens to use for it.
+    pub cut_at_total: Option<u64>,
     /// A schedule of cuts: connection `n` (counted from 0 in the order the proxy accepts them)
     /// is closed (both ways) after `cut_schedule[n]` upload bytes on it; connections past the
     /// end of the list are left alone (unless `cut_after` applies). Tests draw it from a seeded
@@ -68,6 +72,8 @@ struct Shared {
     stop: Arc<AtomicBool>,
     forwarded: Arc<AtomicU64>,
     corrupted: Arc<AtomicU64>,
+    /// `cut_at_total` has cut its connection.
+    cut_total: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -85,6 +91,7 @@ impl Proxy {
             stop: stop.clone(),
             forwarded: forwarded.clone(),
             corrupted: corrupted.clone(),
+            cut_total: Arc::default(),
         };
         let conns = connections.clone();
         std::thread::spawn(move || {
@@ -257,6 +264,16 @@ fn pump(
             }
             if let Some(rate) = f.rate {
                 want = want.min((rate / 20).max(1) as usize);
+            }
+        }
+        if upload && let Some(at) = f.cut_at_total {
+            let before = shared.forwarded.load(Ordering::Relaxed);
+            if before >= at {
+                if !shared.cut_total.swap(true, Ordering::Relaxed) {
+                    break;
+                }
+            } else {
+                want = want.min((at - before) as usize);
             }
         }
         let n = match from.read(&mut buf[..want]) {
