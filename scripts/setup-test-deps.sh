@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything ferry's test suite needs that is not a Rust crate:
 #   * Debian packages (strace, curl, iproute2, nftables, procps, psmisc, ...)
-#   * a Python venv with tuspy      -> tests/interop/.venv
+#   * a Python venv with tuspy and SeaweedFS (`weed`, for the S3 tests)
+#                                   -> tests/interop/.venv
 #   * npm packages (tus-js-client, @tus/server, @tus/file-store, uppy,
 #     playwright-core)
 #                                   -> tests/interop/node_modules

@@ -52,6 +52,14 @@ step() {
   return "$rc"
 }
 
+# The services the tests use, started below and stopped on exit.
+SERVICES="$(mktemp -d -t ferry-services.XXXXXX)"
+# shellcheck disable=SC2317  # invoked via trap
+stop_services() {
+  bash scripts/seaweedfs.sh stop "$SERVICES/seaweedfs" >/dev/null 2>&1 || true
+  rm -rf "$SERVICES"
+}
+
 # shellcheck disable=SC2317  # invoked via trap
 summary() {
   printf '\n==> summary (ulimit -n %s)\n' "$(ulimit -Sn)"
@@ -63,9 +71,16 @@ summary() {
     printf 'test.sh: all steps passed in %dm%02ds\n' $((total / 60)) $((total % 60))
   fi
 }
-trap summary EXIT
+trap 'stop_services; summary' EXIT
 
 step setup bash scripts/setup-test-deps.sh || exit 1
+# SeaweedFS (S3) for the S3 store's tests: FERRY_TEST_S3_ENDPOINT.
+start_s3() {
+  FERRY_TEST_S3_ENDPOINT="$(bash scripts/seaweedfs.sh start "$SERVICES/seaweedfs")" || return 1
+  export FERRY_TEST_S3_ENDPOINT
+  echo "S3 (SeaweedFS) at $FERRY_TEST_S3_ENDPOINT"
+}
+step services start_s3 || exit 1
 step fmt cargo fmt --all --check || true
 step layout bash scripts/layout.sh || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true

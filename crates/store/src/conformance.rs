@@ -33,6 +33,8 @@ async fn read_all(
     out
 }
 
+const MIB: usize = 1 << 20;
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -99,7 +101,9 @@ async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
         )
         .await
         .expect("open writer");
-    let a = pattern(300_000, 1);
+    // Larger than an object store's smallest part (5 MiB), so that parts are cut, with the
+    // rest staged.
+    let a = pattern(5 * MIB + 300_000, 1);
     let b = pattern(123_457, 2);
     let pa = w.write(a.clone());
     let pb = w.write(b.clone());
@@ -113,16 +117,6 @@ async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
     let at_ab = w.checkpoint(true).await.expect("checkpoint");
     let ab = joined(&[&a, &b]);
     let end = ab.len() as u64;
-    assert_eq!(read_all(store, id, &at_ab, 0, end).await, ab, "read back");
-    assert_eq!(
-        read_all(store, id, &at_ab, 1000, 1010).await,
-        ab[1000..1010],
-        "ranged read"
-    );
-    assert!(
-        read_all(store, id, &at_ab, 5, 5).await.is_empty(),
-        "empty range"
-    );
 
     // Bytes written (even checkpointed) but never committed are past the committed offset:
     // the next writer continues from the committed offset and locator alone, and reads of
@@ -142,17 +136,15 @@ async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
         )
         .await
         .expect("reopen at the committed offset");
-    let c = pattern(40_000, 4);
-    w.write(c.clone()).await.expect("write c");
+    // In pieces of the engine's buffer size, as appends come.
+    let c = pattern(5 * MIB + 40_000, 4);
+    for piece in c.chunks(512 * 1024) {
+        w.write(piece.to_vec()).await.expect("write c");
+    }
     let at_abc = w.checkpoint(true).await.expect("checkpoint");
     drop(w);
     let abc = joined(&[&ab, &c]);
     let len = abc.len() as u64;
-    assert_eq!(
-        read_all(store, id, &at_abc, 0, len).await,
-        abc,
-        "an append continues at the committed offset; bytes past it are never read"
-    );
 
     // An offset beyond what the locator holds is inconsistent, not silently zero-filled.
     match store
@@ -171,14 +163,22 @@ async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
         Ok(_) => panic!("append past the end must fail"),
     }
 
-    // Finish: the whole object reads back; running it again (a crash came before its result
-    // was recorded) and on its own result both work.
+    // Finish: the whole object reads back (reads are of finished objects: an object store's
+    // parts cannot be read before), and ranges of it; running it again (a crash came before
+    // its result was recorded) and on its own result both work.
     let finished = store.finish(id, &at_abc, len).await.expect("finish");
     assert_eq!(
         read_all(store, id, &finished, 0, len).await,
         abc,
-        "finished"
+        "an append continues at the committed offset; bytes past it are never read"
     );
+    for (s, e) in [(1000, 1010), (end - 7, end + 9), (len - 3, len), (5, 5)] {
+        assert_eq!(
+            read_all(store, id, &finished, s, e).await,
+            abc[s as usize..e as usize],
+            "ranged read {s}..{e}"
+        );
+    }
     let again = store.finish(id, &at_abc, len).await.expect("finish again");
     assert_eq!(
         read_all(store, id, &again, 0, len).await,
@@ -296,7 +296,7 @@ async fn fencing(store: &dyn DataStore) {
         .expect("open at epoch 6");
     let second = pattern(5_000, 4);
     new.write(second.clone()).await.expect("write at epoch 6");
-    let at = new.checkpoint(true).await.expect("checkpoint");
+    new.checkpoint(true).await.expect("checkpoint");
     // The superseded writer is still positioned at 10 000: its write would land on the
     // successor's bytes.
     match old.write(pattern(5_000, 9)).await {
@@ -321,16 +321,20 @@ async fn fencing(store: &dyn DataStore) {
         Err(e) => panic!("opening at a superseded epoch: want Fenced, got {e}"),
         Ok(_) => panic!("opening at a superseded epoch must fail (it would cut the data)"),
     }
-    let both = joined(&[&first, &second]);
+    // The successor writes on, and finishes.
+    let third = pattern(100, 5);
+    new.write(third.clone()).await.expect("write on at epoch 6");
+    let at = new.checkpoint(true).await.expect("checkpoint");
+    let all = joined(&[&first, &second, &third]);
+    let at = store
+        .finish(id, &at, all.len() as u64)
+        .await
+        .expect("finish");
     assert_eq!(
-        read_all(store, id, &at, 0, both.len() as u64).await,
-        both,
+        read_all(store, id, &at, 0, all.len() as u64).await,
+        all,
         "the successor's bytes are intact"
     );
-    // The successor writes on.
-    new.write(pattern(100, 5))
-        .await
-        .expect("write on at epoch 6");
     // Once every writer is gone, the superseded holder (its lease lapsed while it stalled)
     // still cannot come back and cut what its successor committed.
     drop((old, new));

@@ -8,7 +8,7 @@
 //!   sessions) under a [`Fence`]; `checkpoint` makes everything written so far durable and
 //!   returns the locator to commit with the new offset (an object store's parts, say);
 //! - `finish` runs once every byte is recorded, before the upload counts as complete;
-//! - `read` streams a committed byte range of one object; bytes past the committed offset are
+//! - `read` streams a byte range of a finished object; bytes past the committed offset are
 //!   never read, so a store may keep, overwrite or drop them;
 //! - `delete` removes an object (idempotent).
 //!
@@ -152,8 +152,9 @@ pub trait DataStore: Send + Sync + 'static {
     /// changes; an object store adds the staged pieces.
     fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator>;
 
-    /// Streams bytes `[start, end)` of the object. The caller guarantees the range was committed
-    /// with `at`.
+    /// Streams bytes `[start, end)` of a finished object: `at` is what [`finish`](Self::finish)
+    /// returned (an object store cannot read a multipart upload's parts before it is
+    /// complete), and the range lies within the finished length.
     async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream>;
 
     /// Removes the object. Removing a missing object is not an error.

@@ -11,12 +11,14 @@ pub mod chunked;
 pub mod data;
 mod engine;
 pub mod error;
+mod fence;
 pub mod fsck;
 pub mod local;
 pub mod lock;
 pub mod meta;
 pub mod model;
 pub mod redb_meta;
+pub mod s3;
 pub mod uploads;
 
 #[cfg(test)]

@@ -12,15 +12,15 @@ use crate::data::{
     ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
 };
 use crate::error::{Result, StoreError};
+use crate::fence::{Fenced, Fences};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use ferry_proto::UploadId;
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::Arc;
 
 /// Size of each read when streaming a file out.
 const READ_CHUNK: usize = 256 * 1024;
@@ -50,113 +50,6 @@ fn is_full(e: &io::Error) -> bool {
 pub struct LocalDataStore {
     root: PathBuf,
     fences: Arc<Fences>,
-}
-
-/// The latest lease epoch of each upload written. A writer checks it under a read lock around
-/// each `pwrite` and an opener raises it under the write lock, so a write of a superseded epoch
-/// either lands before the new writer starts (and is past the committed offset it starts from)
-/// or not at all. The epoch is remembered after the writers are gone (a holder whose lease
-/// lapsed may come back after its successor finished) until the upload is deleted: a few
-/// dozen bytes per upload written since the process started, since epochs are per process as
-/// the in-process leases are. (A store shared by instances keeps it in the upload's record.)
-#[derive(Debug, Default)]
-struct Fences {
-    map: Mutex<HashMap<UploadId, FenceEntry>>,
-}
-
-#[derive(Debug, Default)]
-struct FenceEntry {
-    /// The latest epoch that opened the upload.
-    epoch: u64,
-    /// The lock writers share while any is open.
-    cell: Weak<RwLock<u64>>,
-}
-
-impl Fences {
-    /// The upload's cell, raised to `epoch`; `Fenced` if a later epoch has opened it.
-    fn enter(&self, id: UploadId, epoch: u64) -> Result<Arc<RwLock<u64>>> {
-        let cell = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = map.entry(id).or_default();
-            match entry.cell.upgrade() {
-                Some(c) => c,
-                None => {
-                    let c = Arc::new(RwLock::new(entry.epoch));
-                    entry.cell = Arc::downgrade(&c);
-                    c
-                }
-            }
-        };
-        {
-            let mut current = cell.write().unwrap_or_else(|p| p.into_inner());
-            if *current > epoch {
-                return Err(StoreError::Fenced {
-                    id,
-                    epoch,
-                    current: *current,
-                });
-            }
-            *current = epoch;
-        }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(id).or_default();
-        entry.epoch = entry.epoch.max(epoch);
-        Ok(cell)
-    }
-
-    /// The upload is gone: nothing of it is left to fence.
-    fn forget(&self, id: UploadId) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
-}
-
-/// A writer's place in [`Fences`].
-#[derive(Debug, Clone)]
-struct Fenced {
-    id: UploadId,
-    epoch: u64,
-    cell: Arc<RwLock<u64>>,
-}
-
-impl Fenced {
-    /// Runs `f` (a write) unless a later epoch has opened the upload, holding that off meanwhile.
-    fn run<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        let current = self.cell.read().unwrap_or_else(|p| p.into_inner());
-        if *current != self.epoch {
-            return Err(io::Error::other(FencedOut(StoreError::Fenced {
-                id: self.id,
-                epoch: self.epoch,
-                current: *current,
-            })));
-        }
-        f()
-    }
-}
-
-/// A fenced-out write, carried through `io::Error` out of the blocking task.
-#[derive(Debug)]
-struct FencedOut(StoreError);
-
-impl std::fmt::Display for FencedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for FencedOut {}
-
-/// `e`, or the fencing error it carries.
-fn unfence(e: io::Error) -> StoreError {
-    if !e.get_ref().is_some_and(|inner| inner.is::<FencedOut>()) {
-        return StoreError::from(e);
-    }
-    match e.into_inner().map(|b| b.downcast::<FencedOut>()) {
-        Some(Ok(f)) => f.0,
-        _ => StoreError::Inconsistent("a fenced-out write lost its cause".into()),
-    }
 }
 
 impl LocalDataStore {
@@ -265,12 +158,8 @@ impl DataStore for LocalDataStore {
         // Raised before the file is touched: a superseded opener cuts nothing.
         let fenced = match fence {
             Fence::Epoch(epoch) => {
-                // Off the async threads: raising the epoch waits for a write in progress.
-                let fences = self.fences.clone();
-                let cell = tokio::task::spawn_blocking(move || fences.enter(id, epoch))
-                    .await
-                    .map_err(|e| StoreError::Io(io::Error::other(e)))??;
-                Some(Fenced { id, epoch, cell })
+                // Raising the epoch waits for a write in progress.
+                Some(self.fences.enter(id, epoch).await?)
             }
             Fence::Claim => None,
         };
@@ -498,16 +387,19 @@ impl DataWriter for LocalWriter {
         let task = tokio::task::spawn_blocking(move || {
             if free_bytes(&root).is_some_and(|n| n < buf.len() as u64 + METADATA_RESERVE) {
                 // Full as far as data goes: the rest is kept for metadata commits.
-                return Err(io::Error::from(io::ErrorKind::StorageFull));
+                return Err(StoreError::from(io::Error::from(
+                    io::ErrorKind::StorageFull,
+                )));
             }
+            let write = || write_at(&file, buf, at, append).map_err(StoreError::from);
             match &fenced {
-                Some(f) => f.run(|| write_at(&file, buf, at, append)),
-                None => write_at(&file, buf, at, append),
+                Some(f) => f.run_blocking(write),
+                None => write(),
             }
         });
         Box::pin(async move {
             match task.await {
-                Ok(r) => r.map_err(unfence),
+                Ok(r) => r,
                 Err(e) => Err(StoreError::Io(io::Error::other(e))),
             }
         })

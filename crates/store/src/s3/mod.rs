@@ -1,0 +1,13 @@
+//! S3-compatible object storage (issue 21, in progress): the data store ([`S3DataStore`]), the
+//! calls it makes (signed with rusty-s3, sent with reqwest), when a failed one is tried again,
+//! and how large each part is.
+
+mod client;
+pub mod plan;
+pub mod retry;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use client::{Body, ListedPart, ListedUpload, S3Client, S3Config};
+pub use store::S3DataStore;

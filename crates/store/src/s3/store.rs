@@ -1,0 +1,578 @@
+//! The data store on S3-compatible object storage (docs/architecture.md, "S3").
+//!
+//! Each upload is a multipart upload of the object `{prefix}{id}`. Its locator holds the key,
+//! the multipart upload id, every recorded part (number, ETag, size) and the staged pieces:
+//! write-once objects `{prefix}{id}.staged/{epoch}-{seq}` with the bytes acknowledged after the
+//! last part. A writer spools what it receives to a local file; a full part goes to S3 as
+//! its bytes arrive, and a checkpoint stages the rest, so that an acknowledged offset is in the
+//! bucket. No byte is uploaded more than twice (staged once, then once more in a part), and no
+//! object is ever rewritten. `finish` uploads the staged tail as the last part and completes
+//! the object from the recorded parts (never from ListParts).
+//!
+//! Part numbers belong to one writer: a writer starts after every number the store lists or
+//! the record holds, and a writer that was taken over in this process is fenced out before each
+//! S3 request (it holds the fence's read lock across the request, so the new writer's listing
+//! sees anything it sent).
+
+use super::client::{Body, S3Client};
+use super::plan::{MAX_PARTS, part_size};
+use crate::data::{
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
+};
+use crate::error::{Result, StoreError};
+use crate::fence::{Fenced, Fences};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry_proto::UploadId;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// An upload's place in the bucket: the locator's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Place {
+    /// The object key.
+    key: String,
+    /// The multipart upload, until the object is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upload: Option<String>,
+    /// The recorded parts, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parts: Vec<Part>,
+    /// Staged pieces holding the bytes after the parts, in order (a piece may begin before the
+    /// parts end: its first bytes went into the last part).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    staged: Vec<Piece>,
+    /// The object is complete at `key`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Part {
+    n: u16,
+    etag: String,
+    size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Piece {
+    key: String,
+    /// Where its first byte sits in the upload.
+    at: u64,
+    size: u64,
+}
+
+impl Place {
+    fn of(at: &Locator) -> Result<Place> {
+        serde_json::from_value(at.0.clone())
+            .map_err(|e| StoreError::Inconsistent(format!("S3 locator {}: {e}", at.0)))
+    }
+
+    fn locator(&self) -> Locator {
+        Locator(serde_json::to_value(self).expect("a place serializes"))
+    }
+
+    /// Bytes held by the parts.
+    fn parts_end(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
+    }
+
+    /// Bytes held by the parts and staged pieces together.
+    fn end(&self) -> u64 {
+        self.staged
+            .iter()
+            .map(|p| p.at + p.size)
+            .fold(self.parts_end(), u64::max)
+    }
+
+    fn upload(&self) -> Result<&str> {
+        self.upload
+            .as_deref()
+            .ok_or_else(|| StoreError::Inconsistent(format!("{}: no multipart upload", self.key)))
+    }
+}
+
+struct Inner {
+    client: S3Client,
+    prefix: String,
+    /// Where writers spool what they receive.
+    spool: PathBuf,
+    fences: Fences,
+}
+
+/// Uploads in an S3 bucket.
+#[derive(Clone)]
+pub struct S3DataStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for S3DataStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3DataStore")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3DataStore {
+    /// Uploads under `prefix` (`""` or ending in `/`) of `client`'s bucket, spooling in
+    /// `spool` (created if needed).
+    pub fn new(client: S3Client, prefix: &str, spool: &Path) -> Result<Self> {
+        std::fs::create_dir_all(spool)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                prefix: prefix.to_string(),
+                spool: spool.to_path_buf(),
+                fences: Fences::default(),
+            }),
+        })
+    }
+
+    fn key(&self, id: UploadId) -> String {
+        format!("{}{id}", self.inner.prefix)
+    }
+}
+
+/// A named temporary file in the spool directory (a part is sent from it by path).
+fn spool_file(dir: &Path) -> Result<Arc<tempfile::NamedTempFile>> {
+    Ok(Arc::new(tempfile::NamedTempFile::new_in(dir)?))
+}
+
+/// Writes the bytes of `place`'s staged pieces that lie past its parts into `file`, from
+/// offset 0, streamed (a piece is as large as a part). Returns how many.
+async fn unstage(c: &S3Client, place: &Place, file: &std::fs::File) -> Result<u64> {
+    let parts_end = place.parts_end();
+    let mut written = 0;
+    for piece in &place.staged {
+        let from = parts_end.max(piece.at);
+        let mut s = c.get_range(&piece.key, from - piece.at, piece.size).await?;
+        let mut at = from - parts_end;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk?;
+            file.write_all_at(&chunk, at)?;
+            at += chunk.len() as u64;
+        }
+        written = written.max(at);
+    }
+    Ok(written)
+}
+
+/// Runs `f` under the fence, if any: refused once a later writer opened the upload, and that
+/// writer waits for it.
+async fn fenced<T>(fence: &Option<Fenced>, f: impl Future<Output = Result<T>>) -> Result<T> {
+    match fence {
+        Some(fence) => fence.run(f).await,
+        None => f.await,
+    }
+}
+
+#[async_trait]
+impl DataStore for S3DataStore {
+    fn capabilities(&self) -> DataCapabilities {
+        DataCapabilities {
+            // Ranges in any order need pieces composed at completion: not yet.
+            random_access: false,
+            concatenation: true,
+            ranged_reads: true,
+        }
+    }
+
+    async fn create(&self, id: UploadId, _durable: bool) -> Result<Locator> {
+        let key = self.key(id);
+        let c = &self.inner.client;
+        // Ids are random: a clash is a bug or a replay, and must not share an object.
+        if c.head_size(&key).await?.is_some()
+            || c.list_uploads(&key).await?.iter().any(|u| u.key == key)
+        {
+            return Err(StoreError::AlreadyExists(id));
+        }
+        let upload = c.create_multipart(&key).await?;
+        Ok(Place {
+            key,
+            upload: Some(upload),
+            ..Place::default()
+        }
+        .locator())
+    }
+
+    async fn open_writer(
+        &self,
+        id: UploadId,
+        at: &Locator,
+        mode: WriteMode,
+        fence: Fence,
+    ) -> Result<Box<dyn DataWriter>> {
+        let place = Place::of(at)?;
+        let WriteMode::Append { offset } = mode else {
+            return Err(StoreError::Inconsistent(
+                "the S3 store takes appends only".into(),
+            ));
+        };
+        let fenced = match fence {
+            Fence::Epoch(e) => Some(self.inner.fences.enter(id, e).await?),
+            Fence::Claim => None,
+        };
+        let epoch = match fence {
+            Fence::Epoch(e) => e,
+            Fence::Claim => 0,
+        };
+        let c = &self.inner.client;
+        if place.done {
+            return match c.head_size(&place.key).await? {
+                Some(_) => Err(StoreError::Inconsistent(format!("upload {id} is complete"))),
+                None => Err(StoreError::NotFound(id)),
+            };
+        }
+        let upload = place.upload()?.to_string();
+        // Every number already used, recorded or not (a writer taken over may have sent parts
+        // it never recorded), is skipped. A missing upload is a deleted object.
+        let listed = match c.list_parts(&place.key, &upload).await {
+            Ok(l) => l,
+            Err(e) if e.to_string().contains("NoSuchUpload") => {
+                return Err(StoreError::NotFound(id));
+            }
+            Err(e) => return Err(e),
+        };
+        let end = place.end();
+        if offset != end {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {id}: {offset} bytes committed but the store holds {end}"
+            )));
+        }
+        let next = listed
+            .iter()
+            .map(|p| p.number)
+            .chain(place.parts.iter().map(|p| p.n))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        // The bytes after the last part, from the staged pieces, into a fresh spool.
+        let spool = spool_file(&self.inner.spool)?;
+        unstage(c, &place, spool.as_file()).await?;
+        let state = State {
+            store: self.clone(),
+            id,
+            epoch,
+            place,
+            upload,
+            next,
+            seq: 0,
+            spool,
+            staged_to: end,
+            written: end,
+            failed: None,
+            fenced,
+        };
+        Ok(Box::new(S3Writer {
+            position: end,
+            state: Arc::new(Mutex::new(state)),
+            last: None,
+        }))
+    }
+
+    async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator> {
+        let mut place = Place::of(at)?;
+        let c = &self.inner.client;
+        if place.done {
+            return Ok(at.clone());
+        }
+        let upload = place.upload()?.to_string();
+        let parts_end = place.parts_end();
+        let tail_len = length.checked_sub(parts_end).ok_or_else(|| {
+            StoreError::Inconsistent(format!("upload {id}: parts hold more than {length} bytes"))
+        })?;
+        let already = |size: Option<u64>| size == Some(length);
+        let mut parts: Vec<(u16, String)> =
+            place.parts.iter().map(|p| (p.n, p.etag.clone())).collect();
+        let listed = match c.list_parts(&place.key, &upload).await {
+            Ok(l) => l,
+            // Completed by an earlier run whose result was not recorded.
+            Err(e) if e.to_string().contains("NoSuchUpload") => {
+                if already(c.head_size(&place.key).await?) {
+                    return Ok(finished(&mut place, c).await);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if parts.is_empty() && tail_len == 0 {
+            // Empty: no multipart upload can be completed without a part.
+            c.abort(&place.key, &upload).await?;
+            c.put_object(&place.key, Bytes::new()).await?;
+            return Ok(finished(&mut place, c).await);
+        }
+        if tail_len > 0 {
+            // The staged tail, as the last part, sent from a file.
+            let tail = spool_file(&self.inner.spool)?;
+            let have = unstage(c, &place, tail.as_file()).await?;
+            if have < tail_len {
+                return Err(StoreError::Inconsistent(format!(
+                    "upload {id}: {have} of its last {tail_len} bytes are staged"
+                )));
+            }
+            let n = listed
+                .iter()
+                .map(|p| p.number)
+                .chain(parts.iter().map(|p| p.0))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            if n > MAX_PARTS {
+                return Err(StoreError::Inconsistent(format!(
+                    "upload {id}: no part number left"
+                )));
+            }
+            let body = Body::File {
+                path: tail.path().to_path_buf(),
+                start: 0,
+                len: tail_len,
+            };
+            let etag = c.upload_part(&place.key, &upload, n, body).await?;
+            parts.push((n, etag));
+        }
+        match c.complete(&place.key, &upload, &parts).await {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("NoSuchUpload") => {
+                if !already(c.head_size(&place.key).await?) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(finished(&mut place, c).await)
+    }
+
+    fn merge_locators(&self, _recorded: &Locator, _written: &Locator) -> Result<Locator> {
+        Err(StoreError::Inconsistent(
+            "the S3 store has no random-access writers".into(),
+        ))
+    }
+
+    async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream> {
+        let place = Place::of(at)?;
+        if !place.done {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {id} is read before it is finished"
+            )));
+        }
+        match self.inner.client.get_range(&place.key, start, end).await {
+            Err(e) if e.to_string().contains(": 404") => Err(StoreError::NotFound(id)),
+            other => other,
+        }
+    }
+
+    async fn delete(&self, id: UploadId, at: &Locator) -> Result<()> {
+        let place = Place::of(at)?;
+        let c = &self.inner.client;
+        if let Some(upload) = &place.upload {
+            c.abort(&place.key, upload).await?;
+        }
+        // Every staged piece, recorded or not.
+        for (key, _) in c.list_objects(&format!("{}.staged/", place.key)).await? {
+            c.delete_object(&key).await?;
+        }
+        c.delete_object(&place.key).await?;
+        self.inner.fences.forget(id);
+        Ok(())
+    }
+
+    async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
+        let prefix = &self.inner.prefix;
+        let objects = self.inner.client.list_objects(prefix).await?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|(key, size)| {
+                let id = UploadId::parse(key.strip_prefix(prefix.as_str())?).ok()?;
+                Some((id, size))
+            })
+            .collect())
+    }
+}
+
+/// The place of a completed object: its staged pieces deleted (best effort: a piece left
+/// behind is an orphan the reconciler removes), nothing but the key kept.
+async fn finished(place: &mut Place, c: &S3Client) -> Locator {
+    for piece in &place.staged {
+        if let Err(e) = c.delete_object(&piece.key).await {
+            tracing::warn!(key = %piece.key, error = %e, "deleting a staged piece failed");
+        }
+    }
+    Place {
+        key: place.key.clone(),
+        done: true,
+        ..Place::default()
+    }
+    .locator()
+}
+
+/// A writer's state, behind a lock its writes take in order.
+struct State {
+    store: S3DataStore,
+    id: UploadId,
+    epoch: u64,
+    /// What is in the bucket: the committed place, plus the parts and pieces this writer sent.
+    place: Place,
+    upload: String,
+    /// The next part number this writer may use.
+    next: u16,
+    /// The next staged piece's sequence number.
+    seq: u32,
+    /// The bytes after the last part, at their offset from the parts' end (named: a part is
+    /// sent from it by path).
+    spool: Arc<tempfile::NamedTempFile>,
+    /// Bytes up to here are in parts or staged pieces.
+    staged_to: u64,
+    /// Bytes up to here are in the spool or sent.
+    written: u64,
+    /// The first failure: every later write and checkpoint fails with it.
+    failed: Option<String>,
+    fenced: Option<Fenced>,
+}
+
+impl State {
+    fn check(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(StoreError::Io(std::io::Error::other(why.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Spools `buf`, then sends every full part the spool holds.
+    async fn write(&mut self, buf: &[u8]) -> Result<()> {
+        self.check()?;
+        let at = self.written - self.place.parts_end();
+        let spool = self.spool.clone();
+        let data = buf.to_vec();
+        // Refused at once when the writer was taken over, even before anything is sent.
+        fenced(&self.fenced, async {
+            tokio::task::spawn_blocking(move || spool.as_file().write_all_at(&data, at))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+                .map_err(StoreError::from)
+        })
+        .await?;
+        self.written += buf.len() as u64;
+        while self.written - self.place.parts_end() >= part_size(self.next) {
+            self.send_part().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the spool's first `part_size(next)` bytes as part `next`, and keeps the rest.
+    async fn send_part(&mut self) -> Result<()> {
+        let n = self.next;
+        if n > MAX_PARTS {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {}: no part number left",
+                self.id
+            )));
+        }
+        let size = part_size(n);
+        let key = self.place.key.clone();
+        let c = self.store.inner.client.clone();
+        let upload = self.upload.clone();
+        let body = Body::File {
+            path: self.spool.path().to_path_buf(),
+            start: 0,
+            len: size,
+        };
+        let etag = fenced(&self.fenced, c.upload_part(&key, &upload, n, body)).await?;
+        let parts_end = self.place.parts_end() + size;
+        self.place.parts.push(Part { n, etag, size });
+        self.place.staged.retain(|p| p.at + p.size > parts_end);
+        self.next = n + 1;
+        // The rest (less than a write) moves to the front of a fresh spool.
+        let rest_len = self.written - parts_end;
+        let old = self.spool.clone();
+        let fresh = spool_file(&self.store.inner.spool)?;
+        let new = fresh.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut buf = vec![0; rest_len as usize];
+            old.as_file().read_exact_at(&mut buf, size)?;
+            new.as_file().write_all_at(&buf, 0)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.spool = fresh;
+        self.staged_to = self.staged_to.max(parts_end);
+        Ok(())
+    }
+
+    /// Stages what is not in the bucket yet, and returns the place that covers every byte.
+    async fn checkpoint(&mut self) -> Result<Locator> {
+        self.check()?;
+        if self.written > self.staged_to {
+            let parts_end = self.place.parts_end();
+            let len = self.written - self.staged_to;
+            let mut buf = vec![0; len as usize];
+            self.spool
+                .as_file()
+                .read_exact_at(&mut buf, self.staged_to - parts_end)?;
+            let key = format!(
+                "{}.staged/{:016x}-{:08x}",
+                self.place.key, self.epoch, self.seq
+            );
+            self.seq += 1;
+            let c = self.store.inner.client.clone();
+            fenced(&self.fenced, c.put_object(&key, Bytes::from(buf))).await?;
+            self.place.staged.push(Piece {
+                key,
+                at: self.staged_to,
+                size: len,
+            });
+            self.staged_to = self.written;
+        }
+        Ok(self.place.locator())
+    }
+}
+
+struct S3Writer {
+    position: u64,
+    state: Arc<Mutex<State>>,
+    /// Resolves when the last write made has taken its turn: the next one waits for it, so
+    /// writes reach the state in the order they were made.
+    last: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+#[async_trait]
+impl DataWriter for S3Writer {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn write(&mut self, buf: Vec<u8>) -> PendingWrite {
+        self.position += buf.len() as u64;
+        let state = self.state.clone();
+        let (turn_done, turn) = tokio::sync::oneshot::channel();
+        let previous = self.last.replace(turn);
+        // Spawned now, so that it proceeds while the caller fills its next buffer, after the
+        // write before it.
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let mut st = state.lock_owned().await;
+            let _ = turn_done.send(());
+            let r = st.write(&buf).await;
+            if let Err(e) = &r
+                && st.failed.is_none()
+            {
+                st.failed = Some(e.to_string());
+            }
+            r.map(|()| buf)
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        })
+    }
+
+    async fn checkpoint(&mut self, _durable: bool) -> Result<Locator> {
+        self.state.lock().await.checkpoint().await
+    }
+}

@@ -1,0 +1,236 @@
+//! Against a real S3-compatible store: SeaweedFS, started by `scripts/test.sh`
+//! (`FERRY_TEST_S3_ENDPOINT`; by hand: `scripts/seaweedfs.sh start DIR`). It is as strict as AWS
+//! where peers were caught out (parts under 5 MiB refused at Complete).
+
+use super::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+const MIB: usize = 1 << 20;
+
+fn endpoint() -> reqwest::Url {
+    let url = std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "FERRY_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, or start \
+             SeaweedFS with `scripts/seaweedfs.sh start DIR` and export the URL it prints"
+        )
+    });
+    url.parse().expect("FERRY_TEST_S3_ENDPOINT is a URL")
+}
+
+fn config(bucket: &str, endpoint: reqwest::Url) -> S3Config {
+    S3Config {
+        endpoint,
+        bucket: bucket.into(),
+        region: "us-east-1".into(),
+        path_style: true,
+        key: "ferry".into(),
+        secret: "ferry-secret".into(),
+        token: None,
+    }
+}
+
+/// A client on the tests' bucket (created by the first test that needs it) and a key prefix
+/// of this test's own.
+async fn fresh_bucket() -> (S3Client, String) {
+    let c = S3Client::new(&config("ferry-tests", endpoint())).unwrap();
+    if c.head_bucket().await.is_err() {
+        // Another test process may create it at the same moment: either way it is there.
+        let _ = c.create_bucket().await;
+        c.head_bucket().await.expect("the tests' bucket");
+    }
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    (c, format!("t-{}/", hex(&b)))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
+}
+
+async fn read(s: crate::data::ByteStream) -> Vec<u8> {
+    let mut s = s;
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.expect("read"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn multipart_with_part_numbers_apart_lists_in_pages_completes_and_reads_ranges() {
+    let (c, p) = fresh_bucket().await;
+    let key = &format!("{p}up/one");
+    let id = c.create_multipart(key).await.expect("create multipart");
+    let parts = [
+        (1u16, pattern(5 * MIB, 1)),
+        (3, pattern(5 * MIB, 2)),
+        (7, pattern(1234, 3)),
+    ];
+    let mut done = Vec::new();
+    for (n, body) in &parts {
+        let etag = c
+            .upload_part(key, &id, *n, Bytes::from(body.clone()))
+            .await
+            .expect("upload part");
+        assert!(!etag.is_empty(), "an ETag comes back");
+        done.push((*n, etag));
+    }
+    let listed = c.list_parts_paged(key, &id, 1).await.expect("list parts");
+    let got: Vec<_> = listed
+        .iter()
+        .map(|p| (p.number, p.etag.clone(), p.size))
+        .collect();
+    let want: Vec<_> = parts
+        .iter()
+        .zip(&done)
+        .map(|((n, body), (_, e))| (*n, e.clone(), body.len() as u64))
+        .collect();
+    assert_eq!(got, want, "every part, over pages of one");
+    let uploads = c.list_uploads(&p).await.expect("list uploads");
+    assert!(
+        uploads.iter().any(|u| u.key == *key && u.upload_id == id),
+        "{uploads:?}"
+    );
+    c.complete(key, &id, &done).await.expect("complete");
+    let whole: Vec<u8> = parts.iter().flat_map(|(_, b)| b.clone()).collect();
+    let (a, b) = (5 * MIB as u64 - 10, 10 * MIB as u64 + 100);
+    let got = read(c.get_range(key, a, b).await.expect("get")).await;
+    assert_eq!(got, whole[a as usize..b as usize], "a range across parts");
+    assert!(read(c.get_range(key, 5, 5).await.unwrap()).await.is_empty());
+    let uploads = c.list_uploads(&p).await.expect("list uploads");
+    assert!(uploads.iter().all(|u| u.upload_id != id), "completed: gone");
+    c.delete_object(key).await.expect("delete");
+    c.delete_object(key).await.expect("delete again");
+}
+
+#[tokio::test]
+async fn small_parts_are_refused_at_complete_and_an_abort_leaves_nothing() {
+    let (c, p) = fresh_bucket().await;
+    let key = &format!("{p}up/small");
+    let id = c.create_multipart(key).await.unwrap();
+    let mut done = Vec::new();
+    for n in 1..=2u16 {
+        let etag = c
+            .upload_part(key, &id, n, Bytes::from(pattern(MIB, n as u8)))
+            .await
+            .unwrap();
+        done.push((n, etag));
+    }
+    let err = c.complete(key, &id, &done).await.unwrap_err().to_string();
+    assert!(err.contains("EntityTooSmall"), "{err}");
+    c.abort(key, &id).await.expect("abort");
+    c.abort(key, &id).await.expect("abort again");
+    assert!(c.list_uploads(&p).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn whole_objects_and_a_missing_bucket() {
+    let (c, p) = fresh_bucket().await;
+    let key = &format!("{p}stage/a");
+    let body = pattern(300_000, 9);
+    c.put_object(key, Bytes::from(body.clone())).await.unwrap();
+    let got = read(c.get_range(key, 0, body.len() as u64).await.unwrap()).await;
+    assert_eq!(got, body);
+    c.delete_object(key).await.unwrap();
+    assert!(c.get_range(key, 0, 1).await.is_err(), "deleted");
+    let missing = S3Client::new(&config("ferry-test-none-such", endpoint())).unwrap();
+    let err = missing.head_bucket().await.unwrap_err().to_string();
+    assert!(err.contains("404"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_tried_a_few_times_then_an_error() {
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", free.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(free);
+    let c = S3Client::new(&config("ferry-test-x", url)).unwrap();
+    let started = std::time::Instant::now();
+    let err = c.head_bucket().await.unwrap_err().to_string();
+    assert!(err.contains("HeadBucket"), "{err}");
+    // Four backoffs of at most 0.1 + 0.2 + 0.4 + 0.8 s.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The data-store contract, the same cases as the local store's.
+#[tokio::test]
+async fn the_s3_store_conforms() {
+    let (c, prefix) = fresh_bucket().await;
+    let spool = tempfile::tempdir().unwrap();
+    let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
+    crate::conformance::data_store(&store).await;
+    // Nothing is left behind: no object, no staged piece, no multipart upload.
+    assert_eq!(c.list_objects(&prefix).await.unwrap(), Vec::new());
+    assert_eq!(c.list_uploads(&prefix).await.unwrap(), Vec::new());
+}
+
+/// A writer that sent a part it never got to record (its request ended, its lease was taken
+/// over) leaves that part number to itself: the next writer, writing other bytes from the
+/// committed offset, takes a number past it, and the object holds only the committed bytes.
+#[tokio::test]
+async fn a_part_sent_but_never_recorded_is_never_part_of_the_object() {
+    use crate::data::{DataStore, Fence, WriteMode};
+    let (c, prefix) = fresh_bucket().await;
+    let spool = tempfile::tempdir().unwrap();
+    let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
+    let id = ferry_proto::UploadId::from_bytes([0x5a; 16]);
+    let created = store.create(id, true).await.unwrap();
+    let mut lost = store
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(1),
+        )
+        .await
+        .unwrap();
+    // A whole part (8 MiB) goes out as it arrives; nothing is committed.
+    for piece in pattern(9 * MIB, 1).chunks(512 * 1024) {
+        lost.write(piece.to_vec()).await.unwrap();
+    }
+    drop(lost);
+    let mut next = store
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(2),
+        )
+        .await
+        .unwrap();
+    let kept = pattern(9 * MIB + 5, 2);
+    for piece in kept.chunks(512 * 1024) {
+        next.write(piece.to_vec()).await.unwrap();
+    }
+    let at = next.checkpoint(true).await.unwrap();
+    // Part 1 stays the lost writer's: the next one took 2, so a late arrival of the lost part
+    // could never replace a recorded one.
+    let key = format!("{prefix}{id}");
+    let upload = created.0["upload"].as_str().unwrap();
+    let numbers: Vec<u16> = c
+        .list_parts(&key, upload)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(numbers, [1, 2]);
+    let at = store.finish(id, &at, kept.len() as u64).await.unwrap();
+    let got = read(store.read(id, &at, 0, kept.len() as u64).await.unwrap()).await;
+    assert!(got == kept, "the object is the second writer's bytes only");
+    store.delete(id, &at).await.unwrap();
+    assert_eq!(c.list_objects(&prefix).await.unwrap(), Vec::new());
+}

