@@ -5,10 +5,11 @@
 #   scripts/seaweedfs.sh start DIR   # starts it on free ports, data in DIR; prints the S3 URL
 #   scripts/seaweedfs.sh stop DIR    # stops the one started on DIR
 #
-# Every port is picked free (with its gRPC twin, port + 10000): SeaweedFS's defaults (8080,
-# 8888, 9333) collide with anything else running. Any access key is accepted (no identity
-# configuration), as the tests use it. Volumes are small (64 MiB) and many: each bucket is a
-# collection that grows volumes of its own, and the default few run out after a handful.
+# Every port is picked free (with its gRPC twin, port + 10000), below the kernel's ephemeral
+# range: SeaweedFS's defaults (8080, 8888, 9333) collide with anything else running. One
+# identity is configured, ferry / ferry-secret (what the tests use), so signatures are checked
+# as on AWS. Volumes are small (64 MiB) and many: each bucket is a collection that grows
+# volumes of its own, and the default few run out after a handful.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEED="${FERRY_WEED:-$ROOT/tests/interop/.venv/bin/weed}"
@@ -23,8 +24,8 @@ start)
 import random, socket
 ports = []
 while len(ports) < 4:
-    p = random.randint(20000, 40000)
-    if p in ports:
+    p = random.randint(10000, 22000)
+    if any(abs(p - q) in (0, 10000) for q in ports):
         continue
     ok = True
     for q in (p, p + 10000):
@@ -40,7 +41,13 @@ while len(ports) < 4:
 print(*ports)
 PY
 )
+  cat >"$dir/s3.json" <<'JSON'
+{"identities": [{"name": "ferry",
+  "credentials": [{"accessKey": "ferry", "secretKey": "ferry-secret"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+JSON
   "$WEED" server -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3 -s3.port="$s3" \
+    -s3.config="$dir/s3.json" \
     -master.port="$master" -volume.port="$volume" -filer.port="$filer" \
     -s3.port.iceberg=0 -s3.port.lance=0 \
     -volume.max=200 -master.volumeSizeLimitMB=64 \

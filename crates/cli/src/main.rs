@@ -24,6 +24,7 @@ mod fsck;
 mod logs;
 mod report;
 mod serve;
+mod store;
 mod transfer;
 mod units;
 

@@ -38,6 +38,8 @@ pub struct ServeArgs {
     /// Directory for upload data and the metadata database. [default: ./ferry-data]
     #[arg(long, env = "FERRY_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
     /// Prefix for every route, e.g. /api (tus is then at /api/files/).
     #[arg(long, env = "FERRY_BASE_PATH", value_name = "PATH")]
     base_path: Option<String>,
@@ -152,6 +154,13 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: Option<bool>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    s3_session_token: Option<String>,
     base_path: Option<String>,
     max_size: Option<SizeValue>,
     public_url: Option<String>,
@@ -195,6 +204,7 @@ enum SizeValue {
 struct Settings {
     listen: String,
     data_dir: PathBuf,
+    store: crate::store::StoreChoice,
     server: ServerConfig,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
@@ -245,6 +255,16 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| "ferry-data".into());
+    let store_file = crate::store::StoreFile {
+        store: file.store,
+        s3_endpoint: file.s3_endpoint,
+        s3_region: file.s3_region,
+        s3_path_style: file.s3_path_style,
+        s3_access_key_id: file.s3_access_key_id,
+        s3_secret_access_key: file.s3_secret_access_key,
+        s3_session_token: file.s3_session_token,
+    };
+    let store = crate::store::resolve(args.store, store_file, |k| std::env::var(k).ok())?;
     let base_path = normalize_base_path(&args.base_path.or(file.base_path).unwrap_or_default())
         .map_err(anyhow::Error::msg)?;
     let max_size = size_setting("--max-size", args.max_size, file.max_size)?;
@@ -418,6 +438,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     Ok(Settings {
         listen,
         data_dir,
+        store,
         server: ServerConfig {
             base_path,
             max_size,
@@ -542,6 +563,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             errln!("ferry serve: {e:#}");
+            // A store that is not set up as it must be is a setting to fix, as a bad flag is.
+            if e.downcast_ref::<crate::store::SetupError>().is_some() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
@@ -551,8 +576,13 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     let dir = settings.data_dir.clone();
     let sync = settings.sync;
     let (expiry, concat) = (settings.expiry, settings.concat);
+    let data = crate::store::open(&settings.store, &dir).await?;
     let uploads = tokio::task::spawn_blocking(move || {
-        Uploads::open_served(&dir, sync).map(|u| u.with_expiry(expiry).with_concat_limits(concat))
+        let uploads = match data {
+            Some(data) => Uploads::open_with_data(&dir, sync, data),
+            None => Uploads::open_served(&dir, sync),
+        };
+        uploads.map(|u| u.with_expiry(expiry).with_concat_limits(concat))
     })
     .await?
     .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;

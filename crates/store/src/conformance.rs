@@ -101,9 +101,9 @@ async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
         )
         .await
         .expect("open writer");
-    // Larger than an object store's smallest part (5 MiB), so that parts are cut, with the
-    // rest staged.
-    let a = pattern(5 * MIB + 300_000, 1);
+    // Larger than a part of the S3 store (8 MiB), so that a part is cut at once, with the rest
+    // staged at the checkpoint.
+    let a = pattern(8 * MIB + 300_000, 1);
     let b = pattern(123_457, 2);
     let pa = w.write(a.clone());
     let pb = w.write(b.clone());
@@ -137,7 +137,7 @@ async fn appends(store: &dyn DataStore) -> (UploadId, Locator) {
         .await
         .expect("reopen at the committed offset");
     // In pieces of the engine's buffer size, as appends come.
-    let c = pattern(5 * MIB + 40_000, 4);
+    let c = pattern(8 * MIB + 40_000, 4);
     for piece in c.chunks(512 * 1024) {
         w.write(piece.to_vec()).await.expect("write c");
     }

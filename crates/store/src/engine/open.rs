@@ -62,6 +62,24 @@ impl Uploads {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
         let data = LocalDataStore::open(dir)?;
+        Self::open_dir(dir, sync, lock, wrap(data))
+    }
+
+    /// `data` for the bytes, with the metadata in `dir/ferry.redb` and leases in process,
+    /// under the directory lock: the S3 store's setup (its metadata stays on local disk, one
+    /// instance per directory).
+    pub fn open_with_data(dir: &Path, sync: SyncPolicy, data: Arc<dyn DataStore>) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        Self::open_dir(dir, sync, lock, data)
+    }
+
+    fn open_dir(
+        dir: &Path,
+        sync: SyncPolicy,
+        lock: File,
+        data: Arc<dyn DataStore>,
+    ) -> Result<Self> {
         // A layout-1 directory (before locators were recorded) migrates here, where both
         // stores are known: its files are where the local store derives them.
         let meta =
@@ -70,7 +88,7 @@ impl Uploads {
             crate::local::sync_dir(dir)?;
         }
         let mut me = Self::new(
-            wrap(data),
+            data,
             Arc::new(meta),
             Arc::new(LocalLocker::new(TAKEOVER_PATIENCE)),
             sync,

@@ -162,6 +162,11 @@ impl S3Client {
         })
     }
 
+    /// The bucket's name.
+    pub fn bucket_name(&self) -> &str {
+        self.bucket.name()
+    }
+
     fn creds(&self) -> Option<&Credentials> {
         Some(&self.credentials)
     }
@@ -249,7 +254,7 @@ impl S3Client {
         let resp = self
             .send("PutObject", Method::PUT, url, Some(body.into()), &[])
             .await?;
-        Ok(etag_of(&resp))
+        etag_of("PutObject", &resp)
     }
 
     /// Streams bytes `[start, end)` of an object (`end` exclusive; an empty range reads nothing).
@@ -345,7 +350,7 @@ impl S3Client {
         let resp = self
             .send("UploadPart", Method::PUT, url, Some(body.into()), &[])
             .await?;
-        Ok(etag_of(&resp))
+        etag_of("UploadPart", &resp)
     }
 
     /// Every part of a multipart upload, page after page, in number order.
@@ -448,6 +453,8 @@ impl S3Client {
                 query.push(("key-marker", k));
                 query.push(("upload-id-marker", u));
             }
+            // `sign` takes the canonical query: sorted by name.
+            query.sort_unstable();
             let url = rusty_s3::signing::sign(
                 &jiff::Timestamp::now(),
                 rusty_s3::Method::Get,
@@ -463,7 +470,11 @@ impl S3Client {
             let text = self
                 .text("ListMultipartUploads", Method::GET, url, None)
                 .await?;
-            let page = uploads_page(&text);
+            let page = uploads_page(&text).ok_or_else(|| {
+                StoreError::Inconsistent(
+                    "S3 ListMultipartUploads: a truncated page without its next markers".into(),
+                )
+            })?;
             out.extend(page.uploads);
             match page.next {
                 Some(next) if markers.as_ref() != Some(&next) => markers = Some(next),
@@ -473,12 +484,14 @@ impl S3Client {
     }
 }
 
-fn etag_of(resp: &Response) -> String {
+/// The ETag a write answered with: Complete needs it back, so none is an error.
+fn etag_of(what: &str, resp: &Response) -> Result<String> {
     resp.headers()
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| StoreError::Inconsistent(format!("S3 {what}: the answer has no ETag")))
 }
 
 fn xml_escape(s: &str) -> String {
@@ -490,6 +503,7 @@ fn xml_escape(s: &str) -> String {
 
 fn xml_unescape(s: &str) -> String {
     s.replace("&quot;", "\"")
+        .replace("&apos;", "'")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&amp;", "&")
@@ -504,8 +518,9 @@ struct UploadsPage {
 }
 
 /// Reads a ListMultipartUploads answer: the `<Upload>` elements and, when `IsTruncated`, the
-/// next markers. A small, flat document: read by hand (rusty-s3 has no parser for it).
-fn uploads_page(xml: &str) -> UploadsPage {
+/// next markers (`None` when a truncated page lacks them). A small, flat document: read by
+/// hand (rusty-s3 has no parser for it).
+fn uploads_page(xml: &str) -> Option<UploadsPage> {
     fn field(s: &str, name: &str) -> Option<String> {
         let open = format!("<{name}>");
         let start = s.find(&open)? + open.len();
@@ -530,13 +545,11 @@ fn uploads_page(xml: &str) -> UploadsPage {
         rest = &tail[j..];
     }
     if field(xml, "IsTruncated").as_deref() == Some("true") {
-        let key = field(xml, "NextKeyMarker").unwrap_or_default();
+        let key = field(xml, "NextKeyMarker").filter(|k| !k.is_empty())?;
         let id = field(xml, "NextUploadIdMarker").unwrap_or_default();
-        if !key.is_empty() {
-            page.next = Some((key, id));
-        }
+        page.next = Some((key, id));
     }
-    page
+    Some(page)
 }
 
 fn random() -> u64 {
@@ -559,17 +572,19 @@ mod tests {
   <Upload><Key>p/a</Key><UploadId>u1</UploadId><Initiated>2026-12-03T10:00:00.000Z</Initiated></Upload>
   <Upload><Key>p/b&amp;c</Key><UploadId>u2</UploadId><Initiated>2026-12-03T10:00:01.000Z</Initiated></Upload>
 </ListMultipartUploadsResult>"#;
-        let page = uploads_page(xml);
+        let page = uploads_page(xml).unwrap();
         assert_eq!(page.uploads.len(), 2);
         assert_eq!(page.uploads[1].key, "p/b&c");
         assert_eq!(page.uploads[0].upload_id, "u1");
         assert_eq!(page.next, Some(("p/b&c".into(), "u2".into())));
         let last = xml.replace("<IsTruncated>true", "<IsTruncated>false");
-        assert_eq!(uploads_page(&last).next, None);
+        assert_eq!(uploads_page(&last).unwrap().next, None);
         assert_eq!(
             uploads_page("<ListMultipartUploadsResult/>"),
-            UploadsPage::default()
+            Some(UploadsPage::default())
         );
+        let no_marker = xml.replace("<NextKeyMarker>p/b&amp;c</NextKeyMarker>", "");
+        assert_eq!(uploads_page(&no_marker), None, "truncated without markers");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Each upload is a multipart upload of the object `{prefix}{id}`. Its locator holds the key,
 //! the multipart upload id, every recorded part (number, ETag, size) and the staged pieces:
-//! write-once objects `{prefix}{id}.staged/{epoch}-{seq}` with the bytes acknowledged after the
-//! last part. A writer spools what it receives to a local file; a full part goes to S3 as
+//! write-once objects `{prefix}{id}.staged/{epoch}-{nonce}-{seq}` with the bytes acknowledged
+//! after the last part. A writer spools what it receives to a local file; a full part goes to S3 as
 //! its bytes arrive, and a checkpoint stages the rest, so that an acknowledged offset is in the
 //! bucket. No byte is uploaded more than twice (staged once, then once more in a part), and no
 //! object is ever rewritten. `finish` uploads the staged tail as the last part and completes
@@ -133,6 +133,47 @@ impl S3DataStore {
         })
     }
 
+    /// Checks that the bucket is there and that ferry may write, list multipart uploads and
+    /// delete in it (with an object of its own under the prefix). The error is one line
+    /// naming the bucket and what is missing.
+    pub async fn check_access(&self) -> std::result::Result<(), String> {
+        let c = &self.inner.client;
+        let bucket = c.bucket_name();
+        let status = |e: &StoreError| {
+            let text = e.to_string();
+            ["404", "403", "400"]
+                .into_iter()
+                .find(|s| text.contains(&format!(": {s} ")))
+        };
+        if let Err(e) = c.head_bucket().await {
+            return Err(match status(&e) {
+                Some("404") => format!("S3 bucket {bucket} does not exist (--store)"),
+                Some("403") => format!(
+                    "S3 bucket {bucket}: access denied (check AWS_ACCESS_KEY_ID, \
+                     AWS_SECRET_ACCESS_KEY and --s3-region)"
+                ),
+                _ => format!("S3 bucket {bucket} cannot be reached (--s3-endpoint?): {e}"),
+            });
+        }
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        let probe = format!(
+            "{}.ferry-access-check-{:016x}",
+            self.inner.prefix,
+            u64::from_le_bytes(b)
+        );
+        c.put_object(&probe, Bytes::from_static(b"ferry"))
+            .await
+            .map_err(|e| format!("S3 bucket {bucket}: cannot write (s3:PutObject): {e}"))?;
+        c.list_uploads(&self.inner.prefix).await.map_err(|e| {
+            format!("S3 bucket {bucket}: cannot list multipart uploads (s3:ListBucketMultipartUploads): {e}")
+        })?;
+        c.delete_object(&probe)
+            .await
+            .map_err(|e| format!("S3 bucket {bucket}: cannot delete (s3:DeleteObject): {e}"))?;
+        Ok(())
+    }
+
     fn key(&self, id: UploadId) -> String {
         format!("{}{id}", self.inner.prefix)
     }
@@ -213,14 +254,13 @@ impl DataStore for S3DataStore {
                 "the S3 store takes appends only".into(),
             ));
         };
-        let fenced = match fence {
-            Fence::Epoch(e) => Some(self.inner.fences.enter(id, e).await?),
-            Fence::Claim => None,
+        // Appends run under a lease; a chunk session's claims are another store's business.
+        let Fence::Epoch(epoch) = fence else {
+            return Err(StoreError::Inconsistent(
+                "the S3 store writes under a lease only".into(),
+            ));
         };
-        let epoch = match fence {
-            Fence::Epoch(e) => e,
-            Fence::Claim => 0,
-        };
+        let fenced = Some(self.inner.fences.enter(id, epoch).await?);
         let c = &self.inner.client;
         if place.done {
             return match c.head_size(&place.key).await? {
@@ -254,10 +294,15 @@ impl DataStore for S3DataStore {
         // The bytes after the last part, from the staged pieces, into a fresh spool.
         let spool = spool_file(&self.inner.spool)?;
         unstage(c, &place, spool.as_file()).await?;
+        // Staged keys are unique to this writer: epochs start again with the process, and
+        // a key written twice would change a piece a record may name.
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         let state = State {
             store: self.clone(),
             id,
-            epoch,
+            writer: format!("{epoch:016x}-{:016x}", u64::from_le_bytes(nonce)),
             place,
             upload,
             next,
@@ -301,9 +346,10 @@ impl DataStore for S3DataStore {
             Err(e) => return Err(e),
         };
         if parts.is_empty() && tail_len == 0 {
-            // Empty: no multipart upload can be completed without a part.
-            c.abort(&place.key, &upload).await?;
+            // Empty: no multipart upload completes without a part. The object first, so that a
+            // crash in between leaves it for the rerun to find.
             c.put_object(&place.key, Bytes::new()).await?;
+            c.abort(&place.key, &upload).await?;
             return Ok(finished(&mut place, c).await);
         }
         if tail_len > 0 {
@@ -369,6 +415,13 @@ impl DataStore for S3DataStore {
     async fn delete(&self, id: UploadId, at: &Locator) -> Result<()> {
         let place = Place::of(at)?;
         let c = &self.inner.client;
+        // Every multipart upload of the key: a CreateMultipartUpload answered after its
+        // request was retried leaves a second one.
+        for u in c.list_uploads(&place.key).await? {
+            if u.key == place.key {
+                c.abort(&place.key, &u.upload_id).await?;
+            }
+        }
         if let Some(upload) = &place.upload {
             c.abort(&place.key, upload).await?;
         }
@@ -394,13 +447,18 @@ impl DataStore for S3DataStore {
     }
 }
 
-/// The place of a completed object: its staged pieces deleted (best effort: a piece left
-/// behind is an orphan the reconciler removes), nothing but the key kept.
+/// The place of a completed object: every staged piece of it deleted (best effort: a piece
+/// left behind is an orphan the reconciler removes), nothing but the key kept.
 async fn finished(place: &mut Place, c: &S3Client) -> Locator {
-    for piece in &place.staged {
-        if let Err(e) = c.delete_object(&piece.key).await {
-            tracing::warn!(key = %piece.key, error = %e, "deleting a staged piece failed");
+    match c.list_objects(&format!("{}.staged/", place.key)).await {
+        Ok(pieces) => {
+            for (key, _) in pieces {
+                if let Err(e) = c.delete_object(&key).await {
+                    tracing::warn!(%key, error = %e, "deleting a staged piece failed");
+                }
+            }
         }
+        Err(e) => tracing::warn!(key = %place.key, error = %e, "listing staged pieces failed"),
     }
     Place {
         key: place.key.clone(),
@@ -414,7 +472,8 @@ async fn finished(place: &mut Place, c: &S3Client) -> Locator {
 struct State {
     store: S3DataStore,
     id: UploadId,
-    epoch: u64,
+    /// `{epoch}-{nonce}`: names this writer's staged pieces.
+    writer: String,
     /// What is in the bucket: the committed place, plus the parts and pieces this writer sent.
     place: Place,
     upload: String,
@@ -427,40 +486,84 @@ struct State {
     spool: Arc<tempfile::NamedTempFile>,
     /// Bytes up to here are in parts or staged pieces.
     staged_to: u64,
-    /// Bytes up to here are in the spool or sent.
+    /// Bytes up to here were written (spooled or sent) by writes that succeeded.
     written: u64,
-    /// The first failure: every later write and checkpoint fails with it.
-    failed: Option<String>,
+    /// A write failed: later writes fail too (the engine sends none), and a checkpoint still
+    /// stages what the writes before it wrote, unless a part took some of the failed write's
+    /// bytes (then nothing more can be committed by this writer).
+    failed: Option<Failure>,
     fenced: Option<Fenced>,
 }
 
-impl State {
-    fn check(&self) -> Result<()> {
-        match &self.failed {
-            Some(why) => Err(StoreError::Io(std::io::Error::other(why.clone()))),
-            None => Ok(()),
+/// Why a writer stopped.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// Taken over: the error to give again.
+    Fenced { epoch: u64, current: u64 },
+    /// Anything else, as text; `poisoned` when a checkpoint can no longer be consistent.
+    Other { why: String, poisoned: bool },
+}
+
+impl Failure {
+    fn error(&self, id: UploadId) -> StoreError {
+        match self {
+            Failure::Fenced { epoch, current } => StoreError::Fenced {
+                id,
+                epoch: *epoch,
+                current: *current,
+            },
+            Failure::Other { why, .. } => StoreError::Io(std::io::Error::other(why.clone())),
         }
     }
+}
 
-    /// Spools `buf`, then sends every full part the spool holds.
-    async fn write(&mut self, buf: &[u8]) -> Result<()> {
-        self.check()?;
+impl State {
+    /// Spools `buf`, then sends every full part the spool holds; hands `buf` back. On a
+    /// failure, `written` stays where the writes before it left it.
+    async fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
+        if let Some(f) = &self.failed {
+            return Err(f.error(self.id));
+        }
+        let before = self.written;
+        let result = self.write_inner(buf).await;
+        if let Err(e) = &result {
+            let failure = match e {
+                StoreError::Fenced { epoch, current, .. } => Failure::Fenced {
+                    epoch: *epoch,
+                    current: *current,
+                },
+                other => Failure::Other {
+                    why: other.to_string(),
+                    // A part already holds bytes of this write: they can be neither
+                    // committed (the engine counts the write as failed) nor taken back.
+                    poisoned: self.place.parts_end() > before,
+                },
+            };
+            self.written = before;
+            self.failed = Some(failure);
+        }
+        result
+    }
+
+    async fn write_inner(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
         let at = self.written - self.place.parts_end();
         let spool = self.spool.clone();
-        let data = buf.to_vec();
+        let len = buf.len() as u64;
         // Refused at once when the writer was taken over, even before anything is sent.
-        fenced(&self.fenced, async {
-            tokio::task::spawn_blocking(move || spool.as_file().write_all_at(&data, at))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-                .map_err(StoreError::from)
+        let buf = fenced(&self.fenced, async {
+            tokio::task::spawn_blocking(move || {
+                spool.as_file().write_all_at(&buf, at).map(|()| buf)
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(StoreError::from)
         })
         .await?;
-        self.written += buf.len() as u64;
+        self.written += len;
         while self.written - self.place.parts_end() >= part_size(self.next) {
             self.send_part().await?;
         }
-        Ok(())
+        Ok(buf)
     }
 
     /// Sends the spool's first `part_size(next)` bytes as part `next`, and keeps the rest.
@@ -503,23 +606,26 @@ impl State {
         Ok(())
     }
 
-    /// Stages what is not in the bucket yet, and returns the place that covers every byte.
+    /// Stages what is not in the bucket yet (sent from the spool file), and returns the place
+    /// that covers every byte written.
     async fn checkpoint(&mut self) -> Result<Locator> {
-        self.check()?;
+        match &self.failed {
+            Some(f @ Failure::Fenced { .. }) | Some(f @ Failure::Other { poisoned: true, .. }) => {
+                return Err(f.error(self.id));
+            }
+            _ => {}
+        }
         if self.written > self.staged_to {
-            let parts_end = self.place.parts_end();
             let len = self.written - self.staged_to;
-            let mut buf = vec![0; len as usize];
-            self.spool
-                .as_file()
-                .read_exact_at(&mut buf, self.staged_to - parts_end)?;
-            let key = format!(
-                "{}.staged/{:016x}-{:08x}",
-                self.place.key, self.epoch, self.seq
-            );
+            let body = Body::File {
+                path: self.spool.path().to_path_buf(),
+                start: self.staged_to - self.place.parts_end(),
+                len,
+            };
+            let key = format!("{}.staged/{}-{:08x}", self.place.key, self.writer, self.seq);
             self.seq += 1;
             let c = self.store.inner.client.clone();
-            fenced(&self.fenced, c.put_object(&key, Bytes::from(buf))).await?;
+            fenced(&self.fenced, c.put_object(&key, body)).await?;
             self.place.staged.push(Piece {
                 key,
                 at: self.staged_to,
@@ -558,13 +664,7 @@ impl DataWriter for S3Writer {
             }
             let mut st = state.lock_owned().await;
             let _ = turn_done.send(());
-            let r = st.write(&buf).await;
-            if let Err(e) = &r
-                && st.failed.is_none()
-            {
-                st.failed = Some(e.to_string());
-            }
-            r.map(|()| buf)
+            st.write(buf).await
         });
         Box::pin(async move {
             task.await

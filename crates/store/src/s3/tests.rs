@@ -145,6 +145,37 @@ async fn whole_objects_and_a_missing_bucket() {
     assert!(err.contains("404"), "{err}");
 }
 
+/// A store that answers 503 to everything is asked `ATTEMPTS` times, then the error comes.
+#[tokio::test]
+async fn a_busy_store_is_tried_again_with_backoff_then_an_error() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let c = S3Client::new(&config("ferry-test-x", url)).unwrap();
+    let err = c.head_bucket().await.unwrap_err().to_string();
+    assert!(err.contains("503"), "{err}");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        retry::ATTEMPTS,
+        "every attempt reached the store"
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_store_is_tried_a_few_times_then_an_error() {
     // A port nothing listens on.
@@ -233,4 +264,63 @@ async fn a_part_sent_but_never_recorded_is_never_part_of_the_object() {
     assert!(got == kept, "the object is the second writer's bytes only");
     store.delete(id, &at).await.unwrap();
     assert_eq!(c.list_objects(&prefix).await.unwrap(), Vec::new());
+}
+
+/// A length that is a whole number of parts: nothing is staged at the end, and the object is
+/// completed from the parts alone; then a writer that resumes after a staged checkpoint.
+#[tokio::test]
+async fn whole_parts_only_and_a_resume_after_a_staged_checkpoint() {
+    use crate::data::{DataStore, Fence, WriteMode};
+    let part = super::plan::part_size(1) as usize;
+    let (c, prefix) = fresh_bucket().await;
+    let spool = tempfile::tempdir().unwrap();
+    let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
+    let id = ferry_proto::UploadId::from_bytes([0x3c; 16]);
+    let data = pattern(2 * part, 6);
+    let created = store.create(id, true).await.unwrap();
+    // Half a part, committed (staged); then a new writer, as after a restart, does the rest.
+    let mut w = store
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Epoch(1),
+        )
+        .await
+        .unwrap();
+    w.write(data[..part / 2].to_vec()).await.unwrap();
+    let at = w.checkpoint(true).await.unwrap();
+    drop(w);
+    let mut w = store
+        .open_writer(
+            id,
+            &at,
+            WriteMode::Append {
+                offset: (part / 2) as u64,
+            },
+            Fence::Epoch(2),
+        )
+        .await
+        .unwrap();
+    for piece in data[part / 2..].chunks(512 * 1024) {
+        w.write(piece.to_vec()).await.unwrap();
+    }
+    let at = w.checkpoint(true).await.unwrap();
+    let place: serde_json::Value = at.0.clone();
+    assert_eq!(place["parts"].as_array().map(Vec::len), Some(2), "{place}");
+    assert!(
+        place.get("staged").is_none(),
+        "nothing left to stage: {place}"
+    );
+    let at = store.finish(id, &at, data.len() as u64).await.unwrap();
+    let got = read(store.read(id, &at, 0, data.len() as u64).await.unwrap()).await;
+    assert!(got == data, "byte-exact");
+    // The staged piece of the first writer went with the finish.
+    assert_eq!(
+        c.list_objects(&format!("{prefix}{id}.staged/"))
+            .await
+            .unwrap(),
+        Vec::new()
+    );
+    store.delete(id, &at).await.unwrap();
 }

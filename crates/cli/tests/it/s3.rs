@@ -1,0 +1,138 @@
+//! `ferry serve --store s3://…` on a real S3-compatible store: SeaweedFS, started by
+//! `scripts/test.sh` (`FERRY_TEST_S3_ENDPOINT`; by hand: `scripts/seaweedfs.sh start DIR`).
+
+use crate::support::upload::*;
+use crate::support::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CREDS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "ferry"),
+    ("AWS_SECRET_ACCESS_KEY", "ferry-secret"),
+];
+
+fn endpoint() -> String {
+    std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "FERRY_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, or start \
+             SeaweedFS with `scripts/seaweedfs.sh start DIR` and export the URL it prints"
+        )
+    })
+}
+
+/// A prefix of this test's own in the tests' bucket (which the store tests create too).
+fn fresh_store() -> String {
+    // Unique enough: the process id and the time, in one bucket shared by the tests.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("s3://ferry-tests/it-{}-{nanos}", std::process::id())
+}
+
+/// `ferry serve` on `store`, or the run's end when it does not start.
+fn serve_s3(store: &str) -> Server {
+    let e = endpoint();
+    let args = ["--store", store, "--s3-endpoint", &e, "--sync", "none"];
+    Server::start_with_env(&args, &CREDS)
+}
+
+/// Makes the tests' bucket if no test has yet (the store's own tests create it too).
+fn ensure_bucket() {
+    use ferry_store::s3::{S3Client, S3Config};
+    let c = S3Client::new(&S3Config {
+        endpoint: endpoint().parse().unwrap(),
+        bucket: "ferry-tests".into(),
+        region: "us-east-1".into(),
+        path_style: true,
+        key: CREDS[0].1.into(),
+        secret: CREDS[1].1.into(),
+        token: None,
+    })
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        if c.head_bucket().await.is_err() {
+            let _ = c.create_bucket().await;
+        }
+    });
+}
+
+#[test]
+fn uploads_go_to_the_bucket_and_come_back_byte_exact() {
+    ensure_bucket();
+    let server = serve_s3(&fresh_store());
+    let env = Env::new();
+    // Several 8 MiB parts, PATCHes of 4 MiB (staged between parts), a last part under 5 MiB.
+    let (f, sha) = env.file("big", 21 * MIB + 7, 41);
+    let done = env
+        .upload(&[&f], &server.files_url, &["--chunk-size", "4M", "-j", "1"])
+        .wait(RUN_LIMIT)
+        .ok();
+    assert_uploaded(&env, &done.url(), &sha);
+    // Parallel streams: partials and a final read across their objects.
+    let (g, g_sha) = env.file("parallel", 19 * MIB + 3, 42);
+    let done = env
+        .upload(&[&g], &server.files_url, &["-j", "4"])
+        .wait(RUN_LIMIT)
+        .ok();
+    assert_uploaded(&env, &done.url(), &g_sha);
+    // An empty file is an empty object.
+    let (h, h_sha) = env.file("empty", 0, 43);
+    let done = env
+        .upload(&[&h], &server.files_url, &[])
+        .wait(RUN_LIMIT)
+        .ok();
+    assert_uploaded(&env, &done.url(), &h_sha);
+}
+
+#[test]
+fn a_store_that_is_not_there_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = endpoint();
+    let run = |store: &str, envs: &[(&str, &str)]| {
+        let mut child = KillOnDrop(
+            Command::new(ferry_bin())
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.path())
+                .args(["--store", store, "--s3-endpoint", &e])
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .envs(envs.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "ferry serve kept running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status.code(), err)
+    };
+    let (code, err) = run("s3://ferry-none-such-bucket", &CREDS);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ferry-none-such-bucket does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let (code, err) = run("s3://ferry-tests", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    ensure_bucket();
+    let wrong = [CREDS[0], ("AWS_SECRET_ACCESS_KEY", "not-the-secret")];
+    let (code, err) = run("s3://ferry-tests", &wrong);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("access denied"), "{err}");
+}
