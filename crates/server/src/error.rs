@@ -167,6 +167,15 @@ impl From<StoreError> for ApiError {
             // ENOSPC/EDQUOT: the store turns them into `StorageFull`; an `Io` that still
             // carries the kind (wrapped elsewhere) is the same condition.
             StoreError::StorageFull => storage_full(),
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %ferry_proto::id::redact_ids(&why), "data store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the storage service is unavailable: the bytes committed so far are kept \
+                     (see Upload-Offset); try again",
+                )
+                .with_header(header::RETRY_AFTER, 5)
+            }
             StoreError::Io(e)
                 if matches!(
                     e.kind(),

@@ -116,6 +116,10 @@ pub enum StoreError {
     /// The metadata database was written by a newer ferry, or cannot be read.
     #[error("metadata store: {0}")]
     Metadata(String),
+    /// The data store is a service that cannot be reached, or keeps failing, after the
+    /// retries inside ferry: a passing state (the client tries again later), never data lost.
+    #[error("the data store is unavailable: {0}")]
+    Unavailable(String),
     /// Any other I/O failure.
     #[error("I/O error: {0}")]
     Io(std::io::Error),

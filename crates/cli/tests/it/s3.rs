@@ -39,23 +39,7 @@ fn serve_s3(store: &str) -> Server {
 
 /// Makes the tests' bucket if no test has yet (the store's own tests create it too).
 fn ensure_bucket() {
-    use ferry_store::s3::{S3Client, S3Config};
-    let c = S3Client::new(&S3Config {
-        endpoint: endpoint().parse().unwrap(),
-        bucket: "ferry-tests".into(),
-        region: "us-east-1".into(),
-        path_style: true,
-        key: CREDS[0].1.into(),
-        secret: CREDS[1].1.into(),
-        token: None,
-    })
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        if c.head_bucket().await.is_err() {
-            let _ = c.create_bucket().await;
-        }
-    });
+    make_bucket(&endpoint());
 }
 
 #[test]
@@ -135,4 +119,90 @@ fn a_store_that_is_not_there_exits_2_naming_it() {
     let (code, err) = run("s3://ferry-tests", &wrong);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("access denied"), "{err}");
+}
+
+/// SeaweedFS (one of this test's own) stopped for 10 s in the middle of an upload: ferry
+/// answers 503 with the committed offset meanwhile, never 500, and `ferry upload` finishes
+/// byte-exact once the store is back on the same ports.
+#[test]
+fn a_store_down_for_10_s_is_waited_out() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let sw = dir.path().join("seaweedfs");
+    let script = |cmd: &str| {
+        let out = Command::new("bash")
+            .arg(root.join("scripts/seaweedfs.sh"))
+            .args([cmd, sw.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "seaweedfs.sh {cmd}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    struct Stop<F: Fn()>(F);
+    impl<F: Fn()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let url = script("start");
+    let _stop = Stop(|| {
+        let _ = Command::new("bash")
+            .arg(root.join("scripts/seaweedfs.sh"))
+            .args(["stop", sw.to_str().unwrap()])
+            .status();
+    });
+    make_bucket(&url);
+    let server = Server::start_with_env(
+        &[
+            "--store",
+            "s3://ferry-tests/down",
+            "--s3-endpoint",
+            &url,
+            "--sync",
+            "none",
+        ],
+        &CREDS,
+    );
+    let env = Env::new();
+    let (f, sha) = env.file("f", 24 * MIB + 5, 44);
+    let mut run = env.upload(
+        &[&f],
+        &server.files_url,
+        &["--limit-rate", "4M", "--chunk-size", "2M", "-j", "1"],
+    );
+    wait_committed(&env, 6 * MIB, &mut run);
+    script("stop");
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(!run.exited(), "the client waited: {}", run.stderr());
+    script("start");
+    let done = run.wait(3 * RUN_LIMIT).ok();
+    assert_uploaded(&env, &done.url(), &sha);
+    let log = server.log();
+    assert!(log.contains("data store unavailable"), "{log}");
+    assert!(!log.contains("internal error; reference"), "no 500: {log}");
+    assert!(
+        !log.contains("X-Amz-Signature"),
+        "no presigned URL in the log: {log}"
+    );
+}
+
+/// Creates the tests' bucket on the store at `url` (signed, as the store checks).
+fn make_bucket(url: &str) {
+    use ferry_store::s3::{S3Client, S3Config};
+    let c = S3Client::new(&S3Config {
+        endpoint: url.parse().unwrap(),
+        bucket: "ferry-tests".into(),
+        region: "us-east-1".into(),
+        path_style: true,
+        key: CREDS[0].1.into(),
+        secret: CREDS[1].1.into(),
+        token: None,
+    })
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        if c.head_bucket().await.is_err() {
+            let _ = c.create_bucket().await;
+        }
+    });
 }

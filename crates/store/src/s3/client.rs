@@ -110,8 +110,8 @@ pub struct S3Client {
     http: reqwest::Client,
 }
 
-/// What the store answered, when it was not a success.
-fn refused(what: &str, status: u16, body: &str) -> StoreError {
+/// What the store answered, when it was not a success: `S3 {what}: {status} {code} {message}`.
+fn refusal(what: &str, status: u16, body: &str) -> String {
     let field = |name: &str| {
         let open = format!("<{name}>");
         let start = body.find(&open)? + open.len();
@@ -120,13 +120,17 @@ fn refused(what: &str, status: u16, body: &str) -> StoreError {
     };
     let code = field("Code").unwrap_or_default();
     let message = field("Message").unwrap_or_default();
-    StoreError::Io(std::io::Error::other(format!(
-        "S3 {what}: {status} {code} {message}"
-    )))
+    format!("S3 {what}: {status} {code} {message}")
 }
 
-fn no_answer(what: &str, e: &reqwest::Error) -> StoreError {
-    StoreError::Io(std::io::Error::other(format!("S3 {what}: {e}")))
+fn refused(what: &str, status: u16, body: &str) -> StoreError {
+    StoreError::Io(std::io::Error::other(refusal(what, status, body)))
+}
+
+/// A request that got no answer. Never with its URL: a presigned URL is a credential for as
+/// long as it is valid.
+fn no_answer(what: &str, e: reqwest::Error) -> String {
+    format!("S3 {what}: {}", e.without_url())
 }
 
 impl S3Client {
@@ -199,21 +203,22 @@ impl S3Client {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let text = resp.text().await.unwrap_or_default();
-                    (Outcome::Status(status), refused(what, status, &text))
+                    (Outcome::Status(status), refusal(what, status, &text))
                 }
-                Err(e) => (Outcome::NoAnswer, no_answer(what, &e)),
+                Err(e) => (Outcome::NoAnswer, no_answer(what, e)),
             };
-            let wait = match retry::transient(outcome) {
-                true => retry::backoff(attempt, random()),
-                false => None,
-            };
-            match wait {
+            if !retry::transient(outcome) {
+                return Err(StoreError::Io(std::io::Error::other(error)));
+            }
+            match retry::backoff(attempt, random()) {
                 Some(wait) => {
                     tracing::debug!(what, attempt, error = %error, "S3 request tried again");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                None => return Err(error),
+                // Still throttled, failing or unreachable after every attempt: unavailable
+                // (503 to the client, who tries again later), not an internal error.
+                None => return Err(StoreError::Unavailable(error)),
             }
         }
     }
@@ -226,7 +231,9 @@ impl S3Client {
         body: Option<Body>,
     ) -> Result<String> {
         let resp = self.send(what, method, url, body, &[]).await?;
-        resp.text().await.map_err(|e| no_answer(what, &e))
+        resp.text()
+            .await
+            .map_err(|e| StoreError::Unavailable(no_answer(what, e)))
     }
 
     /// Creates the bucket (tests and first-time setups).
