@@ -80,6 +80,12 @@ impl From<Bytes> for Body {
     }
 }
 
+impl From<Vec<u8>> for Body {
+    fn from(b: Vec<u8>) -> Self {
+        Body::Bytes(b.into())
+    }
+}
+
 /// One part of a multipart upload, as the store lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedPart {

@@ -434,16 +434,46 @@ impl DataStore for S3DataStore {
         Ok(())
     }
 
+    /// Every upload the bucket holds anything of under the prefix: its object (with its size),
+    /// staged pieces or multipart uploads (size 0 when there is no object). What no record
+    /// owns is deleted at startup (`Uploads::remove_orphaned_data`): the leftovers of a crash
+    /// between CreateMultipartUpload and the record's commit, of a deletion cut short, or of a
+    /// creation whose answer was lost.
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
         let prefix = &self.inner.prefix;
-        let objects = self.inner.client.list_objects(prefix).await?;
-        Ok(objects
-            .into_iter()
-            .filter_map(|(key, size)| {
-                let id = UploadId::parse(key.strip_prefix(prefix.as_str())?).ok()?;
-                Some((id, size))
-            })
-            .collect())
+        let c = &self.inner.client;
+        let id_of = |key: &str| -> Option<UploadId> {
+            let rest = key.strip_prefix(prefix.as_str())?;
+            let name = rest.split_once(".staged/").map_or(rest, |(id, _)| id);
+            UploadId::parse(name).ok()
+        };
+        let mut found = std::collections::BTreeMap::new();
+        for (key, size) in c.list_objects(prefix).await? {
+            if let Some(id) = id_of(&key) {
+                let staged = key.contains(".staged/");
+                let entry = found.entry(id).or_insert(0);
+                if !staged {
+                    *entry = size;
+                }
+            }
+        }
+        for u in c.list_uploads(prefix).await? {
+            if let Some(id) = id_of(&u.key) {
+                found.entry(id).or_insert(0);
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        // No upload id: `delete` aborts every multipart upload of the key it lists.
+        Some(
+            Place {
+                key: self.key(id),
+                ..Place::default()
+            }
+            .locator(),
+        )
     }
 }
 

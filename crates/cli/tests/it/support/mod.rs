@@ -83,6 +83,18 @@ impl Server {
         s
     }
 
+    /// [`start_in`](Self::start_in) with environment variables for the server process only.
+    pub fn start_in_with_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let args = args.iter().map(|s| s.to_string()).collect();
+        let envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let stderr_path = data_dir.with_extension(format!("stderr.{}", std::process::id()));
+        Self::spawn_with_env(data_dir.to_path_buf(), args, None, stderr_path, envs)
+            .expect("server starts")
+    }
+
     fn spawn(
         data_dir: PathBuf,
         args: Vec<String>,
