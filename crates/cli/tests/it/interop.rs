@@ -320,6 +320,28 @@ fn full_upload(client: Client, args: &[&str], seed: u64) {
     assert_stored(&server, &url, &sha);
 }
 
+/// The same upload into `ferry serve --store s3://…` (SeaweedFS): tus-js-client's 1 MiB
+/// chunks are each staged, and parts are assembled from the staged pieces.
+fn full_upload_to_s3(client: Client, args: &[&str], seed: u64) {
+    client.command();
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, sha) = random_file(tmp.path(), "source.bin", SIZE, seed);
+    crate::s3::ensure_bucket();
+    let server = crate::s3::serve_s3(&crate::s3::fresh_store());
+    let (url, _) = upload_ok(client, &server, &server.files_url, &file, args);
+    assert_stored(&server, &url, &sha);
+}
+
+#[test]
+fn tus_js_1mib_chunks_to_s3() {
+    full_upload_to_s3(Client::TusJs, &["--chunk-size", "1048576"], 0x1011);
+}
+
+#[test]
+fn tuspy_8mib_chunks_to_s3() {
+    full_upload_to_s3(Client::Tuspy, &["--chunk-size", CHUNK], 0x1013);
+}
+
 #[test]
 fn tus_js_default_options() {
     full_upload(Client::TusJs, &[], 0x1001);

@@ -21,7 +21,7 @@ fn endpoint() -> String {
 }
 
 /// A prefix of this test's own in the tests' bucket (which the store tests create too).
-fn fresh_store() -> String {
+pub(crate) fn fresh_store() -> String {
     // Unique enough: the process id and the time, in one bucket shared by the tests.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -31,14 +31,14 @@ fn fresh_store() -> String {
 }
 
 /// `ferry serve` on `store`, or the run's end when it does not start.
-fn serve_s3(store: &str) -> Server {
+pub(crate) fn serve_s3(store: &str) -> Server {
     let e = endpoint();
     let args = ["--store", store, "--s3-endpoint", &e, "--sync", "none"];
     Server::start_with_env(&args, &CREDS)
 }
 
 /// Makes the tests' bucket if no test has yet (the store's own tests create it too).
-fn ensure_bucket() {
+pub(crate) fn ensure_bucket() {
     make_bucket(&endpoint());
 }
 
@@ -287,4 +287,24 @@ fn s3_client(url: &str) -> ferry_store::s3::S3Client {
         token: None,
     })
     .unwrap()
+}
+
+/// ferry SIGKILLed in the middle of an upload to S3 and started again on the same port: the
+/// upload resumes from what was acknowledged (parts and staged pieces in the record) and ends
+/// byte-exact.
+#[test]
+fn a_server_killed_mid_upload_resumes_byte_exact() {
+    ensure_bucket();
+    let mut server = serve_s3(&fresh_store());
+    let env = Env::new();
+    let (f, sha) = env.file("f", 30 * MIB + 9, 45);
+    let mut run = env.upload(
+        &[&f],
+        &server.files_url,
+        &["--limit-rate", "6M", "--chunk-size", "3M", "-j", "1"],
+    );
+    wait_committed(&env, 11 * MIB, &mut run);
+    server.restart_same_port_after_kill();
+    let done = run.wait(2 * RUN_LIMIT).ok();
+    assert_uploaded(&env, &done.url(), &sha);
 }

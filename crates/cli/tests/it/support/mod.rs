@@ -32,6 +32,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
+    /// Environment variables set for the server process only; restarts set them again.
+    envs: Vec<(String, String)>,
     stderr_path: PathBuf,
 }
 
@@ -66,8 +68,7 @@ impl Server {
     }
 
     /// Starts a server on a fresh temp data dir with extra `args` and environment variables
-    /// (e.g. `FERRY_MAX_SIZE`) set for the server process only. (A later
-    /// [`restart_after_kill`](Self::restart_after_kill) does not repeat them.)
+    /// (e.g. `FERRY_MAX_SIZE`) set for the server process only; restarts set them again.
     pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
@@ -81,6 +82,13 @@ impl Server {
             Self::spawn_with_env(data_dir, args, None, stderr_path, envs).expect("server starts");
         s._tmp = Some(tmp);
         s
+    }
+
+    fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     /// [`start_in`](Self::start_in) with environment variables for the server process only.
@@ -139,7 +147,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .env_remove("FERRY_CONFIG")
-            .envs(envs)
+            .envs(envs.clone())
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
         let stdout = child.stdout.take().unwrap();
@@ -179,6 +187,7 @@ impl Server {
             data_dir,
             _tmp: None,
             args,
+            envs,
             stderr_path,
         })
     }
@@ -226,7 +235,7 @@ impl Server {
     pub fn restart_after_kill(&mut self) {
         self.kill9();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let mut next = Self::start_in(&self.data_dir, &args);
+        let mut next = Self::start_in_with_env(&self.data_dir, &args, &self.env_refs());
         self.child = next.child.take();
         self.stdin = next.stdin.take();
         self.addr = next.addr;
@@ -245,7 +254,7 @@ impl Server {
             .collect();
         args.extend(["--listen".into(), self.addr.to_string()]);
         let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut next = Self::start_in(&self.data_dir, &args_ref);
+        let mut next = Self::start_in_with_env(&self.data_dir, &args_ref, &self.env_refs());
         self.child = next.child.take();
         self.stdin = next.stdin.take();
     }
