@@ -148,8 +148,9 @@ pub struct ServeArgs {
     exit_on_stdin_close: bool,
 }
 
-/// The TOML file's shape: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
+/// The TOML file's shape: the same settings as the flags. No `Debug`: it may hold S3
+/// credentials.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,

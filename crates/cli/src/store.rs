@@ -27,8 +27,9 @@ pub struct StoreArgs {
     s3_path_style: Option<bool>,
 }
 
-/// The same settings in the config file, plus the credentials (keys of `FileConfig`).
-#[derive(Debug, Default)]
+/// The same settings in the config file, plus the credentials (keys of `FileConfig`). No
+/// `Debug`: it holds the secret.
+#[derive(Default)]
 pub struct StoreFile {
     pub store: Option<String>,
     pub s3_endpoint: Option<String>,
@@ -109,8 +110,25 @@ pub fn resolve(
     if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
         bail!("--s3-endpoint {endpoint}: an http:// or https:// URL with a host");
     }
-    let key = env("AWS_ACCESS_KEY_ID").or(file.s3_access_key_id);
-    let secret = env("AWS_SECRET_ACCESS_KEY").or(file.s3_secret_access_key);
+    if !endpoint.username().is_empty() || endpoint.password().is_some() {
+        bail!(
+            "--s3-endpoint: no user or password in the URL (credentials go in AWS_* or the config file)"
+        );
+    }
+    // All from one place: the environment when it names a key, else the file (a key from one
+    // and a secret or token from the other would fail as a confusing 403).
+    let (key, secret, token) = match env("AWS_ACCESS_KEY_ID") {
+        Some(key) => (
+            Some(key),
+            env("AWS_SECRET_ACCESS_KEY"),
+            env("AWS_SESSION_TOKEN"),
+        ),
+        None => (
+            file.s3_access_key_id,
+            file.s3_secret_access_key,
+            file.s3_session_token,
+        ),
+    };
     let (Some(key), Some(secret)) = (key, secret) else {
         bail!(
             "--store {url}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
@@ -125,7 +143,7 @@ pub fn resolve(
             path_style,
             key,
             secret,
-            token: env("AWS_SESSION_TOKEN").or(file.s3_session_token),
+            token,
         }),
         prefix,
     })
@@ -152,12 +170,38 @@ pub async fn open(
     let StoreChoice::S3 { config, prefix } = choice else {
         return Ok(None);
     };
+    use ferry_store::s3::AccessError;
     let client = ferry_store::s3::S3Client::new(config)?;
     // A writer spools what it receives here before it goes to the bucket.
     let store = ferry_store::s3::S3DataStore::new(client, prefix, &data_dir.join("s3-spool"))?;
-    store.check_access().await.map_err(SetupError)?;
+    let owner = owner_id(data_dir)?;
+    let checked = match store.check_access().await {
+        Ok(()) => store.claim(&owner).await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(()) => {}
+        Err(AccessError::Setup(why)) => return Err(SetupError(why).into()),
+        Err(AccessError::Unavailable(why)) => bail!("{why}"),
+    }
     tracing::info!(bucket = %config.bucket, prefix = %prefix, endpoint = %config.endpoint, "uploads go to S3");
     Ok(Some(std::sync::Arc::new(store)))
+}
+
+/// This data directory's id (`s3-owner`, made on first use), which the prefix's owner marker
+/// names.
+fn owner_id(data_dir: &std::path::Path) -> Result<String> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join("s3-owner");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }
 
 #[cfg(test)]

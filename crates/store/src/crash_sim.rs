@@ -133,6 +133,10 @@ impl CrashSimDataStore {
 
 #[async_trait]
 impl DataStore for CrashSimDataStore {
+    fn identity(&self) -> String {
+        self.sim.inner.identity()
+    }
+
     fn capabilities(&self) -> DataCapabilities {
         self.sim.inner.capabilities()
     }

@@ -117,6 +117,12 @@ pub trait DataStore: Send + Sync + 'static {
     /// What this store supports.
     fn capabilities(&self) -> DataCapabilities;
 
+    /// Which store this is (`local`, `s3://BUCKET/PREFIX`). A data directory's metadata is
+    /// bound to the store its records' locators belong to, and refuses another: records of
+    /// S3 uploads read with the local store (or the other way round) would look like lost data
+    /// and be repaired or swept away.
+    fn identity(&self) -> String;
+
     /// Bytes free for new data, if the store can tell (local disks can; object stores
     /// cannot). Checked when an upload declares its length, so it is refused at creation
     /// rather than running out of space half-way.

@@ -104,6 +104,10 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 #[async_trait]
 impl DataStore for LocalDataStore {
+    fn identity(&self) -> String {
+        "local".into()
+    }
+
     fn capabilities(&self) -> DataCapabilities {
         DataCapabilities::ALL
     }

@@ -33,6 +33,9 @@ const MIGRATION_PAGE: usize = 1024;
 
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 const INFO: TableDefinition<&str, u64> = TableDefinition::new("ferry");
+/// Which data store the records' locators belong to (`store` → `local`, `s3://…`).
+const BINDING: TableDefinition<&str, &str> = TableDefinition::new("binding");
+const STORE_KEY: &str = "store";
 const LAYOUT_KEY: &str = "layout_version";
 
 /// Most changes committed in one transaction.
@@ -203,6 +206,40 @@ impl RedbMetaStore {
             ops: Some(tx),
             writer: Some(writer),
         })
+    }
+
+    /// Binds this database to the data store `identity` on first use, and refuses another
+    /// store later. A database with records but no binding predates bindings: its data is
+    /// on local disk.
+    pub fn bind_store(&self, identity: &str) -> Result<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut binding = txn.open_table(BINDING).map_err(db_err)?;
+            let bound = binding
+                .get(STORE_KEY)
+                .map_err(db_err)?
+                .map(|v| v.value().to_string());
+            let bound = match bound {
+                Some(b) => Some(b),
+                None => {
+                    let uploads = txn.open_table(UPLOADS).map_err(db_err)?;
+                    let any = uploads.first().map_err(db_err)?.is_some();
+                    any.then(|| "local".to_string())
+                }
+            };
+            match bound {
+                Some(b) if b == identity => {}
+                Some(b) => {
+                    return Err(StoreError::Metadata(format!(
+                        "this data directory's uploads are in {b}, not {identity}: use the \
+                         --store it was made with, or another --data-dir"
+                    )));
+                }
+                None => {}
+            }
+            binding.insert(STORE_KEY, identity).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
     }
 
     fn send(&self, op: Op) -> Result<()> {
@@ -687,6 +724,45 @@ mod tests {
             let broken = serde_json::to_vec(&broken).unwrap();
             assert!(decode(info.id, &broken).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_database_is_bound_to_one_data_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.redb");
+        {
+            let store = RedbMetaStore::open(&path).unwrap();
+            store.bind_store("s3://b/p/").unwrap();
+            store.bind_store("s3://b/p/").expect("the same store again");
+            let err = store.bind_store("local").unwrap_err().to_string();
+            assert!(err.contains("uploads are in s3://b/p/, not local"), "{err}");
+        }
+        // Records but no binding: made before bindings, by the local store.
+        let path = dir.path().join("old.redb");
+        let store = RedbMetaStore::open(&path).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let info = UploadInfo {
+            id: UploadId::from_bytes([4; 16]),
+            length: None,
+            offset: 0,
+            metadata: Metadata::default(),
+            protocol: Protocol::Tus,
+            kind: UploadKind::Regular,
+            received: None,
+            created_ms: 1,
+            updated_ms: 1,
+            expires_ms: None,
+            digests: Digests::new(),
+            finals: Vec::new(),
+            deleted: false,
+            running_crc: None,
+            locator: crate::data::Locator::none(),
+            finish_pending: false,
+        };
+        rt.block_on(store.insert(&info)).unwrap();
+        let err = store.bind_store("s3://b/p/").unwrap_err().to_string();
+        assert!(err.contains("uploads are in local"), "{err}");
+        store.bind_store("local").unwrap();
     }
 
     /// A layout-1 database with a regular upload and a final: opened without its data store

@@ -158,6 +158,10 @@ struct FaultyData {
 
 #[async_trait]
 impl DataStore for FaultyData {
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+
     fn capabilities(&self) -> DataCapabilities {
         (*self.faults.caps.lock().unwrap()).unwrap_or_else(|| self.inner.capabilities())
     }

@@ -82,8 +82,13 @@ impl Uploads {
     ) -> Result<Self> {
         // A layout-1 directory (before locators were recorded) migrates here, where both
         // stores are known: its files are where the local store derives them.
-        let meta =
-            RedbMetaStore::open_migrating(&dir.join("ferry.redb"), &|id| data.derived_locator(id))?;
+        // Layout 1 knew only the local store: another store cannot place its records.
+        let identity = data.identity();
+        let local = identity == "local";
+        let meta = RedbMetaStore::open_migrating(&dir.join("ferry.redb"), &|id| {
+            local.then(|| data.derived_locator(id)).flatten()
+        })?;
+        meta.bind_store(&identity)?;
         if sync.syncs_data() {
             crate::local::sync_dir(dir)?;
         }

@@ -15,8 +15,8 @@ use std::time::Duration;
 /// How long a presigned URL stays valid: longer than any retried request takes.
 const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 
-/// Where the bucket is and who we are.
-#[derive(Debug, Clone)]
+/// Where the bucket is and who we are. Its `Debug` leaves the secret and the token out.
+#[derive(Clone)]
 pub struct S3Config {
     /// The service (`https://s3.eu-west-1.amazonaws.com`, `http://127.0.0.1:8333`).
     pub endpoint: Url,
@@ -83,6 +83,18 @@ impl From<Bytes> for Body {
 impl From<Vec<u8>> for Body {
     fn from(b: Vec<u8>) -> Self {
         Body::Bytes(b.into())
+    }
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -280,7 +292,10 @@ impl S3Client {
         let resp = self
             .send("GetObject", Method::GET, url, None, &[("range", range)])
             .await?;
-        Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
+        Ok(Box::pin(
+            resp.bytes_stream()
+                .map_err(|e| std::io::Error::other(e.without_url())),
+        ))
     }
 
     /// The size of an object, or `None` if there is none.

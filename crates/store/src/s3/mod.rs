@@ -10,4 +10,4 @@ mod store;
 mod tests;
 
 pub use client::{Body, ListedPart, ListedUpload, S3Client, S3Config};
-pub use store::S3DataStore;
+pub use store::{AccessError, S3DataStore};

@@ -135,24 +135,30 @@ impl S3DataStore {
 
     /// Checks that the bucket is there and that ferry may write, list multipart uploads and
     /// delete in it (with an object of its own under the prefix). The error is one line
-    /// naming the bucket and what is missing.
-    pub async fn check_access(&self) -> std::result::Result<(), String> {
+    /// naming the bucket and what is missing; `Setup` when a setting or a permission is wrong,
+    /// `Unavailable` when the store could not be reached (try again later).
+    pub async fn check_access(&self) -> std::result::Result<(), AccessError> {
         let c = &self.inner.client;
         let bucket = c.bucket_name();
-        let status = |e: &StoreError| {
-            let text = e.to_string();
-            ["404", "403", "400"]
-                .into_iter()
-                .find(|s| text.contains(&format!(": {s} ")))
+        let setup = |why: String| AccessError::Setup(why);
+        let fail = |e: StoreError, why: String| match e {
+            StoreError::Unavailable(_) => AccessError::Unavailable(format!("{why}: {e}")),
+            e => AccessError::Setup(format!("{why}: {e}")),
         };
         if let Err(e) = c.head_bucket().await {
-            return Err(match status(&e) {
-                Some("404") => format!("S3 bucket {bucket} does not exist (--store)"),
-                Some("403") => format!(
+            let text = e.to_string();
+            return Err(if text.contains(": 404 ") {
+                setup(format!("S3 bucket {bucket} does not exist (--store)"))
+            } else if text.contains(": 403 ") {
+                setup(format!(
                     "S3 bucket {bucket}: access denied (check AWS_ACCESS_KEY_ID, \
                      AWS_SECRET_ACCESS_KEY and --s3-region)"
-                ),
-                _ => format!("S3 bucket {bucket} cannot be reached (--s3-endpoint?): {e}"),
+                ))
+            } else {
+                fail(
+                    e,
+                    format!("S3 bucket {bucket} cannot be reached (--s3-endpoint?)"),
+                )
             });
         }
         let mut b = [0u8; 8];
@@ -164,20 +170,86 @@ impl S3DataStore {
         );
         c.put_object(&probe, Bytes::from_static(b"ferry"))
             .await
-            .map_err(|e| format!("S3 bucket {bucket}: cannot write (s3:PutObject): {e}"))?;
-        c.list_uploads(&self.inner.prefix).await.map_err(|e| {
-            format!("S3 bucket {bucket}: cannot list multipart uploads (s3:ListBucketMultipartUploads): {e}")
-        })?;
-        c.delete_object(&probe)
-            .await
-            .map_err(|e| format!("S3 bucket {bucket}: cannot delete (s3:DeleteObject): {e}"))?;
-        Ok(())
+            .map_err(|e| {
+                fail(
+                    e,
+                    format!("S3 bucket {bucket}: cannot write (s3:PutObject)"),
+                )
+            })?;
+        let listed = c.list_uploads(&self.inner.prefix).await.map_err(|e| {
+            fail(
+                e,
+                format!(
+                    "S3 bucket {bucket}: cannot list multipart uploads \
+                     (s3:ListBucketMultipartUploads)"
+                ),
+            )
+        });
+        let deleted = c.delete_object(&probe).await.map_err(|e| {
+            fail(
+                e,
+                format!("S3 bucket {bucket}: cannot delete (s3:DeleteObject)"),
+            )
+        });
+        listed.and(deleted).map(|_| ())
+    }
+
+    /// Claims the prefix for the data directory `owner` names (an object
+    /// `{prefix}.ferry-owner` holding it): a prefix written by another data directory would
+    /// look, to this one's records, like data nobody owns, and be swept away.
+    pub async fn claim(&self, owner: &str) -> std::result::Result<(), AccessError> {
+        let c = &self.inner.client;
+        let key = format!("{}.ferry-owner", self.inner.prefix);
+        let unavailable = |e: StoreError| AccessError::Unavailable(e.to_string());
+        match c.head_size(&key).await.map_err(unavailable)? {
+            None => {
+                c.put_object(&key, owner.as_bytes().to_vec())
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+            Some(size) => {
+                let mut s = c.get_range(&key, 0, size).await.map_err(unavailable)?;
+                let mut found = Vec::new();
+                while let Some(chunk) = s.next().await {
+                    found.extend_from_slice(&chunk.map_err(|e| unavailable(e.into()))?);
+                }
+                if found == owner.as_bytes() {
+                    return Ok(());
+                }
+                Err(AccessError::Setup(format!(
+                    "{} belongs to another ferry data directory ({key} names it): give each \
+                     data directory a prefix of its own, or delete {key} if that directory is gone \
+                     for good",
+                    self.identity()
+                )))
+            }
+        }
     }
 
     fn key(&self, id: UploadId) -> String {
         format!("{}{id}", self.inner.prefix)
     }
 }
+
+/// Why the store cannot be used.
+#[derive(Debug)]
+pub enum AccessError {
+    /// A setting or permission is wrong: fix it and start again.
+    Setup(String),
+    /// The store cannot be reached now.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for AccessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessError::Setup(why) | AccessError::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for AccessError {}
 
 /// A named temporary file in the spool directory (a part is sent from it by path).
 fn spool_file(dir: &Path) -> Result<Arc<tempfile::NamedTempFile>> {
@@ -214,6 +286,14 @@ async fn fenced<T>(fence: &Option<Fenced>, f: impl Future<Output = Result<T>>) -
 
 #[async_trait]
 impl DataStore for S3DataStore {
+    fn identity(&self) -> String {
+        format!(
+            "s3://{}/{}",
+            self.inner.client.bucket_name(),
+            self.inner.prefix
+        )
+    }
+
     fn capabilities(&self) -> DataCapabilities {
         DataCapabilities {
             // Ranges in any order need pieces composed at completion: not yet.
@@ -480,6 +560,17 @@ impl DataStore for S3DataStore {
 /// The place of a completed object: every staged piece of it deleted (best effort: a piece
 /// left behind is an orphan the reconciler removes), nothing but the key kept.
 async fn finished(place: &mut Place, c: &S3Client) -> Locator {
+    // A CreateMultipartUpload answered after its request was retried leaves a second upload.
+    match c.list_uploads(&place.key).await {
+        Ok(uploads) => {
+            for u in uploads.iter().filter(|u| u.key == place.key) {
+                if let Err(e) = c.abort(&place.key, &u.upload_id).await {
+                    tracing::warn!(key = %place.key, error = %e, "aborting a spare multipart upload failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(key = %place.key, error = %e, "listing multipart uploads failed"),
+    }
     match c.list_objects(&format!("{}.staged/", place.key)).await {
         Ok(pieces) => {
             for (key, _) in pieces {

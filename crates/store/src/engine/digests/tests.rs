@@ -43,6 +43,10 @@ struct Counting {
 
 #[async_trait]
 impl DataStore for Counting {
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+
     fn capabilities(&self) -> DataCapabilities {
         self.inner.capabilities()
     }
