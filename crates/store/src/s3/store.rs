@@ -102,6 +102,36 @@ struct Inner {
     /// Where writers spool what they receive.
     spool: PathBuf,
     fences: Fences,
+    /// This store's hold on the spool directory, for as long as it lives.
+    _spool_lock: std::fs::File,
+}
+
+/// Takes the spool directory (an exclusive lock on `.lock` in it) and empties it of what a
+/// process that died left there: spool files are temporary, and one can be as large as a part.
+/// Another live store on the same directory is refused.
+fn claim_spool(spool: &Path) -> Result<std::fs::File> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.join(".lock"))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Metadata(format!(
+                "another ferry process is using {}",
+                spool.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    for entry in std::fs::read_dir(spool)? {
+        let entry = entry?;
+        if entry.file_name() != ".lock" && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(lock)
 }
 
 /// Uploads in an S3 bucket.
@@ -123,12 +153,14 @@ impl S3DataStore {
     /// `spool` (created if needed).
     pub fn new(client: S3Client, prefix: &str, spool: &Path) -> Result<Self> {
         std::fs::create_dir_all(spool)?;
+        let lock = claim_spool(spool)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 prefix: prefix.to_string(),
                 spool: spool.to_path_buf(),
                 fences: Fences::default(),
+                _spool_lock: lock,
             }),
         })
     }

@@ -324,3 +324,23 @@ async fn whole_parts_only_and_a_resume_after_a_staged_checkpoint() {
     );
     store.delete(id, &at).await.unwrap();
 }
+
+/// What a dead process left in the spool goes when a store takes it; a second live store on
+/// the same spool is refused.
+#[test]
+fn the_spool_is_emptied_when_taken_and_taken_once() {
+    let spool = tempfile::tempdir().unwrap();
+    std::fs::write(spool.path().join("tmp.left-by-a-crash"), b"x").unwrap();
+    let c = S3Client::new(&config(
+        "ferry-tests",
+        "http://127.0.0.1:9".parse().unwrap(),
+    ))
+    .unwrap();
+    let store = S3DataStore::new(c.clone(), "p/", spool.path()).unwrap();
+    assert!(!spool.path().join("tmp.left-by-a-crash").exists());
+    let err = S3DataStore::new(c, "p/", spool.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another ferry process"), "{err}");
+    drop(store);
+}
