@@ -3,11 +3,13 @@
 //! and how large each part is.
 
 mod client;
+mod place;
 pub mod plan;
 pub mod retry;
 mod store;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use client::{Body, ListedPart, ListedUpload, S3Client, S3Config};
 pub use store::{AccessError, S3DataStore};

@@ -15,92 +15,25 @@
 //! sees anything it sent).
 
 use super::client::{Body, S3Client};
-use super::plan::{MAX_PARTS, part_size};
-use crate::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
-};
+use super::place::{Place, spool_file};
+use super::plan::MAX_PARTS;
+use super::writer::{S3Writer, Start};
+use crate::data::{ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, WriteMode};
 use crate::error::{Result, StoreError};
-use crate::fence::{Fenced, Fences};
+use crate::fence::Fences;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_proto::UploadId;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::Mutex;
 
-/// An upload's place in the bucket: the locator's content.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Place {
-    /// The object key.
-    key: String,
-    /// The multipart upload, until the object is complete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    upload: Option<String>,
-    /// The recorded parts, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    parts: Vec<Part>,
-    /// Staged pieces holding the bytes after the parts, in order (a piece may begin before the
-    /// parts end: its first bytes went into the last part).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    staged: Vec<Piece>,
-    /// The object is complete at `key`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    done: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Part {
-    n: u16,
-    etag: String,
-    size: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Piece {
-    key: String,
-    /// Where its first byte sits in the upload.
-    at: u64,
-    size: u64,
-}
-
-impl Place {
-    fn of(at: &Locator) -> Result<Place> {
-        serde_json::from_value(at.0.clone())
-            .map_err(|e| StoreError::Inconsistent(format!("S3 locator {}: {e}", at.0)))
-    }
-
-    fn locator(&self) -> Locator {
-        Locator(serde_json::to_value(self).expect("a place serializes"))
-    }
-
-    /// Bytes held by the parts.
-    fn parts_end(&self) -> u64 {
-        self.parts.iter().map(|p| p.size).sum()
-    }
-
-    /// Bytes held by the parts and staged pieces together.
-    fn end(&self) -> u64 {
-        self.staged
-            .iter()
-            .map(|p| p.at + p.size)
-            .fold(self.parts_end(), u64::max)
-    }
-
-    fn upload(&self) -> Result<&str> {
-        self.upload
-            .as_deref()
-            .ok_or_else(|| StoreError::Inconsistent(format!("{}: no multipart upload", self.key)))
-    }
-}
-
-struct Inner {
-    client: S3Client,
+pub(super) struct Inner {
+    pub(super) client: S3Client,
     prefix: String,
     /// Where writers spool what they receive.
-    spool: PathBuf,
+    pub(super) spool: PathBuf,
     fences: Fences,
     /// This store's hold on the spool directory, for as long as it lives.
     _spool_lock: std::fs::File,
@@ -137,7 +70,7 @@ fn claim_spool(spool: &Path) -> Result<std::fs::File> {
 /// Uploads in an S3 bucket.
 #[derive(Clone)]
 pub struct S3DataStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for S3DataStore {
@@ -283,11 +216,6 @@ impl std::fmt::Display for AccessError {
 
 impl std::error::Error for AccessError {}
 
-/// A named temporary file in the spool directory (a part is sent from it by path).
-fn spool_file(dir: &Path) -> Result<Arc<tempfile::NamedTempFile>> {
-    Ok(Arc::new(tempfile::NamedTempFile::new_in(dir)?))
-}
-
 /// Writes the bytes of `place`'s staged pieces that lie past its parts into `file`, from
 /// offset 0, streamed (a piece is as large as a part). Returns how many.
 async fn unstage(c: &S3Client, place: &Place, file: &std::fs::File) -> Result<u64> {
@@ -305,15 +233,6 @@ async fn unstage(c: &S3Client, place: &Place, file: &std::fs::File) -> Result<u6
         written = written.max(at);
     }
     Ok(written)
-}
-
-/// Runs `f` under the fence, if any: refused once a later writer opened the upload, and that
-/// writer waits for it.
-async fn fenced<T>(fence: &Option<Fenced>, f: impl Future<Output = Result<T>>) -> Result<T> {
-    match fence {
-        Some(fence) => fence.run(f).await,
-        None => f.await,
-    }
 }
 
 #[async_trait]
@@ -411,25 +330,17 @@ impl DataStore for S3DataStore {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce)
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        let state = State {
-            store: self.clone(),
+        Ok(Box::new(S3Writer::new(Start {
+            client: self.inner.client.clone(),
+            spool_dir: self.inner.spool.clone(),
             id,
             writer: format!("{epoch:016x}-{:016x}", u64::from_le_bytes(nonce)),
             place,
             upload,
             next,
-            seq: 0,
             spool,
-            staged_to: end,
-            written: end,
-            failed: None,
             fenced,
-        };
-        Ok(Box::new(S3Writer {
-            position: end,
-            state: Arc::new(Mutex::new(state)),
-            last: None,
-        }))
+        })))
     }
 
     async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator> {
@@ -619,213 +530,4 @@ async fn finished(place: &mut Place, c: &S3Client) -> Locator {
         ..Place::default()
     }
     .locator()
-}
-
-/// A writer's state, behind a lock its writes take in order.
-struct State {
-    store: S3DataStore,
-    id: UploadId,
-    /// `{epoch}-{nonce}`: names this writer's staged pieces.
-    writer: String,
-    /// What is in the bucket: the committed place, plus the parts and pieces this writer sent.
-    place: Place,
-    upload: String,
-    /// The next part number this writer may use.
-    next: u16,
-    /// The next staged piece's sequence number.
-    seq: u32,
-    /// The bytes after the last part, at their offset from the parts' end (named: a part is
-    /// sent from it by path).
-    spool: Arc<tempfile::NamedTempFile>,
-    /// Bytes up to here are in parts or staged pieces.
-    staged_to: u64,
-    /// Bytes up to here were written (spooled or sent) by writes that succeeded.
-    written: u64,
-    /// A write failed: later writes fail too (the engine sends none), and a checkpoint still
-    /// stages what the writes before it wrote, unless a part took some of the failed write's
-    /// bytes (then nothing more can be committed by this writer).
-    failed: Option<Failure>,
-    fenced: Option<Fenced>,
-}
-
-/// Why a writer stopped.
-#[derive(Debug, Clone)]
-enum Failure {
-    /// Taken over: the error to give again.
-    Fenced { epoch: u64, current: u64 },
-    /// Anything else, as text; `poisoned` when a checkpoint can no longer be consistent.
-    Other { why: String, poisoned: bool },
-}
-
-impl Failure {
-    fn error(&self, id: UploadId) -> StoreError {
-        match self {
-            Failure::Fenced { epoch, current } => StoreError::Fenced {
-                id,
-                epoch: *epoch,
-                current: *current,
-            },
-            Failure::Other { why, .. } => StoreError::Io(std::io::Error::other(why.clone())),
-        }
-    }
-}
-
-impl State {
-    /// Spools `buf`, then sends every full part the spool holds; hands `buf` back. On a
-    /// failure, `written` stays where the writes before it left it.
-    async fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
-        if let Some(f) = &self.failed {
-            return Err(f.error(self.id));
-        }
-        let before = self.written;
-        let result = self.write_inner(buf).await;
-        if let Err(e) = &result {
-            let failure = match e {
-                StoreError::Fenced { epoch, current, .. } => Failure::Fenced {
-                    epoch: *epoch,
-                    current: *current,
-                },
-                other => Failure::Other {
-                    why: other.to_string(),
-                    // A part already holds bytes of this write: they can be neither
-                    // committed (the engine counts the write as failed) nor taken back.
-                    poisoned: self.place.parts_end() > before,
-                },
-            };
-            self.written = before;
-            self.failed = Some(failure);
-        }
-        result
-    }
-
-    async fn write_inner(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
-        let at = self.written - self.place.parts_end();
-        let spool = self.spool.clone();
-        let len = buf.len() as u64;
-        // Refused at once when the writer was taken over, even before anything is sent.
-        let buf = fenced(&self.fenced, async {
-            tokio::task::spawn_blocking(move || {
-                spool.as_file().write_all_at(&buf, at).map(|()| buf)
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-            .map_err(StoreError::from)
-        })
-        .await?;
-        self.written += len;
-        while self.written - self.place.parts_end() >= part_size(self.next) {
-            self.send_part().await?;
-        }
-        Ok(buf)
-    }
-
-    /// Sends the spool's first `part_size(next)` bytes as part `next`, and keeps the rest.
-    async fn send_part(&mut self) -> Result<()> {
-        let n = self.next;
-        if n > MAX_PARTS {
-            return Err(StoreError::Inconsistent(format!(
-                "upload {}: no part number left",
-                self.id
-            )));
-        }
-        let size = part_size(n);
-        let key = self.place.key.clone();
-        let c = self.store.inner.client.clone();
-        let upload = self.upload.clone();
-        let body = Body::File {
-            path: self.spool.path().to_path_buf(),
-            start: 0,
-            len: size,
-        };
-        let etag = fenced(&self.fenced, c.upload_part(&key, &upload, n, body)).await?;
-        let parts_end = self.place.parts_end() + size;
-        self.place.parts.push(Part { n, etag, size });
-        self.place.staged.retain(|p| p.at + p.size > parts_end);
-        self.next = n + 1;
-        // The rest (less than a write) moves to the front of a fresh spool.
-        let rest_len = self.written - parts_end;
-        let old = self.spool.clone();
-        let fresh = spool_file(&self.store.inner.spool)?;
-        let new = fresh.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut buf = vec![0; rest_len as usize];
-            old.as_file().read_exact_at(&mut buf, size)?;
-            new.as_file().write_all_at(&buf, 0)
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        self.spool = fresh;
-        self.staged_to = self.staged_to.max(parts_end);
-        Ok(())
-    }
-
-    /// Stages what is not in the bucket yet (sent from the spool file), and returns the place
-    /// that covers every byte written.
-    async fn checkpoint(&mut self) -> Result<Locator> {
-        match &self.failed {
-            Some(f @ Failure::Fenced { .. }) | Some(f @ Failure::Other { poisoned: true, .. }) => {
-                return Err(f.error(self.id));
-            }
-            _ => {}
-        }
-        if self.written > self.staged_to {
-            let len = self.written - self.staged_to;
-            let body = Body::File {
-                path: self.spool.path().to_path_buf(),
-                start: self.staged_to - self.place.parts_end(),
-                len,
-            };
-            let key = format!("{}.staged/{}-{:08x}", self.place.key, self.writer, self.seq);
-            self.seq += 1;
-            let c = self.store.inner.client.clone();
-            fenced(&self.fenced, c.put_object(&key, body)).await?;
-            self.place.staged.push(Piece {
-                key,
-                at: self.staged_to,
-                size: len,
-            });
-            self.staged_to = self.written;
-        }
-        Ok(self.place.locator())
-    }
-}
-
-struct S3Writer {
-    position: u64,
-    state: Arc<Mutex<State>>,
-    /// Resolves when the last write made has taken its turn: the next one waits for it, so
-    /// writes reach the state in the order they were made.
-    last: Option<tokio::sync::oneshot::Receiver<()>>,
-}
-
-#[async_trait]
-impl DataWriter for S3Writer {
-    fn position(&self) -> u64 {
-        self.position
-    }
-
-    fn write(&mut self, buf: Vec<u8>) -> PendingWrite {
-        self.position += buf.len() as u64;
-        let state = self.state.clone();
-        let (turn_done, turn) = tokio::sync::oneshot::channel();
-        let previous = self.last.replace(turn);
-        // Spawned now, so that it proceeds while the caller fills its next buffer, after the
-        // write before it.
-        let task = tokio::spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
-            let mut st = state.lock_owned().await;
-            let _ = turn_done.send(());
-            st.write(buf).await
-        });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-        })
-    }
-
-    async fn checkpoint(&mut self, _durable: bool) -> Result<Locator> {
-        self.state.lock().await.checkpoint().await
-    }
 }

@@ -1,0 +1,268 @@
+//! A writer of the S3 store: spools what it receives, sends each full part as it arrives,
+//! stages the rest at a checkpoint (see `store.rs` for the layout).
+
+use super::client::{Body, S3Client};
+use super::place::{Part, Piece, Place, fenced, spool_file};
+use super::plan::{MAX_PARTS, part_size};
+use crate::data::{DataWriter, Locator, PendingWrite};
+use crate::error::{Result, StoreError};
+use crate::fence::Fenced;
+use async_trait::async_trait;
+use ferry_proto::UploadId;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// A writer's state, behind a lock its writes take in order.
+struct State {
+    client: S3Client,
+    spool_dir: std::path::PathBuf,
+    id: UploadId,
+    /// `{epoch}-{nonce}`: names this writer's staged pieces.
+    writer: String,
+    /// What is in the bucket: the committed place, plus the parts and pieces this writer sent.
+    place: Place,
+    upload: String,
+    /// The next part number this writer may use.
+    next: u16,
+    /// The next staged piece's sequence number.
+    seq: u32,
+    /// The bytes after the last part, at their offset from the parts' end (named: a part is
+    /// sent from it by path).
+    spool: Arc<tempfile::NamedTempFile>,
+    /// Bytes up to here are in parts or staged pieces.
+    staged_to: u64,
+    /// Bytes up to here were written (spooled or sent) by writes that succeeded.
+    written: u64,
+    /// A write failed: later writes fail too (the engine sends none), and a checkpoint still
+    /// stages what the writes before it wrote, unless a part took some of the failed write's
+    /// bytes (then nothing more can be committed by this writer).
+    failed: Option<Failure>,
+    fenced: Option<Fenced>,
+}
+
+/// Why a writer stopped.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// Taken over: the error to give again.
+    Fenced { epoch: u64, current: u64 },
+    /// Anything else, as text; `poisoned` when a checkpoint can no longer be consistent.
+    Other { why: String, poisoned: bool },
+}
+
+impl Failure {
+    fn error(&self, id: UploadId) -> StoreError {
+        match self {
+            Failure::Fenced { epoch, current } => StoreError::Fenced {
+                id,
+                epoch: *epoch,
+                current: *current,
+            },
+            Failure::Other { why, .. } => StoreError::Io(std::io::Error::other(why.clone())),
+        }
+    }
+}
+
+impl State {
+    /// Spools `buf`, then sends every full part the spool holds; hands `buf` back. On a
+    /// failure, `written` stays where the writes before it left it.
+    async fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
+        if let Some(f) = &self.failed {
+            return Err(f.error(self.id));
+        }
+        let before = self.written;
+        let result = self.write_inner(buf).await;
+        if let Err(e) = &result {
+            let failure = match e {
+                StoreError::Fenced { epoch, current, .. } => Failure::Fenced {
+                    epoch: *epoch,
+                    current: *current,
+                },
+                other => Failure::Other {
+                    why: other.to_string(),
+                    // A part already holds bytes of this write: they can be neither
+                    // committed (the engine counts the write as failed) nor taken back.
+                    poisoned: self.place.parts_end() > before,
+                },
+            };
+            self.written = before;
+            self.failed = Some(failure);
+        }
+        result
+    }
+
+    async fn write_inner(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
+        let at = self.written - self.place.parts_end();
+        let spool = self.spool.clone();
+        let len = buf.len() as u64;
+        // Refused at once when the writer was taken over, even before anything is sent.
+        let buf = fenced(&self.fenced, async {
+            tokio::task::spawn_blocking(move || {
+                spool.as_file().write_all_at(&buf, at).map(|()| buf)
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(StoreError::from)
+        })
+        .await?;
+        self.written += len;
+        while self.written - self.place.parts_end() >= part_size(self.next) {
+            self.send_part().await?;
+        }
+        Ok(buf)
+    }
+
+    /// Sends the spool's first `part_size(next)` bytes as part `next`, and keeps the rest.
+    async fn send_part(&mut self) -> Result<()> {
+        let n = self.next;
+        if n > MAX_PARTS {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {}: no part number left",
+                self.id
+            )));
+        }
+        let size = part_size(n);
+        let key = self.place.key.clone();
+        let c = self.client.clone();
+        let upload = self.upload.clone();
+        let body = Body::File {
+            path: self.spool.path().to_path_buf(),
+            start: 0,
+            len: size,
+        };
+        let etag = fenced(&self.fenced, c.upload_part(&key, &upload, n, body)).await?;
+        let parts_end = self.place.parts_end() + size;
+        self.place.parts.push(Part { n, etag, size });
+        self.place.staged.retain(|p| p.at + p.size > parts_end);
+        self.next = n + 1;
+        // The rest (less than a write) moves to the front of a fresh spool.
+        let rest_len = self.written - parts_end;
+        let old = self.spool.clone();
+        let fresh = spool_file(&self.spool_dir)?;
+        let new = fresh.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut buf = vec![0; rest_len as usize];
+            old.as_file().read_exact_at(&mut buf, size)?;
+            new.as_file().write_all_at(&buf, 0)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.spool = fresh;
+        self.staged_to = self.staged_to.max(parts_end);
+        Ok(())
+    }
+
+    /// Stages what is not in the bucket yet (sent from the spool file), and returns the place
+    /// that covers every byte written.
+    async fn checkpoint(&mut self) -> Result<Locator> {
+        match &self.failed {
+            Some(f @ Failure::Fenced { .. }) | Some(f @ Failure::Other { poisoned: true, .. }) => {
+                return Err(f.error(self.id));
+            }
+            _ => {}
+        }
+        if self.written > self.staged_to {
+            let len = self.written - self.staged_to;
+            let body = Body::File {
+                path: self.spool.path().to_path_buf(),
+                start: self.staged_to - self.place.parts_end(),
+                len,
+            };
+            let key = format!("{}.staged/{}-{:08x}", self.place.key, self.writer, self.seq);
+            self.seq += 1;
+            let c = self.client.clone();
+            fenced(&self.fenced, c.put_object(&key, body)).await?;
+            self.place.staged.push(Piece {
+                key,
+                at: self.staged_to,
+                size: len,
+            });
+            self.staged_to = self.written;
+        }
+        Ok(self.place.locator())
+    }
+}
+
+/// What a writer starts from.
+pub(super) struct Start {
+    pub(super) client: S3Client,
+    /// Where the spool files go.
+    pub(super) spool_dir: std::path::PathBuf,
+    pub(super) id: UploadId,
+    /// `{epoch}-{nonce}`.
+    pub(super) writer: String,
+    /// The committed place.
+    pub(super) place: Place,
+    pub(super) upload: String,
+    /// The first part number it may use.
+    pub(super) next: u16,
+    /// The staged bytes after the last part, spooled.
+    pub(super) spool: Arc<tempfile::NamedTempFile>,
+    pub(super) fenced: Option<Fenced>,
+}
+
+impl S3Writer {
+    pub(super) fn new(start: Start) -> S3Writer {
+        let end = start.place.end();
+        let state = State {
+            client: start.client,
+            spool_dir: start.spool_dir,
+            id: start.id,
+            writer: start.writer,
+            place: start.place,
+            upload: start.upload,
+            next: start.next,
+            seq: 0,
+            spool: start.spool,
+            staged_to: end,
+            written: end,
+            failed: None,
+            fenced: start.fenced,
+        };
+        S3Writer {
+            position: end,
+            state: Arc::new(Mutex::new(state)),
+            last: None,
+        }
+    }
+}
+
+pub(super) struct S3Writer {
+    position: u64,
+    state: Arc<Mutex<State>>,
+    /// Resolves when the last write made has taken its turn: the next one waits for it, so
+    /// writes reach the state in the order they were made.
+    last: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+#[async_trait]
+impl DataWriter for S3Writer {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn write(&mut self, buf: Vec<u8>) -> PendingWrite {
+        self.position += buf.len() as u64;
+        let state = self.state.clone();
+        let (turn_done, turn) = tokio::sync::oneshot::channel();
+        let previous = self.last.replace(turn);
+        // Spawned now, so that it proceeds while the caller fills its next buffer, after the
+        // write before it.
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let mut st = state.lock_owned().await;
+            let _ = turn_done.send(());
+            st.write(buf).await
+        });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+        })
+    }
+
+    async fn checkpoint(&mut self, _durable: bool) -> Result<Locator> {
+        self.state.lock().await.checkpoint().await
+    }
+}
