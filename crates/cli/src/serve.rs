@@ -577,7 +577,10 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     let dir = settings.data_dir.clone();
     let sync = settings.sync;
     let (expiry, concat) = (settings.expiry, settings.concat);
-    let data = crate::store::open(&settings.store, &dir).await?;
+    let s3 = crate::store::prepare(&settings.store, &dir)?;
+    let data = s3
+        .clone()
+        .map(|s| Arc::new(s) as Arc<dyn ferry_store::data::DataStore>);
     let uploads = tokio::task::spawn_blocking(move || {
         let uploads = match data {
             Some(data) => Uploads::open_with_data(&dir, sync, data),
@@ -585,8 +588,20 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         };
         uploads.map(|u| u.with_expiry(expiry).with_concat_limits(concat))
     })
-    .await?
-    .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?;
+    .await?;
+    let uploads = match uploads {
+        Ok(u) => u,
+        // Opened with a store its records do not belong to: a setting to fix (exit 2).
+        Err(ferry_store::StoreError::WrongStore(why)) => {
+            return Err(crate::store::SetupError(why).into());
+        }
+        Err(e) => Err(e)
+            .with_context(|| format!("cannot open data dir {}", settings.data_dir.display()))?,
+    };
+    // Locked and bound: now the bucket may be asked and the prefix claimed.
+    if let Some(s3) = &s3 {
+        crate::store::check(s3, &settings.store, &settings.data_dir).await?;
+    }
     // Data a crash left without its record (between writing one and the other): nobody can
     // address it, and nothing is being created yet.
     match uploads.remove_orphaned_data().await {

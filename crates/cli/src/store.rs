@@ -104,9 +104,10 @@ pub fn resolve(
     let endpoint = endpoint_given
         .clone()
         .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    // Not echoed: it might hold a password.
     let endpoint: reqwest::Url = endpoint
         .parse()
-        .with_context(|| format!("--s3-endpoint {endpoint:?} is not a URL"))?;
+        .map_err(|_| anyhow::anyhow!("--s3-endpoint is not a URL"))?;
     if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
         bail!("--s3-endpoint {endpoint}: an http:// or https:// URL with a host");
     }
@@ -129,6 +130,9 @@ pub fn resolve(
             file.s3_session_token,
         ),
     };
+    if key.is_some() && secret.is_none() && env("AWS_ACCESS_KEY_ID").is_some() {
+        bail!("--store {url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not");
+    }
     let (Some(key), Some(secret)) = (key, secret) else {
         bail!(
             "--store {url}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
@@ -162,18 +166,32 @@ impl std::fmt::Display for SetupError {
 
 impl std::error::Error for SetupError {}
 
-/// The data store `choice` names, checked; `None` for the data directory's own.
-pub async fn open(
+/// The S3 store `choice` names (`None` for the data directory's own), not yet checked: no
+/// request is made and nothing is written before the data directory is locked and its
+/// records' store is known ([`check`]).
+pub fn prepare(
     choice: &StoreChoice,
     data_dir: &std::path::Path,
-) -> Result<Option<std::sync::Arc<dyn ferry_store::data::DataStore>>> {
+) -> Result<Option<ferry_store::s3::S3DataStore>> {
     let StoreChoice::S3 { config, prefix } = choice else {
         return Ok(None);
     };
-    use ferry_store::s3::AccessError;
     let client = ferry_store::s3::S3Client::new(config)?;
     // A writer spools what it receives here before it goes to the bucket.
     let store = ferry_store::s3::S3DataStore::new(client, prefix, &data_dir.join("s3-spool"))?;
+    Ok(Some(store))
+}
+
+/// Checks the S3 store once the data directory is locked and bound to it: the bucket and the
+/// permissions ferry needs, then the prefix claimed for this directory; then empties the spool
+/// of a dead process's files. A wrong setting is a [`SetupError`] (exit 2), an unreachable
+/// store a plain error (exit 1).
+pub async fn check(
+    store: &ferry_store::s3::S3DataStore,
+    choice: &StoreChoice,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    use ferry_store::s3::AccessError;
     let owner = owner_id(data_dir)?;
     let checked = match store.check_access().await {
         Ok(()) => store.claim(&owner).await,
@@ -184,23 +202,41 @@ pub async fn open(
         Err(AccessError::Setup(why)) => return Err(SetupError(why).into()),
         Err(AccessError::Unavailable(why)) => bail!("{why}"),
     }
-    tracing::info!(bucket = %config.bucket, prefix = %prefix, endpoint = %config.endpoint, "uploads go to S3");
-    Ok(Some(std::sync::Arc::new(store)))
+    store.empty_spool()?;
+    if let StoreChoice::S3 { config, prefix } = choice {
+        tracing::info!(bucket = %config.bucket, prefix = %prefix, endpoint = %config.endpoint, "uploads go to S3");
+    }
+    Ok(())
 }
 
-/// This data directory's id (`s3-owner`, made on first use), which the prefix's owner marker
-/// names.
+/// This data directory's id (`s3-owner`, 32 hex digits, made on first use and written
+/// atomically), which the prefix's owner marker names.
 fn owner_id(data_dir: &std::path::Path) -> Result<String> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let path = data_dir.join("s3-owner");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        return Ok(id.trim().to_string());
+    match std::fs::read_to_string(&path) {
+        Ok(id) => {
+            let id = id.trim().to_string();
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("{} is not an owner id (32 hex digits)", path.display());
+            }
+            return Ok(id);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random: {e}"))?;
     let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    let tmp = data_dir.join("s3-owner.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(id.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
     Ok(id)
 }
 

@@ -246,6 +246,7 @@ impl From<StoreError> for ApiError {
             other @ (StoreError::AlreadyExists(_)
             | StoreError::Inconsistent(_)
             | StoreError::Metadata(_)
+            | StoreError::WrongStore(_)
             | StoreError::Io(_)) => ApiError::internal(&other),
         }
     }

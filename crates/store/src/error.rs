@@ -116,6 +116,9 @@ pub enum StoreError {
     /// The metadata database was written by a newer ferry, or cannot be read.
     #[error("metadata store: {0}")]
     Metadata(String),
+    /// A data directory opened with a store other than the one its records belong to.
+    #[error("{0}")]
+    WrongStore(String),
     /// The data store is a service that cannot be reached, or keeps failing, after the
     /// retries inside ferry: a passing state (the client tries again later), never data lost.
     #[error("the data store is unavailable: {0}")]

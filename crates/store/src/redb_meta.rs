@@ -208,34 +208,26 @@ impl RedbMetaStore {
         })
     }
 
-    /// Binds this database to the data store `identity` on first use, and refuses another
-    /// store later. A database with records but no binding predates bindings: its data is
-    /// on local disk.
+    /// Binds this database to the data store `identity`, and refuses another store while it
+    /// has records (with none, nothing can be lost: it is bound again). Records made before
+    /// bindings tell their store by their locators: a file is the local store's.
     pub fn bind_store(&self, identity: &str) -> Result<()> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut binding = txn.open_table(BINDING).map_err(db_err)?;
-            let bound = binding
-                .get(STORE_KEY)
-                .map_err(db_err)?
-                .map(|v| v.value().to_string());
-            let bound = match bound {
-                Some(b) => Some(b),
-                None => {
-                    let uploads = txn.open_table(UPLOADS).map_err(db_err)?;
-                    let any = uploads.first().map_err(db_err)?.is_some();
-                    any.then(|| "local".to_string())
-                }
-            };
-            match bound {
-                Some(b) if b == identity => {}
-                Some(b) => {
-                    return Err(StoreError::Metadata(format!(
-                        "this data directory's uploads are in {b}, not {identity}: use the \
-                         --store it was made with, or another --data-dir"
+            let uploads = txn.open_table(UPLOADS).map_err(db_err)?;
+            if uploads.first().map_err(db_err)?.is_some() {
+                let bound = match binding.get(STORE_KEY).map_err(db_err)? {
+                    Some(v) => v.value().to_string(),
+                    None => legacy_store(&uploads)?,
+                };
+                let same = bound == identity || (bound == "s3" && identity.starts_with("s3://"));
+                if !same {
+                    return Err(StoreError::WrongStore(format!(
+                        "this data directory's uploads are in {bound}; it cannot be used with \
+                         {identity} (another --data-dir, or its own store)"
                     )));
                 }
-                None => {}
             }
             binding.insert(STORE_KEY, identity).map_err(db_err)?;
         }
@@ -249,6 +241,25 @@ impl RedbMetaStore {
             .send(op)
             .map_err(|_| StoreError::Metadata("metadata writer stopped".into()))
     }
+}
+
+/// The store of a database with records but no binding (made before bindings): the first
+/// record with a locator names it (`file`: local; `key`: an S3 store, bucket unknown), and
+/// records without any (layout 1, finals) are the local store's.
+fn legacy_store(uploads: &redb::Table<&str, &[u8]>) -> Result<String> {
+    for row in uploads.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        let id = UploadId::parse(k.value())
+            .map_err(|e| StoreError::Metadata(format!("record key {:?}: {e}", k.value())))?;
+        let info = decode(id, v.value())?;
+        if info.locator.0.get("key").is_some() {
+            return Ok("s3".into());
+        }
+        if !info.locator.is_none() {
+            return Ok("local".into());
+        }
+    }
+    Ok("local".into())
 }
 
 fn check_layout(db: &Database, locate: &dyn Fn(UploadId) -> Option<Locator>) -> Result<()> {
@@ -318,8 +329,8 @@ fn migrate_1_to_2(
             if info.locator.is_none() && !matches!(info.kind, UploadKind::Final { .. }) {
                 info.locator = locate(id).ok_or_else(|| {
                     StoreError::Metadata(format!(
-                        "metadata layout 1 needs its data store to migrate (upload {id}): \
-                         open it through `ferry serve` on its data directory"
+                        "metadata layout 1 holds local uploads (upload {id}): serve it once \
+                         without --store, which migrates it"
                     ))
                 })?;
             }

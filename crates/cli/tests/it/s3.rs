@@ -82,6 +82,10 @@ fn a_store_that_is_not_there_exits_2_naming_it() {
                 .args(["--store", store, "--s3-endpoint", &e])
                 .env_remove("AWS_ACCESS_KEY_ID")
                 .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("FERRY_CONFIG")
+                .env_remove("FERRY_S3_REGION")
+                .env_remove("FERRY_S3_PATH_STYLE")
                 .envs(envs.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -144,13 +148,14 @@ fn a_store_down_for_10_s_is_waited_out() {
             (self.0)();
         }
     }
-    let url = script("start");
+    // Stopped however the test ends (set up before the start, which may fail half-way).
     let _stop = Stop(|| {
         let _ = Command::new("bash")
             .arg(root.join("scripts/seaweedfs.sh"))
             .args(["stop", sw.to_str().unwrap()])
             .status();
     });
+    let url = script("start");
     make_bucket(&url);
     let server = Server::start_with_env(
         &[
@@ -160,6 +165,9 @@ fn a_store_down_for_10_s_is_waited_out() {
             &url,
             "--sync",
             "none",
+            // The S3 client's retries are logged at debug: none may show a presigned URL.
+            "--log",
+            "info,ferry_store=debug",
         ],
         &CREDS,
     );
@@ -180,6 +188,10 @@ fn a_store_down_for_10_s_is_waited_out() {
     let log = server.log();
     assert!(log.contains("data store unavailable"), "{log}");
     assert!(!log.contains("internal error; reference"), "no 500: {log}");
+    assert!(
+        log.contains("S3 request tried again"),
+        "retries are logged: {log}"
+    );
     assert!(
         !log.contains("X-Amz-Signature"),
         "no presigned URL in the log: {log}"
@@ -307,4 +319,86 @@ fn a_server_killed_mid_upload_resumes_byte_exact() {
     server.restart_same_port_after_kill();
     let done = run.wait(2 * RUN_LIMIT).ok();
     assert_uploaded(&env, &done.url(), &sha);
+}
+
+/// Runs `ferry serve` on `dir` with `args` until it exits (it must within 30 s); returns its
+/// exit code and standard error.
+fn serve_until_exit(
+    dir: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let mut child = KillOnDrop(
+        Command::new(ferry_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env_remove("FERRY_CONFIG")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "ferry serve kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+/// A prefix belongs to the data directory that first used it (its records are the truth about
+/// what the prefix holds), and a data directory with uploads to the store it was made with: a
+/// second data directory on the same prefix is refused with one line (exit 2), and so is a
+/// data directory of local uploads opened with `--store s3://…`, which claims nothing.
+#[test]
+fn a_prefix_has_one_data_directory_and_a_directory_one_store() {
+    ensure_bucket();
+    let store = fresh_store();
+    let e = endpoint();
+    let args = ["--store", store.as_str(), "--s3-endpoint", &e];
+    let first = serve_s3(&store);
+    let other = tempfile::tempdir().unwrap();
+    let (code, err) = serve_until_exit(other.path(), &args, &CREDS);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("belongs to another ferry data directory"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    drop(first);
+    // A data directory with local uploads keeps them local.
+    let mine = tempfile::tempdir().unwrap();
+    let dir = mine.path().join("data");
+    let local = Server::start_in(&dir, &[]);
+    let resp = client()
+        .post(&local.files_url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "10")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    drop(local);
+    let elsewhere = fresh_store();
+    let s3_args = ["--store", elsewhere.as_str(), "--s3-endpoint", &e];
+    let (code, err) = serve_until_exit(&dir, &s3_args, &CREDS);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("uploads are in local"), "{err}");
+    // Refused before it claimed anything: the prefix is still free for a directory of its own.
+    let fresh = tempfile::tempdir().unwrap();
+    let ok = Server::start_in_with_env(fresh.path(), &s3_args, &CREDS);
+    drop(ok);
 }

@@ -120,23 +120,9 @@ fn digests_are_stored_as_lowercase_hex() {
     }
 }
 
-#[test]
-fn a_database_is_bound_to_one_data_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.redb");
-    {
-        let store = RedbMetaStore::open(&path).unwrap();
-        store.bind_store("s3://b/p/").unwrap();
-        store.bind_store("s3://b/p/").expect("the same store again");
-        let err = store.bind_store("local").unwrap_err().to_string();
-        assert!(err.contains("uploads are in s3://b/p/, not local"), "{err}");
-    }
-    // Records but no binding: made before bindings, by the local store.
-    let path = dir.path().join("old.redb");
-    let store = RedbMetaStore::open(&path).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let info = UploadInfo {
-        id: UploadId::from_bytes([4; 16]),
+fn record(id: u8, locator: serde_json::Value) -> UploadInfo {
+    UploadInfo {
+        id: UploadId::from_bytes([id; 16]),
         length: None,
         offset: 0,
         metadata: Metadata::default(),
@@ -150,13 +136,56 @@ fn a_database_is_bound_to_one_data_store() {
         finals: Vec::new(),
         deleted: false,
         running_crc: None,
-        locator: crate::data::Locator::none(),
+        locator: crate::data::Locator(locator),
         finish_pending: false,
-    };
-    rt.block_on(store.insert(&info)).unwrap();
-    let err = store.bind_store("s3://b/p/").unwrap_err().to_string();
-    assert!(err.contains("uploads are in local"), "{err}");
+    }
+}
+
+#[test]
+fn a_database_with_records_is_bound_to_one_data_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = RedbMetaStore::open(&dir.path().join("m.redb")).unwrap();
+    // No records: bound again at will (nothing can be lost).
+    store.bind_store("s3://b/p/").unwrap();
     store.bind_store("local").unwrap();
+    store.bind_store("s3://b/p/").unwrap();
+    rt.block_on(store.insert(&record(1, serde_json::json!({"key": "p/x"}))))
+        .unwrap();
+    store.bind_store("s3://b/p/").expect("the same store again");
+    let err = store.bind_store("local").unwrap_err().to_string();
+    assert!(err.contains("uploads are in s3://b/p/"), "{err}");
+    let err = store.bind_store("s3://b/other/").unwrap_err().to_string();
+    assert!(err.contains("cannot be used with s3://b/other/"), "{err}");
+    // Records but no binding: made before bindings; their locators tell the store.
+    for (name, locator, store_of) in [
+        ("file.redb", serde_json::json!({"file": "01/0101"}), "local"),
+        ("none.redb", serde_json::Value::Null, "local"),
+        (
+            "s3.redb",
+            serde_json::json!({"key": "p/x", "upload": "u"}),
+            "s3",
+        ),
+    ] {
+        let old = RedbMetaStore::open(&dir.path().join(name)).unwrap();
+        rt.block_on(old.insert(&record(4, locator))).unwrap();
+        let other = if store_of == "local" {
+            "s3://b/p/"
+        } else {
+            "local"
+        };
+        let err = old.bind_store(other).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("uploads are in {store_of}")),
+            "{name}: {err}"
+        );
+        let own = if store_of == "local" {
+            "local"
+        } else {
+            "s3://b/p/"
+        };
+        old.bind_store(own).unwrap();
+    }
 }
 
 /// A layout-1 database with a regular upload and a final: opened without its data store
@@ -189,7 +218,7 @@ fn layout_1_migrates_only_with_its_data_store() {
         txn.commit().unwrap();
     }
     let err = RedbMetaStore::open(&path).unwrap_err().to_string();
-    assert!(err.contains("needs its data store"), "{err}");
+    assert!(err.contains("holds local uploads"), "{err}");
     let here = Locator(serde_json::json!({ "file": "here" }));
     let elsewhere = Locator(serde_json::json!({ "file": "elsewhere" }));
     let locate = |id: UploadId| match id {

@@ -298,6 +298,41 @@ impl S3Client {
         ))
     }
 
+    /// Writes an object only if there is none at `key` (`If-None-Match: *`); `false` when one
+    /// was there already (412, or 409 for a concurrent conditional write).
+    pub async fn put_if_absent(&self, key: &str, body: impl Into<Body>) -> Result<bool> {
+        let url = self.bucket.put_object(self.creds(), key).sign(SIGNED_FOR);
+        let headers = [("if-none-match", "*".to_string())];
+        match self
+            .send("PutObject", Method::PUT, url, Some(body.into()), &headers)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Io(e))
+                if [": 412 ", ": 409 "]
+                    .iter()
+                    .any(|s| e.to_string().contains(s)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A whole (small) object, or `None` if there is none.
+    pub async fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let url = self.bucket.get_object(self.creds(), key).sign(SIGNED_FOR);
+        match self.send("GetObject", Method::GET, url, None, &[]).await {
+            Ok(resp) => resp
+                .bytes()
+                .await
+                .map(|b| Some(b.to_vec()))
+                .map_err(|e| StoreError::Unavailable(no_answer("GetObject", e))),
+            Err(StoreError::Io(e)) if e.to_string().contains(": 404 ") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The size of an object, or `None` if there is none.
     pub async fn head_size(&self, key: &str) -> Result<Option<u64>> {
         let url = self.bucket.head_object(self.creds(), key).sign(SIGNED_FOR);

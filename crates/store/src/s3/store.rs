@@ -35,14 +35,13 @@ pub(super) struct Inner {
     /// Where writers spool what they receive.
     pub(super) spool: PathBuf,
     fences: Fences,
-    /// This store's hold on the spool directory, for as long as it lives.
-    _spool_lock: std::fs::File,
+    /// This store's hold on the spool directory (writers hold it too).
+    pub(super) spool_lock: Arc<std::fs::File>,
 }
 
-/// Takes the spool directory (an exclusive lock on `.lock` in it) and empties it of what a
-/// process that died left there: spool files are temporary, and one can be as large as a part.
-/// Another live store on the same directory is refused.
-fn claim_spool(spool: &Path) -> Result<std::fs::File> {
+/// Takes the spool directory (an exclusive lock on `.lock` in it): another live store on the
+/// same directory is refused. Writers hold the lock too, so it outlives none of their files.
+fn claim_spool(spool: &Path) -> Result<Arc<std::fs::File>> {
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -58,13 +57,7 @@ fn claim_spool(spool: &Path) -> Result<std::fs::File> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
     }
-    for entry in std::fs::read_dir(spool)? {
-        let entry = entry?;
-        if entry.file_name() != ".lock" && entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(lock)
+    Ok(Arc::new(lock))
 }
 
 /// Uploads in an S3 bucket.
@@ -93,9 +86,22 @@ impl S3DataStore {
                 prefix: prefix.to_string(),
                 spool: spool.to_path_buf(),
                 fences: Fences::default(),
-                _spool_lock: lock,
+                spool_lock: lock,
             }),
         })
+    }
+
+    /// Empties the spool of what a process that died left there (spool files are temporary,
+    /// and one can be as large as a part). Run before any writer starts, under the data
+    /// directory's lock.
+    pub fn empty_spool(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.inner.spool)? {
+            let entry = entry?;
+            if entry.file_name() != ".lock" && entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks that the bucket is there and that ferry may write, list multipart uploads and
@@ -165,30 +171,37 @@ impl S3DataStore {
     pub async fn claim(&self, owner: &str) -> std::result::Result<(), AccessError> {
         let c = &self.inner.client;
         let key = format!("{}.ferry-owner", self.inner.prefix);
-        let unavailable = |e: StoreError| AccessError::Unavailable(e.to_string());
-        match c.head_size(&key).await.map_err(unavailable)? {
-            None => {
-                c.put_object(&key, owner.as_bytes().to_vec())
-                    .await
-                    .map_err(unavailable)?;
-                Ok(())
-            }
-            Some(size) => {
-                let mut s = c.get_range(&key, 0, size).await.map_err(unavailable)?;
-                let mut found = Vec::new();
-                while let Some(chunk) = s.next().await {
-                    found.extend_from_slice(&chunk.map_err(|e| unavailable(e.into()))?);
-                }
-                if found == owner.as_bytes() {
-                    return Ok(());
-                }
-                Err(AccessError::Setup(format!(
-                    "{} belongs to another ferry data directory ({key} names it): give each \
-                     data directory a prefix of its own, or delete {key} if that directory is gone \
-                     for good",
-                    self.identity()
-                )))
-            }
+        let bucket = c.bucket_name();
+        let fail = |e: StoreError, what: &str| match e {
+            StoreError::Unavailable(_) => AccessError::Unavailable(format!("{what}: {e}")),
+            e => AccessError::Setup(format!("S3 bucket {bucket}: {what}: {e}")),
+        };
+        let read = || async {
+            c.get_object(&key)
+                .await
+                .map_err(|e| fail(e, "cannot read its owner marker (s3:GetObject)"))
+        };
+        // Read first, so that a store that ignores If-None-Match never has a marker replaced;
+        // written only where there is none (If-None-Match), so two directories starting at
+        // once cannot both claim the prefix; then read back whatever is there.
+        let mut found = read().await?;
+        if found.is_none() {
+            c.put_if_absent(&key, owner.as_bytes().to_vec())
+                .await
+                .map_err(|e| fail(e, "cannot write its owner marker (s3:PutObject)"))?;
+            found = read().await?;
+        }
+        match found {
+            Some(found) if found == owner.as_bytes() => Ok(()),
+            Some(found) => Err(AccessError::Setup(format!(
+                "{} belongs to another ferry data directory ({key} names {}, this directory's \
+                 s3-owner is {owner}): give each data directory a prefix of its own",
+                self.identity(),
+                String::from_utf8_lossy(&found[..found.len().min(64)])
+            ))),
+            None => Err(AccessError::Setup(format!(
+                "S3 bucket {bucket}: the owner marker {key} was written but cannot be read back"
+            ))),
         }
     }
 
@@ -333,6 +346,7 @@ impl DataStore for S3DataStore {
         Ok(Box::new(S3Writer::new(Start {
             client: self.inner.client.clone(),
             spool_dir: self.inner.spool.clone(),
+            spool_lock: self.inner.spool_lock.clone(),
             id,
             writer: format!("{epoch:016x}-{:016x}", u64::from_le_bytes(nonce)),
             place,

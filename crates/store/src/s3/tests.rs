@@ -325,8 +325,8 @@ async fn whole_parts_only_and_a_resume_after_a_staged_checkpoint() {
     store.delete(id, &at).await.unwrap();
 }
 
-/// What a dead process left in the spool goes when a store takes it; a second live store on
-/// the same spool is refused.
+/// What a dead process left in the spool goes when the store empties it (at start); a second
+/// live store on the same spool is refused.
 #[test]
 fn the_spool_is_emptied_when_taken_and_taken_once() {
     let spool = tempfile::tempdir().unwrap();
@@ -337,6 +337,7 @@ fn the_spool_is_emptied_when_taken_and_taken_once() {
     ))
     .unwrap();
     let store = S3DataStore::new(c.clone(), "p/", spool.path()).unwrap();
+    store.empty_spool().unwrap();
     assert!(!spool.path().join("tmp.left-by-a-crash").exists());
     let err = S3DataStore::new(c, "p/", spool.path())
         .unwrap_err()

@@ -17,6 +17,8 @@ use tokio::sync::Mutex;
 struct State {
     client: S3Client,
     spool_dir: std::path::PathBuf,
+    /// Keeps the spool directory locked while this writer's files are in use.
+    _spool_lock: Arc<std::fs::File>,
     id: UploadId,
     /// `{epoch}-{nonce}`: names this writer's staged pieces.
     writer: String,
@@ -188,6 +190,8 @@ pub(super) struct Start {
     pub(super) client: S3Client,
     /// Where the spool files go.
     pub(super) spool_dir: std::path::PathBuf,
+    /// The store's lock on that directory, held while the writer lives.
+    pub(super) spool_lock: Arc<std::fs::File>,
     pub(super) id: UploadId,
     /// `{epoch}-{nonce}`.
     pub(super) writer: String,
@@ -207,6 +211,7 @@ impl S3Writer {
         let state = State {
             client: start.client,
             spool_dir: start.spool_dir,
+            _spool_lock: start.spool_lock,
             id: start.id,
             writer: start.writer,
             place: start.place,
