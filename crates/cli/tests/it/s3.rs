@@ -75,38 +75,7 @@ fn a_store_that_is_not_there_exits_2_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let e = endpoint();
     let run = |store: &str, envs: &[(&str, &str)]| {
-        let mut child = KillOnDrop(
-            Command::new(ferry_bin())
-                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(dir.path())
-                .args(["--store", store, "--s3-endpoint", &e])
-                .env_remove("AWS_ACCESS_KEY_ID")
-                .env_remove("AWS_SECRET_ACCESS_KEY")
-                .env_remove("AWS_SESSION_TOKEN")
-                .env_remove("FERRY_CONFIG")
-                .env_remove("FERRY_S3_REGION")
-                .env_remove("FERRY_S3_PATH_STYLE")
-                .envs(envs.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let started = Instant::now();
-        let status = loop {
-            if let Some(st) = child.0.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "ferry serve kept running"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-        (status.code(), err)
+        serve_until_exit(dir.path(), &["--store", store, "--s3-endpoint", &e], envs)
     };
     let (code, err) = run("s3://ferry-none-such-bucket", &CREDS);
     assert_eq!(code, Some(2), "{err}");
@@ -337,6 +306,8 @@ fn serve_until_exit(
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("FERRY_S3_REGION")
+            .env_remove("FERRY_S3_PATH_STYLE")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -35,22 +35,8 @@ fn reopen_keeps_records() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = UploadId::from_bytes([5; 16]);
     let info = UploadInfo {
-        id,
-        length: None,
         offset: 7,
-        metadata: Metadata::default(),
-        protocol: Protocol::Tus,
-        kind: UploadKind::Regular,
-        received: None,
-        created_ms: 1,
-        updated_ms: 1,
-        expires_ms: None,
-        digests: Digests::new(),
-        finals: Vec::new(),
-        deleted: false,
-        running_crc: None,
-        locator: crate::data::Locator::none(),
-        finish_pending: false,
+        ..record(5, serde_json::Value::Null)
     };
     rt.block_on(async {
         let s = RedbMetaStore::open(&path).unwrap();
