@@ -6,6 +6,8 @@
 #   scripts/crash-harness.sh            short run (< 2 minutes): 8 server kills, 4 client kills
 #   scripts/crash-harness.sh --long     >= 200 server kills (half power losses), >= 100 client kills
 #   scripts/crash-harness.sh [--long] [driver options...]   e.g. --seed 7 --sync none
+#   scripts/crash-harness.sh --s3 [--long] ...   the server keeps its data in S3: a SeaweedFS of
+#                                     its own (scripts/seaweedfs.sh), SIGKILLs only
 #
 # FERRY_BIN: a ferry binary built with the crash-sim feature (default: build one, in release
 # mode for --long). The data and logs stay in FERRY_CRASH_DIR (default: a temp dir).
@@ -14,8 +16,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 long=0
 args=()
+s3=0
 for a in "$@"; do
-    if [[ "$a" == "--long" ]]; then long=1; else args+=("$a"); fi
+    case "$a" in
+    --long) long=1 ;;
+    --s3) s3=1 ;;
+    *) args+=("$a") ;;
+    esac
 done
 if [[ -z "${FERRY_BIN:-}" ]]; then
     profile=()
@@ -34,8 +41,17 @@ if [[ $long == 1 ]]; then
 else
     set -- --server-kills 8 --client-kills 4 --budget 80
 fi
+if [[ $s3 == 1 ]]; then
+    # A store of its own, stopped however the run ends; power losses cut local files only.
+    trap 'bash "$here/seaweedfs.sh" stop "$dir/seaweedfs" >/dev/null 2>&1 || true' EXIT
+    endpoint="$(bash "$here/seaweedfs.sh" start "$dir/seaweedfs")"
+    bash "$here/seaweedfs.sh" bucket "$dir/seaweedfs" ferry-crash
+    export AWS_ACCESS_KEY_ID=ferry AWS_SECRET_ACCESS_KEY=ferry-secret
+    set -- "$@" --store s3://ferry-crash/run --s3-endpoint "$endpoint" --kinds sigkill
+fi
 status=0
 python3 "$here/crash_driver.py" --ferry "$FERRY_BIN" --workdir "$dir" "$@" ${args[@]+"${args[@]}"} || status=$?
+[[ $s3 == 1 ]] && bash "$here/seaweedfs.sh" stop "$dir/seaweedfs" >/dev/null 2>&1
 # A temp dir is removed after a clean run; a failed run keeps it (server.log) for inspection.
 if [[ $status == 0 && -z "$keep" ]]; then rm -rf "$dir"; fi
 exit $status

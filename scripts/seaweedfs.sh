@@ -5,6 +5,7 @@
 #   scripts/seaweedfs.sh start DIR   # starts it on free ports, data in DIR; prints the S3 URL
 #                                    # (again on DIR: the same ports and data)
 #   scripts/seaweedfs.sh stop DIR    # stops the one started on DIR
+#   scripts/seaweedfs.sh bucket DIR NAME   # makes bucket NAME in the one started on DIR
 #
 # Every port is picked free (with its gRPC twin, port + 10000), below the kernel's ephemeral
 # range: SeaweedFS's defaults (8080, 8888, 9333) collide with anything else running. One
@@ -15,7 +16,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEED="${FERRY_WEED:-$ROOT/tests/interop/.venv/bin/weed}"
 cmd=${1:-} dir=${2:-}
-[[ -n $cmd && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[[ -n $cmd && -n $dir ]] || { echo "usage: $0 start|stop DIR | bucket DIR NAME" >&2; exit 2; }
 
 case $cmd in
 start)
@@ -83,5 +84,11 @@ stop)
     rm -f "$dir/weed.pid"
   fi
   ;;
-*) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+bucket)
+  name=${3:?usage: $0 bucket DIR NAME}
+  read -r _ master _ _ <"$dir/ports"
+  out=$(echo "s3.bucket.create -name $name" | "$WEED" shell -master="127.0.0.1:$master" 2>&1) || true
+  grep -q "created bucket $name\|already exists" <<<"$out" || { echo "seaweedfs.sh: $out" >&2; exit 1; }
+  ;;
+*) echo "usage: $0 start|stop DIR | bucket DIR NAME" >&2; exit 2 ;;
 esac

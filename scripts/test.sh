@@ -96,6 +96,19 @@ else
   echo "test.sh: cargo-nextest not found, falling back to cargo test"
   step test cargo test --workspace --no-fail-fast "${RUNNER_ARGS[@]}" || true
 fi
+# The protocol, download and interop suites again, each server keeping its data in S3
+# (FERRY_TEST_STORE=s3: a fresh prefix per server, tests/it/support/mod.rs): the same test
+# code checks both stores. Left out: tests of local files only (fdatasync order under strace),
+# of ferry's client against other servers, and a server in a network namespace of its own
+# (it cannot reach the store).
+S3_SUITES='test(/^(append|checksum|chunks|concat|create|download|expiry|parallel|resume|terminate|upload|interop)::/)
+  - test(/^interop::servers::/) - test(/_to_s3$/)
+  - test(=chunks::chunk_acknowledgements_follow_data_fdatasync_and_metadata_commit)
+  - test(=parallel::bad_link_auto_parallelism_reaches_best_fixed)'
+if ((${#RUNNER_ARGS[@]} == 0)) && command -v cargo-nextest >/dev/null 2>&1; then
+  step test-s3 env FERRY_TEST_STORE=s3 cargo nextest run -p ferry --test it --no-fail-fast \
+    -E "$S3_SUITES" || true
+fi
 step doctest cargo test --workspace --doc || true
 
 exit "$FAILED"

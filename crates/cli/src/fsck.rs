@@ -1,9 +1,11 @@
 //! `ferry fsck`: checks a data directory's records against its data, and repairs on request.
 
+use crate::store::StoreFile;
 use clap::Args;
 use ferry_store::{SyncPolicy, Uploads};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct FsckArgs {
@@ -19,6 +21,9 @@ pub struct FsckArgs {
     /// parts and finals agree.
     #[arg(long)]
     repair: bool,
+    /// Where the directory's uploads keep their data, as given to `ferry serve`.
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
 }
 
 /// Exit status: 0 when nothing is wrong (or everything was repaired), 1 when problems remain,
@@ -31,7 +36,17 @@ pub fn run(args: FsckArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let uploads = match Uploads::open_local(&args.data_dir, SyncPolicy::Always) {
+    let store = crate::store::resolve(args.store, StoreFile::default(), |k| std::env::var(k).ok())
+        .and_then(|choice| crate::store::prepare(&choice, &args.data_dir));
+    let opened = match store {
+        Ok(Some(s3)) => Uploads::open_with_data(&args.data_dir, SyncPolicy::Always, Arc::new(s3)),
+        Ok(None) => Uploads::open_local(&args.data_dir, SyncPolicy::Always),
+        Err(e) => {
+            errln!("ferry fsck: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let uploads = match opened {
         Ok(u) => u,
         Err(e) => {
             errln!("ferry fsck: cannot open {}: {e}", args.data_dir.display());

@@ -76,6 +76,14 @@ pub struct ServeArgs {
     /// How often expired uploads are deleted (SIGUSR1 sweeps at once). [default: 1m]
     #[arg(long, env = "FERRY_SWEEP_INTERVAL", value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// How often leftovers are looked for: data no upload's committed state needs (a crash
+    /// between writing data and recording it). Startup removes them at once. [default: 1h]
+    #[arg(long, env = "FERRY_RECONCILE_INTERVAL", value_name = "DURATION")]
+    reconcile_interval: Option<String>,
+    /// How old a leftover must be before it is removed while serving: longer than creating an
+    /// upload or committing a write can take. [default: 1h]
+    #[arg(long, env = "FERRY_RECONCILE_GRACE", value_name = "DURATION")]
+    reconcile_grace: Option<String>,
     /// Largest Upload-Metadata accepted, e.g. 16K (curl-style suffixes). [default: 16K]
     #[arg(long, env = "FERRY_MAX_METADATA_SIZE", value_name = "SIZE")]
     max_metadata_size: Option<String>,
@@ -173,6 +181,8 @@ struct FileConfig {
     expire_after: Option<String>,
     expire_finished_after: Option<String>,
     sweep_interval: Option<String>,
+    reconcile_interval: Option<String>,
+    reconcile_grace: Option<String>,
     max_metadata_size: Option<SizeValue>,
     creation_rate: Option<u32>,
     creation_burst: Option<u32>,
@@ -326,6 +336,23 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if sweep_interval.is_zero() {
         bail!("--sweep-interval must be more than zero");
     }
+    let reconcile_interval = duration(
+        "--reconcile-interval",
+        &args
+            .reconcile_interval
+            .or(file.reconcile_interval)
+            .unwrap_or_else(|| "1h".into()),
+    )?;
+    if reconcile_interval.is_zero() {
+        bail!("--reconcile-interval must be more than zero");
+    }
+    let reconcile_grace = duration(
+        "--reconcile-grace",
+        &args
+            .reconcile_grace
+            .or(file.reconcile_grace)
+            .unwrap_or_else(|| "1h".into()),
+    )?;
     let max_metadata = size_setting(
         "--max-metadata-size",
         args.max_metadata_size,
@@ -448,6 +475,8 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             header_read_timeout,
             trust_proxy: args.trust_proxy.or(file.trust_proxy).unwrap_or(false),
             sweep_interval,
+            reconcile_interval,
+            reconcile_grace,
             cors,
             digest_wait,
             max_metadata,
@@ -603,8 +632,8 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         crate::store::check(s3, &settings.store, &settings.data_dir).await?;
     }
     // Data a crash left without its record (between writing one and the other): nobody can
-    // address it, and nothing is being created yet.
-    match uploads.remove_orphaned_data().await {
+    // address it, and nothing is being written yet, so its age does not matter.
+    match uploads.reconcile(None).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "deleted data that no upload owns"),
         Err(e) => tracing::warn!(error = %e, "looking for orphaned data failed"),
@@ -642,6 +671,7 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         signals.cancel();
     });
     tokio::spawn(ferry_server::run_sweeper(state.clone()));
+    tokio::spawn(ferry_server::run_reconciler(state.clone()));
     {
         // SIGUSR1: sweep expired uploads now (operators and tests; no need to wait a week).
         let state = state.clone();
@@ -690,88 +720,4 @@ async fn wait_for_signal(exit_on_stdin_close: bool) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_digest_wait_is_flag_then_file_then_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ferry.toml");
-        std::fs::write(&file, "digest_wait = \"2s\"\n").unwrap();
-        let wait = |flag: Option<&str>, config: Option<&PathBuf>| {
-            resolve(ServeArgs {
-                digest_wait: flag.map(Into::into),
-                config: config.cloned(),
-                ..Default::default()
-            })
-            .map(|s| s.server.digest_wait)
-        };
-        assert_eq!(wait(None, None).unwrap(), Duration::from_secs(5));
-        assert_eq!(wait(None, Some(&file)).unwrap(), Duration::from_secs(2));
-        assert_eq!(
-            wait(Some("250ms"), Some(&file)).unwrap(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(wait(Some("0"), None).unwrap(), Duration::ZERO, "at once");
-        let e = wait(Some("soon"), None).unwrap_err().to_string();
-        assert!(e.contains("--digest-wait"), "{e}");
-    }
-
-    #[test]
-    fn config_max_metadata_size_is_flag_then_file_then_16k() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ferry.toml");
-        std::fs::write(&file, "max_metadata_size = 4096\n").unwrap();
-        let max = |flag: Option<&str>, config: Option<&PathBuf>| {
-            resolve(ServeArgs {
-                max_metadata_size: flag.map(Into::into),
-                config: config.cloned(),
-                ..Default::default()
-            })
-            .map(|s| s.server.max_metadata)
-        };
-        assert_eq!(max(None, None).unwrap(), 16 * 1024);
-        assert_eq!(max(None, Some(&file)).unwrap(), 4096);
-        assert_eq!(max(Some("64K"), Some(&file)).unwrap(), 64 * 1024);
-        let e = max(Some("lots"), None).unwrap_err().to_string();
-        assert!(e.contains("--max-metadata-size"), "{e}");
-    }
-
-    #[test]
-    fn config_creation_limits_are_flag_then_file_then_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ferry.toml");
-        std::fs::write(
-            &file,
-            "creation_rate = 5\ncreation_burst = 7\nmax_unfinished_uploads = 9\n",
-        )
-        .unwrap();
-        let resolved = |args: ServeArgs| resolve(args).map(|s| s.server);
-        let d = resolved(ServeArgs::default()).unwrap();
-        assert_eq!(d.creation_rate, Some(CreationRate::DEFAULT));
-        assert_eq!(d.max_unfinished, Some(100_000));
-        let f = resolved(ServeArgs {
-            config: Some(file.clone()),
-            ..Default::default()
-        })
-        .unwrap();
-        let rate = f.creation_rate.unwrap();
-        assert_eq!((rate.per_second.get(), rate.burst.get()), (5, 7));
-        assert_eq!(f.max_unfinished, Some(9));
-        let off = resolved(ServeArgs {
-            config: Some(file),
-            creation_rate: Some(0),
-            max_unfinished_uploads: Some(0),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!((off.creation_rate, off.max_unfinished), (None, None));
-        let e = resolved(ServeArgs {
-            creation_burst: Some(0),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("--creation-burst"), "{e}");
-    }
-}
+mod tests;

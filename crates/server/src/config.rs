@@ -27,6 +27,11 @@ pub struct ServerConfig {
     pub local_addr: Option<SocketAddr>,
     /// How often expired uploads are swept.
     pub sweep_interval: Duration,
+    /// How often the reconciler looks for leftovers: data that no committed state needs.
+    pub reconcile_interval: Duration,
+    /// How old a leftover must be before the reconciler removes it: longer than any upload's
+    /// creation, or a write's staging and commit, can take.
+    pub reconcile_grace: Duration,
     /// Which browser origins may call the API (CORS).
     pub cors: Cors,
     /// Longest a request with `Want-Repr-Digest` waits for a digest being computed (a large
@@ -146,6 +151,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             local_addr: None,
             sweep_interval: Duration::from_secs(60),
+            reconcile_interval: Duration::from_secs(3600),
+            reconcile_grace: Duration::from_secs(3600),
             cors: Cors::Off,
             digest_wait: Duration::from_secs(5),
             max_metadata: MAX_METADATA,

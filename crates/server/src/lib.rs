@@ -111,6 +111,24 @@ pub async fn run_sweeper(state: Arc<AppState>) {
     }
 }
 
+/// Removes leftovers older than `reconcile_grace` every `reconcile_interval`, until shutdown
+/// (the startup pass, before serving, removes them whatever their age).
+pub async fn run_reconciler(state: Arc<AppState>) {
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = tokio::time::sleep(state.config.reconcile_interval) => {}
+        }
+        let grace = u64::try_from(state.config.reconcile_grace.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = ferry_store::model::now_ms().saturating_sub(grace);
+        match state.uploads.reconcile(Some(cutoff)).await {
+            Ok(0) => tracing::debug!("reconciler: no leftovers"),
+            Ok(n) => tracing::info!(count = n, "leftovers removed"),
+            Err(e) => tracing::warn!(error = %e, "reconciler failed"),
+        }
+    }
+}
+
 impl AppState {
     /// Takes one creation from the client's budget (429 with `Retry-After` when spent).
     pub(crate) fn admit_creation(&self, ctx: &Ctx, headers: &HeaderMap) -> Result<(), ApiError> {

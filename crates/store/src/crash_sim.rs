@@ -19,7 +19,8 @@
 //! previous run's crash already cut them).
 
 use crate::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Holding, Locator, Owner,
+    PendingWrite, WriteMode,
 };
 use crate::error::Result;
 use crate::local::LocalDataStore;
@@ -145,9 +146,9 @@ impl DataStore for CrashSimDataStore {
         self.sim.inner.free_space()
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator> {
+    async fn create(&self, id: UploadId, durable: bool, length: Option<u64>) -> Result<Locator> {
         let _g = self.sim.gate.read().await;
-        let at = self.sim.inner.create(id, durable).await?;
+        let at = self.sim.inner.create(id, durable, length).await?;
         self.sim.files().insert(
             id,
             Durable {
@@ -203,6 +204,14 @@ impl DataStore for CrashSimDataStore {
 
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
         self.sim.inner.inventory().await
+    }
+
+    async fn holds(&self, id: UploadId, at: &Locator) -> Result<Option<Holding>> {
+        self.sim.inner.holds(id, at).await
+    }
+
+    async fn reconcile(&self, owner: &Owner<'_>, cutoff: Option<u64>) -> Result<usize> {
+        self.sim.inner.reconcile(owner, cutoff).await
     }
 
     fn derived_locator(&self, id: UploadId) -> Option<Locator> {

@@ -59,6 +59,23 @@ impl Locator {
     }
 }
 
+/// The reconciler's question to the metadata: the committed locator of the record that owns
+/// `id`'s data, or `None` when no record does (none exists, or it is a final, which has no
+/// object of its own).
+pub type Owner<'a> = dyn Fn(UploadId) -> Pin<Box<dyn Future<Output = Result<Option<Locator>>> + Send + 'a>>
+    + Send
+    + Sync
+    + 'a;
+
+/// What a store really holds of an upload's committed state ([`DataStore::holds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// Bytes from the start, without a gap.
+    pub bytes: u64,
+    /// The locator that covers exactly them: the committed one when nothing is missing.
+    pub at: Locator,
+}
+
 /// How a writer treats bytes already stored past its start position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
@@ -131,8 +148,9 @@ pub trait DataStore: Send + Sync + 'static {
     }
 
     /// Creates an empty object for `id` and returns its locator, to be stored in the upload's
-    /// record. With `durable`, the object survives a crash once this returns.
-    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator>;
+    /// record. With `durable`, the object survives a crash once this returns. `length` is the
+    /// upload's length when it is declared at creation: an object store sizes its parts by it.
+    async fn create(&self, id: UploadId, durable: bool, length: Option<u64>) -> Result<Locator>;
 
     /// Opens a writer on the object `at` (the committed locator), positioned per `mode`,
     /// writing under `fence`.
@@ -168,6 +186,21 @@ pub trait DataStore: Send + Sync + 'static {
 
     /// Every stored object with its size in bytes (for `ferry fsck`; not on a request path).
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>>;
+
+    /// How much of the committed state `at` the store really holds, checked against the
+    /// store itself (an object store lists the recorded parts, with their ETags and sizes, and
+    /// the staged pieces), or `None` when the object is gone. For `ferry fsck`, not on a
+    /// request path.
+    async fn holds(&self, id: UploadId, at: &Locator) -> Result<Option<Holding>>;
+
+    /// One pass of the reconciler: removes what the store holds that no committed state needs
+    /// and that was last written before `cutoff` (ms since the epoch; `None`: whatever its
+    /// age, for when nothing can be writing). Everything of an id that `owner` says no record
+    /// owns goes; of an owned one, an object store removes the staged pieces and multipart
+    /// uploads its committed locator does not name. The store is listed before any owner is
+    /// asked, so whatever a commit names meanwhile is in the answer or too young to go.
+    /// Returns how many things were removed.
+    async fn reconcile(&self, owner: &Owner<'_>, cutoff: Option<u64>) -> Result<usize>;
 
     /// The locator of an object this store holds for `id` without one recorded: data written
     /// before locators were recorded (metadata layout 1), and stray objects `ferry fsck`

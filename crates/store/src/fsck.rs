@@ -4,12 +4,15 @@
 //! Run it on a store nobody is serving (`Uploads::open_local` takes the directory lock): the
 //! check reads every record and the data store's inventory as one picture.
 
+use crate::data::Locator;
 use crate::engine::{Uploads, gone_objects, locators};
 use crate::error::{Result, StoreError};
-use crate::meta::Records;
+use crate::meta::{MetaStore, Records};
 use crate::model::{UploadInfo, UploadKind};
 use ferry_proto::UploadId;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 /// One disagreement between records and data.
@@ -124,12 +127,17 @@ fn needed(info: &UploadInfo) -> Option<u64> {
     Some(info.offset.max(received))
 }
 
-/// Every disagreement between `records` and the data store's `objects` (id, size). Pure.
-pub fn find_problems(records: &[UploadInfo], objects: &[(UploadId, u64)]) -> Vec<Problem> {
+/// Every disagreement between `records`, the data store's `objects` (id, size) and `held`:
+/// the bytes the store really holds of each record's committed state (absent when its data
+/// is gone). Pure.
+pub fn find_problems(
+    records: &[UploadInfo],
+    objects: &[(UploadId, u64)],
+    held: &BTreeMap<UploadId, u64>,
+) -> Vec<Problem> {
     let by_id: BTreeMap<UploadId, &UploadInfo> = records.iter().map(|r| (r.id, r)).collect();
-    let sizes: BTreeMap<UploadId, u64> = objects.iter().copied().collect();
     let mut problems = BTreeSet::new();
-    for (&id, &bytes) in &sizes {
+    for &(id, bytes) in objects {
         let owned = by_id
             .get(&id)
             .is_some_and(|r| !matches!(r.kind, UploadKind::Final { .. }));
@@ -139,7 +147,7 @@ pub fn find_problems(records: &[UploadInfo], objects: &[(UploadId, u64)]) -> Vec
     }
     for info in records {
         if let Some(need) = needed(info) {
-            let have = sizes.get(&info.id).copied();
+            let have = held.get(&info.id).copied();
             if have.is_none_or(|h| h < need) {
                 problems.insert(Problem::MissingData {
                     id: info.id,
@@ -185,6 +193,20 @@ pub fn find_problems(records: &[UploadInfo], objects: &[(UploadId, u64)]) -> Vec
     problems.into_iter().collect()
 }
 
+/// The committed locator of the record that owns `id`'s data (a final owns none).
+fn owner_of(
+    meta: &Arc<dyn MetaStore>,
+    id: UploadId,
+) -> Pin<Box<dyn Future<Output = Result<Option<Locator>>> + Send + '_>> {
+    Box::pin(async move {
+        Ok(meta
+            .get(id)
+            .await?
+            .filter(|i| !matches!(i.kind, UploadKind::Final { .. }))
+            .map(|i| i.locator))
+    })
+}
+
 /// Cuts an unfinished upload's record down to the `have` bytes its data holds.
 fn cut_to(info: &mut UploadInfo, have: u64) {
     if let Some(received) = &info.received {
@@ -214,10 +236,11 @@ impl Uploads {
     /// [`Problem`] for what each repair does) and checks again.
     pub async fn fsck(&self, repair: bool) -> Result<Report> {
         let (records, objects) = (self.meta.list().await?, self.data.inventory().await?);
+        let held = self.held(&records).await?;
         let mut report = Report {
             records: records.len(),
             objects: objects.len(),
-            problems: find_problems(&records, &objects),
+            problems: find_problems(&records, &objects, &held),
             remaining: Vec::new(),
         };
         if !repair {
@@ -232,26 +255,34 @@ impl Uploads {
                 self.repair(p).await?;
             }
             let (records, objects) = (self.meta.list().await?, self.data.inventory().await?);
-            problems = find_problems(&records, &objects);
+            let held = self.held(&records).await?;
+            problems = find_problems(&records, &objects, &held);
         }
         report.remaining = problems;
         Ok(report)
     }
 
-    /// Deletes data objects that no record owns: what a crash between writing a record and
-    /// its data leaves (creation writes the data first, removal drops the record first). Run
-    /// at startup, under the directory lock, before any request: nothing can be creating an
-    /// upload meanwhile. Returns how many were deleted.
-    pub async fn remove_orphaned_data(&self) -> Result<usize> {
-        let (records, objects) = (self.meta.list().await?, self.data.inventory().await?);
-        let mut removed = 0;
-        for p in find_problems(&records, &objects) {
-            if let Problem::OrphanData { .. } = p {
-                self.repair(&p).await?;
-                removed += 1;
+    /// The bytes the data store really holds of each record that needs data.
+    async fn held(&self, records: &[UploadInfo]) -> Result<BTreeMap<UploadId, u64>> {
+        let mut held = BTreeMap::new();
+        for info in records.iter().filter(|i| needed(i).is_some()) {
+            if let Some(h) = self.data.holds(info.id, &info.locator).await? {
+                held.insert(info.id, h.bytes);
             }
         }
-        Ok(removed)
+        Ok(held)
+    }
+
+    /// One pass of the reconciler: removes what the data store holds that no committed state
+    /// needs and that was last written before `cutoff` (ms since the epoch). What a crash
+    /// left between writing data and committing its record (creation writes the data first,
+    /// removal drops the record first), or between staging bytes and committing them. `None`
+    /// removes whatever its age: only at startup, under the directory lock, before any
+    /// request, when nothing can be writing. Returns how many things were removed.
+    pub async fn reconcile(&self, cutoff: Option<u64>) -> Result<usize> {
+        let meta = &self.meta;
+        let owner = |id| owner_of(meta, id);
+        self.data.reconcile(&owner, cutoff).await
     }
 
     async fn repair(&self, problem: &Problem) -> Result<()> {
@@ -268,12 +299,22 @@ impl Uploads {
                     // Bytes lost past what the data holds (`--sync none` and a power loss):
                     // an unfinished upload resumes from what is there.
                     Some(have) if unfinished => {
+                        // The locator cut to what the store holds (an object store's parts
+                        // and pieces up to the first one missing).
+                        let Some(info) = self.meta.get(id).await? else {
+                            return Ok(());
+                        };
+                        let at = match self.data.holds(id, &info.locator).await? {
+                            Some(h) if h.bytes == have => h.at,
+                            _ => return Ok(()),
+                        };
                         self.meta
                             .transact(
                                 vec![id],
                                 Box::new(move |recs| {
                                     if let Some(Some(info)) = recs.get_mut(&id) {
                                         cut_to(info, have);
+                                        info.locator = at.clone();
                                     }
                                     Ok(())
                                 }),
@@ -399,6 +440,11 @@ mod tests {
         }
     }
 
+    /// `find_problems` with what the local store holds: each object's size.
+    fn check(records: &[UploadInfo], objects: &[(UploadId, u64)]) -> Vec<Problem> {
+        find_problems(records, objects, &objects.iter().copied().collect())
+    }
+
     fn fin(b: u8, parts: &[u8]) -> UploadInfo {
         let parts = parts.iter().map(|p| id(*p)).collect();
         rec(b, UploadKind::Final { parts }, 0, &[])
@@ -413,7 +459,7 @@ mod tests {
             rec(4, UploadKind::Regular, 0, &[]),
         ];
         let objects = [(id(1), 5), (id(2), 9), (id(4), 0)];
-        assert_eq!(find_problems(&records, &objects), vec![]);
+        assert_eq!(check(&records, &objects), vec![]);
     }
 
     #[test]
@@ -429,7 +475,7 @@ mod tests {
         ];
         let objects = [(id(1), 5), (id(2), 7), (id(4), 3), (id(6), 1), (id(8), 4)];
         assert_eq!(
-            find_problems(&records, &objects),
+            check(&records, &objects),
             vec![
                 Problem::OrphanData {
                     id: id(8),
@@ -462,7 +508,7 @@ mod tests {
         let records = [fin(3, &[]), rec(1, UploadKind::Regular, 0, &[])];
         let objects = [(id(3), 0)];
         assert_eq!(
-            find_problems(&records, &objects),
+            check(&records, &objects),
             vec![
                 Problem::OrphanData {
                     id: id(3),
@@ -493,6 +539,6 @@ mod tests {
         cut_to(&mut c, 10);
         assert_eq!(c.received.as_ref().unwrap().ranges(), &[(0, 5), (8, 10)]);
         assert_eq!(c.offset, 5);
-        assert_eq!(find_problems(&[c], &[(id(2), 10)]), vec![]);
+        assert_eq!(check(&[c], &[(id(2), 10)]), vec![]);
     }
 }

@@ -9,7 +9,8 @@
 //! their directory.
 
 use crate::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, PendingWrite, WriteMode,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Holding, Locator, Owner,
+    PendingWrite, WriteMode,
 };
 use crate::error::{Result, StoreError};
 use crate::fence::{Fenced, Fences};
@@ -116,7 +117,7 @@ impl DataStore for LocalDataStore {
         free_bytes(&self.root).map(|n| n.saturating_sub(METADATA_RESERVE))
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator> {
+    async fn create(&self, id: UploadId, durable: bool, _length: Option<u64>) -> Result<Locator> {
         let path = self.path_of(id);
         let root = self.root.clone();
         blocking(move || {
@@ -267,6 +268,48 @@ impl DataStore for LocalDataStore {
     }
 
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
+        Ok(self
+            .files()
+            .await?
+            .into_iter()
+            .map(|(id, len, _)| (id, len))
+            .collect())
+    }
+
+    async fn holds(&self, id: UploadId, at: &Locator) -> Result<Option<Holding>> {
+        let path = self.path_at(id, at)?;
+        match blocking(move || std::fs::metadata(path)).await {
+            Ok(meta) => Ok(Some(Holding {
+                bytes: meta.len(),
+                at: at.clone(),
+            })),
+            Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A file no record owns goes once it is older than `cutoff` (its modification time): an
+    /// upload being created has its file before its record.
+    async fn reconcile(&self, owner: &Owner<'_>, cutoff: Option<u64>) -> Result<usize> {
+        let mut removed = 0;
+        for (id, _, modified) in self.files().await? {
+            let old = cutoff.is_none_or(|c| modified < c);
+            if old && owner(id).await?.is_none() {
+                self.delete(id, &Self::locator_of(id)).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
+        Some(Self::locator_of(id))
+    }
+}
+
+impl LocalDataStore {
+    /// Every upload file: its id, size and modification time (ms since the epoch).
+    async fn files(&self) -> Result<Vec<(UploadId, u64, u64)>> {
         let root = self.root.clone();
         blocking(move || {
             let mut out = Vec::new();
@@ -283,17 +326,18 @@ impl DataStore for LocalDataStore {
                         continue;
                     };
                     if file.file_type()?.is_file() {
-                        out.push((id, file.metadata()?.len()));
+                        let meta = file.metadata()?;
+                        let modified = meta
+                            .modified()?
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        out.push((id, meta.len(), modified));
                     }
                 }
             }
             Ok(out)
         })
         .await
-    }
-
-    fn derived_locator(&self, id: UploadId) -> Option<Locator> {
-        Some(Self::locator_of(id))
     }
 }
 

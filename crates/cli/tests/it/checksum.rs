@@ -89,9 +89,9 @@ mod tus {
         );
         assert_eq!(get_sha256(&url), sha256(&data), "GET after the retry");
         assert_eq!(
-            std::fs::metadata(data_file(&server, &url)).unwrap().len(),
-            total,
-            "data file holds exactly the upload"
+            stored(&server, &url),
+            Some(total),
+            "the store holds exactly the upload"
         );
     }
 

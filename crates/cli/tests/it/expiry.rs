@@ -74,8 +74,7 @@ fn expired_upload_is_gone_then_swept_on_sigusr1() {
     };
     let stale = make(b"abc", 10);
     let done = make(b"finished", 8);
-    let stale_file = data_file(&server, &stale);
-    assert!(stale_file.is_file());
+    assert!(stored(&server, &stale).is_some());
 
     assert!(
         eventually(Duration::from_secs(6), || head(&stale).status().as_u16()
@@ -92,7 +91,10 @@ fn expired_upload_is_gone_then_swept_on_sigusr1() {
         200,
         "finished upload expired"
     );
-    assert!(stale_file.is_file(), "expired but not yet swept");
+    assert!(
+        stored(&server, &stale).is_some(),
+        "expired but not yet swept"
+    );
 
     sigusr1(&server);
     assert!(
@@ -102,15 +104,14 @@ fn expired_upload_is_gone_then_swept_on_sigusr1() {
         server.log()
     );
     assert!(
-        eventually(Duration::from_secs(5), || !stale_file.exists()),
-        "swept upload's data file {} is still there",
-        stale_file.display()
+        eventually(Duration::from_secs(5), || stored(&server, &stale).is_none()),
+        "the swept upload's data is still there"
     );
     let resp = head(&done);
     assert_eq!(resp.status().as_u16(), 200, "finished upload swept");
     assert_eq!(hdr(&resp, "upload-offset").as_deref(), Some("8"));
     assert_eq!(get(&done).2, b"finished");
-    assert!(data_file(&server, &done).is_file());
+    assert_eq!(stored(&server, &done), Some(8));
 }
 
 #[test]

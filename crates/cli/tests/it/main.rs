@@ -42,6 +42,7 @@ mod pipes; // closed stdout or stderr: no panic; the server still stops on SIGTE
 mod progress; // --json events, plain lines on a log, 80-column terminal lines, --quiet, -v
 mod remember; // the index of finished uploads, --again, status progress, directory manifests
 mod s3; // `ferry serve --store s3://…` on SeaweedFS: uploads byte-exact, a missing bucket exits 2
+mod s3_leftovers; // the S3 reconciler: a kill after CreateMultipartUpload, leftovers past the grace period
 mod stdin; // `ferry upload -`: a pipe with a deferred length, cut connections, refusals
 mod upload; // `ferry upload`, `status` and `forget` end to end; `--protocol ietf` and `auto`
 mod values; // client settings: impossible values refused, one --limit-rate budget, -j notes

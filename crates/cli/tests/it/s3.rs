@@ -1,17 +1,13 @@
 //! `ferry serve --store s3://…` on a real S3-compatible store: SeaweedFS, started by
 //! `scripts/test.sh` (`FERRY_TEST_S3_ENDPOINT`; by hand: `scripts/seaweedfs.sh start DIR`).
 
+use crate::support::s3::*;
 use crate::support::upload::*;
 use crate::support::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CREDS: [(&str, &str); 2] = [
-    ("AWS_ACCESS_KEY_ID", "ferry"),
-    ("AWS_SECRET_ACCESS_KEY", "ferry-secret"),
-];
-
-fn endpoint() -> String {
+pub(crate) fn endpoint() -> String {
     std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
         panic!(
             "FERRY_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh, or start \
@@ -39,7 +35,7 @@ pub(crate) fn serve_s3(store: &str) -> Server {
 
 /// Makes the tests' bucket if no test has yet (the store's own tests create it too).
 pub(crate) fn ensure_bucket() {
-    make_bucket(&endpoint());
+    ensure_test_bucket(&endpoint());
 }
 
 #[test]
@@ -125,7 +121,7 @@ fn a_store_down_for_10_s_is_waited_out() {
             .status();
     });
     let url = script("start");
-    make_bucket(&url);
+    ensure_test_bucket(&url);
     let server = Server::start_with_env(
         &[
             "--store",
@@ -165,109 +161,6 @@ fn a_store_down_for_10_s_is_waited_out() {
         !log.contains("X-Amz-Signature"),
         "no presigned URL in the log: {log}"
     );
-}
-
-/// Creates the tests' bucket on the store at `url` (signed, as the store checks).
-fn make_bucket(url: &str) {
-    let c = s3_client(url);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        if c.head_bucket().await.is_err() {
-            let _ = c.create_bucket().await;
-        }
-    });
-}
-
-/// What a crash between CreateMultipartUpload and the record's commit leaves (a multipart
-/// upload with a part, a staged piece) is found and removed when ferry starts, and an upload
-/// that has a record resumes untouched.
-#[test]
-fn leftovers_no_record_owns_are_removed_at_start_and_live_uploads_resume() {
-    const M: usize = 1 << 20;
-    ensure_bucket();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let store = fresh_store();
-    let prefix = format!("{}/", store.trim_start_matches("s3://ferry-tests/"));
-    let e = endpoint();
-    let args = [
-        "--store",
-        store.as_str(),
-        "--s3-endpoint",
-        &e,
-        "--sync",
-        "none",
-    ];
-    // A live upload: 6 MiB of 10 committed (staged, no part yet).
-    let mut server = Server::start_in_with_env(&data, &args, &CREDS);
-    let body: Vec<u8> = (0..10 * M).map(|i| (i * 13 % 251) as u8).collect();
-    let resp = client()
-        .post(&server.files_url)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", body.len().to_string())
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let path = resp.headers()["location"].to_str().unwrap().to_string();
-    let url = format!("http://{}{path}", server.addr);
-    let patch = |url: &str, offset: usize, bytes: &[u8]| {
-        client()
-            .patch(url)
-            .header("Tus-Resumable", "1.0.0")
-            .header("Content-Type", "application/offset+octet-stream")
-            .header("Upload-Offset", offset.to_string())
-            .body(bytes.to_vec())
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(patch(&url, 0, &body[..6 * M]), 204);
-    server.terminate(Duration::from_secs(10));
-    // The leftovers of a creation that died before its record: no record names this id.
-    let orphan = format!("{prefix}00000000000000000000000000000abc");
-    let c = s3_client(&e);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let id = c.create_multipart(&orphan).await.unwrap();
-        c.upload_part(&orphan, &id, 1, vec![7u8; 5 * M])
-            .await
-            .unwrap();
-        c.put_object(&format!("{orphan}.staged/x"), vec![8u8; 1000])
-            .await
-            .unwrap();
-    });
-    let server = Server::start_in_with_env(&data, &args, &CREDS);
-    assert!(
-        server.log().contains("deleted data that no upload owns"),
-        "{}",
-        server.log()
-    );
-    rt.block_on(async {
-        let uploads = c.list_uploads(&orphan).await.unwrap();
-        assert!(uploads.is_empty(), "{uploads:?}");
-        let objects = c.list_objects(&orphan).await.unwrap();
-        assert!(objects.is_empty(), "{objects:?}");
-    });
-    // The live upload goes on from its offset.
-    let url = format!("http://{}{path}", server.addr);
-    assert_eq!(patch(&url, 6 * M, &body[6 * M..]), 204);
-    let got = client().get(&url).send().unwrap().bytes().unwrap();
-    assert!(got.as_ref() == body.as_slice(), "byte-exact");
-}
-
-fn s3_client(url: &str) -> ferry_store::s3::S3Client {
-    use ferry_store::s3::{S3Client, S3Config};
-    S3Client::new(&S3Config {
-        endpoint: url.parse().unwrap(),
-        bucket: "ferry-tests".into(),
-        region: "us-east-1".into(),
-        path_style: true,
-        key: CREDS[0].1.into(),
-        secret: CREDS[1].1.into(),
-        token: None,
-    })
-    .unwrap()
 }
 
 /// ferry SIGKILLed in the middle of an upload to S3 and started again on the same port: the

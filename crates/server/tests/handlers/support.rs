@@ -170,11 +170,16 @@ impl DataStore for FaultyData {
         (*self.faults.free.lock().unwrap()).or_else(|| self.inner.free_space())
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> ferry_store::Result<Locator> {
+    async fn create(
+        &self,
+        id: UploadId,
+        durable: bool,
+        length: Option<u64>,
+    ) -> ferry_store::Result<Locator> {
         if let Some(e) = Faults::error(&self.faults.create) {
             return Err(e);
         }
-        self.inner.create(id, durable).await
+        self.inner.create(id, durable, length).await
     }
 
     async fn open_writer(
@@ -240,6 +245,22 @@ impl DataStore for FaultyData {
 
     async fn inventory(&self) -> ferry_store::Result<Vec<(UploadId, u64)>> {
         self.inner.inventory().await
+    }
+
+    async fn holds(
+        &self,
+        id: UploadId,
+        at: &Locator,
+    ) -> ferry_store::Result<Option<ferry_store::data::Holding>> {
+        self.inner.holds(id, at).await
+    }
+
+    async fn reconcile(
+        &self,
+        owner: &ferry_store::data::Owner<'_>,
+        cutoff: Option<u64>,
+    ) -> ferry_store::Result<usize> {
+        self.inner.reconcile(owner, cutoff).await
     }
 }
 

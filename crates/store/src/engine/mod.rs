@@ -229,7 +229,10 @@ impl Uploads {
             locator: Locator::none(),
             finish_pending: false,
         };
-        info.locator = self.data.create(id, self.sync.syncs_data()).await?;
+        info.locator = self
+            .data
+            .create(id, self.sync.syncs_data(), info.length)
+            .await?;
         let placed = match complete {
             // Empty: finished before anyone can see it.
             true => self.data.finish(id, &info.locator, 0).await,

@@ -116,8 +116,25 @@ pub struct ListedUpload {
     pub key: String,
     /// The store's upload id.
     pub upload_id: String,
-    /// When it was started (ISO 8601, as the store gives it).
-    pub initiated: String,
+    /// When it was started (ms since the epoch), if the store said so readably.
+    pub initiated_ms: Option<u64>,
+}
+
+/// An object, as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written (ms since the epoch), if the store said so readably.
+    pub modified_ms: Option<u64>,
+}
+
+/// Milliseconds since the epoch of an S3 timestamp (`2026-12-03T10:00:00.000Z`).
+pub(super) fn epoch_ms(text: &str) -> Option<u64> {
+    let t: jiff::Timestamp = text.trim().parse().ok()?;
+    u64::try_from(t.as_millisecond()).ok()
 }
 
 /// An S3 bucket, spoken to over HTTP.
@@ -347,8 +364,8 @@ impl S3Client {
         }
     }
 
-    /// Every object under `prefix` with its size, page after page.
-    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+    /// Every object under `prefix`, page after page.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<ListedObject>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -361,11 +378,11 @@ impl S3Client {
             let text = self.text("ListObjectsV2", Method::GET, url, None).await?;
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
                 .map_err(|e| StoreError::Inconsistent(format!("S3 ListObjectsV2: {e}")))?;
-            out.extend(
-                page.contents
-                    .into_iter()
-                    .map(|c| (c.key, c.size.unwrap_or(0))),
-            );
+            out.extend(page.contents.into_iter().map(|c| ListedObject {
+                modified_ms: c.last_modified.as_deref().and_then(epoch_ms),
+                key: c.key,
+                size: c.size.unwrap_or(0),
+            }));
             match page.next_continuation_token {
                 Some(t) if token.as_ref() != Some(&t) => token = Some(t),
                 _ => return Ok(out),
@@ -602,7 +619,7 @@ fn uploads_page(xml: &str) -> Option<UploadsPage> {
             page.uploads.push(ListedUpload {
                 key,
                 upload_id,
-                initiated: field(one, "Initiated").unwrap_or_default(),
+                initiated_ms: field(one, "Initiated").as_deref().and_then(epoch_ms),
             });
         }
         rest = &tail[j..];
@@ -639,6 +656,9 @@ mod tests {
         assert_eq!(page.uploads.len(), 2);
         assert_eq!(page.uploads[1].key, "p/b&c");
         assert_eq!(page.uploads[0].upload_id, "u1");
+        assert_eq!(page.uploads[1].initiated_ms, Some(1_796_292_001_000));
+        assert_eq!(epoch_ms("2026-12-03T10:00:01Z"), Some(1_796_292_001_000));
+        assert_eq!(epoch_ms("yesterday"), None);
         assert_eq!(page.next, Some(("p/b&c".into(), "u2".into())));
         let last = xml.replace("<IsTruncated>true", "<IsTruncated>false");
         assert_eq!(uploads_page(&last).unwrap().next, None);

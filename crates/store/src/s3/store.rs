@@ -14,29 +14,33 @@
 //! S3 request (it holds the fence's read lock across the request, so the new writer's listing
 //! sees anything it sent).
 
-use super::client::{Body, S3Client};
-use super::place::{Place, spool_file};
-use super::plan::MAX_PARTS;
+use super::client::S3Client;
+use super::place::{Place, Spools, Turns, spool_file, unstage};
+use super::plan::equal_part;
 use super::writer::{S3Writer, Start};
-use crate::data::{ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Locator, WriteMode};
+use crate::data::{
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Holding, Locator, Owner, WriteMode,
+};
 use crate::error::{Result, StoreError};
 use crate::fence::Fences;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_proto::UploadId;
-use futures_util::StreamExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub(super) struct Inner {
     pub(super) client: S3Client,
-    prefix: String,
+    pub(super) prefix: String,
     /// Where writers spool what they receive.
     pub(super) spool: PathBuf,
-    fences: Fences,
+    pub(super) fences: Fences,
     /// This store's hold on the spool directory (writers hold it too).
     pub(super) spool_lock: Arc<std::fs::File>,
+    /// Finishes under way, by upload.
+    finishing: Turns,
+    /// Appenders' spools kept for the next writer of their upload.
+    spools: Arc<Spools>,
 }
 
 /// Takes the spool directory (an exclusive lock on `.lock` in it): another live store on the
@@ -87,6 +91,8 @@ impl S3DataStore {
                 spool: spool.to_path_buf(),
                 fences: Fences::default(),
                 spool_lock: lock,
+                finishing: Turns::default(),
+                spools: Arc::default(),
             }),
         })
     }
@@ -210,6 +216,13 @@ impl S3DataStore {
     }
 }
 
+/// A random number naming a writer's staged pieces.
+fn nonce() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(u64::from_le_bytes(b))
+}
+
 /// Why the store cannot be used.
 #[derive(Debug)]
 pub enum AccessError {
@@ -229,25 +242,6 @@ impl std::fmt::Display for AccessError {
 
 impl std::error::Error for AccessError {}
 
-/// Writes the bytes of `place`'s staged pieces that lie past its parts into `file`, from
-/// offset 0, streamed (a piece is as large as a part). Returns how many.
-async fn unstage(c: &S3Client, place: &Place, file: &std::fs::File) -> Result<u64> {
-    let parts_end = place.parts_end();
-    let mut written = 0;
-    for piece in &place.staged {
-        let from = parts_end.max(piece.at);
-        let mut s = c.get_range(&piece.key, from - piece.at, piece.size).await?;
-        let mut at = from - parts_end;
-        while let Some(chunk) = s.next().await {
-            let chunk = chunk?;
-            file.write_all_at(&chunk, at)?;
-            at += chunk.len() as u64;
-        }
-        written = written.max(at);
-    }
-    Ok(written)
-}
-
 #[async_trait]
 impl DataStore for S3DataStore {
     fn identity(&self) -> String {
@@ -260,14 +254,14 @@ impl DataStore for S3DataStore {
 
     fn capabilities(&self) -> DataCapabilities {
         DataCapabilities {
-            // Ranges in any order need pieces composed at completion: not yet.
-            random_access: false,
+            // Each range is staged on its own and assembled into parts by `finish`.
+            random_access: true,
             concatenation: true,
             ranged_reads: true,
         }
     }
 
-    async fn create(&self, id: UploadId, _durable: bool) -> Result<Locator> {
+    async fn create(&self, id: UploadId, _durable: bool, length: Option<u64>) -> Result<Locator> {
         let key = self.key(id);
         let c = &self.inner.client;
         // Ids are random: a clash is a bug or a replay, and must not share an object.
@@ -280,6 +274,7 @@ impl DataStore for S3DataStore {
         Ok(Place {
             key,
             upload: Some(upload),
+            part: length.and_then(equal_part),
             ..Place::default()
         }
         .locator())
@@ -293,16 +288,38 @@ impl DataStore for S3DataStore {
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>> {
         let place = Place::of(at)?;
-        let WriteMode::Append { offset } = mode else {
-            return Err(StoreError::Inconsistent(
-                "the S3 store takes appends only".into(),
-            ));
-        };
-        // Appends run under a lease; a chunk session's claims are another store's business.
-        let Fence::Epoch(epoch) = fence else {
-            return Err(StoreError::Inconsistent(
-                "the S3 store writes under a lease only".into(),
-            ));
+        let (offset, epoch) = match (mode, fence) {
+            (WriteMode::Append { offset }, Fence::Epoch(epoch)) => (offset, epoch),
+            // A chunk session's range: staged on its own at each checkpoint; the claims in
+            // the metadata keep writers to disjoint ranges.
+            (WriteMode::At { offset }, Fence::Claim) => {
+                let upload = place.upload()?.to_string();
+                return Ok(Box::new(S3Writer::new(Start {
+                    client: self.inner.client.clone(),
+                    spool_dir: self.inner.spool.clone(),
+                    spool_lock: self.inner.spool_lock.clone(),
+                    spools: self.inner.spools.clone(),
+                    id,
+                    writer: format!("r{offset:016x}-{:016x}", nonce()?),
+                    place: Place {
+                        key: place.key,
+                        upload: Some(upload.clone()),
+                        part: place.part,
+                        ..Place::default()
+                    },
+                    upload,
+                    next: 1,
+                    spool: spool_file(&self.inner.spool)?,
+                    at: offset,
+                    appends: false,
+                    fenced: None,
+                })));
+            }
+            _ => {
+                return Err(StoreError::Inconsistent(
+                    "the S3 store appends under a lease and writes ranges under claims".into(),
+                ));
+            }
         };
         let fenced = Some(self.inner.fences.enter(id, epoch).await?);
         let c = &self.inner.client;
@@ -322,6 +339,14 @@ impl DataStore for S3DataStore {
             }
             Err(e) => return Err(e),
         };
+        // The record is the truth: a recorded part the store does not list as recorded is
+        // lost data, for `ferry fsck --repair` to cut the upload back to what is there.
+        if let Some(p) = place.parts.iter().find(|p| !p.listed_in(&listed)) {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {id}: its recorded part {} is not in the store as recorded",
+                p.n
+            )));
+        }
         let end = place.end();
         if offset != end {
             return Err(StoreError::Inconsistent(format!(
@@ -335,105 +360,76 @@ impl DataStore for S3DataStore {
             .max()
             .unwrap_or(0)
             + 1;
-        // The bytes after the last part, from the staged pieces, into a fresh spool.
-        let spool = spool_file(&self.inner.spool)?;
-        unstage(c, &place, spool.as_file()).await?;
-        // Staged keys are unique to this writer: epochs start again with the process, and
-        // a key written twice would change a piece a record may name.
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        // The bytes after the last part: in the spool the last writer kept at this locator,
+        // or from the staged pieces into a fresh one.
+        let spool = match self.inner.spools.take(id, at) {
+            Some(spool) => spool,
+            None => {
+                let spool = spool_file(&self.inner.spool)?;
+                unstage(c, &place, place.parts_end(), end, spool.as_file()).await?;
+                spool
+            }
+        };
         Ok(Box::new(S3Writer::new(Start {
             client: self.inner.client.clone(),
             spool_dir: self.inner.spool.clone(),
             spool_lock: self.inner.spool_lock.clone(),
+            spools: self.inner.spools.clone(),
             id,
-            writer: format!("{epoch:016x}-{:016x}", u64::from_le_bytes(nonce)),
+            // Staged keys are unique to this writer: epochs start again with the process, and
+            // a key written twice would change a piece a record may name.
+            writer: format!("{epoch:016x}-{:016x}", nonce()?),
             place,
             upload,
             next,
             spool,
+            at: end,
+            appends: true,
             fenced,
         })))
     }
 
     async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator> {
         let mut place = Place::of(at)?;
-        let c = &self.inner.client;
         if place.done {
             return Ok(at.clone());
         }
-        let upload = place.upload()?.to_string();
-        let parts_end = place.parts_end();
-        let tail_len = length.checked_sub(parts_end).ok_or_else(|| {
-            StoreError::Inconsistent(format!("upload {id}: parts hold more than {length} bytes"))
-        })?;
-        let already = |size: Option<u64>| size == Some(length);
-        let mut parts: Vec<(u16, String)> =
-            place.parts.iter().map(|p| (p.n, p.etag.clone())).collect();
-        let listed = match c.list_parts(&place.key, &upload).await {
-            Ok(l) => l,
-            // Completed by an earlier run whose result was not recorded.
-            Err(e) if e.to_string().contains("NoSuchUpload") => {
-                if already(c.head_size(&place.key).await?) {
-                    return Ok(finished(&mut place, c).await);
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        if parts.is_empty() && tail_len == 0 {
-            // Empty: no multipart upload completes without a part. The object first, so that a
-            // crash in between leaves it for the rerun to find.
-            c.put_object(&place.key, Bytes::new()).await?;
-            c.abort(&place.key, &upload).await?;
-            return Ok(finished(&mut place, c).await);
+        let c = &self.inner.client;
+        // One finish of an upload at a time here (requests that read a record with its finish
+        // pending run it too); one of another instance, or of a process that died, may have
+        // completed the object already: then its size says so.
+        let turn = self.inner.finishing.turn(id);
+        let _turn = turn.lock().await;
+        let complete = |size: Option<u64>| size == Some(length);
+        if !complete(c.head_size(&place.key).await?)
+            && let Err(e) = self.assemble(id, &place, length).await
+            && !complete(c.head_size(&place.key).await?)
+        {
+            return Err(e);
         }
-        if tail_len > 0 {
-            // The staged tail, as the last part, sent from a file.
-            let tail = spool_file(&self.inner.spool)?;
-            let have = unstage(c, &place, tail.as_file()).await?;
-            if have < tail_len {
-                return Err(StoreError::Inconsistent(format!(
-                    "upload {id}: {have} of its last {tail_len} bytes are staged"
-                )));
-            }
-            let n = listed
-                .iter()
-                .map(|p| p.number)
-                .chain(parts.iter().map(|p| p.0))
-                .max()
-                .unwrap_or(0)
-                + 1;
-            if n > MAX_PARTS {
-                return Err(StoreError::Inconsistent(format!(
-                    "upload {id}: no part number left"
-                )));
-            }
-            let body = Body::File {
-                path: tail.path().to_path_buf(),
-                start: 0,
-                len: tail_len,
-            };
-            let etag = c.upload_part(&place.key, &upload, n, body).await?;
-            parts.push((n, etag));
-        }
-        match c.complete(&place.key, &upload, &parts).await {
-            Ok(()) => {}
-            Err(e) if e.to_string().contains("NoSuchUpload") => {
-                if !already(c.head_size(&place.key).await?) {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
-        }
+        self.inner.spools.forget(id);
         Ok(finished(&mut place, c).await)
     }
 
-    fn merge_locators(&self, _recorded: &Locator, _written: &Locator) -> Result<Locator> {
-        Err(StoreError::Inconsistent(
-            "the S3 store has no random-access writers".into(),
-        ))
+    /// The recorded place with the range writer's staged pieces added (once each), in order.
+    fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
+        let mut place = Place::of(recorded)?;
+        let written = Place::of(written)?;
+        if written.key != place.key {
+            return Err(StoreError::Inconsistent(format!(
+                "pieces of {} merged into {}",
+                written.key, place.key
+            )));
+        }
+        for piece in written.staged {
+            if !place.staged.iter().any(|p| p.key == piece.key) {
+                place.staged.push(piece);
+            }
+        }
+        place
+            .staged
+            .sort_by(|a, b| (a.at, &a.key).cmp(&(b.at, &b.key)));
+        Ok(place.locator())
     }
 
     async fn read(&self, id: UploadId, at: &Locator, start: u64, end: u64) -> Result<ByteStream> {
@@ -463,43 +459,32 @@ impl DataStore for S3DataStore {
             c.abort(&place.key, upload).await?;
         }
         // Every staged piece, recorded or not.
-        for (key, _) in c.list_objects(&format!("{}.staged/", place.key)).await? {
-            c.delete_object(&key).await?;
+        for piece in c.list_objects(&format!("{}.staged/", place.key)).await? {
+            c.delete_object(&piece.key).await?;
         }
         c.delete_object(&place.key).await?;
         self.inner.fences.forget(id);
+        self.inner.spools.forget(id);
         Ok(())
     }
 
     /// Every upload the bucket holds anything of under the prefix: its object (with its size),
-    /// staged pieces or multipart uploads (size 0 when there is no object). What no record
-    /// owns is deleted at startup (`Uploads::remove_orphaned_data`): the leftovers of a crash
-    /// between CreateMultipartUpload and the record's commit, of a deletion cut short, or of a
-    /// creation whose answer was lost.
+    /// staged pieces or multipart uploads (size 0 when there is no object).
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
-        let prefix = &self.inner.prefix;
-        let c = &self.inner.client;
-        let id_of = |key: &str| -> Option<UploadId> {
-            let rest = key.strip_prefix(prefix.as_str())?;
-            let name = rest.split_once(".staged/").map_or(rest, |(id, _)| id);
-            UploadId::parse(name).ok()
-        };
-        let mut found = std::collections::BTreeMap::new();
-        for (key, size) in c.list_objects(prefix).await? {
-            if let Some(id) = id_of(&key) {
-                let staged = key.contains(".staged/");
-                let entry = found.entry(id).or_insert(0);
-                if !staged {
-                    *entry = size;
-                }
-            }
-        }
-        for u in c.list_uploads(prefix).await? {
-            if let Some(id) = id_of(&u.key) {
-                found.entry(id).or_insert(0);
-            }
-        }
-        Ok(found.into_iter().collect())
+        Ok(self
+            .held()
+            .await?
+            .into_iter()
+            .map(|(id, h)| (id, h.object.map_or(0, |o| o.size)))
+            .collect())
+    }
+
+    async fn holds(&self, _id: UploadId, at: &Locator) -> Result<Option<Holding>> {
+        self.holding(at).await
+    }
+
+    async fn reconcile(&self, owner: &Owner<'_>, cutoff: Option<u64>) -> Result<usize> {
+        self.reconcile_bucket(owner, cutoff).await
     }
 
     fn derived_locator(&self, id: UploadId) -> Option<Locator> {
@@ -530,9 +515,9 @@ async fn finished(place: &mut Place, c: &S3Client) -> Locator {
     }
     match c.list_objects(&format!("{}.staged/", place.key)).await {
         Ok(pieces) => {
-            for (key, _) in pieces {
-                if let Err(e) = c.delete_object(&key).await {
-                    tracing::warn!(%key, error = %e, "deleting a staged piece failed");
+            for piece in pieces {
+                if let Err(e) = c.delete_object(&piece.key).await {
+                    tracing::warn!(key = %piece.key, error = %e, "deleting a staged piece failed");
                 }
             }
         }

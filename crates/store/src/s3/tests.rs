@@ -218,7 +218,7 @@ async fn a_part_sent_but_never_recorded_is_never_part_of_the_object() {
     let spool = tempfile::tempdir().unwrap();
     let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
     let id = ferry_proto::UploadId::from_bytes([0x5a; 16]);
-    let created = store.create(id, true).await.unwrap();
+    let created = store.create(id, true, None).await.unwrap();
     let mut lost = store
         .open_writer(
             id,
@@ -277,7 +277,7 @@ async fn whole_parts_only_and_a_resume_after_a_staged_checkpoint() {
     let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
     let id = ferry_proto::UploadId::from_bytes([0x3c; 16]);
     let data = pattern(2 * part, 6);
-    let created = store.create(id, true).await.unwrap();
+    let created = store.create(id, true, None).await.unwrap();
     // Half a part, committed (staged); then a new writer, as after a restart, does the rest.
     let mut w = store
         .open_writer(
@@ -291,6 +291,10 @@ async fn whole_parts_only_and_a_resume_after_a_staged_checkpoint() {
     w.write(data[..part / 2].to_vec()).await.unwrap();
     let at = w.checkpoint(true).await.unwrap();
     drop(w);
+    // A restarted process: nothing kept in memory, the staged bytes read back from the bucket.
+    drop(store);
+    let spool = tempfile::tempdir().unwrap();
+    let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
     let mut w = store
         .open_writer(
             id,
@@ -322,6 +326,63 @@ async fn whole_parts_only_and_a_resume_after_a_staged_checkpoint() {
             .unwrap(),
         Vec::new()
     );
+    store.delete(id, &at).await.unwrap();
+}
+
+/// The next writer of an upload in the same process goes on in the spool its predecessor kept
+/// at the committed locator, without reading the staged bytes back (shown by deleting them
+/// from the bucket first: the bytes still arrive whole, from the kept spool, in a part); a
+/// writer that starts from another locator does not get that spool.
+#[tokio::test]
+async fn a_writer_goes_on_in_the_spool_its_predecessor_kept() {
+    use crate::data::{DataStore, Fence, WriteMode};
+    let part = super::plan::part_size(1) as usize;
+    let (c, prefix) = fresh_bucket().await;
+    let spool = tempfile::tempdir().unwrap();
+    let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
+    let id = ferry_proto::UploadId::from_bytes([0x4d; 16]);
+    let data = pattern(part + 1000, 9);
+    let created = store.create(id, true, None).await.unwrap();
+    let append = |offset: usize| WriteMode::Append {
+        offset: offset as u64,
+    };
+    let mut w = store
+        .open_writer(id, &created, append(0), Fence::Epoch(1))
+        .await
+        .unwrap();
+    w.write(data[..1000].to_vec()).await.unwrap();
+    let first = w.checkpoint(true).await.unwrap();
+    w.write(data[1000..3000].to_vec()).await.unwrap();
+    let second = w.checkpoint(true).await.unwrap();
+    drop(w);
+    // Committed up to 1000 only (the commit of the second checkpoint failed, say): that spool
+    // is not taken, and the first piece is read back.
+    let mut w = store
+        .open_writer(id, &first, append(1000), Fence::Epoch(2))
+        .await
+        .unwrap();
+    w.write(data[1000..3000].to_vec()).await.unwrap();
+    let third = w.checkpoint(true).await.unwrap();
+    drop(w);
+    assert_ne!(third, second);
+    for o in c
+        .list_objects(&format!("{prefix}{id}.staged/"))
+        .await
+        .unwrap()
+    {
+        c.delete_object(&o.key).await.unwrap();
+    }
+    let mut w = store
+        .open_writer(id, &third, append(3000), Fence::Epoch(3))
+        .await
+        .expect("kept spool: nothing read back");
+    w.write(data[3000..].to_vec()).await.unwrap();
+    let at = w.checkpoint(true).await.unwrap();
+    let place: serde_json::Value = at.0.clone();
+    assert_eq!(place["parts"].as_array().map(Vec::len), Some(1), "{place}");
+    let at = store.finish(id, &at, data.len() as u64).await.unwrap();
+    let got = read(store.read(id, &at, 0, data.len() as u64).await.unwrap()).await;
+    assert!(got == data, "byte-exact");
     store.delete(id, &at).await.unwrap();
 }
 

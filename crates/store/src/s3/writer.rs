@@ -2,8 +2,8 @@
 //! stages the rest at a checkpoint (see `store.rs` for the layout).
 
 use super::client::{Body, S3Client};
-use super::place::{Part, Piece, Place, fenced, spool_file};
-use super::plan::{MAX_PARTS, part_size};
+use super::place::{Part, Piece, Place, Spools, fenced, spool_file};
+use super::plan::MAX_PARTS;
 use crate::data::{DataWriter, Locator, PendingWrite};
 use crate::error::{Result, StoreError};
 use crate::fence::Fenced;
@@ -13,12 +13,17 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+/// The largest staged piece: a single PUT takes up to 5 GiB.
+const MAX_PIECE: u64 = 4 << 30;
+
 /// A writer's state, behind a lock its writes take in order.
 struct State {
     client: S3Client,
     spool_dir: std::path::PathBuf,
     /// Keeps the spool directory locked while this writer's files are in use.
     _spool_lock: Arc<std::fs::File>,
+    /// Where an appender's spool is kept after each checkpoint.
+    spools: Arc<Spools>,
     id: UploadId,
     /// `{epoch}-{nonce}`: names this writer's staged pieces.
     writer: String,
@@ -29,9 +34,14 @@ struct State {
     next: u16,
     /// The next staged piece's sequence number.
     seq: u32,
-    /// The bytes after the last part, at their offset from the parts' end (named: a part is
-    /// sent from it by path).
+    /// The bytes from `origin` on (named: a part is sent from it by path).
     spool: Arc<tempfile::NamedTempFile>,
+    /// Where the spool's first byte sits in the upload: the parts' end for an appender, the
+    /// start of its range for a range writer.
+    origin: u64,
+    /// An appender sends each full part as it arrives; a range writer (chunk sessions) only
+    /// stages its bytes, which `finish` assembles into parts.
+    appends: bool,
     /// Bytes up to here are in parts or staged pieces.
     staged_to: u64,
     /// Bytes up to here were written (spooled or sent) by writes that succeeded.
@@ -94,7 +104,7 @@ impl State {
     }
 
     async fn write_inner(&mut self, buf: Vec<u8>) -> Result<Vec<u8>> {
-        let at = self.written - self.place.parts_end();
+        let at = self.written - self.origin;
         let spool = self.spool.clone();
         let len = buf.len() as u64;
         // Refused at once when the writer was taken over, even before anything is sent.
@@ -108,7 +118,7 @@ impl State {
         })
         .await?;
         self.written += len;
-        while self.written - self.place.parts_end() >= part_size(self.next) {
+        while self.appends && self.written - self.origin >= self.place.part_size(self.next) {
             self.send_part().await?;
         }
         Ok(buf)
@@ -123,7 +133,7 @@ impl State {
                 self.id
             )));
         }
-        let size = part_size(n);
+        let size = self.place.part_size(n);
         let key = self.place.key.clone();
         let c = self.client.clone();
         let upload = self.upload.clone();
@@ -150,6 +160,7 @@ impl State {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.spool = fresh;
+        self.origin = parts_end;
         self.staged_to = self.staged_to.max(parts_end);
         Ok(())
     }
@@ -163,11 +174,12 @@ impl State {
             }
             _ => {}
         }
-        if self.written > self.staged_to {
-            let len = self.written - self.staged_to;
+        // In pieces a single PUT can take.
+        while self.written > self.staged_to {
+            let len = (self.written - self.staged_to).min(MAX_PIECE);
             let body = Body::File {
                 path: self.spool.path().to_path_buf(),
-                start: self.staged_to - self.place.parts_end(),
+                start: self.staged_to - self.origin,
                 len,
             };
             let key = format!("{}.staged/{}-{:08x}", self.place.key, self.writer, self.seq);
@@ -179,9 +191,15 @@ impl State {
                 at: self.staged_to,
                 size: len,
             });
-            self.staged_to = self.written;
+            self.staged_to += len;
         }
-        Ok(self.place.locator())
+        let at = self.place.locator();
+        if self.appends {
+            let bytes = self.written - self.origin;
+            self.spools
+                .keep(self.id, at.clone(), self.spool.clone(), bytes);
+        }
+        Ok(at)
     }
 }
 
@@ -192,6 +210,8 @@ pub(super) struct Start {
     pub(super) spool_dir: std::path::PathBuf,
     /// The store's lock on that directory, held while the writer lives.
     pub(super) spool_lock: Arc<std::fs::File>,
+    /// Where an appender's spool is kept for the next writer.
+    pub(super) spools: Arc<Spools>,
     pub(super) id: UploadId,
     /// `{epoch}-{nonce}`.
     pub(super) writer: String,
@@ -200,18 +220,28 @@ pub(super) struct Start {
     pub(super) upload: String,
     /// The first part number it may use.
     pub(super) next: u16,
-    /// The staged bytes after the last part, spooled.
+    /// The bytes from `at` on, spooled (an appender's staged bytes after the last part).
     pub(super) spool: Arc<tempfile::NamedTempFile>,
+    /// Where it starts writing: the end of the committed place for an appender, the start of
+    /// its range for a range writer.
+    pub(super) at: u64,
+    /// An appender (else a range writer).
+    pub(super) appends: bool,
     pub(super) fenced: Option<Fenced>,
 }
 
 impl S3Writer {
     pub(super) fn new(start: Start) -> S3Writer {
-        let end = start.place.end();
+        let origin = match start.appends {
+            true => start.place.parts_end(),
+            false => start.at,
+        };
+        let end = start.at;
         let state = State {
             client: start.client,
             spool_dir: start.spool_dir,
             _spool_lock: start.spool_lock,
+            spools: start.spools,
             id: start.id,
             writer: start.writer,
             place: start.place,
@@ -219,6 +249,8 @@ impl S3Writer {
             next: start.next,
             seq: 0,
             spool: start.spool,
+            origin,
+            appends: start.appends,
             staged_to: end,
             written: end,
             failed: None,

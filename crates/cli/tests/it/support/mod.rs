@@ -12,6 +12,7 @@ pub mod download;
 pub mod ietf;
 pub mod netns;
 pub mod proxy;
+pub mod s3;
 pub mod strace;
 pub mod tus;
 pub mod upload;
@@ -19,6 +20,44 @@ pub mod upload;
 /// Path of the ferry binary built for these tests.
 pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// With `FERRY_TEST_STORE=s3` (`scripts/test.sh` runs the protocol suites so, a second time),
+/// a server started without `--store` keeps its data in a fresh prefix of the tests' bucket on
+/// `FERRY_TEST_S3_ENDPOINT`: the same tests then check both stores. Restarts keep the prefix.
+fn store_under_test(
+    data_dir: &Path,
+    mut args: Vec<String>,
+    mut envs: Vec<(String, String)>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let s3 = std::env::var("FERRY_TEST_STORE").is_ok_and(|v| v == "s3");
+    if !s3
+        || args
+            .iter()
+            .any(|a| a == "--store" || a.starts_with("--store="))
+    {
+        return (args, envs);
+    }
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let endpoint = std::env::var("FERRY_TEST_S3_ENDPOINT")
+        .expect("FERRY_TEST_STORE=s3 needs FERRY_TEST_S3_ENDPOINT (scripts/seaweedfs.sh)");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let store = format!("s3://ferry-tests/suite-{}-{nanos}-{n}", std::process::id());
+    static BUCKET: std::sync::Once = std::sync::Once::new();
+    BUCKET.call_once(|| s3::ensure_test_bucket(&endpoint));
+    let store_args = vec!["--store".into(), store, "--s3-endpoint".into(), endpoint];
+    s3::remember(data_dir, &store_args);
+    args.extend(store_args);
+    for (k, v) in s3::CREDS {
+        if !envs.iter().any(|(name, _)| name == k) {
+            envs.push((k.into(), v.into()));
+        }
+    }
+    (args, envs)
 }
 
 /// A running `ferry serve`. Killed (and reaped) on drop; it also exits by itself when this
@@ -119,6 +158,7 @@ impl Server {
         stderr_path: PathBuf,
         envs: Vec<(String, String)>,
     ) -> Result<Server, String> {
+        let (args, envs) = store_under_test(&data_dir, args, envs);
         let mut full: Vec<String> = vec!["serve".into()];
         if !args.iter().any(|a| a == "--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -190,6 +230,15 @@ impl Server {
             envs,
             stderr_path,
         })
+    }
+
+    /// The S3 store (`--store`, `--s3-endpoint`) this server keeps its data in, if any.
+    pub fn s3_store(&self) -> Option<(String, String)> {
+        let after = |flag: &str| {
+            let i = self.args.iter().position(|a| a == flag)?;
+            self.args.get(i + 1).cloned()
+        };
+        Some((after("--store")?, after("--s3-endpoint")?))
     }
 
     pub fn pid(&self) -> u32 {
@@ -687,6 +736,8 @@ pub fn assert_fsck_clean(data_dir: &Path) {
     let out = Command::new(ferry_bin())
         .args(["fsck", "--data-dir"])
         .arg(data_dir)
+        .args(s3::store_of(data_dir).unwrap_or_default())
+        .envs(s3::CREDS)
         .output()
         .expect("ferry fsck runs");
     assert!(

@@ -65,6 +65,18 @@ pub fn data_file(server: &Server, url: &str) -> PathBuf {
     server.data_dir.join("uploads").join(&id[..2]).join(&id)
 }
 
+/// Bytes the server's store holds of the upload at `url`: its file's size (local store), or
+/// its object's (S3: 0 while only a multipart upload or staged pieces exist); `None` once
+/// nothing of it is left.
+pub fn stored(server: &Server, url: &str) -> Option<u64> {
+    match server.s3_store() {
+        Some((store, endpoint)) => super::s3::held(&store, &endpoint, &id_of(url)),
+        None => std::fs::metadata(data_file(server, url))
+            .ok()
+            .map(|m| m.len()),
+    }
+}
+
 /// Files under the data directory's upload store.
 pub fn stored_files(data_dir: &Path) -> usize {
     fn walk(p: &Path) -> usize {

@@ -1,7 +1,7 @@
 //! Read-backs for digests clients ask for: once per upload, on a bounded pool.
 
 use super::super::*;
-use crate::data::{DataCapabilities, DataWriter, Fence, Locator, WriteMode};
+use crate::data::{DataCapabilities, DataWriter, Fence, Holding, Locator, Owner, WriteMode};
 use crate::local::LocalDataStore;
 use crate::lock::LocalLocker;
 use crate::redb_meta::RedbMetaStore;
@@ -51,8 +51,8 @@ impl DataStore for Counting {
         self.inner.capabilities()
     }
 
-    async fn create(&self, id: UploadId, durable: bool) -> Result<Locator> {
-        self.inner.create(id, durable).await
+    async fn create(&self, id: UploadId, durable: bool, length: Option<u64>) -> Result<Locator> {
+        self.inner.create(id, durable, length).await
     }
 
     async fn open_writer(
@@ -100,6 +100,14 @@ impl DataStore for Counting {
 
     async fn inventory(&self) -> Result<Vec<(UploadId, u64)>> {
         self.inner.inventory().await
+    }
+
+    async fn holds(&self, id: UploadId, at: &Locator) -> Result<Option<Holding>> {
+        self.inner.holds(id, at).await
+    }
+
+    async fn reconcile(&self, owner: &Owner<'_>, cutoff: Option<u64>) -> Result<usize> {
+        self.inner.reconcile(owner, cutoff).await
     }
 }
 

@@ -1,0 +1,62 @@
+//! The S3 store's finish: the staged bytes after the recorded parts (an appender's tail, or
+//! every range of a chunk session) assembled into parts, then the multipart upload completed
+//! from the recorded parts and those (never from ListParts).
+
+use super::client::Body;
+use super::place::{Place, spool_file, unstage};
+use super::plan::MAX_PARTS;
+use super::store::S3DataStore;
+use crate::error::{Result, StoreError};
+use bytes::Bytes;
+use ferry_proto::UploadId;
+
+impl S3DataStore {
+    /// Sends what is staged after `place`'s parts as parts, through a spool file one part at a
+    /// time, and completes the object of `length` bytes. An empty upload becomes an empty
+    /// object (no multipart upload completes without a part).
+    pub(super) async fn assemble(&self, id: UploadId, place: &Place, length: u64) -> Result<()> {
+        let c = &self.inner.client;
+        let upload = place.upload()?.to_string();
+        let parts_end = place.parts_end();
+        if parts_end > length {
+            return Err(StoreError::Inconsistent(format!(
+                "upload {id}: parts hold more than {length} bytes"
+            )));
+        }
+        if length == 0 {
+            // The object first, so that a crash in between leaves it for the rerun to find.
+            c.put_object(&place.key, Bytes::new()).await?;
+            return c.abort(&place.key, &upload).await;
+        }
+        // Past every number used, recorded or not.
+        let listed = c.list_parts(&place.key, &upload).await?;
+        let mut parts: Vec<(u16, String)> =
+            place.parts.iter().map(|p| (p.n, p.etag.clone())).collect();
+        let mut n = listed
+            .iter()
+            .map(|p| p.number)
+            .chain(parts.iter().map(|p| p.0))
+            .max()
+            .unwrap_or(0);
+        let mut at = parts_end;
+        while at < length {
+            n += 1;
+            if n > MAX_PARTS {
+                return Err(StoreError::Inconsistent(format!(
+                    "upload {id}: no part number left"
+                )));
+            }
+            let size = place.part_size(n).min(length - at);
+            let spool = spool_file(&self.inner.spool)?;
+            unstage(c, place, at, at + size, spool.as_file()).await?;
+            let body = Body::File {
+                path: spool.path().to_path_buf(),
+                start: 0,
+                len: size,
+            };
+            parts.push((n, c.upload_part(&place.key, &upload, n, body).await?));
+            at += size;
+        }
+        c.complete(&place.key, &upload, &parts).await
+    }
+}
