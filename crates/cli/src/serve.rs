@@ -672,6 +672,21 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     });
     tokio::spawn(ferry_server::run_sweeper(state.clone()));
     tokio::spawn(ferry_server::run_reconciler(state.clone()));
+    // Every unfinished upload's recorded parts and pieces against the store, while serving:
+    // what is missing is reported (the upload refuses to go on until `ferry fsck --repair`).
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            match state.uploads.short_uploads().await {
+                Ok(short) => {
+                    for p in &short {
+                        tracing::error!(problem = %p, "data missing from the store: run ferry fsck --repair");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checking uploads against the store failed"),
+            }
+        });
+    }
     {
         // SIGUSR1: sweep expired uploads now (operators and tests; no need to wait a week).
         let state = state.clone();

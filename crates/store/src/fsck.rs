@@ -262,6 +262,26 @@ impl Uploads {
         Ok(report)
     }
 
+    /// Checks every unfinished upload's committed state against the data store (an object
+    /// store's recorded parts against ListParts, its staged pieces against the bucket): the
+    /// uploads whose data is short of what their record says, for `ferry serve` to report at
+    /// startup. Nothing is changed: the record stays the truth, its upload refuses to go on,
+    /// and `ferry fsck --repair` cuts it back to what is there.
+    pub async fn short_uploads(&self) -> Result<Vec<Problem>> {
+        let records: Vec<UploadInfo> = self
+            .meta
+            .list()
+            .await?
+            .into_iter()
+            .filter(|i| !i.is_complete() && !i.deleted)
+            .collect();
+        let held = self.held(&records).await?;
+        Ok(find_problems(&records, &[], &held)
+            .into_iter()
+            .filter(|p| matches!(p, Problem::MissingData { .. }))
+            .collect())
+    }
+
     /// The bytes the data store really holds of each record that needs data.
     async fn held(&self, records: &[UploadInfo]) -> Result<BTreeMap<UploadId, u64>> {
         let mut held = BTreeMap::new();

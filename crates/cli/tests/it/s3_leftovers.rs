@@ -311,3 +311,77 @@ fn the_reconciler_removes_leftovers_older_than_the_grace_period_while_serving() 
     let got = client().get(&url).send().unwrap().bytes().unwrap();
     assert!(got.as_ref() == body.as_slice(), "byte-exact");
 }
+
+/// The record is the truth and the bucket lost what it names (the multipart upload aborted
+/// behind ferry's back): the next start reports it, the upload refuses to go on rather than
+/// build on what is gone, `ferry fsck --store …` finds it, and `--repair` drops the record;
+/// an intact upload beside it is untouched and fsck is then clean.
+#[test]
+fn data_lost_from_the_bucket_is_reported_at_start_and_repaired_by_fsck() {
+    ensure_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = fresh_store();
+    let prefix = prefix_of(&store);
+    let e = endpoint();
+    let args = ["--store", &store, "--s3-endpoint", &e, "--sync", "none"];
+    let mut server = Server::start_in_with_env(&data, &args, &CREDS);
+    let body: Vec<u8> = (0..10 * M).map(|i| (i * 31 % 247) as u8).collect();
+    let lost = create(&server, body.len() as u64, None);
+    let kept = create(&server, body.len() as u64, None);
+    for url in [&lost, &kept] {
+        assert_eq!(patch(url, 0, body[..9 * M].to_vec()).0, 204);
+    }
+    server.terminate(Duration::from_secs(10));
+    let c = s3_client(&e);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = key_of(&prefix, &lost);
+    rt.block_on(async {
+        for u in c.list_uploads(&key).await.unwrap() {
+            c.abort(&u.key, &u.upload_id).await.unwrap();
+        }
+    });
+    let fsck = |repair: bool| {
+        let mut cmd = std::process::Command::new(ferry_bin());
+        cmd.args(["fsck", "--data-dir"])
+            .arg(&data)
+            .args(["--store", &store, "--s3-endpoint", &e])
+            .envs(CREDS);
+        if repair {
+            cmd.arg("--repair");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let server = Server::start_in_with_env(&data, &args, &CREDS);
+    let lost = server.rebase(&lost);
+    let kept = server.rebase(&kept);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("data missing from the store") {
+        assert!(Instant::now() < deadline, "not reported: {}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = patch(&lost, 9 * M as u64, body[9 * M..].to_vec());
+    assert!(
+        status == 404 || status == 410,
+        "went on over lost data: {status}"
+    );
+    drop(server);
+    let (code, out) = fsck(false);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("its data is missing"), "{out}");
+    let (code, out) = fsck(true);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = fsck(false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("no problems"), "{out}");
+    let server = Server::start_in_with_env(&data, &args, &CREDS);
+    assert_eq!(head_offset(&server.rebase(&lost)), None, "dropped");
+    let kept = server.rebase(&kept);
+    assert_eq!(patch(&kept, 9 * M as u64, body[9 * M..].to_vec()).0, 204);
+    let got = client().get(&kept).send().unwrap().bytes().unwrap();
+    assert!(got.as_ref() == body.as_slice(), "byte-exact");
+}
