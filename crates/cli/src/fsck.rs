@@ -36,11 +36,25 @@ pub fn run(args: FsckArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            errln!("ferry fsck: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let store = crate::store::resolve(args.store, StoreFile::default(), |k| std::env::var(k).ok())
         .and_then(|choice| crate::store::prepare(&choice, &args.data_dir));
-    let opened = match store {
-        Ok(Some(s3)) => Uploads::open_with_data(&args.data_dir, SyncPolicy::Always, Arc::new(s3)),
-        Ok(None) => Uploads::open_local(&args.data_dir, SyncPolicy::Always),
+    let (opened, s3) = match store {
+        Ok(Some(s3)) => {
+            let s3 = Arc::new(s3);
+            let opened = Uploads::open_with_data(&args.data_dir, SyncPolicy::Always, s3.clone());
+            (opened, Some(s3))
+        }
+        Ok(None) => (
+            Uploads::open_local(&args.data_dir, SyncPolicy::Always),
+            None,
+        ),
         Err(e) => {
             errln!("ferry fsck: {e:#}");
             return ExitCode::from(2);
@@ -53,13 +67,13 @@ pub fn run(args: FsckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            errln!("ferry fsck: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    // Only the prefix this directory serves: another's uploads would all look like orphans.
+    if let Some(s3) = &s3
+        && let Err(e) = rt.block_on(crate::store::check_owned(s3, &args.data_dir))
+    {
+        errln!("ferry fsck: {e:#}");
+        return ExitCode::from(2);
+    }
     let report = match rt.block_on(uploads.fsck(args.repair)) {
         Ok(r) => r,
         Err(e) => {

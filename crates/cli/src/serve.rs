@@ -353,6 +353,10 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             .or(file.reconcile_grace)
             .unwrap_or_else(|| "1h".into()),
     )?;
+    // Anything younger may be a creation or a write between staging and its commit.
+    if reconcile_grace < Duration::from_secs(1) {
+        bail!("--reconcile-grace must be at least 1s");
+    }
     let max_metadata = size_setting(
         "--max-metadata-size",
         args.max_metadata_size,

@@ -209,6 +209,33 @@ pub async fn check(
     Ok(())
 }
 
+/// For `ferry fsck`: the prefix must be this data directory's (its owner marker names the
+/// directory's `s3-owner`), checked without writing anything. A [`SetupError`] otherwise.
+pub async fn check_owned(
+    store: &ferry_store::s3::S3DataStore,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    let path = data_dir.join("s3-owner");
+    let Ok(mine) = std::fs::read_to_string(&path) else {
+        return Err(SetupError(format!(
+            "{} has never served {} (no s3-owner): give the --store it serves",
+            data_dir.display(),
+            ferry_store::data::DataStore::identity(store)
+        ))
+        .into());
+    };
+    match store.owner().await {
+        Ok(Some(owner)) if owner == mine.trim() => Ok(()),
+        Ok(_) => Err(SetupError(format!(
+            "{} is not {}'s prefix (its owner marker names another data directory, or none)",
+            ferry_store::data::DataStore::identity(store),
+            data_dir.display()
+        ))
+        .into()),
+        Err(e) => bail!("{e}"),
+    }
+}
+
 /// This data directory's id (`s3-owner`, 32 hex digits, made on first use and written
 /// atomically), which the prefix's owner marker names.
 fn owner_id(data_dir: &std::path::Path) -> Result<String> {

@@ -232,6 +232,7 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             e @ (StoreError::TooFragmented { .. }
+            | StoreError::TooManyChunks { .. }
             | StoreError::DuplicatePart(_)
             | StoreError::TooManyParts { .. }
             | StoreError::TooManyFinals { .. }) => ApiError::bad_request(e.to_string()),

@@ -59,18 +59,27 @@ impl Locator {
     }
 }
 
-/// The reconciler's question to the metadata: the committed locator of the record that owns
-/// `id`'s data, or `None` when no record does (none exists, or it is a final, which has no
-/// object of its own).
-pub type Owner<'a> = dyn Fn(UploadId) -> Pin<Box<dyn Future<Output = Result<Option<Locator>>> + Send + 'a>>
-    + Send
-    + Sync
-    + 'a;
+/// The reconciler's question to the metadata: who owns `id`'s data ([`Owned`]).
+pub type Owner<'a> =
+    dyn Fn(UploadId) -> Pin<Box<dyn Future<Output = Result<Owned>> + Send + 'a>> + Send + Sync + 'a;
+
+/// Who owns an upload's data, as the reconciler asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owned {
+    /// No record (none exists, or it is a final, which has no object of its own).
+    Nobody,
+    /// The record, with its committed locator.
+    Record(Locator),
+    /// A request is writing it right now (a chunk session's ranges, staged before their
+    /// commit names them): left alone this time.
+    Busy,
+}
 
 /// What a store really holds of an upload's committed state ([`DataStore::holds`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holding {
-    /// Bytes from the start, without a gap.
+    /// How far the data reaches: the end of the last byte held (a chunk session's ranges may
+    /// leave gaps, as a sparse file does).
     pub bytes: u64,
     /// The locator that covers exactly them: the committed one when nothing is missing.
     pub at: Locator,
@@ -189,8 +198,8 @@ pub trait DataStore: Send + Sync + 'static {
 
     /// How much of the committed state `at` the store really holds, checked against the
     /// store itself (an object store lists the recorded parts, with their ETags and sizes, and
-    /// the staged pieces), or `None` when the object is gone. For `ferry fsck`, not on a
-    /// request path.
+    /// the staged pieces), or `None` when the object is gone. For `ferry fsck` and the check
+    /// `ferry serve` runs in the background at startup; not on a request path.
     async fn holds(&self, id: UploadId, at: &Locator) -> Result<Option<Holding>>;
 
     /// One pass of the reconciler: removes what the store holds that no committed state needs

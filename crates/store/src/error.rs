@@ -110,6 +110,12 @@ pub enum StoreError {
         /// The limit.
         limit: usize,
     },
+    /// A chunk session holds as many chunks as its data store can keep track of.
+    #[error("more than {limit} chunks in one session on this store: send larger chunks")]
+    TooManyChunks {
+        /// The limit.
+        limit: usize,
+    },
     /// Stored state contradicts itself (e.g. data shorter than the committed offset).
     #[error("inconsistent stored state: {0}")]
     Inconsistent(String),

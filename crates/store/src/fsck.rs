@@ -1,13 +1,14 @@
 //! `ferry fsck`: do the records and the data agree? Finds data no record owns, records whose
 //! bytes are missing, and parts and finals whose references disagree; repairs them on request.
 //!
-//! Run it on a store nobody is serving (`Uploads::open_local` takes the directory lock): the
-//! check reads every record and the data store's inventory as one picture.
+//! Run it on a store nobody is serving (opening `Uploads` takes the directory lock): the check
+//! reads every record and the data store's inventory as one picture. The reconciler's pass
+//! and the check `ferry serve` runs at startup are here too.
 
-use crate::data::Locator;
+use crate::data::Owned;
 use crate::engine::{Uploads, gone_objects, locators};
 use crate::error::{Result, StoreError};
-use crate::meta::{MetaStore, Records};
+use crate::meta::Records;
 use crate::model::{UploadInfo, UploadKind};
 use ferry_proto::UploadId;
 use std::collections::{BTreeMap, BTreeSet};
@@ -193,20 +194,6 @@ pub fn find_problems(
     problems.into_iter().collect()
 }
 
-/// The committed locator of the record that owns `id`'s data (a final owns none).
-fn owner_of(
-    meta: &Arc<dyn MetaStore>,
-    id: UploadId,
-) -> Pin<Box<dyn Future<Output = Result<Option<Locator>>> + Send + '_>> {
-    Box::pin(async move {
-        Ok(meta
-            .get(id)
-            .await?
-            .filter(|i| !matches!(i.kind, UploadKind::Final { .. }))
-            .map(|i| i.locator))
-    })
-}
-
 /// Cuts an unfinished upload's record down to the `have` bytes its data holds.
 fn cut_to(info: &mut UploadInfo, have: u64) {
     if let Some(received) = &info.received {
@@ -300,9 +287,22 @@ impl Uploads {
     /// removes whatever its age: only at startup, under the directory lock, before any
     /// request, when nothing can be writing. Returns how many things were removed.
     pub async fn reconcile(&self, cutoff: Option<u64>) -> Result<usize> {
-        let meta = &self.meta;
-        let owner = |id| owner_of(meta, id);
+        let owner = |id| self.owner_of(id);
         self.data.reconcile(&owner, cutoff).await
+    }
+
+    /// Who owns `id`'s data: a chunk session being written is busy (its ranges are staged
+    /// before their commit names them); else the record, unless it is a final.
+    fn owner_of(&self, id: UploadId) -> Pin<Box<dyn Future<Output = Result<Owned>> + Send + '_>> {
+        Box::pin(async move {
+            if self.chunk_writes_active(id) {
+                return Ok(Owned::Busy);
+            }
+            Ok(match self.meta.get(id).await? {
+                Some(i) if !matches!(i.kind, UploadKind::Final { .. }) => Owned::Record(i.locator),
+                _ => Owned::Nobody,
+            })
+        })
     }
 
     async fn repair(&self, problem: &Problem) -> Result<()> {

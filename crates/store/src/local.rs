@@ -9,7 +9,7 @@
 //! their directory.
 
 use crate::data::{
-    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Holding, Locator, Owner,
+    ByteStream, DataCapabilities, DataStore, DataWriter, Fence, Holding, Locator, Owned, Owner,
     PendingWrite, WriteMode,
 };
 use crate::error::{Result, StoreError};
@@ -294,9 +294,13 @@ impl DataStore for LocalDataStore {
         let mut removed = 0;
         for (id, _, modified) in self.files().await? {
             let old = cutoff.is_none_or(|c| modified < c);
-            if old && owner(id).await?.is_none() {
-                self.delete(id, &Self::locator_of(id)).await?;
-                removed += 1;
+            if old && owner(id).await? == Owned::Nobody {
+                match self.delete(id, &Self::locator_of(id)).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(upload = %id.tag(), error = %e, "reconciler: removing a leftover failed");
+                    }
+                }
             }
         }
         Ok(removed)

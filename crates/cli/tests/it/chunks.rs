@@ -530,6 +530,10 @@ fn restart_keeps_received_ranges() {
     let h = head(server.addr, &path);
     assert_eq!(status_of(&h), 200, "{h}");
     assert_eq!(ranges(&h), "0-99999,400000-499999");
+    // A session with a gap between its ranges is as it should be.
+    server.kill9();
+    assert_fsck_clean(&server.data_dir);
+    server.restart_same_port_after_kill();
     let r = chunk(server.addr, &path, &data, 100_000, 400_000);
     assert!(body_of(&r).contains(r#""complete":true"#), "{r}");
     assert_eq!(

@@ -252,7 +252,7 @@ fn the_reconciler_removes_leftovers_older_than_the_grace_period_while_serving() 
         "--reconcile-interval",
         "500ms",
         "--reconcile-grace",
-        "4s",
+        "8s",
     ];
     let server = Server::start_with_env(&args, &CREDS);
     let body: Vec<u8> = (0..12 * M).map(|i| (i * 7 % 253) as u8).collect();
@@ -281,13 +281,14 @@ fn the_reconciler_removes_leftovers_older_than_the_grace_period_while_serving() 
         .collect();
     assert_eq!(recorded.len(), 1, "the committed piece: {objects:?}");
     assert_eq!(uploads.len(), 3, "{uploads:?}");
-    // Younger than the grace period: several passes later, all still there.
-    std::thread::sleep(Duration::from_secs(2));
+    // Younger than the grace period (LastModified is in whole seconds): several passes later,
+    // all still there.
+    std::thread::sleep(Duration::from_secs(3));
     let (uploads, objects) = listing(&rt, &prefix);
     assert_eq!(uploads.len(), 3, "{uploads:?}");
     assert!(planted.iter().all(|k| objects.contains(k)), "{objects:?}");
     // Older: gone, all but what the record names.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (uploads, objects) = listing(&rt, &prefix);
         let gone = uploads == vec![live.clone()] && !planted.iter().any(|k| objects.contains(k));
@@ -378,6 +379,19 @@ fn data_lost_from_the_bucket_is_reported_at_start_and_repaired_by_fsck() {
     let (code, out) = fsck(false);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("no problems"), "{out}");
+    // Another data directory (no uploads) pointed at this prefix is refused, not "repaired".
+    let other = dir.path().join("other");
+    drop(Server::start_in(&other, &[]));
+    let out = std::process::Command::new(ferry_bin())
+        .args(["fsck", "--repair", "--data-dir"])
+        .arg(&other)
+        .args(["--store", &store, "--s3-endpoint", &e])
+        .envs(CREDS)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("has never served"), "{err}");
     let server = Server::start_in_with_env(&data, &args, &CREDS);
     assert_eq!(head_offset(&server.rebase(&lost)), None, "dropped");
     let kept = server.rebase(&kept);

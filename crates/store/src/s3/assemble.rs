@@ -4,7 +4,7 @@
 
 use super::client::Body;
 use super::place::{Place, spool_file, unstage};
-use super::plan::MAX_PARTS;
+use super::plan::{MAX_PARTS, equal_part};
 use super::store::S3DataStore;
 use crate::error::{Result, StoreError};
 use bytes::Bytes;
@@ -28,16 +28,19 @@ impl S3DataStore {
             c.put_object(&place.key, Bytes::new()).await?;
             return c.abort(&place.key, &upload).await;
         }
-        // Past every number used, recorded or not.
-        let listed = c.list_parts(&place.key, &upload).await?;
+        // Numbered on from the last recorded part, the same on every run: a run that failed
+        // half-way left parts that the next run sends again under the same numbers (a part
+        // sent again replaces the one before), so reruns use up no numbers. Parts a writer
+        // sent but never recorded are replaced the same way; Complete names only these.
         let mut parts: Vec<(u16, String)> =
             place.parts.iter().map(|p| (p.n, p.etag.clone())).collect();
-        let mut n = listed
-            .iter()
-            .map(|p| p.number)
-            .chain(parts.iter().map(|p| p.0))
-            .max()
-            .unwrap_or(0);
+        let mut n = parts.iter().map(|p| p.0).max().unwrap_or(0);
+        // A chunk session (nothing sent as parts yet) knows its length now: equal parts.
+        let equal = match (place.part, parts.is_empty()) {
+            (Some(size), _) => Some(size),
+            (None, true) => equal_part(length),
+            (None, false) => None,
+        };
         let mut at = parts_end;
         while at < length {
             n += 1;
@@ -46,7 +49,7 @@ impl S3DataStore {
                     "upload {id}: no part number left"
                 )));
             }
-            let size = place.part_size(n).min(length - at);
+            let size = equal.unwrap_or_else(|| place.part_size(n)).min(length - at);
             let spool = spool_file(&self.inner.spool)?;
             unstage(c, place, at, at + size, spool.as_file()).await?;
             let body = Body::File {

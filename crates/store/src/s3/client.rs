@@ -464,7 +464,11 @@ impl S3Client {
             }));
             match parsed.next_part_number_marker {
                 Some(m) if marker != Some(m) => marker = Some(m),
-                _ => return Ok(out),
+                _ => {
+                    // In number order whatever the store did (lookups search it).
+                    out.sort_by_key(|p| p.number);
+                    return Ok(out);
+                }
             }
         }
     }

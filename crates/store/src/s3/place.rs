@@ -45,12 +45,18 @@ pub(super) struct Part {
 
 impl Part {
     /// Whether the store lists this part as recorded: its number, size and ETag (quotes
-    /// aside: stores differ).
+    /// aside: stores differ). `listed` is in number order, as ListParts gives it.
     pub(super) fn listed_in(&self, listed: &[ListedPart]) -> bool {
-        let bare = |e: &str| e.trim_matches('"').to_string();
-        listed
-            .iter()
-            .any(|l| l.number == self.n && l.size == self.size && bare(&l.etag) == bare(&self.etag))
+        fn bare(e: &str) -> &str {
+            e.trim_matches('"')
+        }
+        match listed.binary_search_by_key(&self.n, |l| l.number) {
+            Ok(i) => {
+                let l = &listed[i];
+                l.size == self.size && bare(&l.etag) == bare(&self.etag)
+            }
+            Err(_) => false,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use super::client::{ListedObject, ListedUpload};
 use super::place::Place;
 use super::store::S3DataStore;
-use crate::data::{Holding, Locator, Owner};
+use crate::data::{Holding, Locator, Owned, Owner};
 use crate::error::Result;
 use ferry_proto::UploadId;
 use std::collections::BTreeMap;
@@ -28,6 +28,18 @@ impl Held {
             .chain(&self.staged)
             .any(|o| older(o.modified_ms, cutoff))
             || self.uploads.iter().any(|u| older(u.initiated_ms, cutoff))
+    }
+}
+
+/// 1 when a removal succeeded; a failure is logged and the pass goes on (one object it may not
+/// delete must not stop every later pass at the same place).
+fn gone(result: Result<()>, key: &str) -> usize {
+    match result {
+        Ok(()) => 1,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "reconciler: removing a leftover failed");
+            0
+        }
     }
 }
 
@@ -90,8 +102,9 @@ impl S3DataStore {
                 continue;
             }
             let place = match owner(id).await? {
-                None => None,
-                Some(at) => match Place::of(&at) {
+                Owned::Busy => continue,
+                Owned::Nobody => None,
+                Owned::Record(at) => match Place::of(&at) {
                     Ok(place) => Some(place),
                     Err(e) => {
                         tracing::warn!(upload = %id.tag(), error = %e, "reconciler: a locator it cannot read; left alone");
@@ -102,8 +115,7 @@ impl S3DataStore {
             for u in &held.uploads {
                 let named = place.as_ref().and_then(|p| p.upload.as_deref()) == Some(&*u.upload_id);
                 if !named && older(u.initiated_ms, cutoff) {
-                    c.abort(&u.key, &u.upload_id).await?;
-                    removed += 1;
+                    removed += gone(c.abort(&u.key, &u.upload_id).await, &u.key);
                 }
             }
             for o in &held.staged {
@@ -111,16 +123,14 @@ impl S3DataStore {
                     .as_ref()
                     .is_some_and(|p| p.staged.iter().any(|s| s.key == o.key));
                 if !named && older(o.modified_ms, cutoff) {
-                    c.delete_object(&o.key).await?;
-                    removed += 1;
+                    removed += gone(c.delete_object(&o.key).await, &o.key);
                 }
             }
             // An owned key's object stays: it may be a finish whose result is not recorded yet.
             if let (None, Some(o)) = (&place, &held.object)
                 && older(o.modified_ms, cutoff)
             {
-                c.delete_object(&o.key).await?;
-                removed += 1;
+                removed += gone(c.delete_object(&o.key).await, &o.key);
             }
             if place.is_none() {
                 self.inner.fences.forget(id);
@@ -159,9 +169,11 @@ impl S3DataStore {
             .iter()
             .take_while(|p| p.listed_in(&listed))
             .count();
+        let lost_parts = kept < place.parts.len();
         place.parts.truncate(kept);
-        // A piece counts if it is there whole and leaves no gap (one after a missing part
-        // starts past what is held).
+        // The pieces, in order, up to the first that is not there whole. (A chunk session's
+        // pieces may leave gaps between received ranges: the furthest end counts, as the
+        // local store's sparse file length does.)
         let staged: BTreeMap<String, u64> = c
             .list_objects(&format!("{}.staged/", place.key))
             .await?
@@ -172,7 +184,9 @@ impl S3DataStore {
         let mut pieces = 0;
         for piece in &place.staged {
             let whole = staged.get(&piece.key).is_some_and(|&s| s == piece.size);
-            if !whole || piece.at > bytes {
+            // A piece after a lost part lies past a gap that is not a session's.
+            let after_lost = lost_parts && piece.at > place.parts_end();
+            if !whole || after_lost {
                 break;
             }
             bytes = bytes.max(piece.at + piece.size);

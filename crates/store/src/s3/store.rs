@@ -211,10 +211,21 @@ impl S3DataStore {
         }
     }
 
+    /// The data directory the prefix belongs to: its owner marker's content, if any.
+    pub async fn owner(&self) -> Result<Option<String>> {
+        let key = format!("{}.ferry-owner", self.inner.prefix);
+        let found = self.inner.client.get_object(&key).await?;
+        Ok(found.map(|b| String::from_utf8_lossy(&b).trim().to_string()))
+    }
+
     fn key(&self, id: UploadId) -> String {
         format!("{}{id}", self.inner.prefix)
     }
 }
+
+/// The most staged pieces an upload's record holds (a chunk session's chunks, each staged on
+/// its own until the finish): 10,000 pieces make a record of about 1 MB.
+const MAX_PIECES: usize = 10_000;
 
 /// A random number naming a writer's staged pieces.
 fn nonce() -> Result<u64> {
@@ -421,10 +432,17 @@ impl DataStore for S3DataStore {
                 written.key, place.key
             )));
         }
-        for piece in written.staged {
-            if !place.staged.iter().any(|p| p.key == piece.key) {
-                place.staged.push(piece);
-            }
+        let known: std::collections::HashSet<String> =
+            place.staged.iter().map(|p| p.key.clone()).collect();
+        place.staged.extend(
+            written
+                .staged
+                .into_iter()
+                .filter(|p| !known.contains(&p.key)),
+        );
+        // The record holds every piece and is rewritten at each commit: bounded.
+        if place.staged.len() > MAX_PIECES {
+            return Err(StoreError::TooManyChunks { limit: MAX_PIECES });
         }
         place
             .staged

@@ -160,6 +160,8 @@ impl State {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.spool = fresh;
+        // The spool kept at the last checkpoint is one part behind now: not worth its disk.
+        self.spools.forget(self.id);
         self.origin = parts_end;
         self.staged_to = self.staged_to.max(parts_end);
         Ok(())
@@ -195,9 +197,14 @@ impl State {
         }
         let at = self.place.locator();
         if self.appends {
+            // Kept only while this writer is the upload's (a writer taken over keeps nothing).
             let bytes = self.written - self.origin;
-            self.spools
-                .keep(self.id, at.clone(), self.spool.clone(), bytes);
+            let keep = async {
+                self.spools
+                    .keep(self.id, at.clone(), self.spool.clone(), bytes);
+                Ok(())
+            };
+            let _ = fenced(&self.fenced, keep).await;
         }
         Ok(at)
     }
