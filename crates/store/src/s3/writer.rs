@@ -16,6 +16,18 @@ use tokio::sync::Mutex;
 /// The largest staged piece: a single PUT takes up to 5 GiB.
 const MAX_PIECE: u64 = 4 << 30;
 
+/// Parts one writer sends at once. A store takes one stream at its own pace (one SeaweedFS
+/// stream here is far slower than loopback) and more of them in parallel, as `aws s3 cp` does
+/// with 10 threads; each part waits in a spool file of its own, so memory stays flat.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A part being sent.
+struct InFlight {
+    n: u16,
+    size: u64,
+    task: tokio::task::JoinHandle<Result<String>>,
+}
+
 /// A writer's state, behind a lock its writes take in order.
 struct State {
     client: S3Client,
@@ -42,8 +54,10 @@ struct State {
     /// An appender sends each full part as it arrives; a range writer (chunk sessions) only
     /// stages its bytes, which `finish` assembles into parts.
     appends: bool,
-    /// Bytes up to here are in parts or staged pieces.
+    /// Bytes up to here are in recorded parts or staged pieces.
     staged_to: u64,
+    /// Parts being sent, oldest first: the bytes from the recorded parts' end to `origin`.
+    inflight: std::collections::VecDeque<InFlight>,
     /// Bytes up to here were written (spooled or sent) by writes that succeeded.
     written: u64,
     /// A write failed: later writes fail too (the engine sends none), and a checkpoint still
@@ -85,6 +99,7 @@ impl State {
         let before = self.written;
         let result = self.write_inner(buf).await;
         if let Err(e) = &result {
+            self.drop_inflight();
             let failure = match e {
                 StoreError::Fenced { epoch, current, .. } => Failure::Fenced {
                     epoch: *epoch,
@@ -92,9 +107,11 @@ impl State {
                 },
                 other => Failure::Other {
                     why: other.to_string(),
-                    // A part already holds bytes of this write: they can be neither
-                    // committed (the engine counts the write as failed) nor taken back.
-                    poisoned: self.place.parts_end() > before,
+                    // Bytes that went into parts not recorded (sent, failed or dropped) are
+                    // in no staged piece and no spool any more; and a part may hold bytes of
+                    // this write, which can be neither committed (the engine counts the write
+                    // as failed) nor taken back.
+                    poisoned: self.origin > self.staged_to,
                 },
             };
             self.written = before;
@@ -124,8 +141,13 @@ impl State {
         Ok(buf)
     }
 
-    /// Sends the spool's first `part_size(next)` bytes as part `next`, and keeps the rest.
+    /// Starts sending the spool's first `part_size(next)` bytes as part `next` from that file
+    /// (the rest moves to the front of a fresh spool), once fewer than `PARTS_IN_FLIGHT` parts
+    /// are under way.
     async fn send_part(&mut self) -> Result<()> {
+        while self.inflight.len() >= PARTS_IN_FLIGHT {
+            self.settle_one().await?;
+        }
         let n = self.next;
         if n > MAX_PARTS {
             return Err(StoreError::Inconsistent(format!(
@@ -134,37 +156,75 @@ impl State {
             )));
         }
         let size = self.place.part_size(n);
-        let key = self.place.key.clone();
-        let c = self.client.clone();
-        let upload = self.upload.clone();
-        let body = Body::File {
-            path: self.spool.path().to_path_buf(),
-            start: 0,
-            len: size,
-        };
-        let etag = fenced(&self.fenced, c.upload_part(&key, &upload, n, body)).await?;
-        let parts_end = self.place.parts_end() + size;
-        self.place.parts.push(Part { n, etag, size });
-        self.place.staged.retain(|p| p.at + p.size > parts_end);
-        self.next = n + 1;
-        // The rest (less than a write) moves to the front of a fresh spool.
-        let rest_len = self.written - parts_end;
+        let rest_len = self.written - self.origin - size;
         let old = self.spool.clone();
         let fresh = spool_file(&self.spool_dir)?;
         let new = fresh.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut buf = vec![0; rest_len as usize];
-            old.as_file().read_exact_at(&mut buf, size)?;
-            new.as_file().write_all_at(&buf, 0)
+        let from = old.clone();
+        fenced(&self.fenced, async {
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut buf = vec![0; rest_len as usize];
+                from.as_file().read_exact_at(&mut buf, size)?;
+                new.as_file().write_all_at(&buf, 0)
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(StoreError::from)
         })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        .await?;
         self.spool = fresh;
-        // The spool kept at the last checkpoint is one part behind now: not worth its disk.
+        // The spool kept at the last checkpoint is a part behind now: not worth its disk.
         self.spools.forget(self.id);
-        self.origin = parts_end;
+        self.origin += size;
+        self.next = n + 1;
+        let (c, key, upload, fence) = (
+            self.client.clone(),
+            self.place.key.clone(),
+            self.upload.clone(),
+            self.fenced.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let body = Body::File {
+                path: old.path().to_path_buf(),
+                start: 0,
+                len: size,
+            };
+            // The file lives until its part is sent (`old` is held to here).
+            let etag = fenced(&fence, c.upload_part(&key, &upload, n, body)).await;
+            drop(old);
+            etag
+        });
+        self.inflight.push_back(InFlight { n, size, task });
+        Ok(())
+    }
+
+    /// Waits for the oldest part under way and records it.
+    async fn settle_one(&mut self) -> Result<()> {
+        let Some(p) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        let etag = p
+            .task
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let parts_end = self.place.parts_end() + p.size;
+        self.place.parts.push(Part {
+            n: p.n,
+            etag,
+            size: p.size,
+        });
+        self.place.staged.retain(|s| s.at + s.size > parts_end);
         self.staged_to = self.staged_to.max(parts_end);
         Ok(())
+    }
+
+    /// Forgets the parts under way: after one fails, none after it may be recorded (the parts
+    /// would leave a gap), and their numbers are never used again. They are left to end, not
+    /// aborted: a request cut off on our side may still land at the store, and each holds the
+    /// fence until it has ended, so that a newer writer lists every part sent before it starts.
+    /// (Dropping a writer leaves its parts under way to end the same way.)
+    fn drop_inflight(&mut self) {
+        self.inflight.clear();
     }
 
     /// Stages what is not in the bucket yet (sent from the spool file), and returns the place
@@ -175,6 +235,24 @@ impl State {
                 return Err(f.error(self.id));
             }
             _ => {}
+        }
+        // Every part under way recorded first: the locator names only parts that are there.
+        while !self.inflight.is_empty() {
+            if let Err(e) = self.settle_one().await {
+                self.drop_inflight();
+                let failure = match &e {
+                    StoreError::Fenced { epoch, current, .. } => Failure::Fenced {
+                        epoch: *epoch,
+                        current: *current,
+                    },
+                    other => Failure::Other {
+                        why: other.to_string(),
+                        poisoned: true,
+                    },
+                };
+                self.failed = Some(failure);
+                return Err(e);
+            }
         }
         // In pieces a single PUT can take.
         while self.written > self.staged_to {
@@ -259,6 +337,7 @@ impl S3Writer {
             origin,
             appends: start.appends,
             staged_to: end,
+            inflight: std::collections::VecDeque::new(),
             written: end,
             failed: None,
             fenced: start.fenced,
