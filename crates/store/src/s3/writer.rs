@@ -18,8 +18,17 @@ const MAX_PIECE: u64 = 4 << 30;
 
 /// Parts one writer sends at once. A store takes one stream at its own pace (one SeaweedFS
 /// stream here is far slower than loopback) and more of them in parallel, as `aws s3 cp` does
-/// with 10 threads; each part waits in a spool file of its own, so memory stays flat.
+/// with 10 threads; each part waits in a spool file of its own, so memory stays flat, and
+/// together they hold at most `BYTES_IN_FLIGHT` of disk (one at a time past that).
 const PARTS_IN_FLIGHT: usize = 4;
+const BYTES_IN_FLIGHT: u64 = 256 << 20;
+
+/// How many parts of `size` one writer sends at once.
+fn parts_in_flight(size: u64) -> usize {
+    usize::try_from(BYTES_IN_FLIGHT / size.max(1))
+        .unwrap_or(PARTS_IN_FLIGHT)
+        .clamp(1, PARTS_IN_FLIGHT)
+}
 
 /// A part being sent.
 struct InFlight {
@@ -145,10 +154,10 @@ impl State {
     /// (the rest moves to the front of a fresh spool), once fewer than `PARTS_IN_FLIGHT` parts
     /// are under way.
     async fn send_part(&mut self) -> Result<()> {
-        while self.inflight.len() >= PARTS_IN_FLIGHT {
+        let n = self.next;
+        while self.inflight.len() >= parts_in_flight(self.place.part_size(n)) {
             self.settle_one().await?;
         }
-        let n = self.next;
         if n > MAX_PARTS {
             return Err(StoreError::Inconsistent(format!(
                 "upload {}: no part number left",
@@ -387,5 +396,19 @@ impl DataWriter for S3Writer {
 
     async fn checkpoint(&mut self, _durable: bool) -> Result<Locator> {
         self.state.lock().await.checkpoint().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_in_flight_hold_at_most_256_mib_of_disk() {
+        assert_eq!(parts_in_flight(8 << 20), 4);
+        assert_eq!(parts_in_flight(64 << 20), 4);
+        assert_eq!(parts_in_flight(128 << 20), 2);
+        assert_eq!(parts_in_flight(256 << 20), 1);
+        assert_eq!(parts_in_flight(4 << 30), 1);
     }
 }
