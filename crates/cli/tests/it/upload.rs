@@ -1183,9 +1183,17 @@ mod auto {
         }
         if first.starts_with(b"OPTIONS ") {
             seen.fetch_add(1, Ordering::Relaxed);
-            // The request head is small; reading what is there is enough before answering.
+            // The whole request head is read before answering: a socket closed with bytes
+            // unread resets the connection, which can destroy the answer on its way (the
+            // client then asks again).
+            let mut head = first.to_vec();
             let mut rest = [0u8; 4096];
-            let _ = c.read(&mut rest);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                match c.read(&mut rest) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&rest[..n]),
+                }
+            }
             let _ = write!(
                 c,
                 "HTTP/1.1 204 No Content\r\n{options_headers}Connection: close\r\n\r\n"
