@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything ferry's test suite needs that is not a Rust crate:
-#   * Debian packages (strace, curl, iproute2, nftables, procps, psmisc, ...)
+#   * Debian packages (strace, curl, iproute2, nftables, procps, psmisc, postgresql, ...)
 #   * a Python venv with tuspy and SeaweedFS (`weed`, for the S3 tests)
 #                                   -> tests/interop/.venv
 #   * npm packages (tus-js-client, @tus/server, @tus/file-store, uppy,
@@ -37,6 +37,9 @@ APT_PACKAGES=(
   # keep_going.rs runs the client as nobody (setpriv); generated.rs renders man pages.
   util-linux
   groff-base
+  # PostgreSQL metadata (--meta postgres://): scripts/postgres.sh starts a throwaway cluster
+  # (initdb, pg_ctl) for the tests.
+  postgresql
 )
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

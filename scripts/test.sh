@@ -54,10 +54,14 @@ step() {
 
 # The services the tests use, started below and stopped on exit.
 SERVICES="$(mktemp -d -t ferry-services.XXXXXX)"
+# PostgreSQL's own directory (as root, scripts/postgres.sh hands it to the user postgres, who
+# could not enter $SERVICES).
+PGDIR="$(mktemp -d -t ferry-postgres.XXXXXX)"
 # shellcheck disable=SC2317  # invoked via trap
 stop_services() {
   bash scripts/seaweedfs.sh stop "$SERVICES/seaweedfs" >/dev/null 2>&1 || true
-  rm -rf "$SERVICES"
+  bash scripts/postgres.sh kill "$PGDIR" >/dev/null 2>&1 || true
+  rm -rf "$SERVICES" "$PGDIR"
 }
 
 # shellcheck disable=SC2317  # invoked via trap
@@ -84,8 +88,16 @@ start_s3() {
   export FERRY_TEST_S3_ENDPOINT
   echo "S3 (SeaweedFS) at $FERRY_TEST_S3_ENDPOINT"
 }
-# Without it only the S3 tests fail (they name the missing variable); the rest still runs.
+# PostgreSQL for the metadata store's tests: FERRY_TEST_POSTGRES.
+start_pg() {
+  FERRY_TEST_POSTGRES="$(bash scripts/postgres.sh start "$PGDIR")" || return 1
+  export FERRY_TEST_POSTGRES
+  echo "PostgreSQL at $FERRY_TEST_POSTGRES"
+}
+# Without them only the S3 or PostgreSQL tests fail (they name the missing variable); the rest
+# still runs.
 step services start_s3 || true
+step postgres start_pg || true
 step fmt cargo fmt --all --check || true
 step layout bash scripts/layout.sh || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
@@ -108,6 +120,14 @@ S3_SUITES='test(/^(append|checksum|chunks|concat|create|download|expiry|parallel
 if ((${#RUNNER_ARGS[@]} == 0)) && command -v cargo-nextest >/dev/null 2>&1; then
   step test-s3 env FERRY_TEST_STORE=s3 cargo nextest run -p ferry --test it --no-fail-fast \
     -E "$S3_SUITES" || true
+fi
+# The same suites with the records in PostgreSQL (FERRY_TEST_META=postgres: a schema of its
+# own per server, tests/it/support/pg.rs), on the local store and on S3.
+if ((${#RUNNER_ARGS[@]} == 0)) && command -v cargo-nextest >/dev/null 2>&1; then
+  step test-pg env FERRY_TEST_META=postgres cargo nextest run -p ferry --test it --no-fail-fast \
+    -E "$S3_SUITES" || true
+  step test-s3-pg env FERRY_TEST_STORE=s3 FERRY_TEST_META=postgres cargo nextest run -p ferry \
+    --test it --no-fail-fast -E "$S3_SUITES" || true
 fi
 step doctest cargo test --workspace --doc || true
 

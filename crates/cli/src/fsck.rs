@@ -24,12 +24,23 @@ pub struct FsckArgs {
     /// Where the directory's uploads keep their data, as given to `ferry serve`.
     #[command(flatten)]
     store: crate::store::StoreArgs,
+    /// Where the directory's records are, as given to `ferry serve`.
+    #[command(flatten)]
+    meta: crate::meta::MetaArgs,
 }
 
 /// Exit status: 0 when nothing is wrong (or everything was repaired), 1 when problems remain,
 /// 2 when the directory cannot be opened.
 pub fn run(args: FsckArgs) -> ExitCode {
-    if !args.data_dir.join("ferry.redb").exists() {
+    let meta = match crate::meta::resolve(args.meta, None, None, |k| std::env::var(k).ok()) {
+        Ok((meta, _, _)) => meta,
+        Err(e) => {
+            errln!("ferry fsck: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let embedded = matches!(meta, crate::meta::MetaChoice::Embedded);
+    if embedded && !args.data_dir.join("ferry.redb").exists() {
         errln!(
             "ferry fsck: {} holds no ferry data (no ferry.redb)",
             args.data_dir.display()
@@ -45,34 +56,46 @@ pub fn run(args: FsckArgs) -> ExitCode {
     };
     let store = crate::store::resolve(args.store, StoreFile::default(), |k| std::env::var(k).ok())
         .and_then(|choice| crate::store::prepare(&choice, &args.data_dir));
-    let (opened, s3) = match store {
-        Ok(Some(s3)) => {
-            let s3 = Arc::new(s3);
-            let opened = Uploads::open_with_data(&args.data_dir, SyncPolicy::Always, s3.clone());
-            (opened, Some(s3))
-        }
-        Ok(None) => (
-            Uploads::open_local(&args.data_dir, SyncPolicy::Always),
-            None,
-        ),
+    let s3 = match store {
+        Ok(s3) => s3.map(Arc::new),
         Err(e) => {
             errln!("ferry fsck: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let uploads = match opened {
+    let opened = match meta {
+        crate::meta::MetaChoice::Embedded => match &s3 {
+            Some(s3) => Uploads::open_with_data(&args.data_dir, SyncPolicy::Always, s3.clone()),
+            None => Uploads::open_local(&args.data_dir, SyncPolicy::Always),
+        }
+        .map(|u| (u, None)),
+        crate::meta::MetaChoice::Postgres(config) => {
+            match rt.block_on(open_pg(*config, &args.data_dir, s3.clone())) {
+                Ok(opened) => Ok(opened),
+                Err(e) => {
+                    errln!("ferry fsck: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let (uploads, pg_owner) = match opened {
         Ok(u) => u,
         Err(e) => {
             errln!("ferry fsck: cannot open {}: {e}", args.data_dir.display());
             return ExitCode::from(2);
         }
     };
-    // Only the prefix this directory serves: another's uploads would all look like orphans.
-    if let Some(s3) = &s3
-        && let Err(e) = rt.block_on(crate::store::check_owned(s3, &args.data_dir))
-    {
-        errln!("ferry fsck: {e:#}");
-        return ExitCode::from(2);
+    // Only the prefix these records hold: another's uploads would all look like orphans.
+    if let Some(s3) = &s3 {
+        let owned = match &pg_owner {
+            None => rt.block_on(crate::store::check_owned(s3, &args.data_dir)),
+            Some(owner) => rt.block_on(crate::store::check_owner(s3, owner, "this database")),
+        };
+        if let Err(e) = owned {
+            errln!("ferry fsck: {e:#}");
+            return ExitCode::from(2);
+        }
     }
     let report = match rt.block_on(uploads.fsck(args.repair)) {
         Ok(r) => r,
@@ -109,4 +132,35 @@ pub fn run(args: FsckArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Opens records in PostgreSQL for checking, without binding or claiming anything: the
+/// database must already be bound to this store (local files: this directory). Returns the
+/// uploads and, for S3, the prefix owner the database recorded.
+async fn open_pg(
+    config: ferry_store::pg_meta::PgConfig,
+    data_dir: &std::path::Path,
+    s3: Option<Arc<ferry_store::s3::S3DataStore>>,
+) -> anyhow::Result<(Uploads, Option<String>)> {
+    let pg = crate::meta::connect(config, "fsck").await?;
+    let identity = match &s3 {
+        Some(s) => ferry_store::data::DataStore::identity(s.as_ref()),
+        None => format!("local:{}", crate::store::dir_owner(data_dir)?),
+    };
+    match crate::meta::setup(pg.stored_setting("store").await)? {
+        Some(bound) if bound == identity => {}
+        Some(bound) => anyhow::bail!("the database's uploads are in {bound}, not {identity}"),
+        None => anyhow::bail!("the database has never served {identity}"),
+    }
+    let owner = match &s3 {
+        Some(_) => Some(
+            crate::meta::setup(pg.stored_setting("s3_owner").await)?
+                .ok_or_else(|| anyhow::anyhow!("the database has never claimed the prefix"))?,
+        ),
+        None => None,
+    };
+    let data = s3.map(|s| s as Arc<dyn ferry_store::data::DataStore>);
+    let meta = pg as Arc<dyn ferry_store::meta::MetaStore>;
+    let uploads = Uploads::open_with_meta(data_dir, SyncPolicy::Always, data, meta)?;
+    Ok((uploads, owner))
 }

@@ -7,6 +7,29 @@ use std::io::Write;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
+/// The instance every line names, once set (instances sharing one database log side by side).
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Ends every log line from now on with `instance=NAME`.
+pub fn name_instance(name: &str) {
+    let _ = INSTANCE.set(format!(" instance={name}"));
+}
+
+/// `buf` (one formatted event) with the instance's name before its line end.
+fn with_instance(buf: Vec<u8>) -> Vec<u8> {
+    let Some(tag) = INSTANCE.get() else {
+        return buf;
+    };
+    let mut out = buf;
+    let end = if out.ends_with(b"\n") {
+        out.len() - 1
+    } else {
+        out.len()
+    };
+    out.splice(end..end, tag.bytes());
+    out
+}
+
 /// Standard error, redacting ids in lines at info level and above.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stderr;
@@ -46,11 +69,12 @@ impl Write for Line {
         // A failed write is dropped: reported, tracing-subscriber would `eprintln!` it, which
         // panics on a closed stderr and takes the logging task down with it.
         let mut err = std::io::stderr().lock();
-        let _ = if self.redact {
-            err.write_all(&redacted(buf))
+        let line = if self.redact {
+            redacted(buf)
         } else {
-            err.write_all(buf)
+            buf.to_vec()
         };
+        let _ = err.write_all(&with_instance(line));
         Ok(buf.len())
     }
 
@@ -65,6 +89,13 @@ mod tests {
     use super::*;
 
     const ID: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn lines_name_the_instance_once_it_is_set() {
+        name_instance("web-1");
+        assert_eq!(with_instance(b"x y\n".to_vec()), b"x y instance=web-1\n");
+        assert_eq!(with_instance(b"no end".to_vec()), b"no end instance=web-1");
+    }
 
     #[test]
     fn info_lines_show_tags_and_debug_lines_ids() {

@@ -22,6 +22,7 @@ macro_rules! errln {
 mod docs;
 mod fsck;
 mod logs;
+mod meta;
 mod report;
 mod serve;
 mod store;

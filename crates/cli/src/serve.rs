@@ -40,6 +40,8 @@ pub struct ServeArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     store: crate::store::StoreArgs,
+    #[command(flatten)]
+    meta: crate::meta::MetaArgs,
     /// Prefix for every route, e.g. /api (tus is then at /api/files/).
     #[arg(long, env = "FERRY_BASE_PATH", value_name = "PATH")]
     base_path: Option<String>,
@@ -170,6 +172,8 @@ struct FileConfig {
     s3_access_key_id: Option<String>,
     s3_secret_access_key: Option<String>,
     s3_session_token: Option<String>,
+    meta: Option<String>,
+    instance_id: Option<String>,
     base_path: Option<String>,
     max_size: Option<SizeValue>,
     public_url: Option<String>,
@@ -216,6 +220,9 @@ struct Settings {
     listen: String,
     data_dir: PathBuf,
     store: crate::store::StoreChoice,
+    meta: crate::meta::MetaChoice,
+    /// This instance's name, and whether every log line shows it.
+    instance: (String, bool),
     server: ServerConfig,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
@@ -276,6 +283,10 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         s3_session_token: file.s3_session_token,
     };
     let store = crate::store::resolve(args.store, store_file, |k| std::env::var(k).ok())?;
+    let (meta, instance, name_instance) =
+        crate::meta::resolve(args.meta, file.meta, file.instance_id, |k| {
+            std::env::var(k).ok()
+        })?;
     let base_path = normalize_base_path(&args.base_path.or(file.base_path).unwrap_or_default())
         .map_err(anyhow::Error::msg)?;
     let max_size = size_setting("--max-size", args.max_size, file.max_size)?;
@@ -471,6 +482,8 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         listen,
         data_dir,
         store,
+        meta,
+        instance: (instance, name_instance),
         server: ServerConfig {
             base_path,
             max_size,
@@ -575,6 +588,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
         .with_writer(crate::logs::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if settings.instance.1 {
+        crate::logs::name_instance(&settings.instance.0);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // File I/O and fsyncs run on blocking threads. Tokio's default allows 512 of them; under
@@ -614,16 +630,33 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     let data = s3
         .clone()
         .map(|s| Arc::new(s) as Arc<dyn ferry_store::data::DataStore>);
-    let uploads = tokio::task::spawn_blocking(move || {
-        let uploads = match data {
-            Some(data) => Uploads::open_with_data(&dir, sync, data),
-            None => Uploads::open_served(&dir, sync),
-        };
-        uploads.map(|u| u.with_expiry(expiry).with_concat_limits(concat))
-    })
-    .await?;
+    let (uploads, pg) = match settings.meta {
+        crate::meta::MetaChoice::Embedded => {
+            let opened = tokio::task::spawn_blocking(move || match data {
+                Some(data) => Uploads::open_with_data(&dir, sync, data),
+                None => Uploads::open_served(&dir, sync),
+            })
+            .await?;
+            (opened, None)
+        }
+        crate::meta::MetaChoice::Postgres(config) => {
+            let pg = crate::meta::connect(*config, &settings.instance.0).await?;
+            let identity = match &data {
+                Some(d) => d.identity(),
+                // Local files are one machine's: the database is bound to this directory.
+                None => format!("local:{}", crate::store::dir_owner(&dir)?),
+            };
+            crate::meta::setup(pg.bind_store(&identity).await)?;
+            let meta = pg.clone() as Arc<dyn ferry_store::meta::MetaStore>;
+            let opened = tokio::task::spawn_blocking(move || {
+                Uploads::open_with_meta(&dir, sync, data, meta)
+            })
+            .await?;
+            (opened, Some(pg))
+        }
+    };
     let uploads = match uploads {
-        Ok(u) => u,
+        Ok(u) => u.with_expiry(expiry).with_concat_limits(concat),
         // Opened with a store its records do not belong to: a setting to fix (exit 2).
         Err(ferry_store::StoreError::WrongStore(why)) => {
             return Err(crate::store::SetupError(why).into());
@@ -633,7 +666,15 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     };
     // Locked and bound: now the bucket may be asked and the prefix claimed.
     if let Some(s3) = &s3 {
-        crate::store::check(s3, &settings.store, &settings.data_dir).await?;
+        // The prefix belongs to whatever holds its records: this directory's database, or the
+        // PostgreSQL database every instance shares.
+        let owner = match &pg {
+            None => crate::store::dir_owner(&settings.data_dir)?,
+            Some(pg) => {
+                crate::meta::setup(pg.setting("s3_owner", crate::store::new_owner_id).await)?
+            }
+        };
+        crate::store::check(s3, &settings.store, &owner).await?;
     }
     // Data a crash left without its record (between writing one and the other): nobody can
     // address it, and nothing is being written yet, so its age does not matter.
@@ -666,7 +707,14 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
             dir.display()
         );
     }
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), sync = ?sync, open_files, max_connections = state.config.connections.max_connections, "serving tus 1.0");
+    let meta = match &pg {
+        Some(_) => format!("postgres (schema {})", ferry_store::pg_meta::SCHEMA_VERSION),
+        None => "embedded".to_string(),
+    };
+    let meta_round_trips = pg.as_ref().map(|pg| pg.round_trips());
+    // (named on every line when shared or chosen; here otherwise)
+    let instance = (!settings.instance.1).then_some(settings.instance.0.as_str());
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), sync = ?sync, open_files, max_connections = state.config.connections.max_connections, meta, meta_round_trips, instance, "serving tus 1.0");
 
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -710,6 +758,12 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     }
     // Dropping the last reference to the state closes the metadata store (joins its writer).
     drop(state);
+    if let Some(pg) = pg {
+        tracing::info!(
+            round_trips = pg.round_trips(),
+            "PostgreSQL round trips made"
+        );
+    }
     Ok(())
 }
 

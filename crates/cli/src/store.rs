@@ -182,19 +182,18 @@ pub fn prepare(
     Ok(Some(store))
 }
 
-/// Checks the S3 store once the data directory is locked and bound to it: the bucket and the
-/// permissions ferry needs, then the prefix claimed for this directory; then empties the spool
+/// Checks the S3 store once the data directory is locked and the records bound to it: the
+/// bucket and the permissions ferry needs, then the prefix claimed for `owner`; then empties the spool
 /// of a dead process's files. A wrong setting is a [`SetupError`] (exit 2), an unreachable
 /// store a plain error (exit 1).
 pub async fn check(
     store: &ferry_store::s3::S3DataStore,
     choice: &StoreChoice,
-    data_dir: &std::path::Path,
+    owner: &str,
 ) -> Result<()> {
     use ferry_store::s3::AccessError;
-    let owner = owner_id(data_dir)?;
     let checked = match store.check_access().await {
-        Ok(()) => store.claim(&owner).await,
+        Ok(()) => store.claim(owner).await,
         Err(e) => Err(e),
     };
     match checked {
@@ -224,21 +223,39 @@ pub async fn check_owned(
         ))
         .into());
     };
+    check_owner(store, mine.trim(), &data_dir.display().to_string()).await
+}
+
+/// The prefix's owner marker must name `owner` (of `holder`, in the message), read without
+/// writing anything. A [`SetupError`] otherwise.
+pub async fn check_owner(
+    store: &ferry_store::s3::S3DataStore,
+    owner: &str,
+    holder: &str,
+) -> Result<()> {
     match store.owner().await {
-        Ok(Some(owner)) if owner == mine.trim() => Ok(()),
+        Ok(Some(marked)) if marked == owner => Ok(()),
         Ok(_) => Err(SetupError(format!(
-            "{} is not {}'s prefix (its owner marker names another data directory, or none)",
+            "{} is not {holder}'s prefix (its owner marker names another, or none)",
             ferry_store::data::DataStore::identity(store),
-            data_dir.display()
         ))
         .into()),
         Err(e) => bail!("{e}"),
     }
 }
 
+/// A new owner id: 32 random hex digits.
+pub fn new_owner_id() -> String {
+    let mut b = [0u8; 16];
+    // getrandom fails only without an entropy source, where nothing else works either.
+    getrandom::fill(&mut b).expect("random");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// This data directory's id (`s3-owner`, 32 hex digits, made on first use and written
-/// atomically), which the prefix's owner marker names.
-fn owner_id(data_dir: &std::path::Path) -> Result<String> {
+/// atomically): what the prefix's owner marker names when the records are in the directory,
+/// and what binds a PostgreSQL database to the directory's local files.
+pub fn dir_owner(data_dir: &std::path::Path) -> Result<String> {
     let path = data_dir.join("s3-owner");
     match std::fs::read_to_string(&path) {
         Ok(id) => {
@@ -251,9 +268,9 @@ fn owner_id(data_dir: &std::path::Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let id = new_owner_id();
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let tmp = data_dir.join("s3-owner.tmp");
     {
         use std::io::Write;

@@ -168,7 +168,7 @@ impl From<StoreError> for ApiError {
             // carries the kind (wrapped elsewhere) is the same condition.
             StoreError::StorageFull => storage_full(),
             StoreError::Unavailable(why) => {
-                tracing::warn!(error = %ferry_proto::id::redact_ids(&why), "data store unavailable");
+                tracing::warn!(error = %ferry_proto::id::redact_ids(&why), "storage unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the storage service is unavailable: the bytes committed so far are kept \

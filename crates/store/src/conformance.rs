@@ -348,7 +348,8 @@ async fn fencing(store: &dyn DataStore) {
     store.delete(id, &at).await.expect("delete");
 }
 
-fn sample(id: UploadId) -> UploadInfo {
+/// A record with every field set (none at its default).
+pub(crate) fn sample(id: UploadId) -> UploadInfo {
     let mut metadata = Metadata::default();
     metadata
         .insert(
@@ -402,6 +403,8 @@ fn sample(id: UploadId) -> UploadInfo {
 /// Runs every metadata-store check.
 pub async fn meta_store(store: Arc<dyn MetaStore>) {
     count_unfinished(&store).await;
+    transactions(&store).await;
+    expiry(&store).await;
     let id = fresh_id(3);
     let info = sample(id);
     store.insert(&info).await.expect("insert");
@@ -530,4 +533,253 @@ async fn count_unfinished(store: &Arc<dyn MetaStore>) {
         store.remove(r.id).await.expect("remove");
     }
     assert_eq!(store.count_unfinished().await.expect("count"), before);
+}
+
+/// A plain unfinished record, expiring at `expires_ms`.
+fn plain(id: UploadId, expires_ms: Option<u64>) -> UploadInfo {
+    UploadInfo {
+        id,
+        length: Some(100),
+        offset: 0,
+        metadata: Metadata::default(),
+        protocol: Protocol::Tus,
+        kind: UploadKind::Partial,
+        received: None,
+        created_ms: 1,
+        updated_ms: 1,
+        expires_ms,
+        digests: Default::default(),
+        finals: Vec::new(),
+        deleted: false,
+        running_crc: Some(0),
+        locator: Locator::none(),
+        finish_pending: false,
+    }
+}
+
+/// Transactions over several records, as concatenation makes them: a final created together
+/// with its parts' back references, all or nothing; re-run under contention without losing a
+/// change.
+async fn transactions(store: &Arc<dyn MetaStore>) {
+    let (a, b, fin) = (fresh_id(30), fresh_id(31), fresh_id(32));
+    store.insert(&plain(a, None)).await.expect("insert a");
+    store.insert(&plain(b, None)).await.expect("insert b");
+
+    // A failing transaction changes nothing, whatever it did to the map first.
+    let failed = store
+        .transact(
+            vec![a, b, fin],
+            Box::new(move |r| {
+                r.insert(a, None);
+                if let Some(Some(i)) = r.get_mut(&b) {
+                    i.offset = 50;
+                }
+                Err(StoreError::Conflict(a))
+            }),
+        )
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Conflict(_))),
+        "transaction error passes through"
+    );
+    assert!(
+        store.get(a).await.unwrap().is_some(),
+        "failed transaction removed nothing"
+    );
+    assert_eq!(
+        store.get(b).await.unwrap().unwrap().offset,
+        0,
+        "failed transaction changed nothing"
+    );
+
+    // A final and its parts' back references, together.
+    let committed = store
+        .transact(
+            vec![a, b, fin],
+            Box::new(move |r| {
+                assert_eq!(r.get(&fin), Some(&None), "an absent record is seen as None");
+                for p in [a, b] {
+                    let Some(Some(i)) = r.get_mut(&p) else {
+                        return Err(StoreError::NotFound(p));
+                    };
+                    i.finals.push(fin);
+                }
+                let mut f = plain(fin, None);
+                f.kind = UploadKind::Final { parts: vec![a, b] };
+                f.locator = Locator::none();
+                r.insert(fin, Some(f));
+                Ok(())
+            }),
+        )
+        .await
+        .expect("transact");
+    assert_eq!(
+        committed.get(&fin).and_then(|r| r.as_ref()).map(|i| i.id),
+        Some(fin),
+        "transact returns the records as committed"
+    );
+    for p in [a, b] {
+        assert_eq!(
+            store.get(p).await.unwrap().unwrap().finals,
+            vec![fin],
+            "part updated"
+        );
+    }
+    assert!(
+        matches!(
+            store.get(fin).await.unwrap().unwrap().kind,
+            UploadKind::Final { .. }
+        ),
+        "final inserted"
+    );
+
+    // Filing a record under another id is refused.
+    let misfiled = store
+        .transact(
+            vec![fin],
+            Box::new(move |r| {
+                let mut other = plain(a, None);
+                other.offset = 1;
+                r.insert(fin, Some(other));
+                Ok(())
+            }),
+        )
+        .await;
+    assert!(
+        misfiled.is_err(),
+        "a record filed under another id is refused"
+    );
+
+    // Concurrent transactions over the same records: every one applied, none lost.
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.transact(
+                vec![b, a],
+                Box::new(move |r| {
+                    for p in [a, b] {
+                        if let Some(Some(i)) = r.get_mut(&p) {
+                            i.offset += 1;
+                        }
+                    }
+                    Ok(())
+                }),
+            )
+            .await
+            .expect("concurrent transact")
+        }));
+    }
+    // And concurrent creations of one record: one inserts it, the others (re-run once it
+    // exists) update it.
+    let made = fresh_id(33);
+    for _ in 0..20 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.transact(
+                vec![made],
+                Box::new(move |r| {
+                    match r.get_mut(&made) {
+                        Some(Some(i)) => i.offset += 1,
+                        _ => {
+                            let mut i = plain(made, None);
+                            i.offset = 1;
+                            r.insert(made, Some(i));
+                        }
+                    }
+                    Ok(())
+                }),
+            )
+            .await
+            .expect("concurrent creation")
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    for p in [a, b] {
+        assert_eq!(
+            store.get(p).await.unwrap().unwrap().offset,
+            40,
+            "no lost transaction"
+        );
+    }
+    assert_eq!(
+        store.get(made).await.unwrap().unwrap().offset,
+        20,
+        "concurrent creations: one insert, the rest updates"
+    );
+
+    // Removal through a transaction.
+    store
+        .transact(
+            vec![fin, a, b, made],
+            Box::new(|r| {
+                for v in r.values_mut() {
+                    *v = None;
+                }
+                Ok(())
+            }),
+        )
+        .await
+        .expect("remove all");
+    for id in [a, b, fin, made] {
+        assert_eq!(store.get(id).await.unwrap(), None, "removed by transaction");
+    }
+}
+
+/// The paged expiry query: records expired at `now`, not deleted, in id order, a page at a
+/// time; the same caller asking again is handed the same records.
+async fn expiry(store: &Arc<dyn MetaStore>) {
+    // Far in the future, so no other record of the store is past it.
+    let t = 4_000_000_000_000u64;
+    let mut due = Vec::new();
+    for n in 0..5 {
+        let id = fresh_id(40 + n);
+        store
+            .insert(&plain(id, Some(t - 10 + u64::from(n))))
+            .await
+            .unwrap();
+        due.push(id);
+    }
+    let later = fresh_id(50);
+    store.insert(&plain(later, Some(t + 1000))).await.unwrap();
+    let never = fresh_id(51);
+    store.insert(&plain(never, None)).await.unwrap();
+    let gone = fresh_id(52);
+    store
+        .insert(&UploadInfo {
+            deleted: true,
+            ..plain(gone, Some(t - 100))
+        })
+        .await
+        .unwrap();
+    due.sort();
+    for _pass in 0..2 {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.expired(t, after, 2).await.expect("expired");
+            assert!(page.len() <= 2, "a page holds at most the limit");
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            seen.extend(page.iter().map(|i| i.id));
+        }
+        let ours: Vec<_> = seen
+            .iter()
+            .copied()
+            .filter(|id| due.contains(id) || [later, never, gone].contains(id))
+            .collect();
+        assert_eq!(
+            ours, due,
+            "expired records, each once, in id order; not the later, the never or the deleted"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "pages are in id order"
+        );
+    }
+    for id in due.into_iter().chain([later, never, gone]) {
+        store.remove(id).await.unwrap();
+    }
 }

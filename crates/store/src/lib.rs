@@ -1,7 +1,8 @@
 //! Storage for ferry: where the bytes and the facts about uploads live.
 //!
 //! - [`data::DataStore`] stores bytes (local files now; S3 multipart later);
-//! - [`meta::MetaStore`] stores [`model::UploadInfo`] records (redb now; PostgreSQL/Redis later);
+//! - [`meta::MetaStore`] stores [`model::UploadInfo`] records (redb embedded, or PostgreSQL
+//!   shared by instances);
 //! - [`lock::Locker`] hands out per-upload leases with takeover;
 //! - [`uploads::Uploads`] binds them and owns the durability order.
 //!
@@ -17,6 +18,8 @@ pub mod local;
 pub mod lock;
 pub mod meta;
 pub mod model;
+pub mod pg_meta;
+mod record;
 pub mod redb_meta;
 pub mod s3;
 pub mod uploads;

@@ -8,12 +8,11 @@
 use crate::data::Locator;
 use crate::error::{Result, StoreError};
 use crate::meta::{MetaStore, Records, Transaction, Update};
-use crate::model::{Protocol, RangeSet, UploadInfo, UploadKind};
+use crate::model::{UploadInfo, UploadKind};
+pub(crate) use crate::record::{Expiry, Progress, decode, encode};
 use async_trait::async_trait;
-use ferry_proto::digest::Digests;
-use ferry_proto::{Metadata, UploadId};
+use ferry_proto::UploadId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -40,91 +39,6 @@ const LAYOUT_KEY: &str = "layout_version";
 
 /// Most changes committed in one transaction.
 const MAX_BATCH: usize = 512;
-
-/// The stored form of an [`UploadInfo`]. Unknown fields are ignored and missing ones defaulted,
-/// so additive changes need no layout bump.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    length: Option<u64>,
-    offset: u64,
-    #[serde(default)]
-    metadata: String,
-    #[serde(default)]
-    protocol: Protocol,
-    #[serde(default)]
-    kind: UploadKind,
-    #[serde(default)]
-    received: Option<RangeSet>,
-    created_ms: u64,
-    updated_ms: u64,
-    #[serde(default)]
-    expires_ms: Option<u64>,
-    /// Whole-content digests: lowercase hex under the algorithm's name (`sha256`, `blake3`,
-    /// `crc64nvme`, big-endian). Flattened so each is a field of its own, as layout 1 has
-    /// always stored them; keys this build does not know land here too and are ignored.
-    #[serde(flatten)]
-    digests: Digests,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    finals: Vec<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    deleted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    running_crc: Option<u64>,
-    #[serde(default, skip_serializing_if = "Locator::is_none")]
-    locator: Locator,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    finish_pending: bool,
-}
-
-fn encode(info: &UploadInfo) -> Vec<u8> {
-    let rec = Record {
-        length: info.length,
-        offset: info.offset,
-        metadata: info.metadata.format(),
-        protocol: info.protocol,
-        kind: info.kind.clone(),
-        received: info.received.clone(),
-        created_ms: info.created_ms,
-        updated_ms: info.updated_ms,
-        expires_ms: info.expires_ms,
-        digests: info.digests.clone(),
-        finals: info.finals.iter().map(ToString::to_string).collect(),
-        deleted: info.deleted,
-        running_crc: info.running_crc,
-        locator: info.locator.clone(),
-        finish_pending: info.finish_pending,
-    };
-    serde_json::to_vec(&rec).expect("record serializes")
-}
-
-fn decode(id: UploadId, bytes: &[u8]) -> Result<UploadInfo> {
-    let bad = |what: String| StoreError::Metadata(format!("record {id}: {what}"));
-    let rec: Record = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    let metadata = Metadata::parse(&rec.metadata).map_err(|e| bad(e.to_string()))?;
-    let finals = rec
-        .finals
-        .iter()
-        .map(|f| UploadId::parse(f).map_err(|e| bad(e.to_string())))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(UploadInfo {
-        id,
-        finals,
-        deleted: rec.deleted,
-        running_crc: rec.running_crc,
-        locator: rec.locator,
-        finish_pending: rec.finish_pending,
-        length: rec.length,
-        offset: rec.offset,
-        metadata,
-        protocol: rec.protocol,
-        kind: rec.kind,
-        received: rec.received,
-        created_ms: rec.created_ms,
-        updated_ms: rec.updated_ms,
-        expires_ms: rec.expires_ms,
-        digests: rec.digests,
-    })
-}
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     let text = e.to_string();
@@ -469,27 +383,6 @@ fn transact(
         }
     }
     Ok(records)
-}
-
-/// What a sweeper needs to know of a record, read without decoding the rest (metadata can be
-/// large).
-#[derive(Deserialize)]
-struct Expiry {
-    #[serde(default)]
-    expires_ms: Option<u64>,
-    #[serde(default)]
-    deleted: bool,
-}
-
-/// What counting unfinished uploads needs to know of a record.
-#[derive(Deserialize)]
-struct Progress {
-    #[serde(default)]
-    length: Option<u64>,
-    #[serde(default)]
-    offset: u64,
-    #[serde(default)]
-    deleted: bool,
 }
 
 async fn recv<T>(rx: oneshot::Receiver<Result<T>>) -> Result<T> {

@@ -38,6 +38,7 @@ mod layout; // a data directory of the previous release (metadata layout 1) migr
 mod limits; // bounds under abuse: connection cap and shedding, accept backoff, lingering close
 mod messages; // one line, human sizes, each name once; invalid settings exit 2 naming the variable
 mod parallel; // parallel streams, adaptive chunks, directory uploads, the bad-link test
+mod pg; // `ferry serve --meta postgres://…`: PostgreSQL restarted mid-upload, wrong settings, instance names
 mod pipes; // closed stdout or stderr: no panic; the server still stops on SIGTERM
 mod progress; // --json events, plain lines on a log, 80-column terminal lines, --quiet, -v
 mod remember; // the index of finished uploads, --again, status progress, directory manifests

@@ -151,7 +151,7 @@ fn a_store_down_for_10_s_is_waited_out() {
     let done = run.wait(3 * RUN_LIMIT).ok();
     assert_uploaded(&env, &done.url(), &sha);
     let log = server.log();
-    assert!(log.contains("data store unavailable"), "{log}");
+    assert!(log.contains("storage unavailable"), "{log}");
     assert!(!log.contains("internal error; reference"), "no 500: {log}");
     assert!(
         log.contains("S3 request tried again"),

@@ -7,6 +7,7 @@ use crate::data::DataStore;
 use crate::error::{Result, StoreError};
 use crate::local::LocalDataStore;
 use crate::lock::LocalLocker;
+use crate::meta::MetaStore;
 use crate::redb_meta::RedbMetaStore;
 use std::fs::File;
 use std::path::Path;
@@ -72,6 +73,34 @@ impl Uploads {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
         Self::open_dir(dir, sync, lock, data)
+    }
+
+    /// Records in `meta`, a store shared with other instances (PostgreSQL) and already bound to
+    /// the data store; the bytes in `data`, or in files under `dir` when `None`; leases in
+    /// process. `dir` (the local data, or the S3 store's spool) is locked for this process.
+    pub fn open_with_meta(
+        dir: &Path,
+        sync: SyncPolicy,
+        data: Option<Arc<dyn DataStore>>,
+        meta: Arc<dyn MetaStore>,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        let data = match data {
+            Some(d) => d,
+            None => Arc::new(LocalDataStore::open(dir)?),
+        };
+        if sync.syncs_data() {
+            crate::local::sync_dir(dir)?;
+        }
+        let mut me = Self::new(
+            data,
+            meta,
+            Arc::new(LocalLocker::new(TAKEOVER_PATIENCE)),
+            sync,
+        );
+        me._dir_lock = Some(lock);
+        Ok(me)
     }
 
     fn open_dir(

@@ -1,7 +1,10 @@
 //! The redb metadata store: its conformance, layouts and their migration, bindings.
 
 use super::*;
+use crate::model::Protocol;
+use ferry_proto::Metadata;
 use ferry_proto::checksum::ChecksumAlgorithm;
+use ferry_proto::digest::Digests;
 
 #[tokio::test]
 async fn conforms() {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod download;
 pub mod ietf;
 pub mod netns;
+pub mod pg;
 pub mod proxy;
 pub mod s3;
 pub mod strace;
@@ -58,6 +59,21 @@ fn store_under_test(
         }
     }
     (args, envs)
+}
+
+/// With `FERRY_TEST_META=postgres` (`scripts/test.sh` runs the suites so, on both stores), a
+/// server started without `--meta` keeps its records in a schema of its own on
+/// `FERRY_TEST_POSTGRES`; a later server on the same data directory gets the same schema.
+fn meta_under_test(data_dir: &Path, mut args: Vec<String>) -> Vec<String> {
+    if !pg::under_test()
+        || args
+            .iter()
+            .any(|a| a == "--meta" || a.starts_with("--meta="))
+    {
+        return args;
+    }
+    args.extend(["--meta".into(), pg::meta_for(data_dir)]);
+    args
 }
 
 /// A running `ferry serve`. Killed (and reaped) on drop; it also exits by itself when this
@@ -159,6 +175,7 @@ impl Server {
         envs: Vec<(String, String)>,
     ) -> Result<Server, String> {
         let (args, envs) = store_under_test(&data_dir, args, envs);
+        let args = meta_under_test(&data_dir, args);
         let mut full: Vec<String> = vec!["serve".into()];
         if !args.iter().any(|a| a == "--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -737,6 +754,7 @@ pub fn assert_fsck_clean(data_dir: &Path) {
         .args(["fsck", "--data-dir"])
         .arg(data_dir)
         .args(s3::store_of(data_dir).unwrap_or_default())
+        .args(pg::meta_args_of(data_dir))
         .envs(s3::CREDS)
         .output()
         .expect("ferry fsck runs");

@@ -1,0 +1,169 @@
+//! `ferry serve --meta`: where the facts about uploads live. The embedded redb in the data
+//! directory by default; a PostgreSQL database shared by instances with
+//! `--meta postgres://USER@HOST[:PORT]/DB` (TLS and other options in the URL, as libpq takes
+//! them; the password from the URL or `PGPASSWORD`).
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ferry_store::pg_meta::PgConfig;
+
+#[derive(Args, Debug, Default)]
+pub struct MetaArgs {
+    /// Where upload records live: the data directory's embedded database, or PostgreSQL
+    /// (postgres://USER@HOST[:PORT]/DB[?sslmode=require…]; password in the URL or PGPASSWORD).
+    /// [default: the data directory]
+    #[arg(long, env = "FERRY_META", value_name = "URL")]
+    meta: Option<String>,
+    /// This instance's name, in its log lines and PostgreSQL's application_name.
+    /// [default: the host name and a random suffix]
+    #[arg(long, env = "FERRY_INSTANCE_ID", value_name = "NAME")]
+    instance_id: Option<String>,
+}
+
+/// Where the records go, resolved.
+#[derive(Debug)]
+pub enum MetaChoice {
+    /// redb in the data directory.
+    Embedded,
+    /// A PostgreSQL database.
+    Postgres(Box<PgConfig>),
+}
+
+/// The settings resolved: flags (and their variables) first, then the file's keys.
+pub fn resolve(
+    args: MetaArgs,
+    file_meta: Option<String>,
+    file_instance: Option<String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(MetaChoice, String, bool)> {
+    let named = args.instance_id.or(file_instance);
+    let explicit = named.is_some();
+    let instance = match named {
+        Some(n) => {
+            let valid = !n.is_empty()
+                && n.len() <= 63
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                bail!("--instance-id {n:?}: 1 to 63 of A-Z, a-z, 0-9, '-', '_', '.'");
+            }
+            n
+        }
+        None => default_instance(),
+    };
+    let choice = match args.meta.or(file_meta) {
+        None => MetaChoice::Embedded,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            // Not echoed: the URL may hold a password.
+            let config = ferry_store::pg_meta::parse_url(&url, env("PGPASSWORD"))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            MetaChoice::Postgres(Box::new(config))
+        }
+        Some(_) => bail!(
+            "--meta: only postgres://USER@HOST[:PORT]/DB is known (the default is the data \
+             directory's embedded database)"
+        ),
+    };
+    let shared = matches!(choice, MetaChoice::Postgres(_));
+    Ok((choice, instance, explicit || shared))
+}
+
+/// Connects to the database (migrating its schema): a wrong setting is a
+/// [`crate::store::SetupError`] (exit 2), an unreachable database a plain error (exit 1).
+pub async fn connect(
+    config: PgConfig,
+    instance: &str,
+) -> Result<std::sync::Arc<ferry_store::pg_meta::PgMetaStore>> {
+    let store = ferry_store::pg_meta::PgMetaStore::connect(
+        config,
+        ferry_store::pg_meta::PgSettings::new(instance),
+    )
+    .await;
+    let store = setup(store)?;
+    tracing::info!("records in PostgreSQL");
+    Ok(std::sync::Arc::new(store))
+}
+
+/// A PostgreSQL answer at startup: a wrong setting exits 2, anything else 1.
+pub fn setup<T>(r: ferry_store::Result<T>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(ferry_store::StoreError::WrongStore(why)) => Err(crate::store::SetupError(why).into()),
+        Err(ferry_store::StoreError::Unavailable(why)) => bail!("cannot reach {why}"),
+        Err(e) => bail!("PostgreSQL: {e}"),
+    }
+}
+
+/// The host name and 6 random hex digits: unique across restarts and hosts.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+                .take(48)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry".into());
+    let mut b = [0u8; 3];
+    let _ = getrandom::fill(&mut b);
+    format!("{host}-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn embedded_by_default_with_a_generated_instance() {
+        let (choice, instance, shown) = resolve(MetaArgs::default(), None, None, no_env).unwrap();
+        assert!(matches!(choice, MetaChoice::Embedded));
+        let (host, suffix) = instance.rsplit_once('-').unwrap();
+        assert!(!host.is_empty() && suffix.len() == 6, "{instance}");
+        assert!(!shown, "a lone embedded instance keeps its log lines short");
+        let (_, other, _) = resolve(MetaArgs::default(), None, None, no_env).unwrap();
+        assert_ne!(instance, other, "the suffix is random");
+    }
+
+    #[test]
+    fn postgres_urls_and_names_are_checked() {
+        let args = MetaArgs {
+            meta: Some("postgres://ferry@db.example:5433/ferry?sslmode=require".into()),
+            instance_id: Some("web-1".into()),
+        };
+        let (choice, instance, shown) = resolve(args, None, None, no_env).unwrap();
+        assert!(matches!(choice, MetaChoice::Postgres(_)));
+        assert_eq!(instance, "web-1");
+        assert!(shown);
+        let (choice, _, _) = resolve(
+            MetaArgs::default(),
+            Some("postgresql://u@h/db".into()),
+            None,
+            |k| (k == "PGPASSWORD").then(|| "pw".to_string()),
+        )
+        .unwrap();
+        let MetaChoice::Postgres(c) = choice else {
+            panic!("file key")
+        };
+        assert_eq!(c.get_password(), Some(&b"pw"[..]));
+        for (meta, id, why) in [
+            (Some("redis://h"), None, "only postgres://"),
+            (Some("postgres://h/db"), None, "no user"),
+            (None, Some("a b"), "--instance-id"),
+            (None, Some(""), "--instance-id"),
+        ] {
+            let args = MetaArgs {
+                meta: meta.map(Into::into),
+                instance_id: id.map(Into::into),
+            };
+            let err = resolve(args, None, None, no_env).unwrap_err().to_string();
+            assert!(err.contains(why), "{meta:?} {id:?}: {err}");
+        }
+    }
+}
