@@ -40,6 +40,10 @@ pub fn run(args: FsckArgs) -> ExitCode {
         }
     };
     let embedded = matches!(meta, crate::meta::MetaChoice::Embedded);
+    if embedded && let Err(e) = crate::meta::check_embedded(&args.data_dir) {
+        errln!("ferry fsck: {e:#}");
+        return ExitCode::from(2);
+    }
     if embedded && !args.data_dir.join("ferry.redb").exists() {
         errln!(
             "ferry fsck: {} holds no ferry data (no ferry.redb)",
@@ -142,11 +146,24 @@ async fn open_pg(
     data_dir: &std::path::Path,
     s3: Option<Arc<ferry_store::s3::S3DataStore>>,
 ) -> anyhow::Result<(Uploads, Option<String>)> {
-    let pg = crate::meta::connect(config, "fsck").await?;
+    // Read only: no migration, no marker, no owner id made.
+    let pg = crate::meta::setup(
+        ferry_store::pg_meta::PgMetaStore::connect_existing(
+            config,
+            ferry_store::pg_meta::PgSettings::new("fsck"),
+        )
+        .await,
+    )?;
+    let db = crate::meta::setup(pg.stored_setting("database_id").await)?
+        .ok_or_else(|| anyhow::anyhow!("the database has never been served"))?;
+    crate::meta::check_postgres(data_dir, &db, false)?;
+    // Not while an instance serves the database: a repair would race its writes.
+    crate::meta::setup(pg.hold_sole_instance().await)?;
     let identity = match &s3 {
         Some(s) => ferry_store::data::DataStore::identity(s.as_ref()),
-        None => format!("local:{}", crate::store::dir_owner(data_dir)?),
+        None => format!("local:{}", crate::store::existing_dir_owner(data_dir)?),
     };
+    let pg = Arc::new(pg);
     match crate::meta::setup(pg.stored_setting("store").await)? {
         Some(bound) if bound == identity => {}
         Some(bound) => anyhow::bail!("the database's uploads are in {bound}, not {identity}"),

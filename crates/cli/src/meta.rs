@@ -94,6 +94,75 @@ pub fn setup<T>(r: ferry_store::Result<T>) -> Result<T> {
     }
 }
 
+/// The file in a data directory served with PostgreSQL records: `postgres DATABASE_ID`.
+/// Records never move between stores, so a directory stays with the one it started with: its
+/// local files (or its spool) read against another store's records would look orphaned, and
+/// the startup sweep would delete them.
+const MARKER: &str = "ferry-meta";
+
+fn marker_of(dir: &std::path::Path) -> Result<Option<String>> {
+    let path = dir.join(MARKER);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().strip_prefix("postgres ") {
+            Some(id) => Ok(Some(id.trim().to_string())),
+            None => bail!("{} is not a ferry marker", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
+    }
+}
+
+/// For the embedded database: refuses a directory whose records are in PostgreSQL.
+pub fn check_embedded(dir: &std::path::Path) -> Result<()> {
+    if let Some(id) = marker_of(dir)? {
+        return Err(crate::store::SetupError(format!(
+            "{} keeps its upload records in PostgreSQL (database {id}): serve it with the same \
+             --meta",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// For PostgreSQL database `id`: refuses a directory whose records are in `ferry.redb` or in
+/// another database; with `mark`, marks a new one as this database's.
+pub fn check_postgres(dir: &std::path::Path, id: &str, mark: bool) -> Result<()> {
+    if dir.join("ferry.redb").exists() {
+        return Err(crate::store::SetupError(format!(
+            "{} keeps its upload records in ferry.redb; it cannot be served with --meta \
+             postgres:// (records do not move between stores)",
+            dir.display()
+        ))
+        .into());
+    }
+    match marker_of(dir)? {
+        Some(other) if other != id => Err(crate::store::SetupError(format!(
+            "{} was served with another PostgreSQL database ({other}, not {id})",
+            dir.display()
+        ))
+        .into()),
+        Some(_) => Ok(()),
+        None if !mark => Ok(()),
+        None => {
+            use anyhow::Context;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let tmp = dir.join(format!("{MARKER}.tmp"));
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                f.write_all(format!("postgres {id}\n").as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, dir.join(MARKER))?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        }
+    }
+}
+
 /// The host name and 6 random hex digits: unique across restarts and hosts.
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -118,6 +187,25 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn a_directory_stays_with_the_records_it_started_with() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        check_embedded(&dir).unwrap();
+        check_postgres(&dir, "db1", true).unwrap();
+        check_postgres(&dir, "db1", true).unwrap();
+        let err = check_postgres(&dir, "db2", true).unwrap_err().to_string();
+        assert!(err.contains("another PostgreSQL database"), "{err}");
+        let err = check_embedded(&dir).unwrap_err().to_string();
+        assert!(err.contains("in PostgreSQL (database db1)"), "{err}");
+        let other = d.path().join("redb");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("ferry.redb"), b"").unwrap();
+        let err = check_postgres(&other, "db1", true).unwrap_err().to_string();
+        assert!(err.contains("ferry.redb"), "{err}");
+        assert!(!other.join(MARKER).exists());
     }
 
     #[test]

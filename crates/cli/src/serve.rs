@@ -632,6 +632,7 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         .map(|s| Arc::new(s) as Arc<dyn ferry_store::data::DataStore>);
     let (uploads, pg) = match settings.meta {
         crate::meta::MetaChoice::Embedded => {
+            crate::meta::check_embedded(&dir)?;
             let opened = tokio::task::spawn_blocking(move || match data {
                 Some(data) => Uploads::open_with_data(&dir, sync, data),
                 None => Uploads::open_served(&dir, sync),
@@ -641,6 +642,9 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         }
         crate::meta::MetaChoice::Postgres(config) => {
             let pg = crate::meta::connect(*config, &settings.instance.0).await?;
+            let db = crate::meta::setup(pg.database_id().await)?;
+            crate::meta::check_postgres(&dir, &db, true)?;
+            crate::meta::setup(pg.hold_sole_instance().await)?;
             let identity = match &data {
                 Some(d) => d.identity(),
                 // Local files are one machine's: the database is bound to this directory.

@@ -244,6 +244,18 @@ pub async fn check_owner(
     }
 }
 
+/// This data directory's id, when it has one (read only).
+pub fn existing_dir_owner(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("s3-owner");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => Ok(id.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{} has never been served (no s3-owner)", data_dir.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
 /// A new owner id: 32 random hex digits.
 pub fn new_owner_id() -> String {
     let mut b = [0u8; 16];

@@ -38,7 +38,7 @@ use crate::record::{decode, encode};
 use deadpool_postgres::{Object, Pool};
 use errors::{Class, Failure, classify, conflict_backoff, jitter, pool_error, store_error};
 use ferry_proto::UploadId;
-use futures_util::future::{join, join_all};
+use futures_util::future::{join, maybe_done};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -176,6 +176,8 @@ pub struct PgMetaStore {
     /// The record keys this build replaces on update (the rest are kept).
     known: Vec<String>,
     round_trips: AtomicU64,
+    /// The connection holding the one-instance lock ([`PgMetaStore::hold_sole_instance`]).
+    sole: std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>,
 }
 
 impl std::fmt::Debug for PgMetaStore {
@@ -220,11 +222,22 @@ impl PgMetaStore {
     async fn run<'a, T: Send + 'a>(
         &'a self,
         what: &str,
+        attempt: impl FnMut(Conn) -> Attempt<'a, T> + Send + 'a,
+    ) -> Result<T> {
+        self.run_for(self.timeout, what, attempt).await
+    }
+
+    /// [`run`](Self::run) within `timeout`.
+    async fn run_for<'a, T: Send + 'a>(
+        &'a self,
+        timeout: Duration,
+        what: &str,
         mut attempt: impl FnMut(Conn) -> Attempt<'a, T> + Send + 'a,
     ) -> Result<T> {
         let work = async {
             let mut conflicts = 0;
             let mut reconnects = 0;
+            let mut again = 0;
             loop {
                 let conn = self.conn().await?;
                 let (mut conn, outcome) = attempt(conn).await;
@@ -232,6 +245,15 @@ impl PgMetaStore {
                 let err = match outcome {
                     Ok(v) => return Ok(v),
                     Err(Failure::Store(e)) => return Err(e),
+                    Err(Failure::Again) if again < MAX_CONFLICT_RETRIES => {
+                        again += 1;
+                        continue;
+                    }
+                    Err(Failure::Again) => {
+                        return Err(StoreError::Inconsistent(
+                            "a transaction kept adding records it had not named".into(),
+                        ));
+                    }
                     Err(Failure::Pg { err, retry_safe }) => (err, retry_safe),
                 };
                 drop(conn);
@@ -253,11 +275,10 @@ impl PgMetaStore {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(format!(
-                "PostgreSQL did not answer within {:?} ({what})",
-                self.timeout
+                "PostgreSQL did not answer within {timeout:?} ({what})"
             ))),
         }
     }
@@ -365,16 +386,46 @@ impl PgMetaStore {
             })
             .collect();
         let client = conn.client();
-        let writes = params
+        let mut writes: Vec<_> = params
             .iter()
-            .map(|(stmt, p)| client.execute(*stmt, p.as_slice()));
+            .map(|(stmt, p)| Box::pin(maybe_done(client.execute(*stmt, p.as_slice()))))
+            .collect();
         self.trip();
-        let (written, committed) = join(join_all(writes), client.batch_execute("COMMIT")).await;
-        // A failed write aborted the transaction: PostgreSQL answered COMMIT with a rollback.
+        // A request goes out on its first poll: the writes in order, then COMMIT, all before
+        // any answer is awaited.
+        for w in &mut writes {
+            let _ = futures_util::poll!(w.as_mut());
+        }
+        // A write that failed before it was sent (nothing reached the server) must not be
+        // followed by a COMMIT of the others.
+        let unsent = writes
+            .iter_mut()
+            .any(|w| matches!(w.as_mut().output_mut(), Some(Err(e)) if e.as_db_error().is_none()));
+        let end = if unsent { "ROLLBACK" } else { "COMMIT" };
+        let mut commit = Box::pin(maybe_done(client.batch_execute(end)));
+        let _ = futures_util::poll!(commit.as_mut());
+        for w in &mut writes {
+            w.as_mut().await;
+        }
+        commit.as_mut().await;
+        let committed = commit.as_mut().take_output().expect("awaited");
+        let written: Vec<_> = writes
+            .iter_mut()
+            .map(|w| w.as_mut().take_output().expect("awaited"))
+            .collect();
+        drop((writes, commit));
+        // Answered (a COMMIT, or the rollback PostgreSQL makes of a COMMIT after a failed
+        // write): the connection is outside any transaction again.
+        if committed.is_ok() {
+            conn.in_tx = false;
+        }
         for w in written {
+            // A write the server refused aborted the transaction: nothing was committed, so the
+            // change may run again (a conflict). One with no answer from the server may have
+            // been committed with the rest: never run again.
             w.map_err(|err| Failure::Pg {
+                retry_safe: err.as_db_error().is_some(),
                 err,
-                retry_safe: true,
             })?;
         }
         // A COMMIT with no answer may or may not have been applied: not run again.
@@ -382,7 +433,9 @@ impl PgMetaStore {
             err,
             retry_safe: false,
         })?;
-        conn.in_tx = false;
+        if unsent {
+            return Err(StoreError::Metadata("a write was not sent; rolled back".into()).into());
+        }
         Ok(())
     }
 }

@@ -149,10 +149,15 @@ fn a_server_killed_mid_upload_resumes_byte_exact() {
 /// Runs `ferry serve` with `args` until it exits (it must within 30 s): exit code, stderr.
 fn serve_until_exit(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
+    serve_until_exit_in(&dir.path().join("data"), args)
+}
+
+/// [`serve_until_exit`] on data directory `data`.
+fn serve_until_exit_in(data: &Path, args: &[&str]) -> (Option<i32>, String) {
     let mut child = KillOnDrop(
         Command::new(ferry_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(data)
             .args(args)
             .env_remove("FERRY_CONFIG")
             .env_remove("PGPASSWORD")
@@ -230,12 +235,23 @@ fn log_lines_name_the_instance() {
     for l in &lines {
         assert!(l.ends_with("instance=web-7"), "{l}");
     }
-    // The database is bound to the data store it holds records of: another data directory's
-    // local files are not its uploads' (one line, exit 2).
+    // One instance per database (until cluster leases exist): a second is refused.
     let (code, err) = serve_until_exit(&["--meta", &meta]);
     assert_eq!(code, Some(2), "{err}");
-    let said: Vec<&str> = err.lines().filter(|l| l.starts_with("ferry serve:")).collect();
-    assert!(said.len() == 1 && said[0].contains("cannot be used with"), "{err}");
+    assert!(err.contains("another ferry instance"), "{err}");
+    // The database is bound to the data store it holds records of: another data directory's
+    // local files are not its uploads' (one line, exit 2).
+    drop(server);
+    let (code, err) = serve_until_exit(&["--meta", &meta]);
+    assert_eq!(code, Some(2), "{err}");
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("ferry serve:"))
+        .collect();
+    assert!(
+        said.len() == 1 && said[0].contains("cannot be used with"),
+        "{err}"
+    );
 
     let server = Server::start(&["--meta", &fresh_schema(&server_url())]);
     let log = server.log();
@@ -243,4 +259,48 @@ fn log_lines_name_the_instance() {
     let name = first.rsplit_once("instance=").unwrap().1;
     let (host, suffix) = name.rsplit_once('-').unwrap();
     assert!(!host.is_empty() && suffix.len() == 6, "{first}");
+}
+
+/// Records never move between stores, so a data directory stays with the one it began with:
+/// a directory with `ferry.redb` is refused with `--meta`, and one served with PostgreSQL is
+/// refused without it (its files would look orphaned and be swept). Nothing is lost: served
+/// as before, the uploads are there.
+#[test]
+fn a_directory_keeps_its_records_where_they_began() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (embedded, shared) = (tmp.path().join("embedded"), tmp.path().join("shared"));
+    let meta = fresh_schema(&server_url());
+    let server = Server::start_in(&embedded, &["--sync", "none"]);
+    let url = create(&server, 5, None);
+    assert_eq!(patch(&url, 0, b"hello".to_vec()).0, 204);
+    drop(server);
+    let (code, err) = serve_until_exit_in(&embedded, &["--meta", &meta]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("ferry.redb"), "{err}");
+
+    let args = ["--meta", meta.as_str()];
+    let server = Server::start_in(&shared, &args);
+    let url2 = create(&server, 5, None);
+    assert_eq!(patch(&url2, 0, b"world".to_vec()).0, 204);
+    drop(server);
+    let (code, err) = serve_until_exit_in(&shared, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("in PostgreSQL"), "{err}");
+    let (code, err) = serve_until_exit_in(&shared, &["--meta", &fresh_schema(&server_url())]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("another PostgreSQL database"), "{err}");
+
+    let server = Server::start_in(&embedded, &[]);
+    assert_eq!(
+        head_offset(&server.rebase(&url)),
+        Some(5),
+        "embedded uploads kept"
+    );
+    drop(server);
+    let server = Server::start_in(&shared, &args);
+    assert_eq!(
+        head_offset(&server.rebase(&url2)),
+        Some(5),
+        "PostgreSQL uploads kept"
+    );
 }

@@ -1234,7 +1234,10 @@ mod auto {
         let o = one(&done);
         assert_eq!(o["protocol"], "ietf", "{done:#?}");
         assert_eq!(o["verified"], true, "{done:#?}");
-        assert_eq!(front.options_seen.load(Ordering::Relaxed), 1);
+        // Asked once per run; a second OPTIONS only re-measures the round trip when the first
+        // answer was slow (a loaded machine: `server_caps` in the client's upload/mod.rs).
+        let seen = front.options_seen.load(Ordering::Relaxed);
+        assert!((1..=2).contains(&seen), "OPTIONS asked {seen} times");
         assert_uploaded(&env, o["url"].as_str().unwrap(), &sha);
         assert_eq!(created_by(&server), (1, 0), "{}", server.log());
 

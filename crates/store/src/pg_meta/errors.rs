@@ -62,7 +62,11 @@ pub(super) fn classify(code: Option<&SqlState>) -> Class {
         || c.starts_with("57P")
         || (c.starts_with("53") && *code != SqlState::DISK_FULL)
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        // statement_timeout, lock_timeout and idle_in_transaction_session_timeout, which
+        // bound the work a call leaves on the server
         || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
     {
         return Class::Unavailable;
     }
@@ -119,6 +123,9 @@ impl Class {
 
 /// Why one attempt of a call failed.
 pub(super) enum Failure {
+    /// The attempt found it must run again with more rows locked (a transaction that added
+    /// records it had not named): nothing was written.
+    Again,
     /// The call's own answer (no such record, the change refused): returned as it is.
     Store(StoreError),
     /// PostgreSQL failed. `retry_safe`: nothing was committed, or the call changes nothing, so

@@ -10,6 +10,9 @@ use std::str::FromStr;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+/// Longest wait for the schema at startup (another instance's migration included).
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Parses a libpq-style URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB?sslmode=…`). The
 /// password may come from `PGPASSWORD` instead, as with libpq, so that it stays out of `ps`.
 pub fn parse_url(url: &str, pgpassword: Option<String>) -> Result<tokio_postgres::Config> {
@@ -33,12 +36,12 @@ pub fn parse_url(url: &str, pgpassword: Option<String>) -> Result<tokio_postgres
     Ok(config)
 }
 
-/// TLS for the connections (`sslmode=prefer`, the default, or `require`): rustls, the
-/// server's certificate checked against the system's roots (`SSL_CERT_FILE` names a private
-/// CA's). Stricter than libpq's `require`, which checks nothing.
+/// TLS for the connections with `sslmode=require`: rustls, the server's certificate checked
+/// against the system's roots (`SSL_CERT_FILE` names a private CA's). Stricter than libpq's
+/// `require`, which checks nothing.
 fn tls(config: &tokio_postgres::Config) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+    let client = if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
         rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth()
@@ -55,16 +58,99 @@ impl PgMetaStore {
     /// schema too new for it), and checks that commits are durable. A wrong setting (URL,
     /// password, database, a schema this build cannot use) is [`StoreError::WrongStore`]; a
     /// database that cannot be reached is [`StoreError::Unavailable`].
-    pub async fn connect(mut config: tokio_postgres::Config, settings: PgSettings) -> Result<Self> {
+    pub async fn connect(config: tokio_postgres::Config, settings: PgSettings) -> Result<Self> {
+        let me = Self::open(config, settings)?;
+        me.migrate().await?;
+        me.check_durability().await?;
+        Ok(me)
+    }
+
+    /// Connects to a database this build has already set up, changing nothing: for tools such
+    /// as `ferry fsck`. A database without the schema, with an older one, or one this build
+    /// cannot use is refused ([`StoreError::WrongStore`]).
+    pub async fn connect_existing(
+        config: tokio_postgres::Config,
+        settings: PgSettings,
+    ) -> Result<Self> {
+        let store = Self::open(config, settings)?;
+        let s = &store;
+        let found = store
+            .run(
+                "schema",
+                attempt!(|conn| async {
+                    s.trip();
+                    let pg = |err| Failure::Pg {
+                        err,
+                        retry_safe: true,
+                    };
+                    let client = conn.client();
+                    let present: bool = client
+                        .query_one("SELECT to_regclass('ferry_schema') IS NOT NULL", &[])
+                        .await
+                        .map_err(pg)?
+                        .get(0);
+                    if !present {
+                        return Ok(None);
+                    }
+                    s.trip();
+                    Ok(client
+                        .query_opt("SELECT version, readable_from FROM ferry_schema", &[])
+                        .await
+                        .map_err(pg)?
+                        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i32>(1) as u32)))
+                }),
+            )
+            .await?;
+        match schema::plan(found, SCHEMA_VERSION) {
+            schema::Plan::Current | schema::Plan::NewerCompatible { .. } => Ok(store),
+            schema::Plan::Apply { .. } => Err(StoreError::WrongStore(
+                "the database holds no ferry schema, or an older one: serve it with this build first"
+                    .into(),
+            )),
+            schema::Plan::Refuse {
+                version,
+                readable_from,
+            } => Err(StoreError::WrongStore(schema::refusal(
+                version,
+                readable_from,
+                SCHEMA_VERSION,
+            ))),
+        }
+    }
+
+    /// The pool, nothing asked of the database yet.
+    fn open(mut config: tokio_postgres::Config, settings: PgSettings) -> Result<Self> {
+        // libpq's `prefer` encrypts without checking the server; ferry either checks
+        // (`require`) or sends in the clear, and says which in the docs.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
+        // What a call leaves on the server is bounded too: a statement or a lock wait
+        // outliving the call's timeout is cancelled there, and a transaction whose client went
+        // silent (a call dropped between its round trips) ends, releasing its row locks.
+        let ms = settings.timeout.as_millis();
+        let guard = format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms} \
+             -c idle_in_transaction_session_timeout={}",
+            2 * ms
+        );
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {guard}"),
+            _ => guard,
+        };
+        config.options(options);
         if config.get_application_name().is_none() {
             config.application_name(format!("ferry {}", settings.instance));
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(settings.timeout.min(Duration::from_secs(5)));
         }
-        // A peer that vanished without a FIN (a dead host, a cut link) is noticed in about a
-        // minute even on an idle pooled connection; calls in flight have their own timeout.
+        // A peer that vanished without a FIN (a dead host, a cut link) is noticed within about
+        // a minute (30 s idle, then 3 probes 10 s apart) even on an idle pooled connection;
+        // calls in flight have their own timeout.
         config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
         let tls = tls(&config)?;
         let manager = Manager::from_config(
             config,
@@ -81,20 +167,20 @@ impl PgMetaStore {
             .recycle_timeout(Some(settings.timeout))
             .build()
             .map_err(|e| StoreError::WrongStore(format!("PostgreSQL connection pool: {e}")))?;
-        let me = Self {
+        Ok(Self {
             pool,
             instance: settings.instance,
             timeout: settings.timeout,
             known: known_keys().into_iter().map(String::from).collect(),
             round_trips: AtomicU64::new(0),
-        };
-        me.migrate().await?;
-        me.check_durability().await?;
-        Ok(me)
+            sole: std::sync::Mutex::new(None),
+        })
     }
 
     async fn migrate(&self) -> Result<()> {
-        self.run(
+        // Waiting for another instance's migration, or a long one, is not a request's wait.
+        self.run_for(
+            MIGRATION_TIMEOUT,
             "migrate",
             attempt!(|conn| async {
                 let me = self;
@@ -107,12 +193,25 @@ impl PgMetaStore {
                 let client = conn.client();
                 client
                     .batch_execute(&format!(
-                        "BEGIN; SELECT pg_advisory_xact_lock({}); {};",
+                        "BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+                         SELECT pg_advisory_xact_lock({});",
                         schema::MIGRATION_LOCK,
-                        schema::CREATE_VERSION_TABLE
                     ))
                     .await
                     .map_err(pg)?;
+                // Created only when missing: once set up, the database user needs no right to
+                // create tables.
+                let present: bool = client
+                    .query_one("SELECT to_regclass('ferry_schema') IS NOT NULL", &[])
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                if !present {
+                    client
+                        .batch_execute(schema::CREATE_VERSION_TABLE)
+                        .await
+                        .map_err(pg)?;
+                }
                 let found = client
                     .query_opt("SELECT version, readable_from FROM ferry_schema", &[])
                     .await
@@ -316,4 +415,55 @@ impl PgMetaStore {
         )
         .await
     }
+
+    /// Takes the database's one-instance lock (a session advisory lock on a connection of its
+    /// own, held while this store lives), or refuses: leases are still in process, so two
+    /// instances writing through one database could both append to one upload, and one's
+    /// startup sweep could remove what the other is staging. Checked when an instance starts;
+    /// should PostgreSQL restart meanwhile, the lock is gone until this instance restarts.
+    pub async fn hold_sole_instance(&self) -> Result<()> {
+        // Advisory locks are per database; the key is this schema's, so that schemas of one
+        // database (the tests use many) are told apart.
+        let id = self.setting("database_id", random_id).await?;
+        let key = i64::from_str_radix(&id[..15], 16)
+            .map_err(|e| StoreError::Metadata(format!("database_id {id:?}: {e}")))?;
+        let obj = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| super::errors::pool_error(e, self.timeout))?;
+        // Out of the pool: this connection lives as long as the store.
+        let client = deadpool_postgres::Object::take(obj);
+        self.trip();
+        let got: bool = tokio::time::timeout(
+            self.timeout,
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer (lock)".into()))?
+        .map_err(|e| super::errors::store_error(super::errors::classify(e.code()), &e))?
+        .get(0);
+        if !got {
+            return Err(StoreError::WrongStore(
+                "another ferry instance is serving this PostgreSQL database (one instance per \
+                 database until cluster leases exist)"
+                    .into(),
+            ));
+        }
+        *self.sole.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(())
+    }
+
+    /// This database's id (made by the first instance that asks).
+    pub async fn database_id(&self) -> Result<String> {
+        self.setting("database_id", random_id).await
+    }
+}
+
+/// 32 random hex digits.
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    // getrandom fails only without an entropy source, where nothing else works either.
+    getrandom::fill(&mut b).expect("random");
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -134,16 +134,33 @@ impl MetaStore for PgMetaStore {
         let mut ids = ids;
         ids.sort();
         ids.dedup();
-        let (ids, tx) = (&ids, &tx);
+        // The rows to lock: the ids named, and any the change adds (it then runs again with
+        // those locked too, so that a record it creates or removes is one it has seen).
+        let ids = &std::sync::Mutex::new(ids);
+        let tx = &tx;
         self.run(
             "transact",
             attempt!(|conn| async {
                 let me = self;
-                let before = me.begin_locked(conn, ids).await?;
+                let locked = ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let before = me.begin_locked(conn, &locked).await?;
                 let mut records = before.clone();
                 if let Err(e) = tx(&mut records) {
                     me.rollback(conn).await;
                     return Err(e.into());
+                }
+                let added: Vec<UploadId> = records
+                    .keys()
+                    .filter(|id| !before.contains_key(id))
+                    .copied()
+                    .collect();
+                if !added.is_empty() {
+                    me.rollback(conn).await;
+                    let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
+                    ids.extend(added);
+                    ids.sort();
+                    ids.dedup();
+                    return Err(Failure::Again);
                 }
                 if let Some((id, _)) = records
                     .iter()

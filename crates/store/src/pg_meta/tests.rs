@@ -4,9 +4,9 @@
 
 use super::errors::{Class, classify, conflict_backoff};
 use super::*;
-use tokio_postgres::error::SqlState;
 use crate::meta::MetaStore;
 use std::sync::Arc;
+use tokio_postgres::error::SqlState;
 
 /// The server the tests use. Never skipped: without it the test fails and says why.
 fn server_url() -> String {
@@ -394,6 +394,30 @@ async fn stuck_or_unreachable_database_is_unavailable_in_time() {
     let (out, took) = stuck.await.unwrap();
     assert!(matches!(out, Err(StoreError::Unavailable(_))), "{out:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
+    // Nor does the abandoned call's work stay on the server: its lock wait ends there too
+    // (lock_timeout), while the blocker still holds the lock.
+    // (Asked outside the blocker's transaction: a transaction sees one snapshot of the
+    // activity view.)
+    let watcher = db.client().await;
+    let waiting = async || -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'ferry small' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let t = std::time::Instant::now();
+    while waiting().await > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the lock wait went on on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Every pooled connection taken (here by the test itself): a call waits for one, then
     // gives up.
     let held = store.pool.get().await.unwrap();
@@ -475,6 +499,8 @@ fn urls_need_a_host_and_a_user_and_take_pgpassword() {
     assert!(parse_url("postgres://u@h/db", None).is_ok());
     assert!(parse_url("postgres://h/db", None).is_err(), "no user");
     assert!(parse_url("mysql://u@h/db", None).is_err());
+    // libpq's verify modes are not known to tokio-postgres: refused, not silently weakened.
+    assert!(parse_url("postgres://u@h/db?sslmode=verify-full", None).is_err());
     let c = parse_url("postgres://u@h/db", Some("pw".into())).unwrap();
     assert_eq!(c.get_password(), Some(&b"pw"[..]));
     let c = parse_url("postgres://u:inurl@h/db", Some("pw".into())).unwrap();
