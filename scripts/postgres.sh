@@ -37,10 +37,13 @@ start)
     as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
       || { echo "postgres.sh: initdb failed:" >&2; tail -20 "$dir/initdb.log" >&2; exit 1; }
   fi
-  if [[ -f $dir/port ]]; then
-    port=$(cat "$dir/port")
-  else
-    port=$(python3 - <<'PY'
+  # A port picked free can be taken before the server binds it (tests start clusters in
+  # parallel): then another is picked.
+  for attempt in 1 2 3 4 5; do
+    if [[ -f $dir/port ]]; then
+      port=$(cat "$dir/port")
+    else
+      port=$(python3 - <<'PY'
 import random, socket
 while True:
     p = random.randint(10000, 22000)
@@ -55,13 +58,22 @@ while True:
     break
 PY
 )
-    echo "$port" >"$dir/port"
-  fi
-  # Connections: every test server opens a pool of its own, and many run at once.
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/log" -w -t 60 start \
-    -o "-p $port -k $dir/data -h 127.0.0.1 -c max_connections=400 -c shared_buffers=64MB \
-        -c shared_preload_libraries=pg_stat_statements" >/dev/null \
-    || { echo "postgres.sh: pg_ctl start failed:" >&2; tail -20 "$dir/data/log" >&2; exit 1; }
+      echo "$port" >"$dir/port"
+    fi
+    # Connections: every test server opens a pool of its own, and many run at once.
+    if as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/log" -w -t 60 start \
+      -o "-p $port -k $dir/data -h 127.0.0.1 -c max_connections=400 -c shared_buffers=64MB \
+          -c shared_preload_libraries=pg_stat_statements" >/dev/null; then
+      break
+    fi
+    if ((attempt < 5)) && grep -q "could not bind\|Address already in use" "$dir/data/log"; then
+      rm -f "$dir/port"
+      continue
+    fi
+    echo "postgres.sh: pg_ctl start failed:" >&2
+    tail -20 "$dir/data/log" >&2
+    exit 1
+  done
   echo "postgres://postgres@127.0.0.1:$port/postgres"
   ;;
 stop | kill)

@@ -87,7 +87,7 @@ class Server:
         self.err.seek(0)
         log = self.err.read()
         start = re.search(r"meta_round_trips=(\d+)", log)
-        end = re.search(r"round_trips=(\d+) ", log + " ")
+        end = re.search(r"round trips made round_trips=(\d+)", log)
         trips = None
         if start and end:
             trips = int(end.group(1)) - int(start.group(1))

@@ -83,11 +83,18 @@ pub(crate) async fn append(
 ) -> Result<Written, ApiError> {
     let body_follows = has_body(&req);
     let fail = unread(body_follows);
-    // Cheap checks against the committed state before disturbing a current writer.
-    let info = load(state, id).await.map_err(&fail)?;
-    dialect.check(&info).map_err(&fail)?;
-    // Take the upload over (a current writer commits and lets go), then check again.
-    let lease = state.uploads.lease(id).await.map_err(|e| fail(e.into()))?;
+    let lease = match state.uploads.try_lease(id).await {
+        // Nobody is writing: nobody to disturb.
+        Ok(lease) => lease,
+        Err(ferry_store::StoreError::Busy(_)) => {
+            // Cheap checks against the committed state before disturbing the current writer.
+            let info = load(state, id).await.map_err(&fail)?;
+            dialect.check(&info).map_err(&fail)?;
+            // Take the upload over (the writer commits and lets go), then check again.
+            state.uploads.lease(id).await.map_err(|e| fail(e.into()))?
+        }
+        Err(e) => return Err(fail(e.into())),
+    };
     let mut info = load(state, id).await.map_err(&fail)?;
     dialect.check(&info).map_err(&fail)?;
     if let (Some(length), None) = (plan.declare, info.length) {
@@ -98,9 +105,10 @@ pub(crate) async fn append(
             .map_err(|e| fail(e.into()))?;
     }
     let written = if body_follows {
-        let received = receive(state.clone(), lease, req, plan.expected, plan.verify)
+        let offset = info.offset;
+        let received = receive(state.clone(), lease, info, req, plan.expected, plan.verify)
             .await
-            .map_err(|e| fail(ApiError::from(e).with_header(h(UPLOAD_OFFSET), info.offset)))?;
+            .map_err(|e| fail(ApiError::from(e).with_header(h(UPLOAD_OFFSET), offset)))?;
         let want = received.want;
         let info = match settle(dialect, received) {
             Ok(info) => info,
@@ -138,7 +146,7 @@ pub(crate) async fn first_body(
         .lease(id)
         .await
         .map_err(|e| with_location(ApiError::from(e).closing()))?;
-    let received = receive(state.clone(), lease, req, plan.expected, plan.verify)
+    let received = receive(state.clone(), lease, info, req, plan.expected, plan.verify)
         .await
         .map_err(|e| with_location(ApiError::from(e).with_header(h(UPLOAD_OFFSET), 0).closing()))?;
     let want = received.want;

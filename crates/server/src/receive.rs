@@ -155,6 +155,7 @@ pub struct Received {
 pub async fn receive(
     state: std::sync::Arc<AppState>,
     lease: Lease,
+    info: ferry_store::UploadInfo,
     req: Request<Body>,
     expected: Option<u64>,
     verify: Verify,
@@ -163,7 +164,17 @@ pub async fn receive(
     let read_buffer = crate::read_buffer_of(&req);
     let body = req.into_body();
     let task = tokio::spawn(async move {
-        let result = receive_inner(&state, &lease, body, expected, verify, want, read_buffer).await;
+        let result = receive_inner(
+            &state,
+            &lease,
+            info,
+            body,
+            expected,
+            verify,
+            want,
+            read_buffer,
+        )
+        .await;
         drop(lease);
         result
     });
@@ -171,16 +182,18 @@ pub async fn receive(
         .unwrap_or_else(|e| Err(StoreError::Io(std::io::Error::other(e.to_string()))))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn receive_inner(
     state: &AppState,
     lease: &Lease,
+    info: ferry_store::UploadInfo,
     mut body: Body,
     expected: Option<u64>,
     verify: Verify,
     want: Option<WantDigest>,
     read_buffer: usize,
 ) -> Result<Received, StoreError> {
-    let mut append = state.uploads.append(lease, expected).await?;
+    let mut append = state.uploads.append_to(lease, info, expected).await?;
     if let Some(w) = want {
         append.keep_running(w);
     }

@@ -17,6 +17,25 @@ impl Uploads {
     pub async fn append(&self, lease: &Lease, expected_bytes: Option<u64>) -> Result<Append<'_>> {
         let id = lease.id();
         let info = self.get(id).await?.ok_or(StoreError::NotFound(id))?;
+        self.append_to(lease, info, expected_bytes).await
+    }
+
+    /// [`append`](Self::append) to `info`, the record as read (by [`get`](Self::get)) under
+    /// `lease`: a caller that has just read it saves a metadata round trip. Only the lease
+    /// holder moves the offset and the locator, so they are still as read.
+    pub async fn append_to(
+        &self,
+        lease: &Lease,
+        info: UploadInfo,
+        expected_bytes: Option<u64>,
+    ) -> Result<Append<'_>> {
+        let id = lease.id();
+        if info.id != id {
+            return Err(StoreError::Inconsistent(format!(
+                "an append under the lease of {id} was given the record of {}",
+                info.id
+            )));
+        }
         if matches!(info.kind, UploadKind::Final { .. }) {
             return Err(StoreError::IsFinal(id));
         }

@@ -78,8 +78,9 @@ impl Uploads {
         self.chunk_claims.active(id)
     }
 
-    /// Takes a lease only if nobody holds it (the sweeper never interrupts a writer).
-    async fn try_lease(&self, id: UploadId) -> Result<Lease> {
+    /// Takes a lease only if nobody holds it ([`StoreError::Busy`] otherwise): the sweeper never
+    /// interrupts a writer, and a request that finds no writer has nobody to disturb.
+    pub async fn try_lease(&self, id: UploadId) -> Result<Lease> {
         self.locker.try_acquire(id).await
     }
 
