@@ -6,6 +6,11 @@
 #                                    # (again on DIR: the same ports and data)
 #   scripts/seaweedfs.sh stop DIR    # stops the one started on DIR
 #   scripts/seaweedfs.sh bucket DIR NAME   # makes bucket NAME in the one started on DIR
+#   scripts/seaweedfs.sh cluster DIR # a small cluster instead: one master, three volume
+#                                    # servers, every volume written to two of them (replication
+#                                    # 001), a filer with the S3 gateway; prints the S3 URL
+#   scripts/seaweedfs.sh kill-volume DIR N   # SIGKILLs volume server N (1-3) of that cluster
+#   scripts/seaweedfs.sh start-volume DIR N  # starts it again (same port and data)
 #
 # Every port is picked free (with its gRPC twin, port + 10000), below the kernel's ephemeral
 # range: SeaweedFS's defaults (8080, 8888, 9333) collide with anything else running. One
@@ -16,7 +21,68 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEED="${FERRY_WEED:-$ROOT/tests/interop/.venv/bin/weed}"
 cmd=${1:-} dir=${2:-}
-[[ -n $cmd && -n $dir ]] || { echo "usage: $0 start|stop DIR | bucket DIR NAME" >&2; exit 2; }
+usage="usage: $0 start|cluster|stop DIR | bucket DIR NAME | kill-volume|start-volume DIR N"
+[[ -n $cmd && -n $dir ]] || { echo "$usage" >&2; exit 2; }
+
+# N free ports (each with its gRPC twin, port + 10000), below the ephemeral range.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+ports = []
+while len(ports) < n:
+    p = random.randint(10000, 22000)
+    if any(abs(p - q) in (0, 10000) for q in ports):
+        continue
+    ok = True
+    for q in (p, p + 10000):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", q))
+        except OSError:
+            ok = False
+        finally:
+            s.close()
+    if ok:
+        ports.append(p)
+print(*ports)
+PY
+}
+
+# The identity the tests use, ferry / ferry-secret, so that signatures are checked as on AWS.
+s3_config() {
+  cat >"$1/s3.json" <<'JSON'
+{"identities": [{"name": "ferry",
+  "credentials": [{"accessKey": "ferry", "secretKey": "ferry-secret"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+JSON
+}
+
+# Waits for the S3 gateway at $1 (pid file $2, log $3) and prints its URL.
+wait_s3() {
+  local url=$1 pidfile=$2 log=$3
+  for _ in $(seq 300); do
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/" || true) != 000 ]]; then
+      echo "$url"
+      return 0
+    fi
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "seaweedfs.sh: S3 did not answer on $url; log:" >&2
+  tail -20 "$log" >&2
+  return 1
+}
+
+volume() {
+  local n=$1 master port
+  read -r _ master _ <"$dir/ports"
+  port=$(cut -d' ' -f$((3 + n)) "$dir/ports")
+  mkdir -p "$dir/v$n"
+  "$WEED" volume -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$port" -dir="$dir/v$n" \
+    -mserver="127.0.0.1:$master" -max=100 >"$dir/v$n.log" 2>&1 &
+  echo $! >"$dir/v$n.pid"
+}
 
 case $cmd in
 start)
@@ -75,14 +141,43 @@ JSON
   kill "$(cat "$dir/weed.pid")" 2>/dev/null || true
   exit 1
   ;;
+cluster)
+  [[ -x $WEED ]] || { echo "seaweedfs.sh: $WEED missing (run scripts/setup-test-deps.sh)" >&2; exit 1; }
+  mkdir -p "$dir/m" "$dir/f"
+  # s3 master filer volume1 volume2 volume3
+  [[ -f $dir/ports ]] || free_ports 6 >"$dir/ports"
+  read -r s3 master filer _ <"$dir/ports"
+  s3_config "$dir"
+  "$WEED" master -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$master" -mdir="$dir/m" \
+    -defaultReplication=001 -volumeSizeLimitMB=64 >"$dir/master.log" 2>&1 &
+  echo $! >"$dir/master.pid"
+  for n in 1 2 3; do volume "$n"; done
+  "$WEED" filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$filer" -master="127.0.0.1:$master" \
+    -defaultReplicaPlacement=001 -s3 -s3.port="$s3" -s3.config="$dir/s3.json" \
+    -s3.port.iceberg=0 -s3.port.lance=0 >"$dir/filer.log" 2>&1 &
+  echo $! >"$dir/filer.pid"
+  wait_s3 "http://127.0.0.1:$s3" "$dir/filer.pid" "$dir/filer.log" || {
+    for p in "$dir"/*.pid; do kill "$(cat "$p")" 2>/dev/null || true; done
+    exit 1
+  }
+  ;;
+kill-volume)
+  n=${3:?$usage}
+  kill -9 "$(cat "$dir/v$n.pid")" 2>/dev/null || true
+  ;;
+start-volume)
+  volume "${3:?$usage}"
+  ;;
 stop)
-  if [[ -f $dir/weed.pid ]]; then
-    pid=$(cat "$dir/weed.pid")
+  # The single server, or every process of a cluster.
+  for p in "$dir"/*.pid; do
+    [[ -f $p ]] || continue
+    pid=$(cat "$p")
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/weed.pid"
-  fi
+    rm -f "$p"
+  done
   ;;
 bucket)
   name=${3:?usage: $0 bucket DIR NAME}
@@ -90,5 +185,5 @@ bucket)
   out=$(echo "s3.bucket.create -name $name" | "$WEED" shell -master="127.0.0.1:$master" 2>&1) || true
   grep -q "created bucket $name\|already exists" <<<"$out" || { echo "seaweedfs.sh: $out" >&2; exit 1; }
   ;;
-*) echo "usage: $0 start|stop DIR | bucket DIR NAME" >&2; exit 2 ;;
+*) echo "$usage" >&2; exit 2 ;;
 esac

@@ -266,3 +266,55 @@ fn a_prefix_has_one_data_directory_and_a_directory_one_store() {
     let ok = Server::start_in_with_env(fresh.path(), &s3_args, &CREDS);
     drop(ok);
 }
+
+/// Distributed storage: SeaweedFS as a small cluster of this test's own (one master, three
+/// volume servers, every volume on two of them; `scripts/seaweedfs.sh cluster`). One volume
+/// server is SIGKILLed in the middle of an upload: the upload completes, and the download is
+/// byte-exact while that server is still down.
+#[test]
+fn a_volume_server_killed_mid_upload_loses_nothing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let sw = dir.path().join("cluster");
+    let script = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(root.join("scripts/seaweedfs.sh"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "seaweedfs.sh {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    struct Stop<F: Fn()>(F);
+    impl<F: Fn()> Drop for Stop<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _stop = Stop(|| {
+        let _ = Command::new("bash")
+            .arg(root.join("scripts/seaweedfs.sh"))
+            .args(["stop", sw.to_str().unwrap()])
+            .status();
+    });
+    let sw_dir = sw.to_str().unwrap();
+    let url = script(&["cluster", sw_dir]);
+    script(&["bucket", sw_dir, "ferry-tests"]);
+    let server = Server::start_with_env(
+        &["--store", "s3://ferry-tests/cluster", "--s3-endpoint", &url],
+        &CREDS,
+    );
+    let env = Env::new();
+    let (f, sha) = env.file("f", 40 * MIB + 7, 48);
+    let mut run = env.upload(
+        &[&f],
+        &server.files_url,
+        &["--limit-rate", "8M", "--chunk-size", "4M", "-j", "1"],
+    );
+    wait_committed(&env, 12 * MIB, &mut run);
+    script(&["kill-volume", sw_dir, "2"]);
+    let done = run.wait(3 * RUN_LIMIT).ok();
+    assert_uploaded(&env, &done.url(), &sha);
+    let log = server.log();
+    assert!(!log.contains("internal error; reference"), "no 500: {log}");
+}
