@@ -840,7 +840,7 @@ mod servers {
             // Counted over every connection: the client may open a new one for the last
             // request (a cut scheduled on connection 0 alone then never happened).
             Faults {
-                cut_at_total: Some(4 * MIB as u64 + MIB as u64 / 2),
+                cut_at_total: Some(4 * MIB + MIB / 2),
                 ..Faults::default()
             },
         );
