@@ -39,10 +39,12 @@ start)
   fi
   # A port picked free can be taken before the server binds it (tests start clusters in
   # parallel): then another is picked.
+  picked=0
   for attempt in 1 2 3 4 5; do
     if [[ -f $dir/port ]]; then
       port=$(cat "$dir/port")
     else
+      picked=1
       port=$(python3 - <<'PY'
 import random, socket
 while True:
@@ -60,13 +62,18 @@ PY
 )
       echo "$port" >"$dir/port"
     fi
+    # What this attempt adds to the log (pg_ctl appends to it at every start).
+    logged=$(stat -c %s "$dir/data/log" 2>/dev/null || echo 0)
     # Connections: every test server opens a pool of its own, and many run at once.
     if as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/log" -w -t 60 start \
       -o "-p $port -k $dir/data -h 127.0.0.1 -c max_connections=400 -c shared_buffers=64MB \
           -c shared_preload_libraries=pg_stat_statements" >/dev/null; then
       break
     fi
-    if ((attempt < 5)) && grep -q "could not bind\|Address already in use" "$dir/data/log"; then
+    # A port picked by this start and taken meanwhile: another. A port of an earlier start on
+    # DIR is kept (whoever restarts a cluster expects its URL back).
+    if ((picked && attempt < 5)) && tail -c +$((logged + 1)) "$dir/data/log" \
+      | grep -q "could not bind\|Address already in use"; then
       rm -f "$dir/port"
       continue
     fi

@@ -152,18 +152,32 @@ cluster)
     -defaultReplication=001 -volumeSizeLimitMB=64 >"$dir/master.log" 2>&1 &
   echo $! >"$dir/master.pid"
   for n in 1 2 3; do volume "$n"; done
+  # The filer's own store in DIR too (it defaults to the working directory).
   "$WEED" filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$filer" -master="127.0.0.1:$master" \
-    -defaultReplicaPlacement=001 -s3 -s3.port="$s3" -s3.config="$dir/s3.json" \
+    -defaultStoreDir="$dir/f" -defaultReplicaPlacement=001 -s3 -s3.port="$s3" -s3.config="$dir/s3.json" \
     -s3.port.iceberg=0 -s3.port.lance=0 >"$dir/filer.log" 2>&1 &
   echo $! >"$dir/filer.pid"
-  wait_s3 "http://127.0.0.1:$s3" "$dir/filer.pid" "$dir/filer.log" || {
+  # Writes need two volume servers (replication 001): all three registered first.
+  nodes=0
+  for _ in $(seq 150); do
+    nodes=$(curl -s "http://127.0.0.1:$master/dir/status" | grep -o '"Url":"127.0.0.1:[0-9]*"' | sort -u | wc -l || true)
+    ((nodes >= 3)) && break
+    sleep 0.2
+  done
+  if ((nodes < 3)) || ! wait_s3 "http://127.0.0.1:$s3" "$dir/filer.pid" "$dir/filer.log"; then
+    echo "seaweedfs.sh: cluster did not come up ($nodes of 3 volume servers)" >&2
     for p in "$dir"/*.pid; do kill "$(cat "$p")" 2>/dev/null || true; done
     exit 1
-  }
+  fi
   ;;
 kill-volume)
   n=${3:?$usage}
-  kill -9 "$(cat "$dir/v$n.pid")" 2>/dev/null || true
+  if [[ -f $dir/v$n.pid ]]; then
+    pid=$(cat "$dir/v$n.pid")
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$dir/v$n.pid"
+  fi
   ;;
 start-volume)
   volume "${3:?$usage}"

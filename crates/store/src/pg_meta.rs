@@ -433,9 +433,7 @@ impl PgMetaStore {
             err,
             retry_safe: false,
         })?;
-        if unsent {
-            return Err(StoreError::Metadata("a write was not sent; rolled back".into()).into());
-        }
+        // (An unsent write returned its own error above: the ROLLBACK leaves nothing behind.)
         Ok(())
     }
 }

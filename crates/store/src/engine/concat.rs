@@ -31,10 +31,13 @@ impl Uploads {
         let expiry = self.expiry;
         let max_finals = self.concat.max_finals_per_part;
         let listed = parts.clone();
+        // The new final is named too: a shared store then locks it with the parts instead of
+        // running the transaction again once it sees a record it was not told of.
+        let named = parts.iter().copied().chain([id]).collect();
         let records = self
             .meta
             .transact(
-                parts.clone(),
+                named,
                 Box::new(move |recs| {
                     let mut infos = Vec::with_capacity(listed.len());
                     for p in &listed {

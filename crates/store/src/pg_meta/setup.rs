@@ -134,8 +134,9 @@ impl PgMetaStore {
              -c idle_in_transaction_session_timeout={}",
             2 * ms
         );
+        // First, so that the URL's own `options` can set them otherwise.
         let options = match config.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{o} {guard}"),
+            Some(o) if !o.trim().is_empty() => format!("{guard} {o}"),
             _ => guard,
         };
         config.options(options);
@@ -425,8 +426,10 @@ impl PgMetaStore {
         // Advisory locks are per database; the key is this schema's, so that schemas of one
         // database (the tests use many) are told apart.
         let id = self.setting("database_id", random_id).await?;
-        let key = i64::from_str_radix(&id[..15], 16)
-            .map_err(|e| StoreError::Metadata(format!("database_id {id:?}: {e}")))?;
+        let key = id
+            .get(..15)
+            .and_then(|h| i64::from_str_radix(h, 16).ok())
+            .ok_or_else(|| StoreError::Metadata(format!("database_id {id:?} is not hex")))?;
         let obj = self
             .pool
             .get()
