@@ -89,37 +89,10 @@ start)
   [[ -x $WEED ]] || { echo "seaweedfs.sh: $WEED missing (run scripts/setup-test-deps.sh)" >&2; exit 1; }
   mkdir -p "$dir"
   # Started again on the same DIR (a test stops and restarts it): the same ports and data.
-  if [[ -f $dir/ports ]]; then
-    read -r s3 master volume filer <"$dir/ports"
-  else
-  read -r s3 master volume filer < <(python3 - <<'PY'
-import random, socket
-ports = []
-while len(ports) < 4:
-    p = random.randint(10000, 22000)
-    if any(abs(p - q) in (0, 10000) for q in ports):
-        continue
-    ok = True
-    for q in (p, p + 10000):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", q))
-        except OSError:
-            ok = False
-        finally:
-            s.close()
-    if ok:
-        ports.append(p)
-print(*ports)
-PY
-)
-    echo "$s3 $master $volume $filer" >"$dir/ports"
-  fi
-  cat >"$dir/s3.json" <<'JSON'
-{"identities": [{"name": "ferry",
-  "credentials": [{"accessKey": "ferry", "secretKey": "ferry-secret"}],
-  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-JSON
+  # s3 master volume filer
+  [[ -f $dir/ports ]] || free_ports 4 >"$dir/ports"
+  read -r s3 master volume filer <"$dir/ports"
+  s3_config "$dir"
   "$WEED" server -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3 -s3.port="$s3" \
     -s3.config="$dir/s3.json" \
     -master.port="$master" -volume.port="$volume" -filer.port="$filer" \
@@ -127,19 +100,10 @@ JSON
     -volume.max=200 -master.volumeSizeLimitMB=64 \
     >"$dir/weed.log" 2>&1 &
   echo $! >"$dir/weed.pid"
-  url="http://127.0.0.1:$s3"
-  for _ in $(seq 300); do
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url/" || true) != 000 ]]; then
-      echo "$url"
-      exit 0
-    fi
-    kill -0 "$(cat "$dir/weed.pid")" 2>/dev/null || break
-    sleep 0.2
-  done
-  echo "seaweedfs.sh: S3 did not answer on $url; log:" >&2
-  tail -20 "$dir/weed.log" >&2
-  kill "$(cat "$dir/weed.pid")" 2>/dev/null || true
-  exit 1
+  wait_s3 "http://127.0.0.1:$s3" "$dir/weed.pid" "$dir/weed.log" || {
+    kill "$(cat "$dir/weed.pid")" 2>/dev/null || true
+    exit 1
+  }
   ;;
 cluster)
   [[ -x $WEED ]] || { echo "seaweedfs.sh: $WEED missing (run scripts/setup-test-deps.sh)" >&2; exit 1; }

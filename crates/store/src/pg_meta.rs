@@ -329,6 +329,21 @@ impl PgMetaStore {
         Ok(records)
     }
 
+    /// Commits the open transaction. A COMMIT with no answer may or may not have been
+    /// applied: never run again.
+    async fn commit(&self, conn: &mut Conn) -> std::result::Result<(), Failure> {
+        self.trip();
+        conn.client()
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|err| Failure::Pg {
+                err,
+                retry_safe: false,
+            })?;
+        conn.in_tx = false;
+        Ok(())
+    }
+
     /// Ends a transaction that changes nothing.
     async fn rollback(&self, conn: &mut Conn) {
         self.trip();

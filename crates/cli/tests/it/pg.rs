@@ -8,7 +8,7 @@ use crate::support::s3::ensure_test_bucket;
 use crate::support::upload::*;
 use crate::support::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A PostgreSQL cluster of one test's own, stopped (immediately) however the test ends.
@@ -146,41 +146,10 @@ fn a_server_killed_mid_upload_resumes_byte_exact() {
     }
 }
 
-/// Runs `ferry serve` with `args` until it exits (it must within 30 s): exit code, stderr.
-fn serve_until_exit(args: &[&str]) -> (Option<i32>, String) {
+/// `ferry serve` with `args` on a fresh data directory until it exits: exit code, stderr.
+fn serve_fresh_until_exit(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    serve_until_exit_in(&dir.path().join("data"), args)
-}
-
-/// [`serve_until_exit`] on data directory `data`.
-fn serve_until_exit_in(data: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = KillOnDrop(
-        Command::new(ferry_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(args)
-            .env_remove("FERRY_CONFIG")
-            .env_remove("PGPASSWORD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "ferry serve kept running"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.code(), err)
+    serve_until_exit(&dir.path().join("data"), args, &[])
 }
 
 /// Settings that cannot work exit 2 with one line naming the problem; a database that is not
@@ -189,19 +158,20 @@ fn serve_until_exit_in(data: &Path, args: &[&str]) -> (Option<i32>, String) {
 fn wrong_settings_exit_2_and_an_absent_database_1() {
     let url = server_url();
     let no_db = url.rsplit_once('/').unwrap().0.to_string() + "/no_such_database";
-    let (code, err) = serve_until_exit(&["--meta", &no_db]);
+    let (code, err) = serve_fresh_until_exit(&["--meta", &no_db]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("no_such_database") && err.lines().count() == 1,
         "{err}"
     );
 
-    let (code, err) = serve_until_exit(&["--meta", "mysql://u@h/db"]);
+    let (code, err) = serve_fresh_until_exit(&["--meta", "mysql://u@h/db"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("only postgres://"), "{err}");
 
     let t = Instant::now();
-    let (code, err) = serve_until_exit(&["--meta", "postgres://postgres@127.0.0.1:1/postgres"]);
+    let (code, err) =
+        serve_fresh_until_exit(&["--meta", "postgres://postgres@127.0.0.1:1/postgres"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach PostgreSQL"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
@@ -216,7 +186,7 @@ fn wrong_settings_exit_2_and_an_absent_database_1() {
              INSERT INTO {schema}.ferry_schema VALUES (true, 1000, 999)"
         ),
     );
-    let (code, err) = serve_until_exit(&["--meta", &meta]);
+    let (code, err) = serve_fresh_until_exit(&["--meta", &meta]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("upgrade ferry"), "{err}");
 }
@@ -236,13 +206,13 @@ fn log_lines_name_the_instance() {
         assert!(l.ends_with("instance=web-7"), "{l}");
     }
     // One instance per database (until cluster leases exist): a second is refused.
-    let (code, err) = serve_until_exit(&["--meta", &meta]);
+    let (code, err) = serve_fresh_until_exit(&["--meta", &meta]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("another ferry instance"), "{err}");
     // The database is bound to the data store it holds records of: another data directory's
     // local files are not its uploads' (one line, exit 2).
     drop(server);
-    let (code, err) = serve_until_exit(&["--meta", &meta]);
+    let (code, err) = serve_fresh_until_exit(&["--meta", &meta]);
     assert_eq!(code, Some(2), "{err}");
     let said: Vec<&str> = err
         .lines()
@@ -274,7 +244,7 @@ fn a_directory_keeps_its_records_where_they_began() {
     let url = create(&server, 5, None);
     assert_eq!(patch(&url, 0, b"hello".to_vec()).0, 204);
     drop(server);
-    let (code, err) = serve_until_exit_in(&embedded, &["--meta", &meta]);
+    let (code, err) = serve_until_exit(&embedded, &["--meta", &meta], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("ferry.redb"), "{err}");
 
@@ -283,10 +253,10 @@ fn a_directory_keeps_its_records_where_they_began() {
     let url2 = create(&server, 5, None);
     assert_eq!(patch(&url2, 0, b"world".to_vec()).0, 204);
     drop(server);
-    let (code, err) = serve_until_exit_in(&shared, &[]);
+    let (code, err) = serve_until_exit(&shared, &[], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("in PostgreSQL"), "{err}");
-    let (code, err) = serve_until_exit_in(&shared, &["--meta", &fresh_schema(&server_url())]);
+    let (code, err) = serve_until_exit(&shared, &["--meta", &fresh_schema(&server_url())], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("another PostgreSQL database"), "{err}");
 

@@ -4,8 +4,7 @@
 use crate::support::s3::*;
 use crate::support::upload::*;
 use crate::support::*;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) fn endpoint() -> String {
     std::env::var("FERRY_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
@@ -95,32 +94,8 @@ fn a_store_that_is_not_there_exits_2_naming_it() {
 /// byte-exact once the store is back on the same ports.
 #[test]
 fn a_store_down_for_10_s_is_waited_out() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = tempfile::tempdir().unwrap();
-    let sw = dir.path().join("seaweedfs");
-    let script = |cmd: &str| {
-        let out = Command::new("bash")
-            .arg(root.join("scripts/seaweedfs.sh"))
-            .args([cmd, sw.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "seaweedfs.sh {cmd}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    struct Stop<F: Fn()>(F);
-    impl<F: Fn()> Drop for Stop<F> {
-        fn drop(&mut self) {
-            (self.0)();
-        }
-    }
-    // Stopped however the test ends (set up before the start, which may fail half-way).
-    let _stop = Stop(|| {
-        let _ = Command::new("bash")
-            .arg(root.join("scripts/seaweedfs.sh"))
-            .args(["stop", sw.to_str().unwrap()])
-            .status();
-    });
-    let url = script("start");
+    let sw = Weed::new();
+    let url = sw.run(&["start"]);
     ensure_test_bucket(&url);
     let server = Server::start_with_env(
         &[
@@ -144,10 +119,10 @@ fn a_store_down_for_10_s_is_waited_out() {
         &["--limit-rate", "4M", "--chunk-size", "2M", "-j", "1"],
     );
     wait_committed(&env, 6 * MIB, &mut run);
-    script("stop");
+    sw.run(&["stop"]);
     std::thread::sleep(Duration::from_secs(10));
     assert!(!run.exited(), "the client waited: {}", run.stderr());
-    script("start");
+    sw.run(&["start"]);
     let done = run.wait(3 * RUN_LIMIT).ok();
     assert_uploaded(&env, &done.url(), &sha);
     let log = server.log();
@@ -181,47 +156,6 @@ fn a_server_killed_mid_upload_resumes_byte_exact() {
     server.restart_same_port_after_kill();
     let done = run.wait(2 * RUN_LIMIT).ok();
     assert_uploaded(&env, &done.url(), &sha);
-}
-
-/// Runs `ferry serve` on `dir` with `args` until it exits (it must within 30 s); returns its
-/// exit code and standard error.
-fn serve_until_exit(
-    dir: &std::path::Path,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> (Option<i32>, String) {
-    let mut child = KillOnDrop(
-        Command::new(ferry_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(args)
-            .env_remove("FERRY_CONFIG")
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("FERRY_S3_REGION")
-            .env_remove("FERRY_S3_PATH_STYLE")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "ferry serve kept running"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.code(), err)
 }
 
 /// A prefix belongs to the data directory that first used it (its records are the truth about
@@ -273,33 +207,9 @@ fn a_prefix_has_one_data_directory_and_a_directory_one_store() {
 /// byte-exact while that server is still down.
 #[test]
 fn a_volume_server_killed_mid_upload_loses_nothing() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = tempfile::tempdir().unwrap();
-    let sw = dir.path().join("cluster");
-    let script = |args: &[&str]| {
-        let out = Command::new("bash")
-            .arg(root.join("scripts/seaweedfs.sh"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "seaweedfs.sh {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    struct Stop<F: Fn()>(F);
-    impl<F: Fn()> Drop for Stop<F> {
-        fn drop(&mut self) {
-            (self.0)();
-        }
-    }
-    let _stop = Stop(|| {
-        let _ = Command::new("bash")
-            .arg(root.join("scripts/seaweedfs.sh"))
-            .args(["stop", sw.to_str().unwrap()])
-            .status();
-    });
-    let sw_dir = sw.to_str().unwrap();
-    let url = script(&["cluster", sw_dir]);
-    script(&["bucket", sw_dir, "ferry-tests"]);
+    let sw = Weed::new();
+    let url = sw.run(&["cluster"]);
+    sw.run(&["bucket", "ferry-tests"]);
     let server = Server::start_with_env(
         &["--store", "s3://ferry-tests/cluster", "--s3-endpoint", &url],
         &CREDS,
@@ -312,7 +222,7 @@ fn a_volume_server_killed_mid_upload_loses_nothing() {
         &["--limit-rate", "8M", "--chunk-size", "4M", "-j", "1"],
     );
     wait_committed(&env, 12 * MIB, &mut run);
-    script(&["kill-volume", sw_dir, "2"]);
+    sw.run(&["kill-volume", "2"]);
     let done = run.wait(3 * RUN_LIMIT).ok();
     assert_uploaded(&env, &done.url(), &sha);
     let log = server.log();

@@ -255,15 +255,7 @@ impl PgMetaStore {
                         ))));
                     }
                 }
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(|err| Failure::Pg {
-                        err,
-                        retry_safe: false,
-                    })?;
-                conn.in_tx = false;
-                Ok(())
+                me.commit(conn).await
             }),
         )
         .await
@@ -348,15 +340,7 @@ impl PgMetaStore {
                     )
                     .await
                     .map_err(pg)?;
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(|err| Failure::Pg {
-                        err,
-                        retry_safe: false,
-                    })?;
-                conn.in_tx = false;
-                Ok(())
+                me.commit(conn).await
             }),
         )
         .await

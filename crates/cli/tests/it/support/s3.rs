@@ -73,3 +73,41 @@ pub fn held(store: &str, endpoint: &str, id: &str) -> Option<u64> {
         (!objects.is_empty() || uploads.iter().any(|u| u.key == key)).then_some(0)
     })
 }
+
+/// A SeaweedFS of one test's own (`scripts/seaweedfs.sh` on a temp directory): single or a
+/// cluster, stopped however the test ends.
+pub struct Weed {
+    dir: tempfile::TempDir,
+}
+
+impl Weed {
+    pub fn new() -> Self {
+        Weed {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `scripts/seaweedfs.sh CMD DIR REST...`: its standard output, trimmed; fails the test
+    /// when it fails.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.script(args).output().unwrap();
+        assert!(out.status.success(), "seaweedfs.sh {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn script(&self, args: &[&str]) -> std::process::Command {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut c = std::process::Command::new("bash");
+        c.arg(root.join("scripts/seaweedfs.sh"))
+            .arg(args[0])
+            .arg(self.dir.path().join("weed"))
+            .args(&args[1..]);
+        c
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        let _ = self.script(&["stop"]).status();
+    }
+}
