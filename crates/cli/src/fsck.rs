@@ -6,6 +6,7 @@ use ferry_store::{SyncPolicy, Uploads};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct FsckArgs {
@@ -74,7 +75,7 @@ pub fn run(args: FsckArgs) -> ExitCode {
         }
         .map(|u| (u, None)),
         crate::meta::MetaChoice::Postgres(config) => {
-            match rt.block_on(open_pg(*config, &args.data_dir, s3.clone())) {
+            match rt.block_on(open_pg(*config, &args.data_dir, s3.clone(), args.repair)) {
                 Ok(opened) => Ok(opened),
                 Err(e) => {
                     errln!("ferry fsck: {e:#}");
@@ -145,6 +146,7 @@ async fn open_pg(
     config: ferry_store::pg_meta::PgConfig,
     data_dir: &std::path::Path,
     s3: Option<Arc<ferry_store::s3::S3DataStore>>,
+    repair: bool,
 ) -> anyhow::Result<(Uploads, Option<String>)> {
     // Read only: no migration, no marker, no owner id made.
     let pg = crate::meta::setup(
@@ -157,8 +159,19 @@ async fn open_pg(
     let db = crate::meta::setup(pg.stored_setting("database_id").await)?
         .ok_or_else(|| anyhow::anyhow!("the database has never been served"))?;
     crate::meta::check_postgres(data_dir, &db, false)?;
-    // Not while an instance serves the database: a repair would race its writes.
-    crate::meta::setup(pg.hold_sole_instance().await)?;
+    // Not while an instance serves the database: a repair would race its writes. (Instances
+    // say they serve every few seconds; one that died is forgotten after a minute.)
+    if repair {
+        let live = crate::meta::setup(pg.live_instances(Duration::from_secs(60)).await)?;
+        if let Some((name, ago)) = live.first() {
+            return Err(crate::store::SetupError(format!(
+                "instance {name} is serving this database (seen {ago:.0} s ago, {} in all): \
+                 stop every instance before a repair",
+                live.len()
+            ))
+            .into());
+        }
+    }
     let identity = match &s3 {
         Some(s) => ferry_store::data::DataStore::identity(s.as_ref()),
         None => format!("local:{}", crate::store::existing_dir_owner(data_dir)?),
@@ -178,6 +191,10 @@ async fn open_pg(
     };
     let data = s3.map(|s| s as Arc<dyn ferry_store::data::DataStore>);
     let meta = pg as Arc<dyn ferry_store::meta::MetaStore>;
-    let uploads = Uploads::open_with_meta(data_dir, SyncPolicy::Always, data, meta)?;
+    // Its own leases: a repair runs with the instances stopped (checked by the caller).
+    let locker = Arc::new(ferry_store::lock::LocalLocker::new(
+        ferry_store::uploads::TAKEOVER_PATIENCE,
+    ));
+    let uploads = Uploads::open_with_meta(data_dir, SyncPolicy::Always, data, meta, locker)?;
     Ok((uploads, owner))
 }

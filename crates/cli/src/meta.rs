@@ -20,6 +20,73 @@ pub struct MetaArgs {
     instance_id: Option<String>,
 }
 
+/// How long leases shared through PostgreSQL last (`ferry serve` only).
+#[derive(Args, Debug, Default)]
+pub struct LeaseArgs {
+    /// With --meta postgres://: how long an instance's hold on an upload lasts unless renewed
+    /// (every third of it), by the database clock. A dead instance's uploads wait this long
+    /// for another; longer tolerates longer database hiccups. [default: 10s]
+    #[arg(long, env = "FERRY_LEASE_TTL", value_name = "DURATION")]
+    lease_ttl: Option<String>,
+    /// How long before its hold could lapse an instance that cannot renew stops writing:
+    /// room for its last commit and for clocks running at different rates. [default: 2s]
+    #[arg(long, env = "FERRY_LEASE_MARGIN", value_name = "DURATION")]
+    lease_margin: Option<String>,
+}
+
+impl LeaseArgs {
+    /// The timing, flags first, then the file's `lease_ttl` and `lease_margin`.
+    pub fn resolve(
+        self,
+        file_ttl: Option<String>,
+        file_margin: Option<String>,
+    ) -> Result<ferry_store::pg_meta::LeaseTiming> {
+        let default = ferry_store::pg_meta::LeaseTiming::default();
+        let parse = |name: &str, v: Option<String>, d: std::time::Duration| match v {
+            Some(v) => crate::units::parse_duration(name, &v).map_err(anyhow::Error::msg),
+            None => Ok(d),
+        };
+        let timing = ferry_store::pg_meta::LeaseTiming {
+            ttl: parse("--lease-ttl", self.lease_ttl.or(file_ttl), default.ttl)?,
+            margin: parse(
+                "--lease-margin",
+                self.lease_margin.or(file_margin),
+                default.margin,
+            )?,
+        };
+        timing.checked().map_err(anyhow::Error::msg)
+    }
+}
+
+/// Opens the uploads with records in PostgreSQL (`pg`, connected), leases shared through it:
+/// the directory marked as the database's, the database bound to the data store (`data`, or
+/// the local files in `dir`). The outer error is a setting or the database; the inner one
+/// opening the directory.
+pub async fn open_shared(
+    pg: &std::sync::Arc<ferry_store::pg_meta::PgMetaStore>,
+    timing: ferry_store::pg_meta::LeaseTiming,
+    dir: &std::path::Path,
+    sync: ferry_store::SyncPolicy,
+    data: Option<std::sync::Arc<dyn ferry_store::data::DataStore>>,
+) -> Result<ferry_store::Result<ferry_store::Uploads>> {
+    let db = setup(pg.database_id().await)?;
+    check_postgres(dir, &db, true)?;
+    let identity = match &data {
+        Some(d) => d.identity(),
+        // Local files are one machine's: the database is bound to this directory (so one
+        // instance serves it).
+        None => format!("local:{}", crate::store::dir_owner(dir)?),
+    };
+    setup(pg.bind_store(&identity).await)?;
+    let locker = setup(ferry_store::pg_meta::PgLocker::start(pg.clone(), timing).await)?;
+    let meta = pg.clone() as std::sync::Arc<dyn ferry_store::meta::MetaStore>;
+    let dir = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || {
+        ferry_store::Uploads::open_with_meta(&dir, sync, data, meta, std::sync::Arc::new(locker))
+    })
+    .await?)
+}
+
 /// Where the records go, resolved.
 #[derive(Debug)]
 pub enum MetaChoice {

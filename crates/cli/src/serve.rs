@@ -6,6 +6,7 @@ use ferry_server::config::{
     ConnLimits, Cors, CreationRate, HostPolicy, normalize_base_path, normalize_public_url,
 };
 use ferry_server::{AppState, ServerConfig};
+use ferry_store::model::now_ms;
 use ferry_store::uploads::{ConcatLimits, ExpiryPolicy};
 use ferry_store::{SyncPolicy, Uploads};
 use serde::Deserialize;
@@ -42,6 +43,8 @@ pub struct ServeArgs {
     store: crate::store::StoreArgs,
     #[command(flatten)]
     meta: crate::meta::MetaArgs,
+    #[command(flatten)]
+    lease: crate::meta::LeaseArgs,
     /// Prefix for every route, e.g. /api (tus is then at /api/files/).
     #[arg(long, env = "FERRY_BASE_PATH", value_name = "PATH")]
     base_path: Option<String>,
@@ -174,6 +177,8 @@ struct FileConfig {
     s3_session_token: Option<String>,
     meta: Option<String>,
     instance_id: Option<String>,
+    lease_ttl: Option<String>,
+    lease_margin: Option<String>,
     base_path: Option<String>,
     max_size: Option<SizeValue>,
     public_url: Option<String>,
@@ -223,6 +228,7 @@ struct Settings {
     meta: crate::meta::MetaChoice,
     /// This instance's name, and whether every log line shows it.
     instance: (String, bool),
+    lease: ferry_store::pg_meta::LeaseTiming,
     server: ServerConfig,
     sync: SyncPolicy,
     expiry: ExpiryPolicy,
@@ -484,6 +490,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         store,
         meta,
         instance: (instance, name_instance),
+        lease: args.lease.resolve(file.lease_ttl, file.lease_margin)?,
         server: ServerConfig {
             base_path,
             max_size,
@@ -642,20 +649,7 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         }
         crate::meta::MetaChoice::Postgres(config) => {
             let pg = crate::meta::connect(*config, &settings.instance.0).await?;
-            let db = crate::meta::setup(pg.database_id().await)?;
-            crate::meta::check_postgres(&dir, &db, true)?;
-            crate::meta::setup(pg.hold_sole_instance().await)?;
-            let identity = match &data {
-                Some(d) => d.identity(),
-                // Local files are one machine's: the database is bound to this directory.
-                None => format!("local:{}", crate::store::dir_owner(&dir)?),
-            };
-            crate::meta::setup(pg.bind_store(&identity).await)?;
-            let meta = pg.clone() as Arc<dyn ferry_store::meta::MetaStore>;
-            let opened = tokio::task::spawn_blocking(move || {
-                Uploads::open_with_meta(&dir, sync, data, meta)
-            })
-            .await?;
+            let opened = crate::meta::open_shared(&pg, settings.lease, &dir, sync, data).await?;
             (opened, Some(pg))
         }
     };
@@ -680,9 +674,11 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
         };
         crate::store::check(s3, &settings.store, &owner).await?;
     }
-    // Data a crash left without its record (between writing one and the other): nobody can
-    // address it, and nothing is being written yet, so its age does not matter.
-    match uploads.reconcile(None).await {
+    // Data a crash left without its record: nobody can address it. Alone, nothing is being
+    // written yet, whatever its age; instances sharing records write, so past the grace only.
+    let grace = settings.server.reconcile_grace.as_millis() as u64;
+    let cutoff = pg.as_ref().map(|_| now_ms().saturating_sub(grace));
+    match uploads.reconcile(cutoff).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "deleted data that no upload owns"),
         Err(e) => tracing::warn!(error = %e, "looking for orphaned data failed"),
@@ -763,6 +759,9 @@ async fn serve(settings: Settings, exit_on_stdin_close: bool, open_files: u64) -
     // Dropping the last reference to the state closes the metadata store (joins its writer).
     drop(state);
     if let Some(pg) = pg {
+        if let Err(e) = pg.leave().await {
+            tracing::warn!(error = %e, "freeing this instance's leases failed: they lapse");
+        }
         tracing::info!(
             round_trips = pg.round_trips(),
             "PostgreSQL round trips made"

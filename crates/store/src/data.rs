@@ -24,6 +24,7 @@ use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A stream of bytes read from a store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
@@ -104,16 +105,58 @@ pub enum WriteMode {
 /// Who writes: a store refuses a writer whose lease has been superseded, so that a request that
 /// lost its upload (taken over, its lease expired) cannot change bytes its successor wrote and
 /// committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Fence {
-    /// The holder of the upload's lease at this epoch ([`crate::lock::Lease::epoch`]), with one
-    /// writer open per lease. Once a writer of a later epoch has opened the upload, every write
-    /// of an earlier one fails with [`StoreError::Fenced`](crate::StoreError::Fenced), and so
-    /// does opening one, then or later.
+    /// The holder of the upload's in-process lease at this epoch
+    /// ([`crate::lock::Lease::epoch`]), with one writer open per lease. Once a writer of a
+    /// later epoch has opened the upload, every write of an earlier one fails with
+    /// [`StoreError::Fenced`](crate::StoreError::Fenced), and so does opening one, then or
+    /// later.
     Epoch(u64),
+    /// The same, for a lease kept in a database shared by instances: the store also reserves
+    /// the numbers it writes under against the lease ([`Reservations`]), since a superseded
+    /// writer in another process is beyond its in-process fences.
+    Shared(u64, Arc<dyn Reservations>),
     /// A chunk-session writer: many write disjoint ranges at once, each range claimed in the
     /// metadata (a takeover there ends the older claim's request); no epoch applies.
     Claim,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fence::Epoch(e) => write!(f, "Epoch({e})"),
+            Fence::Shared(e, r) => write!(f, "Shared({e}, past {})", r.reserved_before()),
+            Fence::Claim => f.write_str("Claim"),
+        }
+    }
+}
+
+impl Fence {
+    /// The lease epoch, for a writer under a lease.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Fence::Epoch(e) | Fence::Shared(e, _) => Some(*e),
+            Fence::Claim => None,
+        }
+    }
+}
+
+/// What a lease kept in a database shared by instances adds to an in-process one: numbers a
+/// store writes under (an object store's part numbers) reserved against the lease's epoch.
+/// A holder that was paused (or cut off) may still finish a write it had started when its
+/// successor begins; the successor starts past every number its predecessors reserved, so
+/// such a late write lands where no record points. Within one process the store's own fences
+/// do this (`crate::fence`).
+#[async_trait]
+pub trait Reservations: Send + Sync + 'static {
+    /// Reserves numbers up to `n` for this holder, if its lease is still the upload's latest
+    /// and has not lapsed; [`StoreError::Fenced`](crate::StoreError::Fenced) (or
+    /// `Unavailable`) otherwise: the write must not start.
+    async fn reserve(&self, n: u32) -> Result<()>;
+
+    /// The highest number reserved before this lease was granted (0: none).
+    fn reserved_before(&self) -> u32;
 }
 
 /// What a data store can do. The server derives what it offers from this (docs/architecture.md,

@@ -161,12 +161,11 @@ impl DataStore for LocalDataStore {
     ) -> Result<Box<dyn DataWriter>> {
         let path = self.path_at(id, at)?;
         // Raised before the file is touched: a superseded opener cuts nothing.
-        let fenced = match fence {
-            Fence::Epoch(epoch) => {
-                // Raising the epoch waits for a write in progress.
-                Some(self.fences.enter(id, epoch).await?)
-            }
-            Fence::Claim => None,
+        // (A directory serves one instance: its fences are all there is to a shared lease.)
+        let fenced = match fence.epoch() {
+            // Raising the epoch waits for a write in progress.
+            Some(epoch) => Some(self.fences.enter(id, epoch).await?),
+            None => None,
         };
         let file = blocking(move || {
             let file = match OpenOptions::new().read(true).write(true).open(&path) {

@@ -6,6 +6,7 @@
 //! client whose previous connection went half-open, as the IETF draft recommends. Readers (HEAD,
 //! GET) never take a lease.
 
+use crate::data::Reservations;
 use crate::error::{Result, StoreError};
 use async_trait::async_trait;
 use ferry_proto::UploadId;
@@ -21,6 +22,7 @@ pub struct Lease {
     epoch: u64,
     expires: Option<SystemTime>,
     takeover: CancellationToken,
+    shared: Option<Arc<dyn Reservations>>,
     _release: Box<dyn Send + Sync>,
 }
 
@@ -50,7 +52,22 @@ impl Lease {
             epoch,
             expires,
             takeover,
+            shared: None,
             _release: release,
+        }
+    }
+
+    /// This lease as kept in a shared database, with its reservations.
+    pub fn with_reservations(mut self, shared: Arc<dyn Reservations>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The fence a writer under this lease carries.
+    pub fn fence(&self) -> crate::data::Fence {
+        match &self.shared {
+            Some(r) => crate::data::Fence::Shared(self.epoch, r.clone()),
+            None => crate::data::Fence::Epoch(self.epoch),
         }
     }
 
@@ -82,8 +99,8 @@ impl Lease {
     }
 }
 
-/// Hands out [`Lease`]s. In-process now; a Redis or PostgreSQL locker implements the same
-/// contract across servers later.
+/// Hands out [`Lease`]s: [`LocalLocker`] within one process, `PgLocker` across the instances
+/// sharing a PostgreSQL database.
 #[async_trait]
 pub trait Locker: Send + Sync + 'static {
     /// Takes the upload's lease, asking a current holder to let go first. Fails with `Busy` if

@@ -37,6 +37,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// `NotFound` if there is none; if `update` fails nothing changes.
     async fn update(&self, id: UploadId, update: Update) -> Result<UploadInfo>;
 
+    /// [`update`](Self::update) by the holder of the upload's lease at `epoch`: applied only
+    /// while that lease is still the upload's latest ([`StoreError::Fenced`] otherwise), and
+    /// ordered against grants of the lease, so that a successor reads either this change or
+    /// none. A store whose leases are in-process (redb: one process, whose locker never grants
+    /// a lease while another is held) applies it as [`update`](Self::update).
+    ///
+    /// [`StoreError::Fenced`]: crate::StoreError::Fenced
+    async fn update_fenced(&self, id: UploadId, epoch: u64, update: Update) -> Result<UploadInfo> {
+        let _ = epoch;
+        self.update(id, update).await
+    }
+
     /// Removes a record; removing a missing one is not an error.
     async fn remove(&self, id: UploadId) -> Result<()>;
 

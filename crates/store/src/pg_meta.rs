@@ -26,6 +26,7 @@
 mod errors;
 mod schema;
 
+pub use lease::{LeaseTiming, PgLocker};
 pub use schema::SCHEMA_VERSION;
 pub use setup::parse_url;
 /// Connection settings, as parsed from a URL by [`parse_url`].
@@ -38,7 +39,7 @@ use crate::record::{decode, encode};
 use deadpool_postgres::{Object, Pool};
 use errors::{Class, Failure, classify, conflict_backoff, jitter, pool_error, store_error};
 use ferry_proto::UploadId;
-use futures_util::future::{join, maybe_done};
+use futures_util::future::maybe_done;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -140,6 +141,8 @@ impl RowValues {
 }
 
 const GET: &str = "SELECT record::text FROM ferry_uploads WHERE id = $1";
+/// The lease a fenced change is made under, locked against a grant until the change commits.
+const LEASE_EPOCH: &str = "SELECT epoch FROM ferry_leases WHERE id = $1 FOR SHARE";
 const LOCK: &str =
     "SELECT id, record::text FROM ferry_uploads WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 const INSERT_NEW: &str = "INSERT INTO ferry_uploads (id, record, expires_ms, deleted, unfinished) \
@@ -165,6 +168,7 @@ const COUNT_UNFINISHED: &str = "SELECT count(*) FROM ferry_uploads WHERE unfinis
 const LIST: &str = "SELECT id, record::text FROM ferry_uploads ORDER BY id";
 
 // After the macro: its users.
+mod lease;
 mod setup;
 mod store;
 
@@ -176,8 +180,8 @@ pub struct PgMetaStore {
     /// The record keys this build replaces on update (the rest are kept).
     known: Vec<String>,
     round_trips: AtomicU64,
-    /// The connection holding the one-instance lock ([`PgMetaStore::hold_sole_instance`]).
-    sole: std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>,
+    /// How its connections are made (a locker's listening connection is made the same way).
+    config: tokio_postgres::Config,
 }
 
 impl std::fmt::Debug for PgMetaStore {
@@ -305,19 +309,58 @@ impl PgMetaStore {
         conn: &mut Conn,
         ids: &[UploadId],
     ) -> std::result::Result<Records, Failure> {
+        self.begin_locked_fenced(conn, ids, None).await
+    }
+
+    /// [`begin_locked`](Self::begin_locked), and with `fence` (an upload and its holder's
+    /// epoch) the upload's lease row locked against grants too, in the same round trip:
+    /// `Fenced` if a later lease was granted (or none is held).
+    async fn begin_locked_fenced(
+        &self,
+        conn: &mut Conn,
+        ids: &[UploadId],
+        fence: Option<(UploadId, u64)>,
+    ) -> std::result::Result<Records, Failure> {
         let lock = self.prepare(conn, LOCK).await?;
+        let lease = match fence {
+            Some(_) => Some(self.prepare(conn, LEASE_EPOCH).await?),
+            None => None,
+        };
         let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let fence_key = fence.map(|(id, _)| id.to_string());
         conn.in_tx = true;
         self.trip();
         let client = conn.client();
-        let (begun, rows) =
-            join(client.batch_execute("BEGIN"), client.query(&lock, &[&keys])).await;
+        let epoch = async {
+            match (&lease, &fence_key) {
+                (Some(stmt), Some(key)) => client.query_opt(stmt, &[key]).await.map(Some),
+                _ => Ok(None),
+            }
+        };
+        let (begun, rows, epoch) = futures_util::future::join3(
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &[&keys]),
+            epoch,
+        )
+        .await;
         let pg = |err| Failure::Pg {
             err,
             retry_safe: true,
         };
         begun.map_err(pg)?;
         let rows = rows.map_err(pg)?;
+        if let (Some((id, mine)), Some(row)) = (fence, epoch.map_err(pg)?) {
+            let current = row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
+            if current != mine {
+                self.rollback(conn).await;
+                return Err(StoreError::Fenced {
+                    id,
+                    epoch: mine,
+                    current,
+                }
+                .into());
+            }
+        }
         let mut records: Records = ids.iter().map(|id| (*id, None)).collect();
         for row in rows {
             let key: String = row.get(0);

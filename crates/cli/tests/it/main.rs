@@ -7,6 +7,7 @@ mod append; // HEAD and PATCH: offsets, content types, chunked bodies, the draft
 mod browser; // Chromium: Uppy from a page of another origin (CORS), a DNS-rebinding page
 mod checksum; // tus checksum and checksum-trailer, Repr-Digest, the draft's Content-Digest
 mod chunks; // Content-Range chunk sessions: server rules, `--protocol chunks`, Python and curl clients
+mod cluster; // three instances on PostgreSQL and S3 behind a per-request balancer: clients, kills, pauses
 mod concat; // tus concatenation: partial and final uploads, refusals, deletion, races
 mod cors; // CORS preflights, exposed headers, allow lists
 mod create; // creating uploads: tus creation and defer-length, the IETF draft's creation

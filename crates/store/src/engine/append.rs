@@ -6,7 +6,7 @@ use super::buffers::AppendRunning;
 use super::digests::{RunningDigest, record_running};
 use super::double_buffer::DoubleBuffer;
 use super::policy::{self, append_buffer_capacity, kept_running};
-use crate::data::{DataWriter, Fence, WriteMode};
+use crate::data::{DataWriter, WriteMode};
 use crate::error::{Result, StoreError};
 use crate::lock::Lease;
 use crate::model::{Protocol, UploadInfo, UploadKind, now_ms};
@@ -52,13 +52,14 @@ impl Uploads {
                 WriteMode::Append {
                     offset: info.offset,
                 },
-                Fence::Epoch(lease.epoch()),
+                lease.fence(),
             )
             .await?;
         let (running, before) = self.buffer_pool.start_append();
         let capacity = append_buffer_capacity(before, expected_bytes);
         let hasher = self.resume_running(&info);
         Ok(Append {
+            epoch: lease.epoch(),
             hasher,
             uploads: self,
             start: info.offset,
@@ -75,6 +76,8 @@ impl Uploads {
 /// past the committed offset and are cut away by the next writer).
 pub struct Append<'a> {
     uploads: &'a Uploads,
+    /// The lease's epoch: commits are fenced by it.
+    epoch: u64,
     info: UploadInfo,
     writer: Box<dyn DataWriter>,
     buffers: DoubleBuffer<'a>,
@@ -204,8 +207,9 @@ impl Append<'_> {
         let committed = self
             .uploads
             .meta
-            .update(
+            .update_fenced(
                 id,
+                self.epoch,
                 Box::new(move |info| {
                     if info.offset != previous {
                         return Err(StoreError::Conflict(id));

@@ -324,8 +324,9 @@ impl Uploads {
         let expiry = self.expiry;
         let info = self
             .meta
-            .update(
+            .update_fenced(
                 id,
+                lease.epoch(),
                 Box::new(move |info| {
                     if let Some(l) = info.length {
                         if l != length {

@@ -76,13 +76,15 @@ impl Uploads {
     }
 
     /// Records in `meta`, a store shared with other instances (PostgreSQL) and already bound to
-    /// the data store; the bytes in `data`, or in files under `dir` when `None`; leases in
-    /// process. `dir` (the local data, or the S3 store's spool) is locked for this process.
+    /// the data store; the bytes in `data`, or in files under `dir` when `None`; leases from
+    /// `locker` (shared by the same instances). `dir` (the local data, or the S3 store's
+    /// spool) is locked for this process.
     pub fn open_with_meta(
         dir: &Path,
         sync: SyncPolicy,
         data: Option<Arc<dyn DataStore>>,
         meta: Arc<dyn MetaStore>,
+        locker: Arc<dyn crate::lock::Locker>,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
@@ -93,12 +95,7 @@ impl Uploads {
         if sync.syncs_data() {
             crate::local::sync_dir(dir)?;
         }
-        let mut me = Self::new(
-            data,
-            meta,
-            Arc::new(LocalLocker::new(TAKEOVER_PATIENCE)),
-            sync,
-        );
+        let mut me = Self::new(data, meta, locker, sync);
         me._dir_lock = Some(lock);
         Ok(me)
     }

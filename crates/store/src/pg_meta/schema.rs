@@ -28,7 +28,9 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order; `MIGRATIONS[i].version == i + 1`.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+pub(crate) const MIGRATIONS: &[Migration] = &[V1, V2];
+
+const V1: Migration = Migration {
     version: 1,
     readable_from: 1,
     sql: "
@@ -53,7 +55,34 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             value text NOT NULL
         );
     ",
-}];
+};
+
+/// Expand: the leases instances share (`lease.rs`).
+const V2: Migration = Migration {
+    version: 2,
+    readable_from: 1,
+    sql: "
+        CREATE TABLE ferry_leases (
+            id         text PRIMARY KEY,
+            -- the instance holding it; NULL once released
+            owner      text,
+            -- grows with every grant: the fence commits and reservations carry
+            epoch      bigint NOT NULL,
+            -- by the database clock, so instances' clocks need not agree
+            expires_at timestamptz NOT NULL,
+            -- another instance asked the holder to let go
+            wanted_at  timestamptz,
+            -- the highest store number (S3 part number) any holder reserved
+            mark       integer NOT NULL DEFAULT 0
+        );
+        CREATE INDEX ferry_leases_owner ON ferry_leases (owner) WHERE owner IS NOT NULL;
+        -- instances serving now: each says so with its renewals
+        CREATE TABLE ferry_instances (
+            name    text PRIMARY KEY,
+            seen_at timestamptz NOT NULL
+        );
+    ",
+};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -39,7 +39,9 @@ pub fn parse_url(url: &str, pgpassword: Option<String>) -> Result<tokio_postgres
 /// TLS for the connections with `sslmode=require`: rustls, the server's certificate checked
 /// against the system's roots (`SSL_CERT_FILE` names a private CA's). Stricter than libpq's
 /// `require`, which checks nothing.
-fn tls(config: &tokio_postgres::Config) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+pub(super) fn tls(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
         rustls::ClientConfig::builder()
@@ -154,7 +156,7 @@ impl PgMetaStore {
         config.keepalives_retries(3);
         let tls = tls(&config)?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -174,7 +176,7 @@ impl PgMetaStore {
             timeout: settings.timeout,
             known: known_keys().into_iter().map(String::from).collect(),
             round_trips: AtomicU64::new(0),
-            sole: std::sync::Mutex::new(None),
+            config,
         })
     }
 
@@ -399,46 +401,6 @@ impl PgMetaStore {
             }),
         )
         .await
-    }
-
-    /// Takes the database's one-instance lock (a session advisory lock on a connection of its
-    /// own, held while this store lives), or refuses: leases are still in process, so two
-    /// instances writing through one database could both append to one upload, and one's
-    /// startup sweep could remove what the other is staging. Checked when an instance starts;
-    /// should PostgreSQL restart meanwhile, the lock is gone until this instance restarts.
-    pub async fn hold_sole_instance(&self) -> Result<()> {
-        // Advisory locks are per database; the key is this schema's, so that schemas of one
-        // database (the tests use many) are told apart.
-        let id = self.setting("database_id", random_id).await?;
-        let key = id
-            .get(..15)
-            .and_then(|h| i64::from_str_radix(h, 16).ok())
-            .ok_or_else(|| StoreError::Metadata(format!("database_id {id:?} is not hex")))?;
-        let obj = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| super::errors::pool_error(e, self.timeout))?;
-        // Out of the pool: this connection lives as long as the store.
-        let client = deadpool_postgres::Object::take(obj);
-        self.trip();
-        let got: bool = tokio::time::timeout(
-            self.timeout,
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer (lock)".into()))?
-        .map_err(|e| super::errors::store_error(super::errors::classify(e.code()), &e))?
-        .get(0);
-        if !got {
-            return Err(StoreError::WrongStore(
-                "another ferry instance is serving this PostgreSQL database (one instance per \
-                 database until cluster leases exist)"
-                    .into(),
-            ));
-        }
-        *self.sole.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
-        Ok(())
     }
 
     /// This database's id (made by the first instance that asks).

@@ -29,6 +29,33 @@ fn read_failure(err: tokio_postgres::Error) -> Failure {
     }
 }
 
+impl PgMetaStore {
+    /// One record's change, under the lease at `epoch` when given.
+    async fn change(&self, id: UploadId, epoch: Option<u64>, update: Update) -> Result<UploadInfo> {
+        let update = &update;
+        self.run(
+            "update",
+            attempt!(|conn| async {
+                let me = self;
+                let fence = epoch.map(|e| (id, e));
+                let mut records = me.begin_locked_fenced(conn, &[id], fence).await?;
+                let Some(Some(mut info)) = records.remove(&id) else {
+                    me.rollback(conn).await;
+                    return Err(StoreError::NotFound(id).into());
+                };
+                if let Err(e) = update(&mut info) {
+                    me.rollback(conn).await;
+                    return Err(e.into());
+                }
+                me.write_and_commit(conn, &[(id, Some(&info), true)])
+                    .await?;
+                Ok(info)
+            }),
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl MetaStore for PgMetaStore {
     async fn insert(&self, info: &UploadInfo) -> Result<()> {
@@ -89,26 +116,11 @@ impl MetaStore for PgMetaStore {
     }
 
     async fn update(&self, id: UploadId, update: Update) -> Result<UploadInfo> {
-        let update = &update;
-        self.run(
-            "update",
-            attempt!(|conn| async {
-                let me = self;
-                let mut records = me.begin_locked(conn, &[id]).await?;
-                let Some(Some(mut info)) = records.remove(&id) else {
-                    me.rollback(conn).await;
-                    return Err(StoreError::NotFound(id).into());
-                };
-                if let Err(e) = update(&mut info) {
-                    me.rollback(conn).await;
-                    return Err(e.into());
-                }
-                me.write_and_commit(conn, &[(id, Some(&info), true)])
-                    .await?;
-                Ok(info)
-            }),
-        )
-        .await
+        self.change(id, None, update).await
+    }
+
+    async fn update_fenced(&self, id: UploadId, epoch: u64, update: Update) -> Result<UploadInfo> {
+        self.change(id, Some(epoch), update).await
     }
 
     async fn remove(&self, id: UploadId) -> Result<()> {

@@ -19,13 +19,13 @@ fn server_url() -> String {
 }
 
 /// A fresh schema on the test server; dropped by [`Db::drop_schema`].
-struct Db {
+pub(super) struct Db {
     url: String,
     schema: String,
 }
 
 impl Db {
-    async fn new() -> Self {
+    pub(super) async fn new() -> Self {
         let url = server_url();
         let mut b = [0u8; 6];
         getrandom::fill(&mut b).unwrap();
@@ -47,20 +47,20 @@ impl Db {
         c
     }
 
-    async fn store(&self, instance: &str) -> PgMetaStore {
+    pub(super) async fn store(&self, instance: &str) -> PgMetaStore {
         PgMetaStore::connect(self.config(), PgSettings::new(instance))
             .await
             .expect("connect")
     }
 
     /// A plain client in the schema, for what the store does not do (tests only).
-    async fn client(&self) -> tokio_postgres::Client {
+    pub(super) async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = self.config().connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         client
     }
 
-    async fn drop_schema(self) {
+    pub(super) async fn drop_schema(self) {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -76,14 +76,14 @@ fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn id(n: u8) -> UploadId {
+pub(super) fn id(n: u8) -> UploadId {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).unwrap();
     b[0] = n;
     UploadId::from_bytes(b)
 }
 
-fn record(id: UploadId) -> UploadInfo {
+pub(super) fn record(id: UploadId) -> UploadInfo {
     UploadInfo {
         deleted: false,
         expires_ms: None,

@@ -299,8 +299,9 @@ impl DataStore for S3DataStore {
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>> {
         let place = Place::of(at)?;
-        let (offset, epoch) = match (mode, fence) {
-            (WriteMode::Append { offset }, Fence::Epoch(epoch)) => (offset, epoch),
+        let (offset, epoch, reservations) = match (mode, fence) {
+            (WriteMode::Append { offset }, Fence::Epoch(epoch)) => (offset, epoch, None),
+            (WriteMode::Append { offset }, Fence::Shared(epoch, r)) => (offset, epoch, Some(r)),
             // A chunk session's range: staged on its own at each checkpoint; the claims in
             // the metadata keep writers to disjoint ranges.
             (WriteMode::At { offset }, Fence::Claim) => {
@@ -324,6 +325,7 @@ impl DataStore for S3DataStore {
                     at: offset,
                     appends: false,
                     fenced: None,
+                    reservations: None,
                 })));
             }
             _ => {
@@ -364,13 +366,17 @@ impl DataStore for S3DataStore {
                 "upload {id}: {offset} bytes committed but the store holds {end}"
             )));
         }
+        // And past every number a holder on another instance reserved: one that was
+        // superseded mid-part may still be sending it.
+        let reserved = reservations.as_ref().map_or(0, |r| r.reserved_before());
         let next = listed
             .iter()
             .map(|p| p.number)
             .chain(place.parts.iter().map(|p| p.n))
             .max()
             .unwrap_or(0)
-            + 1;
+            .max(u16::try_from(reserved).unwrap_or(u16::MAX))
+            .saturating_add(1);
         // The bytes after the last part: in the spool the last writer kept at this locator,
         // or from the staged pieces into a fresh one.
         let spool = match self.inner.spools.take(id, at) {
@@ -397,6 +403,7 @@ impl DataStore for S3DataStore {
             at: end,
             appends: true,
             fenced,
+            reservations,
         })))
     }
 

@@ -4,6 +4,7 @@
 use super::client::{Body, S3Client};
 use super::place::{Part, Piece, Place, Spools, fenced, spool_file};
 use super::plan::MAX_PARTS;
+use crate::data::Reservations;
 use crate::data::{DataWriter, Locator, PendingWrite};
 use crate::error::{Result, StoreError};
 use crate::fence::Fenced;
@@ -74,6 +75,8 @@ struct State {
     /// bytes (then nothing more can be committed by this writer).
     failed: Option<Failure>,
     fenced: Option<Fenced>,
+    /// The lease's reservations of part numbers, when it is kept in a shared database.
+    reservations: Option<Arc<dyn Reservations>>,
 }
 
 /// Why a writer stopped.
@@ -163,6 +166,12 @@ impl State {
                 "upload {}: no part number left",
                 self.id
             )));
+        }
+        // Before the number goes out: a successor on another instance starts past it, so
+        // should this writer be superseded while the part is on its way, the part lands
+        // where no record points.
+        if let Some(r) = &self.reservations {
+            r.reserve(u32::from(n)).await?;
         }
         let size = self.place.part_size(n);
         let rest_len = self.written - self.origin - size;
@@ -322,6 +331,7 @@ pub(super) struct Start {
     /// An appender (else a range writer).
     pub(super) appends: bool,
     pub(super) fenced: Option<Fenced>,
+    pub(super) reservations: Option<Arc<dyn Reservations>>,
 }
 
 impl S3Writer {
@@ -350,6 +360,7 @@ impl S3Writer {
             written: end,
             failed: None,
             fenced: start.fenced,
+            reservations: start.reservations,
         };
         S3Writer {
             position: end,

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod balancer;
+pub mod cluster;
 pub mod download;
 pub mod ietf;
 pub mod netns;

@@ -1,0 +1,280 @@
+//! Three `ferry serve` instances sharing PostgreSQL (`FERRY_TEST_POSTGRES`) and an S3 store
+//! (SeaweedFS, `FERRY_TEST_S3_ENDPOINT`) behind a balancer that sends every request to the next
+//! instance: clients finish byte-exact, every upload touches two instances or more, and
+//! faults (an instance killed or paused mid-PATCH, two clients at once) lose nothing.
+
+use crate::interop::{Client, Driver};
+use crate::support::cluster::{Nodes, signal};
+use crate::support::pg::server_url;
+use crate::support::proxy::{Faults, Proxy};
+use crate::support::upload::*;
+use crate::support::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn three() -> Nodes {
+    Nodes::start(3, &server_url(), &crate::s3::endpoint(), &[])
+}
+
+/// `ferry upload`, one stream and eight, through three instances: byte-exact, and every
+/// upload (the eight segments and the final of `-j 8` too) touched two instances or more.
+#[test]
+fn ferry_upload_alone_and_with_8_streams() {
+    let nodes = three();
+    let env = Env::new();
+    let (one, one_sha) = env.file("one", 40 * MIB + 3, 71);
+    let done = env
+        .upload(
+            &[&one],
+            &nodes.files_url(),
+            &["--chunk-size", "8M", "-j", "1"],
+        )
+        .wait(RUN_LIMIT)
+        .ok();
+    assert_uploaded(&env, &done.url(), &one_sha);
+    let (many, many_sha) = env.file("many", 96 * MIB + 11, 72);
+    let done = env
+        .upload(&[&many], &nodes.files_url(), &["-j", "8"])
+        .wait(RUN_LIMIT)
+        .ok();
+    assert_uploaded(&env, &done.url(), &many_sha);
+    nodes.lb.assert_uploads_spread();
+}
+
+/// tus-js-client and tuspy, in 5 MiB chunks, through three instances.
+#[test]
+fn tus_js_client_and_tuspy() {
+    let nodes = three();
+    let tmp = tempfile::tempdir().unwrap();
+    for (n, client) in [Client::TusJs, Client::Tuspy].into_iter().enumerate() {
+        client.command();
+        let (file, sha) = random_file(tmp.path(), &format!("f{n}"), 24 << 20, 80 + n as u64);
+        let out = Driver::spawn(
+            client,
+            &nodes.files_url(),
+            &file,
+            &["--chunk-size", "5242880"],
+        )
+        .finish(Instant::now() + RUN_LIMIT);
+        assert!(
+            out.status.success(),
+            "{client:?}: {}\n{}",
+            out.stderr.join("\n"),
+            nodes.logs()
+        );
+        let url = out.stdout.trim().to_string();
+        assert_eq!(get_sha256(&url), sha, "{client:?}");
+    }
+    nodes.lb.assert_uploads_spread();
+}
+
+/// The instance serving a PATCH is SIGKILLed: the client resumes on another instance (once
+/// the dead one's lease lapses) and finishes byte-exact.
+#[test]
+fn an_instance_killed_mid_patch() {
+    let mut nodes = three();
+    let env = Env::new();
+    let (f, sha) = env.file("f", 48 * MIB + 5, 73);
+    let mut run = env.upload(
+        &[&f],
+        &nodes.files_url(),
+        &["--limit-rate", "8M", "--chunk-size", "16M", "-j", "1"],
+    );
+    wait_committed(&env, 10 * MIB, &mut run);
+    let mut victim = None;
+    wait_until(Duration::from_secs(20), "a PATCH in flight", || {
+        victim = nodes.lb.serving("PATCH");
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    nodes.servers[victim].kill9();
+    let done = run.wait(RUN_LIMIT).ok();
+    assert_uploaded(&env, &done.url(), &sha);
+    nodes.lb.assert_uploads_spread();
+    let after: Vec<_> = nodes
+        .lb
+        .log()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.status == 204 && r.instance != victim)
+        .collect();
+    assert!(!after.is_empty(), "another instance took the PATCHes");
+    nodes.restart_after_kill(victim);
+    nodes.assert_fsck_clean();
+}
+
+/// A raw PATCH on its own connection to one instance: headers and the first `first` bytes of
+/// `body` sent, the rest left to [`RawPatch::finish`].
+struct RawPatch {
+    stream: std::net::TcpStream,
+    body: Vec<u8>,
+    sent: usize,
+}
+
+impl RawPatch {
+    fn start(
+        addr: std::net::SocketAddr,
+        url: &str,
+        offset: u64,
+        body: Vec<u8>,
+        first: usize,
+    ) -> Self {
+        let path = url.split_once("//").unwrap().1;
+        let path = &path[path.find('/').unwrap()..];
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nTus-Resumable: 1.0.0\r\n\
+             Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body[..first]).unwrap();
+        RawPatch {
+            stream,
+            body,
+            sent: first,
+        }
+    }
+
+    /// Sends the rest (as far as the server reads it) and returns the status, 0 when the
+    /// connection ended without one.
+    fn finish(mut self) -> u16 {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = self.stream.write_all(&self.body[self.sent..]);
+        let mut answer = Vec::new();
+        let _ = self.stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        if text.is_empty() { 0 } else { status_of(&text) }
+    }
+}
+
+/// A paused writer (SIGSTOP mid-PATCH, while a part of its is on its way to the store, which
+/// it reaches through a slow link) is taken over by another instance, which finishes with
+/// different bytes; once the first resumes (SIGCONT), its late part, its next part and its
+/// commit are all refused. The upload is the first writer's committed bytes, then exactly the
+/// second writer's.
+#[test]
+fn a_paused_writer_is_fenced_out() {
+    let endpoint = crate::s3::endpoint();
+    let target: std::net::SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    // Instance 0 reaches the store at 4 MB/s: a part of its takes seconds.
+    let slow = Proxy::start(
+        target,
+        Faults {
+            rate: Some(4_000_000),
+            ..Faults::default()
+        },
+    );
+    let nodes = Nodes::start_with(
+        &server_url(),
+        &[format!("http://{}", slow.addr), endpoint.clone()],
+        &[],
+    );
+    let (a, b) = (&nodes.servers[0], &nodes.servers[1]);
+    let len = 40 * MIB;
+    let first = random_bytes(len as usize, 90);
+    let second = random_bytes(len as usize, 91);
+    let url = create(a, len, None);
+    // Writer 1 commits 8 MiB (one part)...
+    let (st, off) = patch(&a.rebase(&url), 0, first[..8 << 20].to_vec());
+    assert_eq!((st, off), (204, Some(8 * MIB)), "{}", nodes.logs());
+    // ...then sends 12 MiB more in a PATCH that stays open: its second part is on its way.
+    let held = RawPatch::start(a.addr, &url, 8 * MIB, first[8 << 20..].to_vec(), 12 << 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(a.pid(), "STOP");
+    // What its part has left (in its socket buffers too) waits until it wakes up: the part
+    // is still on its way when the successor writes.
+    slow.set(Faults {
+        stall_after: Some(0),
+        ..Faults::default()
+    });
+    // Writer 2 (another instance) takes over once the paused one's lease lapses.
+    let at = head_offset(&b.rebase(&url)).unwrap();
+    assert_eq!(at, 8 * MIB, "nothing of the open PATCH was committed");
+    let mid = at + 16 * MIB;
+    let (st, off) = patch(
+        &b.rebase(&url),
+        at,
+        second[at as usize..mid as usize].to_vec(),
+    );
+    assert_eq!((st, off), (204, Some(mid)), "{}", nodes.logs());
+    // Writer 1 wakes up while the upload is still open: its part in flight lands where no
+    // record points, and nothing else it does counts.
+    slow.set(Faults::default());
+    signal(a.pid(), "CONT");
+    let late = held.finish();
+    assert!(
+        late == 409 || late == 0,
+        "the paused writer's PATCH ends in 409 (or is cut), not {late}"
+    );
+    let (st, off) = patch(&b.rebase(&url), mid, second[mid as usize..].to_vec());
+    assert_eq!((st, off), (204, Some(len)), "{}", nodes.logs());
+    let mut want = first[..at as usize].to_vec();
+    want.extend_from_slice(&second[at as usize..]);
+    assert_eq!(
+        get_sha256(&b.rebase(&url)),
+        sha256(&want),
+        "{}",
+        nodes.logs()
+    );
+    assert_eq!(get_sha256(&a.rebase(&url)), sha256(&want));
+    let log = a.log();
+    assert!(!log.contains("internal error; reference"), "{log}");
+}
+
+/// Two clients PATCH one upload through two instances at once. When the first has sent no
+/// byte yet, the second takes over and wins (204), the first gets 409. When the first is
+/// streaming, it commits what it received and ends with 409, and the second's offset no longer
+/// matches (409): the stored bytes are the first's, unmixed.
+#[test]
+fn two_clients_at_once_through_two_instances() {
+    let nodes = three();
+    let (a, b) = (&nodes.servers[0], &nodes.servers[1]);
+    let len = 16 * MIB;
+    let x = random_bytes(len as usize, 92);
+    let y = random_bytes(len as usize, 93);
+    for round in 0..3 {
+        // Headers only: the first request holds the upload without a byte.
+        let url = create(a, len, None);
+        let first = RawPatch::start(a.addr, &url, 0, x.clone(), 0);
+        std::thread::sleep(Duration::from_millis(300));
+        let (st, off) = patch(&b.rebase(&url), 0, y.clone());
+        assert_eq!(
+            (st, off),
+            (204, Some(len)),
+            "round {round}: {}",
+            nodes.logs()
+        );
+        let lost = first.finish();
+        assert!(lost == 409 || lost == 0, "round {round}: first got {lost}");
+        assert_eq!(get_sha256(&a.rebase(&url)), sha256(&y), "round {round}");
+        // Streaming: the first commits what it received, the second's offset is stale.
+        let url = create(a, len, None);
+        let first = RawPatch::start(a.addr, &url, 0, x.clone(), 6 << 20);
+        std::thread::sleep(Duration::from_millis(500));
+        let (st, _) = patch(&b.rebase(&url), 0, y.clone());
+        let lost = first.finish();
+        let at = head_offset(&b.rebase(&url)).unwrap();
+        assert!(
+            (st == 409 && (lost == 409 || lost == 0)) || (st == 204 && at == len),
+            "round {round}: second {st}, first {lost}, offset {at}"
+        );
+        if st == 409 {
+            assert!(at > 0 && at <= 6 * MIB, "round {round}: offset {at}");
+            let (st, off) = patch(&b.rebase(&url), at, x[at as usize..].to_vec());
+            assert_eq!((st, off), (204, Some(len)));
+            assert_eq!(get_sha256(&b.rebase(&url)), sha256(&x), "round {round}");
+        } else {
+            assert_eq!(get_sha256(&b.rebase(&url)), sha256(&y), "round {round}");
+        }
+    }
+}
