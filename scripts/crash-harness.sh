@@ -8,6 +8,9 @@
 #   scripts/crash-harness.sh [--long] [driver options...]   e.g. --seed 7 --sync none
 #   scripts/crash-harness.sh --s3 [--long] ...   the server keeps its data in S3: a SeaweedFS of
 #                                     its own (scripts/seaweedfs.sh), SIGKILLs only
+#   scripts/crash-harness.sh --cluster [--long] ...   three instances sharing a PostgreSQL and a
+#                                     SeaweedFS of their own; clients switch instances on every
+#                                     request; instances SIGKILLed (>= 100 with --long) and paused
 #
 # FERRY_BIN: a ferry binary built with the crash-sim feature (default: build one, in release
 # mode for --long). The data and logs stay in FERRY_CRASH_DIR (default: a temp dir).
@@ -17,10 +20,12 @@ root="$(dirname "$here")"
 long=0
 args=()
 s3=0
+cluster=0
 for a in "$@"; do
     case "$a" in
     --long) long=1 ;;
     --s3) s3=1 ;;
+    --cluster) s3=1 cluster=1 ;;
     *) args+=("$a") ;;
     esac
 done
@@ -41,17 +46,35 @@ if [[ $long == 1 ]]; then
 else
     set -- --server-kills 8 --client-kills 4 --budget 80
 fi
+stop_services() {
+    bash "$here/seaweedfs.sh" stop "$dir/seaweedfs" >/dev/null 2>&1 || true
+    [[ $cluster == 1 ]] && bash "$here/postgres.sh" kill "$pgdir" >/dev/null 2>&1 \
+        && rm -rf "$pgdir"
+    return 0
+}
 if [[ $s3 == 1 ]]; then
     # A store of its own, stopped however the run ends; power losses cut local files only.
-    trap 'bash "$here/seaweedfs.sh" stop "$dir/seaweedfs" >/dev/null 2>&1 || true' EXIT
+    trap stop_services EXIT
     endpoint="$(bash "$here/seaweedfs.sh" start "$dir/seaweedfs")"
     bash "$here/seaweedfs.sh" bucket "$dir/seaweedfs" ferry-crash
     export AWS_ACCESS_KEY_ID=ferry AWS_SECRET_ACCESS_KEY=ferry-secret
     set -- "$@" --store s3://ferry-crash/run --s3-endpoint "$endpoint" --kinds sigkill
 fi
+if [[ $cluster == 1 ]]; then
+    # The records in a PostgreSQL of the run's own, shared by three instances (a directory
+    # of its own: the user postgres cannot enter the private one above).
+    pgdir="$(mktemp -d -t ferry-crash-pg.XXXXXX)"
+    meta="$(bash "$here/postgres.sh" start "$pgdir")"
+    if [[ $long == 1 ]]; then
+        set -- "$@" --server-kills 120 --pauses 40
+    else
+        set -- "$@" --pauses 3
+    fi
+    set -- "$@" --instances 3 --meta "$meta"
+fi
 status=0
 python3 "$here/crash_driver.py" --ferry "$FERRY_BIN" --workdir "$dir" "$@" ${args[@]+"${args[@]}"} || status=$?
-[[ $s3 == 1 ]] && bash "$here/seaweedfs.sh" stop "$dir/seaweedfs" >/dev/null 2>&1
+stop_services
 # A temp dir is removed after a clean run; a failed run keeps it (server.log) for inspection.
 if [[ $status == 0 && -z "$keep" ]]; then rm -rf "$dir"; fi
 exit $status

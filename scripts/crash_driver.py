@@ -16,6 +16,12 @@ Checks (each failure is a "violation"):
   ranged GETs of finished uploads are byte-exact;
 - every upload started completes, byte-exact.
 
+Cluster mode (--instances N, --meta postgres://..., an S3 --store): N servers share the
+records and the store; every request goes through a balancer in this driver that sends it to a
+random instance (so clients switch instances all the time, `ferry upload` too); one instance
+at a time is SIGKILLed and restarted, others are paused (SIGSTOP, then SIGCONT after up to
+twice the lease ttl, so their uploads are taken over by others). `ferry fsck` runs at the end.
+
 Prints one JSON summary line on stdout; exit 0 when there was no violation (or, with
 --expect-violation, when there was one), 1 otherwise, 2 on a harness error.
 """
@@ -32,6 +38,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TUS = {"Tus-Resumable": "1.0.0"}
 IETF = {"Upload-Draft-Interop-Version": "8"}
@@ -55,7 +62,8 @@ class Harness:
         self.stats = dict(
             server_kills=0, sigkills=0, power_losses=0, client_kills=0,
             uploads_completed=0, bytes_uploaded=0, ranged_gets=0, acks=0,
-            cut_bytes=0, removed_files=0, cli_runs=0, cut_bodies=0, deleted=0,
+            cut_bytes=0, removed_files=0, cli_runs=0, cut_bodies=0, deleted=0, pauses=0,
+            instances=a.instances,
         )
         self.stop = threading.Event()
         self.server_up = threading.Event()
@@ -66,6 +74,10 @@ class Harness:
         self.log_path = os.path.join(a.workdir, "server.log")
         self.client_kill_budget = a.client_kills
         self.cli_procs = set()
+        # Cluster mode: one entry per instance (process, port, data dir); requests go through
+        # the balancer's port.
+        self.nodes = []
+        self.balancer = None
 
     # ---------- bookkeeping ----------
     def violation(self, msg):
@@ -86,27 +98,115 @@ class Harness:
 
     # ---------- server ----------
     def start_server(self):
+        if self.a.instances > 1:
+            return self.start_cluster()
+        self.proc, self.port = self.spawn(self.port, self.data_dir, [])
+        self.server_up.set()
+
+    def spawn(self, port, data_dir, extra):
+        """A server on `port` (0: any free one); returns (process, port)."""
         env = dict(os.environ, FERRY_CRASH_SIM="1")
         for _ in range(100):
             log = open(self.log_path, "ab")
             p = subprocess.Popen(
-                [self.a.ferry, "serve", "--listen", f"127.0.0.1:{self.port}",
-                 "--data-dir", self.data_dir, "--sync", self.a.sync,
+                [self.a.ferry, "serve", "--listen", f"127.0.0.1:{port}",
+                 "--data-dir", data_dir, "--sync", self.a.sync,
                  "--exit-on-stdin-close", "--log", "warn", "--body-idle-timeout", "5s"]
-                + self.store_args(),
+                + self.store_args() + extra,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
             )
             log.close()
             line = p.stdout.readline().decode()
             if line.startswith("ferry listening on "):
                 url = urllib.parse.urlparse(line.split()[-1])
-                self.port = url.port
-                self.proc = p
-                self.server_up.set()
-                return
+                return p, url.port
             p.wait()
             time.sleep(0.1)  # the port may not be free yet
         raise RuntimeError("server does not start; see " + self.log_path)
+
+    # ---------- cluster ----------
+    def start_cluster(self):
+        """Starts every instance and the balancer (once); `self.port` is the balancer's."""
+        for i in range(self.a.instances):
+            d = os.path.join(self.a.workdir, f"data-{i}")
+            os.makedirs(d, exist_ok=True)
+            extra = ["--meta", self.a.meta, "--instance-id", f"node-{i}",
+                     "--lease-ttl", f"{self.a.lease_ttl}s", "--lease-margin", "1s"]
+            p, port = self.spawn(0, d, extra)
+            self.nodes.append(dict(proc=p, port=port, dir=d, extra=extra, paused=False))
+        self.balancer = ThreadingHTTPServer(("127.0.0.1", 0), balancer_handler(self))
+        self.balancer.daemon_threads = True
+        threading.Thread(target=self.balancer.serve_forever, daemon=True).start()
+        self.port = self.balancer.server_address[1]
+        self.proc = self.nodes[0]["proc"]
+        self.server_up.set()
+
+    def kill_instance(self, i):
+        """SIGKILLs instance `i` and starts it again on its port (the others keep serving)."""
+        n = self.nodes[i]
+        with self.lock:
+            n["down"] = True
+        n["proc"].kill()
+        n["proc"].wait()
+        n["proc"].stdin.close()
+        n["proc"].stdout.close()
+        self.bump("server_kills")
+        self.bump("sigkills")
+        p, _ = self.spawn(n["port"], n["dir"], n["extra"])
+        with self.lock:
+            n["proc"] = p
+            n["down"] = False
+
+    def pauser(self):
+        """Pauses one instance at a time (SIGSTOP, then SIGCONT within 2 ttl), `--pauses` times
+        in all, while the killer runs."""
+        rng = random.Random(self.a.seed * 31)
+        done = 0
+        while done < self.a.pauses and not self.stop.is_set():
+            time.sleep(rng.uniform(self.a.min_interval, self.a.max_interval))
+            i = rng.randrange(len(self.nodes))
+            with self.lock:
+                n = self.nodes[i]
+                if n.get("down") or n["paused"]:
+                    continue
+                n["paused"] = True
+                p = n["proc"]
+            p.send_signal(signal.SIGSTOP)
+            time.sleep(rng.uniform(0.2, 2 * self.a.lease_ttl))
+            p.send_signal(signal.SIGCONT)
+            with self.lock:
+                n["paused"] = False
+            done += 1
+            self.bump("pauses")
+
+    def acked_now(self):
+        """Every acknowledged offset (a chunk session's: the end of its last range)."""
+        with self.lock:
+            acked = dict(self.acked)
+            for uid, ranges in self.chunk_acks.items():
+                if ranges:
+                    acked.setdefault(uid, max(e for _, e in ranges))
+        return acked
+
+    def check_acked(self, acked=None):
+        """After a kill and restart: every acknowledged offset is still there (HEAD shows at
+        least it), no upload is lost, every acknowledged range of a session still received."""
+        if acked is None:
+            acked = self.acked_now()
+        for uid in list(acked):
+            if uid in self.prefix:
+                acked.pop(uid)
+                self.check_chunk_ranges(uid)
+        for uid, off in acked.items():
+            got = self.head(uid, tus=uid not in self.ietf)
+            with self.lock:
+                deleted = uid not in self.acked
+            if got is None or deleted:
+                continue
+            if got == "gone":
+                self.violation(f"upload {uid} lost after restart (acknowledged {off})")
+            elif got < off:
+                self.violation(f"upload {uid}: HEAD offset {got} < acknowledged {off}")
 
     def store_args(self):
         """`--store` and `--s3-endpoint` for an S3 store (credentials: AWS_* variables)."""
@@ -137,13 +237,9 @@ class Harness:
             self.violation("a power-loss kill ended the server without the simulated crash")
         self.bump("server_kills")
         self.bump("power_losses" if power_loss else "sigkills")
-        # The data as a restart (after a power loss) finds it must back every acknowledgement.
-        with self.lock:
-            acked = dict(self.acked)
-            # A chunk session's file must reach at least the end of every acknowledged range.
-            for uid, ranges in self.chunk_acks.items():
-                if ranges:
-                    acked.setdefault(uid, max(e for _, e in ranges))
+        # The data as a restart (after a power loss) finds it must back every acknowledgement
+        # (a chunk session's file must reach at least the end of every acknowledged range).
+        acked = self.acked_now()
         # (An S3 store's bytes are checked through the restarted server's HEADs below.)
         for uid, off in ({} if self.a.store else acked).items():
             path = os.path.join(self.data_dir, "uploads", uid[:2], uid)
@@ -159,20 +255,7 @@ class Harness:
                     f"acknowledged {off} bytes but its data file has "
                     f"{'none' if size < 0 else size}")
         self.start_server()
-        for uid in list(acked):
-            if uid in self.prefix:
-                acked.pop(uid)
-                self.check_chunk_ranges(uid)
-        for uid, off in acked.items():
-            got = self.head(uid, tus=uid not in self.ietf)
-            with self.lock:
-                deleted = uid not in self.acked
-            if got is None or deleted:
-                continue
-            if got == "gone":
-                self.violation(f"upload {uid} lost after restart (acknowledged {off})")
-            elif got < off:
-                self.violation(f"upload {uid}: HEAD offset {got} < acknowledged {off}")
+        self.check_acked(acked)
 
     def power_loss_lines(self):
         with open(self.log_path, errors="replace") as f:
@@ -552,9 +635,19 @@ class Harness:
             t.start()
         kinds = self.a.kinds.split(",")
         t0 = time.time()
+        if self.nodes:
+            pauser = threading.Thread(target=self.pauser, daemon=True)
+            pauser.start()
+            threads.append(pauser)
         for k in range(self.a.server_kills):
             time.sleep(self.rng.uniform(self.a.min_interval, self.a.max_interval))
-            self.kill_server(power_loss=kinds[k % len(kinds)] == "powerloss")
+            if self.nodes:
+                with self.lock:
+                    live = [i for i, n in enumerate(self.nodes) if not n["paused"]]
+                self.kill_instance(self.rng.choice(live or [0]))
+                self.check_acked()
+            else:
+                self.kill_server(power_loss=kinds[k % len(kinds)] == "powerloss")
             if self.a.expect_violation and self.violations:
                 break
             if time.time() - t0 > self.a.budget:
@@ -570,16 +663,22 @@ class Harness:
             t.join(timeout=self.a.upload_timeout + 30)
             if t.is_alive():
                 self.violation("a worker did not finish")
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        for p in [n["proc"] for n in self.nodes] or [self.proc]:
+            p.send_signal(signal.SIGCONT)
+            p.stdin.close()
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.balancer is not None:
+            self.balancer.shutdown()
         if self.a.sync == "always":
             # Records and data must agree after every kill (orphaned data is cleaned at start).
-            fsck = subprocess.run([self.a.ferry, "fsck", "--data-dir", self.data_dir]
-                                  + self.store_args(),
+            cluster = ["--meta", self.a.meta] if self.nodes else []
+            data_dir = self.nodes[0]["dir"] if self.nodes else self.data_dir
+            fsck = subprocess.run([self.a.ferry, "fsck", "--data-dir", data_dir]
+                                  + self.store_args() + cluster,
                                   capture_output=True, text=True, timeout=120)
             self.stats["fsck"] = fsck.stdout.strip().splitlines()[-1:] or [fsck.stderr.strip()]
             if fsck.returncode != 0:
@@ -600,6 +699,75 @@ class Harness:
         return 0 if failed == self.a.expect_violation else 1
 
 
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+       "proxy-connection"}
+
+
+def balancer_handler(h):
+    """A per-request balancer: each request goes to a random instance that takes the
+    connection (a killed one is skipped); a body cut short by the client is cut short to the
+    instance too."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def forward(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            order = list(range(len(h.nodes)))
+            random.shuffle(order)
+            for i in order:
+                conn = http.client.HTTPConnection("127.0.0.1", h.nodes[i]["port"], timeout=60)
+                try:
+                    conn.connect()
+                except OSError:
+                    conn.close()
+                    continue
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True,
+                                    skip_accept_encoding=True)
+                    for k, v in self.headers.items():
+                        if k.lower() not in HOP:
+                            conn.putheader(k, v)
+                    conn.endheaders()
+                    if body:
+                        conn.send(body)
+                    if len(body) < length:
+                        return self.close_now()  # the client went away mid-body
+                    r = conn.getresponse()
+                    data = r.read()
+                except (OSError, http.client.HTTPException):
+                    return self.close_now()  # the instance died with the request on it
+                finally:
+                    conn.close()
+                self.send_response_only(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in HOP and k.lower() != "content-length":
+                        self.send_header(k, v)
+                if self.command != "HEAD" or "content-length" not in {
+                        k.lower() for k, _ in r.getheaders()}:
+                    self.send_header("Content-Length", str(len(data)))
+                else:
+                    self.send_header("Content-Length", r.getheader("Content-Length"))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                return
+            self.send_response_only(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def close_now(self):
+            self.close_connection = True
+
+        do_GET = do_HEAD = do_POST = do_PATCH = do_PUT = do_DELETE = do_OPTIONS = forward
+
+    return Handler
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ferry", required=True, help="ferry binary built with crash-sim")
@@ -610,6 +778,12 @@ def main():
     p.add_argument("--store", help="s3://BUCKET/PREFIX: the server keeps its data in S3 "
                    "(power losses do not apply: use --kinds sigkill)")
     p.add_argument("--s3-endpoint", help="the S3 endpoint for --store")
+    p.add_argument("--instances", type=int, default=1,
+                   help="cluster mode: this many servers sharing --meta and --store")
+    p.add_argument("--meta", help="postgres://... for cluster mode")
+    p.add_argument("--pauses", type=int, default=0,
+                   help="cluster mode: instances paused (SIGSTOP/SIGCONT) this many times")
+    p.add_argument("--lease-ttl", type=int, default=4, help="cluster mode: --lease-ttl seconds")
     p.add_argument("--server-kills", type=int, default=8)
     p.add_argument("--client-kills", type=int, default=4)
     p.add_argument("--client-kill-within", type=float, default=1.5,
@@ -626,6 +800,8 @@ def main():
     p.add_argument("--expect-violation", action="store_true",
                    help="succeed only if a violation is found (proves the harness can fail)")
     a = p.parse_args()
+    if a.instances > 1 and not (a.meta and a.store):
+        p.error("--instances needs --meta and --store")
     print(f"crash driver: seed {a.seed}", file=sys.stderr, flush=True)
 
     def interrupted(signum, _frame):
@@ -642,6 +818,7 @@ def main():
     finally:
         with h.lock:
             procs = list(h.cli_procs) + ([h.proc] if h.proc is not None else [])
+            procs += [n["proc"] for n in h.nodes]
         for p in procs:
             if p.poll() is None:
                 p.kill()

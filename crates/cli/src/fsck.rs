@@ -33,7 +33,7 @@ pub struct FsckArgs {
 /// Exit status: 0 when nothing is wrong (or everything was repaired), 1 when problems remain,
 /// 2 when the directory cannot be opened.
 pub fn run(args: FsckArgs) -> ExitCode {
-    let meta = match crate::meta::resolve(args.meta, None, None, |k| std::env::var(k).ok()) {
+    let meta = match crate::meta::resolve(args.meta, None, None, None, |k| std::env::var(k).ok()) {
         Ok((meta, _, _)) => meta,
         Err(e) => {
             errln!("ferry fsck: {e:#}");

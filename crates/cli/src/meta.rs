@@ -15,7 +15,7 @@ pub struct MetaArgs {
     #[arg(long, env = "FERRY_META", value_name = "URL")]
     meta: Option<String>,
     /// This instance's name, in its log lines and PostgreSQL's application_name.
-    /// [default: the host name and a random suffix]
+    /// [default: the host name and a hash of the data directory]
     #[arg(long, env = "FERRY_INSTANCE_ID", value_name = "NAME")]
     instance_id: Option<String>,
 }
@@ -97,10 +97,12 @@ pub enum MetaChoice {
 }
 
 /// The settings resolved: flags (and their variables) first, then the file's keys.
+/// `data_dir` (the server's) makes the default instance name stable across restarts.
 pub fn resolve(
     args: MetaArgs,
     file_meta: Option<String>,
     file_instance: Option<String>,
+    data_dir: Option<&std::path::Path>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(MetaChoice, String, bool)> {
     let named = args.instance_id.or(file_instance);
@@ -116,7 +118,7 @@ pub fn resolve(
             }
             n
         }
-        None => default_instance(),
+        None => default_instance(data_dir),
     };
     let choice = match args.meta.or(file_meta) {
         None => MetaChoice::Embedded,
@@ -230,8 +232,11 @@ pub fn check_postgres(dir: &std::path::Path, id: &str, mark: bool) -> Result<()>
     }
 }
 
-/// The host name and 6 random hex digits: unique across restarts and hosts.
-fn default_instance() -> String {
+/// The host name and 6 hex digits: of a hash of the data directory's absolute path when there
+/// is one (a directory serves one process at a time, so the name is unique among running
+/// instances, and a restarted instance frees at once the leases its former self left), else
+/// random.
+fn default_instance(data_dir: Option<&std::path::Path>) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| {
@@ -244,7 +249,17 @@ fn default_instance() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ferry".into());
     let mut b = [0u8; 3];
-    let _ = getrandom::fill(&mut b);
+    match data_dir.and_then(|d| std::path::absolute(d).ok()) {
+        Some(dir) => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            dir.hash(&mut h);
+            b.copy_from_slice(&h.finish().to_be_bytes()[..3]);
+        }
+        None => {
+            let _ = getrandom::fill(&mut b);
+        }
+    }
     format!("{host}-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
 }
 
@@ -277,13 +292,24 @@ mod tests {
 
     #[test]
     fn embedded_by_default_with_a_generated_instance() {
-        let (choice, instance, shown) = resolve(MetaArgs::default(), None, None, no_env).unwrap();
+        let (choice, instance, shown) =
+            resolve(MetaArgs::default(), None, None, None, no_env).unwrap();
         assert!(matches!(choice, MetaChoice::Embedded));
         let (host, suffix) = instance.rsplit_once('-').unwrap();
         assert!(!host.is_empty() && suffix.len() == 6, "{instance}");
         assert!(!shown, "a lone embedded instance keeps its log lines short");
-        let (_, other, _) = resolve(MetaArgs::default(), None, None, no_env).unwrap();
-        assert_ne!(instance, other, "the suffix is random");
+        let (_, other, _) = resolve(MetaArgs::default(), None, None, None, no_env).unwrap();
+        assert_ne!(instance, other, "without a directory the suffix is random");
+        // A server's name follows its data directory: the same after a restart, another for
+        // another directory.
+        let named = |d: &str| {
+            let dir = std::path::Path::new(d);
+            resolve(MetaArgs::default(), None, None, Some(dir), no_env)
+                .unwrap()
+                .1
+        };
+        assert_eq!(named("/srv/ferry/a"), named("/srv/ferry/a"));
+        assert_ne!(named("/srv/ferry/a"), named("/srv/ferry/b"));
     }
 
     #[test]
@@ -292,13 +318,14 @@ mod tests {
             meta: Some("postgres://ferry@db.example:5433/ferry?sslmode=require".into()),
             instance_id: Some("web-1".into()),
         };
-        let (choice, instance, shown) = resolve(args, None, None, no_env).unwrap();
+        let (choice, instance, shown) = resolve(args, None, None, None, no_env).unwrap();
         assert!(matches!(choice, MetaChoice::Postgres(_)));
         assert_eq!(instance, "web-1");
         assert!(shown);
         let (choice, _, _) = resolve(
             MetaArgs::default(),
             Some("postgresql://u@h/db".into()),
+            None,
             None,
             |k| (k == "PGPASSWORD").then(|| "pw".to_string()),
         )
@@ -317,7 +344,9 @@ mod tests {
                 meta: meta.map(Into::into),
                 instance_id: id.map(Into::into),
             };
-            let err = resolve(args, None, None, no_env).unwrap_err().to_string();
+            let err = resolve(args, None, None, None, no_env)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{meta:?} {id:?}: {err}");
         }
     }

@@ -289,10 +289,9 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         s3_session_token: file.s3_session_token,
     };
     let store = crate::store::resolve(args.store, store_file, |k| std::env::var(k).ok())?;
+    let env = |k: &str| std::env::var(k).ok();
     let (meta, instance, name_instance) =
-        crate::meta::resolve(args.meta, file.meta, file.instance_id, |k| {
-            std::env::var(k).ok()
-        })?;
+        crate::meta::resolve(args.meta, file.meta, file.instance_id, Some(&data_dir), env)?;
     let base_path = normalize_base_path(&args.base_path.or(file.base_path).unwrap_or_default())
         .map_err(anyhow::Error::msg)?;
     let max_size = size_setting("--max-size", args.max_size, file.max_size)?;

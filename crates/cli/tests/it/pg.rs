@@ -12,14 +12,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A PostgreSQL cluster of one test's own, stopped (immediately) however the test ends.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: PathBuf,
-    url: String,
+    pub(crate) url: String,
     _tmp: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         // The directory itself (not one inside it): as root, scripts/postgres.sh hands it to
         // the user postgres, who could not enter a private temp directory to reach a child.
         let tmp = tempfile::tempdir().unwrap();
@@ -33,7 +33,8 @@ impl Cluster {
         c
     }
 
-    fn script(&self, cmd: &str) -> String {
+    /// `scripts/postgres.sh CMD DIR` (start, stop, kill) on this cluster.
+    pub(crate) fn script(&self, cmd: &str) -> String {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let out = Command::new("bash")
             .arg(root.join("scripts/postgres.sh"))

@@ -37,9 +37,12 @@ struct Shared {
     last: Mutex<std::collections::HashMap<String, usize>>,
 }
 
-/// The upload id in a path or URL under `/files/`, if any.
+/// The upload id in a path or URL under `/files/` (tus, IETF) or `/chunks/` (chunk
+/// sessions), if any.
 fn upload_of(path: &str) -> Option<String> {
-    let (_, rest) = path.rsplit_once("/files/")?;
+    let at = path.rfind("/files/").map(|i| i + 7);
+    let at = at.or_else(|| path.rfind("/chunks/").map(|i| i + 8))?;
+    let rest = &path[at..];
     let id = rest.split(['/', '?']).next()?;
     (!id.is_empty()).then(|| id.to_string())
 }
@@ -149,8 +152,8 @@ impl Balancer {
             .collect()
     }
 
-    /// Asserts that every upload (path under `/files/` with an id) touched two instances or
-    /// more, and that there was at least one.
+    /// Asserts that every upload (a path under `/files/` or `/chunks/` with an id) touched
+    /// two instances or more, and that there was at least one.
     pub fn assert_uploads_spread(&self) {
         let mut ids = BTreeSet::new();
         for r in self.log() {
