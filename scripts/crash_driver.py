@@ -492,7 +492,7 @@ class Harness:
         deadline = time.time() + self.a.upload_timeout
         while True:
             if time.time() > deadline:
-                self.violation(f"ferry upload of {size} bytes did not complete")
+                self.violation(f"ferry upload of {size} bytes did not complete (see {path}.err)")
                 return
             self.wait_up()
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -510,6 +510,8 @@ class Harness:
             out, err = p.communicate()
             if killer is not None:
                 killer.cancel()
+            with open(path + ".err", "ab") as log:
+                log.write(b"--- run ended %d\n" % p.returncode + err)
             with self.lock:
                 self.cli_procs.discard(p)
                 if killer is not None and not getattr(p, "killed", False):
@@ -523,6 +525,7 @@ class Harness:
                 continue
             break
         os.remove(path)
+        os.remove(path + ".err")
         url = next(e["url"] for e in map(json.loads, out.decode().splitlines())
                    if e.get("event") == "file_done")
         uid = url.rstrip("/").rsplit("/", 1)[-1]
@@ -699,14 +702,14 @@ class Harness:
         return 0 if failed == self.a.expect_violation else 1
 
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-       "proxy-connection"}
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection",
+       "expect"}
 
 
 def balancer_handler(h):
     """A per-request balancer: each request goes to a random instance that takes the
-    connection (a killed one is skipped); a body cut short by the client is cut short to the
-    instance too."""
+    connection (a killed one is skipped); bodies (chunked ones too) stream through, and one cut
+    short by the client is cut short to the instance too."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -715,8 +718,14 @@ def balancer_handler(h):
             pass
 
         def forward(self):
+            try:
+                self.forward_once()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away
+
+        def forward_once(self):
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             order = list(range(len(h.nodes)))
             random.shuffle(order)
             for i in order:
@@ -732,10 +741,11 @@ def balancer_handler(h):
                     for k, v in self.headers.items():
                         if k.lower() not in HOP:
                             conn.putheader(k, v)
+                    if chunked:
+                        conn.putheader("Transfer-Encoding", "chunked")
                     conn.endheaders()
-                    if body:
-                        conn.send(body)
-                    if len(body) < length:
+                    whole = self.relay_chunked(conn) if chunked else self.relay(conn, length)
+                    if not whole:
                         return self.close_now()  # the client went away mid-body
                     r = conn.getresponse()
                     data = r.read()
@@ -747,8 +757,7 @@ def balancer_handler(h):
                 for k, v in r.getheaders():
                     if k.lower() not in HOP and k.lower() != "content-length":
                         self.send_header(k, v)
-                if self.command != "HEAD" or "content-length" not in {
-                        k.lower() for k, _ in r.getheaders()}:
+                if self.command != "HEAD" or r.getheader("Content-Length") is None:
                     self.send_header("Content-Length", str(len(data)))
                 else:
                     self.send_header("Content-Length", r.getheader("Content-Length"))
@@ -759,6 +768,41 @@ def balancer_handler(h):
             self.send_response_only(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def relay(self, conn, length):
+            """Streams a body of `length` bytes; False when the client cut it short."""
+            while length:
+                piece = self.rfile.read1(min(length, 1 << 16))
+                if not piece:
+                    return False
+                conn.send(piece)
+                length -= len(piece)
+            return True
+
+        def relay_chunked(self, conn):
+            """Streams a chunked body as it comes, trailers included (a checksum may be in
+            them); False when the client cut it short."""
+            while True:
+                line = self.rfile.readline(1024)
+                if not line.endswith(b"\n"):
+                    return False
+                conn.send(line)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while True:  # trailers, then the empty line
+                        t = self.rfile.readline(8192)
+                        if not t.endswith(b"\n"):
+                            return False
+                        conn.send(t)
+                        if t in (b"\r\n", b"\n"):
+                            return True
+                left = size + 2  # the data and its CRLF
+                while left:
+                    piece = self.rfile.read1(min(left, 1 << 16))
+                    if not piece:
+                        return False
+                    conn.send(piece)
+                    left -= len(piece)
 
         def close_now(self):
             self.close_connection = True
