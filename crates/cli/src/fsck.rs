@@ -73,7 +73,7 @@ pub fn run(args: FsckArgs) -> ExitCode {
             Some(s3) => Uploads::open_with_data(&args.data_dir, SyncPolicy::Always, s3.clone()),
             None => Uploads::open_local(&args.data_dir, SyncPolicy::Always),
         }
-        .map(|u| (u, None)),
+        .map(|u| (u, None, None)),
         crate::meta::MetaChoice::Postgres(config) => {
             match rt.block_on(open_pg(*config, &args.data_dir, s3.clone(), args.repair)) {
                 Ok(opened) => Ok(opened),
@@ -84,7 +84,8 @@ pub fn run(args: FsckArgs) -> ExitCode {
             }
         }
     };
-    let (uploads, pg_owner) = match opened {
+    // A repair holds the database until it ends.
+    let (uploads, pg_owner, _hold) = match opened {
         Ok(u) => u,
         Err(e) => {
             errln!("ferry fsck: cannot open {}: {e}", args.data_dir.display());
@@ -141,13 +142,18 @@ pub fn run(args: FsckArgs) -> ExitCode {
 
 /// Opens records in PostgreSQL for checking, without binding or claiming anything: the
 /// database must already be bound to this store (local files: this directory). Returns the
-/// uploads and, for S3, the prefix owner the database recorded.
+/// uploads, for S3 the prefix owner the database recorded, and for a repair the database held
+/// exclusively.
 async fn open_pg(
     config: ferry_store::pg_meta::PgConfig,
     data_dir: &std::path::Path,
     s3: Option<Arc<ferry_store::s3::S3DataStore>>,
     repair: bool,
-) -> anyhow::Result<(Uploads, Option<String>)> {
+) -> anyhow::Result<(
+    Uploads,
+    Option<String>,
+    Option<ferry_store::pg_meta::ExclusiveHold>,
+)> {
     // Read only: no migration, no marker, no owner id made.
     let pg = crate::meta::setup(
         ferry_store::pg_meta::PgMetaStore::connect_existing(
@@ -159,8 +165,21 @@ async fn open_pg(
     let db = crate::meta::setup(pg.stored_setting("database_id").await)?
         .ok_or_else(|| anyhow::anyhow!("the database has never been served"))?;
     crate::meta::check_postgres(data_dir, &db, false)?;
-    // Not while an instance serves the database: a repair would race its writes. (Instances
-    // say they serve every few seconds; one that died is forgotten after a minute.)
+    // Not while an instance serves the database: a repair would race its writes. The
+    // database is held exclusively for the repair (instances refuse to start meanwhile), then
+    // no instance may have said it serves for a minute (they say so every few seconds).
+    let hold = match repair {
+        true => Some(
+            crate::meta::setup(pg.hold_exclusive().await)?.ok_or_else(|| {
+                crate::store::SetupError(
+                    "the database is held by an instance starting, an older ferry build \
+                     serving, or another repair: stop every instance before a repair"
+                        .into(),
+                )
+            })?,
+        ),
+        false => None,
+    };
     if repair {
         let live = crate::meta::setup(pg.live_instances(Duration::from_secs(60)).await)?;
         if let Some((name, ago)) = live.first() {
@@ -196,5 +215,5 @@ async fn open_pg(
         ferry_store::uploads::TAKEOVER_PATIENCE,
     ));
     let uploads = Uploads::open_with_meta(data_dir, SyncPolicy::Always, data, meta, locker)?;
-    Ok((uploads, owner))
+    Ok((uploads, owner, hold))
 }

@@ -274,6 +274,13 @@ pub(crate) fn ending_error(
             StatusCode::CONFLICT,
             format!("a newer request took over this upload; {fate}"),
         ),
+        Ending::LeaseLost => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this server lost its hold on the upload (its database is slow); {fate}; resume"
+            ),
+        )
+        .with_header(header::RETRY_AFTER, 1),
         Ending::Shutdown => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("server is shutting down; {fate}; resume later"),

@@ -26,6 +26,14 @@ pub enum Verify {
     Trailer,
 }
 
+/// Why a lease's holder was told to let go.
+fn let_go(lease: &ferry_store::lock::Lease) -> Ending {
+    match lease.is_lost() {
+        true => Ending::LeaseLost,
+        false => Ending::TakenOver,
+    }
+}
+
 /// Why the body loop stopped.
 #[derive(Debug)]
 pub enum Ending {
@@ -35,6 +43,9 @@ pub enum Ending {
     ClientGone(String),
     /// A newer request asked for this upload.
     TakenOver,
+    /// This server could not keep its lease on the upload (the shared database did not renew
+    /// it in time).
+    LeaseLost,
     /// The server is shutting down.
     Shutdown,
     /// No bytes arrived for the idle timeout.
@@ -228,7 +239,7 @@ async fn receive_inner(
     // their sockets and memory does not grow with the number of uploads.
     let waited = tokio::select! {
         biased;
-        () = lease.taken_over() => Some(Ending::TakenOver),
+        () = lease.taken_over() => Some(let_go(lease)),
         () = state.shutdown.cancelled() => Some(Ending::Shutdown),
         () = append.reserve(read_buffer) => None,
         () = tokio::time::sleep_until(crate::conn::far(state.config.body_idle_timeout)) => {
@@ -241,7 +252,7 @@ async fn receive_inner(
         loop {
             let frame = tokio::select! {
                 biased;
-                () = lease.taken_over() => break Ending::TakenOver,
+                () = lease.taken_over() => break let_go(lease),
                 () = state.shutdown.cancelled() => break Ending::Shutdown,
                 f = pace.frame(&mut body) => f,
             };

@@ -11,8 +11,9 @@ use crate::error::{Result, StoreError};
 use async_trait::async_trait;
 use ferry_proto::UploadId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -20,8 +21,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 pub struct Lease {
     id: UploadId,
     epoch: u64,
-    expires: Option<SystemTime>,
     takeover: CancellationToken,
+    /// Set (before `takeover` fires) when the lease is lost rather than wanted.
+    lost: Arc<AtomicBool>,
     shared: Option<Arc<dyn Reservations>>,
     _release: Box<dyn Send + Sync>,
 }
@@ -37,29 +39,34 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Builds a lease at `epoch` (greater than any earlier lease of the same upload), valid
-    /// until `expires` (`None`: until released); `release` runs its `Drop` when the lease is
-    /// dropped.
+    /// Builds a lease at `epoch` (greater than any earlier lease of the same upload);
+    /// `release` runs its `Drop` when the lease is dropped.
     pub fn new(
         id: UploadId,
         epoch: u64,
-        expires: Option<SystemTime>,
         takeover: CancellationToken,
         release: Box<dyn Send + Sync>,
     ) -> Self {
         Self {
             id,
             epoch,
-            expires,
             takeover,
+            lost: Arc::default(),
             shared: None,
             _release: release,
         }
     }
 
-    /// This lease as kept in a shared database, with its reservations.
-    pub fn with_reservations(mut self, shared: Arc<dyn Reservations>) -> Self {
+    /// This lease as kept in a shared database, with its reservations; `lost` is set before
+    /// the takeover signal fires when the lease could not be kept (not renewed in time, or
+    /// lapsed) rather than asked for.
+    pub fn with_reservations(
+        mut self,
+        shared: Arc<dyn Reservations>,
+        lost: Arc<AtomicBool>,
+    ) -> Self {
         self.shared = Some(shared);
+        self.lost = lost;
         self
     }
 
@@ -82,20 +89,21 @@ impl Lease {
         self.epoch
     }
 
-    /// When the lease lapses unless renewed (`None`: held until released, as in-process
-    /// leases are; a shared locker's expire by the database clock).
-    pub fn expires(&self) -> Option<SystemTime> {
-        self.expires
-    }
-
     /// Resolves when another request wants this upload: commit and let go promptly.
     pub fn taken_over(&self) -> WaitForCancellationFuture<'_> {
         self.takeover.cancelled()
     }
 
-    /// Whether another request has asked for this upload.
+    /// Whether another request has asked for this upload (or the lease is lost).
     pub fn is_taken_over(&self) -> bool {
         self.takeover.is_cancelled()
+    }
+
+    /// Whether the takeover signal means the lease was lost (its database could not renew
+    /// it in time) rather than wanted by another request: a failure of this server, not the
+    /// client's conflict.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
 }
 
@@ -189,7 +197,7 @@ impl LocalLocker {
         };
         // The generation only grows (per process, and data stores keep epochs no longer than
         // the process): a later lease of the same upload always has a later epoch.
-        Lease::new(id, generation, None, takeover, Box::new(release))
+        Lease::new(id, generation, takeover, Box::new(release))
     }
 }
 
@@ -250,11 +258,7 @@ mod tests {
         assert!(!second.is_taken_over());
         // The fence its writes carry: the successor's is later.
         assert!(second.epoch() > first_epoch);
-        assert_eq!(
-            second.expires(),
-            None,
-            "in-process leases last until released"
-        );
+        assert!(!second.is_lost(), "in-process leases last until released");
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@
 mod errors;
 mod schema;
 
-pub use lease::{LeaseTiming, PgLocker};
+pub use lease::{ExclusiveHold, LeaseTiming, PgLocker};
 pub use schema::SCHEMA_VERSION;
 pub use setup::parse_url;
 /// Connection settings, as parsed from a URL by [`parse_url`].
@@ -142,7 +142,10 @@ impl RowValues {
 
 const GET: &str = "SELECT record::text FROM ferry_uploads WHERE id = $1";
 /// The lease a fenced change is made under, locked against a grant until the change commits.
-const LEASE_EPOCH: &str = "SELECT epoch FROM ferry_leases WHERE id = $1 FOR SHARE";
+/// The lease's epoch now, and whether the committing instance still holds it unlapsed
+/// (locked against grants until the commit ends).
+const LEASE_EPOCH: &str = "SELECT epoch, coalesce(owner = $2 AND expires_at > now(), false) \
+     FROM ferry_leases WHERE id = $1 FOR SHARE";
 const LOCK: &str =
     "SELECT id, record::text FROM ferry_uploads WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 const INSERT_NEW: &str = "INSERT INTO ferry_uploads (id, record, expires_ms, deleted, unfinished) \
@@ -333,7 +336,10 @@ impl PgMetaStore {
         let client = conn.client();
         let epoch = async {
             match (&lease, &fence_key) {
-                (Some(stmt), Some(key)) => client.query_opt(stmt, &[key]).await.map(Some),
+                (Some(stmt), Some(key)) => client
+                    .query_opt(stmt, &[key, &self.instance])
+                    .await
+                    .map(Some),
                 _ => Ok(None),
             }
         };
@@ -350,7 +356,9 @@ impl PgMetaStore {
         begun.map_err(pg)?;
         let rows = rows.map_err(pg)?;
         if let (Some((id, mine)), Some(row)) = (fence, epoch.map_err(pg)?) {
-            let current = row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
+            let (current, valid) = row.map_or((0, false), |r| {
+                (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1))
+            });
             if current != mine {
                 self.rollback(conn).await;
                 return Err(StoreError::Fenced {
@@ -359,6 +367,10 @@ impl PgMetaStore {
                     current,
                 }
                 .into());
+            }
+            if !valid {
+                self.rollback(conn).await;
+                return Err(lease::lapsed(id).into());
             }
         }
         let mut records: Records = ids.iter().map(|id| (*id, None)).collect();

@@ -8,14 +8,22 @@
 //!   commit's transaction with the lease row locked against grants
 //!   ([`MetaStore::update_fenced`](crate::meta::MetaStore::update_fenced)); an object store
 //!   reserves its part numbers against it ([`Reservations`]).
-//! - **Renewal**: one statement per instance every `ttl / 3` extends all its leases; a holder
-//!   that could not renew stops writing (its takeover signal fires) `margin` before its lease
-//!   can lapse, counted from when its last successful renewal was *sent*.
+//! - **Renewal**: one statement per instance every `ttl / 3` extends all its leases that have
+//!   not lapsed; a holder that could not renew stops writing (its takeover signal fires, the
+//!   lease marked lost) `margin` before its lease can lapse, counted from when its last
+//!   successful renewal was *sent*. That check runs on its own timer, so a renewal that hangs
+//!   does not delay it. A lapsed lease is never revived, and commits and reservations under
+//!   it are refused even while nobody has taken it.
 //! - **Takeover** from a holder on another instance: the newcomer writes its request into the
 //!   row and sends a `NOTIFY`; the holder listens on a connection of its own, outside the pool,
 //!   commits what it received and lets go. A lost notification costs one renewal at most: the
 //!   renewal reads the request from the row, and so does the listener after each reconnect. A
 //!   holder that died lets its lease lapse; the newcomer waits for that, up to `ttl` and a bit.
+//!   A request names the epoch it wants ended, so that a late one never ends a newer lease.
+//! - **Instances** say they serve with every renewal (`ferry_instances`): a name is one
+//!   process's at a time, and `ferry fsck --repair` waits until none serves. A build from
+//!   before these leases (it held an exclusive advisory lock for as long as it served) and a
+//!   running repair (which holds the same lock) keep instances from starting.
 
 use super::errors::Failure;
 use super::{PgMetaStore, setup::tls};
@@ -26,8 +34,9 @@ use async_trait::async_trait;
 use ferry_proto::UploadId;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -83,25 +92,46 @@ const GRANT: &str = "
         SET owner = $2, epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at, wanted_at = NULL
         WHERE l.owner IS NULL OR l.expires_at <= now()
     RETURNING epoch, mark";
+/// The notification says which epoch is asked to end: `id epoch owner`.
 const ASK: &str = "
     WITH asked AS (
         UPDATE ferry_leases SET wanted_at = now()
-        WHERE id = $1 AND owner IS NOT NULL RETURNING owner)
-    SELECT pg_notify($2, $1 || ' ' || owner) FROM asked";
+        WHERE id = $1 AND owner IS NOT NULL RETURNING owner, epoch)
+    SELECT pg_notify($2, $1 || ' ' || epoch || ' ' || owner) FROM asked";
+/// Only leases that have not lapsed: one that did may be granted to another any moment.
 const RENEW: &str = "
     UPDATE ferry_leases SET expires_at = now() + make_interval(secs => $3)
-    WHERE owner = $1 AND id = ANY($2)
+    WHERE owner = $1 AND id = ANY($2) AND expires_at > now()
     RETURNING id, epoch, wanted_at IS NOT NULL";
 const RELEASE: &str = "UPDATE ferry_leases SET owner = NULL, wanted_at = NULL \
      WHERE id = $1 AND epoch = $2";
 /// A lease of an upload that does not exist (a request for a wrong id) leaves no row behind.
 const FORGET: &str = "DELETE FROM ferry_leases WHERE id = $1 AND epoch = $2 \
      AND NOT EXISTS (SELECT 1 FROM ferry_uploads WHERE id = $1)";
-const RESERVE: &str = "UPDATE ferry_leases SET mark = greatest(mark, $3) \
-     WHERE id = $1 AND epoch = $2 AND expires_at > now()";
-const WANTED: &str = "SELECT id FROM ferry_leases WHERE owner = $1 AND wanted_at IS NOT NULL";
+/// Reserves under a lease that is still this holder's and has not lapsed; says whether it
+/// did, and the lease's epoch now.
+const RESERVE: &str = "
+    WITH r AS (
+        UPDATE ferry_leases SET mark = greatest(mark, $3)
+        WHERE id = $1 AND epoch = $2 AND owner = $4 AND expires_at > now() RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM r), (SELECT epoch FROM ferry_leases WHERE id = $1)";
+const WANTED: &str =
+    "SELECT id, epoch FROM ferry_leases WHERE owner = $1 AND wanted_at IS NOT NULL";
 const SEEN: &str = "INSERT INTO ferry_instances (name, seen_at) VALUES ($1, now()) \
      ON CONFLICT (name) DO UPDATE SET seen_at = now()";
+/// How long ago an instance of this name said it served (none: never, or it left).
+const LAST_SEEN: &str = "SELECT seen_at, extract(epoch FROM now() - seen_at)::float8 \
+     FROM ferry_instances WHERE name = $1";
+/// Whether an exclusive holder of the database's lock is absent: a build from before
+/// these leases while it serves, or `ferry fsck --repair` while it runs.
+const NO_EXCLUSIVE: &str = "SELECT CASE WHEN pg_try_advisory_lock_shared($1) \
+     THEN pg_advisory_unlock_shared($1) ELSE false END";
+/// Rows no upload needs any more: free or long lapsed leases of uploads that are gone (a
+/// release that never ran), instances not seen for a day.
+const TIDY_LEASES: &str = "DELETE FROM ferry_leases l \
+     WHERE (l.owner IS NULL OR l.expires_at < now() - interval '1 hour') \
+     AND NOT EXISTS (SELECT 1 FROM ferry_uploads u WHERE u.id = l.id)";
+const TIDY_INSTANCES: &str = "DELETE FROM ferry_instances WHERE seen_at < now() - interval '1 day'";
 const GONE: &str = "DELETE FROM ferry_instances WHERE name = $1";
 const LIVE: &str = "SELECT name, extract(epoch FROM now() - seen_at)::float8 FROM ferry_instances \
      WHERE seen_at > now() - make_interval(secs => $1) ORDER BY name";
@@ -112,9 +142,23 @@ const ORPHANED: &str = "UPDATE ferry_leases SET owner = NULL, wanted_at = NULL W
 struct Held {
     epoch: u64,
     takeover: CancellationToken,
+    /// Set before `takeover` fires when the lease could not be kept.
+    lost: Arc<AtomicBool>,
     /// Until when it may write (its last renewal's sending time + ttl − margin).
     valid_until: Instant,
+    /// Its lease was dropped; the row is being released (then this entry goes).
+    releasing: bool,
     released: watch::Sender<bool>,
+}
+
+impl Held {
+    fn lose(&self, id: UploadId, why: &str) {
+        if !self.takeover.is_cancelled() {
+            tracing::warn!(upload = %id.tag(), epoch = self.epoch, "{why}: stopping its writer");
+        }
+        self.lost.store(true, Ordering::Release);
+        self.takeover.cancel();
+    }
 }
 
 struct Inner {
@@ -148,14 +192,22 @@ impl Drop for Inner {
 }
 
 impl PgLocker {
-    /// Starts the locker of this instance (`meta`'s instance name): frees what a former
-    /// process under the same name left held, then renews and listens in the background until
-    /// the locker is dropped.
+    /// Starts the locker of this instance (`meta`'s instance name): refuses to start beside
+    /// an exclusive holder of the database (an older build, a repair) or another live
+    /// instance of the same name, frees what a former process under the name left held, then
+    /// renews and listens in the background until the locker is dropped.
     pub async fn start(meta: Arc<PgMetaStore>, timing: LeaseTiming) -> Result<Self> {
         let timing = timing.checked().map_err(StoreError::WrongStore)?;
         let id = meta.database_id().await?;
         let channel = format!("ferry_leases_{}", id.get(..16).unwrap_or(&id));
+        if !ask_bool(&meta, NO_EXCLUSIVE, &[&lock_key(&id)?]).await? {
+            return Err(StoreError::WrongStore(
+                "this PostgreSQL database is held exclusively: by `ferry fsck --repair`, or by                  a ferry build from before cluster leases, which must not serve beside this                  one; wait for the repair or stop that build"
+                    .into(),
+            ));
+        }
         let instance = meta.instance.clone();
+        one_of_its_name(&meta, timing).await?;
         exec(&meta, "lease cleanup", ORPHANED, &[&instance]).await?;
         exec(&meta, "instance", SEEN, &[&instance]).await?;
         let inner = Arc::new(Inner {
@@ -166,6 +218,7 @@ impl PgLocker {
             stop: CancellationToken::new(),
         });
         tokio::spawn(keep(Arc::downgrade(&inner), inner.stop.clone()));
+        tokio::spawn(enforce(Arc::downgrade(&inner), inner.stop.clone()));
         tokio::spawn(listen(Arc::downgrade(&inner), inner.stop.clone()));
         Ok(Self { inner })
     }
@@ -176,6 +229,62 @@ impl PgLocker {
     }
 }
 
+/// The database's advisory lock key: its id's first 15 hex digits (a positive `bigint`), the
+/// same in every build.
+pub(crate) fn lock_key(database_id: &str) -> Result<i64> {
+    database_id
+        .get(..15)
+        .and_then(|h| i64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| StoreError::Metadata(format!("database_id {database_id:?}")))
+}
+
+/// The database held exclusively ([`PgMetaStore::hold_exclusive`]) until dropped.
+pub struct ExclusiveHold {
+    _client: deadpool_postgres::ClientWrapper,
+}
+
+impl std::fmt::Debug for ExclusiveHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExclusiveHold")
+    }
+}
+
+/// Refuses a name another live process serves under (two processes sharing one name would
+/// renew, and on start free, each other's leases). A name seen within a ttl may be a former
+/// process of this one that was killed: waiting out one renewal interval tells them apart, as
+/// a live one says it serves again meanwhile.
+async fn one_of_its_name(meta: &PgMetaStore, timing: LeaseTiming) -> Result<()> {
+    let last = || async {
+        let rows = query(meta, "instance", LAST_SEEN, &[&meta.instance]).await?;
+        Ok::<_, StoreError>(rows.first().map(|r| {
+            (
+                r.get::<_, std::time::SystemTime>(0),
+                Duration::try_from_secs_f64(r.get::<_, f64>(1)).unwrap_or_default(),
+            )
+        }))
+    };
+    let Some((seen, ago)) = last().await? else {
+        return Ok(());
+    };
+    if ago >= timing.ttl {
+        return Ok(());
+    }
+    tracing::info!(
+        instance = %meta.instance,
+        "an instance of this name served {:.1} s ago: waiting to see whether it still does",
+        ago.as_secs_f64()
+    );
+    tokio::time::sleep(timing.renew_every() + Duration::from_secs(1)).await;
+    match last().await? {
+        Some((again, _)) if again > seen => Err(StoreError::WrongStore(format!(
+            "another instance named {:?} is serving this database: give each instance its own \
+             --instance-id",
+            meta.instance
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl PgMetaStore {
     /// Says this instance is gone, its requests ended (a clean shutdown): its leases are
     /// free at once rather than when they lapse, and tools need not wait for it to be
@@ -183,6 +292,31 @@ impl PgMetaStore {
     pub async fn leave(&self) -> Result<()> {
         exec(self, "lease cleanup", ORPHANED, &[&self.instance]).await?;
         exec(self, "instance", GONE, &[&self.instance]).await
+    }
+
+    /// Holds the database exclusively for as long as the returned guard lives (a session
+    /// advisory lock on a connection of its own): instances refuse to start meanwhile. For
+    /// `ferry fsck --repair`, which must not race an instance's writes. `None`: something
+    /// else holds it (an instance starting, an older build serving, another repair).
+    pub async fn hold_exclusive(&self) -> Result<Option<ExclusiveHold>> {
+        let key = lock_key(&self.database_id().await?)?;
+        let obj = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| super::errors::pool_error(e, self.timeout))?;
+        // Out of the pool: the lock lives with this connection.
+        let client = deadpool_postgres::Object::take(obj);
+        self.trip();
+        let got: bool = tokio::time::timeout(
+            self.timeout,
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer (lock)".into()))?
+        .map_err(|e| super::errors::store_error(super::errors::classify(e.code()), &e))?
+        .get(0);
+        Ok(got.then_some(ExclusiveHold { _client: client }))
     }
 
     /// The instances that said they were serving within `within`, with how many seconds ago.
@@ -244,13 +378,16 @@ impl Inner {
         let epoch = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         let mark = u32::try_from(row.get::<_, i32>(1)).unwrap_or(0);
         let takeover = CancellationToken::new();
+        let lost = Arc::new(AtomicBool::new(false));
         let (released, _) = watch::channel(false);
         self.held().insert(
             id,
             Held {
                 epoch,
                 takeover: takeover.clone(),
+                lost: lost.clone(),
                 valid_until: sent + self.timing.ttl - self.timing.margin,
+                releasing: false,
                 released,
             },
         );
@@ -265,10 +402,9 @@ impl Inner {
             epoch,
             before: mark,
         };
-        let expires = SystemTime::now() + self.timing.ttl;
         Ok(Some(
-            Lease::new(id, epoch, Some(expires), takeover, Box::new(release))
-                .with_reservations(Arc::new(reservations)),
+            Lease::new(id, epoch, takeover, Box::new(release))
+                .with_reservations(Arc::new(reservations), lost),
         ))
     }
 
@@ -278,11 +414,12 @@ impl Inner {
         exec(&self.meta, "lease takeover", ASK, &[&key, &channel]).await
     }
 
-    /// Signals the holders of `ids` here (a takeover was asked for, or the lease is lost).
-    fn signal(&self, ids: impl IntoIterator<Item = UploadId>) {
+    /// Signals the holders of `asked` here (a takeover was asked for): each lease by its
+    /// epoch, so that a request meant for an earlier lease of the upload ends no later one.
+    fn signal(&self, asked: impl IntoIterator<Item = (UploadId, u64)>) {
         let held = self.held();
-        for id in ids {
-            if let Some(h) = held.get(&id) {
+        for (id, epoch) in asked {
+            if let Some(h) = held.get(&id).filter(|h| h.epoch == epoch) {
                 h.takeover.cancel();
             }
         }
@@ -290,8 +427,12 @@ impl Inner {
 
     /// Extends every lease held here; signals those lost or wanted elsewhere.
     async fn renew(&self) -> Result<()> {
-        let snapshot: Vec<(UploadId, u64)> =
-            self.held().iter().map(|(id, h)| (*id, h.epoch)).collect();
+        let snapshot: Vec<(UploadId, u64)> = self
+            .held()
+            .iter()
+            .filter(|(_, h)| !h.releasing)
+            .map(|(id, h)| (*id, h.epoch))
+            .collect();
         if snapshot.is_empty() {
             return Ok(());
         }
@@ -325,7 +466,10 @@ impl Inner {
             .collect();
         let mut held = self.held();
         for (id, epoch) in snapshot {
-            let Some(h) = held.get_mut(&id).filter(|h| h.epoch == epoch) else {
+            let Some(h) = held
+                .get_mut(&id)
+                .filter(|h| h.epoch == epoch && !h.releasing)
+            else {
                 continue;
             };
             match renewed.get(&id.to_string()) {
@@ -335,22 +479,18 @@ impl Inner {
                         h.takeover.cancel();
                     }
                 }
-                // Lapsed and granted to another: stop now.
-                _ => {
-                    tracing::warn!(upload = %id.tag(), epoch, "lease lost");
-                    h.takeover.cancel();
-                }
+                // Lapsed (perhaps granted to another already): stop now.
+                _ => h.lose(id, "lease lapsed"),
             }
         }
         Ok(())
     }
 
-    /// Signals holders whose lease may lapse before they could renew it.
+    /// Stops holders whose lease may lapse before they could renew it.
     fn expire(&self, now: Instant) {
         for (id, h) in self.held().iter() {
-            if h.valid_until <= now && !h.takeover.is_cancelled() {
-                tracing::warn!(upload = %id.tag(), "lease not renewed in time: stopping its writer");
-                h.takeover.cancel();
+            if h.valid_until <= now && !h.releasing {
+                h.lose(*id, "lease not renewed in time");
             }
         }
     }
@@ -378,6 +518,40 @@ async fn exec(
     .await
 }
 
+/// Runs a statement that changes nothing and returns its rows.
+async fn query(
+    meta: &PgMetaStore,
+    what: &str,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>> {
+    meta.run(
+        what,
+        attempt!(|conn| async {
+            let stmt = meta.prepare(conn, sql).await?;
+            meta.trip();
+            conn.client()
+                .query(&stmt, params)
+                .await
+                .map_err(|err| Failure::Pg {
+                    err,
+                    retry_safe: true,
+                })
+        }),
+    )
+    .await
+}
+
+/// The one boolean a statement answers.
+async fn ask_bool(
+    meta: &PgMetaStore,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<bool> {
+    let rows = query(meta, "lock check", sql, params).await?;
+    Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
+}
+
 /// A statement that changes rows: with no answer it may have been applied.
 fn unanswered(err: tokio_postgres::Error) -> Failure {
     Failure::Pg {
@@ -386,36 +560,71 @@ fn unanswered(err: tokio_postgres::Error) -> Failure {
     }
 }
 
-/// Renews and enforces the margin until `stop`.
+/// Renews until `stop`, saying with each renewal that this instance serves, and tidies now
+/// and then. Each statement is bounded by the renewal interval; the margin is enforced apart
+/// ([`enforce`]), so a renewal that hangs stops nobody late.
 async fn keep(inner: Weak<Inner>, stop: CancellationToken) {
-    let tick = Duration::from_millis(100);
     let mut next_renewal = Instant::now();
+    let mut next_tidy = Instant::now() + TIDY_EVERY;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(tick) => {}
+            () = tokio::time::sleep_until(next_renewal) => {}
         }
         let Some(inner) = inner.upgrade() else { return };
-        let now = Instant::now();
-        inner.expire(now);
-        if now < next_renewal {
-            continue;
-        }
-        // A renewal that fails is tried again soon; the margin check above runs meanwhile
-        // (renewals run off this loop's tick only while one is in flight).
-        let instance: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&inner.meta.instance];
-        let seen = exec(&inner.meta, "instance", SEEN, &instance);
+        let started = Instant::now();
+        let every = inner.timing.renew_every();
+        let me = &inner.meta;
+        let seen = me.run_for(
+            every,
+            "instance",
+            attempt!(|conn| async {
+                let stmt = me.prepare(conn, SEEN).await?;
+                me.trip();
+                conn.client()
+                    .execute(&stmt, &[&me.instance])
+                    .await
+                    .map_err(unanswered)
+            }),
+        );
         let (seen, renewed) = futures_util::future::join(seen, inner.renew()).await;
         if let Err(e) = seen {
             tracing::debug!(error = %e, "saying this instance serves failed");
         }
         next_renewal = match renewed {
-            Ok(()) => now + inner.timing.renew_every(),
+            Ok(()) => started + every,
             Err(e) => {
                 tracing::warn!(error = %e, "renewing leases failed");
-                now + Duration::from_millis(500)
+                Instant::now() + Duration::from_millis(500)
             }
         };
+        if Instant::now() >= next_tidy {
+            next_tidy = Instant::now() + TIDY_EVERY;
+            for (what, sql) in [
+                ("lease tidying", TIDY_LEASES),
+                ("instance tidying", TIDY_INSTANCES),
+            ] {
+                if let Err(e) = exec(me, what, sql, &[]).await {
+                    tracing::debug!(error = %e, "{what} failed");
+                }
+            }
+        }
+    }
+}
+
+/// How often rows no upload needs are removed.
+const TIDY_EVERY: Duration = Duration::from_secs(600);
+
+/// Stops holders whose lease could lapse before it is renewed, until `stop`.
+async fn enforce(inner: Weak<Inner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(inner) = inner.upgrade() else { return };
         inner.expire(Instant::now());
     }
 }
@@ -423,7 +632,8 @@ async fn keep(inner: Weak<Inner>, stop: CancellationToken) {
 /// Listens for takeover requests on a connection of its own until `stop`, reconnecting (and
 /// reading the requests it may have missed) whenever it breaks.
 async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
-    let mut pause = Duration::from_millis(200);
+    let first = Duration::from_millis(200);
+    let mut pause = first;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -431,16 +641,19 @@ async fn listen(inner: Weak<Inner>, stop: CancellationToken) {
         let config = strong.meta.config.clone();
         let channel = strong.channel.clone();
         drop(strong);
-        let session = listen_once(&inner, config, &channel);
+        let mut listened = false;
+        let session = listen_once(&inner, config, &channel, &mut listened);
         tokio::select! {
             () = stop.cancelled() => return,
             outcome = session => {
                 if let Err(e) = outcome {
                     tracing::warn!(error = %e, "lease listener disconnected; reconnecting");
-                } else {
-                    pause = Duration::from_millis(200);
                 }
             }
+        }
+        // Backing off only while connecting fails: a session that listened starts afresh.
+        if listened {
+            pause = first;
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -456,6 +669,7 @@ async fn listen_once(
     inner: &Weak<Inner>,
     config: tokio_postgres::Config,
     channel: &str,
+    listened: &mut bool,
 ) -> Result<()> {
     let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(format!("listen: {e}"));
     let (client, mut connection) = config.connect(tls(&config)?).await.map_err(unavailable)?;
@@ -488,20 +702,22 @@ async fn listen_once(
             .query(WANTED, &[&instance])
             .await
             .map_err(unavailable)?;
-        strong.signal(
-            rows.iter()
-                .filter_map(|r| UploadId::parse(&r.get::<_, String>(0)).ok()),
-        );
+        *listened = true;
+        strong.signal(rows.iter().filter_map(|r| {
+            let id = UploadId::parse(&r.get::<_, String>(0)).ok()?;
+            Some((id, u64::try_from(r.get::<_, i64>(1)).ok()?))
+        }));
     }
     while let Some(payload) = rx.recv().await {
         let Some(strong) = inner.upgrade() else {
             return Ok(());
         };
-        if let Some((id, owner)) = payload.split_once(' ')
+        let mut words = payload.splitn(3, ' ');
+        if let (Some(id), Some(epoch), Some(owner)) = (words.next(), words.next(), words.next())
             && owner == strong.meta.instance
-            && let Ok(id) = UploadId::parse(id)
+            && let (Ok(id), Ok(epoch)) = (UploadId::parse(id), epoch.parse())
         {
-            strong.signal([id]);
+            strong.signal([(id, epoch)]);
         }
     }
     Err(StoreError::Unavailable(
@@ -517,11 +733,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Lets go of a lease when dropped: at once here, then in the database.
+/// Lets go of a lease when dropped: in the database, then here. Until the row is free, a
+/// newcomer in this process waits for the release (it would otherwise ask its own instance
+/// to let go of a lease nobody holds any more).
 struct Release {
     inner: Weak<Inner>,
     id: UploadId,
     epoch: u64,
+}
+
+impl Inner {
+    /// Forgets a lease here once its row is released, waking those waiting for it.
+    fn forget(&self, id: UploadId, epoch: u64) {
+        let mut held = self.held();
+        if held.get(&id).is_some_and(|h| h.epoch == epoch)
+            && let Some(h) = held.remove(&id)
+        {
+            h.released.send_replace(true);
+        }
+    }
 }
 
 impl Drop for Release {
@@ -529,29 +759,36 @@ impl Drop for Release {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
-        {
-            let mut held = inner.held();
-            if held.get(&self.id).is_some_and(|h| h.epoch == self.epoch)
-                && let Some(h) = held.remove(&self.id)
-            {
-                h.released.send_replace(true);
-            }
-        }
+        let (id, epoch) = (self.id, self.epoch);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to release it with: it lapses by itself within a ttl.
+            inner.forget(id, epoch);
             return;
         };
-        let (id, epoch) = (self.id, self.epoch);
+        if let Some(h) = inner.held().get_mut(&id).filter(|h| h.epoch == epoch) {
+            h.releasing = true;
+        }
         runtime.spawn(async move {
             let key = id.to_string();
-            let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
-            let forgot = exec(&inner.meta, "lease release", FORGET, &[&key, &epoch]).await;
-            let released = exec(&inner.meta, "lease release", RELEASE, &[&key, &epoch]).await;
+            let e = i64::try_from(epoch).unwrap_or(i64::MAX);
+            let forgot = exec(&inner.meta, "lease release", FORGET, &[&key, &e]).await;
+            let released = exec(&inner.meta, "lease release", RELEASE, &[&key, &e]).await;
             if let Err(e) = forgot.and(released) {
                 // It lapses by itself within a ttl.
                 tracing::warn!(upload = %id.tag(), error = %e, "releasing a lease failed");
             }
+            inner.forget(id, epoch);
         });
     }
+}
+
+/// A lease that is still the upload's latest but lapsed (or was freed): this holder may
+/// write no more, and nobody else has yet.
+pub(crate) fn lapsed(id: UploadId) -> StoreError {
+    StoreError::Unavailable(format!(
+        "this server's lease on upload {} lapsed before it could write: resume the upload",
+        id.tag()
+    ))
 }
 
 /// Part numbers reserved against a lease's epoch.
@@ -569,25 +806,30 @@ impl Reservations for PgReservations {
         let epoch = &i64::try_from(self.epoch).unwrap_or(i64::MAX);
         let n = &i32::try_from(n).unwrap_or(i32::MAX);
         let me = &self.meta;
-        let changed = me
+        let row = me
             .run(
                 "part reservation",
                 attempt!(|conn| async {
                     let stmt = me.prepare(conn, RESERVE).await?;
                     me.trip();
                     conn.client()
-                        .execute(&stmt, &[key, epoch, n])
+                        .query_one(&stmt, &[key, epoch, n, &me.instance])
                         .await
                         .map_err(unanswered)
                 }),
             )
             .await?;
-        match changed {
-            1 => Ok(()),
-            _ => Err(StoreError::Fenced {
+        let current = row
+            .get::<_, Option<i64>>(1)
+            .and_then(|e| u64::try_from(e).ok())
+            .unwrap_or(0);
+        match (row.get::<_, bool>(0), current == self.epoch) {
+            (true, _) => Ok(()),
+            (false, true) => Err(lapsed(self.id)),
+            (false, false) => Err(StoreError::Fenced {
                 id: self.id,
                 epoch: self.epoch,
-                current: self.epoch + 1,
+                current,
             }),
         }
     }

@@ -57,10 +57,12 @@ const V1: Migration = Migration {
     ",
 };
 
-/// Expand: the leases instances share (`lease.rs`).
+/// The leases instances share (`lease.rs`). Its tables only add, but it contracts what
+/// builds may serve: one from before leases writes without them, so it must not serve beside
+/// builds that take them (those also refuse to start while one serves: `lease.rs`).
 const V2: Migration = Migration {
     version: 2,
-    readable_from: 1,
+    readable_from: 2,
     sql: "
         CREATE TABLE ferry_leases (
             id         text PRIMARY KEY,

@@ -10,6 +10,18 @@ use crate::error::{Result, StoreError};
 use bytes::Bytes;
 use ferry_proto::UploadId;
 
+/// The number the parts `finish` sends come after: the last recorded one's, or the last the
+/// writers found taken.
+pub(super) fn numbered_after(place: &Place) -> u16 {
+    place
+        .parts
+        .iter()
+        .map(|p| p.n)
+        .max()
+        .unwrap_or(0)
+        .max(place.used)
+}
+
 impl S3DataStore {
     /// Sends what is staged after `place`'s parts as parts, through a spool file one part at a
     /// time, and completes the object of `length` bytes. An empty upload becomes an empty
@@ -28,13 +40,14 @@ impl S3DataStore {
             c.put_object(&place.key, Bytes::new()).await?;
             return c.abort(&place.key, &upload).await;
         }
-        // Numbered on from the last recorded part, the same on every run: a run that failed
-        // half-way left parts that the next run sends again under the same numbers (a part
-        // sent again replaces the one before), so reruns use up no numbers. Parts a writer
-        // sent but never recorded are replaced the same way; Complete names only these.
+        // Numbered on from the last recorded part or past the numbers the last writer found
+        // taken, the same on every run: a run that failed half-way left parts that the next
+        // run sends again under the same numbers (a part sent again replaces the one before),
+        // so reruns use up no numbers. A superseded writer's late part, sent under a number
+        // at most `used`, lands on none of these; Complete names only these.
         let mut parts: Vec<(u16, String)> =
             place.parts.iter().map(|p| (p.n, p.etag.clone())).collect();
-        let mut n = parts.iter().map(|p| p.0).max().unwrap_or(0);
+        let mut n = numbered_after(place);
         // A chunk session (nothing sent as parts yet) knows its length now: equal parts.
         let equal = match (place.part, parts.is_empty()) {
             (Some(size), _) => Some(size),
@@ -61,5 +74,29 @@ impl S3DataStore {
             at += size;
         }
         c.complete(&place.key, &upload, &parts).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::place::Part;
+    use super::*;
+
+    #[test]
+    fn parts_are_numbered_past_the_recorded_ones_and_the_taken_ones() {
+        let part = |n| Part {
+            n,
+            etag: String::new(),
+            size: 1,
+        };
+        let mut place = Place::default();
+        assert_eq!(numbered_after(&place), 0);
+        place.parts = vec![part(1), part(2)];
+        assert_eq!(numbered_after(&place), 2);
+        // A superseded writer reserved up to 5: its late part never meets ours.
+        place.used = 5;
+        assert_eq!(numbered_after(&place), 5);
+        place.parts.push(part(7));
+        assert_eq!(numbered_after(&place), 7);
     }
 }

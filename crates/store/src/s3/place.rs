@@ -34,6 +34,15 @@ pub(super) struct Place {
     /// The object is complete at `key`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) done: bool,
+    /// Part numbers up to this one may be taken by parts no record names: sent by a writer
+    /// that was superseded (perhaps still sending), or by one that never committed them.
+    /// Parts sent later go past it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) used: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -298,7 +298,7 @@ impl DataStore for S3DataStore {
         mode: WriteMode,
         fence: Fence,
     ) -> Result<Box<dyn DataWriter>> {
-        let place = Place::of(at)?;
+        let mut place = Place::of(at)?;
         let (offset, epoch, reservations) = match (mode, fence) {
             (WriteMode::Append { offset }, Fence::Epoch(epoch)) => (offset, epoch, None),
             (WriteMode::Append { offset }, Fence::Shared(epoch, r)) => (offset, epoch, Some(r)),
@@ -376,7 +376,10 @@ impl DataStore for S3DataStore {
             .max()
             .unwrap_or(0)
             .max(u16::try_from(reserved).unwrap_or(u16::MAX))
+            .max(place.used)
             .saturating_add(1);
+        // Recorded with this writer's commits, for `finish` to number on past them too.
+        place.used = next - 1;
         // The bytes after the last part: in the spool the last writer kept at this locator,
         // or from the staged pieces into a fresh one.
         let spool = match self.inner.spools.take(id, at) {
@@ -419,11 +422,23 @@ impl DataStore for S3DataStore {
         let turn = self.inner.finishing.turn(id);
         let _turn = turn.lock().await;
         let complete = |size: Option<u64>| size == Some(length);
-        if !complete(c.head_size(&place.key).await?)
-            && let Err(e) = self.assemble(id, &place, length).await
-            && !complete(c.head_size(&place.key).await?)
-        {
-            return Err(e);
+        if !complete(c.head_size(&place.key).await?) {
+            let assembled = self.assemble(id, &place, length).await;
+            // What the store completed, whatever the answer said: never an object of another
+            // length recorded as this upload.
+            match c.head_size(&place.key).await? {
+                Some(size) if size == length => {}
+                Some(size) if assembled.is_ok() => {
+                    return Err(StoreError::Inconsistent(format!(
+                        "upload {id}: completed as {size} bytes, not {length}"
+                    )));
+                }
+                _ => {
+                    return assembled.and(Err(StoreError::Inconsistent(format!(
+                        "upload {id}: completed but not in the store"
+                    ))));
+                }
+            }
         }
         self.inner.spools.forget(id);
         Ok(finished(&mut place, c).await)

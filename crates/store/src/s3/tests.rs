@@ -406,3 +406,60 @@ fn the_spool_is_emptied_when_taken_and_taken_once() {
     assert!(err.contains("another ferry process"), "{err}");
     drop(store);
 }
+
+/// Numbers a holder on another instance reserved (`Fence::Shared`) are skipped by the next
+/// writer and, through its record, by `finish`: a superseded holder's late part, sent under
+/// one of them, lands on no part the object is made of, even when the rest of the upload was
+/// only staged.
+#[tokio::test]
+async fn numbers_reserved_by_a_superseded_holder_are_skipped_to_the_end() {
+    use crate::data::{DataStore, Fence, Reservations, WriteMode};
+    struct Reserved(u32);
+    #[async_trait::async_trait]
+    impl Reservations for Reserved {
+        async fn reserve(&self, _: u32) -> crate::error::Result<()> {
+            Ok(())
+        }
+        fn reserved_before(&self) -> u32 {
+            self.0
+        }
+    }
+    let (c, prefix) = fresh_bucket().await;
+    let spool = tempfile::tempdir().unwrap();
+    let store = S3DataStore::new(c.clone(), &prefix, spool.path()).unwrap();
+    let id = ferry_proto::UploadId::from_bytes([0x6b; 16]);
+    let created = store.create(id, true, None).await.unwrap();
+    // Less than a part: staged only, no part sent by this writer.
+    let kept = pattern(3 * MIB + 11, 4);
+    let mut w = store
+        .open_writer(
+            id,
+            &created,
+            WriteMode::Append { offset: 0 },
+            Fence::Shared(2, std::sync::Arc::new(Reserved(3))),
+        )
+        .await
+        .unwrap();
+    w.write(kept.clone()).await.unwrap();
+    let at = w.checkpoint(true).await.unwrap();
+    assert_eq!(at.0["used"], 3, "{}", at.0);
+    assert_eq!(
+        super::assemble::numbered_after(&super::place::Place::of(&at).unwrap()),
+        3
+    );
+    // The superseded holder's part 3 arrives late, before the finish.
+    let key = format!("{prefix}{id}");
+    let upload = created.0["upload"].as_str().unwrap();
+    c.upload_part(
+        &key,
+        upload,
+        3,
+        super::client::Body::Bytes(Bytes::from(pattern(5 * MIB, 9))),
+    )
+    .await
+    .unwrap();
+    let at = store.finish(id, &at, kept.len() as u64).await.unwrap();
+    let got = read(store.read(id, &at, 0, kept.len() as u64).await.unwrap()).await;
+    assert!(got == kept, "the object is the live writer's bytes only");
+    store.delete(id, &at).await.unwrap();
+}

@@ -197,6 +197,7 @@ async fn a_holder_that_cannot_renew_stops_before_its_lease_lapses() {
         .await
         .expect("stopped");
     let stopped = granted.elapsed();
+    assert!(held.is_lost(), "lost, not wanted: the server's failure");
     client
         .batch_execute("ALTER TABLE ferry_leases_away RENAME TO ferry_leases")
         .await
@@ -265,5 +266,130 @@ async fn racing_instances_never_hold_one_upload_twice() {
         granted += usize::from(t.await.unwrap());
     }
     assert!(granted >= 20, "only {granted} of 30 got the upload");
+    db.drop_schema().await;
+}
+
+/// A renewal that hangs (the tables locked by another session) delays nobody's stop: the
+/// margin is enforced on its own timer. Once lapsed, the lease is not revived by a later
+/// renewal, and the holder commits and reserves nothing more, though nobody took it.
+#[tokio::test]
+async fn a_renewal_that_hangs_stops_the_holder_in_time_and_a_lapsed_lease_stays_lapsed() {
+    let db = Db::new().await;
+    let (ma, a) = instance(&db, "a", QUICK).await;
+    let u = id(60);
+    ma.insert(&record(u)).await.unwrap();
+    let granted = Instant::now();
+    let held = a.acquire(u).await.unwrap();
+    let crate::data::Fence::Shared(epoch, reservations) = held.fence() else {
+        panic!("a shared lease")
+    };
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE ferry_leases, ferry_instances IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held.taken_over())
+        .await
+        .expect("stopped while its renewal hangs");
+    let stopped = granted.elapsed();
+    assert!(held.is_lost());
+    let (ttl, margin) = (QUICK.ttl, QUICK.margin);
+    assert!(
+        stopped >= ttl - margin - Duration::from_millis(50)
+            && stopped <= ttl / 3 + ttl - margin + Duration::from_millis(500),
+        "{stopped:?}"
+    );
+    // Held past the lapse, then let go: the renewals queued behind the lock find it lapsed.
+    tokio::time::sleep_until(granted + ttl + Duration::from_millis(300)).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(ttl / 3 + Duration::from_millis(500)).await;
+    let client = db.client().await;
+    let live: bool = client
+        .query_one(
+            "SELECT expires_at > now() FROM ferry_leases WHERE id = $1",
+            &[&u.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!live, "a lapsed lease was renewed");
+    let late = ma.update_fenced(u, epoch, Box::new(bump)).await;
+    assert!(matches!(late, Err(StoreError::Unavailable(_))), "{late:?}");
+    let reserved = reservations.reserve(3).await;
+    assert!(
+        matches!(reserved, Err(StoreError::Unavailable(_))),
+        "{reserved:?}"
+    );
+    assert_eq!(ma.get(u).await.unwrap().unwrap().offset, 0);
+    drop(held);
+    db.drop_schema().await;
+}
+
+/// A takeover request names the lease it wants ended: one for an earlier lease of the upload
+/// (a newcomer here that asked while its predecessor's release was on its way) ends no later
+/// one; the request for the current one does.
+#[tokio::test]
+async fn a_request_for_an_earlier_lease_ends_no_later_one() {
+    let db = Db::new().await;
+    let (ma, a) = instance(&db, "a", LeaseTiming::default()).await;
+    let u = id(70);
+    ma.insert(&record(u)).await.unwrap();
+    // Released and taken again at once, many times: the newcomer waits for the release
+    // instead of asking its own instance, and is never ended by its own request.
+    let mut lease = a.acquire(u).await.unwrap();
+    for round in 0..30 {
+        let before = lease.epoch();
+        drop(lease);
+        lease = a.acquire(u).await.unwrap();
+        assert!(lease.epoch() > before, "round {round}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!lease.is_taken_over(), "ended by a request of its own");
+    let client = db.client().await;
+    let notify = |epoch: u64| format!("SELECT pg_notify('{}', '{u} {epoch} a')", a.inner.channel);
+    client
+        .batch_execute(&notify(lease.epoch() - 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !lease.is_taken_over(),
+        "ended by a request for an earlier lease"
+    );
+    client.batch_execute(&notify(lease.epoch())).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), lease.taken_over())
+        .await
+        .expect("the request for it ends it");
+    assert!(!lease.is_lost());
+    db.drop_schema().await;
+}
+
+/// An exclusive holder of the database (`ferry fsck --repair`, or a build from before leases)
+/// keeps instances from starting; an instance of a name another live process serves under
+/// is refused, one whose former process died is not.
+#[tokio::test]
+async fn instances_refuse_an_exclusive_holder_and_a_live_namesake() {
+    let db = Db::new().await;
+    let first = Arc::new(db.store("a").await);
+    let hold = first.hold_exclusive().await.unwrap().expect("held");
+    assert!(first.hold_exclusive().await.unwrap().is_none(), "held once");
+    let refused = PgLocker::start(first.clone(), QUICK).await;
+    assert!(
+        matches!(&refused, Err(StoreError::WrongStore(m)) if m.contains("held exclusively")),
+        "{refused:?}"
+    );
+    drop(hold);
+    let a = PgLocker::start(first, QUICK).await.unwrap();
+    let twin = Arc::new(db.store("a").await);
+    let started = Instant::now();
+    let refused = PgLocker::start(twin.clone(), QUICK).await;
+    assert!(
+        matches!(&refused, Err(StoreError::WrongStore(m)) if m.contains("another instance named")),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < QUICK.ttl, "{:?}", started.elapsed());
+    // Killed (no leave): its successor under the name waits out one renewal, then starts.
+    drop(a);
+    PgLocker::start(twin, QUICK).await.unwrap();
     db.drop_schema().await;
 }
