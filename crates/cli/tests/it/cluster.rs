@@ -139,6 +139,17 @@ impl RawPatch {
         }
     }
 
+    /// Waits for the answer without sending more: its status and text.
+    fn answer(&mut self) -> (u16, String) {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = self.stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        (status_of(&text), text)
+    }
+
     /// Sends the rest (as far as the server reads it) and returns the status, 0 when the
     /// connection ended without one. The answer is read while sending: a server that answers
     /// before reading everything closes with data unread, and the reset that follows would
@@ -377,4 +388,70 @@ fn chunk_sessions_across_instances() {
         .ok();
     assert_uploaded(&env, &done.url(), &sha);
     nodes.lb.assert_uploads_spread();
+}
+
+/// A name serves in one live instance at a time, and no instance starts while the database is
+/// held exclusively (as `ferry fsck --repair` and builds from before leases hold it): exit 2
+/// with what to do.
+#[test]
+fn a_live_namesake_and_an_exclusive_holder_are_refused() {
+    let nodes = Nodes::start(1, &server_url(), &crate::s3::endpoint(), &[]);
+    let endpoint = crate::s3::endpoint();
+    let twin = Nodes::args(0, &nodes.meta, &nodes.store, &endpoint, &[]);
+    let twin: Vec<&str> = twin.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = serve_until_exit(&dir.path().join("a"), &twin, &crate::support::s3::CREDS);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("another instance named \"node-0\""), "{err}");
+    let id = crate::support::pg::psql(
+        &nodes.meta,
+        "SELECT value FROM ferry_settings WHERE key = 'database_id'",
+    );
+    let key = i64::from_str_radix(&id[..15], 16).unwrap();
+    let held =
+        crate::support::pg::Session::hold(&nodes.meta, &format!("SELECT pg_advisory_lock({key});"));
+    let other = Nodes::args(1, &nodes.meta, &nodes.store, &endpoint, &[]);
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    let (code, err) = serve_until_exit(&dir.path().join("b"), &other, &crate::support::s3::CREDS);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("held exclusively"), "{err}");
+    drop(held);
+}
+
+/// A holder whose database stalls (its lease table locked by another session, so renewals
+/// hang) stops at ttl − margin all the same and ends its PATCH with 503 and Retry-After, the
+/// server's failure rather than a conflict; once the database answers, the client resumes and
+/// finishes byte-exact.
+#[test]
+fn a_stalled_database_ends_a_patch_with_503() {
+    let nodes = Nodes::start(1, &server_url(), &crate::s3::endpoint(), &[]);
+    let server = &nodes.servers[0];
+    let len = 6 * MIB;
+    let data = random_bytes(len as usize, 93);
+    let url = create(server, len, None);
+    let (st, off) = patch(&url, 0, data[..(MIB as usize)].to_vec());
+    assert_eq!((st, off), (204, Some(MIB)), "{}", nodes.logs());
+    // A PATCH that sends a little and then waits.
+    let mut held = RawPatch::start(server.addr, &url, MIB, data[MIB as usize..].to_vec(), 4096);
+    std::thread::sleep(Duration::from_millis(300));
+    let lock = crate::support::pg::Session::hold(
+        &nodes.meta,
+        "BEGIN; LOCK TABLE ferry_leases, ferry_instances IN ACCESS EXCLUSIVE MODE;",
+    );
+    let locked = Instant::now();
+    let (status, answer) = held.answer();
+    let took = locked.elapsed();
+    assert_eq!(status, 503, "{answer}\n{}", nodes.logs());
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+    // ttl − margin after its last renewal (4 s − 1 s here), and the refused commit's wait for
+    // the lock bounded by the operation timeout.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    drop(lock);
+    let at = head_offset(&url).unwrap();
+    let (st, off) = patch(&url, at, data[at as usize..].to_vec());
+    assert_eq!((st, off), (204, Some(len)), "{}", nodes.logs());
+    assert_eq!(get_sha256(&url), sha256(&data));
 }

@@ -58,7 +58,7 @@ impl Nodes {
     }
 
     /// Instance `i`'s arguments.
-    fn args(i: usize, meta: &str, store: &str, endpoint: &str, extra: &[&str]) -> Vec<String> {
+    pub fn args(i: usize, meta: &str, store: &str, endpoint: &str, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "--meta",
             meta,

@@ -76,3 +76,42 @@ pub fn meta_args_of(data_dir: &Path) -> Vec<String> {
 pub fn under_test() -> bool {
     std::env::var("FERRY_TEST_META").is_ok_and(|v| v == "postgres")
 }
+
+/// A psql session that ran `sql` and stays open (holding the locks it took) until dropped.
+pub struct Session {
+    child: std::process::Child,
+}
+
+impl Session {
+    /// Runs `sql` in a session of its own and returns once it has run.
+    pub fn hold(url: &str, sql: &str) -> Session {
+        use std::io::{BufRead, Write};
+        let mut child = Command::new("psql")
+            .args([url, "-qAtX", "-v", "ON_ERROR_STOP=1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("psql runs");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{sql}\n\\echo held").unwrap();
+        stdin.flush().unwrap();
+        // What the statements print comes first.
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "psql {sql:?} ended");
+            if line.trim() == "held" {
+                break;
+            }
+        }
+        Session { child }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
