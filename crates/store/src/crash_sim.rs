@@ -194,6 +194,10 @@ impl DataStore for CrashSimDataStore {
         self.sim.inner.finish(id, at, length).await
     }
 
+    fn past_reserved(&self, at: &Locator, fence: &Fence) -> Result<Locator> {
+        self.sim.inner.past_reserved(at, fence)
+    }
+
     fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
         self.sim.inner.merge_locators(recorded, written)
     }

@@ -221,6 +221,15 @@ pub trait DataStore: Send + Sync + 'static {
     /// it and that record) and on its own result.
     async fn finish(&self, id: UploadId, at: &Locator, length: u64) -> Result<Locator>;
 
+    /// `at` marked so that `finish` writes under no number reserved before the lease `fence`
+    /// carries (`Fence::Shared`): for a commit that completes an upload with no writer opened
+    /// under that lease (a length declared at the offset reached), while a superseded holder's
+    /// write may still land. Stores that number nothing return `at` unchanged.
+    fn past_reserved(&self, at: &Locator, fence: &Fence) -> Result<Locator> {
+        let _ = fence;
+        Ok(at.clone())
+    }
+
     /// The locator to record when a random-access writer ([`Fence::Claim`]) commits: its
     /// checkpoint covers only its own writes, and other writers commit theirs into the same
     /// record meanwhile, so the engine merges `written` into the `recorded` locator inside the

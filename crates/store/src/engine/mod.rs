@@ -322,6 +322,8 @@ impl Uploads {
             false => None,
         };
         let expiry = self.expiry;
+        let data = self.data.clone();
+        let fence = lease.fence();
         let info = self
             .meta
             .update_fenced(
@@ -350,7 +352,9 @@ impl Uploads {
                         }
                         info.running_crc = None;
                         info.expires_ms = expiry.expires_at(true, now);
-                        // Every byte is in: the store finishes next.
+                        // Every byte is in: the store finishes next, past what a superseded
+                        // holder may still be writing.
+                        info.locator = data.past_reserved(&info.locator, &fence)?;
                         info.finish_pending = true;
                     }
                     Ok(())

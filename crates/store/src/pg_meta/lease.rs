@@ -98,10 +98,11 @@ const ASK: &str = "
         UPDATE ferry_leases SET wanted_at = now()
         WHERE id = $1 AND owner IS NOT NULL RETURNING owner, epoch)
     SELECT pg_notify($2, $1 || ' ' || epoch || ' ' || owner) FROM asked";
-/// Only leases that have not lapsed: one that did may be granted to another any moment.
+/// Only leases that have not lapsed: one that did may be granted to another any moment. By
+/// the clock when it runs (`now()` is when its statement began: it may have waited on a lock).
 const RENEW: &str = "
-    UPDATE ferry_leases SET expires_at = now() + make_interval(secs => $3)
-    WHERE owner = $1 AND id = ANY($2) AND expires_at > now()
+    UPDATE ferry_leases SET expires_at = clock_timestamp() + make_interval(secs => $3)
+    WHERE owner = $1 AND id = ANY($2) AND expires_at > clock_timestamp()
     RETURNING id, epoch, wanted_at IS NOT NULL";
 const RELEASE: &str = "UPDATE ferry_leases SET owner = NULL, wanted_at = NULL \
      WHERE id = $1 AND epoch = $2";
@@ -113,8 +114,10 @@ const FORGET: &str = "DELETE FROM ferry_leases WHERE id = $1 AND epoch = $2 \
 const RESERVE: &str = "
     WITH r AS (
         UPDATE ferry_leases SET mark = greatest(mark, $3)
-        WHERE id = $1 AND epoch = $2 AND owner = $4 AND expires_at > now() RETURNING 1)
+        WHERE id = $1 AND epoch = $2 AND owner = $4 AND expires_at > clock_timestamp()
+        RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM r), (SELECT epoch FROM ferry_leases WHERE id = $1)";
+const EPOCH: &str = "SELECT epoch FROM ferry_leases WHERE id = $1";
 const WANTED: &str =
     "SELECT id, epoch FROM ferry_leases WHERE owner = $1 AND wanted_at IS NOT NULL";
 const SEEN: &str = "INSERT INTO ferry_instances (name, seen_at) VALUES ($1, now()) \
@@ -200,16 +203,22 @@ impl PgLocker {
         let timing = timing.checked().map_err(StoreError::WrongStore)?;
         let id = meta.database_id().await?;
         let channel = format!("ferry_leases_{}", id.get(..16).unwrap_or(&id));
-        if !ask_bool(&meta, NO_EXCLUSIVE, &[&lock_key(&id)?]).await? {
-            return Err(StoreError::WrongStore(
-                "this PostgreSQL database is held exclusively: by `ferry fsck --repair`, or by                  a ferry build from before cluster leases, which must not serve beside this                  one; wait for the repair or stop that build"
-                    .into(),
-            ));
-        }
         let instance = meta.instance.clone();
         one_of_its_name(&meta, timing).await?;
-        exec(&meta, "lease cleanup", ORPHANED, &[&instance]).await?;
+        // Said before the check: a repair that takes the lock after it sees this instance.
         exec(&meta, "instance", SEEN, &[&instance]).await?;
+        if !ask_bool(&meta, NO_EXCLUSIVE, &[&lock_key(&id)?]).await? {
+            exec(&meta, "instance", GONE, &[&instance]).await?;
+            return Err(StoreError::WrongStore(
+                concat!(
+                    "this PostgreSQL database is held exclusively: by `ferry fsck --repair`, ",
+                    "or by a ferry build from before cluster leases, which must not serve ",
+                    "beside this one; wait for the repair or stop that build"
+                )
+                .into(),
+            ));
+        }
+        exec(&meta, "lease cleanup", ORPHANED, &[&instance]).await?;
         let inner = Arc::new(Inner {
             meta,
             timing,
@@ -532,14 +541,20 @@ impl Reservations for PgReservations {
                 }),
             )
             .await?;
-        let current = row
-            .get::<_, Option<i64>>(1)
-            .and_then(|e| u64::try_from(e).ok())
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        // The epoch the statement read is from when it began: one that waited behind a grant
+        // read the epoch before it. Read again to tell taken (409) from lapsed (503).
+        let again = query(me, "part reservation", EPOCH, &[key]).await?;
+        let current = again
+            .first()
+            .and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok())
+            .or_else(|| u64::try_from(row.get::<_, Option<i64>>(1)?).ok())
             .unwrap_or(0);
-        match (row.get::<_, bool>(0), current == self.epoch) {
-            (true, _) => Ok(()),
-            (false, true) => Err(lapsed(self.id)),
-            (false, false) => Err(StoreError::Fenced {
+        match current == self.epoch {
+            true => Err(lapsed(self.id)),
+            false => Err(StoreError::Fenced {
                 id: self.id,
                 epoch: self.epoch,
                 current,

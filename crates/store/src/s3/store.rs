@@ -444,6 +444,19 @@ impl DataStore for S3DataStore {
         Ok(finished(&mut place, c).await)
     }
 
+    fn past_reserved(&self, at: &Locator, fence: &Fence) -> Result<Locator> {
+        let Fence::Shared(_, r) = fence else {
+            return Ok(at.clone());
+        };
+        let mut place = Place::of(at)?;
+        let reserved = u16::try_from(r.reserved_before()).unwrap_or(u16::MAX);
+        if place.done || place.used >= reserved {
+            return Ok(at.clone());
+        }
+        place.used = reserved;
+        Ok(place.locator())
+    }
+
     /// The recorded place with the range writer's staged pieces added (once each), in order.
     fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
         let mut place = Place::of(recorded)?;

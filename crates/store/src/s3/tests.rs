@@ -458,7 +458,13 @@ async fn numbers_reserved_by_a_superseded_holder_are_skipped_to_the_end() {
     )
     .await
     .unwrap();
-    let at = store.finish(id, &at, kept.len() as u64).await.unwrap();
+    // A later lease that completes it with no writer of its own (a length declared at the
+    // offset) raises the mark to what was reserved before it; never lowers it.
+    let later = |n| Fence::Shared(3, std::sync::Arc::new(Reserved(n)));
+    let raised = store.past_reserved(&at, &later(6)).unwrap();
+    assert_eq!(raised.0["used"], 6, "{}", raised.0);
+    assert_eq!(store.past_reserved(&at, &later(2)).unwrap(), at);
+    let at = store.finish(id, &raised, kept.len() as u64).await.unwrap();
     let got = read(store.read(id, &at, 0, kept.len() as u64).await.unwrap()).await;
     assert!(got == kept, "the object is the live writer's bytes only");
     store.delete(id, &at).await.unwrap();

@@ -96,16 +96,26 @@ impl Session {
         let stdin = child.stdin.as_mut().unwrap();
         writeln!(stdin, "{sql}\n\\echo held").unwrap();
         stdin.flush().unwrap();
-        // What the statements print comes first.
+        // What the statements print comes first; a statement that blocks fails the test.
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        loop {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).unwrap() > 0, "psql {sql:?} ended");
-            if line.trim() == "held" {
-                break;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            loop {
+                let mut line = String::new();
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    let _ = tx.send(false);
+                    return;
+                }
+                if line.trim() == "held" {
+                    let _ = tx.send(true);
+                    return;
+                }
             }
-        }
-        Session { child }
+        });
+        let held = rx.recv_timeout(std::time::Duration::from_secs(30));
+        let session = Session { child };
+        assert_eq!(held, Ok(true), "psql {sql:?}");
+        session
     }
 }
 

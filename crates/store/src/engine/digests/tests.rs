@@ -69,6 +69,10 @@ impl DataStore for Counting {
         self.inner.finish(id, at, length).await
     }
 
+    fn past_reserved(&self, at: &Locator, fence: &Fence) -> Result<Locator> {
+        self.inner.past_reserved(at, fence)
+    }
+
     fn merge_locators(&self, recorded: &Locator, written: &Locator) -> Result<Locator> {
         self.inner.merge_locators(recorded, written)
     }

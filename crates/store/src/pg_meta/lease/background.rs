@@ -40,16 +40,20 @@ pub(super) async fn keep(inner: Weak<Inner>, stop: CancellationToken) {
                 Instant::now() + Duration::from_millis(500)
             }
         };
+        // Apart from the renewals: a slow tidy must not delay the next one.
         if Instant::now() >= next_tidy {
             next_tidy = Instant::now() + TIDY_EVERY;
-            for (what, sql) in [
-                ("lease tidying", TIDY_LEASES),
-                ("instance tidying", TIDY_INSTANCES),
-            ] {
-                if let Err(e) = exec(me, what, sql, &[]).await {
-                    tracing::debug!(error = %e, "{what} failed");
+            let meta = inner.meta.clone();
+            tokio::spawn(async move {
+                for (what, sql) in [
+                    ("lease tidying", TIDY_LEASES),
+                    ("instance tidying", TIDY_INSTANCES),
+                ] {
+                    if let Err(e) = exec(&meta, what, sql, &[]).await {
+                        tracing::debug!(error = %e, "{what} failed");
+                    }
                 }
-            }
+            });
         }
     }
 }

@@ -390,6 +390,8 @@ async fn instances_refuse_an_exclusive_holder_and_a_live_namesake() {
     assert!(started.elapsed() < QUICK.ttl, "{:?}", started.elapsed());
     // Killed (no leave): its successor under the name waits out one renewal, then starts.
     drop(a);
+    // (A statement it had sent may still run: past that.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
     PgLocker::start(twin, QUICK).await.unwrap();
     db.drop_schema().await;
 }
