@@ -55,7 +55,8 @@ stop_services() {
 if [[ $s3 == 1 ]]; then
     # A store of its own, stopped however the run ends; power losses cut local files only.
     trap stop_services EXIT
-    endpoint="$(bash "$here/seaweedfs.sh" start "$dir/seaweedfs")"
+    # Long runs delete gigabytes: reclaimed every minute, or the 200 volumes fill up.
+    endpoint="$(FERRY_SEAWEEDFS_VACUUM=60 bash "$here/seaweedfs.sh" start "$dir/seaweedfs")"
     bash "$here/seaweedfs.sh" bucket "$dir/seaweedfs" ferry-crash
     export AWS_ACCESS_KEY_ID=ferry AWS_SECRET_ACCESS_KEY=ferry-secret
     set -- "$@" --store s3://ferry-crash/run --s3-endpoint "$endpoint" --kinds sigkill

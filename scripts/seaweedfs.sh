@@ -17,6 +17,8 @@
 # identity is configured, ferry / ferry-secret (what the tests use), so signatures are checked
 # as on AWS. Volumes are small (64 MiB) and many: each bucket is a collection that grows
 # volumes of its own, and the default few run out after a handful.
+# FERRY_SEAWEEDFS_VACUUM=SECONDS (start): reclaim deleted space that often, for runs that
+# delete more than the volumes hold (the crash harness's long runs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WEED="${FERRY_WEED:-$ROOT/tests/interop/.venv/bin/weed}"
@@ -98,6 +100,7 @@ start)
     -master.port="$master" -volume.port="$volume" -filer.port="$filer" \
     -s3.port.iceberg=0 -s3.port.lance=0 \
     -volume.max=200 -master.volumeSizeLimitMB=64 \
+    ${FERRY_SEAWEEDFS_VACUUM:+-master.vacuumIntervalSeconds=$FERRY_SEAWEEDFS_VACUUM -master.garbageThreshold=0.1} \
     >"$dir/weed.log" 2>&1 &
   echo $! >"$dir/weed.pid"
   wait_s3 "http://127.0.0.1:$s3" "$dir/weed.pid" "$dir/weed.log" || {
