@@ -211,6 +211,10 @@ impl DataStore for FaultyData {
         self.inner.finish(id, at, length).await
     }
 
+    fn past_reserved(&self, at: &Locator, fence: &Fence) -> ferry_store::Result<Locator> {
+        self.inner.past_reserved(at, fence)
+    }
+
     fn merge_locators(
         &self,
         recorded: &Locator,

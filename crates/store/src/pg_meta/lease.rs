@@ -207,8 +207,9 @@ impl PgLocker {
         one_of_its_name(&meta, timing).await?;
         // Said before the check: a repair that takes the lock after it sees this instance.
         exec(&meta, "instance", SEEN, &[&instance]).await?;
+        // Refused, its row stays until it ages out: deleting it could delete a live
+        // namesake's (one whose renewals stalled), which a repair must see.
         if !ask_bool(&meta, NO_EXCLUSIVE, &[&lock_key(&id)?]).await? {
-            exec(&meta, "instance", GONE, &[&instance]).await?;
             return Err(StoreError::WrongStore(
                 concat!(
                     "this PostgreSQL database is held exclusively: by `ferry fsck --repair`, ",

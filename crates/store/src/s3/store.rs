@@ -445,7 +445,8 @@ impl DataStore for S3DataStore {
     }
 
     fn past_reserved(&self, at: &Locator, fence: &Fence) -> Result<Locator> {
-        let Fence::Shared(_, r) = fence else {
+        // A final's bytes are its parts' (no locator of its own).
+        let (Fence::Shared(_, r), false) = (fence, at.is_none()) else {
             return Ok(at.clone());
         };
         let mut place = Place::of(at)?;
