@@ -399,7 +399,19 @@ async fn exec(
     sql: &'static str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<()> {
-    meta.run(
+    exec_for(meta, meta.timeout, what, sql, params).await
+}
+
+/// [`exec`] within `timeout`.
+async fn exec_for(
+    meta: &PgMetaStore,
+    timeout: Duration,
+    what: &str,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<()> {
+    meta.run_for(
+        timeout,
         what,
         attempt!(|conn| async {
             let stmt = meta.prepare(conn, sql).await?;

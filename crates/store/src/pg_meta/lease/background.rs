@@ -17,18 +17,8 @@ pub(super) async fn keep(inner: Weak<Inner>, stop: CancellationToken) {
         let started = Instant::now();
         let every = inner.timing.renew_every();
         let me = &inner.meta;
-        let seen = me.run_for(
-            every,
-            "instance",
-            attempt!(|conn| async {
-                let stmt = me.prepare(conn, SEEN).await?;
-                me.trip();
-                conn.client()
-                    .execute(&stmt, &[&me.instance])
-                    .await
-                    .map_err(unanswered)
-            }),
-        );
+        let name: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&me.instance];
+        let seen = exec_for(me, every, "instance", SEEN, &name);
         let (seen, renewed) = futures_util::future::join(seen, inner.renew()).await;
         if let Err(e) = seen {
             tracing::debug!(error = %e, "saying this instance serves failed");
